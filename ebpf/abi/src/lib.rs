@@ -1,0 +1,406 @@
+//! The contract between edgeplane's kernel programs and userspace.
+//!
+//! Every BPF map's name, key and value type is defined here once. Each map has exactly one writer
+//! side (documented on the map name constant); the other side only reads it.
+//!
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one APPS map
+//! and one LPM trie serve both families. Ports in keys are host byte order.
+#![no_std]
+
+/// App id 0 is never assigned: its APP_STATS slot counts packets dropped before an app is known
+/// (malformed headers).
+pub const UNCLASSIFIED_APP: u32 = 0;
+/// APP_STATS has this many slots; app ids are `1..MAX_APPS`.
+pub const MAX_APPS: u32 = 4096;
+pub const MAX_VIPS: u32 = 16384;
+pub const MAX_BLOCKLIST: u32 = 65536;
+pub const MAX_RATE_LIMITED_SOURCES: u32 = 65536;
+pub const MAX_PLACEMENTS: u32 = 16384;
+/// Workers are pinned one per CPU and indexed by CPU number.
+pub const MAX_WORKERS: u32 = 64;
+pub const APP_NAME_LEN: usize = 32;
+
+/// Map names, as pinned under the pin directory. Writer side in brackets.
+pub mod map_names {
+    /// [userspace] VIP:port/proto -> app.
+    pub const APPS: &str = "APPS";
+    /// [userspace] app id -> name, for people; XDP never reads it.
+    pub const APP_NAMES: &str = "APP_NAMES";
+    /// [kernel] per-CPU counters per app id.
+    pub const APP_STATS: &str = "APP_STATS";
+    /// [userspace] LPM trie of blocked source prefixes.
+    pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// [userspace] the single rate-limit configuration entry.
+    pub const RATE_LIMIT_CFG: &str = "RATE_LIMIT_CFG";
+    /// [kernel] per-source token buckets (LRU).
+    pub const RL_BUCKETS: &str = "RL_BUCKETS";
+    /// [userspace, control plane] where each app or function runs.
+    pub const PLACEMENT: &str = "PLACEMENT";
+    /// [userspace] CPUMAP: one entry per worker CPU.
+    pub const WORKER_CPUS: &str = "WORKER_CPUS";
+    /// [userspace] REUSEPORT_SOCKARRAY: each worker's listening socket at its CPU index.
+    pub const WORKER_SOCKETS: &str = "WORKER_SOCKETS";
+    /// [userspace] the single steering configuration entry.
+    pub const WORKER_CONFIG: &str = "WORKER_CONFIG";
+    /// [userspace, workers] per-worker load, mmap-able so workers update it without syscalls.
+    pub const WORKER_LOAD: &str = "WORKER_LOAD";
+}
+
+/// Program names as they appear in the object file.
+pub mod program_names {
+    pub const CLASSIFY: &str = "classify";
+    pub const SELECT_WORKER: &str = "select_worker";
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// APPS key: the destination a client connects to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AppKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// APPS value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppEntry {
+    pub app_id: u32,
+    /// `app_flags::*`
+    pub flags: u32,
+}
+
+pub mod app_flags {
+    /// Leave this app's flows wherever the NIC put them (no CPUMAP redirect).
+    pub const NO_STEER: u32 = 1 << 0;
+    /// Exempt this app from the per-source rate limit.
+    pub const NO_RATE_LIMIT: u32 = 1 << 1;
+    pub const ALL: u32 = NO_STEER | NO_RATE_LIMIT;
+}
+
+/// APP_NAMES value: a NUL-padded UTF-8 name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppName {
+    pub bytes: [u8; APP_NAME_LEN],
+}
+
+/// Why XDP dropped a packet. The discriminant indexes `AppStats::drops`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header, or a VLAN tag cut off.
+    TruncatedL2 = 0,
+    MalformedIpv4 = 1,
+    /// Bad fixed header or extension-header chain.
+    MalformedIpv6 = 2,
+    MalformedTcp = 3,
+    MalformedUdp = 4,
+    Blocklisted = 5,
+    RateLimited = 6,
+    /// Flag combinations no conforming TCP sends (null, SYN+FIN, SYN+RST, FIN without ACK).
+    BadTcpFlags = 7,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 8;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::TruncatedL2,
+        Self::MalformedIpv4,
+        Self::MalformedIpv6,
+        Self::MalformedTcp,
+        Self::MalformedUdp,
+        Self::Blocklisted,
+        Self::RateLimited,
+        Self::BadTcpFlags,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TruncatedL2 => "truncated-l2",
+            Self::MalformedIpv4 => "malformed-ipv4",
+            Self::MalformedIpv6 => "malformed-ipv6",
+            Self::MalformedTcp => "malformed-tcp",
+            Self::MalformedUdp => "malformed-udp",
+            Self::Blocklisted => "blocklisted",
+            Self::RateLimited => "rate-limited",
+            Self::BadTcpFlags => "bad-tcp-flags",
+        }
+    }
+}
+
+/// APP_STATS value (one per CPU). `packets`/`bytes` count admitted packets only; dropped packets
+/// are counted in `drops` by reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// TCP SYNs without ACK: the popularity signal for placement.
+    pub new_flows: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl AppStats {
+    pub fn add(&mut self, other: &AppStats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+        for (d, o) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *d += o;
+        }
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// BLOCKLIST value (the key is an LPM key over a 16-byte address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// Unix seconds when the entry was added, for `edgectl block list`.
+    pub added_at: u64,
+}
+
+/// RATE_LIMIT_CFG[0]: a token bucket per source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Sustained packets per second per source. 0 means no refill: each source gets `burst`
+    /// packets in all (deterministic, used by tests).
+    pub pps: u64,
+    /// Bucket depth in packets.
+    pub burst: u64,
+    /// `rate_limit_flags::*`
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod rate_limit_flags {
+    pub const ENABLED: u32 = 1 << 0;
+}
+
+/// Token units per packet: buckets hold nano-packets so refill needs no division.
+pub const TOKENS_PER_PACKET: u64 = 1_000_000_000;
+/// Upper bounds that keep `elapsed_ns * pps` and `burst * TOKENS_PER_PACKET` inside u64.
+pub const MAX_RATE_PPS: u64 = 100_000_000;
+pub const MAX_BURST: u64 = 1_000_000_000;
+/// Refill is computed over at most this much idle time (then the bucket is full anyway for any
+/// burst/pps ratio up to this many seconds).
+pub const MAX_REFILL_NS: u64 = 10_000_000_000;
+
+/// RL_BUCKETS value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// The token-bucket step, shared by XDP and the reference model so they cannot disagree.
+/// Returns whether the packet is admitted; updates `bucket` in place.
+#[inline(always)]
+pub fn token_bucket_admit(bucket: &mut TokenBucket, cfg: &RateLimitConfig, now_ns: u64) -> bool {
+    let cap = cfg.burst * TOKENS_PER_PACKET;
+    let mut elapsed = now_ns.saturating_sub(bucket.last_ns);
+    if elapsed > MAX_REFILL_NS {
+        elapsed = MAX_REFILL_NS;
+    }
+    let mut tokens = bucket.tokens + elapsed * cfg.pps;
+    if tokens > cap {
+        tokens = cap;
+    }
+    bucket.last_ns = now_ns;
+    if tokens >= TOKENS_PER_PACKET {
+        bucket.tokens = tokens - TOKENS_PER_PACKET;
+        true
+    } else {
+        bucket.tokens = tokens;
+        false
+    }
+}
+
+/// A fresh source starts with a full bucket.
+#[inline(always)]
+pub fn token_bucket_new(cfg: &RateLimitConfig, now_ns: u64) -> TokenBucket {
+    TokenBucket {
+        tokens: cfg.burst * TOKENS_PER_PACKET,
+        last_ns: now_ns,
+    }
+}
+
+/// PLACEMENT value: where an app (or one of its functions) runs. Key: target id (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// `placement_kind::*`
+    pub kind: u32,
+    /// Datacenter id when `kind == DATACENTER`.
+    pub datacenter: u32,
+    /// `placement_flags::*`
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+pub mod placement_kind {
+    pub const LOCAL: u32 = 0;
+    pub const DATACENTER: u32 = 1;
+    pub const REGION: u32 = 2;
+}
+
+pub mod placement_flags {
+    /// Set by hand (`edgectl placement pin`); the engine leaves it alone.
+    pub const PINNED: u32 = 1 << 0;
+    /// The engine chooses (`mode = "smart"`).
+    pub const SMART: u32 = 1 << 1;
+}
+
+/// WORKER_CONFIG[0].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Workers run on CPUs `0..n_workers`; 0 disables steering and worker selection.
+    pub n_workers: u32,
+    /// In-flight requests above which `select_worker` falls back to the least loaded worker;
+    /// 0 disables the fallback.
+    pub load_threshold: u32,
+    /// `worker_flags::*`
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod worker_flags {
+    /// XDP redirects app flows to their worker's CPU through WORKER_CPUS.
+    pub const STEER_CPUMAP: u32 = 1 << 0;
+}
+
+/// WORKER_LOAD[cpu]. Written by the worker on that CPU through an mmap of the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerLoad {
+    pub in_flight: u64,
+    pub served: u64,
+}
+
+/// A symmetric flow hash: both directions of a flow hash alike, so XDP (which sees client->VIP)
+/// and `select_worker` agree, and replies would land on the same CPU. Ports are host order.
+#[inline(always)]
+pub fn flow_hash(a: &[u32; 4], b: &[u32; 4], port_a: u16, port_b: u16, proto: u8) -> u32 {
+    // XOR and + are commutative, so swapping (a, port_a) with (b, port_b) gives the same input.
+    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
+    h = mix(h, a[0] ^ b[0]);
+    h = mix(h, a[1] ^ b[1]);
+    h = mix(h, a[2] ^ b[2]);
+    h = mix(h, a[3] ^ b[3]);
+    h = mix(h, a[3].wrapping_add(b[3]));
+    h = mix(
+        h,
+        ((port_a ^ port_b) as u32) << 16 | (port_a.wrapping_add(port_b)) as u32,
+    );
+    fmix(h)
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The worker (= CPU index) a flow is steered to.
+#[inline(always)]
+pub fn worker_for_hash(hash: u32, n_workers: u32) -> u32 {
+    if n_workers == 0 { 0 } else { hash % n_workers }
+}
+
+/// Address words as loaded from the packet (network order bytes reinterpreted natively), the
+/// representation `flow_hash` takes.
+pub fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}
+
+/// IPv4-mapped words for an IPv4 address given as its 4 network-order bytes read natively.
+#[inline(always)]
+pub const fn v4_mapped_words(v4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain integers/arrays with explicit padding fields.
+    unsafe impl aya::Pod for AppKey {}
+    unsafe impl aya::Pod for AppEntry {}
+    unsafe impl aya::Pod for AppName {}
+    unsafe impl aya::Pod for AppStats {}
+    unsafe impl aya::Pod for BlockEntry {}
+    unsafe impl aya::Pod for RateLimitConfig {}
+    unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for Placement {}
+    unsafe impl aya::Pod for WorkerConfig {}
+    unsafe impl aya::Pod for WorkerLoad {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_is_symmetric() {
+        let a = [1, 2, 3, 0x0a00_0001];
+        let b = [5, 6, 7, 0x0a00_0002];
+        assert_eq!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&b, &a, 80, 40000, 6));
+        assert_ne!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&a, &b, 40001, 80, 6));
+    }
+
+    #[test]
+    fn flow_hash_spreads_client_ports() {
+        let a = v4_mapped_words(0x0a00_0001);
+        let b = v4_mapped_words(0x0a00_0002);
+        let mut per_worker = [0u32; 4];
+        for port in 30000..34000u16 {
+            per_worker[worker_for_hash(flow_hash(&a, &b, port, 80, 6), 4) as usize] += 1;
+        }
+        for n in per_worker {
+            assert!((800..1200).contains(&n), "uneven spread: {per_worker:?}");
+        }
+    }
+
+    #[test]
+    fn token_bucket_without_refill_admits_exactly_burst() {
+        let cfg = RateLimitConfig { pps: 0, burst: 3, flags: rate_limit_flags::ENABLED, _pad: 0 };
+        let mut b = token_bucket_new(&cfg, 0);
+        let admitted = (0..10).filter(|i| token_bucket_admit(&mut b, &cfg, *i * 1_000_000_000)).count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn token_bucket_refills_at_rate() {
+        let cfg = RateLimitConfig { pps: 1000, burst: 10, flags: rate_limit_flags::ENABLED, _pad: 0 };
+        let mut b = token_bucket_new(&cfg, 0);
+        let burst = (0..20).filter(|_| token_bucket_admit(&mut b, &cfg, 0)).count();
+        assert_eq!(burst, 10);
+        // 5 ms later: 5 more tokens.
+        let after = (0..20).filter(|_| token_bucket_admit(&mut b, &cfg, 5_000_000)).count();
+        assert_eq!(after, 5);
+    }
+}

@@ -1,0 +1,231 @@
+//! edgeplane's kernel programs.
+//!
+//! - `classify` (XDP): parse, guard (malformed, blocklist, TCP flags, per-source rate limit),
+//!   count per app, and steer each app flow to its worker's CPU through CPUMAP.
+//! - `select_worker` (SK_REUSEPORT): pick the listening socket of the worker the flow was steered
+//!   to, or the least loaded worker when that one is over its threshold.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_hdr_start_off::BPF_HDR_START_NET,
+        sk_action::SK_PASS,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_skb_load_bytes_relative},
+    macros::{sk_reuseport, xdp},
+    maps::lpm_trie::Key,
+    programs::{SkReuseportContext, XdpContext},
+    EbpfContext as _,
+};
+use edgeplane_abi::{
+    DropReason, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP, AppKey, app_flags, flow_hash,
+    rate_limit_flags, token_bucket_admit, token_bucket_new, v4_mapped_words, worker_flags,
+    worker_for_hash,
+};
+use maps::{
+    APP_STATS, APPS, BLOCKLIST, RATE_LIMIT_CFG, RL_BUCKETS, WORKER_CONFIG, WORKER_CPUS,
+    WORKER_LOAD, WORKER_SOCKETS,
+};
+use parse::{Flow, Parsed};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[xdp]
+pub fn classify(ctx: XdpContext) -> u32 {
+    match parse::parse(&ctx) {
+        Parsed::Pass => XDP_PASS,
+        Parsed::Drop(reason) => drop_packet(UNCLASSIFIED_APP, reason),
+        Parsed::Flow(flow) => classify_flow(&ctx, &flow),
+    }
+}
+
+#[inline(always)]
+fn drop_packet(app_id: u32, reason: DropReason) -> u32 {
+    if let Some(stats) = APP_STATS.get_ptr_mut(app_id) {
+        unsafe { (*stats).drops[reason as usize] += 1 };
+    }
+    XDP_DROP
+}
+
+#[inline(always)]
+fn as_bytes(words: &[u32; 4]) -> [u8; 16] {
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
+}
+
+#[inline(always)]
+fn classify_flow(ctx: &XdpContext, flow: &Flow) -> u32 {
+    let key = AppKey {
+        addr: as_bytes(&flow.dst),
+        port: flow.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    let Some(app) = (unsafe { APPS.get(&key) }) else {
+        return XDP_PASS;
+    };
+    let (app_id, flags) = (app.app_id, app.flags);
+    let Some(stats) = APP_STATS.get_ptr_mut(app_id) else {
+        return XDP_PASS;
+    };
+    let src = as_bytes(&flow.src);
+    if BLOCKLIST.get(Key::new(128, src)).is_some() {
+        return drop_packet(app_id, DropReason::Blocklisted);
+    }
+    if flow.proto == IPPROTO_TCP && bad_tcp_flags(flow.tcp_flags) {
+        return drop_packet(app_id, DropReason::BadTcpFlags);
+    }
+    if flags & app_flags::NO_RATE_LIMIT == 0 && !rate_limit_admit(&src) {
+        return drop_packet(app_id, DropReason::RateLimited);
+    }
+    unsafe {
+        (*stats).packets += 1;
+        (*stats).bytes += (ctx.data_end() - ctx.data()) as u64;
+        if flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            (*stats).new_flows += 1;
+        }
+    }
+    if flags & app_flags::NO_STEER != 0 {
+        return XDP_PASS;
+    }
+    steer(flow)
+}
+
+/// Flag combinations no conforming TCP stack sends; scanners and floods do.
+#[inline(always)]
+fn bad_tcp_flags(f: u8) -> bool {
+    f & 0x3f == 0
+        || f & (TCP_SYN | TCP_FIN) == (TCP_SYN | TCP_FIN)
+        || f & (TCP_SYN | TCP_RST) == (TCP_SYN | TCP_RST)
+        || f & (TCP_FIN | TCP_ACK) == TCP_FIN
+}
+
+#[inline(always)]
+fn rate_limit_admit(src: &[u8; 16]) -> bool {
+    let Some(cfg) = RATE_LIMIT_CFG.get(0) else {
+        return true;
+    };
+    if cfg.flags & rate_limit_flags::ENABLED == 0 {
+        return true;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    match RL_BUCKETS.get_ptr_mut(src) {
+        // Racy across CPUs by design: a lost update costs a token or two, a lock costs every packet.
+        Some(bucket) => token_bucket_admit(unsafe { &mut *bucket }, cfg, now),
+        None => {
+            let mut bucket = token_bucket_new(cfg, now);
+            let admitted = token_bucket_admit(&mut bucket, cfg, now);
+            let _ = RL_BUCKETS.insert(src, &bucket, 0);
+            admitted
+        }
+    }
+}
+
+#[inline(always)]
+fn steer(flow: &Flow) -> u32 {
+    let Some(cfg) = WORKER_CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    if cfg.flags & worker_flags::STEER_CPUMAP == 0 || cfg.n_workers == 0 {
+        return XDP_PASS;
+    }
+    let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
+    let cpu = worker_for_hash(hash, cfg.n_workers);
+    // A CPU without a CPUMAP entry falls back to XDP_PASS: the packet stays on this CPU.
+    WORKER_CPUS.redirect(cpu, XDP_PASS as u64).unwrap_or(XDP_PASS)
+}
+
+#[sk_reuseport]
+pub fn select_worker(ctx: SkReuseportContext) -> u32 {
+    let Some(cfg) = WORKER_CONFIG.get(0) else {
+        return SK_PASS;
+    };
+    let n_workers = cfg.n_workers;
+    if n_workers == 0 {
+        return SK_PASS;
+    }
+    let Some((src, dst)) = reuseport_addrs(&ctx) else {
+        return SK_PASS;
+    };
+    // skb->data is at the transport header here: source and destination ports lead it.
+    let mut ports = [0u8; 4];
+    if unsafe { bpf_skb_load_bytes(ctx.as_ptr(), 0, ports.as_mut_ptr().cast(), 4) } != 0 {
+        return SK_PASS;
+    }
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let hash = flow_hash(&src, &dst, sport, dport, ctx.ip_protocol() as u8);
+    let mut worker = worker_for_hash(hash, n_workers);
+    let threshold = cfg.load_threshold as u64;
+    if threshold != 0 && load_of(worker) > threshold {
+        worker = least_loaded(n_workers);
+    }
+    // On failure (no socket at that index) SK_PASS lets the kernel pick by its own hash.
+    let _ = WORKER_SOCKETS.select_reuseport(&ctx, worker);
+    SK_PASS
+}
+
+#[inline(always)]
+fn load_of(worker: u32) -> u64 {
+    WORKER_LOAD.get(worker).map(|l| l.in_flight).unwrap_or(u64::MAX)
+}
+
+#[inline(always)]
+fn least_loaded(n_workers: u32) -> u32 {
+    let mut best = 0;
+    let mut best_load = u64::MAX;
+    for i in 0..MAX_WORKERS {
+        if i >= n_workers {
+            break;
+        }
+        let load = load_of(i);
+        if load < best_load {
+            best = i;
+            best_load = load;
+        }
+    }
+    best
+}
+
+/// Source and destination as `flow_hash` wants them, read from the network header.
+#[inline(always)]
+fn reuseport_addrs(ctx: &SkReuseportContext) -> Option<([u32; 4], [u32; 4])> {
+    let eth_proto = u16::from_be(ctx.eth_protocol() as u16);
+    if eth_proto == 0x0800 {
+        let mut addrs = [0u32; 2];
+        let rc = unsafe {
+            bpf_skb_load_bytes_relative(ctx.as_ptr(), 12, addrs.as_mut_ptr().cast(), 8, BPF_HDR_START_NET)
+        };
+        (rc == 0).then(|| (v4_mapped_words(addrs[0]), v4_mapped_words(addrs[1])))
+    } else if eth_proto == 0x86dd {
+        let mut addrs = [0u32; 8];
+        let rc = unsafe {
+            bpf_skb_load_bytes_relative(ctx.as_ptr(), 8, addrs.as_mut_ptr().cast(), 32, BPF_HDR_START_NET)
+        };
+        (rc == 0).then(|| {
+            (
+                [addrs[0], addrs[1], addrs[2], addrs[3]],
+                [addrs[4], addrs[5], addrs[6], addrs[7]],
+            )
+        })
+    } else {
+        None
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,49 @@
+//! Every map of the object, defined with the ABI crate's types. Pinned by name so a restarted
+//! `edged` and `edgectl` find the same maps under the pin directory.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{
+        Array, CpuMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray,
+    },
+};
+use edgeplane_abi::{
+    AppEntry, AppKey, AppName, AppStats, BlockEntry, MAX_APPS, MAX_BLOCKLIST, MAX_PLACEMENTS,
+    MAX_RATE_LIMITED_SOURCES, MAX_VIPS, MAX_WORKERS, Placement, RateLimitConfig, TokenBucket,
+    WorkerConfig, WorkerLoad,
+};
+
+#[map]
+pub static APPS: HashMap<AppKey, AppEntry> = HashMap::pinned(MAX_VIPS, 0);
+
+#[map]
+pub static APP_NAMES: HashMap<u32, AppName> = HashMap::pinned(MAX_APPS, 0);
+
+#[map]
+pub static APP_STATS: PerCpuArray<AppStats> = PerCpuArray::pinned(MAX_APPS, 0);
+
+#[map]
+pub static BLOCKLIST: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(MAX_BLOCKLIST, 0);
+
+#[map]
+pub static RATE_LIMIT_CFG: Array<RateLimitConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static RL_BUCKETS: LruHashMap<[u8; 16], TokenBucket> =
+    LruHashMap::pinned(MAX_RATE_LIMITED_SOURCES, 0);
+
+#[map]
+pub static PLACEMENT: HashMap<u32, Placement> = HashMap::pinned(MAX_PLACEMENTS, 0);
+
+#[map]
+pub static WORKER_CPUS: CpuMap = CpuMap::pinned(MAX_WORKERS, 0);
+
+#[map]
+pub static WORKER_SOCKETS: ReusePortSockArray = ReusePortSockArray::pinned(MAX_WORKERS, 0);
+
+#[map]
+pub static WORKER_CONFIG: Array<WorkerConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static WORKER_LOAD: Array<WorkerLoad> = Array::pinned(MAX_WORKERS, BPF_F_MMAPABLE);

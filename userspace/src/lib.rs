@@ -1,0 +1,12 @@
+//! edgeplane's control side: loading and attaching the kernel programs, typed handles over the
+//! pinned maps, and the pieces `edged` and `edgectl` are made of.
+
+pub mod addr;
+pub mod loader;
+pub mod maps;
+
+pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
+pub use maps::{MapsError, PinnedMaps};
+
+/// Where `edged` pins its maps unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/edgeplane";

@@ -1,0 +1,196 @@
+//! Loads edgeplane's kernel programs, pins their maps, attaches XDP to interfaces and
+//! `select_worker` to listening sockets, and detaches on drop.
+
+use std::{
+    ffi::CString,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SkReuseport, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use edgeplane_abi::program_names;
+use tracing::{info, warn};
+
+use crate::maps::PinnedMaps;
+
+/// The eBPF object built by build.rs from ebpf/programs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeplane"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// In the driver: fastest, what production wants.
+    #[default]
+    Native,
+    /// In the generic stack path: works on any interface, slower.
+    Generic,
+}
+
+impl XdpAttachMode {
+    fn aya_mode(self) -> XdpMode {
+        match self {
+            XdpAttachMode::Native => XdpMode::Driver,
+            XdpAttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Maps are pinned here; existing pins are reused, so counters and config survive restarts.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { pin_dir: PathBuf::from(crate::DEFAULT_PIN_DIR) }
+    }
+}
+
+/// The loaded programs. Dropping it detaches XDP from every interface it was attached to.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attached: Vec<(String, XdpLinkId)>,
+}
+
+impl Dataplane {
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        ensure_bpffs(&opts.pin_dir)?;
+        std::fs::create_dir_all(&opts.pin_dir)
+            .with_context(|| format!("creating pin directory {}", opts.pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .load(EBPF_OBJECT)
+            .with_context(|| {
+                format!(
+                    "loading the eBPF object (maps pinned under {}; remove stale pins if the map \
+                     layout changed)",
+                    opts.pin_dir.display()
+                )
+            })?;
+        let classify: &mut Xdp = ebpf
+            .program_mut(program_names::CLASSIFY)
+            .context("classify program missing from the object")?
+            .try_into()?;
+        classify.load().context("verifier rejected classify")?;
+        let select: &mut SkReuseport = ebpf
+            .program_mut(program_names::SELECT_WORKER)
+            .context("select_worker program missing from the object")?
+            .try_into()?;
+        select.load().context("verifier rejected select_worker")?;
+        info!(pin_dir = %opts.pin_dir.display(), "eBPF programs loaded");
+        Ok(Self { ebpf, pin_dir: opts.pin_dir.clone(), attached: Vec::new() })
+    }
+
+    pub fn maps(&self) -> anyhow::Result<PinnedMaps> {
+        Ok(PinnedMaps::open(&self.pin_dir)?)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The XDP program, for BPF_PROG_TEST_RUN (tests and benchmarks).
+    pub fn classify(&self) -> &Xdp {
+        self.ebpf
+            .program(program_names::CLASSIFY)
+            .and_then(|p| p.try_into().ok())
+            .expect("classify is loaded by Dataplane::load")
+    }
+
+    /// Attaches `classify` to an interface in the calling thread's network namespace.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> anyhow::Result<()> {
+        let classify: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::CLASSIFY)
+            .context("classify program missing")?
+            .try_into()?;
+        let link = classify
+            .attach(iface, mode.aya_mode())
+            .with_context(|| format!("attaching classify to {iface} in {mode:?} mode"))?;
+        info!(iface, ?mode, "XDP classify attached");
+        self.attached.push((iface.to_owned(), link));
+        Ok(())
+    }
+
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.attached.iter().map(|(i, _)| i.as_str())
+    }
+
+    /// Attaches `select_worker` to a listening socket's SO_REUSEPORT group (once per group).
+    pub fn attach_select_worker(&self, socket: impl AsFd) -> anyhow::Result<()> {
+        let select: &SkReuseport = self
+            .ebpf
+            .program(program_names::SELECT_WORKER)
+            .context("select_worker program missing")?
+            .try_into()?;
+        select.attach(socket).context("attaching select_worker to the reuseport group")?;
+        Ok(())
+    }
+
+    pub fn detach_all(&mut self) {
+        let Some(Ok(classify)) = self
+            .ebpf
+            .program_mut(program_names::CLASSIFY)
+            .map(<&mut Xdp>::try_from)
+        else {
+            return;
+        };
+        for (iface, link) in self.attached.drain(..) {
+            match classify.detach(link) {
+                Ok(()) => info!(iface, "XDP classify detached"),
+                Err(e) => warn!(iface, error = %e, "detaching XDP failed"),
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// Makes sure `dir` lies on a bpffs, mounting /sys/fs/bpf when nothing is mounted there.
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    let probe = if dir.starts_with(mount_point) { mount_point } else { dir.parent().unwrap_or(dir) };
+    if fs_magic(probe)? == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    if probe != mount_point {
+        bail!("{} is not on a bpf filesystem", dir.display());
+    }
+    let src = CString::new("bpf")?;
+    let target = CString::new("/sys/fs/bpf")?;
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        bail!(
+            "/sys/fs/bpf is not a bpf filesystem and mounting one failed: {} (try `mount -t bpf bpf /sys/fs/bpf`)",
+            std::io::Error::last_os_error()
+        );
+    }
+    info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> anyhow::Result<Option<i64>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(None);
+    }
+    Ok(Some(st.f_type as i64))
+}
