@@ -1,0 +1,5 @@
+//! edgeplane's measuring tools: frame builders, network-namespace worlds, and packet-rate
+//! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
+
+pub mod netns;
+pub mod packets;

@@ -1,0 +1,128 @@
+//! Network namespaces and veth links for tests, benchmarks and the demo. Everything created here
+//! is removed on drop, so a failing test leaves no namespace behind.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with the given arguments; fails with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether this process may create namespaces and load BPF programs.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `<prefix>-<pid>-<n>` with loopback up.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets it opens stay in the
+    /// namespace after the thread ends; BPF pins are unaffected (bpffs is not per-netns).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: a valid netns fd; this thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        })
+    }
+
+    /// Runs a command inside the namespace (nsenter keeps /sys and its bpffs mount visible).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        cmd
+    }
+
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// One side of a link: interface name and address with prefix length (`10.99.0.1/24`).
+pub struct LinkEnd<'a> {
+    pub ns: &'a Netns,
+    pub iface: &'a str,
+    pub addrs: &'a [&'a str],
+}
+
+/// Creates a veth pair between two namespaces, addresses both ends and brings them up.
+pub fn veth_pair(a: &LinkEnd<'_>, b: &LinkEnd<'_>) -> anyhow::Result<()> {
+    ip(&[
+        "link", "add", a.iface, "netns", a.ns.name(), "type", "veth", "peer", "name", b.iface,
+        "netns", b.ns.name(),
+    ])?;
+    for end in [a, b] {
+        for addr in end.addrs {
+            let family = if addr.contains(':') { "-6" } else { "-4" };
+            // nodad: an address in DAD is unusable for a second or so, and tests start at once.
+            let mut args = vec![family, "addr", "add", addr, "dev", end.iface];
+            if family == "-6" {
+                args.push("nodad");
+            }
+            end.ns.ip(&args)?;
+        }
+        end.ns.ip(&["link", "set", end.iface, "up"])?;
+    }
+    Ok(())
+}
