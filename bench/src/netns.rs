@@ -123,6 +123,14 @@ pub fn veth_pair(a: &LinkEnd<'_>, b: &LinkEnd<'_>) -> anyhow::Result<()> {
             end.ns.ip(&args)?;
         }
         end.ns.ip(&["link", "set", end.iface, "up"])?;
+        // Veth offloads TX checksums: a locally sent packet carries only a partial checksum plus
+        // skb metadata saying so. XDP_REDIRECT through CPUMAP rebuilds the skb without that
+        // metadata, and the receiver then drops the packet as corrupt (UdpInCsumErrors). A real
+        // NIC hands XDP complete checksums, so make the veths do the same.
+        let out = end.ns.command("ethtool").args(["-K", end.iface, "tx", "off"]).output()?;
+        if !out.status.success() {
+            bail!("ethtool -K {} tx off: {}", end.iface, String::from_utf8_lossy(&out.stderr));
+        }
     }
     Ok(())
 }

@@ -43,3 +43,38 @@ impl Drop for TestPins {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Two hosts joined by one veth: `client` (veth0) and `server` (veth1, where XDP goes).
+pub struct TwoHosts {
+    pub client: edgeplane_bench::netns::Netns,
+    pub server: edgeplane_bench::netns::Netns,
+}
+
+impl TwoHosts {
+    pub const CLIENT_IF: &str = "veth0";
+    pub const SERVER_IF: &str = "veth1";
+    pub const CLIENT_V4: &str = "10.77.0.1";
+    /// A second client address, for "another source" cases.
+    pub const CLIENT2_V4: &str = "10.77.0.3";
+    pub const SERVER_V4: &str = "10.77.0.2";
+    pub const CLIENT_V6: &str = "fd77::1";
+    pub const SERVER_V6: &str = "fd77::2";
+
+    pub fn new() -> anyhow::Result<Self> {
+        use edgeplane_bench::netns::{LinkEnd, Netns, veth_pair};
+        let client = Netns::new("ep-cli")?;
+        let server = Netns::new("ep-srv")?;
+        veth_pair(
+            &LinkEnd { ns: &client, iface: Self::CLIENT_IF, addrs: &["10.77.0.1/24", "10.77.0.3/24", "fd77::1/64"] },
+            &LinkEnd { ns: &server, iface: Self::SERVER_IF, addrs: &["10.77.0.2/24", "fd77::2/64"] },
+        )?;
+        Ok(Self { client, server })
+    }
+
+    /// Loads the programs and attaches `classify` to the server's veth in the given mode.
+    pub fn attach(&self, pins: &TestPins, mode: edgeplane::XdpAttachMode) -> anyhow::Result<Dataplane> {
+        let mut dp = pins.load()?;
+        self.server.run(|| dp.attach_xdp(Self::SERVER_IF, mode))??;
+        Ok(dp)
+    }
+}

@@ -182,3 +182,13 @@ mod tests {
         }
     }
 }
+
+impl Vip {
+    pub fn from_socket_udp(addr: SocketAddr) -> Self {
+        Vip { addr, proto: Protocol::Udp }
+    }
+
+    pub fn from_socket_tcp(addr: SocketAddr) -> Self {
+        Vip { addr, proto: Protocol::Tcp }
+    }
+}
