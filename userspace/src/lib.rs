@@ -2,6 +2,7 @@
 //! pinned maps, and the pieces `edged` and `edgectl` are made of.
 
 pub mod addr;
+pub mod config;
 pub mod loader;
 pub mod maps;
 

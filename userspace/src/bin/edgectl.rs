@@ -1,0 +1,443 @@
+//! edgectl: read and tune a running edgeplane through its pinned BPF maps.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use edgeplane::{
+    DEFAULT_PIN_DIR, PinnedMaps,
+    addr::{Cidr, Vip},
+};
+use edgeplane_abi::{
+    AppStats, DropReason, MAX_RATE_PPS, Placement, RateLimitConfig, UNCLASSIFIED_APP, WorkerConfig,
+    app_flags, placement_flags, placement_kind, rate_limit_flags, worker_flags,
+};
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "edgectl", version, about = "Read and tune edgeplane's data plane")]
+struct Cli {
+    /// Where edged pinned its maps.
+    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "EDGEPLANE_PIN_DIR")]
+    pin_dir: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apps and the VIPs that route to them.
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Source prefixes dropped at XDP.
+    #[command(subcommand)]
+    Block(BlockCmd),
+    /// The per-source token bucket.
+    #[command(subcommand)]
+    Ratelimit(RateLimitCmd),
+    /// Where each app runs.
+    #[command(subcommand)]
+    Placement(PlacementCmd),
+    /// Worker steering (CPUMAP + SO_REUSEPORT selection).
+    #[command(subcommand)]
+    Workers(WorkersCmd),
+    /// Per-app rates and drop counts, summed over CPUs.
+    Stats(StatsArgs),
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Add an app, or more VIPs to an existing one.
+    Add {
+        name: String,
+        /// ADDR:PORT/PROTO, for example 10.0.0.1:80/tcp or [2001:db8::1]:443/udp (repeatable).
+        #[arg(long = "vip", required = true)]
+        vips: Vec<Vip>,
+        /// App id (default: the lowest free one).
+        #[arg(long)]
+        id: Option<u32>,
+        /// Do not steer this app's flows to worker CPUs.
+        #[arg(long)]
+        no_steer: bool,
+        /// Exempt this app from the per-source rate limit.
+        #[arg(long)]
+        no_rate_limit: bool,
+    },
+    /// Remove an app with its VIPs and placement.
+    Rm { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum BlockCmd {
+    Add { cidr: Cidr },
+    Rm { cidr: Cidr },
+    List,
+}
+
+#[derive(Subcommand)]
+enum RateLimitCmd {
+    /// Enable with a rate and burst, or disable with --off.
+    Set {
+        /// Sustained packets per second per source.
+        #[arg(long, required_unless_present = "off")]
+        pps: Option<u64>,
+        /// Bucket depth in packets.
+        #[arg(long, required_unless_present = "off")]
+        burst: Option<u64>,
+        #[arg(long, conflicts_with_all = ["pps", "burst"])]
+        off: bool,
+    },
+    Show,
+}
+
+#[derive(Subcommand)]
+enum PlacementCmd {
+    /// Set where an app runs: `local`, `region`, or `dc=<id>`.
+    Set {
+        app: String,
+        target: PlacementTarget,
+        /// Mark as pinned by hand: the placement engine leaves it alone.
+        #[arg(long)]
+        pin: bool,
+    },
+    Get { app: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum WorkersCmd {
+    Show,
+    Set {
+        #[arg(long)]
+        count: Option<u32>,
+        /// In-flight requests above which select_worker picks the least loaded worker (0: off).
+        #[arg(long)]
+        load_threshold: Option<u32>,
+        /// Redirect app flows to their worker's CPU through CPUMAP.
+        #[arg(long)]
+        steer: Option<bool>,
+    },
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Seconds between the two samples rates are computed from.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PlacementTarget {
+    kind: u32,
+    datacenter: u32,
+}
+
+impl std::str::FromStr for PlacementTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Self { kind: placement_kind::LOCAL, datacenter: 0 }),
+            "region" => Ok(Self { kind: placement_kind::REGION, datacenter: 0 }),
+            _ => s
+                .strip_prefix("dc=")
+                .and_then(|id| id.parse().ok())
+                .map(|datacenter| Self { kind: placement_kind::DATACENTER, datacenter })
+                .ok_or_else(|| format!("{s:?}: expected local, region or dc=<id>")),
+        }
+    }
+}
+
+fn placement_json(app: &str, id: u32, p: &Placement) -> serde_json::Value {
+    let kind = match p.kind {
+        placement_kind::LOCAL => "local",
+        placement_kind::DATACENTER => "datacenter",
+        placement_kind::REGION => "region",
+        _ => "unknown",
+    };
+    json!({
+        "app": app,
+        "id": id,
+        "kind": kind,
+        "datacenter": (p.kind == placement_kind::DATACENTER).then_some(p.datacenter),
+        "pinned": p.flags & placement_flags::PINNED != 0,
+        "smart": p.flags & placement_flags::SMART != 0,
+    })
+}
+
+fn placement_text(p: &Placement) -> String {
+    let mut s = match p.kind {
+        placement_kind::LOCAL => "local".to_owned(),
+        placement_kind::DATACENTER => format!("dc={}", p.datacenter),
+        placement_kind::REGION => "region".to_owned(),
+        other => format!("unknown({other})"),
+    };
+    if p.flags & placement_flags::PINNED != 0 {
+        s.push_str(" (pinned)");
+    }
+    s
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// One row of `edgectl stats`.
+#[derive(Serialize)]
+struct StatsRow {
+    app: String,
+    id: u32,
+    packets: u64,
+    bytes: u64,
+    new_flows: u64,
+    pps: f64,
+    bps: f64,
+    new_flows_per_sec: f64,
+    drops: BTreeMap<&'static str, u64>,
+    drops_per_sec: f64,
+}
+
+fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<()> {
+    if !(0.0..=3600.0).contains(&args.interval) {
+        bail!("--interval must be between 0 and 3600 seconds");
+    }
+    let reader = maps.stats_reader()?;
+    let first = reader.all()?;
+    std::thread::sleep(Duration::from_secs_f64(args.interval));
+    let second = reader.all()?;
+    let names = maps.app_names()?;
+    let secs = args.interval.max(1e-9);
+    let rate = |a: u64, b: u64| if args.interval > 0.0 { (b - a) as f64 / secs } else { 0.0 };
+    let mut ids: Vec<u32> = names.keys().copied().collect();
+    if second.contains_key(&UNCLASSIFIED_APP) {
+        ids.insert(0, UNCLASSIFIED_APP);
+    }
+    let rows: Vec<StatsRow> = ids
+        .into_iter()
+        .map(|id| {
+            let zero = AppStats::default();
+            let (a, b) = (first.get(&id).unwrap_or(&zero), second.get(&id).unwrap_or(&zero));
+            StatsRow {
+                app: names.get(&id).cloned().unwrap_or_else(|| "(unclassified)".to_owned()),
+                id,
+                packets: b.packets,
+                bytes: b.bytes,
+                new_flows: b.new_flows,
+                pps: rate(a.packets, b.packets),
+                bps: 8.0 * rate(a.bytes, b.bytes),
+                new_flows_per_sec: rate(a.new_flows, b.new_flows),
+                drops: DropReason::ALL
+                    .iter()
+                    .filter(|r| b.drops[**r as usize] > 0)
+                    .map(|r| (r.name(), b.drops[*r as usize]))
+                    .collect(),
+                drops_per_sec: rate(a.total_drops(), b.total_drops()),
+            }
+        })
+        .collect();
+    if as_json {
+        return print_json(&rows);
+    }
+    let mut t = table(&["app", "id", "pps", "bit/s", "new flows/s", "packets", "bytes", "drops/s", "drops (total, by reason)"]);
+    for r in &rows {
+        let drops = r.drops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        t.add_row(vec![
+            r.app.clone(),
+            r.id.to_string(),
+            format!("{:.0}", r.pps),
+            format!("{:.0}", r.bps),
+            format!("{:.1}", r.new_flows_per_sec),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+            format!("{:.0}", r.drops_per_sec),
+            drops,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let maps = PinnedMaps::open(&cli.pin_dir)?;
+    let as_json = cli.json;
+    match cli.command {
+        Command::App(AppCmd::Add { name, vips, id, no_steer, no_rate_limit }) => {
+            let flags = if no_steer { app_flags::NO_STEER } else { 0 }
+                | if no_rate_limit { app_flags::NO_RATE_LIMIT } else { 0 };
+            let id = maps.add_app(&name, id, &vips, flags)?;
+            if as_json {
+                print_json(&json!({ "app": name, "id": id }))?;
+            } else {
+                println!("app {name} (id {id}): {}", vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+            }
+        }
+        Command::App(AppCmd::Rm { name }) => {
+            let id = maps.remove_app(&name)?;
+            if !as_json {
+                println!("removed app {name} (id {id})");
+            }
+        }
+        Command::App(AppCmd::List) => {
+            let apps = maps.list_apps()?;
+            if as_json {
+                return print_json(&apps);
+            }
+            let mut t = table(&["id", "app", "vips", "flags"]);
+            for a in apps {
+                let flags = [(a.no_steer, "no-steer"), (a.no_rate_limit, "no-rate-limit")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| *n)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                t.add_row(vec![a.id.to_string(), a.name, a.vips.join(" "), flags]);
+            }
+            println!("{t}");
+        }
+        Command::Block(BlockCmd::Add { cidr }) => {
+            maps.block_add(cidr)?;
+            if !as_json {
+                println!("blocked {cidr}");
+            }
+        }
+        Command::Block(BlockCmd::Rm { cidr }) => {
+            maps.block_remove(cidr)?;
+            if !as_json {
+                println!("unblocked {cidr}");
+            }
+        }
+        Command::Block(BlockCmd::List) => {
+            let list = maps.block_list()?;
+            if as_json {
+                let v: Vec<_> = list.iter().map(|(c, t)| json!({ "cidr": c.to_string(), "added_at": t })).collect();
+                return print_json(&v);
+            }
+            let mut t = table(&["cidr", "added (unix s)"]);
+            for (c, at) in list {
+                t.add_row(vec![c.to_string(), at.to_string()]);
+            }
+            println!("{t}");
+        }
+        Command::Ratelimit(RateLimitCmd::Set { pps, burst, off }) => {
+            let cfg = if off {
+                RateLimitConfig::default()
+            } else {
+                let (pps, burst) = (pps.unwrap_or(0), burst.unwrap_or(0));
+                if pps > MAX_RATE_PPS {
+                    bail!("--pps must be at most {MAX_RATE_PPS}");
+                }
+                RateLimitConfig { pps, burst, flags: rate_limit_flags::ENABLED, _pad: 0 }
+            };
+            maps.set_rate_limit(cfg)?;
+            if !as_json {
+                println!("{}", if off { "rate limit off".to_owned() } else { format!("rate limit {} pps, burst {}", cfg.pps, cfg.burst) });
+            }
+        }
+        Command::Ratelimit(RateLimitCmd::Show) => {
+            let cfg = maps.rate_limit()?;
+            let enabled = cfg.flags & rate_limit_flags::ENABLED != 0;
+            if as_json {
+                print_json(&json!({ "enabled": enabled, "pps": cfg.pps, "burst": cfg.burst }))?;
+            } else if enabled {
+                println!("rate limit {} pps per source, burst {}", cfg.pps, cfg.burst);
+            } else {
+                println!("rate limit off");
+            }
+        }
+        Command::Placement(PlacementCmd::Set { app, target, pin }) => {
+            let id = maps.app_id(&app)?;
+            let p = Placement {
+                kind: target.kind,
+                datacenter: target.datacenter,
+                flags: if pin { placement_flags::PINNED } else { 0 },
+                _reserved: 0,
+            };
+            maps.set_placement(id, p)?;
+            if as_json {
+                print_json(&placement_json(&app, id, &p))?;
+            } else {
+                println!("{app}: {}", placement_text(&p));
+            }
+        }
+        Command::Placement(PlacementCmd::Get { app }) => {
+            let id = maps.app_id(&app)?;
+            let p = maps.placement(id)?;
+            if as_json {
+                print_json(&placement_json(&app, id, &p))?;
+            } else {
+                println!("{app}: {}", placement_text(&p));
+            }
+        }
+        Command::Placement(PlacementCmd::List) => {
+            let names = maps.app_names()?;
+            let placed: BTreeMap<u32, Placement> = maps.placement_list()?.into_iter().collect();
+            let rows: Vec<(u32, String, Placement)> = names
+                .into_iter()
+                .map(|(id, name)| (id, name, placed.get(&id).copied().unwrap_or_default()))
+                .collect();
+            if as_json {
+                let v: Vec<_> = rows.iter().map(|(id, n, p)| placement_json(n, *id, p)).collect();
+                return print_json(&v);
+            }
+            let mut t = table(&["app", "id", "placement"]);
+            for (id, n, p) in rows {
+                t.add_row(vec![n, id.to_string(), placement_text(&p)]);
+            }
+            println!("{t}");
+        }
+        Command::Workers(WorkersCmd::Show) => {
+            let cfg = maps.worker_config()?;
+            let loads = maps.worker_loads(cfg.n_workers)?;
+            let steer = cfg.flags & worker_flags::STEER_CPUMAP != 0;
+            if as_json {
+                let l: Vec<_> = loads.iter().map(|l| json!({ "in_flight": l.in_flight, "served": l.served })).collect();
+                return print_json(&json!({ "count": cfg.n_workers, "load_threshold": cfg.load_threshold, "steer": steer, "workers": l }));
+            }
+            println!("{} workers, steering {}, load threshold {}", cfg.n_workers, if steer { "on" } else { "off" }, cfg.load_threshold);
+            let mut t = table(&["worker (cpu)", "in flight", "served"]);
+            for (i, l) in loads.iter().enumerate() {
+                t.add_row(vec![i.to_string(), l.in_flight.to_string(), l.served.to_string()]);
+            }
+            println!("{t}");
+        }
+        Command::Workers(WorkersCmd::Set { count, load_threshold, steer }) => {
+            let mut cfg: WorkerConfig = maps.worker_config()?;
+            if let Some(c) = count {
+                cfg.n_workers = c;
+            }
+            if let Some(t) = load_threshold {
+                cfg.load_threshold = t;
+            }
+            match steer {
+                Some(true) => cfg.flags |= worker_flags::STEER_CPUMAP,
+                Some(false) => cfg.flags &= !worker_flags::STEER_CPUMAP,
+                None => {}
+            }
+            maps.set_worker_config(cfg)?;
+        }
+        Command::Stats(args) => stats(&maps, &args, as_json)?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgectl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

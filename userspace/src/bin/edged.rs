@@ -1,0 +1,105 @@
+//! edged: one datacenter's data plane daemon. Loads the kernel programs, pins their maps, applies
+//! the configuration, attaches XDP, and detaches cleanly on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use edgeplane::{
+    Dataplane, LoadOptions, PinnedMaps, XdpAttachMode,
+    addr::{Cidr, Vip},
+    config::EdgedConfig,
+};
+use edgeplane_abi::{RateLimitConfig, WorkerConfig, app_flags, rate_limit_flags, worker_flags};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "edged", version, about = "edgeplane data plane daemon")]
+struct Cli {
+    /// TOML configuration (defaults apply without one).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Attach XDP to this interface (repeatable; adds to the config's list).
+    #[arg(long = "iface")]
+    interfaces: Vec<String>,
+    /// XDP attach mode (overrides the config).
+    #[arg(long)]
+    xdp_mode: Option<XdpAttachMode>,
+    /// Pin directory (overrides the config).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Remove the pinned maps on exit (default: keep them, so counters survive a restart).
+    #[arg(long)]
+    unpin_on_exit: bool,
+}
+
+fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<()> {
+    let online = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let count = if cfg.workers.count == 0 { online } else { cfg.workers.count.min(online) };
+    let cpus: Vec<u32> = (0..count).collect();
+    maps.set_worker_cpus(&cpus, cfg.workers.cpumap_queue_size)?;
+    maps.set_worker_config(WorkerConfig {
+        n_workers: count,
+        load_threshold: cfg.workers.load_threshold,
+        flags: if cfg.workers.steer { worker_flags::STEER_CPUMAP } else { 0 },
+        _pad: 0,
+    })?;
+    let rl = &cfg.rate_limit;
+    maps.set_rate_limit(RateLimitConfig {
+        pps: rl.pps,
+        burst: rl.burst,
+        flags: if rl.enabled { rate_limit_flags::ENABLED } else { 0 },
+        _pad: 0,
+    })?;
+    for cidr in &cfg.blocklist {
+        maps.block_add(cidr.parse::<Cidr>()?)?;
+    }
+    for app in &cfg.apps {
+        let vips = app.vips.iter().map(|v| v.parse::<Vip>()).collect::<Result<Vec<_>, _>>()?;
+        let flags = if app.steer { 0 } else { app_flags::NO_STEER }
+            | if app.rate_limit { 0 } else { app_flags::NO_RATE_LIMIT };
+        let id = maps.add_app(&app.name, app.id, &vips, flags).with_context(|| format!("app {}", app.name))?;
+        info!(app = %app.name, id, vips = ?app.vips, "app configured");
+    }
+    info!(workers = count, steer = cfg.workers.steer, "workers configured");
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(path) => EdgedConfig::load(path)?,
+        None => EdgedConfig::default(),
+    };
+    cfg.xdp.interfaces.extend(cli.interfaces.iter().cloned());
+    if let Some(mode) = cli.xdp_mode {
+        cfg.xdp.mode = mode;
+    }
+    if let Some(dir) = &cli.pin_dir {
+        cfg.pin_dir = dir.clone();
+    }
+
+    let mut dp = Dataplane::load(&LoadOptions { pin_dir: cfg.pin_dir.clone() })?;
+    apply(&dp.maps()?, &cfg)?;
+    for iface in &cfg.xdp.interfaces {
+        dp.attach_xdp(iface, cfg.xdp.mode)?;
+    }
+    info!(pin_dir = %cfg.pin_dir.display(), interfaces = ?cfg.xdp.interfaces, "edged ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    dp.detach_all();
+    drop(dp);
+    if cli.unpin_on_exit {
+        std::fs::remove_dir_all(&cfg.pin_dir).with_context(|| format!("removing {}", cfg.pin_dir.display()))?;
+        info!(pin_dir = %cfg.pin_dir.display(), "pins removed");
+    }
+    Ok(())
+}
