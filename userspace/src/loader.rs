@@ -20,6 +20,9 @@ use crate::maps::PinnedMaps;
 /// The eBPF object built by build.rs from ebpf/programs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeplane"));
 
+/// Baseline programs (`bare_pass`, `bare_drop`, `bare_tx`) for benchmarks and packet generation.
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]

@@ -1,0 +1,276 @@
+//! Packet-rate measurements of `classify` against baselines measured in the same run:
+//! - cost per packet by BPF_PROG_TEST_RUN (repeat) vs a bare XDP_PASS program;
+//! - drop rate of a blocklisted flood on native veth vs a bare XDP_DROP program and an nftables
+//!   netdev-ingress drop rule. The flood comes from BPF_PROG_TEST_RUN in live-frames mode running
+//!   `bare_tx` on the sender's veth (xdp-tools' generator does not work on this kernel).
+
+use std::{net::IpAddr, path::Path, time::Instant};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use edgeplane::{Dataplane, LoadOptions, XdpAttachMode, addr::Vip, loader::BASELINE_OBJECT};
+use edgeplane_abi::{DropReason, RateLimitConfig, WorkerConfig, rate_limit_flags, worker_flags};
+use serde::Serialize;
+
+use crate::{
+    netns::{LinkEnd, Netns, veth_pair},
+    packets::FrameSpec,
+};
+
+pub const APP_VIP: &str = "10.88.0.2:53/udp";
+const FLOOD_SOURCE: &str = "203.0.113.5";
+const CLIENT: &str = "192.0.2.10";
+
+/// Frames for the per-packet cost table.
+pub fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    let vip: Vip = APP_VIP.parse()?;
+    let (dst, port) = (vip.addr.ip(), vip.addr.port());
+    let client: IpAddr = CLIENT.parse()?;
+    let flood: IpAddr = FLOOD_SOURCE.parse()?;
+    Ok(vec![
+        ("app packet, admitted + steered", FrameSpec::udp(client, dst, 40000, port, 18).build()),
+        ("blocklisted source, dropped", FrameSpec::udp(flood, dst, 40000, port, 18).build()),
+        ("not an app (other port), passed", FrameSpec::udp(client, dst, 40000, 9999, 18).build()),
+    ])
+}
+
+/// Configures the maps the way a loaded edged would, with every guard on.
+pub fn configure(dp: &Dataplane) -> anyhow::Result<()> {
+    let maps = dp.maps()?;
+    maps.add_app("bench", None, &[APP_VIP.parse()?], 0)?;
+    maps.block_add("203.0.113.0/24".parse()?)?;
+    maps.set_rate_limit(RateLimitConfig {
+        pps: 100_000_000,
+        burst: 1_000_000_000,
+        flags: rate_limit_flags::ENABLED,
+        _pad: 0,
+    })?;
+    maps.set_worker_cpus(&[0, 1], 2048)?;
+    maps.set_worker_config(WorkerConfig { n_workers: 2, load_threshold: 0, flags: worker_flags::STEER_CPUMAP, _pad: 0 })?;
+    Ok(())
+}
+
+fn baseline_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+    prog.load()?;
+    Ok(prog)
+}
+
+fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[derive(Debug, Serialize)]
+pub struct CostRow {
+    pub case: String,
+    pub classify_ns: f64,
+    pub bare_pass_ns: f64,
+    pub overhead_ns: f64,
+}
+
+/// ns per packet, median of `rounds`, classify and bare XDP_PASS interleaved in each round.
+pub fn per_packet_cost(pin_dir: &Path, repeat: u32, rounds: usize) -> anyhow::Result<Vec<CostRow>> {
+    let dp = Dataplane::load(&LoadOptions { pin_dir: pin_dir.to_path_buf() })?;
+    configure(&dp)?;
+    let mut baseline = Ebpf::load(BASELINE_OBJECT)?;
+    let bare_pass = baseline_program(&mut baseline, "bare_pass")?;
+    let mut rows = Vec::new();
+    for (case, frame) in frames()? {
+        let (mut c, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            c.push(ns_per_packet(dp.classify(), &frame, repeat)?);
+            b.push(ns_per_packet(bare_pass, &frame, repeat)?);
+        }
+        let (classify_ns, bare_pass_ns) = (median(c), median(b));
+        rows.push(CostRow { case: case.to_owned(), classify_ns, bare_pass_ns, overhead_ns: classify_ns - bare_pass_ns });
+    }
+    Ok(rows)
+}
+
+/// Two namespaces: `gen` transmits from veth0, `target` receives on veth1.
+pub struct FloodWorld {
+    pub gen_ns: Netns,
+    pub target_ns: Netns,
+}
+
+impl FloodWorld {
+    pub const GEN_IF: &str = "veth0";
+    pub const TARGET_IF: &str = "veth1";
+
+    pub fn new() -> anyhow::Result<Self> {
+        let gen_ns = Netns::new("ep-gen")?;
+        let target_ns = Netns::new("ep-tgt")?;
+        veth_pair(
+            &LinkEnd { ns: &gen_ns, iface: Self::GEN_IF, addrs: &["10.88.0.1/24"] },
+            &LinkEnd { ns: &target_ns, iface: Self::TARGET_IF, addrs: &["10.88.0.2/24"] },
+        )?;
+        // XDP_TX into a veth reaches its peer only through the peer's NAPI: with an XDP program
+        // attached, or with GRO on (the nftables case has no XDP program).
+        let out = target_ns.command("ethtool").args(["-K", Self::TARGET_IF, "gro", "on"]).output()?;
+        if !out.status.success() {
+            bail!("ethtool gro on: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self { gen_ns, target_ns })
+    }
+
+    /// Sends `count` copies of `frame` from the generator side; returns wall seconds taken.
+    pub fn flood(&self, frame: &[u8], count: u32) -> anyhow::Result<f64> {
+        self.gen_ns.run(|| -> anyhow::Result<f64> {
+            let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+            let tx = baseline_program(&mut ebpf, "bare_tx")?;
+            let ifindex = ifindex(Self::GEN_IF)?;
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+            let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+            let start = Instant::now();
+            tx.test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: count,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN live frames")?;
+            Ok(start.elapsed().as_secs_f64())
+        })?
+    }
+
+    /// XDP drops counted by the target veth's driver (all queues).
+    pub fn target_xdp_drops(&self) -> anyhow::Result<u64> {
+        let out = self.target_ns.command("ethtool").args(["-S", Self::TARGET_IF]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("rx_queue_") && l.contains("_xdp_drops:"))
+            .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
+            .sum())
+    }
+
+    pub fn nft(&self, script: &str) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        let mut child = self
+            .target_ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().context("nft stdin")?.write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn nft_counter(&self) -> anyhow::Result<u64> {
+        let out: std::process::Output = self
+            .target_ns
+            .command("nft")
+            .args(["list", "chain", "netdev", "edgeplane_bench", "ingress"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .context("nft counter not found")
+    }
+}
+
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(idx)
+}
+
+#[derive(Debug, Serialize)]
+pub struct DropRow {
+    pub dropper: String,
+    pub sent: u64,
+    pub dropped: u64,
+    pub mpps: f64,
+}
+
+/// Blocklisted flood through each dropper in turn, `rounds` times, median Mpps.
+pub fn flood_drop_rates(pin_dir: &Path, packets: u32, rounds: usize) -> anyhow::Result<Vec<DropRow>> {
+    let world = FloodWorld::new()?;
+    let vip: Vip = APP_VIP.parse()?;
+    let frame = FrameSpec::udp(FLOOD_SOURCE.parse()?, vip.addr.ip(), 40000, vip.addr.port(), 18).build();
+    let mut results: Vec<(String, Vec<f64>, u64, u64)> = Vec::new();
+
+    // classify, native.
+    {
+        let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin_dir.to_path_buf() })?;
+        configure(&dp)?;
+        world.target_ns.run(|| dp.attach_xdp(FloodWorld::TARGET_IF, XdpAttachMode::Native))??;
+        let app = dp.maps()?.app_id("bench")?;
+        let stats = dp.maps()?.stats_reader()?;
+        let mut rates = Vec::new();
+        let (mut sent, mut dropped) = (0, 0);
+        for _ in 0..rounds {
+            let before = stats.app(app)?.drops[DropReason::Blocklisted as usize];
+            let secs = world.flood(&frame, packets)?;
+            let n = stats.app(app)?.drops[DropReason::Blocklisted as usize] - before;
+            rates.push(n as f64 / secs / 1e6);
+            sent += packets as u64;
+            dropped += n;
+        }
+        results.push(("edgeplane classify (native)".into(), rates, sent, dropped));
+    }
+
+    // bare XDP_DROP, native.
+    {
+        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+        let drop = baseline_program(&mut ebpf, "bare_drop")?;
+        world.target_ns.run(|| drop.attach(FloodWorld::TARGET_IF, XdpMode::Driver))??;
+        let mut rates = Vec::new();
+        let (mut sent, mut dropped) = (0, 0);
+        for _ in 0..rounds {
+            let before = world.target_xdp_drops()?;
+            let secs = world.flood(&frame, packets)?;
+            let n = world.target_xdp_drops()? - before;
+            rates.push(n as f64 / secs / 1e6);
+            sent += packets as u64;
+            dropped += n;
+        }
+        results.push(("bare XDP_DROP (native)".into(), rates, sent, dropped));
+    }
+
+    // nftables, netdev ingress (the earliest nftables hook), no XDP.
+    {
+        world.nft(&format!(
+            "table netdev edgeplane_bench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr 203.0.113.0/24 counter drop\n }}\n}}\n",
+            FloodWorld::TARGET_IF
+        ))?;
+        let mut rates = Vec::new();
+        let (mut sent, mut dropped) = (0, 0);
+        for _ in 0..rounds {
+            let before = world.nft_counter()?;
+            let secs = world.flood(&frame, packets)?;
+            let n = world.nft_counter()? - before;
+            rates.push(n as f64 / secs / 1e6);
+            sent += packets as u64;
+            dropped += n;
+        }
+        results.push(("nftables netdev ingress drop".into(), rates, sent, dropped));
+    }
+
+    Ok(results
+        .into_iter()
+        .map(|(dropper, rates, sent, dropped)| DropRow { dropper, sent, dropped, mpps: median(rates) })
+        .collect())
+}
