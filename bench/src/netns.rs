@@ -32,6 +32,17 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The index of an interface in the calling thread's namespace.
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(idx)
+}
+
 /// Whether this process may create namespaces and load BPF programs.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -70,7 +81,11 @@ impl Netns {
             s.spawn(|| {
                 // SAFETY: a valid netns fd; this thread only.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+                    bail!(
+                        "setns into {}: {}",
+                        self.name,
+                        std::io::Error::last_os_error()
+                    );
                 }
                 Ok(f())
             })
@@ -82,7 +97,8 @@ impl Netns {
     /// Runs a command inside the namespace (nsenter keeps /sys and its bpffs mount visible).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
         cmd
     }
 
@@ -109,8 +125,18 @@ pub struct LinkEnd<'a> {
 /// Creates a veth pair between two namespaces, addresses both ends and brings them up.
 pub fn veth_pair(a: &LinkEnd<'_>, b: &LinkEnd<'_>) -> anyhow::Result<()> {
     ip(&[
-        "link", "add", a.iface, "netns", a.ns.name(), "type", "veth", "peer", "name", b.iface,
-        "netns", b.ns.name(),
+        "link",
+        "add",
+        a.iface,
+        "netns",
+        a.ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.iface,
+        "netns",
+        b.ns.name(),
     ])?;
     for end in [a, b] {
         for addr in end.addrs {
@@ -127,9 +153,17 @@ pub fn veth_pair(a: &LinkEnd<'_>, b: &LinkEnd<'_>) -> anyhow::Result<()> {
         // skb metadata saying so. XDP_REDIRECT through CPUMAP rebuilds the skb without that
         // metadata, and the receiver then drops the packet as corrupt (UdpInCsumErrors). A real
         // NIC hands XDP complete checksums, so make the veths do the same.
-        let out = end.ns.command("ethtool").args(["-K", end.iface, "tx", "off"]).output()?;
+        let out = end
+            .ns
+            .command("ethtool")
+            .args(["-K", end.iface, "tx", "off"])
+            .output()?;
         if !out.status.success() {
-            bail!("ethtool -K {} tx off: {}", end.iface, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "ethtool -K {} tx off: {}",
+                end.iface,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(())

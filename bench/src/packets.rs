@@ -10,7 +10,9 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
     /// TCP with these flag bits (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20).
-    Tcp { flags: u8 },
+    Tcp {
+        flags: u8,
+    },
     Udp,
 }
 
@@ -28,11 +30,27 @@ pub struct FrameSpec {
 
 impl FrameSpec {
     pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload_len: usize) -> Self {
-        Self { vlan: None, src, dst, sport, dport, l4: L4::Udp, payload_len }
+        Self {
+            vlan: None,
+            src,
+            dst,
+            sport,
+            dport,
+            l4: L4::Udp,
+            payload_len,
+        }
     }
 
     pub fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Self {
-        Self { vlan: None, src, dst, sport, dport, l4: L4::Tcp { flags }, payload_len: 0 }
+        Self {
+            vlan: None,
+            src,
+            dst,
+            sport,
+            dport,
+            l4: L4::Tcp { flags },
+            payload_len: 0,
+        }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -48,12 +66,24 @@ impl FrameSpec {
                     }
                     L4::Tcp { flags } => {
                         let mut b = $ip.tcp(self.sport, self.dport, 1000, 64240);
-                        if flags & 0x01 != 0 { b = b.fin(); }
-                        if flags & 0x02 != 0 { b = b.syn(); }
-                        if flags & 0x04 != 0 { b = b.rst(); }
-                        if flags & 0x08 != 0 { b = b.psh(); }
-                        if flags & 0x10 != 0 { b = b.ack(1); }
-                        if flags & 0x20 != 0 { b = b.urg(0); }
+                        if flags & 0x01 != 0 {
+                            b = b.fin();
+                        }
+                        if flags & 0x02 != 0 {
+                            b = b.syn();
+                        }
+                        if flags & 0x04 != 0 {
+                            b = b.rst();
+                        }
+                        if flags & 0x08 != 0 {
+                            b = b.psh();
+                        }
+                        if flags & 0x10 != 0 {
+                            b = b.ack(1);
+                        }
+                        if flags & 0x20 != 0 {
+                            b = b.urg(0);
+                        }
                         b.write(&mut out, &payload).expect("frame fits");
                     }
                 }
@@ -63,11 +93,13 @@ impl FrameSpec {
             (None, IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 64)),
             (None, IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 64)),
             (Some(vid), IpAddr::V4(s), IpAddr::V4(d)) => {
-                let vlan = eth.single_vlan(etherparse::VlanId::try_new(vid & 0x0fff).expect("12-bit id"));
+                let vlan =
+                    eth.single_vlan(etherparse::VlanId::try_new(vid & 0x0fff).expect("12-bit id"));
                 finish!(vlan.ipv4(s.octets(), d.octets(), 64))
             }
             (Some(vid), IpAddr::V6(s), IpAddr::V6(d)) => {
-                let vlan = eth.single_vlan(etherparse::VlanId::try_new(vid & 0x0fff).expect("12-bit id"));
+                let vlan =
+                    eth.single_vlan(etherparse::VlanId::try_new(vid & 0x0fff).expect("12-bit id"));
                 finish!(vlan.ipv6(s.octets(), d.octets(), 64))
             }
             _ => panic!("source and destination must be the same address family"),
@@ -95,4 +127,41 @@ pub fn insert_ipv6_ext(frame: &mut Vec<u8>, kind: u8, len_units: u8) {
     frame.splice(at..at, ext);
     let plen = u16::from_be_bytes([frame[L3 + 4], frame[L3 + 5]]) as usize + len;
     frame[L3 + 4..L3 + 6].copy_from_slice(&(plen as u16).to_be_bytes());
+}
+
+/// Sends raw frames out of `iface` (in the calling thread's namespace) with an AF_PACKET socket:
+/// malformed frames go out exactly as given.
+pub fn send_raw_frames(iface: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let ifindex = crate::netns::ifindex(iface)?;
+    // SAFETY: plain socket syscalls; the fd is owned right away and results are checked.
+    unsafe {
+        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        anyhow::ensure!(
+            raw >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = OwnedFd::from_raw_fd(raw);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            let rc = libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            anyhow::ensure!(
+                rc == f.len() as isize,
+                "sendto on {iface}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
 }

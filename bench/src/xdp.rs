@@ -16,12 +16,32 @@ use edgeplane_abi::{DropReason, RateLimitConfig, WorkerConfig, rate_limit_flags,
 use serde::Serialize;
 
 use crate::{
-    netns::{LinkEnd, Netns, veth_pair},
+    netns::{LinkEnd, Netns, ifindex, veth_pair},
     packets::FrameSpec,
 };
 
 pub const APP_VIP: &str = "10.88.0.2:53/udp";
 const FLOOD_SOURCE: &str = "203.0.113.5";
+/// Covers FLOOD_SOURCE and every source `bare_tx_spray` writes.
+const BLOCKED_PREFIX: &str = "203.0.0.0/16";
+
+/// How the flood's sources vary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Sources {
+    /// One source address: the flow cache always hits.
+    One,
+    /// 65,536 source addresses in turn: the flow cache almost always misses.
+    Spread,
+}
+
+impl Sources {
+    fn generator(self) -> &'static str {
+        match self {
+            Sources::One => "bare_tx",
+            Sources::Spread => "bare_tx_spray",
+        }
+    }
+}
 const CLIENT: &str = "192.0.2.10";
 
 /// Frames for the per-packet cost table.
@@ -31,9 +51,18 @@ pub fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     let client: IpAddr = CLIENT.parse()?;
     let flood: IpAddr = FLOOD_SOURCE.parse()?;
     Ok(vec![
-        ("app packet, admitted + steered", FrameSpec::udp(client, dst, 40000, port, 18).build()),
-        ("blocklisted source, dropped", FrameSpec::udp(flood, dst, 40000, port, 18).build()),
-        ("not an app (other port), passed", FrameSpec::udp(client, dst, 40000, 9999, 18).build()),
+        (
+            "app packet, admitted + steered",
+            FrameSpec::udp(client, dst, 40000, port, 18).build(),
+        ),
+        (
+            "blocklisted source, dropped",
+            FrameSpec::udp(flood, dst, 40000, port, 18).build(),
+        ),
+        (
+            "not an app (other port), passed",
+            FrameSpec::udp(client, dst, 40000, 9999, 18).build(),
+        ),
     ])
 }
 
@@ -41,7 +70,7 @@ pub fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
 pub fn configure(dp: &Dataplane) -> anyhow::Result<()> {
     let maps = dp.maps()?;
     maps.add_app("bench", None, &[APP_VIP.parse()?], 0)?;
-    maps.block_add("203.0.113.0/24".parse()?)?;
+    maps.block_add(BLOCKED_PREFIX.parse()?)?;
     maps.set_rate_limit(RateLimitConfig {
         pps: 100_000_000,
         burst: 1_000_000_000,
@@ -49,18 +78,30 @@ pub fn configure(dp: &Dataplane) -> anyhow::Result<()> {
         _pad: 0,
     })?;
     maps.set_worker_cpus(&[0, 1], 2048)?;
-    maps.set_worker_config(WorkerConfig { n_workers: 2, load_threshold: 0, flags: worker_flags::STEER_CPUMAP, _pad: 0 })?;
+    maps.set_worker_config(WorkerConfig {
+        n_workers: 2,
+        load_threshold: 0,
+        flags: worker_flags::STEER_CPUMAP,
+        _pad: 0,
+    })?;
     Ok(())
 }
 
 fn baseline_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
-    let prog: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{name} missing"))?
+        .try_into()?;
     prog.load()?;
     Ok(prog)
 }
 
 fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })?;
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    })?;
     Ok(r.duration.as_nanos() as f64)
 }
 
@@ -79,7 +120,9 @@ pub struct CostRow {
 
 /// ns per packet, median of `rounds`, classify and bare XDP_PASS interleaved in each round.
 pub fn per_packet_cost(pin_dir: &Path, repeat: u32, rounds: usize) -> anyhow::Result<Vec<CostRow>> {
-    let dp = Dataplane::load(&LoadOptions { pin_dir: pin_dir.to_path_buf() })?;
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: pin_dir.to_path_buf(),
+    })?;
     configure(&dp)?;
     let mut baseline = Ebpf::load(BASELINE_OBJECT)?;
     let bare_pass = baseline_program(&mut baseline, "bare_pass")?;
@@ -91,7 +134,12 @@ pub fn per_packet_cost(pin_dir: &Path, repeat: u32, rounds: usize) -> anyhow::Re
             b.push(ns_per_packet(bare_pass, &frame, repeat)?);
         }
         let (classify_ns, bare_pass_ns) = (median(c), median(b));
-        rows.push(CostRow { case: case.to_owned(), classify_ns, bare_pass_ns, overhead_ns: classify_ns - bare_pass_ns });
+        rows.push(CostRow {
+            case: case.to_owned(),
+            classify_ns,
+            bare_pass_ns,
+            overhead_ns: classify_ns - bare_pass_ns,
+        });
     }
     Ok(rows)
 }
@@ -110,12 +158,23 @@ impl FloodWorld {
         let gen_ns = Netns::new("ep-gen")?;
         let target_ns = Netns::new("ep-tgt")?;
         veth_pair(
-            &LinkEnd { ns: &gen_ns, iface: Self::GEN_IF, addrs: &["10.88.0.1/24"] },
-            &LinkEnd { ns: &target_ns, iface: Self::TARGET_IF, addrs: &["10.88.0.2/24"] },
+            &LinkEnd {
+                ns: &gen_ns,
+                iface: Self::GEN_IF,
+                addrs: &["10.88.0.1/24"],
+            },
+            &LinkEnd {
+                ns: &target_ns,
+                iface: Self::TARGET_IF,
+                addrs: &["10.88.0.2/24"],
+            },
         )?;
         // XDP_TX into a veth reaches its peer only through the peer's NAPI: with an XDP program
         // attached, or with GRO on (the nftables case has no XDP program).
-        let out = target_ns.command("ethtool").args(["-K", Self::TARGET_IF, "gro", "on"]).output()?;
+        let out = target_ns
+            .command("ethtool")
+            .args(["-K", Self::TARGET_IF, "gro", "on"])
+            .output()?;
         if !out.status.success() {
             bail!("ethtool gro on: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -123,29 +182,23 @@ impl FloodWorld {
     }
 
     /// Sends `count` copies of `frame` from the generator side; returns wall seconds taken.
-    pub fn flood(&self, frame: &[u8], count: u32) -> anyhow::Result<f64> {
-        self.gen_ns.run(|| -> anyhow::Result<f64> {
-            let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-            let tx = baseline_program(&mut ebpf, "bare_tx")?;
-            let ifindex = ifindex(Self::GEN_IF)?;
-            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-            let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-            let start = Instant::now();
-            tx.test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: count,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN live frames")?;
-            Ok(start.elapsed().as_secs_f64())
-        })?
+    pub fn flood(&self, frame: &[u8], count: u32, sources: Sources) -> anyhow::Result<f64> {
+        live_flood_with(
+            &self.gen_ns,
+            Self::GEN_IF,
+            frame,
+            count,
+            sources.generator(),
+        )
     }
 
     /// XDP drops counted by the target veth's driver (all queues).
     pub fn target_xdp_drops(&self) -> anyhow::Result<u64> {
-        let out = self.target_ns.command("ethtool").args(["-S", Self::TARGET_IF]).output()?;
+        let out = self
+            .target_ns
+            .command("ethtool")
+            .args(["-S", Self::TARGET_IF])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text
             .lines()
@@ -164,7 +217,11 @@ impl FloodWorld {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
-        child.stdin.take().context("nft stdin")?.write_all(script.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(script.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
@@ -187,90 +244,145 @@ impl FloodWorld {
     }
 }
 
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: NUL-terminated name.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(idx)
+/// Transmits `count` copies of `frame` out of `iface` in `ns` at line rate: BPF_PROG_TEST_RUN in
+/// live-frames mode runs `bare_tx`, which XDP_TXes each frame. Returns wall seconds taken.
+pub fn live_flood(ns: &Netns, iface: &str, frame: &[u8], count: u32) -> anyhow::Result<f64> {
+    live_flood_with(ns, iface, frame, count, "bare_tx")
+}
+
+fn live_flood_with(
+    ns: &Netns,
+    iface: &str,
+    frame: &[u8],
+    count: u32,
+    generator: &str,
+) -> anyhow::Result<f64> {
+    ns.run(|| -> anyhow::Result<f64> {
+        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+        let tx = baseline_program(&mut ebpf, generator)?;
+        let ifindex = ifindex(iface)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let start = Instant::now();
+        tx.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN live frames")?;
+        Ok(start.elapsed().as_secs_f64())
+    })?
 }
 
 #[derive(Debug, Serialize)]
 pub struct DropRow {
     pub dropper: String,
+    pub sources: Sources,
     pub sent: u64,
     pub dropped: u64,
     pub mpps: f64,
 }
 
-/// Blocklisted flood through each dropper in turn, `rounds` times, median Mpps.
-pub fn flood_drop_rates(pin_dir: &Path, packets: u32, rounds: usize) -> anyhow::Result<Vec<DropRow>> {
-    let world = FloodWorld::new()?;
-    let vip: Vip = APP_VIP.parse()?;
-    let frame = FrameSpec::udp(FLOOD_SOURCE.parse()?, vip.addr.ip(), 40000, vip.addr.port(), 18).build();
-    let mut results: Vec<(String, Vec<f64>, u64, u64)> = Vec::new();
-
-    // classify, native.
-    {
-        let mut dp = Dataplane::load(&LoadOptions { pin_dir: pin_dir.to_path_buf() })?;
-        configure(&dp)?;
-        world.target_ns.run(|| dp.attach_xdp(FloodWorld::TARGET_IF, XdpAttachMode::Native))??;
-        let app = dp.maps()?.app_id("bench")?;
-        let stats = dp.maps()?.stats_reader()?;
+/// Floods `rounds` times with each source pattern; returns (pattern, median Mpps, sent, dropped).
+fn measure(
+    world: &FloodWorld,
+    frame: &[u8],
+    packets: u32,
+    rounds: usize,
+    dropped_so_far: &dyn Fn() -> anyhow::Result<u64>,
+) -> anyhow::Result<Vec<(Sources, f64, u64, u64)>> {
+    let mut out = Vec::new();
+    for sources in [Sources::One, Sources::Spread] {
         let mut rates = Vec::new();
         let (mut sent, mut dropped) = (0, 0);
         for _ in 0..rounds {
-            let before = stats.app(app)?.drops[DropReason::Blocklisted as usize];
-            let secs = world.flood(&frame, packets)?;
-            let n = stats.app(app)?.drops[DropReason::Blocklisted as usize] - before;
+            let before = dropped_so_far()?;
+            let secs = world.flood(frame, packets, sources)?;
+            let n = dropped_so_far()? - before;
             rates.push(n as f64 / secs / 1e6);
             sent += packets as u64;
             dropped += n;
         }
-        results.push(("edgeplane classify (native)".into(), rates, sent, dropped));
+        out.push((sources, median(rates), sent, dropped));
+    }
+    Ok(out)
+}
+
+/// Blocklisted flood through each dropper in turn, each with one source and with 65,536.
+pub fn flood_drop_rates(
+    pin_dir: &Path,
+    packets: u32,
+    rounds: usize,
+) -> anyhow::Result<Vec<DropRow>> {
+    let world = FloodWorld::new()?;
+    let vip: Vip = APP_VIP.parse()?;
+    let frame = FrameSpec::udp(
+        FLOOD_SOURCE.parse()?,
+        vip.addr.ip(),
+        40000,
+        vip.addr.port(),
+        18,
+    )
+    .build();
+    let mut rows = Vec::new();
+    let mut push = |dropper: &str, results: Vec<(Sources, f64, u64, u64)>| {
+        for (sources, mpps, sent, dropped) in results {
+            rows.push(DropRow {
+                dropper: dropper.to_owned(),
+                sources,
+                sent,
+                dropped,
+                mpps,
+            });
+        }
+    };
+
+    // classify, native, counted by its own blocklist counter.
+    {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_dir: pin_dir.to_path_buf(),
+        })?;
+        configure(&dp)?;
+        world
+            .target_ns
+            .run(|| dp.attach_xdp(FloodWorld::TARGET_IF, XdpAttachMode::Native))??;
+        let app = dp.maps()?.app_id("bench")?;
+        let stats = dp.maps()?.stats_reader()?;
+        let blocked = || Ok(stats.app(app)?.drops[DropReason::Blocklisted as usize]);
+        push(
+            "edgeplane classify (native)",
+            measure(&world, &frame, packets, rounds, &blocked)?,
+        );
     }
 
-    // bare XDP_DROP, native.
+    // bare XDP_DROP, native, counted by the veth driver.
     {
         let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
         let drop = baseline_program(&mut ebpf, "bare_drop")?;
-        world.target_ns.run(|| drop.attach(FloodWorld::TARGET_IF, XdpMode::Driver))??;
-        let mut rates = Vec::new();
-        let (mut sent, mut dropped) = (0, 0);
-        for _ in 0..rounds {
-            let before = world.target_xdp_drops()?;
-            let secs = world.flood(&frame, packets)?;
-            let n = world.target_xdp_drops()? - before;
-            rates.push(n as f64 / secs / 1e6);
-            sent += packets as u64;
-            dropped += n;
-        }
-        results.push(("bare XDP_DROP (native)".into(), rates, sent, dropped));
+        world
+            .target_ns
+            .run(|| drop.attach(FloodWorld::TARGET_IF, XdpMode::Driver))??;
+        push(
+            "bare XDP_DROP (native)",
+            measure(&world, &frame, packets, rounds, &|| {
+                world.target_xdp_drops()
+            })?,
+        );
     }
 
     // nftables, netdev ingress (the earliest nftables hook), no XDP.
-    {
-        world.nft(&format!(
-            "table netdev edgeplane_bench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr 203.0.113.0/24 counter drop\n }}\n}}\n",
-            FloodWorld::TARGET_IF
-        ))?;
-        let mut rates = Vec::new();
-        let (mut sent, mut dropped) = (0, 0);
-        for _ in 0..rounds {
-            let before = world.nft_counter()?;
-            let secs = world.flood(&frame, packets)?;
-            let n = world.nft_counter()? - before;
-            rates.push(n as f64 / secs / 1e6);
-            sent += packets as u64;
-            dropped += n;
-        }
-        results.push(("nftables netdev ingress drop".into(), rates, sent, dropped));
-    }
-
-    Ok(results
-        .into_iter()
-        .map(|(dropper, rates, sent, dropped)| DropRow { dropper, sent, dropped, mpps: median(rates) })
-        .collect())
+    world.nft(&format!(
+        "table netdev edgeplane_bench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr {BLOCKED_PREFIX} counter drop\n }}\n}}\n",
+        FloodWorld::TARGET_IF
+    ))?;
+    push(
+        "nftables netdev ingress drop",
+        measure(&world, &frame, packets, rounds, &|| world.nft_counter())?,
+    );
+    Ok(rows)
 }

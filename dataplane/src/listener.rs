@@ -15,7 +15,11 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> anyhow::Result<TcpL
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
-    socket.listen(backlog).with_context(|| format!("listening on {addr}"))?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    socket
+        .listen(backlog)
+        .with_context(|| format!("listening on {addr}"))?;
     Ok(socket.into())
 }

@@ -24,7 +24,10 @@ pub struct TestPins {
 
 impl TestPins {
     pub fn new(test: &str) -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/edgeplane-test-{test}-{}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/edgeplane-test-{test}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         Self { dir }
     }
@@ -34,7 +37,9 @@ impl TestPins {
     }
 
     pub fn load(&self) -> anyhow::Result<Dataplane> {
-        Dataplane::load(&LoadOptions { pin_dir: self.dir.clone() })
+        Dataplane::load(&LoadOptions {
+            pin_dir: self.dir.clone(),
+        })
     }
 }
 
@@ -65,14 +70,26 @@ impl TwoHosts {
         let client = Netns::new("ep-cli")?;
         let server = Netns::new("ep-srv")?;
         veth_pair(
-            &LinkEnd { ns: &client, iface: Self::CLIENT_IF, addrs: &["10.77.0.1/24", "10.77.0.3/24", "fd77::1/64"] },
-            &LinkEnd { ns: &server, iface: Self::SERVER_IF, addrs: &["10.77.0.2/24", "fd77::2/64"] },
+            &LinkEnd {
+                ns: &client,
+                iface: Self::CLIENT_IF,
+                addrs: &["10.77.0.1/24", "10.77.0.3/24", "fd77::1/64"],
+            },
+            &LinkEnd {
+                ns: &server,
+                iface: Self::SERVER_IF,
+                addrs: &["10.77.0.2/24", "fd77::2/64"],
+            },
         )?;
         Ok(Self { client, server })
     }
 
     /// Loads the programs and attaches `classify` to the server's veth in the given mode.
-    pub fn attach(&self, pins: &TestPins, mode: edgeplane::XdpAttachMode) -> anyhow::Result<Dataplane> {
+    pub fn attach(
+        &self,
+        pins: &TestPins,
+        mode: edgeplane::XdpAttachMode,
+    ) -> anyhow::Result<Dataplane> {
         let mut dp = pins.load()?;
         self.server.run(|| dp.attach_xdp(Self::SERVER_IF, mode))??;
         Ok(dp)

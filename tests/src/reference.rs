@@ -20,7 +20,11 @@ pub enum Outcome {
     /// XDP_DROP, counted in `app`'s slot (0 when the headers were too broken to tell).
     Drop { app: u32, reason: DropReason },
     /// Counted for `app`; `steered` means XDP_REDIRECT to a worker CPU, else XDP_PASS.
-    Admit { app: u32, steered: bool, new_flow: bool },
+    Admit {
+        app: u32,
+        steered: bool,
+        new_flow: bool,
+    },
 }
 
 /// The parsed 5-tuple, or why there is none.
@@ -28,7 +32,13 @@ pub enum Outcome {
 enum Headers {
     Pass,
     Drop(DropReason),
-    Flow { src: [u8; 16], dst: [u8; 16], dport: u16, proto: u8, tcp_flags: u8 },
+    Flow {
+        src: [u8; 16],
+        dst: [u8; 16],
+        dport: u16,
+        proto: u8,
+        tcp_flags: u8,
+    },
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -65,7 +75,9 @@ fn parse(frame: &[u8]) -> Headers {
 
 fn parse_ipv4(frame: &[u8], l3: usize) -> Headers {
     let bad = Headers::Drop(DropReason::MalformedIpv4);
-    let Some(ip) = frame.get(l3..l3 + 20) else { return bad };
+    let Some(ip) = frame.get(l3..l3 + 20) else {
+        return bad;
+    };
     if ip[0] >> 4 != 4 {
         return bad;
     }
@@ -89,7 +101,9 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Headers {
 
 fn parse_ipv6(frame: &[u8], l3: usize) -> Headers {
     let bad = Headers::Drop(DropReason::MalformedIpv6);
-    let Some(ip) = frame.get(l3..l3 + 40) else { return bad };
+    let Some(ip) = frame.get(l3..l3 + 40) else {
+        return bad;
+    };
     if ip[0] >> 4 != 6 {
         return bad;
     }
@@ -109,7 +123,9 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Headers {
         // Each header's own first bytes must be in the frame (though not necessarily in the
         // payload: that is checked after stepping over it).
         let header_bytes = if next == 44 { 4 } else { 2 };
-        let Some(h) = frame.get(at..at + header_bytes) else { return bad };
+        let Some(h) = frame.get(at..at + header_bytes) else {
+            return bad;
+        };
         let len = match next {
             44 => {
                 if be16(h, 2) != 0 {
@@ -144,7 +160,13 @@ fn parse_l4(l4: &[u8], proto: u8, src: [u8; 16], dst: [u8; 16]) -> Headers {
         if doff < 20 || doff > l4.len() {
             return Headers::Drop(DropReason::MalformedTcp);
         }
-        Headers::Flow { src, dst, dport: be16(l4, 2), proto, tcp_flags: l4[13] }
+        Headers::Flow {
+            src,
+            dst,
+            dport: be16(l4, 2),
+            proto,
+            tcp_flags: l4[13],
+        }
     } else {
         if l4.len() < 8 {
             return Headers::Drop(DropReason::MalformedUdp);
@@ -153,7 +175,13 @@ fn parse_l4(l4: &[u8], proto: u8, src: [u8; 16], dst: [u8; 16]) -> Headers {
         if len < 8 || len > l4.len() {
             return Headers::Drop(DropReason::MalformedUdp);
         }
-        Headers::Flow { src, dst, dport: be16(l4, 2), proto, tcp_flags: 0 }
+        Headers::Flow {
+            src,
+            dst,
+            dport: be16(l4, 2),
+            proto,
+            tcp_flags: 0,
+        }
     }
 }
 
@@ -187,23 +215,54 @@ impl Model {
     pub fn classify(&mut self, frame: &[u8], now_ns: u64) -> Outcome {
         let (src, dst, dport, proto, tcp_flags) = match parse(frame) {
             Headers::Pass => return Outcome::Pass,
-            Headers::Drop(reason) => return Outcome::Drop { app: UNCLASSIFIED_APP, reason },
-            Headers::Flow { src, dst, dport, proto, tcp_flags } => (src, dst, dport, proto, tcp_flags),
+            Headers::Drop(reason) => {
+                return Outcome::Drop {
+                    app: UNCLASSIFIED_APP,
+                    reason,
+                };
+            }
+            Headers::Flow {
+                src,
+                dst,
+                dport,
+                proto,
+                tcp_flags,
+            } => (src, dst, dport, proto, tcp_flags),
         };
-        let key = AppKey { addr: dst, port: dport, proto, _pad: 0 };
-        let Some(entry) = self.apps.get(&key).copied() else { return Outcome::Pass };
+        let key = AppKey {
+            addr: dst,
+            port: dport,
+            proto,
+            _pad: 0,
+        };
+        let Some(entry) = self.apps.get(&key).copied() else {
+            return Outcome::Pass;
+        };
         let app = entry.app_id;
         if self.blocked(&src) {
-            return Outcome::Drop { app, reason: DropReason::Blocklisted };
+            return Outcome::Drop {
+                app,
+                reason: DropReason::Blocklisted,
+            };
         }
         if proto == IPPROTO_TCP && bad_tcp_flags(tcp_flags) {
-            return Outcome::Drop { app, reason: DropReason::BadTcpFlags };
+            return Outcome::Drop {
+                app,
+                reason: DropReason::BadTcpFlags,
+            };
         }
         let cfg = self.rate_limit;
-        if entry.flags & app_flags::NO_RATE_LIMIT == 0 && cfg.flags & rate_limit_flags::ENABLED != 0 {
-            let bucket = self.buckets.entry(src).or_insert_with(|| token_bucket_new(&cfg, now_ns));
+        if entry.flags & app_flags::NO_RATE_LIMIT == 0 && cfg.flags & rate_limit_flags::ENABLED != 0
+        {
+            let bucket = self
+                .buckets
+                .entry(src)
+                .or_insert_with(|| token_bucket_new(&cfg, now_ns));
             if !token_bucket_admit(bucket, &cfg, now_ns) {
-                return Outcome::Drop { app, reason: DropReason::RateLimited };
+                return Outcome::Drop {
+                    app,
+                    reason: DropReason::RateLimited,
+                };
             }
         }
         Outcome::Admit {

@@ -21,7 +21,13 @@ const PORT: u16 = 8080;
 
 fn expected_worker(client: SocketAddr, server: SocketAddr) -> u32 {
     let words = |ip: IpAddr| addr_words(&edgeplane::addr::to_mapped(ip));
-    let h = flow_hash(&words(client.ip()), &words(server.ip()), client.port(), server.port(), IPPROTO_TCP);
+    let h = flow_hash(
+        &words(client.ip()),
+        &words(server.ip()),
+        client.port(),
+        server.port(),
+        IPPROTO_TCP,
+    );
     worker_for_hash(h, WORKERS)
 }
 
@@ -37,7 +43,8 @@ fn connect_and_see_who_accepts(
         ports
             .iter()
             .map(|p| {
-                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                let sock =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                 sock.set_reuse_address(true)?;
                 sock.bind(&SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, *p).into())?;
                 sock.connect_timeout(&server.into(), Duration::from_secs(3))?;
@@ -65,7 +72,13 @@ fn connect_and_see_who_accepts(
 
 fn set_loads(maps: &PinnedMaps, loads: &[u64]) -> anyhow::Result<()> {
     for (w, l) in loads.iter().enumerate() {
-        maps.set_worker_load(w as u32, WorkerLoad { in_flight: *l, served: 0 })?;
+        maps.set_worker_load(
+            w as u32,
+            WorkerLoad {
+                in_flight: *l,
+                served: 0,
+            },
+        )?;
     }
     Ok(())
 }
@@ -81,7 +94,12 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
     let dp = hosts.attach(&pins, XdpAttachMode::Native)?;
     let maps = dp.maps()?;
     let server = SocketAddr::new(TwoHosts::SERVER_V4.parse()?, PORT);
-    maps.add_app("web", None, &[edgeplane::addr::Vip::from_socket_tcp(server)], 0)?;
+    maps.add_app(
+        "web",
+        None,
+        &[edgeplane::addr::Vip::from_socket_tcp(server)],
+        0,
+    )?;
     maps.set_worker_cpus(&[0, 1], 256)?;
     maps.set_worker_config(WorkerConfig {
         n_workers: WORKERS,
@@ -91,7 +109,9 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
     })?;
 
     let listeners = hosts.server.run(|| -> anyhow::Result<Vec<TcpListener>> {
-        (0..WORKERS).map(|_| reuseport_listener(server, 128)).collect()
+        (0..WORKERS)
+            .map(|_| reuseport_listener(server, 128))
+            .collect()
     })??;
     for (i, l) in listeners.iter().enumerate() {
         l.set_nonblocking(true)?;
@@ -102,18 +122,32 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
     // 1. By the hash.
     let ports: Vec<u16> = (41000..41040).collect();
     let landed = connect_and_see_who_accepts(&hosts, &listeners, server, &ports)?;
-    assert_eq!(landed.len(), ports.len(), "some connections were never accepted");
+    assert_eq!(
+        landed.len(),
+        ports.len(),
+        "some connections were never accepted"
+    );
     let mut per_worker = [0usize; WORKERS as usize];
     for p in &ports {
         let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, *p);
         let want = expected_worker(client, server) as usize;
-        assert_eq!(landed[p], want, "client port {p} landed on worker {} not {want}", landed[p]);
+        assert_eq!(
+            landed[p], want,
+            "client port {p} landed on worker {} not {want}",
+            landed[p]
+        );
         per_worker[want] += 1;
     }
-    assert!(per_worker.iter().all(|n| *n > 0), "the hash should use both workers: {per_worker:?}");
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "the hash should use both workers: {per_worker:?}"
+    );
 
     // 2. Worker 0 over the threshold: everything goes to worker 1, the least loaded.
-    maps.set_worker_config(WorkerConfig { load_threshold: 10, ..maps.worker_config()? })?;
+    maps.set_worker_config(WorkerConfig {
+        load_threshold: 10,
+        ..maps.worker_config()?
+    })?;
     set_loads(&maps, &[50, 3])?;
     let ports: Vec<u16> = (42000..42020).collect();
     let landed = connect_and_see_who_accepts(&hosts, &listeners, server, &ports)?;
@@ -122,15 +156,24 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
     for p in &ports {
         let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, *p);
         moved += (expected_worker(client, server) == 0) as usize;
-        assert_eq!(landed[p], 1, "port {p}: worker 0 is overloaded, everything goes to worker 1");
+        assert_eq!(
+            landed[p], 1,
+            "port {p}: worker 0 is overloaded, everything goes to worker 1"
+        );
     }
-    assert!(moved > 0, "no flow hashed to worker 0, so the fallback was not exercised");
+    assert!(
+        moved > 0,
+        "no flow hashed to worker 0, so the fallback was not exercised"
+    );
 
     // 3. Both over the threshold: the least loaded of the two (worker 0 now) takes everything.
     set_loads(&maps, &[20, 90])?;
     let ports: Vec<u16> = (43000..43020).collect();
     let landed = connect_and_see_who_accepts(&hosts, &listeners, server, &ports)?;
     assert_eq!(landed.len(), ports.len());
-    assert!(ports.iter().all(|p| landed[p] == 0), "least loaded worker 0 should take all: {landed:?}");
+    assert!(
+        ports.iter().all(|p| landed[p] == 0),
+        "least loaded worker 0 should take all: {landed:?}"
+    );
     Ok(())
 }

@@ -45,26 +45,53 @@ impl Gen {
     fn well_formed(&mut self) -> Vec<u8> {
         let rng = &mut self.rng;
         let v6 = rng.random_bool(0.4);
-        let family: Vec<Vip> = self.vips.iter().filter(|v| v.addr.is_ipv6() == v6).copied().collect();
+        let family: Vec<Vip> = self
+            .vips
+            .iter()
+            .filter(|v| v.addr.is_ipv6() == v6)
+            .copied()
+            .collect();
         let vip = *family.choose(rng).unwrap();
         let src = if rng.random_bool(0.9) {
-            *(if v6 { &self.v6_sources } else { &self.v4_sources }).choose(rng).unwrap()
+            *(if v6 {
+                &self.v6_sources
+            } else {
+                &self.v4_sources
+            })
+            .choose(rng)
+            .unwrap()
         } else {
             self.addr(v6)
         };
         let rng = &mut self.rng;
-        let dst = if rng.random_bool(0.8) { vip.addr.ip() } else { self.addr(v6) };
+        let dst = if rng.random_bool(0.8) {
+            vip.addr.ip()
+        } else {
+            self.addr(v6)
+        };
         let rng = &mut self.rng;
-        let dport = if rng.random_bool(0.85) { vip.addr.port() } else { rng.random() };
+        let dport = if rng.random_bool(0.85) {
+            vip.addr.port()
+        } else {
+            rng.random()
+        };
         let tcp = match vip.proto {
             edgeplane::addr::Protocol::Tcp => rng.random_bool(0.85),
             edgeplane::addr::Protocol::Udp => rng.random_bool(0.15),
         };
         let l4 = if tcp {
-            let flags = *[0x02u8, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x00, 0x03, 0x06, 0x29, 0x01]
-                .choose(rng)
-                .unwrap();
-            L4::Tcp { flags: if rng.random_bool(0.05) { rng.random::<u8>() & 0x3f } else { flags } }
+            let flags = *[
+                0x02u8, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x00, 0x03, 0x06, 0x29, 0x01,
+            ]
+            .choose(rng)
+            .unwrap();
+            L4::Tcp {
+                flags: if rng.random_bool(0.05) {
+                    rng.random::<u8>() & 0x3f
+                } else {
+                    flags
+                },
+            }
         } else {
             L4::Udp
         };
@@ -103,22 +130,26 @@ impl Gen {
     fn mutate(&mut self, f: &mut Vec<u8>) {
         let rng = &mut self.rng;
         let len = f.len();
-        let l3 = if u16::from_be_bytes([f[12], f[13]]) == 0x8100 { 18 } else { 14 };
+        let l3 = if u16::from_be_bytes([f[12], f[13]]) == 0x8100 {
+            18
+        } else {
+            14
+        };
         let v6 = f.get(l3).map(|b| b >> 4) == Some(6);
         let l4 = l3 + if v6 { 40 } else { 20 };
         let at = |off: usize| off.min(len - 1);
         match rng.random_range(0..12) {
             0 => f.truncate(rng.random_range(14..=len)),
             1 => f[at(rng.random_range(12..len))] = rng.random(),
-            2 => f[at(l3)] = rng.random(),                                  // version / IHL
-            3 => f[at(l3 + 2)] = rng.random(),                              // IPv4 total length hi
-            4 => f[at(l3 + 3)] = rng.random(),                              // IPv4 total length lo
-            5 => f[at(l3 + 4)] = rng.random::<u8>() & 0x07,                 // IPv6 payload length hi
+            2 => f[at(l3)] = rng.random(),     // version / IHL
+            3 => f[at(l3 + 2)] = rng.random(), // IPv4 total length hi
+            4 => f[at(l3 + 3)] = rng.random(), // IPv4 total length lo
+            5 => f[at(l3 + 4)] = rng.random::<u8>() & 0x07, // IPv6 payload length hi
             6 => f[at(l3 + 6)] = *[0u8, 6, 17, 43, 44, 51, 59, 60, 1].choose(rng).unwrap(), // next header / flags
-            7 => f[at(l4 + 12)] = rng.random(),                             // TCP data offset
-            8 => f[at(l4 + 4)] = rng.random::<u8>() & 0x01,                 // UDP length hi
-            9 => f[at(l4 + 5)] = rng.random(),                              // UDP length lo
-            10 => f[at(l4 + 1)] = rng.random(),                             // L4 / ext header length
+            7 => f[at(l4 + 12)] = rng.random(), // TCP data offset
+            8 => f[at(l4 + 4)] = rng.random::<u8>() & 0x01, // UDP length hi
+            9 => f[at(l4 + 5)] = rng.random(),  // UDP length lo
+            10 => f[at(l4 + 1)] = rng.random(), // L4 / ext header length
             _ => {
                 let extra = rng.random_range(1..40);
                 f.extend(std::iter::repeat_n(0u8, extra)); // trailing padding
@@ -172,7 +203,12 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     let apps: [(&str, u32, &[&str], u32); 4] = [
         ("dns4", 1, &["10.0.0.1:53/udp"], 0),
         ("web4", 2, &["10.0.0.1:80/tcp"], app_flags::NO_RATE_LIMIT),
-        ("web6", 3, &["[2001:db8::1]:443/tcp"], app_flags::NO_RATE_LIMIT | app_flags::NO_STEER),
+        (
+            "web6",
+            3,
+            &["[2001:db8::1]:443/tcp"],
+            app_flags::NO_RATE_LIMIT | app_flags::NO_STEER,
+        ),
         ("quic", 4, &["[2001:db8::1]:443/udp", "10.0.0.2:443/tcp"], 0),
     ];
     let mut all_vips = Vec::new();
@@ -189,7 +225,12 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
         maps.block_add(cidr)?;
         model.blocklist.push(cidr.lpm_key());
     }
-    let rl = RateLimitConfig { pps: 0, burst: 40, flags: rate_limit_flags::ENABLED, _pad: 0 };
+    let rl = RateLimitConfig {
+        pps: 0,
+        burst: 40,
+        flags: rate_limit_flags::ENABLED,
+        _pad: 0,
+    };
     maps.set_rate_limit(rl)?;
     model.rate_limit = rl;
     maps.set_worker_cpus(&[0, 1], 512)?;
@@ -201,29 +242,74 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     })?;
     model.steering = true;
 
-    let mut v4_sources: Vec<IpAddr> = (0..24).map(|i| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i * 2))).collect();
+    let mut v4_sources: Vec<IpAddr> = (0..24)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i * 2)))
+        .collect();
     v4_sources.extend((0..24).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))));
     v4_sources.push("198.51.100.77".parse()?);
-    let mut v6_sources: Vec<IpAddr> =
-        (0..16).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, i))).collect();
-    v6_sources.extend((0..32).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, i))));
-    let mut generator = Gen { rng: StdRng::seed_from_u64(SEED), vips: all_vips, v4_sources, v6_sources };
+    let mut v6_sources: Vec<IpAddr> = (0..16)
+        .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, i)))
+        .collect();
+    v6_sources
+        .extend((0..32).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, i))));
+    let mut generator = Gen {
+        rng: StdRng::seed_from_u64(SEED),
+        vips: all_vips,
+        v4_sources,
+        v6_sources,
+    };
 
     let slots = [0u32, 1, 2, 3, 4];
     let stats = maps.stats_reader()?;
-    let read = || -> anyhow::Result<Vec<AppStats>> { slots.iter().map(|s| Ok(stats.app(*s)?)).collect() };
+    let read =
+        || -> anyhow::Result<Vec<AppStats>> { slots.iter().map(|s| Ok(stats.app(*s)?)).collect() };
     let mut before = read()?;
     let prog = dp.classify();
     let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
     let mut out = vec![0u8; 4096];
+    let web4: Vip = "10.0.0.1:80/tcp".parse()?;
+    let toggled: Cidr = "198.51.100.77".parse()?;
     for i in 0..PACKETS {
+        // Change the configuration under the flow cache now and then; the model changes with it.
+        match i % 20_000 {
+            5_000 => {
+                maps.block_remove(toggled)?;
+                model.blocklist.retain(|k| *k != toggled.lpm_key());
+            }
+            10_000 => {
+                let flags = app_flags::NO_RATE_LIMIT | app_flags::NO_STEER;
+                maps.add_app("web4", Some(2), &[web4], flags)?;
+                model.apps.insert(web4.key(), AppEntry { app_id: 2, flags });
+            }
+            15_000 => {
+                maps.block_add(toggled)?;
+                model.blocklist.push(toggled.lpm_key());
+                maps.add_app("web4", Some(2), &[web4], app_flags::NO_RATE_LIMIT)?;
+                model.apps.insert(
+                    web4.key(),
+                    AppEntry {
+                        app_id: 2,
+                        flags: app_flags::NO_RATE_LIMIT,
+                    },
+                );
+            }
+            _ => {}
+        }
         let frame = generator.frame();
         let outcome = model.classify(&frame, 0);
         let verdict = prog
-            .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() })?
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })?
             .return_value;
         let after = read()?;
-        let got: Vec<AppStats> = after.iter().zip(&before).map(|(a, b)| delta(a, b)).collect();
+        let got: Vec<AppStats> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| delta(a, b))
+            .collect();
         let want_verdict = match outcome {
             Outcome::Pass => XDP_PASS,
             Outcome::Drop { .. } => XDP_DROP,
@@ -249,10 +335,17 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     eprintln!("differential: {PACKETS} packets agree; outcomes: {seen:?}");
     // The generator must reach every behaviour, or agreement proves little.
     for reason in DropReason::ALL {
-        assert!(seen.get(reason.name()).copied().unwrap_or(0) >= 10, "generator never reached {}: {seen:?}", reason.name());
+        assert!(
+            seen.get(reason.name()).copied().unwrap_or(0) >= 10,
+            "generator never reached {}: {seen:?}",
+            reason.name()
+        );
     }
     for label in ["pass", "admit(steered=true)", "admit(steered=false)"] {
-        assert!(seen.get(label).copied().unwrap_or(0) >= 100, "generator rarely reached {label}: {seen:?}");
+        assert!(
+            seen.get(label).copied().unwrap_or(0) >= 100,
+            "generator rarely reached {label}: {seen:?}"
+        );
     }
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -11,7 +10,7 @@ use edgeplane_abi::{
     AppStats, DropReason, RateLimitConfig, UNCLASSIFIED_APP, WorkerConfig, rate_limit_flags,
     worker_flags,
 };
-use edgeplane_bench::packets::{FrameSpec, L4};
+use edgeplane_bench::packets::{FrameSpec, L4, send_raw_frames};
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
 
 const ETH: usize = 14;
@@ -19,7 +18,8 @@ const UDP: usize = 8;
 
 /// Receives datagrams until `n` arrived or nothing came for a while; returns the count.
 fn drain(sock: &UdpSocket, n: usize) -> usize {
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     let mut got = 0;
     while got < n && sock.recv(&mut buf).is_ok() {
@@ -62,7 +62,8 @@ fn xdp_mode_of(hosts: &TwoHosts) -> String {
 }
 
 #[test]
-fn counts_exact_packets_and_bytes_per_app_in_native_mode_with_cpumap_steering() -> anyhow::Result<()> {
+fn counts_exact_packets_and_bytes_per_app_in_native_mode_with_cpumap_steering() -> anyhow::Result<()>
+{
     if !require_root("counts_exact_packets_and_bytes") {
         return Ok(());
     }
@@ -70,21 +71,42 @@ fn counts_exact_packets_and_bytes_per_app_in_native_mode_with_cpumap_steering() 
     let pins = TestPins::new("counts");
     let dp = hosts.attach(&pins, XdpAttachMode::Native)?;
     let link = xdp_mode_of(&hosts);
-    assert!(link.contains("prog/xdp") && !link.contains("xdpgeneric"), "expected native XDP:\n{link}");
+    assert!(
+        link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+        "expected native XDP:\n{link}"
+    );
 
     let maps = dp.maps()?;
     let v4: SocketAddr = format!("{}:9000", TwoHosts::SERVER_V4).parse()?;
     let v6: SocketAddr = format!("[{}]:9000", TwoHosts::SERVER_V6).parse()?;
-    let id = maps.add_app("counter", None, &[Vip::from_socket_udp(v4), Vip::from_socket_udp(v6)], 0)?;
-    let other = maps.add_app("other", None, &[format!("{}:9001/udp", TwoHosts::SERVER_V4).parse()?], 0)?;
+    let id = maps.add_app(
+        "counter",
+        None,
+        &[Vip::from_socket_udp(v4), Vip::from_socket_udp(v6)],
+        0,
+    )?;
+    let other = maps.add_app(
+        "other",
+        None,
+        &[format!("{}:9001/udp", TwoHosts::SERVER_V4).parse()?],
+        0,
+    )?;
     // Steer through CPUMAP: the packets must still arrive, now via the worker CPUs.
     maps.set_worker_cpus(&[0, 1], 256)?;
-    maps.set_worker_config(WorkerConfig { n_workers: 2, load_threshold: 0, flags: worker_flags::STEER_CPUMAP, _pad: 0 })?;
+    maps.set_worker_config(WorkerConfig {
+        n_workers: 2,
+        load_threshold: 0,
+        flags: worker_flags::STEER_CPUMAP,
+        _pad: 0,
+    })?;
 
-    let (rx4, rx6) = hosts.server.run(|| -> anyhow::Result<_> { Ok((UdpSocket::bind(v4)?, UdpSocket::bind(v6)?)) })??;
+    let (rx4, rx6) = hosts
+        .server
+        .run(|| -> anyhow::Result<_> { Ok((UdpSocket::bind(v4)?, UdpSocket::bind(v6)?)) })??;
     let (n4, n6, payload) = (500usize, 300usize, 100usize);
     // Receive while sending: the default socket buffer holds only ~200 datagrams.
-    let receivers = [(rx4, n4), (rx6, n6)].map(|(sock, n)| std::thread::spawn(move || drain(&sock, n)));
+    let receivers =
+        [(rx4, n4), (rx6, n6)].map(|(sock, n)| std::thread::spawn(move || drain(&sock, n)));
     hosts.client.run(|| -> anyhow::Result<()> {
         send_udp(TwoHosts::CLIENT_V4, v4, n4, payload)?;
         send_udp(TwoHosts::CLIENT_V6, v6, n6, payload)
@@ -96,14 +118,22 @@ fn counts_exact_packets_and_bytes_per_app_in_native_mode_with_cpumap_steering() 
     let stats = maps.stats_reader()?;
     let s = stats.app(id)?;
     assert_eq!(s.packets, (n4 + n6) as u64);
-    assert_eq!(s.bytes, (n4 * (ETH + 20 + UDP + payload) + n6 * (ETH + 40 + UDP + payload)) as u64);
+    assert_eq!(
+        s.bytes,
+        (n4 * (ETH + 20 + UDP + payload) + n6 * (ETH + 40 + UDP + payload)) as u64
+    );
     assert_eq!(s.total_drops(), 0);
-    assert_eq!(stats.app(other)?, AppStats::default(), "traffic counted for the wrong app");
+    assert_eq!(
+        stats.app(other)?,
+        AppStats::default(),
+        "traffic counted for the wrong app"
+    );
     Ok(())
 }
 
 #[test]
-fn blocklisted_source_dropped_other_source_passes_and_rate_limit_drops_excess() -> anyhow::Result<()> {
+fn blocklisted_source_dropped_other_source_passes_and_rate_limit_drops_excess() -> anyhow::Result<()>
+{
     if !require_root("blocklist_and_rate_limit") {
         return Ok(());
     }
@@ -120,15 +150,26 @@ fn blocklisted_source_dropped_other_source_passes_and_rate_limit_drops_excess() 
         send_udp(TwoHosts::CLIENT2_V4, vip, 100, 10)?;
         send_udp(TwoHosts::CLIENT_V4, vip, 100, 10)
     })??;
-    assert_eq!(drain(&rx, 200), 100, "only the non-blocklisted source's datagrams arrive");
+    assert_eq!(
+        drain(&rx, 200),
+        100,
+        "only the non-blocklisted source's datagrams arrive"
+    );
     let s = maps.stats_reader()?.app(id)?;
     assert_eq!(s.packets, 100);
     assert_eq!(s.drops[DropReason::Blocklisted as usize], 100);
 
     // 10 pps with a burst of 20: of 200 back-to-back datagrams, about 20 + 10/s pass.
-    maps.set_rate_limit(RateLimitConfig { pps: 10, burst: 20, flags: rate_limit_flags::ENABLED, _pad: 0 })?;
+    maps.set_rate_limit(RateLimitConfig {
+        pps: 10,
+        burst: 20,
+        flags: rate_limit_flags::ENABLED,
+        _pad: 0,
+    })?;
     let started = Instant::now();
-    hosts.client.run(|| send_udp(TwoHosts::CLIENT_V4, vip, 200, 10))??;
+    hosts
+        .client
+        .run(|| send_udp(TwoHosts::CLIENT_V4, vip, 200, 10))??;
     let elapsed = started.elapsed().as_secs_f64();
     let received = drain(&rx, 200) as u64;
     let s2 = maps.stats_reader()?.app(id)?;
@@ -137,50 +178,16 @@ fn blocklisted_source_dropped_other_source_passes_and_rate_limit_drops_excess() 
     assert_eq!(admitted + limited, 200);
     assert_eq!(received, admitted, "every admitted datagram arrives");
     let ceiling = 20 + (10.0 * (elapsed + 0.6)).ceil() as u64;
-    assert!((20..=ceiling).contains(&admitted), "admitted {admitted} of 200 in {elapsed:.2}s; want 20..={ceiling}");
+    assert!(
+        (20..=ceiling).contains(&admitted),
+        "admitted {admitted} of 200 in {elapsed:.2}s; want 20..={ceiling}"
+    );
     Ok(())
-}
-
-/// Sends raw frames out of the client's veth with an AF_PACKET socket.
-fn send_raw(iface: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
-    // SAFETY: plain socket syscalls with checked results.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        anyhow::ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-        let fd = std::os::fd::OwnedFd::from_raw_fd_checked(fd);
-        let ifindex = libc::if_nametoindex(std::ffi::CString::new(iface)?.as_ptr());
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        for f in frames {
-            let rc = libc::sendto(
-                fd.as_raw_fd(),
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            anyhow::ensure!(rc == f.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-trait FromRawChecked {
-    unsafe fn from_raw_fd_checked(fd: i32) -> Self;
-}
-impl FromRawChecked for std::os::fd::OwnedFd {
-    unsafe fn from_raw_fd_checked(fd: i32) -> Self {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: the caller checked fd >= 0 and owns it.
-        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-    }
 }
 
 #[test]
-fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes() -> anyhow::Result<()> {
+fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes()
+-> anyhow::Result<()> {
     if !require_root("malformed_frames") {
         return Ok(());
     }
@@ -230,15 +237,26 @@ fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes
     let stats = maps.stats_reader()?;
     for (i, (reason, frame)) in cases.iter().enumerate() {
         let before = stats.app(UNCLASSIFIED_APP)?;
-        hosts.client.run(|| send_raw(TwoHosts::CLIENT_IF, &vec![frame.clone(); REPEAT]))??;
-        let after = wait_for(|| stats.app(UNCLASSIFIED_APP).ok(), |s| s.total_drops() >= before.total_drops() + REPEAT as u64);
+        hosts
+            .client
+            .run(|| send_raw_frames(TwoHosts::CLIENT_IF, &vec![frame.clone(); REPEAT]))??;
+        let after = wait_for(
+            || stats.app(UNCLASSIFIED_APP).ok(),
+            |s| s.total_drops() >= before.total_drops() + REPEAT as u64,
+        );
         let mut want = before;
         want.drops[*reason as usize] += REPEAT as u64;
         assert_eq!(after, want, "case #{i} ({}) counted wrong", reason.name());
     }
     // Abusive TCP flags to the app count against the app, not slot 0.
-    let xmas = FrameSpec { l4: L4::Tcp { flags: 0x29 }, ..FrameSpec::tcp(client, server, 40001, 8080, 0) }.build();
-    hosts.client.run(|| send_raw(TwoHosts::CLIENT_IF, &vec![xmas; REPEAT]))??;
+    let xmas = FrameSpec {
+        l4: L4::Tcp { flags: 0x29 },
+        ..FrameSpec::tcp(client, server, 40001, 8080, 0)
+    }
+    .build();
+    hosts
+        .client
+        .run(|| send_raw_frames(TwoHosts::CLIENT_IF, &vec![xmas; REPEAT]))??;
 
     // Meanwhile the host stays reachable: a TCP service on a non-app port and the app itself.
     let ssh_like = hosts.server.run(|| TcpListener::bind((server, 2222)))??;
@@ -251,7 +269,13 @@ fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes
     drop((ssh_like, web));
 
     let web_stats = stats.app(app)?;
-    assert_eq!(web_stats.drops[DropReason::BadTcpFlags as usize], REPEAT as u64);
-    assert!(web_stats.new_flows >= 1, "the good connection counts as a new flow");
+    assert_eq!(
+        web_stats.drops[DropReason::BadTcpFlags as usize],
+        REPEAT as u64
+    );
+    assert!(
+        web_stats.new_flows >= 1,
+        "the good connection counts as a new flow"
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
 
@@ -14,7 +14,9 @@ use ipnet::IpNet;
 pub enum AddrError {
     #[error("bad CIDR {0:?}: expected ADDR/LEN such as 203.0.113.0/24 or 2001:db8::/32")]
     BadCidr(String),
-    #[error("bad VIP {0:?}: expected ADDR:PORT/PROTO such as 10.0.0.1:80/tcp or [2001:db8::1]:443/udp")]
+    #[error(
+        "bad VIP {0:?}: expected ADDR:PORT/PROTO such as 10.0.0.1:80/tcp or [2001:db8::1]:443/udp"
+    )]
     BadVip(String),
 }
 
@@ -148,8 +150,20 @@ impl fmt::Display for Vip {
     }
 }
 
-pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+impl Vip {
+    pub fn from_socket_udp(addr: SocketAddr) -> Self {
+        Vip {
+            addr,
+            proto: Protocol::Udp,
+        }
+    }
+
+    pub fn from_socket_tcp(addr: SocketAddr) -> Self {
+        Vip {
+            addr,
+            proto: Protocol::Tcp,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,9 +178,18 @@ mod tests {
         assert_eq!(len, 120);
         assert_eq!(&bytes[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
         assert_eq!(Cidr::from_lpm_key(len, bytes), c);
-        assert_eq!("10.1.2.3".parse::<Cidr>().unwrap().to_string(), "10.1.2.3/32");
-        assert!(matches!("10.0.0.0/33".parse::<Cidr>(), Err(AddrError::BadCidr(_))));
-        assert!(matches!("banana".parse::<Cidr>(), Err(AddrError::BadCidr(_))));
+        assert_eq!(
+            "10.1.2.3".parse::<Cidr>().unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(AddrError::BadCidr(_))
+        ));
+        assert!(matches!(
+            "banana".parse::<Cidr>(),
+            Err(AddrError::BadCidr(_))
+        ));
     }
 
     #[test]
@@ -180,15 +203,5 @@ mod tests {
         for bad in ["10.0.0.1", "10.0.0.1:0/tcp", "10.0.0.1:80/sctp", "x:80/tcp"] {
             assert!(bad.parse::<Vip>().is_err(), "{bad}");
         }
-    }
-}
-
-impl Vip {
-    pub fn from_socket_udp(addr: SocketAddr) -> Self {
-        Vip { addr, proto: Protocol::Udp }
-    }
-
-    pub fn from_socket_tcp(addr: SocketAddr) -> Self {
-        Vip { addr, proto: Protocol::Tcp }
     }
 }

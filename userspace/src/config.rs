@@ -57,7 +57,12 @@ pub struct WorkersConfig {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        Self { count: 0, load_threshold: 256, steer: true, cpumap_queue_size: 2048 }
+        Self {
+            count: 0,
+            load_threshold: 256,
+            steer: true,
+            cpumap_queue_size: 2048,
+        }
     }
 }
 
@@ -88,7 +93,8 @@ fn yes() -> bool {
 
 impl EdgedConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -100,7 +106,8 @@ impl EdgedConfig {
         }
         for app in &cfg.apps {
             for vip in &app.vips {
-                vip.parse::<Vip>().with_context(|| format!("app {}", app.name))?;
+                vip.parse::<Vip>()
+                    .with_context(|| format!("app {}", app.name))?;
             }
         }
         Ok(cfg)
@@ -140,7 +147,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.xdp.mode, XdpAttachMode::Generic);
         assert!(!cfg.apps[0].steer && cfg.apps[0].rate_limit);
-        let err = EdgedConfig::parse("[[apps]]\nname = \"x\"\nvips = [\"10.0.0.1/tcp\"]").unwrap_err();
+        let err =
+            EdgedConfig::parse("[[apps]]\nname = \"x\"\nvips = [\"10.0.0.1/tcp\"]").unwrap_err();
         assert!(format!("{err:#}").contains("bad VIP"), "{err:#}");
         let err = EdgedConfig::parse("[xdp]\nmdoe = \"native\"").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");

@@ -21,7 +21,8 @@ use crate::maps::PinnedMaps;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgeplane"));
 
 /// Baseline programs (`bare_pass`, `bare_drop`, `bare_tx`) for benchmarks and packet generation.
-pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+pub static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -52,7 +53,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pin_dir: PathBuf::from(crate::DEFAULT_PIN_DIR) }
+        Self {
+            pin_dir: PathBuf::from(crate::DEFAULT_PIN_DIR),
+        }
     }
 }
 
@@ -88,8 +91,15 @@ impl Dataplane {
             .context("select_worker program missing from the object")?
             .try_into()?;
         select.load().context("verifier rejected select_worker")?;
+        let dp = Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            attached: Vec::new(),
+        };
+        // A fresh generation: nothing cached by an earlier load may match.
+        dp.maps()?.bump_generation()?;
         info!(pin_dir = %opts.pin_dir.display(), "eBPF programs loaded");
-        Ok(Self { ebpf, pin_dir: opts.pin_dir.clone(), attached: Vec::new() })
+        Ok(dp)
     }
 
     pub fn maps(&self) -> anyhow::Result<PinnedMaps> {
@@ -134,7 +144,9 @@ impl Dataplane {
             .program(program_names::SELECT_WORKER)
             .context("select_worker program missing")?
             .try_into()?;
-        select.attach(socket).context("attaching select_worker to the reuseport group")?;
+        select
+            .attach(socket)
+            .context("attaching select_worker to the reuseport group")?;
         Ok(())
     }
 
@@ -164,7 +176,11 @@ impl Drop for Dataplane {
 /// Makes sure `dir` lies on a bpffs, mounting /sys/fs/bpf when nothing is mounted there.
 fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     let mount_point = Path::new("/sys/fs/bpf");
-    let probe = if dir.starts_with(mount_point) { mount_point } else { dir.parent().unwrap_or(dir) };
+    let probe = if dir.starts_with(mount_point) {
+        mount_point
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
     if fs_magic(probe)? == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
@@ -175,7 +191,13 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     let target = CString::new("/sys/fs/bpf")?;
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         bail!(

@@ -85,10 +85,31 @@ impl PinnedMaps {
         &self.dir
     }
 
+    /// Invalidates every CPU's flow-verdict cache; called after any change to APPS or BLOCKLIST
+    /// (after the change, so a packet that sees the new generation also sees the new entries).
+    /// Monotonic-clock values keep two concurrent writers from landing on the same generation.
+    pub fn bump_generation(&self) -> Result<(), MapsError> {
+        let mut arr: Array<MapData, u64> = Array::try_from(self.map(map_names::CONFIG_GEN)?)
+            .map_err(map_err("open", map_names::CONFIG_GEN))?;
+        let old = arr
+            .get(&0, 0)
+            .map_err(map_err("lookup", map_names::CONFIG_GEN))?;
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        arr.set(0, now.max(old + 1), 0)
+            .map_err(map_err("update", map_names::CONFIG_GEN))
+    }
+
     fn map(&self, name: &'static str) -> Result<Map, MapsError> {
         let data = MapData::from_pin(self.dir.join(name)).map_err(|e| match e {
             MapError::SyscallError(_) => MapsError::NotPinned(self.dir.clone()),
-            other => MapsError::Map { op: "open", map: name, source: other },
+            other => MapsError::Map {
+                op: "open",
+                map: name,
+                source: other,
+            },
         })?;
         Map::from_map_data(data).map_err(map_err("open", name))
     }
@@ -134,7 +155,10 @@ impl PinnedMaps {
         let existing = names.iter().find_map(|(i, n)| (n == name).then_some(*i));
         let id = match (existing, id) {
             (Some(found), Some(asked)) if found != asked => {
-                return Err(MapsError::AppIdTaken { id: found, app: name.to_owned() });
+                return Err(MapsError::AppIdTaken {
+                    id: found,
+                    app: name.to_owned(),
+                });
             }
             (Some(found), _) => found,
             (None, Some(asked)) => {
@@ -142,7 +166,10 @@ impl PinnedMaps {
                     return Err(MapsError::BadAppId(asked));
                 }
                 if let Some(other) = names.get(&asked) {
-                    return Err(MapsError::AppIdTaken { id: asked, app: other.clone() });
+                    return Err(MapsError::AppIdTaken {
+                        id: asked,
+                        app: other.clone(),
+                    });
                 }
                 asked
             }
@@ -155,17 +182,25 @@ impl PinnedMaps {
             if let Ok(entry) = apps.get(&vip.key(), 0)
                 && entry.app_id != id
             {
-                let app = names.get(&entry.app_id).cloned().unwrap_or_else(|| entry.app_id.to_string());
+                let app = names
+                    .get(&entry.app_id)
+                    .cloned()
+                    .unwrap_or_else(|| entry.app_id.to_string());
                 return Err(MapsError::VipTaken { vip: *vip, app });
             }
         }
         self.names()?
             .insert(id, encoded, 0)
             .map_err(map_err("insert", map_names::APP_NAMES))?;
-        let entry = AppEntry { app_id: id, flags: flags & app_flags::ALL };
+        let entry = AppEntry {
+            app_id: id,
+            flags: flags & app_flags::ALL,
+        };
         for vip in vips {
-            apps.insert(vip.key(), entry, 0).map_err(map_err("insert", map_names::APPS))?;
+            apps.insert(vip.key(), entry, 0)
+                .map_err(map_err("insert", map_names::APPS))?;
         }
+        self.bump_generation()?;
         Ok(id)
     }
 
@@ -180,10 +215,14 @@ impl PinnedMaps {
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            apps.remove(&key).map_err(map_err("remove", map_names::APPS))?;
+            apps.remove(&key)
+                .map_err(map_err("remove", map_names::APPS))?;
         }
+        self.bump_generation()?;
         let _ = self.placements()?.remove(&id);
-        self.names()?.remove(&id).map_err(map_err("remove", map_names::APP_NAMES))?;
+        self.names()?
+            .remove(&id)
+            .map_err(map_err("remove", map_names::APP_NAMES))?;
         Ok(id)
     }
 
@@ -231,18 +270,29 @@ impl PinnedMaps {
 
     pub fn block_add(&self, cidr: Cidr) -> Result<(), MapsError> {
         let (len, bytes) = cidr.lpm_key();
-        let added_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let added_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.blocklist()?
             .insert(&Key::new(len, bytes), BlockEntry { added_at }, 0)
-            .map_err(map_err("insert", map_names::BLOCKLIST))
+            .map_err(map_err("insert", map_names::BLOCKLIST))?;
+        self.bump_generation()
     }
 
     pub fn block_remove(&self, cidr: Cidr) -> Result<(), MapsError> {
         let (len, bytes) = cidr.lpm_key();
-        self.blocklist()?.remove(&Key::new(len, bytes)).map_err(|e| match e {
-            MapError::KeyNotFound | MapError::SyscallError(_) => MapsError::NotBlocked(cidr),
-            other => MapsError::Map { op: "remove", map: map_names::BLOCKLIST, source: other },
-        })
+        self.blocklist()?
+            .remove(&Key::new(len, bytes))
+            .map_err(|e| match e {
+                MapError::KeyNotFound | MapError::SyscallError(_) => MapsError::NotBlocked(cidr),
+                other => MapsError::Map {
+                    op: "remove",
+                    map: map_names::BLOCKLIST,
+                    source: other,
+                },
+            })?;
+        self.bump_generation()
     }
 
     /// Every blocked prefix with the Unix time it was added.
@@ -250,7 +300,10 @@ impl PinnedMaps {
         let mut out = Vec::new();
         for entry in self.blocklist()?.iter() {
             let (key, value) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
-            out.push((Cidr::from_lpm_key(key.prefix_len(), key.data()), value.added_at));
+            out.push((
+                Cidr::from_lpm_key(key.prefix_len(), key.data()),
+                value.added_at,
+            ));
         }
         out.sort_by_key(|(c, _)| c.to_string());
         Ok(out)
@@ -259,21 +312,29 @@ impl PinnedMaps {
     pub fn set_rate_limit(&self, cfg: RateLimitConfig) -> Result<(), MapsError> {
         if cfg.flags & rate_limit_flags::ENABLED != 0 {
             if cfg.burst == 0 || cfg.burst > MAX_BURST {
-                return Err(MapsError::BadRateLimit(format!("burst must be 1..={MAX_BURST}")));
+                return Err(MapsError::BadRateLimit(format!(
+                    "burst must be 1..={MAX_BURST}"
+                )));
             }
             if cfg.pps > MAX_RATE_PPS {
-                return Err(MapsError::BadRateLimit(format!("pps must be at most {MAX_RATE_PPS}")));
+                return Err(MapsError::BadRateLimit(format!(
+                    "pps must be at most {MAX_RATE_PPS}"
+                )));
             }
         }
-        let mut arr: Array<MapData, RateLimitConfig> = Array::try_from(self.map(map_names::RATE_LIMIT_CFG)?)
-            .map_err(map_err("open", map_names::RATE_LIMIT_CFG))?;
-        arr.set(0, cfg, 0).map_err(map_err("update", map_names::RATE_LIMIT_CFG))
+        let mut arr: Array<MapData, RateLimitConfig> =
+            Array::try_from(self.map(map_names::RATE_LIMIT_CFG)?)
+                .map_err(map_err("open", map_names::RATE_LIMIT_CFG))?;
+        arr.set(0, cfg, 0)
+            .map_err(map_err("update", map_names::RATE_LIMIT_CFG))
     }
 
     pub fn rate_limit(&self) -> Result<RateLimitConfig, MapsError> {
-        let arr: Array<MapData, RateLimitConfig> = Array::try_from(self.map(map_names::RATE_LIMIT_CFG)?)
-            .map_err(map_err("open", map_names::RATE_LIMIT_CFG))?;
-        arr.get(&0, 0).map_err(map_err("lookup", map_names::RATE_LIMIT_CFG))
+        let arr: Array<MapData, RateLimitConfig> =
+            Array::try_from(self.map(map_names::RATE_LIMIT_CFG)?)
+                .map_err(map_err("open", map_names::RATE_LIMIT_CFG))?;
+        arr.get(&0, 0)
+            .map_err(map_err("lookup", map_names::RATE_LIMIT_CFG))
     }
 
     fn placements(&self) -> Result<HashMap<MapData, u32, Placement>, MapsError> {
@@ -292,7 +353,11 @@ impl PinnedMaps {
         match self.placements()?.get(&target, 0) {
             Ok(p) => Ok(p),
             Err(MapError::KeyNotFound) => Ok(Placement::default()),
-            Err(e) => Err(MapsError::Map { op: "lookup", map: map_names::PLACEMENT, source: e }),
+            Err(e) => Err(MapsError::Map {
+                op: "lookup",
+                map: map_names::PLACEMENT,
+                source: e,
+            }),
         }
     }
 
@@ -312,19 +377,25 @@ impl PinnedMaps {
 
     /// A long-lived reader for callers that sample often (the differential test, `stats`).
     pub fn stats_reader(&self) -> Result<StatsReader, MapsError> {
-        Ok(StatsReader { map: self.stats_map()? })
+        Ok(StatsReader {
+            map: self.stats_map()?,
+        })
     }
 
     pub fn set_worker_config(&self, cfg: WorkerConfig) -> Result<(), MapsError> {
-        let mut arr: Array<MapData, WorkerConfig> = Array::try_from(self.map(map_names::WORKER_CONFIG)?)
-            .map_err(map_err("open", map_names::WORKER_CONFIG))?;
-        arr.set(0, cfg, 0).map_err(map_err("update", map_names::WORKER_CONFIG))
+        let mut arr: Array<MapData, WorkerConfig> =
+            Array::try_from(self.map(map_names::WORKER_CONFIG)?)
+                .map_err(map_err("open", map_names::WORKER_CONFIG))?;
+        arr.set(0, cfg, 0)
+            .map_err(map_err("update", map_names::WORKER_CONFIG))
     }
 
     pub fn worker_config(&self) -> Result<WorkerConfig, MapsError> {
-        let arr: Array<MapData, WorkerConfig> = Array::try_from(self.map(map_names::WORKER_CONFIG)?)
-            .map_err(map_err("open", map_names::WORKER_CONFIG))?;
-        arr.get(&0, 0).map_err(map_err("lookup", map_names::WORKER_CONFIG))
+        let arr: Array<MapData, WorkerConfig> =
+            Array::try_from(self.map(map_names::WORKER_CONFIG)?)
+                .map_err(map_err("open", map_names::WORKER_CONFIG))?;
+        arr.get(&0, 0)
+            .map_err(map_err("lookup", map_names::WORKER_CONFIG))
     }
 
     /// Workers publish load through an mmap of WORKER_LOAD; this syscall path is for tools/tests.
@@ -332,16 +403,21 @@ impl PinnedMaps {
         if worker >= MAX_WORKERS {
             return Err(MapsError::BadWorker(worker));
         }
-        let mut arr: Array<MapData, WorkerLoad> = Array::try_from(self.map(map_names::WORKER_LOAD)?)
-            .map_err(map_err("open", map_names::WORKER_LOAD))?;
-        arr.set(worker, load, 0).map_err(map_err("update", map_names::WORKER_LOAD))
+        let mut arr: Array<MapData, WorkerLoad> =
+            Array::try_from(self.map(map_names::WORKER_LOAD)?)
+                .map_err(map_err("open", map_names::WORKER_LOAD))?;
+        arr.set(worker, load, 0)
+            .map_err(map_err("update", map_names::WORKER_LOAD))
     }
 
     pub fn worker_loads(&self, n: u32) -> Result<Vec<WorkerLoad>, MapsError> {
         let arr: Array<MapData, WorkerLoad> = Array::try_from(self.map(map_names::WORKER_LOAD)?)
             .map_err(map_err("open", map_names::WORKER_LOAD))?;
         (0..n.min(MAX_WORKERS))
-            .map(|i| arr.get(&i, 0).map_err(map_err("lookup", map_names::WORKER_LOAD)))
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map_err(map_err("lookup", map_names::WORKER_LOAD))
+            })
             .collect()
     }
 
@@ -353,14 +429,17 @@ impl PinnedMaps {
             if cpu >= MAX_WORKERS {
                 return Err(MapsError::BadWorker(cpu));
             }
-            map.set(cpu, queue_size, None, 0).map_err(|e| MapsError::Map {
-                op: "update",
-                map: map_names::WORKER_CPUS,
-                source: match e {
-                    aya::maps::xdp::XdpMapError::MapError(m) => m,
-                    other => MapError::InvalidName { name: other.to_string() },
-                },
-            })?;
+            map.set(cpu, queue_size, None, 0)
+                .map_err(|e| MapsError::Map {
+                    op: "update",
+                    map: map_names::WORKER_CPUS,
+                    source: match e {
+                        aya::maps::xdp::XdpMapError::MapError(m) => m,
+                        other => MapError::InvalidName {
+                            name: other.to_string(),
+                        },
+                    },
+                })?;
         }
         Ok(())
     }
@@ -373,7 +452,8 @@ impl PinnedMaps {
         let mut arr: ReusePortSockArray<MapData> =
             ReusePortSockArray::try_from(self.map(map_names::WORKER_SOCKETS)?)
                 .map_err(map_err("open", map_names::WORKER_SOCKETS))?;
-        arr.set(worker, socket, 0).map_err(map_err("update", map_names::WORKER_SOCKETS))
+        arr.set(worker, socket, 0)
+            .map_err(map_err("update", map_names::WORKER_SOCKETS))
     }
 }
 
@@ -384,7 +464,10 @@ pub struct StatsReader {
 
 impl StatsReader {
     pub fn app(&self, app_id: u32) -> Result<AppStats, MapsError> {
-        let per_cpu = self.map.get(&app_id, 0).map_err(map_err("lookup", map_names::APP_STATS))?;
+        let per_cpu = self
+            .map
+            .get(&app_id, 0)
+            .map_err(map_err("lookup", map_names::APP_STATS))?;
         let mut sum = AppStats::default();
         for s in per_cpu.iter() {
             sum.add(s);
@@ -412,7 +495,9 @@ impl StatsReader {
 fn encode_name(name: &str) -> Result<AppName, MapsError> {
     let ok = !name.is_empty()
         && name.len() <= APP_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(MapsError::BadAppName(name.to_owned()));
     }
@@ -422,6 +507,10 @@ fn encode_name(name: &str) -> Result<AppName, MapsError> {
 }
 
 fn decode_name(name: &AppName) -> String {
-    let end = name.bytes.iter().position(|b| *b == 0).unwrap_or(APP_NAME_LEN);
+    let end = name
+        .bytes
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(APP_NAME_LEN);
     String::from_utf8_lossy(&name.bytes[..end]).into_owned()
 }

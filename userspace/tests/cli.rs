@@ -13,7 +13,9 @@ fn is_root() -> bool {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("\n!!!!! SKIPPED: needs root (BPF maps, XDP, namespaces). CI runs as root. !!!!!\n");
+        eprintln!(
+            "\n!!!!! SKIPPED: needs root (BPF maps, XDP, namespaces). CI runs as root. !!!!!\n"
+        );
     }
     root
 }
@@ -22,7 +24,10 @@ struct Pins(PathBuf);
 
 impl Pins {
     fn new(name: &str) -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/edgeplane-cli-{name}-{}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/edgeplane-cli-{name}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         Self(dir)
     }
@@ -46,7 +51,11 @@ fn edgectl(pins: &Path, args: &[&str]) -> Output {
 /// Runs edgectl expecting success; returns stdout.
 fn ok(pins: &Path, args: &[&str]) -> String {
     let out = edgectl(pins, args);
-    assert!(out.status.success(), "edgectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "edgectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -87,21 +96,68 @@ fn edgectl_round_trip_over_pinned_maps() {
     assert!(fails(&missing.0, &["app", "list"]).contains("is edged running?"));
 
     let pins = Pins::new("roundtrip");
-    let dp = Dataplane::load(&LoadOptions { pin_dir: pins.0.clone() }).unwrap();
+    let dp = Dataplane::load(&LoadOptions {
+        pin_dir: pins.0.clone(),
+    })
+    .unwrap();
     let p = &pins.0;
 
     // Apps.
-    let added = json(p, &["app", "add", "web", "--vip", "10.1.0.1:80/tcp", "--vip", "[2001:db8::5]:443/tcp"]);
+    let added = json(
+        p,
+        &[
+            "app",
+            "add",
+            "web",
+            "--vip",
+            "10.1.0.1:80/tcp",
+            "--vip",
+            "[2001:db8::5]:443/tcp",
+        ],
+    );
     let web_id = added["id"].as_u64().unwrap();
-    ok(p, &["app", "add", "dns", "--vip", "10.1.0.1:53/udp", "--no-steer", "--no-rate-limit"]);
+    ok(
+        p,
+        &[
+            "app",
+            "add",
+            "dns",
+            "--vip",
+            "10.1.0.1:53/udp",
+            "--no-steer",
+            "--no-rate-limit",
+        ],
+    );
     let apps = json(p, &["app", "list"]);
-    let web = apps.as_array().unwrap().iter().find(|a| a["name"] == "web").unwrap();
-    assert_eq!(web["vips"], serde_json::json!(["10.1.0.1:80/tcp", "[2001:db8::5]:443/tcp"]));
-    let dns = apps.as_array().unwrap().iter().find(|a| a["name"] == "dns").unwrap();
-    assert_eq!((dns["no_steer"].as_bool(), dns["no_rate_limit"].as_bool()), (Some(true), Some(true)));
+    let web = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        web["vips"],
+        serde_json::json!(["10.1.0.1:80/tcp", "[2001:db8::5]:443/tcp"])
+    );
+    let dns = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "dns")
+        .unwrap();
+    assert_eq!(
+        (dns["no_steer"].as_bool(), dns["no_rate_limit"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert!(ok(p, &["app", "list"]).contains("10.1.0.1:53/udp"));
-    assert!(fails(p, &["app", "add", "other", "--vip", "10.1.0.1:80/tcp"]).contains("already belongs to app \"web\""));
-    assert!(fails(p, &["app", "add", "bad name!", "--vip", "10.1.0.9:80/tcp"]).contains("must be 1..=32 bytes"));
+    assert!(
+        fails(p, &["app", "add", "other", "--vip", "10.1.0.1:80/tcp"])
+            .contains("already belongs to app \"web\"")
+    );
+    assert!(
+        fails(p, &["app", "add", "bad name!", "--vip", "10.1.0.9:80/tcp"])
+            .contains("must be 1..=32 bytes")
+    );
     assert!(fails(p, &["app", "add", "x", "--vip", "10.1.0.9"]).contains("bad VIP"));
     assert!(fails(p, &["app", "rm", "nope"]).contains("unknown app \"nope\""));
 
@@ -109,7 +165,12 @@ fn edgectl_round_trip_over_pinned_maps() {
     ok(p, &["block", "add", "203.0.113.0/24"]);
     ok(p, &["block", "add", "2001:db8:bad::/48"]);
     let blocked = json(p, &["block", "list"]);
-    let cidrs: Vec<&str> = blocked.as_array().unwrap().iter().map(|b| b["cidr"].as_str().unwrap()).collect();
+    let cidrs: Vec<&str> = blocked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cidr"].as_str().unwrap())
+        .collect();
     assert_eq!(cidrs, ["2001:db8:bad::/48", "203.0.113.0/24"]);
     assert!(fails(p, &["block", "add", "10.0.0.0/33"]).contains("bad CIDR"));
     ok(p, &["block", "rm", "203.0.113.0/24"]);
@@ -117,8 +178,13 @@ fn edgectl_round_trip_over_pinned_maps() {
 
     // Rate limit.
     ok(p, &["ratelimit", "set", "--pps", "100", "--burst", "50"]);
-    assert_eq!(json(p, &["ratelimit", "show"]), serde_json::json!({"enabled": true, "pps": 100, "burst": 50}));
-    assert!(fails(p, &["ratelimit", "set", "--pps", "100", "--burst", "0"]).contains("burst must be"));
+    assert_eq!(
+        json(p, &["ratelimit", "show"]),
+        serde_json::json!({"enabled": true, "pps": 100, "burst": 50})
+    );
+    assert!(
+        fails(p, &["ratelimit", "set", "--pps", "100", "--burst", "0"]).contains("burst must be")
+    );
     ok(p, &["ratelimit", "set", "--off"]);
     assert_eq!(json(p, &["ratelimit", "show"])["enabled"], false);
 
@@ -126,10 +192,20 @@ fn edgectl_round_trip_over_pinned_maps() {
     assert_eq!(json(p, &["placement", "get", "web"])["kind"], "local");
     ok(p, &["placement", "set", "web", "dc=2", "--pin"]);
     let got = json(p, &["placement", "get", "web"]);
-    assert_eq!((got["kind"].as_str(), got["datacenter"].as_u64(), got["pinned"].as_bool()), (Some("datacenter"), Some(2), Some(true)));
+    assert_eq!(
+        (
+            got["kind"].as_str(),
+            got["datacenter"].as_u64(),
+            got["pinned"].as_bool()
+        ),
+        (Some("datacenter"), Some(2), Some(true))
+    );
     ok(p, &["placement", "set", "dns", "region"]);
     assert!(ok(p, &["placement", "list"]).contains("region"));
-    assert!(fails(p, &["placement", "set", "web", "mars"]).contains("expected local, region or dc=<id>"));
+    assert!(
+        fails(p, &["placement", "set", "web", "mars"])
+            .contains("expected local, region or dc=<id>")
+    );
     assert!(fails(p, &["placement", "get", "nope"]).contains("unknown app"));
 
     // Stats: drive real packets through the loaded classify with BPF_PROG_TEST_RUN.
@@ -137,20 +213,42 @@ fn edgectl_round_trip_over_pinned_maps() {
     let mut malformed = frame.clone();
     malformed[14] = 0x44; // IHL 4
     for f in [&frame, &frame, &frame, &malformed] {
-        dp.classify().test_run(TestRunOptions { data_in: Some(f), ..Default::default() }).unwrap();
+        dp.classify()
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                ..Default::default()
+            })
+            .unwrap();
     }
     let stats = json(p, &["stats", "--interval", "0"]);
-    let row = |name: &str| stats.as_array().unwrap().iter().find(|r| r["app"] == name).cloned().unwrap();
+    let row = |name: &str| {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["app"] == name)
+            .cloned()
+            .unwrap()
+    };
     assert_eq!(row("dns")["packets"], 3);
     assert_eq!(row("dns")["bytes"], 3 * frame.len());
     assert_eq!(row("(unclassified)")["drops"]["malformed-ipv4"], 1);
     assert_eq!(row("web")["packets"], 0);
     let table = ok(p, &["stats", "--interval", "0.1"]);
-    assert!(table.contains("dns") && table.contains("malformed-ipv4=1"), "{table}");
+    assert!(
+        table.contains("dns") && table.contains("malformed-ipv4=1"),
+        "{table}"
+    );
 
     // Removing an app removes its VIPs and placement.
     ok(p, &["app", "rm", "web"]);
-    assert!(json(p, &["app", "list"]).as_array().unwrap().iter().all(|a| a["name"] != "web"));
+    assert!(
+        json(p, &["app", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["name"] != "web")
+    );
     let maps = dp.maps().unwrap();
     assert_eq!(maps.placement(web_id as u32).unwrap().kind, 0);
     ok(p, &["app", "add", "other", "--vip", "10.1.0.1:80/tcp"]);
@@ -165,17 +263,25 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         for args in [
             vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+            vec![
+                "-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+            ],
             vec!["-n", &name, "link", "set", "eth0", "up"],
             vec!["-n", &name, "link", "set", "eth1", "up"],
         ] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success(), "ip {args:?}");
+            assert!(
+                Command::new("ip").args(&args).status().unwrap().success(),
+                "ip {args:?}"
+            );
         }
         Self(name)
     }
 
     fn xdp_attached(&self, iface: &str) -> bool {
-        let out = Command::new("ip").args(["-n", &self.0, "-d", "link", "show", iface]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["-n", &self.0, "-d", "link", "show", iface])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 }
@@ -243,19 +349,27 @@ fn edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm() {
 
     let edged = start_edged(&ns, &pins.0, &config);
     wait_until("XDP attached", || ns.xdp_attached("eth1"));
-    wait_until("app configured", || edgectl(&pins.0, &["app", "list"]).status.success());
+    wait_until("app configured", || {
+        edgectl(&pins.0, &["app", "list"]).status.success()
+    });
     assert!(ok(&pins.0, &["app", "list"]).contains("10.9.0.1:80/tcp"));
     assert!(ok(&pins.0, &["block", "list"]).contains("198.51.100.0/24"));
     assert_eq!(json(&pins.0, &["ratelimit", "show"])["pps"], 5000);
     // A change made at runtime by edgectl...
     ok(&pins.0, &["app", "add", "late", "--vip", "10.9.0.2:80/tcp"]);
     stop(edged);
-    assert!(!ns.xdp_attached("eth1"), "XDP must be detached after SIGTERM");
+    assert!(
+        !ns.xdp_attached("eth1"),
+        "XDP must be detached after SIGTERM"
+    );
 
     // ...survives a restart: the maps are pinned and reused, not recreated.
     let edged = start_edged(&ns, &pins.0, &config);
     wait_until("XDP re-attached", || ns.xdp_attached("eth1"));
-    assert!(ok(&pins.0, &["app", "list"]).contains("late"), "runtime state lost across restart");
+    assert!(
+        ok(&pins.0, &["app", "list"]).contains("late"),
+        "runtime state lost across restart"
+    );
     stop(edged);
     assert!(!ns.xdp_attached("eth1"));
     let _ = std::fs::remove_file(&config);

@@ -1,1 +1,124 @@
-fn main() {}
+//! Project tasks, run through `./x` (which installs prerequisites first):
+//! `demo` (the main job), `test` (what CI runs), `bench` (full benchmarks).
+
+mod demo;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// The main job: an edge world in network namespaces with edgeplane at work.
+    Demo(demo::DemoArgs),
+    /// fmt, clippy, every test, and benchmark smoke runs.
+    Test,
+    /// Full benchmarks (figures for bench/README.md).
+    Bench,
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run_bin(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let path = target_dir().join("release").join(name);
+    eprintln!(
+        "\x1b[1m[xtask]\x1b[0m {} {}",
+        path.display(),
+        args.join(" ")
+    );
+    let status = Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !status.success() {
+        bail!("{name} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--locked",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&[
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "edgeplane-bench",
+        "--bins",
+    ])?;
+    // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
+    run_bin("xdp-bench", &["--smoke"])?;
+    cargo(&[
+        "test",
+        "--locked",
+        "--workspace",
+        "--exclude",
+        "edgeplane-ebpf",
+    ])
+}
+
+fn bench() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "edgeplane-bench",
+        "--bins",
+    ])?;
+    let out = workspace_root().join("results/bench");
+    std::fs::create_dir_all(&out)?;
+    let json = out.join("xdp-bench.json");
+    run_bin(
+        "xdp-bench",
+        &["--json", json.to_str().context("utf-8 path")?],
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Demo(args) => demo::run(args),
+        Task::Test => test(),
+        Task::Bench => bench(),
+    }
+}

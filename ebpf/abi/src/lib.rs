@@ -19,6 +19,8 @@ pub const MAX_PLACEMENTS: u32 = 16384;
 /// Workers are pinned one per CPU and indexed by CPU number.
 pub const MAX_WORKERS: u32 = 64;
 pub const APP_NAME_LEN: usize = 32;
+/// Slots in each CPU's flow-verdict cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 4096;
 
 /// Map names, as pinned under the pin directory. Writer side in brackets.
 pub mod map_names {
@@ -44,6 +46,10 @@ pub mod map_names {
     pub const WORKER_CONFIG: &str = "WORKER_CONFIG";
     /// [userspace, workers] per-worker load, mmap-able so workers update it without syscalls.
     pub const WORKER_LOAD: &str = "WORKER_LOAD";
+    /// [userspace] CONFIG_GEN[0]: changes whenever APPS or BLOCKLIST change.
+    pub const CONFIG_GEN: &str = "CONFIG_GEN";
+    /// [kernel] per-CPU flow-verdict cache; not pinned (its contents die with the program).
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
 }
 
 /// Program names as they appear in the object file.
@@ -288,6 +294,40 @@ pub struct WorkerLoad {
     pub served: u64,
 }
 
+/// FLOW_CACHE entry: what APPS and BLOCKLIST said about (src, dst, dport, proto) under one
+/// configuration generation. Per-packet stages (TCP flags, rate limit) are never cached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub dport: u16,
+    pub proto: u8,
+    /// `cached_verdict::*`
+    pub verdict: u8,
+    pub app_id: u32,
+    pub app_flags: u32,
+    pub _pad: u32,
+    /// CONFIG_GEN when cached; 0 never matches.
+    pub generation: u64,
+}
+
+pub mod cached_verdict {
+    pub const NOT_APP: u8 = 1;
+    pub const APP: u8 = 2;
+    pub const APP_BLOCKED: u8 = 3;
+}
+
+/// The cache slot of a flow (source port excluded: all of a client's connections share it).
+#[inline(always)]
+pub fn flow_cache_slot(src: &[u32; 4], dst: &[u32; 4], dport: u16, proto: u8) -> u32 {
+    let mut h: u32 = 0x2545_f491 ^ ((dport as u32) << 8 | proto as u32);
+    h = mix(h, src[0] ^ src[1]);
+    h = mix(h, src[2] ^ src[3]);
+    h = mix(h, dst[2] ^ dst[3]);
+    fmix(h) & (FLOW_CACHE_SLOTS - 1)
+}
+
 /// A symmetric flow hash: both directions of a flow hash alike, so XDP (which sees client->VIP)
 /// and `select_worker` agree, and replies would land on the same CPU. Ports are host order.
 #[inline(always)]
@@ -308,8 +348,14 @@ pub fn flow_hash(a: &[u32; 4], b: &[u32; 4], port_a: u16, port_b: u16, proto: u8
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -358,6 +404,7 @@ mod pod {
     unsafe impl aya::Pod for Placement {}
     unsafe impl aya::Pod for WorkerConfig {}
     unsafe impl aya::Pod for WorkerLoad {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
 }
 
 #[cfg(test)]
@@ -368,8 +415,14 @@ mod tests {
     fn flow_hash_is_symmetric() {
         let a = [1, 2, 3, 0x0a00_0001];
         let b = [5, 6, 7, 0x0a00_0002];
-        assert_eq!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&b, &a, 80, 40000, 6));
-        assert_ne!(flow_hash(&a, &b, 40000, 80, 6), flow_hash(&a, &b, 40001, 80, 6));
+        assert_eq!(
+            flow_hash(&a, &b, 40000, 80, 6),
+            flow_hash(&b, &a, 80, 40000, 6)
+        );
+        assert_ne!(
+            flow_hash(&a, &b, 40000, 80, 6),
+            flow_hash(&a, &b, 40001, 80, 6)
+        );
     }
 
     #[test]
@@ -387,20 +440,36 @@ mod tests {
 
     #[test]
     fn token_bucket_without_refill_admits_exactly_burst() {
-        let cfg = RateLimitConfig { pps: 0, burst: 3, flags: rate_limit_flags::ENABLED, _pad: 0 };
+        let cfg = RateLimitConfig {
+            pps: 0,
+            burst: 3,
+            flags: rate_limit_flags::ENABLED,
+            _pad: 0,
+        };
         let mut b = token_bucket_new(&cfg, 0);
-        let admitted = (0..10).filter(|i| token_bucket_admit(&mut b, &cfg, *i * 1_000_000_000)).count();
+        let admitted = (0..10)
+            .filter(|i| token_bucket_admit(&mut b, &cfg, *i * 1_000_000_000))
+            .count();
         assert_eq!(admitted, 3);
     }
 
     #[test]
     fn token_bucket_refills_at_rate() {
-        let cfg = RateLimitConfig { pps: 1000, burst: 10, flags: rate_limit_flags::ENABLED, _pad: 0 };
+        let cfg = RateLimitConfig {
+            pps: 1000,
+            burst: 10,
+            flags: rate_limit_flags::ENABLED,
+            _pad: 0,
+        };
         let mut b = token_bucket_new(&cfg, 0);
-        let burst = (0..20).filter(|_| token_bucket_admit(&mut b, &cfg, 0)).count();
+        let burst = (0..20)
+            .filter(|_| token_bucket_admit(&mut b, &cfg, 0))
+            .count();
         assert_eq!(burst, 10);
         // 5 ms later: 5 more tokens.
-        let after = (0..20).filter(|_| token_bucket_admit(&mut b, &cfg, 5_000_000)).count();
+        let after = (0..20)
+            .filter(|_| token_bucket_admit(&mut b, &cfg, 5_000_000))
+            .count();
         assert_eq!(after, 5);
     }
 }

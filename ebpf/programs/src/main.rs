@@ -11,6 +11,7 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
         bpf_hdr_start_off::BPF_HDR_START_NET,
         sk_action::SK_PASS,
@@ -20,16 +21,15 @@ use aya_ebpf::{
     macros::{sk_reuseport, xdp},
     maps::lpm_trie::Key,
     programs::{SkReuseportContext, XdpContext},
-    EbpfContext as _,
 };
 use edgeplane_abi::{
-    DropReason, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP, AppKey, app_flags, flow_hash,
-    rate_limit_flags, token_bucket_admit, token_bucket_new, v4_mapped_words, worker_flags,
-    worker_for_hash,
+    AppKey, DropReason, FlowCacheEntry, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP, app_flags,
+    cached_verdict, flow_cache_slot, flow_hash, rate_limit_flags, token_bucket_admit,
+    token_bucket_new, v4_mapped_words, worker_flags, worker_for_hash,
 };
 use maps::{
-    APP_STATS, APPS, BLOCKLIST, RATE_LIMIT_CFG, RL_BUCKETS, WORKER_CONFIG, WORKER_CPUS,
-    WORKER_LOAD, WORKER_SOCKETS,
+    APP_STATS, APPS, BLOCKLIST, CONFIG_GEN, FLOW_CACHE, RATE_LIMIT_CFG, RL_BUCKETS, WORKER_CONFIG,
+    WORKER_CPUS, WORKER_LOAD, WORKER_SOCKETS,
 };
 use parse::{Flow, Parsed};
 
@@ -60,8 +60,9 @@ fn as_bytes(words: &[u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
 }
 
+/// What APPS and BLOCKLIST say about a flow: (verdict, app id, app flags).
 #[inline(always)]
-fn classify_flow(ctx: &XdpContext, flow: &Flow) -> u32 {
+fn lookup_policy(flow: &Flow) -> (u8, u32, u32) {
     let key = AppKey {
         addr: as_bytes(&flow.dst),
         port: flow.dport,
@@ -69,21 +70,72 @@ fn classify_flow(ctx: &XdpContext, flow: &Flow) -> u32 {
         _pad: 0,
     };
     let Some(app) = (unsafe { APPS.get(&key) }) else {
-        return XDP_PASS;
+        return (cached_verdict::NOT_APP, 0, 0);
     };
-    let (app_id, flags) = (app.app_id, app.flags);
+    let blocked = BLOCKLIST.get(Key::new(128, as_bytes(&flow.src))).is_some();
+    let verdict = if blocked {
+        cached_verdict::APP_BLOCKED
+    } else {
+        cached_verdict::APP
+    };
+    (verdict, app.app_id, app.flags)
+}
+
+/// `lookup_policy` through the per-CPU flow cache: two hash/trie lookups become one array slot
+/// compare for every packet of a flow after its first, until the configuration changes.
+#[inline(always)]
+fn cached_policy(flow: &Flow) -> (u8, u32, u32) {
+    let generation = CONFIG_GEN.get(0).copied().unwrap_or(0);
+    let slot = flow_cache_slot(&flow.src, &flow.dst, flow.dport, flow.proto);
+    let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) else {
+        return lookup_policy(flow);
+    };
+    let e = unsafe { &mut *entry };
+    if generation != 0
+        && e.generation == generation
+        && e.dport == flow.dport
+        && e.proto == flow.proto
+        && e.src == flow.src
+        && e.dst == flow.dst
+    {
+        return (e.verdict, e.app_id, e.app_flags);
+    }
+    let (verdict, app_id, app_flags) = lookup_policy(flow);
+    *e = FlowCacheEntry {
+        src: flow.src,
+        dst: flow.dst,
+        dport: flow.dport,
+        proto: flow.proto,
+        verdict,
+        app_id,
+        app_flags,
+        _pad: 0,
+        generation,
+    };
+    (verdict, app_id, app_flags)
+}
+
+#[inline(always)]
+fn classify_flow(ctx: &XdpContext, flow: &Flow) -> u32 {
+    let (verdict, app_id, flags) = cached_policy(flow);
+    if verdict == cached_verdict::NOT_APP {
+        return XDP_PASS;
+    }
     let Some(stats) = APP_STATS.get_ptr_mut(app_id) else {
         return XDP_PASS;
     };
-    let src = as_bytes(&flow.src);
-    if BLOCKLIST.get(Key::new(128, src)).is_some() {
-        return drop_packet(app_id, DropReason::Blocklisted);
+    let count_drop = |reason: DropReason| {
+        unsafe { (*stats).drops[reason as usize] += 1 };
+        XDP_DROP
+    };
+    if verdict == cached_verdict::APP_BLOCKED {
+        return count_drop(DropReason::Blocklisted);
     }
     if flow.proto == IPPROTO_TCP && bad_tcp_flags(flow.tcp_flags) {
-        return drop_packet(app_id, DropReason::BadTcpFlags);
+        return count_drop(DropReason::BadTcpFlags);
     }
-    if flags & app_flags::NO_RATE_LIMIT == 0 && !rate_limit_admit(&src) {
-        return drop_packet(app_id, DropReason::RateLimited);
+    if flags & app_flags::NO_RATE_LIMIT == 0 && !rate_limit_admit(&as_bytes(&flow.src)) {
+        return count_drop(DropReason::RateLimited);
     }
     unsafe {
         (*stats).packets += 1;
@@ -139,7 +191,9 @@ fn steer(flow: &Flow) -> u32 {
     let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
     let cpu = worker_for_hash(hash, cfg.n_workers);
     // A CPU without a CPUMAP entry falls back to XDP_PASS: the packet stays on this CPU.
-    WORKER_CPUS.redirect(cpu, XDP_PASS as u64).unwrap_or(XDP_PASS)
+    WORKER_CPUS
+        .redirect(cpu, XDP_PASS as u64)
+        .unwrap_or(XDP_PASS)
 }
 
 #[sk_reuseport]
@@ -174,7 +228,10 @@ pub fn select_worker(ctx: SkReuseportContext) -> u32 {
 
 #[inline(always)]
 fn load_of(worker: u32) -> u64 {
-    WORKER_LOAD.get(worker).map(|l| l.in_flight).unwrap_or(u64::MAX)
+    WORKER_LOAD
+        .get(worker)
+        .map(|l| l.in_flight)
+        .unwrap_or(u64::MAX)
 }
 
 #[inline(always)]
@@ -201,13 +258,25 @@ fn reuseport_addrs(ctx: &SkReuseportContext) -> Option<([u32; 4], [u32; 4])> {
     if eth_proto == 0x0800 {
         let mut addrs = [0u32; 2];
         let rc = unsafe {
-            bpf_skb_load_bytes_relative(ctx.as_ptr(), 12, addrs.as_mut_ptr().cast(), 8, BPF_HDR_START_NET)
+            bpf_skb_load_bytes_relative(
+                ctx.as_ptr(),
+                12,
+                addrs.as_mut_ptr().cast(),
+                8,
+                BPF_HDR_START_NET,
+            )
         };
         (rc == 0).then(|| (v4_mapped_words(addrs[0]), v4_mapped_words(addrs[1])))
     } else if eth_proto == 0x86dd {
         let mut addrs = [0u32; 8];
         let rc = unsafe {
-            bpf_skb_load_bytes_relative(ctx.as_ptr(), 8, addrs.as_mut_ptr().cast(), 32, BPF_HDR_START_NET)
+            bpf_skb_load_bytes_relative(
+                ctx.as_ptr(),
+                8,
+                addrs.as_mut_ptr().cast(),
+                32,
+                BPF_HDR_START_NET,
+            )
         };
         (rc == 0).then(|| {
             (

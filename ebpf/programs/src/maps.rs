@@ -4,14 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{
-        Array, CpuMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray,
-    },
+    maps::{Array, CpuMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray},
 };
 use edgeplane_abi::{
-    AppEntry, AppKey, AppName, AppStats, BlockEntry, MAX_APPS, MAX_BLOCKLIST, MAX_PLACEMENTS,
-    MAX_RATE_LIMITED_SOURCES, MAX_VIPS, MAX_WORKERS, Placement, RateLimitConfig, TokenBucket,
-    WorkerConfig, WorkerLoad,
+    AppEntry, AppKey, AppName, AppStats, BlockEntry, FLOW_CACHE_SLOTS, FlowCacheEntry, MAX_APPS,
+    MAX_BLOCKLIST, MAX_PLACEMENTS, MAX_RATE_LIMITED_SOURCES, MAX_VIPS, MAX_WORKERS, Placement,
+    RateLimitConfig, TokenBucket, WorkerConfig, WorkerLoad,
 };
 
 #[map]
@@ -47,3 +45,10 @@ pub static WORKER_CONFIG: Array<WorkerConfig> = Array::pinned(1, 0);
 
 #[map]
 pub static WORKER_LOAD: Array<WorkerLoad> = Array::pinned(MAX_WORKERS, BPF_F_MMAPABLE);
+
+#[map]
+pub static CONFIG_GEN: Array<u64> = Array::pinned(1, 0);
+
+#[map]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);

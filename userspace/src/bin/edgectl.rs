@@ -17,7 +17,11 @@ use serde::Serialize;
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "edgectl", version, about = "Read and tune edgeplane's data plane")]
+#[command(
+    name = "edgectl",
+    version,
+    about = "Read and tune edgeplane's data plane"
+)]
 struct Cli {
     /// Where edged pinned its maps.
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "EDGEPLANE_PIN_DIR")]
@@ -69,7 +73,9 @@ enum AppCmd {
         no_rate_limit: bool,
     },
     /// Remove an app with its VIPs and placement.
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
     List,
 }
 
@@ -106,7 +112,9 @@ enum PlacementCmd {
         #[arg(long)]
         pin: bool,
     },
-    Get { app: String },
+    Get {
+        app: String,
+    },
     List,
 }
 
@@ -142,12 +150,21 @@ impl std::str::FromStr for PlacementTarget {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "local" => Ok(Self { kind: placement_kind::LOCAL, datacenter: 0 }),
-            "region" => Ok(Self { kind: placement_kind::REGION, datacenter: 0 }),
+            "local" => Ok(Self {
+                kind: placement_kind::LOCAL,
+                datacenter: 0,
+            }),
+            "region" => Ok(Self {
+                kind: placement_kind::REGION,
+                datacenter: 0,
+            }),
             _ => s
                 .strip_prefix("dc=")
                 .and_then(|id| id.parse().ok())
-                .map(|datacenter| Self { kind: placement_kind::DATACENTER, datacenter })
+                .map(|datacenter| Self {
+                    kind: placement_kind::DATACENTER,
+                    datacenter,
+                })
                 .ok_or_else(|| format!("{s:?}: expected local, region or dc=<id>")),
         }
     }
@@ -219,7 +236,13 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     let second = reader.all()?;
     let names = maps.app_names()?;
     let secs = args.interval.max(1e-9);
-    let rate = |a: u64, b: u64| if args.interval > 0.0 { (b - a) as f64 / secs } else { 0.0 };
+    let rate = |a: u64, b: u64| {
+        if args.interval > 0.0 {
+            (b - a) as f64 / secs
+        } else {
+            0.0
+        }
+    };
     let mut ids: Vec<u32> = names.keys().copied().collect();
     if second.contains_key(&UNCLASSIFIED_APP) {
         ids.insert(0, UNCLASSIFIED_APP);
@@ -228,9 +251,15 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
         .into_iter()
         .map(|id| {
             let zero = AppStats::default();
-            let (a, b) = (first.get(&id).unwrap_or(&zero), second.get(&id).unwrap_or(&zero));
+            let (a, b) = (
+                first.get(&id).unwrap_or(&zero),
+                second.get(&id).unwrap_or(&zero),
+            );
             StatsRow {
-                app: names.get(&id).cloned().unwrap_or_else(|| "(unclassified)".to_owned()),
+                app: names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| "(unclassified)".to_owned()),
                 id,
                 packets: b.packets,
                 bytes: b.bytes,
@@ -250,9 +279,24 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     if as_json {
         return print_json(&rows);
     }
-    let mut t = table(&["app", "id", "pps", "bit/s", "new flows/s", "packets", "bytes", "drops/s", "drops (total, by reason)"]);
+    let mut t = table(&[
+        "app",
+        "id",
+        "pps",
+        "bit/s",
+        "new flows/s",
+        "packets",
+        "bytes",
+        "drops/s",
+        "drops (total, by reason)",
+    ]);
     for r in &rows {
-        let drops = r.drops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let drops = r
+            .drops
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         t.add_row(vec![
             r.app.clone(),
             r.id.to_string(),
@@ -273,14 +317,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let maps = PinnedMaps::open(&cli.pin_dir)?;
     let as_json = cli.json;
     match cli.command {
-        Command::App(AppCmd::Add { name, vips, id, no_steer, no_rate_limit }) => {
+        Command::App(AppCmd::Add {
+            name,
+            vips,
+            id,
+            no_steer,
+            no_rate_limit,
+        }) => {
             let flags = if no_steer { app_flags::NO_STEER } else { 0 }
-                | if no_rate_limit { app_flags::NO_RATE_LIMIT } else { 0 };
+                | if no_rate_limit {
+                    app_flags::NO_RATE_LIMIT
+                } else {
+                    0
+                };
             let id = maps.add_app(&name, id, &vips, flags)?;
             if as_json {
                 print_json(&json!({ "app": name, "id": id }))?;
             } else {
-                println!("app {name} (id {id}): {}", vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+                println!(
+                    "app {name} (id {id}): {}",
+                    vips.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
         Command::App(AppCmd::Rm { name }) => {
@@ -321,7 +381,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Block(BlockCmd::List) => {
             let list = maps.block_list()?;
             if as_json {
-                let v: Vec<_> = list.iter().map(|(c, t)| json!({ "cidr": c.to_string(), "added_at": t })).collect();
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(c, t)| json!({ "cidr": c.to_string(), "added_at": t }))
+                    .collect();
                 return print_json(&v);
             }
             let mut t = table(&["cidr", "added (unix s)"]);
@@ -338,11 +401,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if pps > MAX_RATE_PPS {
                     bail!("--pps must be at most {MAX_RATE_PPS}");
                 }
-                RateLimitConfig { pps, burst, flags: rate_limit_flags::ENABLED, _pad: 0 }
+                RateLimitConfig {
+                    pps,
+                    burst,
+                    flags: rate_limit_flags::ENABLED,
+                    _pad: 0,
+                }
             };
             maps.set_rate_limit(cfg)?;
             if !as_json {
-                println!("{}", if off { "rate limit off".to_owned() } else { format!("rate limit {} pps, burst {}", cfg.pps, cfg.burst) });
+                println!(
+                    "{}",
+                    if off {
+                        "rate limit off".to_owned()
+                    } else {
+                        format!("rate limit {} pps, burst {}", cfg.pps, cfg.burst)
+                    }
+                );
             }
         }
         Command::Ratelimit(RateLimitCmd::Show) => {
@@ -388,7 +463,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|(id, name)| (id, name, placed.get(&id).copied().unwrap_or_default()))
                 .collect();
             if as_json {
-                let v: Vec<_> = rows.iter().map(|(id, n, p)| placement_json(n, *id, p)).collect();
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(id, n, p)| placement_json(n, *id, p))
+                    .collect();
                 return print_json(&v);
             }
             let mut t = table(&["app", "id", "placement"]);
@@ -402,17 +480,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loads = maps.worker_loads(cfg.n_workers)?;
             let steer = cfg.flags & worker_flags::STEER_CPUMAP != 0;
             if as_json {
-                let l: Vec<_> = loads.iter().map(|l| json!({ "in_flight": l.in_flight, "served": l.served })).collect();
-                return print_json(&json!({ "count": cfg.n_workers, "load_threshold": cfg.load_threshold, "steer": steer, "workers": l }));
+                let l: Vec<_> = loads
+                    .iter()
+                    .map(|l| json!({ "in_flight": l.in_flight, "served": l.served }))
+                    .collect();
+                return print_json(
+                    &json!({ "count": cfg.n_workers, "load_threshold": cfg.load_threshold, "steer": steer, "workers": l }),
+                );
             }
-            println!("{} workers, steering {}, load threshold {}", cfg.n_workers, if steer { "on" } else { "off" }, cfg.load_threshold);
+            println!(
+                "{} workers, steering {}, load threshold {}",
+                cfg.n_workers,
+                if steer { "on" } else { "off" },
+                cfg.load_threshold
+            );
             let mut t = table(&["worker (cpu)", "in flight", "served"]);
             for (i, l) in loads.iter().enumerate() {
-                t.add_row(vec![i.to_string(), l.in_flight.to_string(), l.served.to_string()]);
+                t.add_row(vec![
+                    i.to_string(),
+                    l.in_flight.to_string(),
+                    l.served.to_string(),
+                ]);
             }
             println!("{t}");
         }
-        Command::Workers(WorkersCmd::Set { count, load_threshold, steer }) => {
+        Command::Workers(WorkersCmd::Set {
+            count,
+            load_threshold,
+            steer,
+        }) => {
             let mut cfg: WorkerConfig = maps.worker_config()?;
             if let Some(c) = count {
                 cfg.n_workers = c;

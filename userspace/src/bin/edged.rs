@@ -34,41 +34,71 @@ struct Cli {
 }
 
 fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<()> {
-    let online = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let count = if cfg.workers.count == 0 { online } else { cfg.workers.count.min(online) };
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let count = if cfg.workers.count == 0 {
+        online
+    } else {
+        cfg.workers.count.min(online)
+    };
     let cpus: Vec<u32> = (0..count).collect();
     maps.set_worker_cpus(&cpus, cfg.workers.cpumap_queue_size)?;
     maps.set_worker_config(WorkerConfig {
         n_workers: count,
         load_threshold: cfg.workers.load_threshold,
-        flags: if cfg.workers.steer { worker_flags::STEER_CPUMAP } else { 0 },
+        flags: if cfg.workers.steer {
+            worker_flags::STEER_CPUMAP
+        } else {
+            0
+        },
         _pad: 0,
     })?;
     let rl = &cfg.rate_limit;
     maps.set_rate_limit(RateLimitConfig {
         pps: rl.pps,
         burst: rl.burst,
-        flags: if rl.enabled { rate_limit_flags::ENABLED } else { 0 },
+        flags: if rl.enabled {
+            rate_limit_flags::ENABLED
+        } else {
+            0
+        },
         _pad: 0,
     })?;
     for cidr in &cfg.blocklist {
         maps.block_add(cidr.parse::<Cidr>()?)?;
     }
     for app in &cfg.apps {
-        let vips = app.vips.iter().map(|v| v.parse::<Vip>()).collect::<Result<Vec<_>, _>>()?;
+        let vips = app
+            .vips
+            .iter()
+            .map(|v| v.parse::<Vip>())
+            .collect::<Result<Vec<_>, _>>()?;
         let flags = if app.steer { 0 } else { app_flags::NO_STEER }
-            | if app.rate_limit { 0 } else { app_flags::NO_RATE_LIMIT };
-        let id = maps.add_app(&app.name, app.id, &vips, flags).with_context(|| format!("app {}", app.name))?;
+            | if app.rate_limit {
+                0
+            } else {
+                app_flags::NO_RATE_LIMIT
+            };
+        let id = maps
+            .add_app(&app.name, app.id, &vips, flags)
+            .with_context(|| format!("app {}", app.name))?;
         info!(app = %app.name, id, vips = ?app.vips, "app configured");
     }
-    info!(workers = count, steer = cfg.workers.steer, "workers configured");
+    info!(
+        workers = count,
+        steer = cfg.workers.steer,
+        "workers configured"
+    );
     Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let cli = Cli::parse();
     let mut cfg = match &cli.config {
@@ -83,7 +113,9 @@ async fn main() -> anyhow::Result<()> {
         cfg.pin_dir = dir.clone();
     }
 
-    let mut dp = Dataplane::load(&LoadOptions { pin_dir: cfg.pin_dir.clone() })?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: cfg.pin_dir.clone(),
+    })?;
     apply(&dp.maps()?, &cfg)?;
     for iface in &cfg.xdp.interfaces {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
@@ -98,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
     dp.detach_all();
     drop(dp);
     if cli.unpin_on_exit {
-        std::fs::remove_dir_all(&cfg.pin_dir).with_context(|| format!("removing {}", cfg.pin_dir.display()))?;
+        std::fs::remove_dir_all(&cfg.pin_dir)
+            .with_context(|| format!("removing {}", cfg.pin_dir.display()))?;
         info!(pin_dir = %cfg.pin_dir.display(), "pins removed");
     }
     Ok(())
