@@ -279,3 +279,38 @@ fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes
     );
     Ok(())
 }
+
+#[test]
+fn generic_mode_attaches_counts_and_detaches() -> anyhow::Result<()> {
+    if !require_root("generic_mode") {
+        return Ok(());
+    }
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("generic");
+    let mut dp = hosts.attach(&pins, XdpAttachMode::Generic)?;
+    assert!(
+        xdp_mode_of(&hosts).contains("xdpgeneric"),
+        "expected generic XDP:\n{}",
+        xdp_mode_of(&hosts)
+    );
+    let maps = dp.maps()?;
+    let vip: SocketAddr = format!("{}:9200", TwoHosts::SERVER_V4).parse()?;
+    let id = maps.add_app("generic", None, &[Vip::from_socket_udp(vip)], 0)?;
+    let rx = hosts.server.run(|| UdpSocket::bind(vip))??;
+    let receiver = std::thread::spawn(move || drain(&rx, 50));
+    hosts
+        .client
+        .run(|| send_udp(TwoHosts::CLIENT_V4, vip, 50, 32))??;
+    assert_eq!(receiver.join().unwrap(), 50);
+    let s = maps.stats_reader()?.app(id)?;
+    assert_eq!(
+        (s.packets, s.bytes),
+        (50, 50 * (ETH + 20 + UDP + 32) as u64)
+    );
+    dp.detach_all();
+    assert!(
+        !xdp_mode_of(&hosts).contains("prog/xdp"),
+        "still attached after detach_all"
+    );
+    Ok(())
+}

@@ -88,13 +88,55 @@ fn test() -> anyhow::Result<()> {
     ])?;
     // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
     run_bin("xdp-bench", &["--smoke"])?;
-    cargo(&[
+    cargo_test(&[
         "test",
         "--locked",
         "--workspace",
         "--exclude",
         "edgeplane-ebpf",
     ])
+}
+
+/// Runs cargo test, passing its output through, and closes with one line totalling every test
+/// binary's result (cargo's own last line is whichever binary ran last, often doc tests with 0).
+fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |label: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(label)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 fn bench() -> anyhow::Result<()> {
