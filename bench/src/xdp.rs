@@ -12,7 +12,7 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use edgeplane::{Dataplane, LoadOptions, XdpAttachMode, addr::Vip, loader::BASELINE_OBJECT};
-use edgeplane_abi::{DropReason, RateLimitConfig, WorkerConfig, rate_limit_flags, worker_flags};
+use edgeplane_abi::{DropReason, RateLimitConfig, rate_limit_flags};
 use serde::Serialize;
 
 use crate::{
@@ -77,13 +77,7 @@ pub fn configure(dp: &Dataplane) -> anyhow::Result<()> {
         flags: rate_limit_flags::ENABLED,
         _pad: 0,
     })?;
-    maps.set_worker_cpus(&[0, 1], 2048)?;
-    maps.set_worker_config(WorkerConfig {
-        n_workers: 2,
-        load_threshold: 0,
-        flags: worker_flags::STEER_CPUMAP,
-        _pad: 0,
-    })?;
+    maps.configure_workers(2, 0, true, 2048)?;
     Ok(())
 }
 

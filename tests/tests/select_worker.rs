@@ -11,7 +11,7 @@ use std::{
 
 use edgeplane::{PinnedMaps, XdpAttachMode};
 use edgeplane_abi::{
-    IPPROTO_TCP, WorkerConfig, WorkerLoad, addr_words, flow_hash, worker_flags, worker_for_hash,
+    IPPROTO_TCP, WorkerConfig, WorkerLoad, addr_words, flow_hash, worker_for_hash,
 };
 use edgeplane_dataplane::listener::reuseport_listener;
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
@@ -100,13 +100,7 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
         &[edgeplane::addr::Vip::from_socket_tcp(server)],
         0,
     )?;
-    maps.set_worker_cpus(&[0, 1], 256)?;
-    maps.set_worker_config(WorkerConfig {
-        n_workers: WORKERS,
-        load_threshold: 0,
-        flags: worker_flags::STEER_CPUMAP,
-        _pad: 0,
-    })?;
+    maps.configure_workers(WORKERS, 0, true, 256)?;
 
     let listeners = hosts.server.run(|| -> anyhow::Result<Vec<TcpListener>> {
         (0..WORKERS)

@@ -8,10 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use edgeplane::addr::{Cidr, Vip};
-use edgeplane_abi::{
-    AppEntry, AppStats, DropReason, RateLimitConfig, WorkerConfig, app_flags, rate_limit_flags,
-    worker_flags,
-};
+use edgeplane_abi::{AppEntry, AppStats, DropReason, RateLimitConfig, app_flags, rate_limit_flags};
 use edgeplane_bench::packets::{FrameSpec, L4, insert_ipv6_ext};
 use edgeplane_tests::{
     TestPins,
@@ -233,13 +230,7 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     };
     maps.set_rate_limit(rl)?;
     model.rate_limit = rl;
-    maps.set_worker_cpus(&[0, 1], 512)?;
-    maps.set_worker_config(WorkerConfig {
-        n_workers: 2,
-        load_threshold: 0,
-        flags: worker_flags::STEER_CPUMAP,
-        _pad: 0,
-    })?;
+    maps.configure_workers(2, 0, true, 512)?;
     model.steering = true;
 
     let mut v4_sources: Vec<IpAddr> = (0..24)

@@ -6,10 +6,7 @@ use std::{
 };
 
 use edgeplane::{XdpAttachMode, addr::Vip};
-use edgeplane_abi::{
-    AppStats, DropReason, RateLimitConfig, UNCLASSIFIED_APP, WorkerConfig, rate_limit_flags,
-    worker_flags,
-};
+use edgeplane_abi::{AppStats, DropReason, RateLimitConfig, UNCLASSIFIED_APP, rate_limit_flags};
 use edgeplane_bench::packets::{FrameSpec, L4, send_raw_frames};
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
 
@@ -92,13 +89,7 @@ fn counts_exact_packets_and_bytes_per_app_in_native_mode_with_cpumap_steering() 
         0,
     )?;
     // Steer through CPUMAP: the packets must still arrive, now via the worker CPUs.
-    maps.set_worker_cpus(&[0, 1], 256)?;
-    maps.set_worker_config(WorkerConfig {
-        n_workers: 2,
-        load_threshold: 0,
-        flags: worker_flags::STEER_CPUMAP,
-        _pad: 0,
-    })?;
+    maps.configure_workers(2, 0, true, 256)?;
 
     let (rx4, rx6) = hosts
         .server

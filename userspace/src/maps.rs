@@ -15,7 +15,7 @@ use aya::maps::{
 use edgeplane_abi::{
     APP_NAME_LEN, AppEntry, AppKey, AppName, AppStats, BlockEntry, MAX_APPS, MAX_BURST,
     MAX_RATE_PPS, MAX_WORKERS, Placement, RateLimitConfig, WorkerConfig, WorkerLoad, app_flags,
-    map_names, rate_limit_flags,
+    map_names, rate_limit_flags, worker_flags,
 };
 
 use crate::addr::{Cidr, Vip};
@@ -442,6 +442,25 @@ impl PinnedMaps {
                 })?;
         }
         Ok(())
+    }
+
+    /// Workers on CPUs `0..count`: CPUMAP entries for each, and the steering configuration that
+    /// XDP and `select_worker` read.
+    pub fn configure_workers(
+        &self,
+        count: u32,
+        load_threshold: u32,
+        steer: bool,
+        queue_size: u32,
+    ) -> Result<(), MapsError> {
+        let cpus: Vec<u32> = (0..count).collect();
+        self.set_worker_cpus(&cpus, queue_size)?;
+        self.set_worker_config(WorkerConfig {
+            n_workers: count,
+            load_threshold,
+            flags: if steer { worker_flags::STEER_CPUMAP } else { 0 },
+            _pad: 0,
+        })
     }
 
     /// Registers a worker's listening socket at its index for `select_worker`.

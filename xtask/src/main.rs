@@ -78,14 +78,7 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    cargo(&[
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "edgeplane-bench",
-        "--bins",
-    ])?;
+    build_bench_bins()?;
     // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
     run_bin("xdp-bench", &["--smoke"])?;
     cargo_test(&[
@@ -139,7 +132,7 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench() -> anyhow::Result<()> {
+fn build_bench_bins() -> anyhow::Result<()> {
     cargo(&[
         "build",
         "--locked",
@@ -147,7 +140,11 @@ fn bench() -> anyhow::Result<()> {
         "-p",
         "edgeplane-bench",
         "--bins",
-    ])?;
+    ])
+}
+
+fn bench() -> anyhow::Result<()> {
+    build_bench_bins()?;
     let out = workspace_root().join("results/bench");
     std::fs::create_dir_all(&out)?;
     let json = out.join("xdp-bench.json");

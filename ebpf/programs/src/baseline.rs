@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod common;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -47,13 +49,3 @@ pub fn bare_tx_spray(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_TX
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod common;
+
 mod maps;
 mod parse;
 
@@ -288,13 +290,3 @@ fn reuseport_addrs(ctx: &SkReuseportContext) -> Option<([u32; 4], [u32; 4])> {
         None
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

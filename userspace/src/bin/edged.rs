@@ -10,7 +10,7 @@ use edgeplane::{
     addr::{Cidr, Vip},
     config::EdgedConfig,
 };
-use edgeplane_abi::{RateLimitConfig, WorkerConfig, app_flags, rate_limit_flags, worker_flags};
+use edgeplane_abi::{RateLimitConfig, app_flags, rate_limit_flags};
 use tracing::info;
 
 #[derive(Parser)]
@@ -42,18 +42,8 @@ fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<()> {
     } else {
         cfg.workers.count.min(online)
     };
-    let cpus: Vec<u32> = (0..count).collect();
-    maps.set_worker_cpus(&cpus, cfg.workers.cpumap_queue_size)?;
-    maps.set_worker_config(WorkerConfig {
-        n_workers: count,
-        load_threshold: cfg.workers.load_threshold,
-        flags: if cfg.workers.steer {
-            worker_flags::STEER_CPUMAP
-        } else {
-            0
-        },
-        _pad: 0,
-    })?;
+    let w = &cfg.workers;
+    maps.configure_workers(count, w.load_threshold, w.steer, w.cpumap_queue_size)?;
     let rl = &cfg.rate_limit;
     maps.set_rate_limit(RateLimitConfig {
         pps: rl.pps,
