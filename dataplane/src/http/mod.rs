@@ -1,0 +1,101 @@
+//! HTTP/1.1 for the workers: request parsing with limits (httparse does the tokenizing), body
+//! framing (Content-Length, chunked), and response serialization.
+
+mod request;
+mod response;
+
+use std::time::Duration;
+
+pub use request::{ParseOutcome, Request, parse_request};
+pub use response::{Response, write_response};
+
+/// What a worker accepts from a client before answering with an error.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Request line plus headers.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A started request must be complete (head and body) within this long, or it gets 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A request the worker refuses, with the status it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request timeout")]
+    Timeout,
+    #[error("request body larger than the limit")]
+    BodyTooLarge,
+    #[error("request headers larger than the limit")]
+    HeadersTooLarge,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
+}
+
+impl HttpError {
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::Timeout => 408,
+            HttpError::BodyTooLarge => 413,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::NotImplemented(_) => 501,
+            HttpError::VersionNotSupported => 505,
+        }
+    }
+
+    /// The response sent before closing the connection.
+    pub fn response(self) -> Response {
+        Response::text(self.status(), format!("{self}\n"))
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}

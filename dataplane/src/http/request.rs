@@ -1,0 +1,396 @@
+//! Request parsing. A connection's input buffer is offered to `parse_request` after every read;
+//! it returns a complete request and how many bytes it used, asks for more, or names the error.
+
+use super::{HttpError, HttpLimits};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent (origin form: path and query).
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Names lower-cased, values as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The Host header without a port (and without brackets for an IPv6 literal).
+    pub fn host(&self) -> Option<&str> {
+        let host = std::str::from_utf8(self.header("host")?).ok()?;
+        match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next(),
+            None => host.split(':').next(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("/")
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseOutcome {
+    /// A request, and the number of input bytes it took.
+    Complete(Request, usize),
+    /// More input is needed; `expects_continue` when the client waits for `100 Continue`.
+    Partial { expects_continue: bool },
+}
+
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_header_bytes {
+                return Err(HttpError::HeadersTooLarge);
+            }
+            return Ok(ParseOutcome::Partial {
+                expects_continue: false,
+            });
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(_) => return Err(HttpError::BadRequest("malformed request head")),
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let method = req.method.unwrap_or_default().to_owned();
+    if method == "CONNECT" {
+        return Err(HttpError::NotImplemented("CONNECT"));
+    }
+    let minor_version = req.version.unwrap_or(1);
+    let target = req.path.unwrap_or("/").to_owned();
+    if !target.starts_with('/') && target != "*" {
+        return Err(HttpError::BadRequest(
+            "request target must be in origin form",
+        ));
+    }
+
+    let mut framing = Framing::None;
+    let mut content_length: Option<usize> = None;
+    let mut has_host = false;
+    let mut connection_close = minor_version == 0;
+    let mut expects_continue = false;
+    let mut owned = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        match name.as_str() {
+            "content-length" => {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or(HttpError::BadRequest("invalid content-length"))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(HttpError::BadRequest("conflicting content-length headers"));
+                }
+                content_length = Some(n);
+            }
+            "transfer-encoding" => {
+                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                let last = value.rsplit(',').next().unwrap_or("").trim();
+                if last != "chunked"
+                    || value.split(',').filter(|c| c.trim() == "chunked").count() > 1
+                {
+                    return Err(HttpError::NotImplemented(
+                        "transfer-encoding other than chunked",
+                    ));
+                }
+                if value.split(',').any(|c| c.trim() != "chunked") {
+                    return Err(HttpError::NotImplemented(
+                        "transfer codings other than chunked",
+                    ));
+                }
+                framing = Framing::Chunked;
+            }
+            "host" => {
+                if has_host {
+                    return Err(HttpError::BadRequest("more than one host header"));
+                }
+                has_host = true;
+            }
+            "connection" => {
+                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                for token in value.split(',').map(str::trim) {
+                    match token {
+                        "close" => connection_close = true,
+                        "keep-alive" if minor_version == 0 => connection_close = false,
+                        _ => {}
+                    }
+                }
+            }
+            "expect" => {
+                if h.value.eq_ignore_ascii_case(b"100-continue") {
+                    expects_continue = true;
+                } else {
+                    // RFC 9110: an unsupported expectation gets 417; we keep to the listed set.
+                    return Err(HttpError::BadRequest("unsupported expectation"));
+                }
+            }
+            _ => {}
+        }
+        owned.push((name, h.value.to_vec()));
+    }
+    if minor_version == 1 && !has_host {
+        return Err(HttpError::BadRequest("HTTP/1.1 request without host"));
+    }
+    match (&framing, content_length) {
+        // Both framings at once is how requests are smuggled past proxies.
+        (Framing::Chunked, Some(_)) => {
+            return Err(HttpError::BadRequest("both content-length and chunked"));
+        }
+        (Framing::None, Some(n)) => framing = Framing::Length(n),
+        _ => {}
+    }
+
+    let (body, used) = match framing {
+        Framing::None => (Vec::new(), head_len),
+        Framing::Length(n) => {
+            if n > limits.max_body_bytes {
+                return Err(HttpError::BodyTooLarge);
+            }
+            if buf.len() < head_len + n {
+                return Ok(ParseOutcome::Partial { expects_continue });
+            }
+            (buf[head_len..head_len + n].to_vec(), head_len + n)
+        }
+        Framing::Chunked => match decode_chunked(&buf[head_len..], limits.max_body_bytes)? {
+            Some((body, n)) => (body, head_len + n),
+            None => return Ok(ParseOutcome::Partial { expects_continue }),
+        },
+    };
+    Ok(ParseOutcome::Complete(
+        Request {
+            method,
+            target,
+            minor_version,
+            headers: owned,
+            body,
+            keep_alive: !connection_close,
+        },
+        used,
+    ))
+}
+
+/// httparse reports any version it does not parse; tell an HTTP/2+ or 0.9 request (505) from garbage (400).
+fn version_error(buf: &[u8]) -> HttpError {
+    let line_end = buf
+        .iter()
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    match line.rsplit(|b| *b == b' ').next() {
+        Some(v) if v.starts_with(b"HTTP/") && v.len() > 5 && v[5].is_ascii_digit() => {
+            HttpError::VersionNotSupported
+        }
+        _ => HttpError::BadRequest("malformed request line"),
+    }
+}
+
+/// Decodes a chunked body from `buf`; returns the body and bytes used, or `None` when incomplete.
+fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let (size_len, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete(v)) => v,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(HttpError::BadRequest("invalid chunk size")),
+        };
+        pos += size_len;
+        if size == 0 {
+            // Trailer fields until an empty line; we read and drop them.
+            loop {
+                let rest = &buf[pos..];
+                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
+                pos += eol + 2;
+                if eol == 0 {
+                    return Ok(Some((body, pos)));
+                }
+            }
+        }
+        let size = usize::try_from(size).map_err(|_| HttpError::BodyTooLarge)?;
+        if body.len() + size > max_body {
+            return Err(HttpError::BodyTooLarge);
+        }
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size;
+        if &buf[pos..pos + 2] != b"\r\n" {
+            return Err(HttpError::BadRequest("chunk not followed by CRLF"));
+        }
+        pos += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[u8]) -> Result<ParseOutcome, HttpError> {
+        parse_request(s, &HttpLimits::default())
+    }
+
+    fn complete(s: &[u8]) -> (Request, usize) {
+        match parse(s) {
+            Ok(ParseOutcome::Complete(r, n)) => (r, n),
+            other => panic!("expected a complete request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get_and_pipelined_requests() {
+        let two = b"GET /a?x=1 HTTP/1.1\r\nHost: h:8080\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let (a, n) = complete(two);
+        assert_eq!(
+            (a.method.as_str(), a.target.as_str(), a.path(), a.host()),
+            ("GET", "/a?x=1", "/a", Some("h"))
+        );
+        assert!(a.keep_alive);
+        let (b, m) = complete(&two[n..]);
+        assert_eq!(b.target, "/b");
+        assert!(!b.keep_alive);
+        assert_eq!(n + m, two.len());
+    }
+
+    #[test]
+    fn http10_defaults_to_close() {
+        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn content_length_body_arrives_in_pieces() {
+        let full = b"POST /e HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..full.len() {
+            assert!(
+                matches!(parse(&full[..cut]), Ok(ParseOutcome::Partial { .. })),
+                "cut at {cut}"
+            );
+        }
+        let (r, n) = complete(full);
+        assert_eq!((r.body.as_slice(), n), (&b"hello"[..], full.len()));
+    }
+
+    #[test]
+    fn chunked_body_with_extension_and_trailer() {
+        let full = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: y\r\n\r\nGET";
+        let (r, n) = complete(full);
+        assert_eq!(r.body, b"hello world");
+        assert_eq!(&full[n..], b"GET");
+        for cut in 60..n {
+            assert!(
+                matches!(parse(&full[..cut]), Ok(ParseOutcome::Partial { .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_map_to_their_statuses() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET / HTTP/1.1\r\n\r\n", 400),                                         // no host
+            (b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n", 400),                              // bad method token
+            (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 501),
+            (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        ];
+        for (req, status) in cases {
+            let got = parse(req).map(|_| 0).unwrap_or_else(|e| e.status());
+            assert_eq!(got, *status, "{}", String::from_utf8_lossy(req));
+        }
+    }
+
+    #[test]
+    fn header_limits() {
+        let limits = HttpLimits {
+            max_headers: 4,
+            max_header_bytes: 256,
+            ..Default::default()
+        };
+        let many = b"GET / HTTP/1.1\r\nHost: h\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n";
+        assert_eq!(
+            parse_request(many, &limits).unwrap_err(),
+            HttpError::HeadersTooLarge
+        );
+        let mut big = b"GET / HTTP/1.1\r\nHost: h\r\nx: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 300));
+        // Not even complete yet, but already over the limit.
+        assert_eq!(
+            parse_request(&big, &limits).unwrap_err(),
+            HttpError::HeadersTooLarge
+        );
+    }
+
+    #[test]
+    fn chunked_body_over_the_limit() {
+        let limits = HttpLimits {
+            max_body_bytes: 8,
+            ..Default::default()
+        };
+        let req = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_request(req, &limits).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+    }
+
+    #[test]
+    fn expect_continue_is_reported_while_the_body_is_missing() {
+        let head =
+            b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(
+            parse(head),
+            Ok(ParseOutcome::Partial {
+                expects_continue: true
+            })
+        );
+    }
+
+    #[test]
+    fn host_forms() {
+        let host = |h: &str| {
+            let req = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+            complete(req.as_bytes()).0.host().map(str::to_owned)
+        };
+        assert_eq!(host("example.com").as_deref(), Some("example.com"));
+        assert_eq!(host("example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(host("[::1]:443").as_deref(), Some("::1"));
+        assert_eq!(host("[::1]").as_deref(), Some("::1"));
+    }
+}
