@@ -1,0 +1,110 @@
+//! One client connection's state inside a worker.
+
+use std::{cell::RefCell, collections::VecDeque, os::fd::RawFd, rc::Rc, time::Instant};
+
+use crate::http::{Response, write_response};
+
+/// A response in request order: known, or still being computed by a task.
+pub struct Slot {
+    pub response: SlotResponse,
+    pub keep_alive: bool,
+    pub head_only: bool,
+}
+
+pub enum SlotResponse {
+    Ready(Response),
+    Waiting(Rc<RefCell<Option<Response>>>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    /// The last response is queued; after it is sent, FIN and drain the peer until it closes.
+    CloseAfterFlush,
+    /// FIN sent; reading and discarding until EOF or `until`, so the peer gets our last response
+    /// instead of an RST for data it was still sending.
+    Lingering {
+        until: Instant,
+    },
+    /// Shut down both ways; freed once no operation is in flight.
+    Closing,
+}
+
+pub struct Conn {
+    pub fd: RawFd,
+    pub generation: u32,
+    pub phase: Phase,
+    pub input: Vec<u8>,
+    pub pending: VecDeque<Slot>,
+    /// Bytes queued to send after the current send completes.
+    pub out: Vec<u8>,
+    /// The buffer the kernel is sending from; untouched while a send is in flight.
+    pub sending: Vec<u8>,
+    pub sent: usize,
+    pub send_in_flight: bool,
+    pub recv_armed: bool,
+    pub last_activity: Instant,
+    /// When the request now being received started arriving.
+    pub request_started: Option<Instant>,
+    pub sent_continue: bool,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd, generation: u32, now: Instant) -> Self {
+        Self {
+            fd,
+            generation,
+            phase: Phase::Open,
+            input: Vec::new(),
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            sending: Vec::new(),
+            sent: 0,
+            send_in_flight: false,
+            recv_armed: false,
+            last_activity: now,
+            request_started: None,
+            sent_continue: false,
+        }
+    }
+
+    /// Serializes the finished prefix of `pending` into `out`; returns how many responses moved.
+    /// Serializing here rather than at dispatch lets a worker that started draining meanwhile
+    /// still say `connection: close`.
+    pub fn collect_ready(&mut self, date: &str, closing: bool) -> usize {
+        let mut moved = 0;
+        while let Some(slot) = self.pending.front() {
+            let resp = match &slot.response {
+                SlotResponse::Ready(_) => None,
+                SlotResponse::Waiting(cell) => match cell.borrow_mut().take() {
+                    Some(r) => Some(r),
+                    None => break,
+                },
+            };
+            let slot = self.pending.pop_front().expect("front exists");
+            let resp = match (resp, slot.response) {
+                (Some(r), _) | (None, SlotResponse::Ready(r)) => r,
+                (None, SlotResponse::Waiting(_)) => unreachable!("taken above"),
+            };
+            let keep_alive = slot.keep_alive && !closing;
+            write_response(&mut self.out, &resp, keep_alive, slot.head_only, date);
+            if !keep_alive {
+                self.phase = Phase::CloseAfterFlush;
+            }
+            moved += 1;
+        }
+        moved
+    }
+
+    /// Whether nothing is queued, in flight or half-received.
+    pub fn is_idle(&self) -> bool {
+        self.input.is_empty()
+            && self.pending.is_empty()
+            && self.out.is_empty()
+            && !self.send_in_flight
+    }
+
+    pub fn can_free(&self) -> bool {
+        self.phase == Phase::Closing && !self.recv_armed && !self.send_in_flight
+    }
+}

@@ -1,0 +1,593 @@
+//! The worker's event loop: the io_uring ring's completions, connections, and timers.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    net::TcpListener,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    rc::Rc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use io_uring::{IoUring, cqueue, opcode, squeue, types::Fd};
+use tokio::{io::unix::AsyncFd, sync::Notify};
+use tracing::{debug, info, warn};
+
+use super::{
+    Reply, RequestContext, Service, WorkerOptions, WorkerStats,
+    bufring::BufRing,
+    conn::{Conn, Phase, Slot, SlotResponse},
+    load::LoadPublisher,
+};
+use crate::http::{HttpError, HttpLimits, ParseOutcome, Request, parse_request};
+
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+
+fn user_data(op: u64, idx: usize, generation: u32) -> u64 {
+    op << 56 | (generation as u64 & 0xff_ffff) << 32 | idx as u64
+}
+
+fn split_user_data(ud: u64) -> (u64, usize, u32) {
+    (
+        ud >> 56,
+        (ud & 0xffff_ffff) as usize,
+        ((ud >> 32) & 0xff_ffff) as u32,
+    )
+}
+
+const BUFFER_GROUP: u16 = 1;
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Finished asynchronous replies, reported by their tasks.
+#[derive(Default)]
+struct Completions {
+    notify: Notify,
+    ready: RefCell<Vec<(usize, u32)>>,
+}
+
+pub(super) struct Worker {
+    // Field order is drop order: the ring goes first, releasing the kernel's hold on the
+    // buffer pool before its memory is freed.
+    ring: IoUring,
+    bufs: BufRing,
+    listener: TcpListener,
+    service: Rc<dyn Service>,
+    ctx: RequestContext,
+    limits: HttpLimits,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    next_generation: u32,
+    completions: Rc<Completions>,
+    load: Option<LoadPublisher>,
+    in_flight: u64,
+    published: (u64, u64),
+    stats: WorkerStats,
+    date: String,
+    date_at: Instant,
+    draining: Option<Instant>,
+    drain_timeout: Duration,
+    accept_armed: bool,
+    /// Entries that did not fit the submission queue yet.
+    backlog: VecDeque<squeue::Entry>,
+}
+
+impl Worker {
+    pub(super) fn new(opts: WorkerOptions, service: Rc<dyn Service>) -> anyhow::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_clamp()
+            .build(opts.ring_entries)
+            .context("creating io_uring")?;
+        let bufs = BufRing::register(
+            &ring,
+            BUFFER_GROUP,
+            opts.recv_buffers,
+            opts.recv_buffer_size,
+        )
+        .context("registering the receive buffer ring")?;
+        let load = match &opts.load_map {
+            Some(fd) => Some(
+                LoadPublisher::new(std::os::fd::AsFd::as_fd(fd), opts.cpu)
+                    .context("mapping WORKER_LOAD")?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            ring,
+            bufs,
+            listener: opts.listener,
+            service,
+            ctx: RequestContext { worker: opts.cpu },
+            limits: opts.limits,
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 1,
+            completions: Rc::new(Completions::default()),
+            load,
+            in_flight: 0,
+            published: (u64::MAX, u64::MAX),
+            stats: WorkerStats::default(),
+            date: httpdate::fmt_http_date(SystemTime::now()),
+            date_at: Instant::now(),
+            draining: None,
+            drain_timeout: opts.drain_timeout,
+            accept_armed: false,
+            backlog: VecDeque::new(),
+        })
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<WorkerStats> {
+        // SAFETY: eventfd has no memory preconditions; the fd is owned right away.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        anyhow::ensure!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: just created and owned by nobody else.
+        let efd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(efd) };
+        self.ring
+            .submitter()
+            .register_eventfd(efd.as_raw_fd())
+            .context("registering the eventfd")?;
+        // SAFETY: the eventfd is owned here and registered with no other reactor.
+        let efd = unsafe { AsyncFd::register(efd) }
+            .map_err(|e| anyhow::anyhow!("registering the eventfd with tokio: {e}"))?;
+        let completions = self.completions.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        self.arm_accept();
+        info!(worker = self.ctx.worker, "worker serving");
+        loop {
+            self.pump()?;
+            if let Some(since) = self.draining {
+                let live = self.conns.iter().flatten().count();
+                if live == 0 || since.elapsed() > self.drain_timeout {
+                    info!(worker = self.ctx.worker, left = live, "worker drained");
+                    break;
+                }
+            }
+            tokio::select! {
+                ready = efd.readable() => {
+                    let mut guard = ready?;
+                    let mut count = [0u8; 8];
+                    // SAFETY: reading the 8-byte eventfd counter into a local buffer.
+                    unsafe { libc::read(efd.get_ref().as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+                    guard.clear_ready();
+                }
+                _ = completions.notify.notified() => {}
+                _ = tick.tick() => self.on_tick(),
+                changed = shutdown.changed(), if self.draining.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.start_drain();
+                    }
+                }
+            }
+        }
+        self.bufs.unregister(&self.ring);
+        Ok(self.stats)
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        // SAFETY (for every entry pushed): buffers referenced by entries live in `Conn::sending`
+        // or the buffer ring, both kept alive and unmoved until their completion arrives.
+        if !self.backlog.is_empty() || unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.backlog.push_back(entry);
+        }
+    }
+
+    /// Submits what is queued, handles every completion, and repeats until quiet.
+    fn pump(&mut self) -> anyhow::Result<()> {
+        loop {
+            while let Some(e) = self.backlog.front() {
+                // SAFETY: see `push`.
+                if unsafe { self.ring.submission().push(e) }.is_err() {
+                    break;
+                }
+                self.backlog.pop_front();
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e).context("io_uring submit"),
+            }
+            let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
+            let finished: Vec<(usize, u32)> =
+                std::mem::take(&mut *self.completions.ready.borrow_mut());
+            if cqes.is_empty() && finished.is_empty() && self.backlog.is_empty() {
+                break;
+            }
+            for cqe in cqes {
+                self.on_completion(cqe);
+            }
+            for (idx, generation) in finished {
+                if self.conn_mut(idx, generation).is_some() {
+                    self.flush(idx);
+                }
+            }
+        }
+        self.publish_load();
+        Ok(())
+    }
+
+    fn publish_load(&mut self) {
+        let now = (self.in_flight, self.stats.served);
+        if let Some(load) = &self.load
+            && now != self.published
+        {
+            load.publish(now.0, now.1);
+            self.published = now;
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+            .build()
+            .user_data(user_data(OP_ACCEPT, 0, 0));
+        self.push(entry);
+        self.accept_armed = true;
+    }
+
+    fn arm_recv(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.recv_armed || conn.phase == Phase::Closing {
+            return;
+        }
+        conn.recv_armed = true;
+        let entry = opcode::RecvMulti::new(Fd(conn.fd), self.bufs.group())
+            .build()
+            .user_data(user_data(OP_RECV, idx, conn.generation));
+        self.push(entry);
+    }
+
+    fn conn_mut(&mut self, idx: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(idx)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
+    }
+
+    fn on_completion(&mut self, cqe: cqueue::Entry) {
+        let (op, idx, generation) = split_user_data(cqe.user_data());
+        let (res, flags) = (cqe.result(), cqe.flags());
+        match op {
+            OP_ACCEPT => {
+                if res >= 0 {
+                    self.on_accept(res);
+                } else if res != -libc::ECANCELED {
+                    warn!(worker = self.ctx.worker, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+                }
+                if !cqueue::more(flags) {
+                    self.accept_armed = false;
+                    self.arm_accept();
+                }
+            }
+            OP_RECV => self.on_recv(idx, generation, res, flags),
+            OP_SEND => self.on_send(idx, generation, res),
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, fd: RawFd) {
+        if self.draining.is_some() {
+            // SAFETY: a socket we own and will not use.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setting an int option on our own socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        self.stats.accepted += 1;
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & 0xff_ffff;
+        let conn = Conn::new(fd, generation, Instant::now());
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.conns[i] = Some(conn);
+                i
+            }
+            None => {
+                self.conns.push(Some(conn));
+                self.conns.len() - 1
+            }
+        };
+        self.arm_recv(idx);
+    }
+
+    fn on_recv(&mut self, idx: usize, generation: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let data = match (res, bid) {
+            (n, Some(bid)) if n > 0 => {
+                let data = self.bufs.data(bid, n as usize).to_vec();
+                self.bufs.recycle(bid);
+                Some(data)
+            }
+            (_, Some(bid)) => {
+                self.bufs.recycle(bid);
+                None
+            }
+            _ => None,
+        };
+        let Some(conn) = self.conn_mut(idx, generation) else {
+            return;
+        };
+        if !more {
+            conn.recv_armed = false;
+        }
+        match (res, data) {
+            (_, Some(data)) => {
+                conn.last_activity = Instant::now();
+                match conn.phase {
+                    Phase::Open => {
+                        conn.input.extend_from_slice(&data);
+                        self.process_input(idx);
+                    }
+                    // After our final response, what the peer still sends is dropped.
+                    Phase::CloseAfterFlush | Phase::Lingering { .. } | Phase::Closing => {}
+                }
+                if !more {
+                    self.arm_recv(idx);
+                }
+            }
+            (n, None) if n == -libc::ENOBUFS => {
+                // The pool ran dry; buffers come back as other connections are served.
+                self.arm_recv(idx);
+            }
+            (0, None) => {
+                // EOF. A half-closed client still gets the responses it asked for.
+                if conn.pending.is_empty() && conn.out.is_empty() && !conn.send_in_flight {
+                    self.close(idx);
+                } else if conn.phase == Phase::Open {
+                    conn.phase = Phase::CloseAfterFlush;
+                }
+            }
+            _ => self.close(idx),
+        }
+        self.maybe_free(idx);
+    }
+
+    fn process_input(&mut self, idx: usize) {
+        loop {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                return;
+            };
+            if conn.phase != Phase::Open || conn.input.is_empty() {
+                break;
+            }
+            match parse_request(&conn.input, &self.limits) {
+                Ok(ParseOutcome::Complete(req, used)) => {
+                    conn.input.drain(..used);
+                    conn.sent_continue = false;
+                    conn.request_started = (!conn.input.is_empty()).then(Instant::now);
+                    self.dispatch(idx, req);
+                }
+                Ok(ParseOutcome::Partial { expects_continue }) => {
+                    if conn.request_started.is_none() {
+                        conn.request_started = Some(Instant::now());
+                    }
+                    if expects_continue && !conn.sent_continue && conn.pending.is_empty() {
+                        conn.sent_continue = true;
+                        conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.stats.bad_requests += 1;
+                    debug!(worker = self.ctx.worker, error = %e, "bad request");
+                    self.fail(idx, e);
+                    break;
+                }
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// Answers with an error status and closes after it.
+    fn fail(&mut self, idx: usize, e: HttpError) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        conn.input.clear();
+        conn.request_started = None;
+        conn.pending.push_back(Slot {
+            response: SlotResponse::Ready(e.response()),
+            keep_alive: false,
+            head_only: false,
+        });
+        conn.phase = Phase::CloseAfterFlush;
+        self.in_flight += 1;
+    }
+
+    fn dispatch(&mut self, idx: usize, req: Request) {
+        let keep_alive = req.keep_alive && self.draining.is_none();
+        let head_only = req.method == "HEAD";
+        self.in_flight += 1;
+        let reply = self.service.call(req, &self.ctx);
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let response = match reply {
+            Reply::Now(resp) => SlotResponse::Ready(resp),
+            Reply::Later(fut) => {
+                let cell = Rc::new(RefCell::new(None));
+                let completions = self.completions.clone();
+                let (task_cell, generation) = (cell.clone(), conn.generation);
+                tokio::task::spawn_local(async move {
+                    *task_cell.borrow_mut() = Some(fut.await);
+                    completions.ready.borrow_mut().push((idx, generation));
+                    completions.notify.notify_one();
+                });
+                SlotResponse::Waiting(cell)
+            }
+        };
+        conn.pending.push_back(Slot {
+            response,
+            keep_alive,
+            head_only,
+        });
+        if !keep_alive {
+            conn.phase = Phase::CloseAfterFlush;
+        }
+    }
+
+    /// Moves finished responses into the send queue and starts a send if none is in flight.
+    fn flush(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let moved = conn.collect_ready(&self.date, self.draining.is_some()) as u64;
+        self.in_flight -= moved;
+        self.stats.served += moved;
+        if conn.send_in_flight || conn.out.is_empty() {
+            if conn.phase == Phase::CloseAfterFlush
+                && conn.pending.is_empty()
+                && !conn.send_in_flight
+            {
+                self.linger(idx);
+            }
+            return;
+        }
+        std::mem::swap(&mut conn.sending, &mut conn.out);
+        conn.out.clear();
+        conn.sent = 0;
+        self.send_rest(idx);
+    }
+
+    fn send_rest(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let rest = &conn.sending[conn.sent..];
+        conn.send_in_flight = true;
+        let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(OP_SEND, idx, conn.generation));
+        self.push(entry);
+    }
+
+    fn on_send(&mut self, idx: usize, generation: u32, res: i32) {
+        let Some(conn) = self.conn_mut(idx, generation) else {
+            return;
+        };
+        conn.send_in_flight = false;
+        if res < 0 {
+            self.close(idx);
+        } else {
+            conn.sent += res as usize;
+            conn.last_activity = Instant::now();
+            if conn.sent < conn.sending.len() {
+                self.send_rest(idx);
+            } else {
+                conn.sending.clear();
+                self.flush(idx);
+            }
+        }
+        self.maybe_free(idx);
+    }
+
+    /// FIN after the last response, then read until the peer closes (or LINGER passes).
+    fn linger(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        // SAFETY: our socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        conn.phase = Phase::Lingering {
+            until: Instant::now() + LINGER,
+        };
+        if !conn.recv_armed {
+            self.close(idx);
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        let dropped = conn.pending.len() as u64;
+        self.in_flight -= dropped;
+        conn.pending.clear();
+        conn.phase = Phase::Closing;
+        // Ends the multishot recv (it completes with 0) and any send in flight.
+        // SAFETY: our socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        self.maybe_free(idx);
+    }
+
+    fn maybe_free(&mut self, idx: usize) {
+        if let Some(conn) = self.conns[idx].as_ref()
+            && conn.can_free()
+        {
+            // SAFETY: no operation on it is in flight any more.
+            unsafe { libc::close(conn.fd) };
+            self.conns[idx] = None;
+            self.free.push(idx);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.date_at) >= Duration::from_millis(500) {
+            self.date = httpdate::fmt_http_date(SystemTime::now());
+            self.date_at = now;
+        }
+        for idx in 0..self.conns.len() {
+            let Some(conn) = self.conns[idx].as_ref() else {
+                continue;
+            };
+            match conn.phase {
+                Phase::Open => {
+                    if let Some(started) = conn.request_started
+                        && now.duration_since(started) > self.limits.request_timeout
+                    {
+                        self.fail(idx, HttpError::Timeout);
+                        self.flush(idx);
+                    } else if conn.is_idle()
+                        && (self.draining.is_some()
+                            || now.duration_since(conn.last_activity) > self.limits.idle_timeout)
+                    {
+                        self.close(idx);
+                    }
+                }
+                Phase::Lingering { until } if now > until => self.close(idx),
+                _ => {}
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        info!(worker = self.ctx.worker, "draining");
+        self.draining = Some(Instant::now());
+        // Stop accepting: closing our listener removes it from the reuseport group, and the
+        // armed multishot accept completes with an error.
+        // SAFETY: shutting down our own listening socket.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for idx in 0..self.conns.len() {
+            if self.conns[idx]
+                .as_ref()
+                .is_some_and(|c| c.phase == Phase::Open && c.is_idle())
+            {
+                self.close(idx);
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Shared-nothing workers: one thread per CPU, pinned, each with its own io_uring ring, its own
+//! SO_REUSEPORT listener and its own service (app runtime), so the request path takes no lock
+//! shared between workers.
+//!
+//! Why this shape: the raw `io-uring` crate with multishot accept and multishot recv into a
+//! ring-mapped buffer pool served 20-25% more requests per CPU here than nginx or tokio-uring
+//! (PLATFORM.md). Apps run in wasmtime-wasi-http, whose outgoing HTTP client needs a tokio runtime
+//! on the thread. So each worker thread runs a current-thread tokio runtime, and the ring is one of
+//! its event sources: completions signal an eventfd registered with the ring, which tokio polls
+//! next to timers and the app tasks. SQPOLL is off (its thread cost a third of throughput on two
+//! cores); COOP/DEFER_TASKRUN are off because with them the kernel posts completions only when
+//! this thread enters io_uring, which it does not while asleep in epoll.
+
+mod bufring;
+mod conn;
+mod event_loop;
+pub mod load;
+
+use std::{
+    future::Future, net::TcpListener, os::fd::OwnedFd, pin::Pin, rc::Rc, sync::Arc, time::Duration,
+};
+
+use anyhow::Context as _;
+use tracing::warn;
+
+use crate::http::{HttpLimits, Request, Response};
+
+/// What a service returns for a request: an answer now, or a future the worker runs on its
+/// thread while it keeps serving other connections.
+pub enum Reply {
+    Now(Response),
+    Later(Pin<Box<dyn Future<Output = Response>>>),
+}
+
+pub struct RequestContext {
+    pub worker: u32,
+}
+
+/// Turns requests into replies; one instance per worker, never shared across threads.
+pub trait Service {
+    fn call(&self, req: Request, ctx: &RequestContext) -> Reply;
+}
+
+/// Builds each worker's service on the worker's own thread.
+pub type ServiceFactory = Arc<dyn Fn(u32) -> anyhow::Result<Rc<dyn Service>> + Send + Sync>;
+
+pub struct WorkerOptions {
+    /// CPU to pin to; also the worker's index in WORKER_SOCKETS / WORKER_LOAD.
+    pub cpu: u32,
+    pub listener: TcpListener,
+    pub limits: HttpLimits,
+    /// WORKER_LOAD's map fd, to publish in-flight counts (None: do not publish).
+    pub load_map: Option<OwnedFd>,
+    pub ring_entries: u32,
+    /// Receive buffers in the pool (a power of two) and their size.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: usize,
+    /// How long a draining worker waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(cpu: u32, listener: TcpListener) -> Self {
+        Self {
+            cpu,
+            listener,
+            limits: HttpLimits::default(),
+            load_map: None,
+            ring_entries: 1024,
+            recv_buffers: 1024,
+            recv_buffer_size: 4096,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters a worker returns when it stops.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkerStats {
+    pub accepted: u64,
+    pub served: u64,
+    pub bad_requests: u64,
+}
+
+/// Starts a worker thread; it runs until `shutdown` turns true, then drains.
+pub fn spawn(
+    opts: WorkerOptions,
+    factory: ServiceFactory,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<anyhow::Result<WorkerStats>>> {
+    std::thread::Builder::new()
+        .name(format!("edge-worker-{}", opts.cpu))
+        .spawn(move || {
+            pin_to_cpu(opts.cpu);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let service = factory(opts.cpu)
+                    .with_context(|| format!("building worker {}'s service", opts.cpu))?;
+                let worker = event_loop::Worker::new(opts, service)?;
+                worker.run(shutdown).await
+            })
+        })
+}
+
+fn pin_to_cpu(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin worker");
+        }
+    }
+}

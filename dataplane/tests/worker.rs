@@ -1,0 +1,306 @@
+//! A real worker thread with its io_uring ring, over real TCP on loopback.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use edgeplane_dataplane::{
+    http::{HttpLimits, Request, Response},
+    listener::reuseport_listener,
+    worker::{self, Reply, RequestContext, Service, WorkerOptions, WorkerStats},
+};
+
+/// Routes: `/` hello, `/echo` the body back, `/slow/<ms>` answers later, `/worker` its index.
+struct TestService;
+
+impl Service for TestService {
+    fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
+        let path = req.path().to_owned();
+        match path.as_str() {
+            "/" => Reply::Now(Response::text(200, "hello\n")),
+            "/echo" => Reply::Now(Response::new(200, req.body)),
+            "/worker" => Reply::Now(Response::text(200, ctx.worker.to_string())),
+            p if p.starts_with("/slow/") => {
+                let ms: u64 = p[6..].parse().unwrap_or(10);
+                Reply::Later(Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Response::text(200, format!("slow {ms}"))
+                }))
+            }
+            _ => Reply::Now(Response::text(404, "no such route\n")),
+        }
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<WorkerStats>>,
+}
+
+fn start(limits: HttpLimits) -> Running {
+    let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut opts = WorkerOptions::new(0, listener);
+    opts.limits = limits;
+    opts.drain_timeout = Duration::from_secs(3);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let factory: worker::ServiceFactory = Arc::new(|_| Ok(Rc::new(TestService) as Rc<dyn Service>));
+    let thread = worker::spawn(opts, factory, rx).unwrap();
+    Running { addr, stop, thread }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Status, headers (names lower-cased) and body of one response.
+type Received = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Reads one response (head + content-length body) from the stream.
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| {
+                    l.split_once(": ")
+                        .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some((status, headers, body));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// True when the server closed the connection (EOF) within the read timeout.
+fn closed_by_server(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn stop(r: Running) -> WorkerStats {
+    r.stop.send(true).unwrap();
+    r.thread.join().unwrap().unwrap()
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    let mut buf = Vec::new();
+    for i in 0..200 {
+        s.write_all(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\nmsg-{i}",
+                4 + i.to_string().len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (status, headers, body) = read_response(&mut s, &mut buf).expect("response");
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("msg-{i}").as_bytes());
+        assert!(headers.iter().any(|(n, _)| n == "date"));
+        assert!(
+            !headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v == "close")
+        );
+    }
+    drop(s);
+    let stats = stop(w);
+    assert_eq!((stats.accepted, stats.served), (1, 200));
+}
+
+#[test]
+fn pipelined_responses_keep_request_order_even_when_the_first_is_slow() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(
+        b"GET /slow/80 HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /slow/5 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let bodies: Vec<Vec<u8>> = (0..4)
+        .map(|_| read_response(&mut s, &mut buf).expect("response").2)
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            b"slow 80".to_vec(),
+            b"hello\n".to_vec(),
+            b"abc".to_vec(),
+            b"slow 5".to_vec()
+        ]
+    );
+    assert!(
+        closed_by_server(&mut s, &mut buf),
+        "Connection: close must close after the last response"
+    );
+    stop(w);
+}
+
+#[test]
+fn malformed_requests_get_their_status_and_the_worker_keeps_serving() {
+    let limits = HttpLimits {
+        max_body_bytes: 1000,
+        max_header_bytes: 2048,
+        ..Default::default()
+    };
+    let w = start(limits);
+    let mut long_header = b"GET / HTTP/1.1\r\nHost: t\r\nx-big: ".to_vec();
+    long_header.extend(std::iter::repeat_n(b'a', 4000));
+    long_header.extend_from_slice(b"\r\n\r\n");
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n".to_vec(),
+            413,
+        ),
+        (long_header, 431),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            501,
+        ),
+        (b"GET / HTTP/3.0\r\nHost: t\r\n\r\n".to_vec(), 505),
+    ];
+    for (req, want) in cases {
+        let mut s = connect(w.addr);
+        s.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        let (status, headers, _) = read_response(&mut s, &mut buf).expect("an error response");
+        assert_eq!(
+            status,
+            want,
+            "{}",
+            String::from_utf8_lossy(&req[..req.len().min(60)])
+        );
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v == "close")
+        );
+        assert!(closed_by_server(&mut s, &mut buf));
+        // The next request on a new connection is served.
+        let mut ok = connect(w.addr);
+        ok.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(
+            read_response(&mut ok, &mut Vec::new()).expect("response").0,
+            200
+        );
+    }
+    let stats = stop(w);
+    assert_eq!(stats.bad_requests, 6);
+}
+
+#[test]
+fn slow_client_gets_408_and_idle_connection_is_closed() {
+    let limits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let w = start(limits);
+    // Half a request head, then silence.
+    let mut slow = connect(w.addr);
+    slow.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let mut buf = Vec::new();
+    let (status, _, _) = read_response(&mut slow, &mut buf).expect("408");
+    assert_eq!(status, 408);
+    assert!(closed_by_server(&mut slow, &mut buf));
+
+    // A served keep-alive connection left idle is closed without a response.
+    let mut idle = connect(w.addr);
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut idle, &mut buf).expect("response").0, 200);
+    let t = Instant::now();
+    assert!(closed_by_server(&mut idle, &mut buf));
+    assert!(buf.is_empty(), "idle close sends nothing");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    stop(w);
+}
+
+#[test]
+fn expect_100_continue_then_body() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, _, _) = read_response(&mut s, &mut buf).expect("100 Continue");
+    assert_eq!(status, 100);
+    s.write_all(b"ping").unwrap();
+    let (status, _, body) = read_response(&mut s, &mut buf).expect("response");
+    assert_eq!((status, body.as_slice()), (200, &b"ping"[..]));
+    stop(w);
+}
+
+#[test]
+fn drain_finishes_in_flight_requests_then_stops_accepting() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    w.stop.send(true).unwrap();
+    let mut buf = Vec::new();
+    let (status, headers, body) =
+        read_response(&mut s, &mut buf).expect("in-flight request answered");
+    assert_eq!((status, body.as_slice()), (200, &b"slow 300"[..]));
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v == "close"),
+        "draining closes after the response"
+    );
+    let stats = w.thread.join().unwrap().unwrap();
+    assert_eq!(stats.served, 1);
+    assert!(
+        TcpStream::connect_timeout(&w.addr, Duration::from_millis(500)).is_err(),
+        "a drained worker accepts nothing"
+    );
+}
