@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod listener;
+pub mod wasm;
 pub mod worker;

@@ -1,0 +1,54 @@
+//! The wasm runtime: each app is a `wasi:http/proxy` component (what `wasmtime serve` runs),
+//! compiled once and cached in memory and on disk, pre-instantiated, and instantiated fresh for
+//! every request from a pooling allocator (or, per app, reused for up to N requests).
+
+mod cache;
+mod engine;
+mod host;
+mod observe;
+mod runtime;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use cache::{CacheBudget, CodeCache};
+pub use engine::{EngineConfig, EpochTicker, build_engine};
+pub use observe::{DestinationStats, Observations};
+pub use runtime::{AppRuntime, HandleError};
+
+/// What the runtime needs to know about one app.
+#[derive(Clone, Debug)]
+pub struct AppSpec {
+    pub name: String,
+    pub component: PathBuf,
+    /// Environment variables the guest sees (wasi:cli/environment).
+    pub env: Vec<(String, String)>,
+    /// `host:port` authorities the app may call; empty means none.
+    pub allowed_backends: Vec<String>,
+    pub limits: AppLimits,
+}
+
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppLimits {
+    /// CPU time a request may use before it is interrupted (epoch deadline).
+    #[serde(with = "humantime_serde")]
+    pub cpu_deadline: Duration,
+    /// Wall-clock time for the whole request, subrequests included.
+    #[serde(with = "humantime_serde")]
+    pub wall_deadline: Duration,
+    /// Linear memory per instance.
+    pub max_memory_bytes: usize,
+    /// Reuse a warm instance for up to this many requests (1: a fresh instance per request).
+    pub instance_reuse: u32,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            cpu_deadline: Duration::from_millis(100),
+            wall_deadline: Duration::from_secs(30),
+            max_memory_bytes: 64 << 20,
+            instance_reuse: 1,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Per (app, destination) observations of outgoing subrequests: count, failures, latency
+//! histogram. The placement engine reads them; the worker that owns them is the only writer.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DestinationStats {
+    pub app: String,
+    pub destination: String,
+    pub count: u64,
+    pub failures: u64,
+    pub denied: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub mean_us: f64,
+}
+
+struct Entry {
+    latency_us: Histogram<u64>,
+    failures: u64,
+    denied: u64,
+}
+
+/// Owned by one worker; the mutex is only ever contended by a reader taking a snapshot.
+#[derive(Clone, Default)]
+pub struct Observations {
+    inner: Arc<Mutex<BTreeMap<(String, String), Entry>>>,
+}
+
+impl Observations {
+    fn with_entry(&self, app: &str, dest: &str, f: impl FnOnce(&mut Entry)) {
+        let mut map = self.inner.lock().expect("observations lock");
+        let entry = map
+            .entry((app.to_owned(), dest.to_owned()))
+            .or_insert_with(|| Entry {
+                latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
+                failures: 0,
+                denied: 0,
+            });
+        f(entry);
+    }
+
+    /// A subrequest that got response headers after `latency`.
+    pub fn record(&self, app: &str, dest: &str, latency: Duration) {
+        self.with_entry(app, dest, |e| {
+            let _ = e.latency_us.record((latency.as_micros() as u64).max(1));
+        });
+    }
+
+    pub fn record_failure(&self, app: &str, dest: &str) {
+        self.with_entry(app, dest, |e| e.failures += 1);
+    }
+
+    pub fn record_denied(&self, app: &str, dest: &str) {
+        self.with_entry(app, dest, |e| e.denied += 1);
+    }
+
+    pub fn snapshot(&self) -> Vec<DestinationStats> {
+        let map = self.inner.lock().expect("observations lock");
+        map.iter()
+            .map(|((app, dest), e)| DestinationStats {
+                app: app.clone(),
+                destination: dest.clone(),
+                count: e.latency_us.len(),
+                failures: e.failures,
+                denied: e.denied,
+                p50_us: e.latency_us.value_at_quantile(0.5),
+                p99_us: e.latency_us.value_at_quantile(0.99),
+                mean_us: e.latency_us.mean(),
+            })
+            .collect()
+    }
+}

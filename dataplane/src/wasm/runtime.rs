@@ -1,0 +1,353 @@
+//! One worker's app runtime: its Engine and pool, its code cache, and the request path from an
+//! HTTP request to a fresh instance's `wasi:http/incoming-handler` and back.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    convert::Infallible,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use tracing::warn;
+use wasmtime::{
+    Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
+    component::{Linker, ResourceTable},
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::{
+    WasiHttpCtx, WasiHttpView as _,
+    p2::bindings::{ProxyPre, http::types::Scheme},
+};
+
+use super::{
+    AppSpec,
+    cache::{CacheBudget, CodeCache},
+    host::{EdgeHooks, HostState, IoClock},
+    observe::Observations,
+};
+use crate::http::{Request, Response};
+
+/// Why a request did not get the app's own response.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("no app named {0:?} on this host")]
+    UnknownApp(String),
+    #[error("too many requests in flight on this worker")]
+    Overloaded,
+    #[error("app {app} could not be loaded: {error:#}")]
+    Load { app: String, error: anyhow::Error },
+    #[error("app {app} trapped: {detail}")]
+    Trap { app: String, detail: String },
+    #[error("app {app} exceeded its {which} deadline")]
+    Deadline { app: String, which: &'static str },
+    #[error("app {app} answered with an error: {detail}")]
+    GuestError { app: String, detail: String },
+}
+
+impl HandleError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HandleError::UnknownApp(_) => 404,
+            HandleError::Overloaded => 503,
+            HandleError::Load { .. }
+            | HandleError::Trap { .. }
+            | HandleError::GuestError { .. } => 500,
+            HandleError::Deadline { .. } => 504,
+        }
+    }
+
+    pub fn response(&self) -> Response {
+        Response::text(self.status(), format!("{self}\n"))
+    }
+}
+
+/// The CPU deadline fired: the guest computed for longer than its budget.
+#[derive(Debug)]
+struct CpuDeadline;
+
+impl std::fmt::Display for CpuDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cpu deadline exceeded")
+    }
+}
+
+impl std::error::Error for CpuDeadline {}
+
+struct App {
+    spec: AppSpec,
+    name: Arc<str>,
+    allowed: Arc<[String]>,
+}
+
+pub struct AppRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: RefCell<CodeCache<ProxyPre<HostState>>>,
+    apps: HashMap<String, Rc<App>>,
+    observations: Observations,
+    epoch_tick: Duration,
+    in_flight: Cell<u32>,
+    max_in_flight: u32,
+}
+
+use std::rc::Rc;
+
+impl AppRuntime {
+    pub fn new(
+        engine: Engine,
+        cache_dir: &Path,
+        budget: CacheBudget,
+        apps: Vec<AppSpec>,
+        observations: Observations,
+        epoch_tick: Duration,
+        max_in_flight: u32,
+    ) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let cache = RefCell::new(CodeCache::new(engine.clone(), cache_dir, budget)?);
+        let apps = apps
+            .into_iter()
+            .map(|spec| {
+                let app = App {
+                    name: spec.name.as_str().into(),
+                    allowed: spec.allowed_backends.clone().into(),
+                    spec,
+                };
+                (app.spec.name.clone(), Rc::new(app))
+            })
+            .collect();
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            apps,
+            observations,
+            epoch_tick,
+            in_flight: Cell::new(0),
+            max_in_flight,
+        })
+    }
+
+    pub fn has_app(&self, app: &str) -> bool {
+        self.apps.contains_key(app)
+    }
+
+    pub fn is_resident(&self, app: &str) -> bool {
+        self.cache.borrow().is_resident(app)
+    }
+
+    pub fn resident_apps(&self) -> Vec<String> {
+        self.cache.borrow().resident_apps()
+    }
+
+    /// (compiled, loaded from the disk cache, evicted) since start.
+    pub fn cache_counters(&self) -> (u64, u64, u64) {
+        let c = self.cache.borrow();
+        (c.compiled, c.loaded_from_disk, c.evicted)
+    }
+
+    pub fn observations(&self) -> &Observations {
+        &self.observations
+    }
+
+    /// Compiles (or loads from disk) and pre-instantiates an app now rather than on first use.
+    pub fn preload(&self, app: &str) -> Result<(), HandleError> {
+        let app = self
+            .apps
+            .get(app)
+            .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
+        self.pre(app).map(|_| ())
+    }
+
+    fn pre(&self, app: &App) -> Result<ProxyPre<HostState>, HandleError> {
+        self.cache
+            .borrow_mut()
+            .get_or_load(&app.spec.name, &app.spec.component, |component| {
+                Ok(ProxyPre::new(self.linker.instantiate_pre(component)?)?)
+            })
+            .map_err(|error| HandleError::Load {
+                app: app.spec.name.clone(),
+                error,
+            })
+    }
+
+    /// Runs one request through a fresh instance of `app`.
+    pub async fn handle(self: Rc<Self>, app: &str, req: Request) -> Result<Response, HandleError> {
+        let app = self
+            .apps
+            .get(app)
+            .cloned()
+            .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
+        if self.in_flight.get() >= self.max_in_flight {
+            return Err(HandleError::Overloaded);
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        let wall = app.spec.limits.wall_deadline;
+        let result = match tokio::time::timeout(wall, self.run(&app, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandleError::Deadline {
+                app: app.spec.name.clone(),
+                which: "wall-clock",
+            }),
+        };
+        self.in_flight.set(self.in_flight.get() - 1);
+        if let Err(e) = &result {
+            warn!(app = %app.spec.name, error = %e, "request failed in the app");
+        }
+        result
+    }
+
+    async fn run(&self, app: &App, req: Request) -> Result<Response, HandleError> {
+        let name = app.spec.name.clone();
+        let pre = self.pre(app)?;
+        let io_clock = IoClock::default();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stderr();
+        for (k, v) in &app.spec.env {
+            wasi.env(k, v);
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(app.spec.limits.max_memory_bytes)
+                .build(),
+            hooks: EdgeHooks {
+                app: app.name.clone(),
+                allowed_backends: app.allowed.clone(),
+                observations: self.observations.clone(),
+                io_clock: io_clock.clone(),
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
+        // when the deadline fires, charge only the rest and extend while under budget.
+        let budget = app.spec.limits.cpu_deadline;
+        let tick = self.epoch_tick;
+        let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
+        let started = Instant::now();
+        store.set_epoch_deadline(ticks(budget));
+        store.epoch_deadline_callback(move |_| {
+            let computing = started.elapsed().saturating_sub(io_clock.waited());
+            if computing >= budget {
+                return Err(CpuDeadline.into());
+            }
+            Ok(UpdateDeadline::Continue(ticks(budget - computing)))
+        });
+
+        let hyper_req = to_hyper(req).map_err(|e| HandleError::GuestError {
+            app: name.clone(),
+            detail: e.to_string(),
+        })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let setup = (|| {
+            let incoming = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, hyper_req)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            wasmtime::Result::Ok((incoming, out))
+        })();
+        let (incoming, out) = setup.map_err(|error: wasmtime::Error| HandleError::Load {
+            app: name.clone(),
+            error: error.into(),
+        })?;
+        let guest = tokio::task::spawn_local(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
+        });
+        let classify = |e: anyhow::Error| -> HandleError {
+            if e.downcast_ref::<CpuDeadline>().is_some()
+                || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
+            {
+                HandleError::Deadline {
+                    app: name.clone(),
+                    which: "cpu",
+                }
+            } else {
+                HandleError::Trap {
+                    app: name.clone(),
+                    detail: format!("{e:#}"),
+                }
+            }
+        };
+        let resp = match rx.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(code)) => {
+                return Err(HandleError::GuestError {
+                    app: name.clone(),
+                    detail: format!("{code:?}"),
+                });
+            }
+            Err(_) => {
+                // The guest finished (or trapped) without setting a response.
+                return Err(match guest.await {
+                    Ok(Ok(())) => HandleError::GuestError {
+                        app: name.clone(),
+                        detail: "no response set".into(),
+                    },
+                    Ok(Err(e)) => classify(e.into()),
+                    Err(join) => HandleError::Trap {
+                        app: name.clone(),
+                        detail: join.to_string(),
+                    },
+                });
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(code) => {
+                return Err(match guest.await {
+                    Ok(Err(e)) => classify(e.into()),
+                    _ => HandleError::GuestError {
+                        app: name.clone(),
+                        detail: format!("response body: {code:?}"),
+                    },
+                });
+            }
+        };
+        if let Ok(Err(e)) = guest.await {
+            warn!(app = %name, error = %format!("{:#}", anyhow::Error::from(e)), "guest failed after responding");
+        }
+        let mut out = Response::new(parts.status.as_u16(), body.to_vec());
+        for (k, v) in parts.headers.iter() {
+            if !matches!(
+                k.as_str(),
+                "content-length" | "connection" | "transfer-encoding" | "date"
+            ) {
+                out.headers.push((
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_hyper(
+    req: Request,
+) -> anyhow::Result<
+    http::Request<impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error>>,
+> {
+    let host = req.host().unwrap_or("localhost").to_owned();
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(format!("http://{host}{}", req.target));
+    for (k, v) in &req.headers {
+        builder = builder.header(k.as_str(), v.as_slice());
+    }
+    let body = Full::new(Bytes::from(req.body)).map_err(|never: Infallible| match never {});
+    Ok(builder.body(body)?)
+}

@@ -1,0 +1,109 @@
+//! Builds the guest apps for tests (a no-op when they are up to date).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Path of `apps/<name>` built for wasm32-wasip2.
+pub fn app(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let apps = workspace().join("apps");
+    BUILT.get_or_init(|| {
+        let status = Command::new(cargo())
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(apps.join("Cargo.toml"))
+            .status()
+            .expect("running cargo for the guest apps");
+        assert!(
+            status.success(),
+            "building apps/ for wasm32-wasip2 failed (rustup target add wasm32-wasip2?)"
+        );
+    });
+    apps.join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// wstd's own `http_server` example, built from the crates.io package: a component written
+/// with no knowledge of edgeplane.
+pub fn wstd_example_server() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Command::new(cargo())
+                .args([
+                    "metadata",
+                    "--format-version",
+                    "1",
+                    "--locked",
+                    "--manifest-path",
+                ])
+                .arg(workspace().join("apps/Cargo.toml"))
+                .output()
+                .expect("cargo metadata");
+            let meta: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("metadata JSON");
+            let manifest = meta["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "wstd")
+                .and_then(|p| p["manifest_path"].as_str())
+                .expect("wstd in apps' dependencies")
+                .to_owned();
+            let src = Path::new(&manifest).parent().unwrap();
+            // Build in a copy: the registry source is not ours to write build output into.
+            let copy = std::env::temp_dir().join("edgeplane-wstd-example");
+            let _ = std::fs::remove_dir_all(&copy);
+            let status = Command::new("cp")
+                .arg("-r")
+                .arg(src)
+                .arg(&copy)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let status = Command::new(cargo())
+                .current_dir(&copy)
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--example",
+                    "http_server",
+                ])
+                .env(
+                    "CARGO_TARGET_DIR",
+                    workspace().join("apps/target/wstd-example"),
+                )
+                .status()
+                .expect("building wstd's example");
+            assert!(
+                status.success(),
+                "building wstd's http_server example failed"
+            );
+            workspace()
+                .join("apps/target/wstd-example/wasm32-wasip2/release/examples/http_server.wasm")
+        })
+        .clone()
+}

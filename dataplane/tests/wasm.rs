@@ -1,0 +1,343 @@
+//! The wasm runtime with real components: hello, echo, a trapping and a looping guest, a memory
+//! hog, subrequests to a real local backend, the disk code cache, and a public wstd example.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    path::PathBuf,
+    rc::Rc,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use edgeplane_dataplane::{
+    http::{HttpLimits, ParseOutcome, Request, parse_request},
+    wasm::{
+        AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, HandleError,
+        Observations, build_engine,
+    },
+};
+
+fn ticker() -> &'static EpochTicker {
+    static T: OnceLock<EpochTicker> = OnceLock::new();
+    T.get_or_init(|| EpochTicker::start(EngineConfig::default().epoch_tick))
+}
+
+fn spec(name: &str, component: PathBuf) -> AppSpec {
+    AppSpec {
+        name: name.into(),
+        component,
+        env: vec![],
+        allowed_backends: vec![],
+        limits: AppLimits::default(),
+    }
+}
+
+fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
+    let cfg = EngineConfig {
+        max_instances: 16,
+        ..Default::default()
+    };
+    let engine = build_engine(&cfg).unwrap();
+    ticker().register(&engine);
+    Rc::new(
+        AppRuntime::new(
+            engine,
+            cache_dir,
+            CacheBudget::default(),
+            apps,
+            Observations::default(),
+            cfg.epoch_tick,
+            16,
+        )
+        .unwrap(),
+    )
+}
+
+fn request(raw: &str) -> Request {
+    match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
+        ParseOutcome::Complete(r, _) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Runs async test code on a current-thread runtime inside a LocalSet, as a worker does.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn hello_and_echo_components_serve() {
+    let cache = tempdir("cache-hello");
+    let rt = runtime(
+        vec![
+            spec("hello", common::app("hello")),
+            spec("echo", common::app("echo")),
+        ],
+        &cache,
+    );
+    block_on(async {
+        let r = rt
+            .clone()
+            .handle(
+                "hello",
+                request("GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"hello from wasm\n"[..])
+        );
+        let r = rt
+            .clone()
+            .handle(
+                "echo",
+                request("PUT /p?q=1 HTTP/1.1\r\nHost: e\r\nContent-Length: 7\r\n\r\npayload"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body, b"payload");
+        let header = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("x-echo-method").as_deref(), Some("PUT"));
+        assert_eq!(header("x-echo-path").as_deref(), Some("/p?q=1"));
+        let err = rt
+            .clone()
+            .handle("nope", request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 404);
+    });
+    assert!(rt.is_resident("hello") && rt.is_resident("echo"));
+}
+
+#[test]
+fn trapping_looping_and_memory_hungry_guests_fail_cleanly_and_the_next_request_succeeds() {
+    let cache = tempdir("cache-faulty");
+    let mut faulty = spec("faulty", common::app("faulty"));
+    faulty.limits = AppLimits {
+        cpu_deadline: Duration::from_millis(100),
+        max_memory_bytes: 16 << 20,
+        ..Default::default()
+    };
+    let rt = runtime(vec![faulty], &cache);
+    block_on(async {
+        let ok = |rt: Rc<AppRuntime>| async move {
+            let r = rt
+                .handle("faulty", request("GET /ok HTTP/1.1\r\nHost: f\r\n\r\n"))
+                .await
+                .unwrap();
+            assert_eq!(r.body, b"faulty app is fine\n");
+        };
+        let err = rt
+            .clone()
+            .handle("faulty", request("GET /trap HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandleError::Trap { .. }), "{err}");
+        assert_eq!(err.status(), 500);
+        ok(rt.clone()).await;
+
+        let started = Instant::now();
+        let err = rt
+            .clone()
+            .handle("faulty", request("GET /loop HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HandleError::Deadline { which: "cpu", .. }),
+            "{err}"
+        );
+        assert_eq!(err.status(), 504);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the loop must be interrupted"
+        );
+        ok(rt.clone()).await;
+
+        let err = rt
+            .clone()
+            .handle("faulty", request("GET /alloc HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 500, "{err}");
+        ok(rt.clone()).await;
+    });
+}
+
+/// A tiny HTTP/1.1 backend on loopback answering every request with `pong`.
+fn backend() -> (String, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(false).unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut buf = [0u8; 2048];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+                    );
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+            if served >= 3 {
+                break;
+            }
+        }
+        served
+    });
+    (addr, handle)
+}
+
+#[test]
+fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused() {
+    let (addr, server) = backend();
+    let cache = tempdir("cache-fetcher");
+    let mut allowed = spec("fetcher", common::app("fetcher"));
+    allowed.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
+    allowed.allowed_backends = vec![addr.clone()];
+    let mut denied = spec("fetcher-denied", common::app("fetcher"));
+    denied.env = allowed.env.clone();
+    let rt = runtime(vec![allowed, denied], &cache);
+    block_on(async {
+        let r = rt
+            .clone()
+            .handle("fetcher", request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            summary["statuses"],
+            serde_json::json!([200, 200, 200]),
+            "{summary}"
+        );
+        assert_eq!(summary["bytes"], 12);
+        let r = rt
+            .clone()
+            .handle(
+                "fetcher-denied",
+                request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
+            .await
+            .unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let statuses = summary["statuses"].as_array().unwrap();
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.as_str().is_some_and(|s| s.contains("error"))),
+            "{summary}"
+        );
+    });
+    assert_eq!(
+        server.join().unwrap(),
+        3,
+        "the backend saw exactly the allowed subrequests"
+    );
+    let obs = rt.observations().snapshot();
+    let ok = obs
+        .iter()
+        .find(|o| o.app == "fetcher")
+        .expect("observations for fetcher");
+    assert_eq!(
+        (ok.destination.as_str(), ok.count, ok.failures),
+        (addr.as_str(), 3, 0)
+    );
+    assert!(ok.p50_us > 0);
+    let no = obs
+        .iter()
+        .find(|o| o.app == "fetcher-denied")
+        .expect("observations for the denied app");
+    assert_eq!((no.count, no.denied), (0, 2));
+}
+
+#[test]
+fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
+    let cache = tempdir("cache-disk");
+    let first = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    first.preload("hello").unwrap();
+    assert_eq!(first.cache_counters(), (1, 0, 0));
+    let second = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    second.preload("hello").unwrap();
+    assert_eq!(
+        second.cache_counters(),
+        (0, 1, 0),
+        "the second runtime loads the artifact instead of compiling"
+    );
+    block_on(async {
+        let r = second
+            .clone()
+            .handle("hello", request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    });
+    // A corrupted artifact is detected and recompiled, not trusted.
+    drop((first, second));
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"not a wasmtime artifact").unwrap();
+    }
+    let third = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    third.preload("hello").unwrap();
+    assert_eq!(third.cache_counters(), (1, 0, 0));
+}
+
+#[test]
+fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
+    let cache = tempdir("cache-wstd");
+    let rt = runtime(
+        vec![spec("wstd-example", common::wstd_example_server())],
+        &cache,
+    );
+    block_on(async {
+        let r = rt
+            .clone()
+            .handle("wstd-example", request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"Hello, wasi:http/proxy world!\n"[..])
+        );
+        let r = rt
+            .clone()
+            .handle(
+                "wstd-example",
+                request("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body, b"abc");
+    });
+}
