@@ -3,5 +3,6 @@
 
 pub mod http;
 pub mod listener;
+pub mod router;
 pub mod wasm;
 pub mod worker;

@@ -95,3 +95,53 @@ impl TwoHosts {
         Ok(dp)
     }
 }
+
+/// The worker `select_worker` (and XDP steering) picks for a TCP flow, by the shared flow hash.
+pub fn expected_worker(
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    workers: u32,
+) -> u32 {
+    use edgeplane_abi::{IPPROTO_TCP, addr_words, flow_hash, worker_for_hash};
+    let words = |ip| addr_words(&edgeplane::addr::to_mapped(ip));
+    let h = flow_hash(
+        &words(client.ip()),
+        &words(server.ip()),
+        client.port(),
+        server.port(),
+        IPPROTO_TCP,
+    );
+    worker_for_hash(h, workers)
+}
+
+/// A binary of the `edgeplane` package (edged, edgectl), built if missing.
+pub fn edgeplane_binary(name: &str) -> PathBuf {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // target/<profile>/deps/<this test> -> target/<profile>/
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let profile = dir
+            .file_name()
+            .and_then(|p| p.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--locked", "-p", "edgeplane", "--bins"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building edged/edgectl failed"
+        );
+    });
+    dir.join(name)
+}

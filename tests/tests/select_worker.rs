@@ -5,14 +5,12 @@
 use std::{
     collections::HashMap,
     io::ErrorKind,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use edgeplane::{PinnedMaps, XdpAttachMode};
-use edgeplane_abi::{
-    IPPROTO_TCP, WorkerConfig, WorkerLoad, addr_words, flow_hash, worker_for_hash,
-};
+use edgeplane_abi::WorkerLoad;
 use edgeplane_dataplane::listener::reuseport_listener;
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
 
@@ -20,15 +18,7 @@ const WORKERS: u32 = 2;
 const PORT: u16 = 8080;
 
 fn expected_worker(client: SocketAddr, server: SocketAddr) -> u32 {
-    let words = |ip: IpAddr| addr_words(&edgeplane::addr::to_mapped(ip));
-    let h = flow_hash(
-        &words(client.ip()),
-        &words(server.ip()),
-        client.port(),
-        server.port(),
-        IPPROTO_TCP,
-    );
-    worker_for_hash(h, WORKERS)
+    edgeplane_tests::expected_worker(client, server, WORKERS)
 }
 
 /// Connects from each of `ports` (client side) and returns, per client port, the index of the

@@ -1,6 +1,16 @@
 //! `edged`'s configuration file (TOML). Every field has a default, so an empty file is valid.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use edgeplane_dataplane::{
+    http::HttpLimits,
+    wasm::{AppLimits, CacheBudget, EngineConfig},
+};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -18,7 +28,57 @@ pub struct EdgedConfig {
     pub workers: WorkersConfig,
     pub rate_limit: RateLimitSection,
     pub blocklist: Vec<String>,
+    pub server: ServerConfig,
+    pub http: HttpLimits,
+    pub runtime: RuntimeConfig,
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the workers listen (one SO_REUSEPORT group). Default: 0.0.0.0 on the port the
+    /// apps' TCP VIPs share.
+    pub listen: Option<SocketAddr>,
+    /// Health, metrics and observations.
+    pub admin: SocketAddr,
+    /// Add `x-edge-worker` to responses.
+    pub debug_headers: bool,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            admin: "127.0.0.1:9901".parse().expect("valid address"),
+            debug_headers: false,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub engine: EngineConfig,
+    pub cache: CacheBudget,
+    /// Precompiled components, keyed by content hash.
+    pub cache_dir: PathBuf,
+    /// Concurrent app instances per worker before answering 503.
+    pub max_in_flight: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            cache: CacheBudget::default(),
+            cache_dir: PathBuf::from("/var/cache/edgeplane/code"),
+            max_in_flight: 128,
+        }
+    }
 }
 
 impl Default for EdgedConfig {
@@ -29,6 +89,9 @@ impl Default for EdgedConfig {
             workers: WorkersConfig::default(),
             rate_limit: RateLimitSection::default(),
             blocklist: Vec::new(),
+            server: ServerConfig::default(),
+            http: HttpLimits::default(),
+            runtime: RuntimeConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -85,6 +148,26 @@ pub struct AppConfig {
     pub steer: bool,
     #[serde(default = "yes")]
     pub rate_limit: bool,
+    /// The app's wasi:http component (relative paths are relative to the config file). Apps
+    /// without one are classified and guarded by XDP only.
+    #[serde(default)]
+    pub component: Option<PathBuf>,
+    /// Host headers routed to this app.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Serve requests whose Host matches no app.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `host:port` the app may call.
+    #[serde(default)]
+    pub allowed_backends: Vec<String>,
+    #[serde(default)]
+    pub limits: AppLimits,
+    /// Reserved for placement (issue C).
+    #[serde(default)]
+    pub placement: Option<toml::Value>,
 }
 
 fn yes() -> bool {
@@ -95,7 +178,42 @@ impl EdgedConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        let mut cfg = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for app in &mut cfg.apps {
+            if let Some(c) = &app.component
+                && c.is_relative()
+            {
+                app.component = Some(base.join(c));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The workers' listen address: configured, or 0.0.0.0 on the port all TCP VIPs share.
+    pub fn listen_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if let Some(a) = self.server.listen {
+            return Ok(Some(a));
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for app in self.apps.iter().filter(|a| a.component.is_some()) {
+            for vip in &app.vips {
+                let vip: Vip = vip.parse()?;
+                if vip.proto == crate::addr::Protocol::Tcp {
+                    ports.insert(vip.addr.port());
+                }
+            }
+        }
+        match ports.len() {
+            0 => Ok(None),
+            1 => Ok(Some(SocketAddr::from((
+                [0, 0, 0, 0],
+                *ports.first().expect("one port"),
+            )))),
+            _ => anyhow::bail!(
+                "apps with components listen on several ports {ports:?}: workers share one listener; set server.listen"
+            ),
+        }
     }
 
     /// Parses and checks addresses up front, so a typo fails at start-up rather than half-applied.

@@ -2,9 +2,11 @@
 //! pinned maps, and the pieces `edged` and `edgectl` are made of.
 
 pub mod addr;
+pub mod admin;
 pub mod config;
 pub mod loader;
 pub mod maps;
+pub mod server;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
 pub use maps::{MapsError, PinnedMaps};

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsRawFd,
+    os::fd::{AsFd as _, AsRawFd},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -42,6 +42,8 @@ pub enum MapsError {
     BadRateLimit(String),
     #[error("worker index {0} is out of range 0..{max}", max = MAX_WORKERS)]
     BadWorker(u32),
+    #[error("duplicating the WORKER_LOAD map fd")]
+    DupFd(#[source] std::io::Error),
     #[error("{op} on map {map}")]
     Map {
         op: &'static str,
@@ -419,6 +421,16 @@ impl PinnedMaps {
                     .map_err(map_err("lookup", map_names::WORKER_LOAD))
             })
             .collect()
+    }
+
+    /// WORKER_LOAD's fd, for workers to map and publish into.
+    pub fn worker_load_fd(&self) -> Result<std::os::fd::OwnedFd, MapsError> {
+        let data = MapData::from_pin(self.dir.join(map_names::WORKER_LOAD))
+            .map_err(map_err("open", map_names::WORKER_LOAD))?;
+        data.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(MapsError::DupFd)
     }
 
     /// Enables CPUMAP redirect to each of `cpus` with the given per-CPU queue size.

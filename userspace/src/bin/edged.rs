@@ -5,10 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use std::sync::Arc;
+
 use edgeplane::{
     Dataplane, LoadOptions, PinnedMaps, XdpAttachMode,
     addr::{Cidr, Vip},
+    admin::{self, AdminState},
     config::EdgedConfig,
+    server,
 };
 use edgeplane_abi::{RateLimitConfig, app_flags, rate_limit_flags};
 use tracing::info;
@@ -33,7 +37,8 @@ struct Cli {
     unpin_on_exit: bool,
 }
 
-fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<()> {
+/// Writes the configuration into the maps; returns the worker count.
+fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<u32> {
     let online = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -80,7 +85,7 @@ fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<()> {
         steer = cfg.workers.steer,
         "workers configured"
     );
-    Ok(())
+    Ok(count)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -106,16 +111,55 @@ async fn main() -> anyhow::Result<()> {
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: cfg.pin_dir.clone(),
     })?;
-    apply(&dp.maps()?, &cfg)?;
+    let maps = dp.maps()?;
+    let count = apply(&maps, &cfg)?;
     for iface in &cfg.xdp.interfaces {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
-    info!(pin_dir = %cfg.pin_dir.display(), interfaces = ?cfg.xdp.interfaces, "edged ready");
+    let workers = server::start(&cfg, &dp, &maps, count)?;
+    let (metrics, observations) = match &workers {
+        Some(w) => (w.metrics.clone(), w.observations.clone()),
+        None => (vec![], vec![]),
+    };
+    let health = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let health_flag = health.clone();
+    let admin = admin::serve(
+        cfg.server.admin,
+        Arc::new(AdminState {
+            maps: maps.clone(),
+            metrics,
+            observations,
+            healthy: Box::new(move || health_flag.load(std::sync::atomic::Ordering::Relaxed)),
+        }),
+    )?;
+    info!(pin_dir = %cfg.pin_dir.display(), interfaces = ?cfg.xdp.interfaces, %admin, "edged ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: draining"); break }
+            _ = tick.tick() => {
+                if let Some(w) = &workers && !w.all_alive() {
+                    health.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    health.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = workers {
+        for (i, r) in w.stop().into_iter().enumerate() {
+            match r {
+                Ok(s) => info!(
+                    worker = i,
+                    accepted = s.accepted,
+                    served = s.served,
+                    "worker stopped"
+                ),
+                Err(e) => tracing::error!(worker = i, error = %format!("{e:#}"), "worker failed"),
+            }
+        }
     }
     dp.detach_all();
     drop(dp);

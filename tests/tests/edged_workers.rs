@@ -1,0 +1,211 @@
+//! edged as deployed: XDP native on the server's link, pinned workers with select_worker, and a
+//! real wasm component answering real HTTP from another namespace.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod apps;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use edgeplane_tests::{TestPins, TwoHosts, edgeplane_binary, expected_worker, require_root};
+
+const WORKERS: u32 = 2;
+
+fn get(s: &mut TcpStream, host: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(": "))
+                .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap();
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "connection closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return (status, headers, buf[end + 4..end + 4 + len].to_vec());
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+struct Edged(Child);
+
+impl Drop for Edged {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn edged_serves_a_component_through_xdp_and_select_worker_and_drains_on_sigterm()
+-> anyhow::Result<()> {
+    if !require_root("edged_serves_a_component") {
+        return Ok(());
+    }
+    let hello = apps::app("hello");
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("edged-workers");
+    let cache = std::env::temp_dir().join(format!("edgeplane-edged-cache-{}", std::process::id()));
+    let config = std::env::temp_dir().join(format!("edged-workers-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+pin_dir = "{pins}"
+[xdp]
+interfaces = ["{iface}"]
+[workers]
+count = {WORKERS}
+[server]
+admin = "127.0.0.1:9901"
+debug_headers = true
+[runtime]
+cache_dir = "{cache}"
+[[apps]]
+name = "hello"
+vips = ["{server}:8080/tcp"]
+hosts = ["hello.test"]
+component = "{hello}"
+"#,
+            pins = pins.dir().display(),
+            iface = TwoHosts::SERVER_IF,
+            server = TwoHosts::SERVER_V4,
+            cache = cache.display(),
+            hello = hello.display(),
+        ),
+    )?;
+    let child = hosts
+        .server
+        .command(edgeplane_binary("edged").to_str().unwrap())
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut edged = Edged(child);
+    let admin: SocketAddr = "127.0.0.1:9901".parse()?;
+    let scrape = |path: &str| -> Option<(u16, String)> {
+        hosts
+            .server
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let (status, _, body) = get(&mut s, "admin", path);
+                Some((status, String::from_utf8_lossy(&body).into_owned()))
+            })
+            .ok()
+            .flatten()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while scrape("/healthz").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "edged never became healthy");
+        assert!(
+            edged.0.try_wait()?.is_none(),
+            "edged exited during start-up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
+    let mut per_worker = [0usize; WORKERS as usize];
+    hosts.client.run(|| -> anyhow::Result<()> {
+        for port in 45000..45030u16 {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, port);
+            sock.bind(&client.into())?;
+            sock.connect_timeout(&server.into(), Duration::from_secs(3))?;
+            let mut s: TcpStream = sock.into();
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let (status, headers, body) = get(&mut s, "hello.test", "/");
+            assert_eq!((status, body.as_slice()), (200, &b"hello from wasm\n"[..]));
+            assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+            let worker: u32 = header(&headers, "x-edge-worker").unwrap().parse()?;
+            assert_eq!(
+                worker,
+                expected_worker(client, server, WORKERS),
+                "client port {port} served by the wrong worker"
+            );
+            per_worker[worker as usize] += 1;
+        }
+        // Keep-alive on one connection, and an unknown host.
+        let mut s = TcpStream::connect(server)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        for _ in 0..50 {
+            assert_eq!(get(&mut s, "hello.test", "/").0, 200);
+        }
+        assert_eq!(get(&mut s, "nobody.test", "/").0, 404);
+        Ok(())
+    })??;
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "both workers should serve: {per_worker:?}"
+    );
+
+    let (status, metrics) = scrape("/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    let requests: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("edgeplane_app_requests_total{app=\"hello\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(requests, 80, "{metrics}");
+    let xdp_packets: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("edgeplane_xdp_packets_total{app=\"hello\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        xdp_packets >= 80,
+        "XDP counted {xdp_packets} packets for hello"
+    );
+
+    // SIGTERM: drain, detach, exit 0.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(edged.0.id() as i32, libc::SIGTERM) };
+    let status = edged.0.wait()?;
+    assert!(status.success(), "edged exited with {status}");
+    let link = hosts
+        .server
+        .command("ip")
+        .args(["-d", "link", "show", TwoHosts::SERVER_IF])
+        .output()?;
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "XDP still attached after SIGTERM"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_file(&config);
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text) and `/observations` (JSON).
+//! Off the request path, on its own thread.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    sync::Arc,
+};
+
+use edgeplane_abi::DropReason;
+use edgeplane_dataplane::{
+    http::{HttpLimits, ParseOutcome, Response, parse_request, write_response},
+    router::WorkerMetrics,
+    wasm::Observations,
+};
+use tracing::{info, warn};
+
+use crate::PinnedMaps;
+
+pub struct AdminState {
+    pub maps: PinnedMaps,
+    pub metrics: Vec<WorkerMetrics>,
+    pub observations: Vec<Observations>,
+    pub healthy: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    info!(%bound, "admin endpoint");
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                let req = loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    match parse_request(&buf, &HttpLimits::default()) {
+                        Ok(ParseOutcome::Complete(r, _)) => break Some(r),
+                        Ok(ParseOutcome::Partial { .. }) => continue,
+                        Err(_) => break None,
+                    }
+                };
+                let resp = match req.as_ref().map(|r| r.path()) {
+                    Some("/healthz") if (state.healthy)() => Response::text(200, "ok\n"),
+                    Some("/healthz") => Response::text(503, "a worker has stopped\n"),
+                    Some("/metrics") => match metrics(&state) {
+                        Ok(text) => Response::new(200, text)
+                            .header("content-type", "text/plain; version=0.0.4"),
+                        Err(e) => Response::text(500, format!("{e:#}\n")),
+                    },
+                    Some("/observations") => {
+                        let all: Vec<_> = state
+                            .observations
+                            .iter()
+                            .flat_map(|o| o.snapshot())
+                            .collect();
+                        Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
+                            .header("content-type", "application/json")
+                    }
+                    Some(_) => Response::text(404, "try /healthz, /metrics or /observations\n"),
+                    None => Response::text(400, "bad request\n"),
+                };
+                let mut out = Vec::new();
+                write_response(
+                    &mut out,
+                    &resp,
+                    false,
+                    false,
+                    &httpdate::fmt_http_date(std::time::SystemTime::now()),
+                );
+                if let Err(e) = conn.write_all(&out) {
+                    warn!(error = %e, "admin write");
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn metrics(state: &AdminState) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let names = state.maps.app_names()?;
+    let name = |id: u32| {
+        names.get(&id).cloned().unwrap_or_else(|| {
+            if id == 0 {
+                "(unclassified)".into()
+            } else {
+                id.to_string()
+            }
+        })
+    };
+    out.push_str(
+        "# TYPE edgeplane_xdp_packets_total counter\n# TYPE edgeplane_xdp_bytes_total counter\n",
+    );
+    out.push_str(
+        "# TYPE edgeplane_xdp_new_flows_total counter\n# TYPE edgeplane_xdp_drops_total counter\n",
+    );
+    for (id, s) in state.maps.stats_reader()?.all()? {
+        let app = name(id);
+        writeln!(
+            out,
+            "edgeplane_xdp_packets_total{{app=\"{app}\"}} {}",
+            s.packets
+        )?;
+        writeln!(
+            out,
+            "edgeplane_xdp_bytes_total{{app=\"{app}\"}} {}",
+            s.bytes
+        )?;
+        writeln!(
+            out,
+            "edgeplane_xdp_new_flows_total{{app=\"{app}\"}} {}",
+            s.new_flows
+        )?;
+        for r in DropReason::ALL {
+            writeln!(
+                out,
+                "edgeplane_xdp_drops_total{{app=\"{app}\",reason=\"{}\"}} {}",
+                r.name(),
+                s.drops[r as usize]
+            )?;
+        }
+    }
+    let workers = state.maps.worker_config()?.n_workers;
+    out.push_str(
+        "# TYPE edgeplane_worker_in_flight gauge\n# TYPE edgeplane_worker_served_total counter\n",
+    );
+    for (w, load) in state.maps.worker_loads(workers)?.iter().enumerate() {
+        writeln!(
+            out,
+            "edgeplane_worker_in_flight{{worker=\"{w}\"}} {}",
+            load.in_flight
+        )?;
+        writeln!(
+            out,
+            "edgeplane_worker_served_total{{worker=\"{w}\"}} {}",
+            load.served
+        )?;
+    }
+    out.push_str("# TYPE edgeplane_app_requests_total counter\n# TYPE edgeplane_app_responses_total counter\n");
+    out.push_str(
+        "# TYPE edgeplane_app_traps_total counter\n# TYPE edgeplane_app_deadlines_total counter\n",
+    );
+    for (w, m) in state.metrics.iter().enumerate() {
+        let m = m
+            .lock()
+            .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
+        for (app, c) in m.iter() {
+            writeln!(
+                out,
+                "edgeplane_app_requests_total{{app=\"{app}\",worker=\"{w}\"}} {}",
+                c.requests
+            )?;
+            for (class, n) in [
+                ("2xx", c.responses_2xx),
+                ("3xx", c.responses_3xx),
+                ("4xx", c.responses_4xx),
+                ("5xx", c.responses_5xx),
+            ] {
+                writeln!(
+                    out,
+                    "edgeplane_app_responses_total{{app=\"{app}\",worker=\"{w}\",class=\"{class}\"}} {n}"
+                )?;
+            }
+            writeln!(
+                out,
+                "edgeplane_app_traps_total{{app=\"{app}\",worker=\"{w}\"}} {}",
+                c.traps
+            )?;
+            writeln!(
+                out,
+                "edgeplane_app_deadlines_total{{app=\"{app}\",worker=\"{w}\"}} {}",
+                c.deadlines
+            )?;
+        }
+    }
+    out.push_str("# TYPE edgeplane_subrequests_total counter\n# TYPE edgeplane_subrequest_latency_us gauge\n");
+    for o in state.observations.iter().flat_map(|o| o.snapshot()) {
+        let labels = format!("app=\"{}\",destination=\"{}\"", o.app, o.destination);
+        writeln!(out, "edgeplane_subrequests_total{{{labels}}} {}", o.count)?;
+        writeln!(
+            out,
+            "edgeplane_subrequest_failures_total{{{labels}}} {}",
+            o.failures
+        )?;
+        writeln!(
+            out,
+            "edgeplane_subrequest_denied_total{{{labels}}} {}",
+            o.denied
+        )?;
+        writeln!(
+            out,
+            "edgeplane_subrequest_latency_us{{{labels},quantile=\"0.5\"}} {}",
+            o.p50_us
+        )?;
+        writeln!(
+            out,
+            "edgeplane_subrequest_latency_us{{{labels},quantile=\"0.99\"}} {}",
+            o.p99_us
+        )?;
+    }
+    Ok(out)
+}

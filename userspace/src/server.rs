@@ -1,0 +1,163 @@
+//! Starts the workers: one per CPU, each with its SO_REUSEPORT listener registered in
+//! WORKER_SOCKETS, `select_worker` attached to the group, and its own wasm runtime.
+
+use std::{net::SocketAddr, rc::Rc, sync::Arc, thread::JoinHandle};
+
+use anyhow::Context as _;
+use edgeplane_dataplane::{
+    listener::reuseport_listener,
+    router::{EdgeService, Routes, WorkerMetrics},
+    wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, build_engine},
+    worker::{self, Service, ServiceFactory, WorkerOptions, WorkerStats},
+};
+use tracing::{info, warn};
+
+use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane};
+
+pub struct Workers {
+    pub listen: SocketAddr,
+    pub metrics: Vec<WorkerMetrics>,
+    pub observations: Vec<Observations>,
+    stop: tokio::sync::watch::Sender<bool>,
+    handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>,
+}
+
+impl Workers {
+    /// Drains every worker (in-flight requests finish) and waits for them.
+    pub fn stop(self) -> Vec<anyhow::Result<WorkerStats>> {
+        let _ = self.stop.send(true);
+        self.handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
+            .collect()
+    }
+
+    pub fn all_alive(&self) -> bool {
+        self.handles.iter().all(|h| !h.is_finished())
+    }
+}
+
+fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
+    cfg.apps
+        .iter()
+        .filter_map(|a| {
+            Some(AppSpec {
+                name: a.name.clone(),
+                component: a.component.clone()?,
+                env: a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                allowed_backends: a.allowed_backends.clone(),
+                limits: a.limits,
+            })
+        })
+        .collect()
+}
+
+fn routes(cfg: &EdgedConfig) -> Routes {
+    let mut routes = Routes::default();
+    let served: Vec<_> = cfg.apps.iter().filter(|a| a.component.is_some()).collect();
+    for app in &served {
+        for h in &app.hosts {
+            routes
+                .hosts
+                .insert(h.to_ascii_lowercase(), app.name.clone());
+        }
+        if app.default {
+            routes.default = Some(app.name.clone());
+        }
+    }
+    // A lone app that names no hosts serves every host; one that names hosts serves only those.
+    if routes.default.is_none() && served.len() == 1 && served[0].hosts.is_empty() {
+        routes.default = Some(served[0].name.clone());
+    }
+    routes
+}
+
+/// Starts `count` workers on CPUs `0..count`; returns None when no app has a component.
+pub fn start(
+    cfg: &EdgedConfig,
+    dp: &Dataplane,
+    maps: &PinnedMaps,
+    count: u32,
+) -> anyhow::Result<Option<Workers>> {
+    let Some(listen) = cfg.listen_addr()? else {
+        return Ok(None);
+    };
+    let specs = app_specs(cfg);
+    // Compile every component once, here, so the workers load artifacts from disk instead of
+    // each compiling the same code at the same time.
+    let engine = build_engine(&cfg.runtime.engine)?;
+    let mut cache = CodeCache::<()>::new(engine, &cfg.runtime.cache_dir, cfg.runtime.cache)?;
+    for spec in &specs {
+        cache
+            .get_or_load(&spec.name, &spec.component, |_| Ok(()))
+            .with_context(|| format!("app {}", spec.name))?;
+    }
+    let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
+    let routes = routes(cfg);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Workers {
+        listen,
+        metrics: vec![],
+        observations: vec![],
+        stop,
+        handles: vec![],
+    };
+    let mut listeners = Vec::new();
+    for cpu in 0..count {
+        let l =
+            reuseport_listener(listen, 1024).with_context(|| format!("worker {cpu} listener"))?;
+        maps.set_worker_socket(cpu, &l)?;
+        listeners.push(l);
+    }
+    dp.attach_select_worker(&listeners[0])?;
+    for (cpu, listener) in (0..count).zip(listeners) {
+        let metrics = WorkerMetrics::default();
+        let observations = Observations::default();
+        workers.metrics.push(metrics.clone());
+        workers.observations.push(observations.clone());
+        let (engine_cfg, cache_dir, budget, max_in_flight) = (
+            cfg.runtime.engine.clone(),
+            cfg.runtime.cache_dir.clone(),
+            cfg.runtime.cache,
+            cfg.runtime.max_in_flight,
+        );
+        let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
+        let debug_headers = cfg.server.debug_headers;
+        let factory: ServiceFactory = Arc::new(move |cpu| {
+            let engine = build_engine(&engine_cfg)?;
+            ticker.register(&engine);
+            let runtime = Rc::new(AppRuntime::new(
+                engine,
+                &cache_dir,
+                budget,
+                specs.clone(),
+                observations.clone(),
+                engine_cfg.epoch_tick,
+                max_in_flight,
+            )?);
+            for spec in &specs {
+                if let Err(e) = runtime.preload(&spec.name) {
+                    warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
+                }
+            }
+            Ok(Rc::new(EdgeService {
+                routes: routes.clone(),
+                runtime,
+                metrics: metrics.clone(),
+                debug_headers,
+            }) as Rc<dyn Service>)
+        });
+        let mut opts = WorkerOptions::new(cpu, listener);
+        opts.limits = cfg.http.clone();
+        opts.load_map = Some(maps.worker_load_fd()?);
+        opts.drain_timeout = cfg.server.drain_timeout;
+        workers
+            .handles
+            .push(worker::spawn(opts, factory, stop_rx.clone())?);
+    }
+    info!(%listen, workers = count, apps = specs.len(), "workers started");
+    Ok(Some(workers))
+}
