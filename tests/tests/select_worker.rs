@@ -10,7 +10,7 @@ use std::{
 };
 
 use edgeplane::{PinnedMaps, XdpAttachMode};
-use edgeplane_abi::WorkerLoad;
+use edgeplane_abi::{WorkerConfig, WorkerLoad};
 use edgeplane_dataplane::listener::reuseport_listener;
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
 
