@@ -1,4 +1,6 @@
 //! Builds the guest apps for tests (a no-op when they are up to date).
+//! Included by several test crates; each uses only some of it.
+#![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},
