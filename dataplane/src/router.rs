@@ -17,6 +17,8 @@ use crate::{
 pub struct Routes {
     pub hosts: HashMap<String, String>,
     pub default: Option<String>,
+    /// Fixed responses served without wasm, by host.
+    pub statics: HashMap<String, (String, Response)>,
 }
 
 impl Routes {
@@ -59,6 +61,16 @@ fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
 
 impl Service for EdgeService {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
+        if let Some((app, resp)) = req
+            .host()
+            .and_then(|h| self.routes.statics.get(&h.to_ascii_lowercase()))
+        {
+            count(&self.metrics, app, |c| {
+                c.requests += 1;
+                c.responses_2xx += 1;
+            });
+            return Reply::Now(resp.clone().header("x-edge-placement", "local"));
+        }
         let Some(app) = self.routes.app_for(&req).map(str::to_owned) else {
             let host = req.host().unwrap_or("").to_owned();
             return Reply::Now(Response::text(

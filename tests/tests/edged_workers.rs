@@ -97,6 +97,11 @@ name = "hello"
 vips = ["{server}:8080/tcp"]
 hosts = ["hello.test"]
 component = "{hello}"
+[[apps]]
+name = "static"
+vips = []
+hosts = ["static.test"]
+static_body = "static hi\n"
 "#,
             pins = pins.dir().display(),
             iface = TwoHosts::SERVER_IF,
@@ -165,6 +170,9 @@ component = "{hello}"
         for _ in 0..50 {
             assert_eq!(get(&mut s, "hello.test", "/").0, 200);
         }
+        let (status, headers, body) = get(&mut s, "static.test", "/any");
+        assert_eq!((status, body.as_slice()), (200, &b"static hi\n"[..]));
+        assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
         assert_eq!(get(&mut s, "nobody.test", "/").0, 404);
         Ok(())
     })??;

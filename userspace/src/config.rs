@@ -152,6 +152,9 @@ pub struct AppConfig {
     /// without one are classified and guarded by XDP only.
     #[serde(default)]
     pub component: Option<PathBuf>,
+    /// A fixed 200 text/plain body served by the workers without wasm (static route).
+    #[serde(default)]
+    pub static_body: Option<String>,
     /// Host headers routed to this app.
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -196,7 +199,11 @@ impl EdgedConfig {
             return Ok(Some(a));
         }
         let mut ports = std::collections::BTreeSet::new();
-        for app in self.apps.iter().filter(|a| a.component.is_some()) {
+        for app in self
+            .apps
+            .iter()
+            .filter(|a| a.component.is_some() || a.static_body.is_some())
+        {
             for vip in &app.vips {
                 let vip: Vip = vip.parse()?;
                 if vip.proto == crate::addr::Protocol::Tcp {

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, rc::Rc, sync::Arc, thread::JoinHandle};
 
 use anyhow::Context as _;
 use edgeplane_dataplane::{
+    http::Response,
     listener::reuseport_listener,
     router::{EdgeService, Routes, WorkerMetrics},
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, build_engine},
@@ -57,6 +58,16 @@ fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
 
 fn routes(cfg: &EdgedConfig) -> Routes {
     let mut routes = Routes::default();
+    for app in cfg.apps.iter() {
+        if let Some(body) = &app.static_body {
+            for h in &app.hosts {
+                routes.statics.insert(
+                    h.to_ascii_lowercase(),
+                    (app.name.clone(), Response::text(200, body.clone())),
+                );
+            }
+        }
+    }
     let served: Vec<_> = cfg.apps.iter().filter(|a| a.component.is_some()).collect();
     for app in &served {
         for h in &app.hosts {

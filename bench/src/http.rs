@@ -1,0 +1,254 @@
+//! HTTP throughput and latency of edgeplane's workers against baselines in the same run, with
+//! the same load generator (wrk) and the same machine: the hello component vs `wasmtime serve`
+//! (fresh instance per request, and instance reuse), and a static route vs nginx.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadResult {
+    pub target: String,
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+pub struct Wrk {
+    pub threads: u32,
+    pub connections: u32,
+    pub duration: Duration,
+}
+
+impl Wrk {
+    /// Runs wrk against `url` with `host` as the Host header.
+    pub fn run(&self, target: &str, url: &str, host: &str) -> anyhow::Result<LoadResult> {
+        let out = Command::new("wrk")
+            .args([
+                "-t",
+                &self.threads.to_string(),
+                "-c",
+                &self.connections.to_string(),
+            ])
+            .args([
+                "-d",
+                &format!("{}s", self.duration.as_secs().max(1)),
+                "--latency",
+            ])
+            .args(["-H", &format!("Host: {host}"), url])
+            .output()
+            .context("running wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        }
+        parse_wrk(target, &text)
+    }
+}
+
+fn parse_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s
+        .trim()
+        .split_at(s.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+pub fn parse_wrk(target: &str, text: &str) -> anyhow::Result<LoadResult> {
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let rps: f64 = field("Requests/sec:")
+        .context("wrk output without Requests/sec")?
+        .parse()?;
+    let pct = |p: &str| field(p).and_then(parse_ms).unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum::<u64>()
+        + text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map(|rest| {
+                rest.split(',')
+                    .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+    Ok(LoadResult {
+        target: target.into(),
+        requests_per_sec: rps,
+        p50_ms: pct("50%"),
+        p99_ms: pct("99%"),
+        errors,
+    })
+}
+
+/// A server process killed on drop.
+pub struct Server {
+    child: Child,
+    pub name: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it drain, then we reap it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Server> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Server {
+        child,
+        name: name.into(),
+    })
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(
+    server: &mut Server,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("{} exited during start-up ({status})", server.name);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not listen on {addr} within {timeout:?}",
+                server.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// An nginx with `workers` worker processes answering `body` on `port`, config in `dir`.
+pub fn nginx(dir: &Path, port: u16, workers: u32, body: &str) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log stderr error;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port} reuseport;\n\
+             location / {{ default_type text/plain; return 200 \"{body}\"; }} }} }}\n",
+            pid = dir.join("nginx.pid").display(),
+        ),
+    )?;
+    let mut server = spawn(
+        "nginx",
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir),
+    )?;
+    wait_listening(
+        &mut server,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    )?;
+    Ok(server)
+}
+
+/// `wasmtime serve` (pooling allocator, the CLI's defaults otherwise) on `port`.
+pub fn wasmtime_serve(
+    wasmtime: &Path,
+    component: &Path,
+    port: u16,
+    reuse: Option<u32>,
+) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(wasmtime);
+    cmd.args([
+        "serve",
+        "-O",
+        "pooling-allocator=y",
+        "-S",
+        "cli=y",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    if let Some(n) = reuse {
+        cmd.args(["--max-instance-reuse-count", &n.to_string()]);
+    }
+    cmd.arg(component);
+    let name = if reuse.is_some() {
+        "wasmtime serve (reuse)"
+    } else {
+        "wasmtime serve"
+    };
+    let mut server = spawn(name, &mut cmd)?;
+    wait_listening(
+        &mut server,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(60),
+    )?;
+    Ok(server)
+}
+
+/// The wasmtime CLI: on PATH or in cargo's bin directory.
+pub fn find_wasmtime() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    [PathBuf::from("wasmtime"), home.join(".cargo/bin/wasmtime")]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let text = "Running 10s test @ http://127.0.0.1:8080/\n  1 threads and 64 connections\n\
+            Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   610.25us  200.00us   5.00ms   90.00%\n\
+            Latency Distribution\n     50%  580.00us\n     75%  700.00us\n     90%  800.00us\n     99%    1.20ms\n\
+            1000000 requests in 10.00s, 100.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n\
+            Non-2xx or 3xx responses: 5\nRequests/sec: 100000.50\nTransfer/sec:     10.00MB\n";
+        let r = parse_wrk("x", text).unwrap();
+        assert_eq!(r.requests_per_sec, 100000.5);
+        assert_eq!((r.p50_ms, r.p99_ms), (0.58, 1.2));
+        assert_eq!(r.errors, 8);
+    }
+}
