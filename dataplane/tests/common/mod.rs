@@ -34,6 +34,8 @@ pub fn app(name: &str) -> PathBuf {
                 "--manifest-path",
             ])
             .arg(apps.join("Cargo.toml"))
+            // Pinned so the path below holds even when CI points CARGO_TARGET_DIR elsewhere.
+            .env("CARGO_TARGET_DIR", apps.join("target"))
             .status()
             .expect("running cargo for the guest apps");
         assert!(
