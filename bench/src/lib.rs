@@ -2,6 +2,7 @@
 //! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
 
 pub mod http;
+pub mod loadgen;
 pub mod netns;
 pub mod packets;
 pub mod xdp;

@@ -182,6 +182,66 @@ fn trapping_looping_and_memory_hungry_guests_fail_cleanly_and_the_next_request_s
     });
 }
 
+fn header<'a>(r: &'a edgeplane_dataplane::http::Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn instances_are_fresh_by_default_and_reused_up_to_the_configured_count_when_opted_in() {
+    let cache = tempdir("cache-reuse");
+    let mut reused = spec("reused", common::app("hello"));
+    reused.limits.instance_reuse = 3;
+    let mut faulty = spec("faulty", common::app("faulty"));
+    faulty.limits.instance_reuse = 100;
+    let rt = runtime(
+        vec![spec("fresh", common::app("hello")), reused, faulty],
+        &cache,
+    );
+    block_on(async {
+        let served_by = |app: &'static str| {
+            let rt = rt.clone();
+            async move {
+                let r = rt
+                    .handle(app, request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+                    .await
+                    .unwrap();
+                assert_eq!(r.body, b"hello from wasm\n");
+                header(&r, "x-instance-requests").unwrap().to_owned()
+            }
+        };
+        let mut fresh = vec![];
+        let mut warm = vec![];
+        for _ in 0..7 {
+            fresh.push(served_by("fresh").await);
+            warm.push(served_by("reused").await);
+        }
+        assert_eq!(
+            fresh, ["1"; 7],
+            "the default is a fresh instance per request"
+        );
+        assert_eq!(warm, ["1", "2", "3", "1", "2", "3", "1"]);
+
+        // A reused instance that traps is thrown away, and the next request still succeeds.
+        let get = |path: &'static str| {
+            let rt = rt.clone();
+            async move {
+                rt.handle(
+                    "faulty",
+                    request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
+                )
+                .await
+            }
+        };
+        assert!(get("/ok").await.is_ok());
+        assert_eq!(get("/trap").await.unwrap_err().status(), 500);
+        let r = get("/ok").await.unwrap();
+        assert_eq!(r.body, b"faulty app is fine\n");
+    });
+}
+
 /// A tiny HTTP/1.1 backend on loopback answering every request with `pong`.
 fn backend() -> (String, std::thread::JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,16 +1,20 @@
-//! `http-bench`: edgeplane's workers against `wasmtime serve` and nginx, same wrk, same run.
+//! `http-bench`: edgeplane's workers against `wasmtime serve` and nginx, same load generators,
+//! same run. Phase 1 finds each server's maximum rate with wrk (closed loop); phase 2 offers each
+//! pair the same open-loop rate, half the slower one's maximum, and compares latency there.
 //! Run as root (edged loads its BPF programs): `./x bench`.
 
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use edgeplane_bench::http::{
-    LoadResult, Wrk, find_wasmtime, nginx, spawn, wait_listening, wasmtime_serve,
+use edgeplane_bench::{
+    http::{LoadResult, Server, Wrk, find_wasmtime, nginx, spawn, wait_listening, wasmtime_serve},
+    loadgen::{self, Arrival, LoadReport, LoadSpec},
 };
+use serde::Serialize;
 
 #[derive(Parser)]
-#[command(about = "edgeplane workers vs wasmtime serve and nginx (wrk, same run)")]
+#[command(about = "edgeplane workers vs wasmtime serve and nginx (same load, same run)")]
 struct Args {
     /// Short runs for CI: checks the harness; figures are not meaningful.
     #[arg(long)]
@@ -28,10 +32,65 @@ struct Args {
 }
 
 const EDGED_PORT: u16 = 18080;
-const WASMTIME_PORT: u16 = 18081;
+const WASMTIME_FRESH_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
+const WASMTIME_REUSE_PORT: u16 = 18083;
+
+/// One server under test: where it listens and the Host header that picks the app.
+struct Target {
+    name: &'static str,
+    port: u16,
+    host: &'static str,
+}
+
+const EDGE_HELLO: Target = Target {
+    name: "edgeplane hello (fresh instance)",
+    port: EDGED_PORT,
+    host: "hello",
+};
+const EDGE_REUSED: Target = Target {
+    name: "edgeplane hello (instance reuse)",
+    port: EDGED_PORT,
+    host: "reused",
+};
+const EDGE_STATIC: Target = Target {
+    name: "edgeplane static route",
+    port: EDGED_PORT,
+    host: "static",
+};
+const NGINX: Target = Target {
+    name: "nginx static (2 workers)",
+    port: NGINX_PORT,
+    host: "static",
+};
+const WASMTIME_FRESH: Target = Target {
+    name: "wasmtime serve (fresh instance)",
+    port: WASMTIME_FRESH_PORT,
+    host: "hello",
+};
+const WASMTIME_REUSE: Target = Target {
+    name: "wasmtime serve (instance reuse)",
+    port: WASMTIME_REUSE_PORT,
+    host: "hello",
+};
+
+/// (edgeplane, baseline) pairs compared at the same offered load.
+const PAIRS: [(&Target, &Target); 3] = [
+    (&EDGE_HELLO, &WASMTIME_FRESH),
+    (&EDGE_REUSED, &WASMTIME_REUSE),
+    (&EDGE_STATIC, &NGINX),
+];
+
+#[derive(Serialize)]
+struct Results {
+    max_load: Vec<LoadResult>,
+    half_load: Vec<LoadReport>,
+}
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -56,22 +115,104 @@ fn main() -> anyhow::Result<()> {
         "{} is missing: cargo build --release -p edgeplane",
         edged_bin.display()
     );
+    let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
     let wrk = Wrk {
         threads: 1,
         connections: args.connections,
-        duration: Duration::from_secs(if args.smoke { 1 } else { args.seconds }),
+        duration,
     };
     let scratch = std::env::temp_dir().join(format!("edgeplane-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let mut results: Vec<LoadResult> = Vec::new();
 
-    // edgeplane: 2 pinned workers, the hello component (fresh instance per request) and a static route.
-    {
-        let config = scratch.join("edged.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
+    // Every server stays up for the whole run; an idle one costs the others nothing.
+    let mut servers: Vec<Server> = Vec::new();
+    let mut present: Vec<&Target> = vec![&EDGE_HELLO, &EDGE_REUSED, &EDGE_STATIC];
+    servers.push(start_edged(&edged_bin, &scratch, &component)?);
+    match nginx(&scratch.join("nginx"), NGINX_PORT, 2, "hello\\n") {
+        Ok(s) => {
+            servers.push(s);
+            present.push(&NGINX);
+        }
+        Err(e) => eprintln!("!!!!! nginx baseline skipped: {e:#}"),
+    }
+    match find_wasmtime() {
+        Some(wasmtime) => {
+            servers.push(wasmtime_serve(
+                &wasmtime,
+                &component,
+                WASMTIME_FRESH_PORT,
+                None,
+            )?);
+            servers.push(wasmtime_serve(
+                &wasmtime,
+                &component,
+                WASMTIME_REUSE_PORT,
+                Some(100_000),
+            )?);
+            present.extend([&WASMTIME_FRESH, &WASMTIME_REUSE]);
+        }
+        None => eprintln!(
+            "!!!!! wasmtime serve baselines skipped: `cargo install wasmtime-cli@48.0.8 --locked` to run them"
+        ),
+    }
+
+    let mut max_load = Vec::new();
+    for t in &present {
+        let url = format!("http://127.0.0.1:{}/", t.port);
+        max_load.push(wrk.run(t.name, &url, t.host)?);
+    }
+    let max_of = |t: &Target| {
+        max_load
+            .iter()
+            .find(|r| r.target == t.name)
+            .map(|r| r.requests_per_sec)
+    };
+
+    let mut half_load = Vec::new();
+    for (edge, base) in PAIRS {
+        let (Some(e), Some(b)) = (max_of(edge), max_of(base)) else {
+            continue;
+        };
+        let rate = e.min(b) / 2.0;
+        for t in [edge, base] {
+            let spec = LoadSpec {
+                addr: SocketAddr::from(([127, 0, 0, 1], t.port)),
+                host: t.host.into(),
+                path: "/".into(),
+                connections: args.connections as usize,
+                duration,
+                arrival: Arrival::Open { rate },
+            };
+            half_load.push(loadgen::run(t.name, &spec)?);
+        }
+    }
+    drop(servers);
+
+    print_report(&wrk, &max_load, &half_load);
+    let results = Results {
+        max_load,
+        half_load,
+    };
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let failed = results.max_load.iter().any(|r| r.errors > 0)
+        || results.half_load.iter().any(|r| r.errors > 0);
+    anyhow::ensure!(!failed, "some requests failed; see the tables above");
+    Ok(())
+}
+
+fn start_edged(
+    edged_bin: &std::path::Path,
+    scratch: &std::path::Path,
+    component: &std::path::Path,
+) -> anyhow::Result<Server> {
+    let config = scratch.join("edged.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
 pin_dir = "/sys/fs/bpf/edgeplane-http-bench-{pid}"
 [workers]
 steer = false
@@ -86,69 +227,40 @@ vips = []
 hosts = ["hello"]
 component = "{component}"
 [[apps]]
+name = "hello-reused"
+vips = []
+hosts = ["reused"]
+component = "{component}"
+limits = {{ instance_reuse = 100000 }}
+[[apps]]
 name = "static"
 vips = []
 hosts = ["static"]
 static_body = "hello\n"
 "#,
-                pid = std::process::id(),
-                cache = scratch.join("cache").display(),
-                component = component.display(),
-            ),
-        )?;
-        let mut edged = spawn(
-            "edged",
-            Command::new(&edged_bin)
-                .arg("--config")
-                .arg(&config)
-                .arg("--unpin-on-exit"),
-        )?;
-        wait_listening(
-            &mut edged,
-            SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),
-            Duration::from_secs(120),
-        )?;
-        let url = format!("http://127.0.0.1:{EDGED_PORT}/");
-        results.push(wrk.run("edgeplane hello (fresh instance)", &url, "hello")?);
-        results.push(wrk.run("edgeplane static route", &url, "static")?);
-    }
-
-    // nginx, 2 workers, the same static body.
-    match nginx(&scratch.join("nginx"), NGINX_PORT, 2, "hello\\n") {
-        Ok(_nginx) => results.push(wrk.run(
-            "nginx static (2 workers)",
-            &format!("http://127.0.0.1:{NGINX_PORT}/"),
-            "static",
-        )?),
-        Err(e) => eprintln!("!!!!! nginx baseline skipped: {e:#}"),
-    }
-
-    // wasmtime serve, the same component, fresh and reused instances.
-    match find_wasmtime() {
-        Some(wasmtime) => {
-            let url = format!("http://127.0.0.1:{WASMTIME_PORT}/");
-            {
-                let _s = wasmtime_serve(&wasmtime, &component, WASMTIME_PORT, None)?;
-                results.push(wrk.run("wasmtime serve (fresh instance)", &url, "hello")?);
-            }
-            {
-                let _s = wasmtime_serve(&wasmtime, &component, WASMTIME_PORT, Some(100_000))?;
-                results.push(wrk.run("wasmtime serve (instance reuse)", &url, "hello")?);
-            }
-        }
-        None => eprintln!(
-            "!!!!! wasmtime serve baseline skipped: `cargo install wasmtime-cli@48.0.8 --locked` to run it"
+            pid = std::process::id(),
+            cache = scratch.join("cache").display(),
+            component = component.display(),
         ),
-    }
+    )?;
+    let mut edged = spawn(
+        "edged",
+        Command::new(edged_bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--unpin-on-exit"),
+    )?;
+    wait_listening(
+        &mut edged,
+        SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),
+        Duration::from_secs(120),
+    )?;
+    Ok(edged)
+}
 
-    let rate = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.target.starts_with(name))
-            .map(|r| r.requests_per_sec)
-    };
+fn print_report(wrk: &Wrk, max_load: &[LoadResult], half_load: &[LoadReport]) {
     println!(
-        "\nHTTP, wrk -t{} -c{} -d{}s on loopback (wrk shares the 2 cores)",
+        "\nMaximum rate: wrk -t{} -c{} -d{}s on loopback (wrk shares the 2 cores)",
         wrk.threads,
         wrk.connections,
         wrk.duration.as_secs()
@@ -157,28 +269,48 @@ static_body = "hello\n"
         "{:<36} {:>12} {:>9} {:>9} {:>7}",
         "server", "req/s", "p50 ms", "p99 ms", "errors"
     );
-    for r in &results {
+    for r in max_load {
         println!(
             "{:<36} {:>12.0} {:>9.2} {:>9.2} {:>7}",
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
-    if let (Some(e), Some(w)) = (rate("edgeplane hello"), rate("wasmtime serve (fresh")) {
+    let max_of = |name: &str| {
+        max_load
+            .iter()
+            .find(|r| r.target == name)
+            .map(|r| r.requests_per_sec)
+    };
+    for (edge, base) in PAIRS {
+        if let (Some(e), Some(b)) = (max_of(edge.name), max_of(base.name)) {
+            println!("{} vs {}: {:.2}x", edge.name, base.name, e / b);
+        }
+    }
+    println!("\nLatency at half load: open loop, the same offered rate for each pair");
+    println!(
+        "{:<36} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "server", "offered/s", "served/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    for r in half_load {
         println!(
-            "edgeplane hello vs wasmtime serve, fresh instance per request: {:.2}x",
-            e / w
+            "{:<36} {:>10.0} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            r.target,
+            r.offered_rate.unwrap_or(0.0),
+            r.requests_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.errors
         );
     }
-    if let (Some(e), Some(n)) = (rate("edgeplane static"), rate("nginx")) {
-        println!("edgeplane static route vs nginx (2 workers): {:.2}x", e / n);
+    for pair in half_load.chunks(2) {
+        if let [e, b] = pair {
+            println!(
+                "p99 at half load, {} / {}: {:.2}x",
+                e.target,
+                b.target,
+                e.p99_ms / b.p99_ms
+            );
+        }
     }
-    if let Some(path) = args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    anyhow::ensure!(
-        results.iter().all(|r| r.errors == 0),
-        "some requests failed: {results:?}"
-    );
-    Ok(())
 }

@@ -20,7 +20,7 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::{
     WasiHttpCtx, WasiHttpView as _,
-    p2::bindings::{ProxyPre, http::types::Scheme},
+    p2::bindings::{Proxy, ProxyPre, http::types::Scheme},
 };
 
 use super::{
@@ -81,7 +81,20 @@ struct App {
     spec: AppSpec,
     name: Arc<str>,
     allowed: Arc<[String]>,
+    /// Idle instances kept for reuse when `limits.instance_reuse > 1`. A p2 instance serves one
+    /// request at a time, so concurrent requests each take their own.
+    warm: RefCell<Vec<WarmInstance>>,
 }
+
+/// An instance that has served `served` requests and may serve more.
+struct WarmInstance {
+    store: Store<HostState>,
+    proxy: Proxy,
+    served: u32,
+}
+
+/// Idle warm instances kept per app and worker; more would pin pool slots nobody uses.
+const MAX_IDLE_WARM: usize = 8;
 
 pub struct AppRuntime {
     engine: Engine,
@@ -116,6 +129,7 @@ impl AppRuntime {
                 let app = App {
                     name: spec.name.as_str().into(),
                     allowed: spec.allowed_backends.clone().into(),
+                    warm: RefCell::new(Vec::new()),
                     spec,
                 };
                 (app.spec.name.clone(), Rc::new(app))
@@ -164,6 +178,24 @@ impl AppRuntime {
         self.pre(app).map(|_| ())
     }
 
+    /// Creates a store and instantiates `app` without serving a request: what every request in
+    /// fresh-instance mode pays before the guest runs, and a check that the component links.
+    pub async fn instantiate(&self, app: &str) -> Result<(), HandleError> {
+        let app = self
+            .apps
+            .get(app)
+            .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
+        let pre = self.pre(app)?;
+        let mut store = self.new_store(app);
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|error| HandleError::Load {
+                app: app.spec.name.clone(),
+                error: error.into(),
+            })?;
+        Ok(())
+    }
+
     fn pre(&self, app: &App) -> Result<ProxyPre<HostState>, HandleError> {
         self.cache
             .borrow_mut()
@@ -202,10 +234,7 @@ impl AppRuntime {
         result
     }
 
-    async fn run(&self, app: &App, req: Request) -> Result<Response, HandleError> {
-        let name = app.spec.name.clone();
-        let pre = self.pre(app)?;
-        let io_clock = IoClock::default();
+    fn new_store(&self, app: &App) -> Store<HostState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stderr();
         for (k, v) in &app.spec.env {
@@ -222,11 +251,24 @@ impl AppRuntime {
                 app: app.name.clone(),
                 allowed_backends: app.allowed.clone(),
                 observations: self.observations.clone(),
-                io_clock: io_clock.clone(),
+                io_clock: IoClock::default(),
             },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    async fn run(&self, app: &App, req: Request) -> Result<Response, HandleError> {
+        let name = app.spec.name.clone();
+        let pre = self.pre(app)?;
+        let io_clock = IoClock::default();
+        let warm = app.warm.borrow_mut().pop();
+        let (mut store, warm_proxy, served) = match warm {
+            Some(w) => (w.store, Some(w.proxy), w.served),
+            None => (self.new_store(app), None, 0),
+        };
+        store.data_mut().hooks.io_clock = io_clock.clone();
         // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
         // when the deadline fires, charge only the rest and extend while under budget.
         let budget = app.spec.limits.cpu_deadline;
@@ -260,11 +302,15 @@ impl AppRuntime {
             error: error.into(),
         })?;
         let guest = tokio::task::spawn_local(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let proxy = match warm_proxy {
+                Some(proxy) => proxy,
+                None => pre.instantiate_async(&mut store).await?,
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, incoming, out)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>((store, proxy))
         });
         let classify = |e: anyhow::Error| -> HandleError {
             if e.downcast_ref::<CpuDeadline>().is_some()
@@ -292,7 +338,7 @@ impl AppRuntime {
             Err(_) => {
                 // The guest finished (or trapped) without setting a response.
                 return Err(match guest.await {
-                    Ok(Ok(())) => HandleError::GuestError {
+                    Ok(Ok(_)) => HandleError::GuestError {
                         app: name.clone(),
                         detail: "no response set".into(),
                     },
@@ -317,8 +363,23 @@ impl AppRuntime {
                 });
             }
         };
-        if let Ok(Err(e)) = guest.await {
-            warn!(app = %name, error = %format!("{:#}", anyhow::Error::from(e)), "guest failed after responding");
+        match guest.await {
+            Ok(Ok((store, proxy))) => {
+                // Only an instance that finished cleanly goes back: a trapped one may be broken.
+                let served = served + 1;
+                let mut warm = app.warm.borrow_mut();
+                if served < app.spec.limits.instance_reuse && warm.len() < MAX_IDLE_WARM {
+                    warm.push(WarmInstance {
+                        store,
+                        proxy,
+                        served,
+                    });
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(app = %name, error = %format!("{:#}", anyhow::Error::from(e)), "guest failed after responding");
+            }
+            Err(join) => warn!(app = %name, error = %join, "guest task failed after responding"),
         }
         let mut out = Response::new(parts.status.as_u16(), body.to_vec());
         for (k, v) in parts.headers.iter() {
