@@ -124,6 +124,10 @@ fn hello_and_echo_components_serve() {
             .await
             .unwrap_err();
         assert_eq!(err.status(), 404);
+        // Instantiation alone (the bench's store+instantiate) runs under the CPU deadline too.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rt.instantiate("hello").await.unwrap();
+        assert_eq!(rt.instantiate("nope").await.unwrap_err().status(), 404);
     });
     assert!(rt.is_resident("hello") && rt.is_resident("echo"));
 }

@@ -114,6 +114,8 @@ pub struct WorkersConfig {
     pub load_threshold: u32,
     /// Redirect app flows to their worker's CPU through CPUMAP.
     pub steer: bool,
+    /// Pin each worker thread to its CPU (see `WorkerOptions::pin`).
+    pub pin: bool,
     /// CPUMAP per-CPU queue size (frames).
     pub cpumap_queue_size: u32,
 }
@@ -124,6 +126,7 @@ impl Default for WorkersConfig {
             count: 0,
             load_threshold: 256,
             steer: true,
+            pin: true,
             cpumap_queue_size: 2048,
         }
     }

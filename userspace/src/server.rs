@@ -162,6 +162,7 @@ pub fn start(
             }) as Rc<dyn Service>)
         });
         let mut opts = WorkerOptions::new(cpu, listener);
+        opts.pin = cfg.workers.pin;
         opts.limits = cfg.http.clone();
         opts.load_map = Some(maps.worker_load_fd()?);
         opts.drain_timeout = cfg.server.drain_timeout;

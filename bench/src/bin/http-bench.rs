@@ -31,55 +31,45 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const EDGED_PORT: u16 = 18080;
+const EDGED_PINNED_PORT: u16 = 18080;
+const EDGED_UNPINNED_PORT: u16 = 18084;
 const WASMTIME_FRESH_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
 const WASMTIME_REUSE_PORT: u16 = 18083;
 
 /// One server under test: where it listens and the Host header that picks the app.
+#[derive(Clone, PartialEq)]
 struct Target {
-    name: &'static str,
+    name: String,
     port: u16,
     host: &'static str,
 }
 
-const EDGE_HELLO: Target = Target {
-    name: "edgeplane hello (fresh instance)",
-    port: EDGED_PORT,
-    host: "hello",
-};
-const EDGE_REUSED: Target = Target {
-    name: "edgeplane hello (instance reuse)",
-    port: EDGED_PORT,
-    host: "reused",
-};
-const EDGE_STATIC: Target = Target {
-    name: "edgeplane static route",
-    port: EDGED_PORT,
-    host: "static",
-};
-const NGINX: Target = Target {
-    name: "nginx static (2 workers)",
-    port: NGINX_PORT,
-    host: "static",
-};
-const WASMTIME_FRESH: Target = Target {
-    name: "wasmtime serve (fresh instance)",
-    port: WASMTIME_FRESH_PORT,
-    host: "hello",
-};
-const WASMTIME_REUSE: Target = Target {
-    name: "wasmtime serve (instance reuse)",
-    port: WASMTIME_REUSE_PORT,
-    host: "hello",
-};
+fn target(name: impl Into<String>, port: u16, host: &'static str) -> Target {
+    Target {
+        name: name.into(),
+        port,
+        host,
+    }
+}
 
-/// (edgeplane, baseline) pairs compared at the same offered load.
-const PAIRS: [(&Target, &Target); 3] = [
-    (&EDGE_HELLO, &WASMTIME_FRESH),
-    (&EDGE_REUSED, &WASMTIME_REUSE),
-    (&EDGE_STATIC, &NGINX),
-];
+/// edgeplane's three routes on the edged listening on `port`.
+fn edge_targets(port: u16, workers: &str) -> [Target; 3] {
+    [
+        target(format!("edgeplane hello, fresh ({workers})"), port, "hello"),
+        target(format!("edgeplane hello, reuse ({workers})"), port, "reused"),
+        target(format!("edgeplane static ({workers})"), port, "static"),
+    ]
+}
+
+/// The baseline each of edgeplane's routes is compared with, in `edge_targets` order.
+fn baselines() -> [Target; 3] {
+    [
+        target("wasmtime serve, fresh", WASMTIME_FRESH_PORT, "hello"),
+        target("wasmtime serve, reuse", WASMTIME_REUSE_PORT, "hello"),
+        target("nginx static (2 workers)", NGINX_PORT, "static"),
+    ]
+}
 
 #[derive(Serialize)]
 struct Results {
@@ -124,32 +114,35 @@ fn main() -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("edgeplane-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
-    // Every server stays up for the whole run; an idle one costs the others nothing.
+    // Every server stays up for the whole run; an idle one costs the others nothing. edged runs
+    // twice: workers pinned to their CPUs (as deployed behind XDP steering) and unpinned, since
+    // here the load generator shares the two CPUs and pinned workers cannot move away from it.
     let mut servers: Vec<Server> = Vec::new();
-    let mut present: Vec<&Target> = vec![&EDGE_HELLO, &EDGE_REUSED, &EDGE_STATIC];
-    servers.push(start_edged(&edged_bin, &scratch, &component)?);
+    let pinned = edge_targets(EDGED_PINNED_PORT, "pinned workers");
+    let unpinned = edge_targets(EDGED_UNPINNED_PORT, "unpinned workers");
+    let bases = baselines();
+    let mut present: Vec<Target> = Vec::new();
+    servers.push(start_edged(&edged_bin, &scratch, &component, EDGED_PINNED_PORT, true)?);
+    servers.push(start_edged(&edged_bin, &scratch, &component, EDGED_UNPINNED_PORT, false)?);
+    present.extend(pinned.iter().cloned());
+    present.extend(unpinned.iter().cloned());
     match nginx(&scratch.join("nginx"), NGINX_PORT, 2, "hello\\n") {
         Ok(s) => {
             servers.push(s);
-            present.push(&NGINX);
+            present.push(bases[2].clone());
         }
         Err(e) => eprintln!("!!!!! nginx baseline skipped: {e:#}"),
     }
     match find_wasmtime() {
         Some(wasmtime) => {
-            servers.push(wasmtime_serve(
-                &wasmtime,
-                &component,
-                WASMTIME_FRESH_PORT,
-                None,
-            )?);
+            servers.push(wasmtime_serve(&wasmtime, &component, WASMTIME_FRESH_PORT, None)?);
             servers.push(wasmtime_serve(
                 &wasmtime,
                 &component,
                 WASMTIME_REUSE_PORT,
                 Some(100_000),
             )?);
-            present.extend([&WASMTIME_FRESH, &WASMTIME_REUSE]);
+            present.extend(bases[..2].iter().cloned());
         }
         None => eprintln!(
             "!!!!! wasmtime serve baselines skipped: `cargo install wasmtime-cli@48.0.8 --locked` to run them"
@@ -159,7 +152,7 @@ fn main() -> anyhow::Result<()> {
     let mut max_load = Vec::new();
     for t in &present {
         let url = format!("http://127.0.0.1:{}/", t.port);
-        max_load.push(wrk.run(t.name, &url, t.host)?);
+        max_load.push(wrk.run(&t.name, &url, t.host)?);
     }
     let max_of = |t: &Target| {
         max_load
@@ -168,8 +161,13 @@ fn main() -> anyhow::Result<()> {
             .map(|r| r.requests_per_sec)
     };
 
+    let pairs: Vec<(&Target, &Target)> = pinned
+        .iter()
+        .zip(&bases)
+        .chain(unpinned.iter().zip(&bases))
+        .collect();
     let mut half_load = Vec::new();
-    for (edge, base) in PAIRS {
+    for (edge, base) in &pairs {
         let (Some(e), Some(b)) = (max_of(edge), max_of(base)) else {
             continue;
         };
@@ -183,12 +181,12 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 arrival: Arrival::Open { rate },
             };
-            half_load.push(loadgen::run(t.name, &spec)?);
+            half_load.push(loadgen::run(&t.name, &spec)?);
         }
     }
     drop(servers);
 
-    print_report(&wrk, &max_load, &half_load);
+    print_report(&wrk, &pairs, &max_load, &half_load);
     let results = Results {
         max_load,
         half_load,
@@ -207,18 +205,21 @@ fn start_edged(
     edged_bin: &std::path::Path,
     scratch: &std::path::Path,
     component: &std::path::Path,
+    port: u16,
+    pin: bool,
 ) -> anyhow::Result<Server> {
-    let config = scratch.join("edged.toml");
+    let config = scratch.join(format!("edged-{port}.toml"));
     std::fs::write(
         &config,
         format!(
             r#"
-pin_dir = "/sys/fs/bpf/edgeplane-http-bench-{pid}"
+pin_dir = "/sys/fs/bpf/edgeplane-http-bench-{pid}-{port}"
 [workers]
 steer = false
+pin = {pin}
 [server]
-listen = "127.0.0.1:{EDGED_PORT}"
-admin = "127.0.0.1:19901"
+listen = "127.0.0.1:{port}"
+admin = "127.0.0.1:{admin}"
 [runtime]
 cache_dir = "{cache}"
 [[apps]]
@@ -239,6 +240,7 @@ hosts = ["static"]
 static_body = "hello\n"
 "#,
             pid = std::process::id(),
+            admin = port + 1000,
             cache = scratch.join("cache").display(),
             component = component.display(),
         ),
@@ -252,13 +254,18 @@ static_body = "hello\n"
     )?;
     wait_listening(
         &mut edged,
-        SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),
+        SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(120),
     )?;
     Ok(edged)
 }
 
-fn print_report(wrk: &Wrk, max_load: &[LoadResult], half_load: &[LoadReport]) {
+fn print_report(
+    wrk: &Wrk,
+    pairs: &[(&Target, &Target)],
+    max_load: &[LoadResult],
+    half_load: &[LoadReport],
+) {
     println!(
         "\nMaximum rate: wrk -t{} -c{} -d{}s on loopback (wrk shares the 2 cores)",
         wrk.threads,
@@ -266,12 +273,12 @@ fn print_report(wrk: &Wrk, max_load: &[LoadResult], half_load: &[LoadReport]) {
         wrk.duration.as_secs()
     );
     println!(
-        "{:<36} {:>12} {:>9} {:>9} {:>7}",
+        "{:<44} {:>12} {:>9} {:>9} {:>7}",
         "server", "req/s", "p50 ms", "p99 ms", "errors"
     );
     for r in max_load {
         println!(
-            "{:<36} {:>12.0} {:>9.2} {:>9.2} {:>7}",
+            "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>7}",
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
@@ -281,19 +288,19 @@ fn print_report(wrk: &Wrk, max_load: &[LoadResult], half_load: &[LoadReport]) {
             .find(|r| r.target == name)
             .map(|r| r.requests_per_sec)
     };
-    for (edge, base) in PAIRS {
-        if let (Some(e), Some(b)) = (max_of(edge.name), max_of(base.name)) {
+    for (edge, base) in pairs {
+        if let (Some(e), Some(b)) = (max_of(&edge.name), max_of(&base.name)) {
             println!("{} vs {}: {:.2}x", edge.name, base.name, e / b);
         }
     }
     println!("\nLatency at half load: open loop, the same offered rate for each pair");
     println!(
-        "{:<36} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "{:<44} {:>10} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "server", "offered/s", "served/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
     );
     for r in half_load {
         println!(
-            "{:<36} {:>10.0} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            "{:<44} {:>10.0} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
             r.target,
             r.offered_rate.unwrap_or(0.0),
             r.requests_per_sec,

@@ -187,6 +187,7 @@ impl AppRuntime {
             .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
         let pre = self.pre(app)?;
         let mut store = self.new_store(app);
+        self.arm_cpu_deadline(&mut store, app, IoClock::default());
         pre.instantiate_async(&mut store)
             .await
             .map_err(|error| HandleError::Load {
@@ -234,6 +235,24 @@ impl AppRuntime {
         result
     }
 
+    /// Starts the app's CPU budget for one request on `store`.
+    fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App, io_clock: IoClock) {
+        // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
+        // when the deadline fires, charge only the rest and extend while under budget.
+        let budget = app.spec.limits.cpu_deadline;
+        let tick = self.epoch_tick;
+        let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
+        let started = Instant::now();
+        store.set_epoch_deadline(ticks(budget));
+        store.epoch_deadline_callback(move |_| {
+            let computing = started.elapsed().saturating_sub(io_clock.waited());
+            if computing >= budget {
+                return Err(CpuDeadline.into());
+            }
+            Ok(UpdateDeadline::Continue(ticks(budget - computing)))
+        });
+    }
+
     fn new_store(&self, app: &App) -> Store<HostState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stderr();
@@ -269,20 +288,7 @@ impl AppRuntime {
             None => (self.new_store(app), None, 0),
         };
         store.data_mut().hooks.io_clock = io_clock.clone();
-        // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
-        // when the deadline fires, charge only the rest and extend while under budget.
-        let budget = app.spec.limits.cpu_deadline;
-        let tick = self.epoch_tick;
-        let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
-        let started = Instant::now();
-        store.set_epoch_deadline(ticks(budget));
-        store.epoch_deadline_callback(move |_| {
-            let computing = started.elapsed().saturating_sub(io_clock.waited());
-            if computing >= budget {
-                return Err(CpuDeadline.into());
-            }
-            Ok(UpdateDeadline::Continue(ticks(budget - computing)))
-        });
+        self.arm_cpu_deadline(&mut store, app, io_clock);
 
         let hyper_req = to_hyper(req).map_err(|e| HandleError::GuestError {
             app: name.clone(),

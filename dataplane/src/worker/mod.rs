@@ -45,8 +45,12 @@ pub trait Service {
 pub type ServiceFactory = Arc<dyn Fn(u32) -> anyhow::Result<Rc<dyn Service>> + Send + Sync>;
 
 pub struct WorkerOptions {
-    /// CPU to pin to; also the worker's index in WORKER_SOCKETS / WORKER_LOAD.
+    /// The worker's CPU and its index in WORKER_SOCKETS / WORKER_LOAD.
     pub cpu: u32,
+    /// Pin the thread to `cpu`, where XDP steers the worker's flows. Off leaves placement to
+    /// the scheduler, which wins when other busy processes share the CPUs (a local load
+    /// generator on a small machine).
+    pub pin: bool,
     pub listener: TcpListener,
     pub limits: HttpLimits,
     /// WORKER_LOAD's map fd, to publish in-flight counts (None: do not publish).
@@ -63,6 +67,7 @@ impl WorkerOptions {
     pub fn new(cpu: u32, listener: TcpListener) -> Self {
         Self {
             cpu,
+            pin: true,
             listener,
             limits: HttpLimits::default(),
             load_map: None,
@@ -91,7 +96,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("edge-worker-{}", opts.cpu))
         .spawn(move || {
-            pin_to_cpu(opts.cpu);
+            if opts.pin {
+                pin_to_cpu(opts.cpu);
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
