@@ -198,6 +198,22 @@ static_body = "static hi\n"
         xdp_packets >= 80,
         "XDP counted {xdp_packets} packets for hello"
     );
+    // Every worker preloaded hello, so each reports it resident in its code cache.
+    let (status, residency) = scrape("/cache").expect("cache");
+    assert_eq!(status, 200);
+    let residency: serde_json::Value = serde_json::from_str(&residency)?;
+    let workers = residency.as_array().expect("one entry per worker");
+    assert_eq!(workers.len(), WORKERS as usize, "{residency}");
+    for w in workers {
+        let apps: Vec<&str> = w["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(apps, ["hello"], "{residency}");
+        assert!(w["bytes"].as_u64().unwrap() > 0, "{residency}");
+    }
 
     // SIGTERM: drain, detach, exit 0.
     // SAFETY: signalling our own child.

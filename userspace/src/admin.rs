@@ -1,4 +1,5 @@
-//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text) and `/observations` (JSON).
+//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text), `/observations` and `/cache`
+//! (JSON).
 //! Off the request path, on its own thread.
 
 use std::{
@@ -12,7 +13,7 @@ use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Response, parse_request, write_response},
     router::WorkerMetrics,
-    wasm::Observations,
+    wasm::{Observations, Residency},
 };
 use tracing::{info, warn};
 
@@ -22,6 +23,7 @@ pub struct AdminState {
     pub maps: PinnedMaps,
     pub metrics: Vec<WorkerMetrics>,
     pub observations: Vec<Observations>,
+    pub residency: Vec<Residency>,
     pub healthy: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -65,7 +67,14 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                         Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
                             .header("content-type", "application/json")
                     }
-                    Some(_) => Response::text(404, "try /healthz, /metrics or /observations\n"),
+                    Some("/cache") => {
+                        let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
+                        Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
+                            .header("content-type", "application/json")
+                    }
+                    Some(_) => {
+                        Response::text(404, "try /healthz, /metrics, /observations or /cache\n")
+                    }
                     None => Response::text(400, "bad request\n"),
                 };
                 let mut out = Vec::new();
@@ -180,6 +189,27 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
                 c.deadlines
             )?;
         }
+    }
+    out.push_str(
+        "# TYPE edgeplane_code_cache_resident_apps gauge\n# TYPE edgeplane_code_cache_bytes gauge\n",
+    );
+    for (w, r) in state.residency.iter().enumerate() {
+        let s = r.snapshot();
+        writeln!(
+            out,
+            "edgeplane_code_cache_resident_apps{{worker=\"{w}\"}} {}",
+            s.apps.len()
+        )?;
+        writeln!(
+            out,
+            "edgeplane_code_cache_bytes{{worker=\"{w}\"}} {}",
+            s.bytes
+        )?;
+        writeln!(
+            out,
+            "edgeplane_code_cache_evictions_total{{worker=\"{w}\"}} {}",
+            s.evicted
+        )?;
     }
     out.push_str("# TYPE edgeplane_subrequests_total counter\n# TYPE edgeplane_subrequest_latency_us gauge\n");
     for o in state.observations.iter().flat_map(|o| o.snapshot()) {

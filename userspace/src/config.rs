@@ -229,6 +229,13 @@ impl EdgedConfig {
     /// Parses and checks addresses up front, so a typo fails at start-up rather than half-applied.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let cfg: Self = toml::from_str(text)?;
+        // In-flight instances plus as many parked warm ones (instance reuse) must fit the pool.
+        anyhow::ensure!(
+            cfg.runtime.max_in_flight.saturating_mul(2) <= cfg.runtime.engine.max_instances,
+            "runtime.max_in_flight ({}) may be at most half of runtime.engine.max_instances ({})",
+            cfg.runtime.max_in_flight,
+            cfg.runtime.engine.max_instances
+        );
         for cidr in &cfg.blocklist {
             cidr.parse::<Cidr>()?;
         }

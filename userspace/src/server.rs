@@ -8,7 +8,7 @@ use edgeplane_dataplane::{
     http::Response,
     listener::reuseport_listener,
     router::{EdgeService, Routes, WorkerMetrics},
-    wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, build_engine},
+    wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
     worker::{self, Service, ServiceFactory, WorkerOptions, WorkerStats},
 };
 use tracing::{info, warn};
@@ -19,6 +19,8 @@ pub struct Workers {
     pub listen: SocketAddr,
     pub metrics: Vec<WorkerMetrics>,
     pub observations: Vec<Observations>,
+    /// Each worker's code-cache residency.
+    pub residency: Vec<Residency>,
     stop: tokio::sync::watch::Sender<bool>,
     handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>,
 }
@@ -113,6 +115,7 @@ pub fn start(
         listen,
         metrics: vec![],
         observations: vec![],
+        residency: vec![],
         stop,
         handles: vec![],
     };
@@ -129,6 +132,8 @@ pub fn start(
         let observations = Observations::default();
         workers.metrics.push(metrics.clone());
         workers.observations.push(observations.clone());
+        let residency = Residency::default();
+        workers.residency.push(residency.clone());
         let (engine_cfg, cache_dir, budget, max_in_flight) = (
             cfg.runtime.engine.clone(),
             cfg.runtime.cache_dir.clone(),
@@ -149,6 +154,7 @@ pub fn start(
                 engine_cfg.epoch_tick,
                 max_in_flight,
             )?);
+            runtime.publish_residency_to(residency.clone());
             for spec in &specs {
                 if let Err(e) = runtime.preload(&spec.name) {
                     warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");

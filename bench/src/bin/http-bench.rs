@@ -57,7 +57,11 @@ fn target(name: impl Into<String>, port: u16, host: &'static str) -> Target {
 fn edge_targets(port: u16, workers: &str) -> [Target; 3] {
     [
         target(format!("edgeplane hello, fresh ({workers})"), port, "hello"),
-        target(format!("edgeplane hello, reuse ({workers})"), port, "reused"),
+        target(
+            format!("edgeplane hello, reuse ({workers})"),
+            port,
+            "reused",
+        ),
         target(format!("edgeplane static ({workers})"), port, "static"),
     ]
 }
@@ -122,8 +126,20 @@ fn main() -> anyhow::Result<()> {
     let unpinned = edge_targets(EDGED_UNPINNED_PORT, "unpinned workers");
     let bases = baselines();
     let mut present: Vec<Target> = Vec::new();
-    servers.push(start_edged(&edged_bin, &scratch, &component, EDGED_PINNED_PORT, true)?);
-    servers.push(start_edged(&edged_bin, &scratch, &component, EDGED_UNPINNED_PORT, false)?);
+    servers.push(start_edged(
+        &edged_bin,
+        &scratch,
+        &component,
+        EDGED_PINNED_PORT,
+        true,
+    )?);
+    servers.push(start_edged(
+        &edged_bin,
+        &scratch,
+        &component,
+        EDGED_UNPINNED_PORT,
+        false,
+    )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
     match nginx(&scratch.join("nginx"), NGINX_PORT, 2, "hello\\n") {
@@ -135,7 +151,12 @@ fn main() -> anyhow::Result<()> {
     }
     match find_wasmtime() {
         Some(wasmtime) => {
-            servers.push(wasmtime_serve(&wasmtime, &component, WASMTIME_FRESH_PORT, None)?);
+            servers.push(wasmtime_serve(
+                &wasmtime,
+                &component,
+                WASMTIME_FRESH_PORT,
+                None,
+            )?);
             servers.push(wasmtime_serve(
                 &wasmtime,
                 &component,

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -30,6 +31,34 @@ impl Default for CacheBudget {
     }
 }
 
+/// What one worker's cache holds, as other threads (the admin endpoint, the placement engine)
+/// see it. Updated on loads and evictions only, never on a hit.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ResidencySnapshot {
+    /// Resident apps, sorted.
+    pub apps: Vec<String>,
+    pub bytes: usize,
+    pub compiled: u64,
+    pub loaded_from_disk: u64,
+    pub evicted: u64,
+}
+
+/// A worker's published [`ResidencySnapshot`].
+#[derive(Clone, Debug, Default)]
+pub struct Residency(Arc<Mutex<ResidencySnapshot>>);
+
+impl Residency {
+    pub fn snapshot(&self) -> ResidencySnapshot {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn is_resident(&self, app: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|s| s.apps.binary_search_by(|a| a.as_str().cmp(app)).is_ok())
+    }
+}
+
 struct Resident<T> {
     value: T,
     bytes: usize,
@@ -46,6 +75,7 @@ pub struct CodeCache<T> {
     pub compiled: u64,
     pub loaded_from_disk: u64,
     pub evicted: u64,
+    published: Residency,
 }
 
 impl<T: Clone> CodeCache<T> {
@@ -66,7 +96,31 @@ impl<T: Clone> CodeCache<T> {
             compiled: 0,
             loaded_from_disk: 0,
             evicted: 0,
+            published: Residency::default(),
         })
+    }
+
+    /// A handle other threads can read residency through.
+    pub fn residency(&self) -> Residency {
+        self.published.clone()
+    }
+
+    /// Publishes residency through `to` from now on (a handle made before this cache).
+    pub fn publish_to(&mut self, to: Residency) {
+        self.published = to;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Ok(mut s) = self.published.0.lock() {
+            *s = ResidencySnapshot {
+                apps: self.resident_apps(),
+                bytes: self.bytes,
+                compiled: self.compiled,
+                loaded_from_disk: self.loaded_from_disk,
+                evicted: self.evicted,
+            };
+        }
     }
 
     pub fn is_resident(&self, app: &str) -> bool {
@@ -107,6 +161,7 @@ impl<T: Clone> CodeCache<T> {
                 last_used: Instant::now(),
             },
         );
+        self.publish();
         Ok(value)
     }
 
@@ -115,6 +170,7 @@ impl<T: Clone> CodeCache<T> {
             Some(r) => {
                 self.bytes -= r.bytes;
                 self.evicted += 1;
+                self.publish();
                 true
             }
             None => false,

@@ -10,7 +10,7 @@ mod runtime;
 
 use std::{path::PathBuf, time::Duration};
 
-pub use cache::{CacheBudget, CodeCache};
+pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
 pub use engine::{EngineConfig, EpochTicker, build_engine};
 pub use observe::{DestinationStats, Observations};
 pub use runtime::{AppRuntime, HandleError};

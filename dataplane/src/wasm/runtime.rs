@@ -93,9 +93,6 @@ struct WarmInstance {
     served: u32,
 }
 
-/// Idle warm instances kept per app and worker; more would pin pool slots nobody uses.
-const MAX_IDLE_WARM: usize = 8;
-
 pub struct AppRuntime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -105,6 +102,9 @@ pub struct AppRuntime {
     epoch_tick: Duration,
     in_flight: Cell<u32>,
     max_in_flight: u32,
+    /// Warm instances parked over all apps. Capped at `max_in_flight`: as many as can be busy at
+    /// once, and with the busy ones no more than the pool holds (sized 2x `max_in_flight`).
+    idle_warm: Cell<u32>,
 }
 
 use std::rc::Rc;
@@ -144,6 +144,7 @@ impl AppRuntime {
             epoch_tick,
             in_flight: Cell::new(0),
             max_in_flight,
+            idle_warm: Cell::new(0),
         })
     }
 
@@ -153,6 +154,16 @@ impl AppRuntime {
 
     pub fn is_resident(&self, app: &str) -> bool {
         self.cache.borrow().is_resident(app)
+    }
+
+    /// Residency as other threads can read it.
+    pub fn residency(&self) -> super::Residency {
+        self.cache.borrow().residency()
+    }
+
+    /// Publishes residency through a handle made before this runtime (by the daemon).
+    pub fn publish_residency_to(&self, to: super::Residency) {
+        self.cache.borrow_mut().publish_to(to);
     }
 
     pub fn resident_apps(&self) -> Vec<String> {
@@ -283,6 +294,9 @@ impl AppRuntime {
         let pre = self.pre(app)?;
         let io_clock = IoClock::default();
         let warm = app.warm.borrow_mut().pop();
+        if warm.is_some() {
+            self.idle_warm.set(self.idle_warm.get() - 1);
+        }
         let (mut store, warm_proxy, served) = match warm {
             Some(w) => (w.store, Some(w.proxy), w.served),
             None => (self.new_store(app), None, 0),
@@ -374,12 +388,15 @@ impl AppRuntime {
                 // Only an instance that finished cleanly goes back: a trapped one may be broken.
                 let served = served + 1;
                 let mut warm = app.warm.borrow_mut();
-                if served < app.spec.limits.instance_reuse && warm.len() < MAX_IDLE_WARM {
+                if served < app.spec.limits.instance_reuse
+                    && self.idle_warm.get() < self.max_in_flight
+                {
                     warm.push(WarmInstance {
                         store,
                         proxy,
                         served,
                     });
+                    self.idle_warm.set(self.idle_warm.get() + 1);
                 }
             }
             Ok(Err(e)) => {

@@ -117,9 +117,13 @@ async fn main() -> anyhow::Result<()> {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
     let workers = server::start(&cfg, &dp, &maps, count)?;
-    let (metrics, observations) = match &workers {
-        Some(w) => (w.metrics.clone(), w.observations.clone()),
-        None => (vec![], vec![]),
+    let (metrics, observations, residency) = match &workers {
+        Some(w) => (
+            w.metrics.clone(),
+            w.observations.clone(),
+            w.residency.clone(),
+        ),
+        None => (vec![], vec![], vec![]),
     };
     let health = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let health_flag = health.clone();
@@ -129,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             maps: maps.clone(),
             metrics,
             observations,
+            residency,
             healthy: Box::new(move || health_flag.load(std::sync::atomic::Ordering::Relaxed)),
         }),
     )?;
