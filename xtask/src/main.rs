@@ -81,6 +81,7 @@ fn test() -> anyhow::Result<()> {
     build_bench_bins()?;
     // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
     run_bin("xdp-bench", &["--smoke"])?;
+    run_bin("http-bench", &["--smoke"])?;
     cargo_test(&[
         "test",
         "--locked",
@@ -132,13 +133,41 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The guest apps in apps/ (their own workspace, built for wasm32-wasip2 into apps/target).
+pub fn build_apps() -> anyhow::Result<()> {
+    let apps = workspace_root().join("apps");
+    eprintln!("\x1b[1m[xtask]\x1b[0m building the guest apps in apps/");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--manifest-path")
+        .arg(apps.join("Cargo.toml"))
+        // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
+        .env("CARGO_TARGET_DIR", apps.join("target"))
+        .status()
+        .context("running cargo for apps/")?;
+    if !status.success() {
+        bail!("building apps/ failed ({status})");
+    }
+    Ok(())
+}
+
+/// The benchmark binaries, edged beside them (http-bench starts it), and the apps they load.
 fn build_bench_bins() -> anyhow::Result<()> {
+    build_apps()?;
     cargo(&[
         "build",
         "--locked",
         "--release",
         "-p",
         "edgeplane-bench",
+        "-p",
+        "edgeplane",
         "--bins",
     ])
 }
@@ -151,7 +180,20 @@ fn bench() -> anyhow::Result<()> {
     run_bin(
         "xdp-bench",
         &["--json", json.to_str().context("utf-8 path")?],
-    )
+    )?;
+    let json = out.join("http-bench.json");
+    run_bin(
+        "http-bench",
+        &["--json", json.to_str().context("utf-8 path")?],
+    )?;
+    cargo(&[
+        "bench",
+        "--locked",
+        "-p",
+        "edgeplane-dataplane",
+        "--bench",
+        "instantiate",
+    ])
 }
 
 fn main() -> anyhow::Result<()> {
