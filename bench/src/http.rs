@@ -22,6 +22,8 @@ pub struct LoadResult {
 }
 
 pub struct Wrk {
+    /// Run wrk on this CPU only (taskset), away from a server pinned elsewhere.
+    pub cpu: Option<u32>,
     pub threads: u32,
     pub connections: u32,
     pub duration: Duration,
@@ -30,7 +32,15 @@ pub struct Wrk {
 impl Wrk {
     /// Runs wrk against `url` with `host` as the Host header.
     pub fn run(&self, target: &str, url: &str, host: &str) -> anyhow::Result<LoadResult> {
-        let out = Command::new("wrk")
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "wrk"]);
+                c
+            }
+            None => Command::new("wrk"),
+        };
+        let out = cmd
             .args([
                 "-t",
                 &self.threads.to_string(),
@@ -155,18 +165,28 @@ pub fn wait_listening(
     Ok(())
 }
 
-/// An nginx with `workers` worker processes answering `body` on `port`, config in `dir`.
-pub fn nginx(dir: &Path, port: u16, workers: u32, body: &str) -> anyhow::Result<Server> {
+/// An nginx with `workers` worker processes answering `body` on `port`, config in `dir`;
+/// `affinity` is nginx's `worker_cpu_affinity` (for example "01": the one worker on CPU 0).
+pub fn nginx(
+    dir: &Path,
+    port: u16,
+    workers: u32,
+    affinity: Option<&str>,
+    body: &str,
+) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir)?;
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log stderr error;\n\
+            "worker_processes {workers};\n{affinity}daemon off;\npid {pid};\nerror_log stderr error;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port} reuseport;\n\
              location / {{ default_type text/plain; return 200 \"{body}\"; }} }} }}\n",
             pid = dir.join("nginx.pid").display(),
+            affinity = affinity
+                .map(|a| format!("worker_cpu_affinity {a};\n"))
+                .unwrap_or_default(),
         ),
     )?;
     let mut server = spawn(

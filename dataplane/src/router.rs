@@ -17,16 +17,29 @@ use crate::{
 pub struct Routes {
     pub hosts: HashMap<String, String>,
     pub default: Option<String>,
-    /// Fixed responses served without wasm, by host.
+    /// Fixed responses served without wasm, by host, headers included.
     pub statics: HashMap<String, (String, Response)>,
 }
 
 impl Routes {
     pub fn app_for(&self, req: &Request) -> Option<&str> {
         req.host()
-            .and_then(|h| self.hosts.get(&h.to_ascii_lowercase()))
+            .and_then(|h| lookup_host(&self.hosts, h))
             .or(self.default.as_ref())
             .map(String::as_str)
+    }
+
+    fn static_for(&self, req: &Request) -> Option<&(String, Response)> {
+        req.host().and_then(|h| lookup_host(&self.statics, h))
+    }
+}
+
+/// Host names are keyed lower-case; most clients send them so, which needs no copy.
+fn lookup_host<'a, V>(map: &'a HashMap<String, V>, host: &str) -> Option<&'a V> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        map.get(&host.to_ascii_lowercase())
+    } else {
+        map.get(host)
     }
 }
 
@@ -55,21 +68,21 @@ pub struct EdgeService {
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
     if let Ok(mut m) = metrics.lock() {
-        f(m.entry(app.to_owned()).or_default());
+        match m.get_mut(app) {
+            Some(c) => f(c),
+            None => f(m.entry(app.to_owned()).or_default()),
+        }
     }
 }
 
 impl Service for EdgeService {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
-        if let Some((app, resp)) = req
-            .host()
-            .and_then(|h| self.routes.statics.get(&h.to_ascii_lowercase()))
-        {
+        if let Some((app, resp)) = self.routes.static_for(&req) {
             count(&self.metrics, app, |c| {
                 c.requests += 1;
                 c.responses_2xx += 1;
             });
-            return Reply::Now(resp.clone().header("x-edge-placement", "local"));
+            return Reply::Now(resp.clone());
         }
         let Some(app) = self.routes.app_for(&req).map(str::to_owned) else {
             let host = req.host().unwrap_or("").to_owned();

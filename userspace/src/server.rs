@@ -65,7 +65,10 @@ fn routes(cfg: &EdgedConfig) -> Routes {
             for h in &app.hosts {
                 routes.statics.insert(
                     h.to_ascii_lowercase(),
-                    (app.name.clone(), Response::text(200, body.clone())),
+                    (
+                        app.name.clone(),
+                        Response::text(200, body.clone()).header("x-edge-placement", "local"),
+                    ),
                 );
             }
         }

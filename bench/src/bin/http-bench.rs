@@ -36,6 +36,8 @@ const EDGED_UNPINNED_PORT: u16 = 18084;
 const WASMTIME_FRESH_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
 const WASMTIME_REUSE_PORT: u16 = 18083;
+const EDGED_ONE_CORE_PORT: u16 = 18085;
+const NGINX_ONE_CORE_PORT: u16 = 18086;
 
 /// One server under test: where it listens and the Host header that picks the app.
 #[derive(Clone, PartialEq)]
@@ -79,6 +81,7 @@ fn baselines() -> [Target; 3] {
 struct Results {
     max_load: Vec<LoadResult>,
     half_load: Vec<LoadReport>,
+    one_core: Vec<LoadResult>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     );
     let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
     let wrk = Wrk {
+        cpu: None,
         threads: 1,
         connections: args.connections,
         duration,
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         &component,
         EDGED_PINNED_PORT,
         true,
+        None,
     )?);
     servers.push(start_edged(
         &edged_bin,
@@ -139,10 +144,11 @@ fn main() -> anyhow::Result<()> {
         &component,
         EDGED_UNPINNED_PORT,
         false,
+        None,
     )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
-    match nginx(&scratch.join("nginx"), NGINX_PORT, 2, "hello\\n") {
+    match nginx(&scratch.join("nginx"), NGINX_PORT, 2, None, "hello\\n") {
         Ok(s) => {
             servers.push(s);
             present.push(bases[2].clone());
@@ -207,16 +213,61 @@ fn main() -> anyhow::Result<()> {
     }
     drop(servers);
 
+    // One server core each: the server's worker on CPU 0, wrk alone on CPU 1. Sharing no CPU
+    // with the load generator, this is the steadiest measure of a server's own cost.
+    let mut one_core = Vec::new();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let wrk1 = Wrk {
+            cpu: Some(1),
+            ..wrk
+        };
+        let url = |port: u16| format!("http://127.0.0.1:{port}/");
+        {
+            let _edged = start_edged(
+                &edged_bin,
+                &scratch,
+                &component,
+                EDGED_ONE_CORE_PORT,
+                true,
+                Some(1),
+            )?;
+            for (name, host) in [
+                ("edgeplane static, 1 worker on CPU 0", "static"),
+                ("edgeplane hello, reuse, 1 worker on CPU 0", "reused"),
+                ("edgeplane hello, fresh, 1 worker on CPU 0", "hello"),
+            ] {
+                one_core.push(wrk1.run(name, &url(EDGED_ONE_CORE_PORT), host)?);
+            }
+        }
+        match nginx(
+            &scratch.join("nginx-one-core"),
+            NGINX_ONE_CORE_PORT,
+            1,
+            Some("01"),
+            "hello\\n",
+        ) {
+            Ok(_nginx) => one_core.push(wrk1.run(
+                "nginx static, 1 worker on CPU 0",
+                &url(NGINX_ONE_CORE_PORT),
+                "static",
+            )?),
+            Err(e) => eprintln!("!!!!! nginx one-core baseline skipped: {e:#}"),
+        }
+    }
+
     print_report(&wrk, &pairs, &max_load, &half_load);
+    print_one_core(&one_core);
     let results = Results {
         max_load,
         half_load,
+        one_core,
     };
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let failed = results.max_load.iter().any(|r| r.errors > 0)
+        || results.one_core.iter().any(|r| r.errors > 0)
         || results.half_load.iter().any(|r| r.errors > 0);
     anyhow::ensure!(!failed, "some requests failed; see the tables above");
     Ok(())
@@ -228,6 +279,7 @@ fn start_edged(
     component: &std::path::Path,
     port: u16,
     pin: bool,
+    workers: Option<u32>,
 ) -> anyhow::Result<Server> {
     let config = scratch.join(format!("edged-{port}.toml"));
     std::fs::write(
@@ -238,6 +290,7 @@ pin_dir = "/sys/fs/bpf/edgeplane-http-bench-{pid}-{port}"
 [workers]
 steer = false
 pin = {pin}
+count = {count}
 [server]
 listen = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin}"
@@ -262,6 +315,7 @@ static_body = "hello\n"
 "#,
             pid = std::process::id(),
             admin = port + 1000,
+            count = workers.unwrap_or(0),
             cache = scratch.join("cache").display(),
             component = component.display(),
         ),
@@ -340,5 +394,31 @@ fn print_report(
                 e.p99_ms / b.p99_ms
             );
         }
+    }
+}
+
+fn print_one_core(results: &[LoadResult]) {
+    if results.is_empty() {
+        return;
+    }
+    println!("\nOne server core: the server's one worker pinned to CPU 0, wrk -t1 pinned to CPU 1");
+    println!(
+        "{:<44} {:>12} {:>9} {:>9} {:>7}",
+        "server", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for r in results {
+        println!(
+            "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>7}",
+            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
+        );
+    }
+    let rate = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.target.starts_with(prefix))
+            .map(|r| r.requests_per_sec)
+    };
+    if let (Some(e), Some(n)) = (rate("edgeplane static"), rate("nginx static")) {
+        println!("edgeplane static vs nginx, one core each: {:.2}x", e / n);
     }
 }
