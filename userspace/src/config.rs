@@ -144,6 +144,8 @@ pub struct RateLimitSection {
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub name: String,
+    /// VIP:port/proto the XDP program classifies as this app; none for apps reached by Host only.
+    #[serde(default)]
     pub vips: Vec<String>,
     #[serde(default)]
     pub id: Option<u32>,
@@ -252,6 +254,17 @@ impl EdgedConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_example_config_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;
+        let len = readme[start..].find("```").expect("closed block");
+        let cfg = EdgedConfig::parse(&readme[start..start + len]).unwrap();
+        assert_eq!(cfg.apps.len(), 2);
+        assert_eq!(cfg.apps[0].allowed_backends, ["db.internal:8080"]);
+        assert_eq!(cfg.apps[1].static_body.as_deref(), Some("ok\n"));
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {
