@@ -5,4 +5,5 @@ pub mod http;
 pub mod loadgen;
 pub mod netns;
 pub mod packets;
+pub mod wan;
 pub mod xdp;
