@@ -6,4 +6,5 @@ pub mod loadgen;
 pub mod netns;
 pub mod packets;
 pub mod wan;
+pub mod world;
 pub mod xdp;

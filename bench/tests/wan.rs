@@ -2,34 +2,18 @@
 //! so a TCP connect across it takes one configured RTT.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use edgeplane_bench::{
     netns::{LinkEnd, Netns, is_root, veth_pair},
-    wan::WanDelay,
+    wan::{WanDelay, median_connect_time},
 };
 
-/// Median TCP connect time from `from` to `to` over `n` connects.
 fn median_connect(from: &Netns, to: SocketAddr, n: usize) -> Duration {
-    let mut times = from
-        .run(|| {
-            (0..n)
-                .map(|_| {
-                    let start = Instant::now();
-                    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-                        .expect("connect across the link");
-                    let t = start.elapsed();
-                    drop(s);
-                    t
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
-    times.sort();
-    times[n / 2]
+    median_connect_time(from, to, n).unwrap()
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod loader;
 pub mod maps;
 pub mod server;
+pub mod topology;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
 pub use maps::{MapsError, PinnedMaps};

@@ -50,6 +50,9 @@ impl WanDelay {
             std::thread::Builder::new()
                 .name(format!("wan-{iface}"))
                 .spawn(move || -> anyhow::Result<()> {
+                    // Timer slack (50 us by default) would add to every packet's delay.
+                    // SAFETY: prctl on the calling thread with an integer argument.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
                     // SAFETY: a valid netns fd; affects this thread only.
                     if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                         let e = std::io::Error::last_os_error();
@@ -131,6 +134,30 @@ fn iptables(ns: &str, tool: &str, op: &str, rule: &[String]) -> anyhow::Result<(
         );
     }
     Ok(())
+}
+
+/// Median TCP connect time from inside `from` to `to` over `samples` connects: one RTT of the
+/// path, handshake included.
+pub fn median_connect_time(
+    from: &Netns,
+    to: std::net::SocketAddr,
+    samples: usize,
+) -> anyhow::Result<Duration> {
+    anyhow::ensure!(samples > 0, "at least one sample");
+    let mut times = from.run(|| {
+        (0..samples)
+            .map(|_| {
+                let start = Instant::now();
+                let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                    .with_context(|| format!("connecting to {to} from {}", from.name()))?;
+                let took = start.elapsed();
+                drop(s);
+                Ok(took)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })??;
+    times.sort();
+    Ok(times[samples / 2])
 }
 
 /// Packets a link may hold at once (in flight over the emulated WAN).

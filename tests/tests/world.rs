@@ -1,0 +1,66 @@
+//! The multi-datacenter world of the canonical topology: every node a namespace, every link
+//! delayed in userspace, and TCP between any two linked nodes taking the link's RTT.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+use edgeplane::topology::Topology;
+use edgeplane_bench::{wan::median_connect_time, world::World};
+use edgeplane_tests::require_root;
+
+#[test]
+fn the_canonical_world_gives_each_link_its_rtt() {
+    if !require_root("the_canonical_world_gives_each_link_its_rtt") {
+        return;
+    }
+    let topology = Topology::canonical();
+    let world = World::build(&topology).unwrap();
+    let service = topology
+        .hosts
+        .iter()
+        .find(|h| h.name == "backend")
+        .and_then(|h| h.service_addr)
+        .unwrap();
+    // (from, to, address from uses): each link, and the backend's service address, which
+    // every datacenter reaches over its own link to the backend.
+    let paths = [
+        ("pop", "dc2", world.addr_of("pop", "dc2").unwrap()),
+        ("pop", "region", world.addr_of("pop", "region").unwrap()),
+        ("pop", "backend", service),
+        ("dc2", "backend", service),
+        ("region", "backend", service),
+    ];
+    for (i, (from, to, ip)) in paths.into_iter().enumerate() {
+        let port = 7100 + i as u16;
+        let listener = world
+            .ns(to)
+            .run(|| TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        let acceptor = listener.try_clone().unwrap();
+        let accept =
+            std::thread::spawn(move || for _ in acceptor.incoming().map_while(Result::ok) {});
+        let addr = SocketAddr::from((ip, port));
+        let configured = topology.rtt(from, to).unwrap();
+        let measured = median_connect_time(world.ns(from), addr, 7).unwrap();
+        eprintln!("{from} -> {to} ({addr}): configured {configured:?}, measured {measured:?}");
+        let error = measured.as_secs_f64() / configured.as_secs_f64() - 1.0;
+        assert!(
+            error.abs() <= 0.10,
+            "{from} -> {to}: configured {configured:?}, measured {measured:?}"
+        );
+        // SAFETY: shutting down our own listening socket ends the accept loop.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        accept.join().unwrap();
+    }
+    // Nodes without a link have no path: the client only reaches its POP.
+    let stray = SocketAddr::from((world.addr_of("pop", "dc2").unwrap(), 7100));
+    let unreachable = world
+        .ns("client")
+        .run(|| std::net::TcpStream::connect_timeout(&stray, Duration::from_millis(300)))
+        .unwrap();
+    assert!(unreachable.is_err());
+}
