@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde::Deserialize;
 
 /// The canonical world of the placement scenario (see the file's header).
