@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use edgeplane_dataplane::http::parse_response;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::{
@@ -257,59 +258,19 @@ async fn exchange(s: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> anyho
     }
 }
 
+/// Whether `buf` holds a whole response, and whether the connection stays open after it.
+fn response_complete(buf: &[u8]) -> anyhow::Result<Option<Complete>> {
+    Ok(parse_response(buf, false, usize::MAX)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map(|p| Complete {
+            status: p.response.status,
+            keep_alive: p.keep_alive,
+        }))
+}
+
 struct Complete {
     status: u16,
     keep_alive: bool,
-}
-
-/// Whether `buf` holds a whole response (Content-Length or chunked body).
-fn response_complete(buf: &[u8]) -> anyhow::Result<Option<Complete>> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head = match resp.parse(buf).context("malformed response")? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
-    };
-    let status = resp.code.unwrap_or(0);
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-    };
-    let keep_alive = header("connection").as_deref() != Some("close");
-    let body = &buf[head..];
-    let complete = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        chunked_complete(body)?
-    } else {
-        let len: usize = header("content-length")
-            .map(|v| v.trim().parse())
-            .transpose()
-            .context("bad content-length")?
-            .unwrap_or(0);
-        body.len() >= len
-    };
-    Ok(complete.then_some(Complete { status, keep_alive }))
-}
-
-fn chunked_complete(mut body: &[u8]) -> anyhow::Result<bool> {
-    loop {
-        let (used, size) = match httparse::parse_chunk_size(body) {
-            Ok(httparse::Status::Complete(v)) => v,
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(_) => bail!("bad chunk size"),
-        };
-        body = &body[used..];
-        if size == 0 {
-            // No trailers from the servers we load; the terminating CRLF ends the body.
-            return Ok(body.len() >= 2);
-        }
-        let need = size as usize + 2;
-        if body.len() < need {
-            return Ok(false);
-        }
-        body = &body[need..];
-    }
 }
 
 #[cfg(test)]

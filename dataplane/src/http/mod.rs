@@ -1,11 +1,13 @@
 //! HTTP/1.1 for the workers: request parsing with limits (httparse does the tokenizing), body
 //! framing (Content-Length, chunked), and response serialization.
 
+mod client;
 mod request;
 mod response;
 
 use std::time::Duration;
 
+pub use client::{ParsedResponse, parse_response, write_request};
 pub use request::{ParseOutcome, Request, parse_request};
 pub use response::{Response, write_response};
 

@@ -207,7 +207,10 @@ fn version_error(buf: &[u8]) -> HttpError {
 }
 
 /// Decodes a chunked body from `buf`; returns the body and bytes used, or `None` when incomplete.
-fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+pub(super) fn decode_chunked(
+    buf: &[u8],
+    max_body: usize,
+) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {

@@ -1,0 +1,236 @@
+//! Handing a request to another datacenter: the worker sends it, signed, over a pooled
+//! keep-alive connection to the peer's workers, and relays the peer's response. The peer checks
+//! the signature, serves the app itself (a handed-off request is never handed off again), and
+//! learns the original client's address from the signed headers.
+//!
+//! Each worker owns its pool (no lock shared between workers); a connection goes back to the
+//! pool when the peer keeps it open.
+
+pub mod auth;
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::http::{Request, Response, parse_response, write_request};
+pub use auth::{AuthError, HandoffMeta};
+
+/// Another datacenter this one can hand requests to.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub id: u32,
+    pub name: String,
+    /// Its workers' listener, as reached from here.
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct HandoffConfig {
+    /// This datacenter's id (what `x-edge-from` says).
+    pub self_id: u32,
+    pub key: Vec<u8>,
+    pub peers: Vec<Peer>,
+    pub connect_timeout: Duration,
+    /// For the whole exchange with the peer, its app's run included.
+    pub request_timeout: Duration,
+    /// Largest response body relayed.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("no datacenter {0} among this one's peers")]
+    UnknownPeer(u32),
+    #[error("datacenter {peer} did not answer within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    #[error("datacenter {peer}: {error}")]
+    Io { peer: String, error: std::io::Error },
+    #[error("datacenter {peer} sent a malformed response: {detail}")]
+    BadResponse { peer: String, detail: String },
+}
+
+struct PeerPool {
+    peer: Peer,
+    idle: RefCell<Vec<TcpStream>>,
+}
+
+/// One worker's handoff client and verifier.
+pub struct Handoff {
+    cfg: HandoffConfig,
+    pools: HashMap<u32, PeerPool>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Idle pooled connections kept per peer and worker.
+const MAX_IDLE: usize = 32;
+
+impl Handoff {
+    pub fn new(cfg: HandoffConfig) -> Self {
+        let pools = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    PeerPool {
+                        peer: p.clone(),
+                        idle: RefCell::new(Vec::new()),
+                    },
+                )
+            })
+            .collect();
+        Self { cfg, pools }
+    }
+
+    pub fn self_id(&self) -> u32 {
+        self.cfg.self_id
+    }
+
+    pub fn peer(&self, id: u32) -> Option<&Peer> {
+        self.pools.get(&id).map(|p| &p.peer)
+    }
+
+    /// Checks an incoming request's handoff headers.
+    pub fn verify(&self, req: &Request) -> Result<HandoffMeta, AuthError> {
+        auth::verify(&self.cfg.key, req, unix_now())
+    }
+
+    /// Sends `req` to datacenter `dc` on behalf of `client` and returns its response.
+    pub async fn forward(
+        &self,
+        dc: u32,
+        mut req: Request,
+        client: &str,
+    ) -> Result<Response, HandoffError> {
+        let pool = self.pools.get(&dc).ok_or(HandoffError::UnknownPeer(dc))?;
+        auth::sign(
+            &self.cfg.key,
+            &mut req,
+            self.cfg.self_id,
+            client,
+            1,
+            unix_now(),
+        );
+        let mut wire = Vec::with_capacity(512 + req.body.len());
+        write_request(&mut wire, &req);
+        let head = req.method == "HEAD";
+        let timeout = self.cfg.request_timeout;
+        match tokio::time::timeout(timeout, self.exchange(pool, &wire, head)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandoffError::Timeout {
+                peer: pool.peer.name.clone(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        pool: &PeerPool,
+        wire: &[u8],
+        head: bool,
+    ) -> Result<Response, HandoffError> {
+        let io = |error| HandoffError::Io {
+            peer: pool.peer.name.clone(),
+            error,
+        };
+        // A pooled connection the peer has since closed fails at once; then try a new one. A
+        // fresh connection's failure is final: the request may have reached the app.
+        let pooled = pool.idle.borrow_mut().pop();
+        if let Some(stream) = pooled {
+            match self.send_on(pool, stream, wire, head).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Stale) => {}
+                Err(SendError::Failed(e)) => return Err(e),
+            }
+        }
+        let stream =
+            tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(pool.peer.addr))
+                .await
+                .map_err(|_| HandoffError::Timeout {
+                    peer: pool.peer.name.clone(),
+                    timeout: self.cfg.connect_timeout,
+                })?
+                .map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        match self.send_on(pool, stream, wire, head).await {
+            Ok(resp) => Ok(resp),
+            Err(SendError::Stale) => Err(io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "closed before answering",
+            ))),
+            Err(SendError::Failed(e)) => Err(e),
+        }
+    }
+
+    async fn send_on(
+        &self,
+        pool: &PeerPool,
+        mut stream: TcpStream,
+        wire: &[u8],
+        head: bool,
+    ) -> Result<Response, SendError> {
+        let peer = &pool.peer.name;
+        let failed = |error| {
+            SendError::Failed(HandoffError::Io {
+                peer: peer.clone(),
+                error,
+            })
+        };
+        if stream.write_all(wire).await.is_err() {
+            return Err(SendError::Stale);
+        }
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = match stream.read(&mut chunk).await {
+                Ok(0) if buf.is_empty() => return Err(SendError::Stale),
+                Ok(0) => {
+                    return Err(failed(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed mid-response",
+                    )));
+                }
+                Ok(n) => n,
+                Err(_) if buf.is_empty() => return Err(SendError::Stale),
+                Err(e) => return Err(failed(e)),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            match parse_response(&buf, head, self.cfg.max_response_bytes) {
+                Ok(None) => continue,
+                Ok(Some(parsed)) => {
+                    let mut idle = pool.idle.borrow_mut();
+                    if parsed.keep_alive && parsed.consumed == buf.len() && idle.len() < MAX_IDLE {
+                        idle.push(stream);
+                    }
+                    return Ok(parsed.response);
+                }
+                Err(e) => {
+                    return Err(SendError::Failed(HandoffError::BadResponse {
+                        peer: peer.clone(),
+                        detail: e.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+enum SendError {
+    /// The connection was dead before the peer answered anything.
+    Stale,
+    Failed(HandoffError),
+}
