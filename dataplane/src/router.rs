@@ -6,7 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use edgeplane_abi::{Placement, placement_kind};
+use tracing::warn;
+
 use crate::{
+    handoff::{Handoff, auth},
     http::{Request, Response},
     wasm::AppRuntime,
     worker::{Reply, RequestContext, Service},
@@ -54,6 +58,13 @@ pub struct AppCounters {
     pub traps: u64,
     pub deadlines: u64,
     pub overloaded: u64,
+    /// Requests this worker handed to another datacenter, and those that failed (and were
+    /// served here instead).
+    pub handed_off: u64,
+    pub handoff_failures: u64,
+    /// Handoffs from other datacenters served here, and those refused (bad signature).
+    pub handoffs_received: u64,
+    pub handoffs_rejected: u64,
 }
 
 pub type WorkerMetrics = Arc<Mutex<BTreeMap<String, AppCounters>>>;
@@ -64,6 +75,11 @@ pub struct EdgeService {
     pub metrics: WorkerMetrics,
     /// Adds `x-edge-worker` to responses (tests and debugging).
     pub debug_headers: bool,
+    /// Handing requests to other datacenters, and checking the ones they hand here.
+    pub handoff: Option<Rc<Handoff>>,
+    pub placement: Option<Box<dyn PlacementSource>>,
+    /// The region's datacenter id (where REGION placements go).
+    pub region: Option<u32>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -71,6 +87,35 @@ fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
         match m.get_mut(app) {
             Some(c) => f(c),
             None => f(m.entry(app.to_owned()).or_default()),
+        }
+    }
+}
+
+/// Where the placement engine runs an app, read per request (the PLACEMENT map).
+pub trait PlacementSource {
+    fn placement(&self, app: &str) -> Placement;
+}
+
+/// Where one request runs.
+enum Target {
+    Local,
+    Peer(u32),
+}
+
+impl EdgeService {
+    fn target(&self, app: &str) -> Target {
+        let (Some(source), Some(handoff)) = (&self.placement, &self.handoff) else {
+            return Target::Local;
+        };
+        let p = source.placement(app);
+        let dc = match p.kind {
+            placement_kind::DATACENTER => Some(p.datacenter),
+            placement_kind::REGION => self.region,
+            _ => None,
+        };
+        match dc {
+            Some(dc) if dc != handoff.self_id() && handoff.peer(dc).is_some() => Target::Peer(dc),
+            _ => Target::Local,
         }
     }
 }
@@ -91,22 +136,67 @@ impl Service for EdgeService {
                 format!("no app serves host {host:?} here\n"),
             ));
         };
+        // A handoff from another datacenter is served here whatever the placement says: a
+        // handed-off request is never handed off again. Handoff headers that do not verify are
+        // refused, so no client can pose as a datacenter.
+        let handed_off = auth::claims_handoff(&req);
+        if handed_off {
+            let verdict = match &self.handoff {
+                Some(h) => h.verify(&req).map_err(|e| e.to_string()),
+                None => Err("this datacenter takes no handoffs".to_owned()),
+            };
+            if let Err(why) = verdict {
+                count(&self.metrics, &app, |c| c.handoffs_rejected += 1);
+                warn!(app = %app, peer = ?ctx.peer, reason = %why, "handoff rejected");
+                return Reply::Now(Response::text(403, format!("handoff rejected: {why}\n")));
+            }
+            count(&self.metrics, &app, |c| c.handoffs_received += 1);
+        }
+        let target = if handed_off {
+            Target::Local
+        } else {
+            self.target(&app)
+        };
         let (runtime, metrics, worker) = (self.runtime.clone(), self.metrics.clone(), ctx.worker);
+        let handoff = self.handoff.clone();
+        let client = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
         Reply::Later(Box::pin(async move {
-            let result = runtime.handle(&app, req).await;
-            let mut resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    count(&metrics, &app, |c| match e.status() {
-                        504 => c.deadlines += 1,
-                        503 => c.overloaded += 1,
-                        500 => c.traps += 1,
-                        _ => {}
-                    });
-                    e.response()
+            let mut placement = "local".to_owned();
+            let mut remote = None;
+            if let (Target::Peer(dc), Some(handoff)) = (target, &handoff) {
+                let name = handoff
+                    .peer(dc)
+                    .map_or_else(|| dc.to_string(), |p| p.name.clone());
+                match handoff.forward(dc, req.clone(), &client).await {
+                    Ok(resp) => {
+                        count(&metrics, &app, |c| c.handed_off += 1);
+                        placement = format!("remote-{name}");
+                        remote = Some(resp);
+                    }
+                    Err(e) => {
+                        // The peer is unreachable or failed: serve here rather than fail.
+                        count(&metrics, &app, |c| c.handoff_failures += 1);
+                        warn!(app = %app, peer = %name, error = %e, "handoff failed; serving locally");
+                        placement = format!("local-fallback-from-{name}");
+                    }
                 }
+            }
+            let mut resp = match remote {
+                Some(r) => r,
+                None => match runtime.handle(&app, req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        count(&metrics, &app, |c| match e.status() {
+                            504 => c.deadlines += 1,
+                            503 => c.overloaded += 1,
+                            500 => c.traps += 1,
+                            _ => {}
+                        });
+                        e.response()
+                    }
+                },
             };
             count(&metrics, &app, |c| match resp.status {
                 200..=299 => c.responses_2xx += 1,
@@ -114,9 +204,9 @@ impl Service for EdgeService {
                 400..=499 => c.responses_4xx += 1,
                 _ => c.responses_5xx += 1,
             });
-            resp.headers
-                .push(("x-edge-placement".into(), "local".into()));
-            if debug {
+            resp.headers.retain(|(k, _)| k != "x-edge-placement");
+            resp.headers.push(("x-edge-placement".into(), placement));
+            if debug && !resp.headers.iter().any(|(k, _)| k == "x-edge-worker") {
                 resp.headers
                     .push(("x-edge-worker".into(), worker.to_string()));
             }

@@ -5,67 +5,18 @@
 mod apps;
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use edgeplane_tests::{TestPins, TwoHosts, edgeplane_binary, expected_worker, require_root};
+use edgeplane_tests::{
+    TestPins, TwoHosts, edgeplane_binary, expected_worker,
+    http::{Edged, get, header},
+    require_root,
+};
 
 const WORKERS: u32 = 2;
-
-fn get(s: &mut TcpStream, host: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let mut lines = head.split("\r\n");
-            let status = lines
-                .next()
-                .unwrap()
-                .split(' ')
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(": "))
-                .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .map(|(_, v)| v.parse().unwrap())
-                .unwrap();
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "connection closed mid-response");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return (status, headers, buf[end + 4..end + 4 + len].to_vec());
-        }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed before a response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-}
-
-struct Edged(Child);
-
-impl Drop for Edged {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn edged_serves_a_component_through_xdp_and_select_worker_and_drains_on_sigterm()

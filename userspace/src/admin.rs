@@ -155,7 +155,7 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
     }
     out.push_str("# TYPE edgeplane_app_requests_total counter\n# TYPE edgeplane_app_responses_total counter\n");
     out.push_str(
-        "# TYPE edgeplane_app_traps_total counter\n# TYPE edgeplane_app_deadlines_total counter\n",
+        "# TYPE edgeplane_app_traps_total counter\n# TYPE edgeplane_app_deadlines_total counter\n# TYPE edgeplane_app_handoffs_total counter\n",
     );
     for (w, m) in state.metrics.iter().enumerate() {
         let m = m
@@ -188,6 +188,17 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
                 "edgeplane_app_deadlines_total{{app=\"{app}\",worker=\"{w}\"}} {}",
                 c.deadlines
             )?;
+            for (outcome, n) in [
+                ("sent", c.handed_off),
+                ("failed", c.handoff_failures),
+                ("received", c.handoffs_received),
+                ("rejected", c.handoffs_rejected),
+            ] {
+                writeln!(
+                    out,
+                    "edgeplane_app_handoffs_total{{app=\"{app}\",worker=\"{w}\",outcome=\"{outcome}\"}} {n}"
+                )?;
+            }
         }
     }
     out.push_str(

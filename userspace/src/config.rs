@@ -31,7 +31,43 @@ pub struct EdgedConfig {
     pub server: ServerConfig,
     pub http: HttpLimits,
     pub runtime: RuntimeConfig,
+    /// This edged as one datacenter of a topology (handoffs to and from its peers).
+    pub datacenter: Option<DatacenterConfig>,
     pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatacenterConfig {
+    /// This datacenter's name in the topology.
+    pub name: String,
+    /// The topology file (relative paths are relative to the config file); "canonical" is the
+    /// embedded canonical world.
+    pub topology: PathBuf,
+    /// The port peers' workers listen on (default: this edged's own workers' port).
+    #[serde(default)]
+    pub peer_port: Option<u16>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_handoff_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl DatacenterConfig {
+    pub fn load_topology(&self) -> anyhow::Result<crate::topology::Topology> {
+        if self.topology.as_os_str() == "canonical" {
+            return Ok(crate::topology::Topology::canonical());
+        }
+        crate::topology::Topology::load(&self.topology)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +128,7 @@ impl Default for EdgedConfig {
             server: ServerConfig::default(),
             http: HttpLimits::default(),
             runtime: RuntimeConfig::default(),
+            datacenter: None,
             apps: Vec::new(),
         }
     }
@@ -188,6 +225,12 @@ impl EdgedConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut cfg = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(dc) = &mut cfg.datacenter
+            && dc.topology.is_relative()
+            && dc.topology.as_os_str() != "canonical"
+        {
+            dc.topology = base.join(&dc.topology);
+        }
         for app in &mut cfg.apps {
             if let Some(c) = &app.component
                 && c.is_relative()

@@ -363,6 +363,11 @@ impl PinnedMaps {
         }
     }
 
+    /// A long-lived PLACEMENT reader for a worker: one map fd, a lookup per call.
+    pub fn placement_reader(&self) -> Result<PlacementReader, MapsError> {
+        Ok(PlacementReader(self.placements()?))
+    }
+
     pub fn placement_list(&self) -> Result<Vec<(u32, Placement)>, MapsError> {
         let mut out = Vec::new();
         for entry in self.placements()?.iter() {
@@ -485,6 +490,16 @@ impl PinnedMaps {
                 .map_err(map_err("open", map_names::WORKER_SOCKETS))?;
         arr.set(worker, socket, 0)
             .map_err(map_err("update", map_names::WORKER_SOCKETS))
+    }
+}
+
+/// See [`PinnedMaps::placement_reader`].
+pub struct PlacementReader(HashMap<MapData, u32, Placement>);
+
+impl PlacementReader {
+    /// The placement of a target; none (or a failed lookup) means local.
+    pub fn get(&self, target: u32) -> Placement {
+        self.0.get(&target, 0).unwrap_or_default()
     }
 }
 

@@ -1,19 +1,77 @@
 //! Starts the workers: one per CPU, each with its SO_REUSEPORT listener registered in
 //! WORKER_SOCKETS, `select_worker` attached to the group, and its own wasm runtime.
 
-use std::{net::SocketAddr, rc::Rc, sync::Arc, thread::JoinHandle};
+use std::{collections::HashMap, net::SocketAddr, rc::Rc, sync::Arc, thread::JoinHandle};
 
 use anyhow::Context as _;
+use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
+    handoff::{Handoff, HandoffConfig, Peer},
     http::Response,
     listener::reuseport_listener,
-    router::{EdgeService, Routes, WorkerMetrics},
+    router::{EdgeService, PlacementSource, Routes, WorkerMetrics},
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
     worker::{self, Service, ServiceFactory, WorkerOptions, WorkerStats},
 };
 use tracing::{info, warn};
 
-use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane};
+use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane, maps::PlacementReader};
+
+/// PLACEMENT as a worker reads it: app name -> id (fixed at start) -> the map's entry.
+struct MapPlacement {
+    ids: HashMap<String, u32>,
+    reader: PlacementReader,
+}
+
+impl PlacementSource for MapPlacement {
+    fn placement(&self, app: &str) -> Placement {
+        self.ids
+            .get(app)
+            .map(|id| self.reader.get(*id))
+            .unwrap_or_default()
+    }
+}
+
+/// This datacenter's handoff settings from its topology: its peers are the datacenters it has a
+/// link to, reached at their end of that link.
+fn handoff_config(
+    cfg: &EdgedConfig,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<(HandoffConfig, Option<u32>)>> {
+    let Some(dc) = &cfg.datacenter else {
+        return Ok(None);
+    };
+    let topology = dc.load_topology()?;
+    let me = topology
+        .datacenter(&dc.name)
+        .with_context(|| format!("datacenter {:?} is not in the topology", dc.name))?;
+    let port = dc.peer_port.unwrap_or(listen.port());
+    let peers = topology
+        .datacenters
+        .iter()
+        .filter(|p| p.name != me.name)
+        .filter_map(|p| {
+            let ip = topology.addr_of(&me.name, &p.name)?;
+            Some(Peer {
+                id: p.id,
+                name: p.name.clone(),
+                addr: SocketAddr::from((ip, port)),
+            })
+        })
+        .collect();
+    let region = topology.region().map(|r| r.id).filter(|id| *id != me.id);
+    Ok(Some((
+        HandoffConfig {
+            self_id: me.id,
+            key: topology.handoff_key_bytes()?,
+            peers,
+            connect_timeout: dc.connect_timeout,
+            request_timeout: dc.request_timeout,
+            max_response_bytes: 64 << 20,
+        },
+        region,
+    )))
+}
 
 pub struct Workers {
     pub listen: SocketAddr,
@@ -113,6 +171,15 @@ pub fn start(
     }
     let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
     let routes = routes(cfg);
+    let handoff = handoff_config(cfg, listen)?;
+    if let Some((h, region)) = &handoff {
+        info!(self_id = h.self_id, peers = ?h.peers.iter().map(|p| (&p.name, p.addr)).collect::<Vec<_>>(), ?region, "handoff enabled");
+    }
+    let app_ids: HashMap<String, u32> = maps
+        .app_names()?
+        .into_iter()
+        .map(|(id, name)| (name, id))
+        .collect();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Workers {
         listen,
@@ -144,6 +211,7 @@ pub fn start(
             cfg.runtime.max_in_flight,
         );
         let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
+        let (handoff, app_ids, worker_maps) = (handoff.clone(), app_ids.clone(), maps.clone());
         let debug_headers = cfg.server.debug_headers;
         let factory: ServiceFactory = Arc::new(move |cpu| {
             let engine = build_engine(&engine_cfg)?;
@@ -163,11 +231,25 @@ pub fn start(
                     warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
                 }
             }
+            let (handoff, region, placement) = match &handoff {
+                Some((h, region)) => (
+                    Some(Rc::new(Handoff::new(h.clone()))),
+                    *region,
+                    Some(Box::new(MapPlacement {
+                        ids: app_ids.clone(),
+                        reader: worker_maps.placement_reader()?,
+                    }) as Box<dyn PlacementSource>),
+                ),
+                None => (None, None, None),
+            };
             Ok(Rc::new(EdgeService {
                 routes: routes.clone(),
                 runtime,
                 metrics: metrics.clone(),
                 debug_headers,
+                handoff,
+                placement,
+                region,
             }) as Rc<dyn Service>)
         });
         let mut opts = WorkerOptions::new(cpu, listener);

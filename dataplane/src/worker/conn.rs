@@ -32,6 +32,7 @@ pub enum Phase {
 
 pub struct Conn {
     pub fd: RawFd,
+    pub peer: Option<std::net::SocketAddr>,
     pub generation: u32,
     pub phase: Phase,
     pub input: Vec<u8>,
@@ -53,6 +54,7 @@ impl Conn {
     pub fn new(fd: RawFd, generation: u32, now: Instant) -> Self {
         Self {
             fd,
+            peer: None,
             generation,
             phase: Phase::Open,
             input: Vec::new(),

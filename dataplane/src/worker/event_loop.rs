@@ -111,7 +111,10 @@ impl Worker {
             bufs,
             listener: opts.listener,
             service,
-            ctx: RequestContext { worker: opts.cpu },
+            ctx: RequestContext {
+                worker: opts.cpu,
+                peer: None,
+            },
             limits: opts.limits,
             conns: Vec::new(),
             free: Vec::new(),
@@ -349,7 +352,13 @@ impl Worker {
         self.stats.accepted += 1;
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0xff_ffff;
-        let conn = Conn::new(fd, generation, Instant::now());
+        let mut conn = Conn::new(fd, generation, Instant::now());
+        // SAFETY: fd is the socket just accepted, open for this call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        conn.peer = socket2::SockRef::from(&borrowed)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
         let idx = match self.free.pop() {
             Some(i) => {
                 self.conns[i] = Some(conn);
@@ -472,6 +481,7 @@ impl Worker {
         let keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
         self.in_flight += 1;
+        self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
         let reply = self.service.call(req, &self.ctx);
         let Some(conn) = self.conns[idx].as_mut() else {
             return;

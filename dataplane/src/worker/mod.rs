@@ -34,6 +34,8 @@ pub enum Reply {
 
 pub struct RequestContext {
     pub worker: u32,
+    /// The client's address (the connection's peer).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Turns requests into replies; one instance per worker, never shared across threads.
