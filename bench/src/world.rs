@@ -56,6 +56,10 @@ impl World {
             .with_context(|| format!("link {a} - {b}"))?;
             // Half the RTT on each side's egress; queue numbers are unique for readability only
             // (each namespace has its own).
+            // A zero-RTT link is a plain veth (benchmarks measuring edgeplane's own overhead).
+            if link.rtt.is_zero() {
+                continue;
+            }
             let one_way = link.rtt / 2;
             let queue = (i * 2 + 1) as u16;
             world

@@ -8,91 +8,41 @@ mod common;
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use edgeplane::{PinnedMaps, topology::Topology};
+use edgeplane::topology::Topology;
 use edgeplane_abi::{Placement, placement_kind};
-use edgeplane_bench::world::World;
+use edgeplane_bench::{
+    edged::{self, DatacenterSpec, WORKER_PORT},
+    http::Server,
+    world::World,
+};
 use edgeplane_tests::{
     TestPins, edgeplane_binary,
-    http::{Edged, get, header},
+    http::{get, header},
     require_root,
 };
 
-const PORT: u16 = 8080;
-
-fn start_edged(world: &World, dc: &str, pins: &TestPins, scratch: &Path) -> Edged {
-    let config = scratch.join(format!("{dc}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-pin_dir = "{pins}"
-[workers]
-count = 1
-steer = false
-[server]
-listen = "0.0.0.0:{PORT}"
-admin = "127.0.0.1:9901"
-debug_headers = true
-[runtime]
-cache_dir = "{cache}"
-[datacenter]
-name = "{dc}"
-topology = "canonical"
-[[apps]]
-name = "hello"
-hosts = ["hello.test"]
-component = "{hello}"
-"#,
-            pins = pins.dir().display(),
-            cache = scratch.join("cache").display(),
-            hello = common::app("hello").display(),
-        ),
-    )
-    .unwrap();
-    let child = world
-        .ns(dc)
-        .command(edgeplane_binary("edged").to_str().unwrap())
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut edged = Edged(child);
-    let admin: SocketAddr = "127.0.0.1:9901".parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let healthy = world
-            .ns(dc)
-            .run(|| {
-                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                Some(get(&mut s, "admin", "/healthz").0 == 200)
-            })
-            .unwrap();
-        if healthy == Some(true) {
-            return edged;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{dc}'s edged never became healthy"
-        );
-        assert!(
-            edged.0.try_wait().unwrap().is_none(),
-            "{dc}'s edged exited during start-up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+fn start_edged(world: &World, dc: &'static str, pins: &TestPins, scratch: &Path) -> Server {
+    let apps = format!(
+        "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
+        common::app("hello").display()
+    );
+    DatacenterSpec {
+        name: dc,
+        topology: "canonical",
+        pin_dir: pins.dir().to_path_buf(),
+        scratch,
+        apps: &apps,
+        workers: 1,
     }
+    .start(world, &edgeplane_binary("edged"))
+    .unwrap()
 }
 
 fn place(pins: &TestPins, placement: Placement) {
-    let maps = PinnedMaps::open(pins.dir()).unwrap();
-    let id = maps.app_id("hello").unwrap();
-    maps.set_placement(id, placement).unwrap();
+    edged::place(pins.dir(), "hello", placement).unwrap();
 }
 
 fn at_dc(dc: u32) -> Placement {
@@ -126,7 +76,7 @@ fn handoffs(world: &World, dc: &str, outcome: &str) -> u64 {
 
 /// A hello request from the client through the POP: status, placement header, time taken.
 fn through_pop(world: &World) -> (u16, String, Duration) {
-    let pop = SocketAddr::from((world.addr_of("client", "pop").unwrap(), PORT));
+    let pop = SocketAddr::from((world.addr_of("client", "pop").unwrap(), WORKER_PORT));
     world
         .ns("client")
         .run(|| {
@@ -157,7 +107,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     std::fs::create_dir_all(&scratch).unwrap();
     let (pop_pins, dc2_pins) = (TestPins::new("handoff-pop"), TestPins::new("handoff-dc2"));
     let _pop = start_edged(&world, "pop", &pop_pins, &scratch);
-    let mut dc2 = start_edged(&world, "dc2", &dc2_pins, &scratch);
+    let dc2 = start_edged(&world, "dc2", &dc2_pins, &scratch);
     let dc2_id = topology.datacenter("dc2").unwrap().id;
     let pop_id = topology.datacenter("pop").unwrap().id;
     let pop_dc2_rtt = topology.rtt("pop", "dc2").unwrap();
@@ -183,7 +133,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert_eq!((status, placement.as_str()), (200, "remote-dc2"));
 
     // A request with handoff headers that do not verify is refused by dc2.
-    let dc2_addr = SocketAddr::from((world.addr_of("pop", "dc2").unwrap(), PORT));
+    let dc2_addr = SocketAddr::from((world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
     let forged = world
         .ns("pop")
         .run(|| {
@@ -210,8 +160,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert_eq!(handoffs(&world, "pop", "sent"), 4);
 
     // dc2 goes away: the POP serves locally instead of failing.
-    let _ = dc2.0.kill();
-    let _ = dc2.0.wait();
+    drop(dc2);
     let (status, placement, _) = through_pop(&world);
     assert_eq!(
         (status, placement.as_str()),

@@ -82,6 +82,7 @@ fn test() -> anyhow::Result<()> {
     // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
     run_bin("xdp-bench", &["--smoke"])?;
     run_bin("http-bench", &["--smoke"])?;
+    run_bin("handoff-bench", &["--smoke"])?;
     cargo_test(&[
         "test",
         "--locked",
@@ -184,6 +185,11 @@ fn bench() -> anyhow::Result<()> {
     let json = out.join("http-bench.json");
     run_bin(
         "http-bench",
+        &["--json", json.to_str().context("utf-8 path")?],
+    )?;
+    let json = out.join("handoff-bench.json");
+    run_bin(
+        "handoff-bench",
         &["--json", json.to_str().context("utf-8 path")?],
     )?;
     cargo(&[

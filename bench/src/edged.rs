@@ -1,0 +1,101 @@
+//! Running `edged` as one datacenter of a namespace world, for benchmarks and tests.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    http::{Server, spawn, wait_listening},
+    world::World,
+};
+
+/// The port every datacenter's workers listen on in a world.
+pub const WORKER_PORT: u16 = 8080;
+
+/// One datacenter's edged: its pins, its config and what it serves.
+pub struct DatacenterSpec<'a> {
+    pub name: &'a str,
+    /// "canonical" or a topology file.
+    pub topology: &'a str,
+    pub pin_dir: PathBuf,
+    pub scratch: &'a Path,
+    /// `[[apps]]` tables, as TOML.
+    pub apps: &'a str,
+    pub workers: u32,
+}
+
+impl DatacenterSpec<'_> {
+    pub fn config(&self) -> String {
+        format!(
+            r#"
+pin_dir = "{pins}"
+[workers]
+count = {workers}
+steer = false
+[server]
+listen = "0.0.0.0:{WORKER_PORT}"
+admin = "127.0.0.1:9901"
+debug_headers = true
+[runtime]
+cache_dir = "{cache}"
+[datacenter]
+name = "{name}"
+topology = "{topology}"
+{apps}
+"#,
+            pins = self.pin_dir.display(),
+            workers = self.workers,
+            cache = self.scratch.join("cache").display(),
+            name = self.name,
+            topology = self.topology,
+            apps = self.apps,
+        )
+    }
+
+    /// Starts `edged` inside the datacenter's namespace and waits until its workers listen.
+    pub fn start(&self, world: &World, edged_bin: &Path) -> anyhow::Result<Server> {
+        let config = self.scratch.join(format!("{}.toml", self.name));
+        std::fs::write(&config, self.config())?;
+        let ns = world.ns(self.name);
+        let mut server = spawn(
+            &format!("edged ({})", self.name),
+            ns.command(edged_bin.to_str().context("utf-8 path")?)
+                .arg("--config")
+                .arg(&config)
+                .arg("--unpin-on-exit"),
+        )?;
+        let addr = SocketAddr::from((
+            world
+                .topology
+                .links
+                .iter()
+                .enumerate()
+                .find_map(|(i, l)| {
+                    let (a, b) = edgeplane::topology::Topology::link_addrs(i);
+                    if l.between[0] == self.name {
+                        Some(a)
+                    } else if l.between[1] == self.name {
+                        Some(b)
+                    } else {
+                        None
+                    }
+                })
+                .context("a datacenter without links")?,
+            WORKER_PORT,
+        ));
+        ns.run(|| wait_listening(&mut server, addr, Duration::from_secs(120)))??;
+        Ok(server)
+    }
+}
+
+/// Sets where `app` runs in the edged whose maps are pinned at `pin_dir`.
+pub fn place(pin_dir: &Path, app: &str, placement: edgeplane_abi::Placement) -> anyhow::Result<()> {
+    let maps = edgeplane::PinnedMaps::open(pin_dir)?;
+    let id = maps.app_id(app)?;
+    maps.set_placement(id, placement)?;
+    Ok(())
+}
