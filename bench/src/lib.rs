@@ -1,6 +1,7 @@
 //! edgeplane's measuring tools: frame builders, network-namespace worlds, and packet-rate
 //! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
 
+pub mod backend;
 pub mod edged;
 pub mod http;
 pub mod loadgen;
