@@ -120,8 +120,52 @@ impl EdgeService {
     }
 }
 
+/// Peers' placement engines ask here how far this datacenter is from a destination.
+pub const PROBE_PATH: &str = "/.edgeplane/probe";
+
+/// TCP connect time from here to `dest` (`host:port`): one RTT of this datacenter's path.
+async fn probe(dest: &str) -> Response {
+    let Ok(addr) = dest.parse::<std::net::SocketAddr>() else {
+        return Response::text(400, format!("probe: {dest:?} is not an ip:port\n"));
+    };
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Response::new(
+            200,
+            format!(
+                "{{\"destination\":\"{dest}\",\"connect_us\":{}}}\n",
+                started.elapsed().as_micros()
+            ),
+        )
+        .header("content-type", "application/json"),
+        Ok(Err(e)) => Response::text(502, format!("probe {dest}: {e}\n")),
+        Err(_) => Response::text(504, format!("probe {dest}: no answer in 3 s\n")),
+    }
+}
+
 impl Service for EdgeService {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
+        if req.path() == PROBE_PATH {
+            // Only for peers: a probe must carry a handoff signature.
+            let verdict = match &self.handoff {
+                Some(h) => h.verify(&req).map(|_| ()).map_err(|e| e.to_string()),
+                None => Err("this datacenter has no peers".to_owned()),
+            };
+            if let Err(why) = verdict {
+                return Reply::Now(Response::text(403, format!("probe refused: {why}\n")));
+            }
+            let dest = req
+                .target
+                .split_once("dest=")
+                .map(|(_, d)| d.split('&').next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            return Reply::Later(Box::pin(async move { probe(&dest).await }));
+        }
         if let Some((app, resp)) = self.routes.static_for(&req) {
             count(&self.metrics, app, |c| {
                 c.requests += 1;

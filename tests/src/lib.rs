@@ -209,3 +209,144 @@ pub fn edgeplane_binary(name: &str) -> PathBuf {
     });
     dir.join(name)
 }
+
+/// The canonical multi-datacenter world with a backend and edged running at some datacenters.
+pub mod canonical {
+    use std::{
+        net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+        path::PathBuf,
+        sync::{Arc, atomic::AtomicU64},
+        time::{Duration, Instant},
+    };
+
+    use edgeplane::topology::Topology;
+    use edgeplane_bench::{
+        backend::serve_pong,
+        edged::{DatacenterSpec, WORKER_PORT},
+        http::Server,
+        world::World,
+    };
+
+    use crate::{TestPins, edgeplane_binary, http::get};
+
+    pub const BACKEND_PORT: u16 = 9000;
+
+    pub struct Canonical {
+        pub topology: Topology,
+        pub backend: Ipv4Addr,
+        /// Requests the backend served.
+        pub backend_served: Arc<AtomicU64>,
+        // Drop order: edged processes, their pins, then the world.
+        pub servers: Vec<Server>,
+        pub pins: Vec<(String, TestPins)>,
+        pub world: World,
+        scratch: PathBuf,
+    }
+
+    impl Canonical {
+        /// Builds the world, starts the backend, and edged at each of `datacenters` with the
+        /// `[[apps]]` TOML that `apps(backend_url, backend_authority)` returns.
+        pub fn start(
+            test: &str,
+            datacenters: &[&'static str],
+            apps: impl Fn(&str, &str) -> String,
+        ) -> Self {
+            let topology = Topology::canonical();
+            let world = World::build(&topology).unwrap();
+            let backend = topology
+                .hosts
+                .iter()
+                .find(|h| h.name == "backend")
+                .and_then(|h| h.service_addr)
+                .unwrap();
+            let listener = world
+                .ns("backend")
+                .run(|| TcpListener::bind((backend, BACKEND_PORT)))
+                .unwrap()
+                .unwrap();
+            let backend_served = serve_pong(listener);
+            let scratch =
+                std::env::temp_dir().join(format!("edgeplane-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch).unwrap();
+            let apps = apps(
+                &format!("http://{backend}:{BACKEND_PORT}/"),
+                &format!("{backend}:{BACKEND_PORT}"),
+            );
+            let mut pins = Vec::new();
+            let mut servers = Vec::new();
+            for dc in datacenters {
+                let p = TestPins::new(&format!("{test}-{dc}"));
+                servers.push(
+                    DatacenterSpec {
+                        name: dc,
+                        topology: "canonical",
+                        pin_dir: p.dir().to_path_buf(),
+                        scratch: &scratch,
+                        apps: &apps,
+                        workers: 1,
+                    }
+                    .start(&world, &edgeplane_binary("edged"))
+                    .unwrap(),
+                );
+                pins.push((dc.to_string(), p));
+            }
+            Self {
+                topology,
+                backend,
+                backend_served,
+                servers,
+                pins,
+                world,
+                scratch,
+            }
+        }
+
+        pub fn pins(&self, dc: &str) -> &TestPins {
+            &self.pins.iter().find(|(n, _)| n == dc).unwrap().1
+        }
+
+        /// A GET from the client through the POP: status, headers, body, time taken.
+        pub fn through_pop(
+            &self,
+            host: &str,
+            path: &str,
+        ) -> (u16, Vec<(String, String)>, String, Duration) {
+            let pop = SocketAddr::from((self.world.addr_of("client", "pop").unwrap(), WORKER_PORT));
+            self.world
+                .ns("client")
+                .run(|| {
+                    let mut s = TcpStream::connect_timeout(&pop, Duration::from_secs(5)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let started = Instant::now();
+                    let (status, headers, body) = get(&mut s, host, path);
+                    (
+                        status,
+                        headers,
+                        String::from_utf8_lossy(&body).into_owned(),
+                        started.elapsed(),
+                    )
+                })
+                .unwrap()
+        }
+
+        /// A GET on `dc`'s admin endpoint, from inside its namespace.
+        pub fn admin(&self, dc: &str, path: &str) -> String {
+            let admin: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+            self.world
+                .ns(dc)
+                .run(|| {
+                    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    String::from_utf8(get(&mut s, "admin", path).2).unwrap()
+                })
+                .unwrap()
+        }
+    }
+
+    impl Drop for Canonical {
+        fn drop(&mut self) {
+            self.servers.clear();
+            let _ = std::fs::remove_dir_all(&self.scratch);
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub struct AdminState {
     pub metrics: Vec<WorkerMetrics>,
     pub observations: Vec<Observations>,
     pub residency: Vec<Residency>,
+    /// The placement engine's status per app, when it runs.
+    pub placement: Option<crate::placement::PlacementStatus>,
     pub healthy: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
@@ -67,14 +69,24 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                         Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
                             .header("content-type", "application/json")
                     }
+                    Some("/placement") => {
+                        let table = state
+                            .placement
+                            .as_ref()
+                            .and_then(|p| p.lock().ok().map(|t| t.clone()))
+                            .unwrap_or_default();
+                        Response::new(200, serde_json::to_vec_pretty(&table).unwrap_or_default())
+                            .header("content-type", "application/json")
+                    }
                     Some("/cache") => {
                         let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
                         Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
                             .header("content-type", "application/json")
                     }
-                    Some(_) => {
-                        Response::text(404, "try /healthz, /metrics, /observations or /cache\n")
-                    }
+                    Some(_) => Response::text(
+                        404,
+                        "try /healthz, /metrics, /observations, /cache or /placement\n",
+                    ),
                     None => Response::text(400, "bad request\n"),
                 };
                 let mut out = Vec::new();

@@ -210,9 +210,26 @@ pub struct AppConfig {
     pub allowed_backends: Vec<String>,
     #[serde(default)]
     pub limits: AppLimits,
-    /// Reserved for placement (issue C).
+    /// Where the app runs: `{ mode = "smart" }` lets the placement engine choose.
     #[serde(default)]
-    pub placement: Option<toml::Value>,
+    pub placement: AppPlacement,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementMode {
+    /// Always here (unless `edgectl placement set` says otherwise).
+    #[default]
+    Local,
+    /// The engine places the app where it runs fastest.
+    Smart,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPlacement {
+    #[serde(default)]
+    pub mode: PlacementMode,
 }
 
 fn yes() -> bool {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod loader;
 pub mod maps;
+pub mod placement;
 pub mod server;
 pub mod topology;
 

@@ -79,6 +79,8 @@ pub struct Workers {
     pub observations: Vec<Observations>,
     /// Each worker's code-cache residency.
     pub residency: Vec<Residency>,
+    /// This datacenter's handoff settings, when it is part of a topology.
+    pub handoff: Option<HandoffConfig>,
     stop: tokio::sync::watch::Sender<bool>,
     handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>,
 }
@@ -186,6 +188,7 @@ pub fn start(
         metrics: vec![],
         observations: vec![],
         residency: vec![],
+        handoff: handoff.as_ref().map(|(h, _)| h.clone()),
         stop,
         handles: vec![],
     };

@@ -88,6 +88,35 @@ fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<u32> {
     Ok(count)
 }
 
+/// Starts the placement engine for the apps in `smart` mode, when this edged is a datacenter.
+fn start_placement_engine(
+    cfg: &EdgedConfig,
+    maps: &PinnedMaps,
+    workers: &server::Workers,
+) -> anyhow::Result<Option<edgeplane::placement::PlacementStatus>> {
+    let Some(handoff) = workers.handoff.clone() else {
+        return Ok(None);
+    };
+    let apps = cfg
+        .apps
+        .iter()
+        .filter(|a| a.placement.mode == edgeplane::config::PlacementMode::Smart)
+        .map(|a| Ok((a.name.clone(), maps.app_id(&a.name)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if apps.is_empty() {
+        return Ok(None);
+    }
+    let engine = edgeplane::placement::Engine {
+        cfg: Default::default(),
+        handoff,
+        maps: maps.clone(),
+        apps,
+        observations: workers.observations.clone(),
+        metrics: workers.metrics.clone(),
+    };
+    Ok(Some(engine.spawn()?))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -125,6 +154,10 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => (vec![], vec![], vec![]),
     };
+    let placement = match &workers {
+        Some(w) => start_placement_engine(&cfg, &maps, w)?,
+        None => None,
+    };
     let health = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let health_flag = health.clone();
     let admin = admin::serve(
@@ -134,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             metrics,
             observations,
             residency,
+            placement,
             healthy: Box::new(move || health_flag.load(std::sync::atomic::Ordering::Relaxed)),
         }),
     )?;

@@ -1,0 +1,270 @@
+//! The placement engine: once a second, for each app in `smart` mode, estimate how long a
+//! request takes here and at each peer datacenter, and write the best into PLACEMENT when it
+//! beats running here by the margin.
+//!
+//! The latency goal's estimate at a candidate is the handoff RTT (zero here) plus, for each
+//! destination the app calls, subrequests per request x their latency from that candidate.
+//! Latency here is what the workers measured. Latency from a peer is derived: this
+//! datacenter's subrequest latency to a destination spans k of its RTTs to it (k ~ 2 for a
+//! fresh connection per subrequest), so from the peer it is k x the peer's RTT, which the peer
+//! measures on request (a signed probe on its worker port). Entries pinned by hand are left
+//! alone.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use edgeplane_abi::{Placement, placement_flags, placement_kind};
+use edgeplane_dataplane::{
+    handoff::{HandoffConfig, auth},
+    http::{Request, parse_response, write_request},
+    router::{PROBE_PATH, WorkerMetrics},
+    wasm::Observations,
+};
+use tracing::{info, warn};
+
+use crate::PinnedMaps;
+
+/// Per app: `analyzing`, `insufficient-traffic`, `local`, `placed:<dc>`, `pinned`.
+pub type PlacementStatus = Arc<Mutex<BTreeMap<String, String>>>;
+
+pub struct EngineConfig {
+    pub tick: Duration,
+    /// A move needs an estimate this much better than here (0.2: 20% faster).
+    pub margin: f64,
+    /// Requests an app needs before it is judged.
+    pub min_requests: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            margin: 0.2,
+            min_requests: 3,
+        }
+    }
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    pub handoff: HandoffConfig,
+    pub maps: PinnedMaps,
+    /// Smart apps: name and id.
+    pub apps: Vec<(String, u32)>,
+    pub observations: Vec<Observations>,
+    pub metrics: Vec<WorkerMetrics>,
+}
+
+/// One destination as this datacenter sees it, per request of the app.
+struct Destination {
+    name: String,
+    per_request: f64,
+    latency_us: f64,
+}
+
+impl Engine {
+    /// Runs the engine on its own thread; returns the live status table.
+    pub fn spawn(mut self) -> anyhow::Result<PlacementStatus> {
+        let status = PlacementStatus::default();
+        for (name, _) in &self.apps {
+            status
+                .lock()
+                .expect("status lock")
+                .insert(name.clone(), "analyzing".into());
+        }
+        let shared = status.clone();
+        std::thread::Builder::new()
+            .name("placement".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(self.cfg.tick);
+                    for i in 0..self.apps.len() {
+                        let (name, id) = self.apps[i].clone();
+                        let s = match self.decide(&name, id) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                warn!(app = %name, error = %format!("{e:#}"), "placement");
+                                continue;
+                            }
+                        };
+                        let mut table = shared.lock().expect("status lock");
+                        if table.get(&name) != Some(&s) {
+                            info!(app = %name, status = %s, "placement");
+                        }
+                        table.insert(name, s);
+                    }
+                }
+            })?;
+        Ok(status)
+    }
+
+    fn decide(&mut self, app: &str, id: u32) -> anyhow::Result<String> {
+        let current = self.maps.placement(id)?;
+        if current.flags & placement_flags::PINNED != 0 {
+            return Ok("pinned".into());
+        }
+        let (requests, handed_off) = self.requests(app);
+        if requests < self.cfg.min_requests {
+            return Ok("insufficient-traffic".into());
+        }
+        let served_here = requests.saturating_sub(handed_off).max(1) as f64;
+        let dests: Vec<Destination> = self.destinations(app, served_here);
+        let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
+        let mut best: Option<(u32, String, f64)> = None;
+        if !dests.is_empty() {
+            for peer in self.handoff.peers.clone() {
+                match self.estimate_at(&peer.addr, &dests) {
+                    Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
+                        best = Some((peer.id, peer.name.clone(), us))
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate"),
+                }
+            }
+        }
+        let (placement, status) = match best {
+            Some((dc, name, us)) if us < here_us * (1.0 - self.cfg.margin) => (
+                Placement {
+                    kind: placement_kind::DATACENTER,
+                    datacenter: dc,
+                    flags: placement_flags::SMART,
+                    ..Default::default()
+                },
+                format!("placed:{name}"),
+            ),
+            _ => (
+                Placement {
+                    flags: placement_flags::SMART,
+                    ..Default::default()
+                },
+                "local".to_owned(),
+            ),
+        };
+        if current != placement {
+            self.maps.set_placement(id, placement)?;
+        }
+        Ok(status)
+    }
+
+    /// (requests, of which handed off) summed over the workers.
+    fn requests(&self, app: &str) -> (u64, u64) {
+        let mut total = (0, 0);
+        for m in &self.metrics {
+            if let Ok(m) = m.lock()
+                && let Some(c) = m.get(app)
+            {
+                total.0 += c.requests;
+                total.1 += c.handed_off;
+            }
+        }
+        total
+    }
+
+    fn destinations(&self, app: &str, served_here: f64) -> Vec<Destination> {
+        let mut merged: HashMap<String, (u64, f64)> = HashMap::new();
+        for o in &self.observations {
+            for d in o
+                .snapshot()
+                .into_iter()
+                .filter(|d| d.app == app && d.count > 0)
+            {
+                let e = merged.entry(d.destination).or_default();
+                e.0 += d.count;
+                e.1 += d.p50_us as f64 * d.count as f64;
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(name, (count, weighted))| Destination {
+                name,
+                per_request: count as f64 / served_here,
+                latency_us: weighted / count as f64,
+            })
+            .collect()
+    }
+
+    /// Estimated request time at the peer listening at `peer`, in microseconds.
+    fn estimate_at(&self, peer: &SocketAddr, dests: &[Destination]) -> anyhow::Result<f64> {
+        let mut us = connect_time(peer)?.as_micros() as f64;
+        for d in dests {
+            let addr: SocketAddr = d
+                .name
+                .parse()
+                .with_context(|| format!("destination {:?} is not ip:port", d.name))?;
+            let here_rtt = connect_time(&addr)?.as_micros().max(1) as f64;
+            let round_trips = (d.latency_us / here_rtt).max(1.0);
+            let there_rtt = self.peer_probe(peer, &d.name)? as f64;
+            us += d.per_request * round_trips * there_rtt;
+        }
+        Ok(us)
+    }
+
+    /// The peer's TCP connect time to `dest`, in microseconds (a signed probe).
+    fn peer_probe(&self, peer: &SocketAddr, dest: &str) -> anyhow::Result<u64> {
+        let mut req = Request {
+            method: "GET".into(),
+            target: format!("{PROBE_PATH}?dest={dest}"),
+            minor_version: 1,
+            headers: vec![("host".into(), b"edgeplane".to_vec())],
+            body: Vec::new(),
+            keep_alive: false,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        auth::sign(
+            &self.handoff.key,
+            &mut req,
+            self.handoff.self_id,
+            "placement-engine",
+            1,
+            now,
+        );
+        let mut wire = Vec::new();
+        write_request(&mut wire, &req);
+        let mut s = TcpStream::connect_timeout(peer, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(&wire)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 2048];
+        let resp = loop {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                bail!("peer {peer} closed before answering the probe");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = parse_response(&buf, false, 1 << 16)? {
+                break p.response;
+            }
+        };
+        if resp.status != 200 {
+            bail!(
+                "peer {peer} probe of {dest}: {} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
+        v["connect_us"]
+            .as_u64()
+            .context("probe answer without connect_us")
+    }
+}
+
+/// The fastest of three TCP connects from here: one RTT.
+fn connect_time(addr: &SocketAddr) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        TcpStream::connect_timeout(addr, Duration::from_secs(2))
+            .with_context(|| format!("probing {addr}"))?;
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
+}
