@@ -26,6 +26,8 @@ pub struct DatacenterSpec<'a> {
     /// `[[apps]]` tables, as TOML.
     pub apps: &'a str,
     pub workers: u32,
+    /// Share of engine-placed requests kept here as the baseline.
+    pub holdout: f64,
 }
 
 impl DatacenterSpec<'_> {
@@ -45,6 +47,7 @@ cache_dir = "{cache}"
 [datacenter]
 name = "{name}"
 topology = "{topology}"
+holdout = {holdout}
 {apps}
 "#,
             pins = self.pin_dir.display(),
@@ -52,6 +55,7 @@ topology = "{topology}"
             cache = self.scratch.join("cache").display(),
             name = self.name,
             topology = self.topology,
+            holdout = self.holdout,
             apps = self.apps,
         )
     }

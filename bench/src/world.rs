@@ -16,7 +16,8 @@ use crate::{
 pub struct World {
     pub topology: Topology,
     // Field order is drop order: delays go before their namespaces.
-    delays: Vec<WanDelay>,
+    /// (link index, the delayer at one of its ends).
+    delays: Vec<(usize, WanDelay)>,
     namespaces: BTreeMap<String, Netns>,
 }
 
@@ -62,12 +63,10 @@ impl World {
             }
             let one_way = link.rtt / 2;
             let queue = (i * 2 + 1) as u16;
-            world
-                .delays
-                .push(WanDelay::start(world.ns(a), &if_a, queue, one_way)?);
-            world
-                .delays
-                .push(WanDelay::start(world.ns(b), &if_b, queue + 1, one_way)?);
+            let delay_a = WanDelay::start(world.ns(a), &if_a, queue, one_way)?;
+            world.delays.push((i, delay_a));
+            let delay_b = WanDelay::start(world.ns(b), &if_b, queue + 1, one_way)?;
+            world.delays.push((i, delay_b));
         }
         for host in &topology.hosts {
             let Some(service) = host.service_addr else {
@@ -95,6 +94,22 @@ impl World {
             }
         }
         Ok(world)
+    }
+
+    /// Changes a link's RTT while the world runs (a path getting slower). Links built with a
+    /// zero RTT have no delayer to change.
+    pub fn set_rtt(&self, a: &str, b: &str, rtt: std::time::Duration) -> anyhow::Result<()> {
+        let (index, _) = self
+            .topology
+            .link(a, b)
+            .with_context(|| format!("no link {a} - {b}"))?;
+        let mut found = false;
+        for (_, delay) in self.delays.iter().filter(|(i, _)| *i == index) {
+            delay.set_one_way(rtt / 2);
+            found = true;
+        }
+        anyhow::ensure!(found, "link {a} - {b} was built without delay");
+        Ok(())
     }
 
     pub fn ns(&self, node: &str) -> &Netns {

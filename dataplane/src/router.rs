@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use edgeplane_abi::{Placement, placement_kind};
+use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use tracing::warn;
 
 use crate::{
@@ -65,6 +65,23 @@ pub struct AppCounters {
     /// Handoffs from other datacenters served here, and those refused (bad signature).
     pub handoffs_received: u64,
     pub handoffs_rejected: u64,
+    /// Requests kept here as the holdout of an app placed elsewhere.
+    pub holdouts: u64,
+    /// Moving averages of whole-request time, handed off and held out: how the placement
+    /// compares with its baseline.
+    pub remote_ewma_us: f64,
+    pub holdout_ewma_us: f64,
+}
+
+/// Weight of the newest request in the moving averages.
+const EWMA_ALPHA: f64 = 0.3;
+
+fn ewma(avg: &mut f64, sample_us: f64) {
+    *avg = if *avg == 0.0 {
+        sample_us
+    } else {
+        *avg * (1.0 - EWMA_ALPHA) + sample_us * EWMA_ALPHA
+    };
 }
 
 pub type WorkerMetrics = Arc<Mutex<BTreeMap<String, AppCounters>>>;
@@ -80,6 +97,10 @@ pub struct EdgeService {
     pub placement: Option<Box<dyn PlacementSource>>,
     /// The region's datacenter id (where REGION placements go).
     pub region: Option<u32>,
+    /// Every n-th request of an app the engine placed elsewhere stays here, as the baseline its
+    /// placement is judged against (0: none).
+    pub holdout_every: u64,
+    pub holdout_seen: std::cell::RefCell<HashMap<String, u64>>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -97,8 +118,11 @@ pub trait PlacementSource {
 }
 
 /// Where one request runs.
+#[derive(Clone, Copy)]
 enum Target {
     Local,
+    /// Placed elsewhere by the engine, but kept here as part of the holdout.
+    Holdout,
     Peer(u32),
 }
 
@@ -114,7 +138,20 @@ impl EdgeService {
             _ => None,
         };
         match dc {
-            Some(dc) if dc != handoff.self_id() && handoff.peer(dc).is_some() => Target::Peer(dc),
+            Some(dc) if dc != handoff.self_id() && handoff.peer(dc).is_some() => {
+                if p.flags & placement_flags::SMART != 0 && self.holdout_every > 0 {
+                    let mut seen = self.holdout_seen.borrow_mut();
+                    let n = match seen.get_mut(app) {
+                        Some(n) => n,
+                        None => seen.entry(app.to_owned()).or_default(),
+                    };
+                    *n += 1;
+                    if *n % self.holdout_every == 0 {
+                        return Target::Holdout;
+                    }
+                }
+                Target::Peer(dc)
+            }
             _ => Target::Local,
         }
     }
@@ -207,7 +244,12 @@ impl Service for EdgeService {
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
         Reply::Later(Box::pin(async move {
+            let started = std::time::Instant::now();
             let mut placement = "local".to_owned();
+            if matches!(target, Target::Holdout) {
+                count(&metrics, &app, |c| c.holdouts += 1);
+                placement = "local-holdout".to_owned();
+            }
             let mut remote = None;
             if let (Target::Peer(dc), Some(handoff)) = (target, &handoff) {
                 let name = handoff
@@ -227,6 +269,7 @@ impl Service for EdgeService {
                     }
                 }
             }
+            let remote_served = remote.is_some();
             let mut resp = match remote {
                 Some(r) => r,
                 None => match runtime.handle(&app, req).await {
@@ -248,6 +291,12 @@ impl Service for EdgeService {
                 400..=499 => c.responses_4xx += 1,
                 _ => c.responses_5xx += 1,
             });
+            let took_us = started.elapsed().as_micros() as f64;
+            if remote_served {
+                count(&metrics, &app, |c| ewma(&mut c.remote_ewma_us, took_us));
+            } else if matches!(target, Target::Holdout) {
+                count(&metrics, &app, |c| ewma(&mut c.holdout_ewma_us, took_us));
+            }
             resp.headers.retain(|(k, _)| k != "x-edge-placement");
             resp.headers.push(("x-edge-placement".into(), placement));
             if debug && !resp.headers.iter().any(|(k, _)| k == "x-edge-worker") {

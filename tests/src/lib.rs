@@ -249,6 +249,7 @@ pub mod canonical {
         pub fn start(
             test: &str,
             datacenters: &[&'static str],
+            holdout: f64,
             apps: impl Fn(&str, &str) -> String,
         ) -> Self {
             let topology = Topology::canonical();
@@ -284,6 +285,7 @@ pub mod canonical {
                         scratch: &scratch,
                         apps: &apps,
                         workers: 1,
+                        holdout,
                     }
                     .start(&world, &edgeplane_binary("edged"))
                     .unwrap(),

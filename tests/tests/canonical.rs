@@ -1,7 +1,8 @@
 //! The canonical scenario: `fetcher` makes 5 sequential subrequests to a backend 80 ms from the
 //! POP and 5 ms from dc2, 30 ms from the POP. Served at the POP each subrequest pays the long
 //! link; handed to dc2 the request pays the POP-dc2 round trip once and every subrequest is
-//! short. By hand first (the oracle), then found by the placement engine.
+//! short. By hand first (the oracle), then found by the placement engine, which keeps a
+//! holdout at the POP and reverts when dc2 turns slow.
 
 #[path = "../../dataplane/tests/common/mod.rs"]
 mod common;
@@ -49,7 +50,7 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
     if !require_root("canonical") {
         return;
     }
-    let world = Canonical::start("canonical", &["pop", "dc2"], fetcher_apps("local"));
+    let world = Canonical::start("canonical", &["pop", "dc2"], 0.01, fetcher_apps("local"));
     let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
     let (placement, local) = fetch(&world);
     assert_eq!(placement, "local");
@@ -77,11 +78,11 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
 }
 
 #[test]
-fn the_placement_engine_moves_fetcher_to_dc2_and_keeps_hello_local() {
+fn the_placement_engine_moves_fetcher_to_dc2_keeps_a_holdout_and_reverts_when_dc2_slows() {
     if !require_root("placement") {
         return;
     }
-    let world = Canonical::start("placement", &["pop", "dc2"], fetcher_apps("smart"));
+    let world = Canonical::start("placement", &["pop", "dc2"], 0.25, fetcher_apps("smart"));
     let started = Instant::now();
     let mut requests = 0;
     let converged = loop {
@@ -111,4 +112,43 @@ fn the_placement_engine_moves_fetcher_to_dc2_and_keeps_hello_local() {
     assert_eq!(status["hello"], "local", "{status}");
     let (_, headers, ..) = world.through_pop("hello.test", "/");
     assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+
+    // With a 25% holdout, every 4th request of the placed app stays at the POP as the baseline.
+    let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
+    let mut labels = Vec::new();
+    for _ in 0..8 {
+        let (placement, took) = fetch(&world);
+        if placement == "local-holdout" {
+            assert!(
+                took >= pop_to_backend * 5,
+                "a holdout request is served at the POP"
+            );
+        }
+        labels.push(placement);
+    }
+    let holdouts = labels.iter().filter(|l| *l == "local-holdout").count();
+    let remote = labels.iter().filter(|l| *l == "remote-dc2").count();
+    assert_eq!((holdouts, remote), (2, 6), "{labels:?}");
+
+    // dc2 becomes slow to reach (the POP-dc2 link now 1 s RTT): the placement is reverted.
+    world
+        .world
+        .set_rtt("pop", "dc2", Duration::from_secs(1))
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
+        if status["fetcher"] == "reverted" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no revert: {status}"
+        );
+        let _ = fetch(&world);
+    }
+    eprintln!("reverted {:?} after dc2 slowed down", started.elapsed());
+    let (placement, _) = fetch(&world);
+    assert_eq!(placement, "local");
 }

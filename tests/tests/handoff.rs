@@ -54,7 +54,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
         return;
     }
     let hello_app = common::app("hello");
-    let mut world = Canonical::start("handoff", &["pop", "dc2"], |_, _| {
+    let mut world = Canonical::start("handoff", &["pop", "dc2"], 0.01, |_, _| {
         format!(
             "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
             hello_app.display()

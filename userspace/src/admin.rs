@@ -205,6 +205,7 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
                 ("failed", c.handoff_failures),
                 ("received", c.handoffs_received),
                 ("rejected", c.handoffs_rejected),
+                ("holdout", c.holdouts),
             ] {
                 writeln!(
                     out,

@@ -51,6 +51,13 @@ pub struct DatacenterConfig {
     pub connect_timeout: Duration,
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Share of an engine-placed app's requests served here anyway, as its baseline.
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+}
+
+fn default_holdout() -> f64 {
+    0.01
 }
 
 fn default_connect_timeout() -> Duration {

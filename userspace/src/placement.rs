@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub margin: f64,
     /// Requests an app needs before it is judged.
     pub min_requests: u64,
+    /// After a revert, the app stays here this long before it may be placed again.
+    pub cooldown: Duration,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +49,7 @@ impl Default for EngineConfig {
             tick: Duration::from_secs(1),
             margin: 0.2,
             min_requests: 3,
+            cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -82,11 +85,12 @@ impl Engine {
         std::thread::Builder::new()
             .name("placement".into())
             .spawn(move || {
+                let mut reverted = HashMap::new();
                 loop {
                     std::thread::sleep(self.cfg.tick);
                     for i in 0..self.apps.len() {
                         let (name, id) = self.apps[i].clone();
-                        let s = match self.decide(&name, id) {
+                        let s = match self.decide(&name, id, &mut reverted) {
                             Ok(s) => s,
                             Err(e) => {
                                 warn!(app = %name, error = %format!("{e:#}"), "placement");
@@ -104,10 +108,40 @@ impl Engine {
         Ok(status)
     }
 
-    fn decide(&mut self, app: &str, id: u32) -> anyhow::Result<String> {
+    fn decide(
+        &mut self,
+        app: &str,
+        id: u32,
+        reverted: &mut HashMap<String, Instant>,
+    ) -> anyhow::Result<String> {
         let current = self.maps.placement(id)?;
         if current.flags & placement_flags::PINNED != 0 {
             return Ok("pinned".into());
+        }
+        let here = Placement {
+            flags: placement_flags::SMART,
+            ..Default::default()
+        };
+        if reverted
+            .get(app)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            if current != here {
+                self.maps.set_placement(id, here)?;
+            }
+            return Ok("reverted".into());
+        }
+        let placed = current.kind != placement_kind::LOCAL;
+        // Measured, not estimated: handed-off requests slower than the holdout kept here.
+        let (remote_us, holdout_us) = self.measured(app);
+        if placed && remote_us > 0.0 && holdout_us > 0.0 && remote_us > holdout_us {
+            warn!(
+                app,
+                remote_us, holdout_us, "placed app slower than its holdout: reverting"
+            );
+            self.maps.set_placement(id, here)?;
+            reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
+            return Ok("reverted".into());
         }
         let (requests, handed_off) = self.requests(app);
         if requests < self.cfg.min_requests {
@@ -138,18 +172,31 @@ impl Engine {
                 },
                 format!("placed:{name}"),
             ),
-            _ => (
-                Placement {
-                    flags: placement_flags::SMART,
-                    ..Default::default()
-                },
-                "local".to_owned(),
-            ),
+            // Estimated slower now than here: a placed app comes back, as a revert.
+            _ if placed => {
+                reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
+                (here, "reverted".to_owned())
+            }
+            _ => (here, "local".to_owned()),
         };
         if current != placement {
             self.maps.set_placement(id, placement)?;
         }
         Ok(status)
+    }
+
+    /// (handed-off, held-out) moving averages of request time, the slowest worker's.
+    fn measured(&self, app: &str) -> (f64, f64) {
+        let mut out = (0.0f64, 0.0f64);
+        for m in &self.metrics {
+            if let Ok(m) = m.lock()
+                && let Some(c) = m.get(app)
+            {
+                out.0 = out.0.max(c.remote_ewma_us);
+                out.1 = out.1.max(c.holdout_ewma_us);
+            }
+        }
+        out
     }
 
     /// (requests, of which handed off) summed over the workers.

@@ -216,6 +216,10 @@ pub fn start(
         let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
         let (handoff, app_ids, worker_maps) = (handoff.clone(), app_ids.clone(), maps.clone());
         let debug_headers = cfg.server.debug_headers;
+        let holdout_every = match &cfg.datacenter {
+            Some(dc) if dc.holdout > 0.0 => (1.0 / dc.holdout).round().max(1.0) as u64,
+            _ => 0,
+        };
         let factory: ServiceFactory = Arc::new(move |cpu| {
             let engine = build_engine(&engine_cfg)?;
             ticker.register(&engine);
@@ -253,6 +257,8 @@ pub fn start(
                 handoff,
                 placement,
                 region,
+                holdout_every,
+                holdout_seen: Default::default(),
             }) as Rc<dyn Service>)
         });
         let mut opts = WorkerOptions::new(cpu, listener);

@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         scratch: &scratch,
         apps: &apps,
         workers: 1,
+        holdout: 0.0,
     };
     let (pop, dc2) = (spec("pop"), spec("dc2"));
     let servers = [

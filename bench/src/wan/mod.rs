@@ -33,6 +33,8 @@ pub struct WanDelay {
     rule: Vec<String>,
     stop: Arc<AtomicBool>,
     delayed: Arc<AtomicU64>,
+    /// The current one-way delay in nanoseconds; changeable while running.
+    one_way_ns: Arc<AtomicU64>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -42,11 +44,12 @@ impl WanDelay {
     pub fn start(ns: &Netns, iface: &str, queue: u16, one_way: Duration) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let delayed = Arc::new(AtomicU64::new(0));
+        let one_way_ns = Arc::new(AtomicU64::new(one_way.as_nanos() as u64));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = format!("/run/netns/{}", ns.name());
         let netns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         let thread = {
-            let (stop, delayed) = (stop.clone(), delayed.clone());
+            let (stop, delayed, one_way) = (stop.clone(), delayed.clone(), one_way_ns.clone());
             std::thread::Builder::new()
                 .name(format!("wan-{iface}"))
                 .spawn(move || -> anyhow::Result<()> {
@@ -67,7 +70,7 @@ impl WanDelay {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    run(queue, one_way, &stop, &delayed)
+                    run(queue, &one_way, &stop, &delayed)
                 })?
         };
         match ready_rx.recv() {
@@ -90,6 +93,7 @@ impl WanDelay {
             rule,
             stop,
             delayed,
+            one_way_ns,
             thread: Some(thread),
         };
         for tool in ["iptables", "ip6tables"] {
@@ -97,6 +101,12 @@ impl WanDelay {
                 .with_context(|| format!("queueing {iface}'s egress"))?;
         }
         Ok(me)
+    }
+
+    /// Changes the delay for packets queued from now on (a link getting slower or faster).
+    pub fn set_one_way(&self, one_way: Duration) {
+        self.one_way_ns
+            .store(one_way.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Packets delayed so far.
@@ -166,7 +176,7 @@ const QUEUE_MAX_LEN: u32 = 65_536;
 /// Holds each packet for `one_way`, then accepts it; returns when `stop` is set.
 fn run(
     mut queue: NfQueue,
-    one_way: Duration,
+    one_way_ns: &AtomicU64,
     stop: &AtomicBool,
     delayed: &AtomicU64,
 ) -> anyhow::Result<()> {
@@ -175,6 +185,7 @@ fn run(
     loop {
         queue.read_ids(&mut ids).context("reading NFQUEUE")?;
         let arrived = Instant::now();
+        let one_way = Duration::from_nanos(one_way_ns.load(Ordering::Relaxed));
         held.extend(ids.drain(..).map(|id| (arrived + one_way, id)));
         let now = Instant::now();
         let stopping = stop.load(Ordering::Relaxed);
