@@ -200,6 +200,19 @@ fn edgectl_round_trip_over_pinned_maps() {
         ),
         (Some("datacenter"), Some(2), Some(true))
     );
+    ok(p, &["placement", "pin", "web", "dc=3"]);
+    let got = json(p, &["placement", "get", "web"]);
+    assert_eq!(
+        (got["datacenter"].as_u64(), got["pinned"].as_bool()),
+        (Some(3), Some(true))
+    );
+    ok(p, &["placement", "unpin", "web"]);
+    let got = json(p, &["placement", "get", "web"]);
+    assert_eq!(
+        (got["datacenter"].as_u64(), got["pinned"].as_bool()),
+        (Some(3), Some(false)),
+        "unpinning keeps the placement until the engine decides"
+    );
     ok(p, &["placement", "set", "dns", "region"]);
     assert!(ok(p, &["placement", "list"]).contains("region"));
     assert!(

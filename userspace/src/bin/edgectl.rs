@@ -112,6 +112,16 @@ enum PlacementCmd {
         #[arg(long)]
         pin: bool,
     },
+    /// Pin an app by hand (`set --pin`): the placement engine leaves it alone.
+    Pin {
+        app: String,
+        target: PlacementTarget,
+    },
+    /// Hand a pinned app back to the placement engine (it stays where it is until the engine
+    /// decides).
+    Unpin {
+        app: String,
+    },
     Get {
         app: String,
     },
@@ -431,7 +441,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("rate limit off");
             }
         }
-        Command::Placement(PlacementCmd::Set { app, target, pin }) => {
+        Command::Placement(cmd @ (PlacementCmd::Set { .. } | PlacementCmd::Pin { .. })) => {
+            let (app, target, pin) = match cmd {
+                PlacementCmd::Set { app, target, pin } => (app, target, pin),
+                PlacementCmd::Pin { app, target } => (app, target, true),
+                _ => unreachable!("matched above"),
+            };
             let id = maps.app_id(&app)?;
             let p = Placement {
                 kind: target.kind,
@@ -439,6 +454,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flags: if pin { placement_flags::PINNED } else { 0 },
                 _reserved: 0,
             };
+            maps.set_placement(id, p)?;
+            if as_json {
+                print_json(&placement_json(&app, id, &p))?;
+            } else {
+                println!("{app}: {}", placement_text(&p));
+            }
+        }
+        Command::Placement(PlacementCmd::Unpin { app }) => {
+            let id = maps.app_id(&app)?;
+            let mut p = maps.placement(id)?;
+            p.flags &= !placement_flags::PINNED;
             maps.set_placement(id, p)?;
             if as_json {
                 print_json(&placement_json(&app, id, &p))?;
