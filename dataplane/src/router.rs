@@ -10,7 +10,7 @@ use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use tracing::warn;
 
 use crate::{
-    handoff::{Handoff, auth},
+    handoff::{Handoff, auth, is_idempotent},
     http::{Request, Response},
     wasm::AppRuntime,
     worker::{Reply, RequestContext, Service},
@@ -67,6 +67,8 @@ pub struct AppCounters {
     pub handoffs_rejected: u64,
     /// Requests kept here as the holdout of an app placed elsewhere.
     pub holdouts: u64,
+    /// Requests served here without trying a peer marked down.
+    pub handoffs_skipped: u64,
     /// Moving averages of whole-request time, handed off and held out: how the placement
     /// compares with its baseline.
     pub remote_ewma_us: f64,
@@ -124,6 +126,8 @@ enum Target {
     /// Placed elsewhere by the engine, but kept here as part of the holdout.
     Holdout,
     Peer(u32),
+    /// Placed at a peer that failed a handoff moments ago: served here without trying it.
+    PeerDown(u32),
 }
 
 impl EdgeService {
@@ -149,6 +153,9 @@ impl EdgeService {
                     if *n % self.holdout_every == 0 {
                         return Target::Holdout;
                     }
+                }
+                if handoff.is_down(dc) {
+                    return Target::PeerDown(dc);
                 }
                 Target::Peer(dc)
             }
@@ -250,19 +257,40 @@ impl Service for EdgeService {
                 count(&metrics, &app, |c| c.holdouts += 1);
                 placement = "local-holdout".to_owned();
             }
+            let peer_name = |handoff: &Handoff, dc: u32| {
+                handoff
+                    .peer(dc)
+                    .map_or_else(|| dc.to_string(), |p| p.name.clone())
+            };
+            if let (Target::PeerDown(dc), Some(handoff)) = (target, &handoff) {
+                count(&metrics, &app, |c| c.handoffs_skipped += 1);
+                placement = format!("local-fallback-from-{}", peer_name(handoff, dc));
+            }
             let mut remote = None;
             if let (Target::Peer(dc), Some(handoff)) = (target, &handoff) {
-                let name = handoff
-                    .peer(dc)
-                    .map_or_else(|| dc.to_string(), |p| p.name.clone());
+                let name = peer_name(handoff, dc);
                 match handoff.forward(dc, req.clone(), &client).await {
                     Ok(resp) => {
                         count(&metrics, &app, |c| c.handed_off += 1);
                         placement = format!("remote-{name}");
                         remote = Some(resp);
                     }
+                    Err(e) if e.may_have_reached_peer() && !is_idempotent(&req.method) => {
+                        // The app may have run there: running it again here could do twice
+                        // what the client asked once.
+                        count(&metrics, &app, |c| c.handoff_failures += 1);
+                        warn!(app = %app, peer = %name, error = %e, "handoff failed; not retried");
+                        placement = format!("remote-{name}");
+                        remote = Some(Response::text(
+                            502,
+                            format!(
+                                "datacenter {name} failed during a {} that is not retried: {e}\n",
+                                req.method
+                            ),
+                        ));
+                    }
                     Err(e) => {
-                        // The peer is unreachable or failed: serve here rather than fail.
+                        // The peer is unreachable, or the request can safely run again here.
                         count(&metrics, &app, |c| c.handoff_failures += 1);
                         warn!(app = %app, peer = %name, error = %e, "handoff failed; serving locally");
                         placement = format!("local-fallback-from-{name}");

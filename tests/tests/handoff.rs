@@ -110,11 +110,16 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert_eq!(handoffs(&world, "dc2", "rejected"), 1);
     assert_eq!(handoffs(&world, "pop", "sent"), 4);
 
-    // dc2 goes away: the POP serves locally instead of failing.
+    // dc2 goes away: the POP serves locally instead of failing, and for a while does not try
+    // dc2 at all (marked down after the first failure).
     world.servers.pop();
-    let (status, placement, _) = hello(&world);
-    assert_eq!(
-        (status, placement.as_str()),
-        (200, "local-fallback-from-dc2")
-    );
+    for _ in 0..3 {
+        let (status, placement, _) = hello(&world);
+        assert_eq!(
+            (status, placement.as_str()),
+            (200, "local-fallback-from-dc2")
+        );
+    }
+    assert_eq!(handoffs(&world, "pop", "failed"), 1);
+    assert_eq!(handoffs(&world, "pop", "skipped"), 2);
 }

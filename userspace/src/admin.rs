@@ -206,6 +206,7 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
                 ("received", c.handoffs_received),
                 ("rejected", c.handoffs_rejected),
                 ("holdout", c.holdouts),
+                ("skipped", c.handoffs_skipped),
             ] {
                 writeln!(
                     out,

@@ -68,6 +68,7 @@ fn handoff_config(
             connect_timeout: dc.connect_timeout,
             request_timeout: dc.request_timeout,
             max_response_bytes: 64 << 20,
+            down_for: std::time::Duration::from_secs(5),
         },
         region,
     )))

@@ -43,18 +43,42 @@ pub struct HandoffConfig {
     pub request_timeout: Duration,
     /// Largest response body relayed.
     pub max_response_bytes: usize,
+    /// After a failed handoff the peer counts as down this long: requests for it are served
+    /// here at once instead of each waiting on a dead peer. The first request after that
+    /// tries it again.
+    pub down_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
     #[error("no datacenter {0} among this one's peers")]
     UnknownPeer(u32),
+    #[error("datacenter {peer} is unreachable: {error}")]
+    Unreachable { peer: String, error: String },
     #[error("datacenter {peer} did not answer within {timeout:?}")]
     Timeout { peer: String, timeout: Duration },
     #[error("datacenter {peer}: {error}")]
     Io { peer: String, error: std::io::Error },
     #[error("datacenter {peer} sent a malformed response: {detail}")]
     BadResponse { peer: String, detail: String },
+}
+
+impl HandoffError {
+    /// Whether the request may have reached the peer (and its app may have run there).
+    pub fn may_have_reached_peer(&self) -> bool {
+        !matches!(
+            self,
+            HandoffError::UnknownPeer(_) | HandoffError::Unreachable { .. }
+        )
+    }
+}
+
+/// Methods a client may repeat without changing the outcome (RFC 9110, 9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+    )
 }
 
 struct PeerPool {
@@ -66,6 +90,7 @@ struct PeerPool {
 pub struct Handoff {
     cfg: HandoffConfig,
     pools: HashMap<u32, PeerPool>,
+    down_until: RefCell<HashMap<u32, std::time::Instant>>,
 }
 
 fn unix_now() -> u64 {
@@ -92,7 +117,19 @@ impl Handoff {
                 )
             })
             .collect();
-        Self { cfg, pools }
+        Self {
+            cfg,
+            pools,
+            down_until: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `dc` failed a handoff within the last `down_for`.
+    pub fn is_down(&self, dc: u32) -> bool {
+        self.down_until
+            .borrow()
+            .get(&dc)
+            .is_some_and(|until| std::time::Instant::now() < *until)
     }
 
     pub fn self_id(&self) -> u32 {
@@ -128,13 +165,23 @@ impl Handoff {
         write_request(&mut wire, &req);
         let head = req.method == "HEAD";
         let timeout = self.cfg.request_timeout;
-        match tokio::time::timeout(timeout, self.exchange(pool, &wire, head)).await {
+        let result = match tokio::time::timeout(timeout, self.exchange(pool, &wire, head)).await {
             Ok(r) => r,
             Err(_) => Err(HandoffError::Timeout {
                 peer: pool.peer.name.clone(),
                 timeout,
             }),
+        };
+        let mut down = self.down_until.borrow_mut();
+        match &result {
+            Ok(_) => {
+                down.remove(&dc);
+            }
+            Err(_) => {
+                down.insert(dc, std::time::Instant::now() + self.cfg.down_for);
+            }
         }
+        result
     }
 
     async fn exchange(
@@ -157,14 +204,20 @@ impl Handoff {
                 Err(SendError::Failed(e)) => return Err(e),
             }
         }
+        let unreachable = |error: String| HandoffError::Unreachable {
+            peer: pool.peer.name.clone(),
+            error,
+        };
         let stream =
             tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(pool.peer.addr))
                 .await
-                .map_err(|_| HandoffError::Timeout {
-                    peer: pool.peer.name.clone(),
-                    timeout: self.cfg.connect_timeout,
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no connection within {:?}",
+                        self.cfg.connect_timeout
+                    ))
                 })?
-                .map_err(io)?;
+                .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         match self.send_on(pool, stream, wire, head).await {
             Ok(resp) => Ok(resp),
