@@ -38,6 +38,7 @@ fn runtime() -> Rc<AppRuntime> {
         component: hello.clone(),
         env: vec![],
         allowed_backends: vec![],
+        split_app: None,
         limits: AppLimits {
             instance_reuse,
             ..Default::default()

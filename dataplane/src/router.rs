@@ -10,6 +10,7 @@ use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use tracing::warn;
 
 use crate::{
+    functions,
     handoff::{Handoff, auth, is_idempotent},
     http::{Request, Response},
     wasm::AppRuntime,
@@ -209,6 +210,23 @@ impl Service for EdgeService {
                 .map(|(_, d)| d.split('&').next().unwrap_or("").to_owned())
                 .unwrap_or_default();
             return Reply::Later(Box::pin(async move { probe(&dest).await }));
+        }
+        // Function hosts are for a split app's own calls (from this datacenter's workers, or
+        // handed off by a peer, which is verified below): no client reaches a function directly.
+        if req.host().is_some_and(functions::is_internal)
+            && !auth::claims_handoff(&req)
+            && !ctx.peer.is_some_and(|p| {
+                p.ip().is_loopback()
+                    || self
+                        .runtime
+                        .functions_via()
+                        .is_some_and(|v| v.ip() == p.ip())
+            })
+        {
+            return Reply::Now(Response::text(
+                403,
+                "functions are called by their app, not by clients\n",
+            ));
         }
         if let Some((app, resp)) = self.routes.static_for(&req) {
             count(&self.metrics, app, |c| {

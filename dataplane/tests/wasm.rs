@@ -31,6 +31,7 @@ fn spec(name: &str, component: PathBuf) -> AppSpec {
         component,
         env: vec![],
         allowed_backends: vec![],
+        split_app: None,
         limits: AppLimits::default(),
     }
 }

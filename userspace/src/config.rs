@@ -220,6 +220,14 @@ pub struct AppConfig {
     /// Where the app runs: `{ mode = "smart" }` lets the placement engine choose.
     #[serde(default)]
     pub placement: AppPlacement,
+    /// A split app's other functions, each with its own component and placement; the app's
+    /// code calls one at `http://<function>.fn.internal/`. Each runs as an app named
+    /// `<app>.<function>` (see `edgeplane_dataplane::functions`).
+    #[serde(default)]
+    pub functions: Vec<AppConfig>,
+    /// Set for a split app and its functions when the config is read.
+    #[serde(skip)]
+    pub split_app: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -295,9 +303,64 @@ impl EdgedConfig {
         }
     }
 
+    /// Turns each split app's functions into apps of their own, reachable only at their
+    /// internal host names.
+    fn flatten_functions(&mut self) -> anyhow::Result<()> {
+        use edgeplane_dataplane::functions;
+        let mut flattened = Vec::new();
+        for app in &mut self.apps {
+            for h in &app.hosts {
+                anyhow::ensure!(
+                    !functions::is_internal(h),
+                    "app {}: host {h:?} is in the domain reserved for function calls ({})",
+                    app.name,
+                    functions::DOMAIN
+                );
+            }
+            if app.functions.is_empty() {
+                continue;
+            }
+            app.split_app = Some(app.name.clone());
+            for mut f in std::mem::take(&mut app.functions) {
+                anyhow::ensure!(
+                    !f.name.is_empty()
+                        && f.name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "app {}: function name {:?} must be a DNS label (a-z, 0-9, -)",
+                    app.name,
+                    f.name
+                );
+                anyhow::ensure!(
+                    f.vips.is_empty()
+                        && f.hosts.is_empty()
+                        && !f.default
+                        && f.static_body.is_none()
+                        && f.functions.is_empty(),
+                    "app {}: function {} is reached only through its app: it takes no vips, hosts, default, static_body or functions",
+                    app.name,
+                    f.name
+                );
+                anyhow::ensure!(
+                    f.component.is_some(),
+                    "app {}: function {} needs a component",
+                    app.name,
+                    f.name
+                );
+                f.hosts = vec![functions::internal_host(&app.name, &f.name)];
+                f.name = functions::app_name(&app.name, &f.name);
+                f.split_app = app.split_app.clone();
+                flattened.push(f);
+            }
+        }
+        self.apps.extend(flattened);
+        Ok(())
+    }
+
     /// Parses and checks addresses up front, so a typo fails at start-up rather than half-applied.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let cfg: Self = toml::from_str(text)?;
+        let mut cfg: Self = toml::from_str(text)?;
+        cfg.flatten_functions()?;
         // In-flight instances plus as many parked warm ones (instance reuse) must fit the pool.
         anyhow::ensure!(
             cfg.runtime.max_in_flight.saturating_mul(2) <= cfg.runtime.engine.max_instances,
@@ -334,6 +397,30 @@ mod tests {
     }
 
     #[test]
+    fn split_app_functions_become_apps_at_internal_hosts() {
+        let cfg = EdgedConfig::parse(
+            r#"
+            [[apps]]
+            name = "shop"
+            hosts = ["shop.example"]
+            component = "entry.wasm"
+            [[apps.functions]]
+            name = "db"
+            component = "fetcher.wasm"
+            placement = { mode = "smart" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.apps.len(), 2);
+        assert_eq!(cfg.apps[0].split_app.as_deref(), Some("shop"));
+        let f = &cfg.apps[1];
+        assert_eq!(f.name, "shop.db");
+        assert_eq!(f.hosts, ["db.shop.fn.internal"]);
+        assert_eq!(f.split_app.as_deref(), Some("shop"));
+        assert_eq!(f.placement.mode, PlacementMode::Smart);
+    }
+
+    #[test]
     fn empty_config_is_all_defaults() {
         let cfg = EdgedConfig::parse("").unwrap();
         assert_eq!(cfg.pin_dir, PathBuf::from(crate::DEFAULT_PIN_DIR));
@@ -365,6 +452,11 @@ mod tests {
         let err =
             EdgedConfig::parse("[[apps]]\nname = \"x\"\nvips = [\"10.0.0.1/tcp\"]").unwrap_err();
         assert!(format!("{err:#}").contains("bad VIP"), "{err:#}");
+        let err = EdgedConfig::parse(
+            "[[apps]]\nname = \"shop\"\ncomponent = \"a.wasm\"\n[[apps.functions]]\nname = \"DB\"\ncomponent = \"b.wasm\"",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("DNS label"), "{err:#}");
         let err = EdgedConfig::parse("[xdp]\nmdoe = \"native\"").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     }

@@ -220,6 +220,14 @@ impl Engine {
                 .snapshot()
                 .into_iter()
                 .filter(|d| d.app == app && d.count > 0)
+                // Calls to sibling functions follow those functions' own placements.
+                .filter(|d| {
+                    let host = d
+                        .destination
+                        .rsplit_once(':')
+                        .map_or(&*d.destination, |(h, _)| h);
+                    !edgeplane_dataplane::functions::is_internal(host)
+                })
             {
                 let e = merged.entry(d.destination).or_default();
                 e.0 += d.count;

@@ -113,6 +113,7 @@ fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
                 component: a.component.clone()?,
                 env: a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 allowed_backends: a.allowed_backends.clone(),
+                split_app: a.split_app.clone(),
                 limits: a.limits,
             })
         })
@@ -217,6 +218,11 @@ pub fn start(
         let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
         let (handoff, app_ids, worker_maps) = (handoff.clone(), app_ids.clone(), maps.clone());
         let debug_headers = cfg.server.debug_headers;
+        let functions_via = if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        } else {
+            listen
+        };
         let holdout_every = match &cfg.datacenter {
             Some(dc) if dc.holdout > 0.0 => (1.0 / dc.holdout).round().max(1.0) as u64,
             _ => 0,
@@ -234,6 +240,7 @@ pub fn start(
                 max_in_flight,
             )?);
             runtime.publish_residency_to(residency.clone());
+            runtime.route_functions_via(functions_via);
             for spec in &specs {
                 if let Err(e) = runtime.preload(&spec.name) {
                     warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");

@@ -49,6 +49,10 @@ pub struct EdgeHooks {
     pub allowed_backends: Arc<[String]>,
     pub observations: Observations,
     pub io_clock: IoClock,
+    /// The split app whose functions this guest may call, and where this datacenter's
+    /// workers listen (function calls go through them: see `crate::functions`).
+    pub split_app: Option<Arc<str>>,
+    pub functions_via: Option<std::net::SocketAddr>,
 }
 
 /// How long a request spent waiting on its subrequests (any in flight), so the CPU deadline
@@ -112,6 +116,38 @@ type SendResult = Result<
     HttpError,
 >;
 
+impl EdgeHooks {
+    /// Points a call to a sibling function at this datacenter's workers, under the sibling's
+    /// internal host name.
+    fn function_call(
+        &self,
+        request: &mut http::Request<WasiBody>,
+        function: &str,
+    ) -> Result<(), &'static str> {
+        let split_app = self.split_app.as_deref().ok_or("not a split app")?;
+        let via = self
+            .functions_via
+            .ok_or("this runtime serves no function calls")?;
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(via.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| "bad path")?;
+        let host = crate::functions::internal_host(split_app, function);
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&host).map_err(|_| "bad function name")?,
+        );
+        Ok(())
+    }
+}
+
 impl WasiHttpHooks for EdgeHooks {
     fn send_request(
         &mut self,
@@ -123,9 +159,23 @@ impl WasiHttpHooks for EdgeHooks {
             return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
         };
         let (app, observations) = (self.app.clone(), self.observations.clone());
-        if !self.allowed_backends.contains(&dest) {
+        let function = request
+            .uri()
+            .host()
+            .and_then(crate::functions::called)
+            .map(str::to_owned);
+        // A split app's functions may call each other; anything else must be allowed by name.
+        let sibling_call = function.is_some() && self.split_app.is_some();
+        if !sibling_call && !self.allowed_backends.contains(&dest) {
             tracing::warn!(app = %app, destination = %dest, "outgoing request to a backend the app may not call");
             observations.record_denied(&app, &dest);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let mut request = request;
+        if let Some(function) = function
+            && let Err(e) = self.function_call(&mut request, &function)
+        {
+            tracing::warn!(app = %app, function, error = e, "function call refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         let clock = self.io_clock.clone();

@@ -25,6 +25,9 @@ pub struct AppSpec {
     /// `host:port` authorities the app may call; empty means none.
     pub allowed_backends: Vec<String>,
     pub limits: AppLimits,
+    /// The split app this component is a function (or the entry) of: its calls to
+    /// `http://<function>.fn.internal/` go to that app's functions.
+    pub split_app: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, serde::Deserialize)]

@@ -105,6 +105,8 @@ pub struct AppRuntime {
     /// Warm instances parked over all apps. Capped at `max_in_flight`: as many as can be busy at
     /// once, and with the busy ones no more than the pool holds (sized 2x `max_in_flight`).
     idle_warm: Cell<u32>,
+    /// Where split apps' function calls go: this datacenter's workers.
+    functions_via: Cell<Option<std::net::SocketAddr>>,
 }
 
 use std::rc::Rc;
@@ -145,7 +147,18 @@ impl AppRuntime {
             in_flight: Cell::new(0),
             max_in_flight,
             idle_warm: Cell::new(0),
+            functions_via: Cell::new(None),
         })
+    }
+
+    /// Sends split apps' function calls to the workers listening at `addr` (see
+    /// `crate::functions`).
+    pub fn route_functions_via(&self, addr: std::net::SocketAddr) {
+        self.functions_via.set(Some(addr));
+    }
+
+    pub fn functions_via(&self) -> Option<std::net::SocketAddr> {
+        self.functions_via.get()
     }
 
     pub fn has_app(&self, app: &str) -> bool {
@@ -282,6 +295,8 @@ impl AppRuntime {
                 allowed_backends: app.allowed.clone(),
                 observations: self.observations.clone(),
                 io_clock: IoClock::default(),
+                split_app: app.spec.split_app.as_deref().map(Arc::from),
+                functions_via: self.functions_via.get(),
             },
         };
         let mut store = Store::new(&self.engine, state);

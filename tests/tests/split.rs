@@ -1,0 +1,125 @@
+//! A split app in the canonical world: the entry function `shop` (apps/split) calls its
+//! functions `db` (fetcher: sequential subrequests to the backend, 80 ms from the POP and 5 ms
+//! from dc2) and `greet` (hello) at `http://<function>.fn.internal/`. Each function has its own
+//! placement: the engine moves `db` next to the backend and keeps `greet` (and the entry) at
+//! the POP, and the entry's combined answer carries both results.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use edgeplane_tests::{canonical::Canonical, http::header, require_root};
+
+fn split_app(url: &str, authority: &str) -> String {
+    format!(
+        r#"
+[[apps]]
+name = "shop"
+hosts = ["shop.test"]
+component = "{split}"
+env = {{ FUNCTIONS = "db,greet" }}
+placement = {{ mode = "smart" }}
+[[apps.functions]]
+name = "db"
+component = "{fetcher}"
+env = {{ BACKEND_URL = "{url}" }}
+allowed_backends = ["{authority}"]
+placement = {{ mode = "smart" }}
+[[apps.functions]]
+name = "greet"
+component = "{hello}"
+placement = {{ mode = "smart" }}
+"#,
+        split = common::app("split").display(),
+        fetcher = common::app("fetcher").display(),
+        hello = common::app("hello").display(),
+    )
+}
+
+/// The entry's combined answer: (db's placement, greet's placement), after checking both
+/// functions' results.
+fn shop(world: &Canonical) -> (String, String, Duration) {
+    let (status, headers, body, took) = world.through_pop("shop.test", "/?k=3");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let db = &v["functions"]["db"];
+    let greet = &v["functions"]["greet"];
+    assert_eq!(db["status"], 200, "{body}");
+    let db_body: serde_json::Value = serde_json::from_str(db["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        db_body["statuses"],
+        serde_json::json!([200, 200, 200]),
+        "{body}"
+    );
+    assert_eq!(greet["status"], 200, "{body}");
+    assert_eq!(greet["body"], "hello from wasm\n", "{body}");
+    (
+        db["placement"].as_str().unwrap().to_owned(),
+        greet["placement"].as_str().unwrap().to_owned(),
+        took,
+    )
+}
+
+#[test]
+fn a_split_apps_functions_are_placed_separately_and_combined() {
+    if !require_root("split") {
+        return;
+    }
+    let world = Canonical::start("split", &["pop", "dc2"], 0.0, split_app);
+    let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
+
+    let (db, greet, took) = shop(&world);
+    assert_eq!((db.as_str(), greet.as_str()), ("local", "local"));
+    assert!(took >= pop_to_backend * 3, "db ran at the POP: {took:?}");
+
+    let started = Instant::now();
+    let mut requests = 1;
+    let took = loop {
+        let (db, greet, took) = shop(&world);
+        requests += 1;
+        assert_eq!(
+            greet, "local",
+            "greet calls no backend: it stays at the POP"
+        );
+        if db == "remote-dc2" {
+            break took;
+        }
+        assert_eq!(db, "local");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "db not placed after {requests} requests: {}",
+            world.admin("pop", "/placement")
+        );
+    };
+    eprintln!(
+        "split app: db placed at dc2 after {requests} requests ({:?}); a request then took {took:?}",
+        started.elapsed()
+    );
+    assert!(took < pop_to_backend * 3, "db at dc2 is faster: {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let status: serde_json::Value =
+        serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
+    assert_eq!(status["shop.db"], "placed:dc2", "{status}");
+    assert_eq!(status["shop.greet"], "local", "{status}");
+    assert_eq!(status["shop"], "local", "{status}");
+
+    // Functions answer their app only: a client naming a function's host is refused.
+    let (status, _, body, _) = world.through_pop("db.shop.fn.internal", "/");
+    assert_eq!(status, 403, "{body}");
+    // And dc2 served db's requests as handoffs, greet's none.
+    let metrics = world.admin("dc2", "/metrics");
+    let received = |app: &str| -> u64 {
+        let prefix = format!(
+            "edgeplane_app_handoffs_total{{app=\"{app}\",worker=\"0\",outcome=\"received\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(received("shop.db") >= 1, "{metrics}");
+    assert_eq!(received("shop.greet"), 0, "{metrics}");
+}
