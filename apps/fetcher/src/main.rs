@@ -5,7 +5,11 @@ use std::time::Instant;
 use wstd::http::{Body, Client, Error, Request, Response, StatusCode};
 
 fn query_k(request: &Request<Body>) -> Option<usize> {
-    request.uri().query()?.split('&').find_map(|kv| kv.strip_prefix("k=")?.parse().ok())
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("k=")?.parse().ok())
 }
 
 #[wstd::http_server]
@@ -39,5 +43,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         statuses.join(","),
         started.elapsed().as_millis()
     );
-    Ok(Response::builder().header("content-type", "application/json").body(summary.into())?)
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(summary.into())?)
 }

@@ -40,14 +40,19 @@ async fn call(function: &str, query: &str) -> String {
         ))
     }
     .await;
-    let answer = result.unwrap_or_else(|e| format!("{{\"error\":{}}}", json_string(&e.to_string())));
+    let answer =
+        result.unwrap_or_else(|e| format!("{{\"error\":{}}}", json_string(&e.to_string())));
     format!("{}:{answer}", json_string(function))
 }
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let functions = std::env::var("FUNCTIONS").unwrap_or_default();
-    let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let calls = functions
         .split(',')
         .map(str::trim)
