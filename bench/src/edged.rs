@@ -28,6 +28,9 @@ pub struct DatacenterSpec<'a> {
     pub workers: u32,
     /// Share of engine-placed requests kept here as the baseline.
     pub holdout: f64,
+    /// More `key = value` lines for the `[runtime]` and `[datacenter]` tables.
+    pub runtime_extra: &'a str,
+    pub datacenter_extra: &'a str,
 }
 
 impl DatacenterSpec<'_> {
@@ -44,10 +47,12 @@ admin = "127.0.0.1:9901"
 debug_headers = true
 [runtime]
 cache_dir = "{cache}"
+{runtime_extra}
 [datacenter]
 name = "{name}"
 topology = "{topology}"
 holdout = {holdout}
+{datacenter_extra}
 {apps}
 "#,
             pins = self.pin_dir.display(),
@@ -57,6 +62,8 @@ holdout = {holdout}
             topology = self.topology,
             holdout = self.holdout,
             apps = self.apps,
+            runtime_extra = self.runtime_extra,
+            datacenter_extra = self.datacenter_extra,
         )
     }
 

@@ -115,6 +115,15 @@ pub struct Server {
     pub name: String,
 }
 
+impl Server {
+    /// Kills the process at once (SIGKILL: no draining, connections reset); dropping the
+    /// Server reaps it.
+    pub fn kill(&self) {
+        // SAFETY: signalling our own child, not yet reaped, so its pid is still ours.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: signalling our own child; SIGTERM lets it drain, then we reap it.
@@ -131,10 +140,24 @@ impl Drop for Server {
     }
 }
 
+/// Starts a server process. Its output is dropped, or kept in `$EDGEPLANE_LOG_DIR/<name>.log`
+/// when that is set (for debugging a test or benchmark).
 pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Server> {
+    let (stdout, stderr) = match std::env::var_os("EDGEPLANE_LOG_DIR") {
+        Some(dir) => {
+            let file: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let log =
+                std::fs::File::create(std::path::Path::new(&dir).join(format!("{file}.log")))?;
+            (Stdio::from(log.try_clone()?), Stdio::from(log))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
     let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     Ok(Server {

@@ -231,6 +231,13 @@ pub mod canonical {
 
     pub const BACKEND_PORT: u16 = 9000;
 
+    /// More `key = value` lines for one datacenter's `[runtime]` and `[datacenter]` tables.
+    #[derive(Default)]
+    pub struct Tuning {
+        pub runtime: String,
+        pub datacenter: String,
+    }
+
     pub struct Canonical {
         pub topology: Topology,
         pub backend: Ipv4Addr,
@@ -251,6 +258,17 @@ pub mod canonical {
             datacenters: &[&'static str],
             holdout: f64,
             apps: impl Fn(&str, &str) -> String,
+        ) -> Self {
+            Self::start_tuned(test, datacenters, holdout, apps, |_| Tuning::default())
+        }
+
+        /// As `start`, with more settings per datacenter.
+        pub fn start_tuned(
+            test: &str,
+            datacenters: &[&'static str],
+            holdout: f64,
+            apps: impl Fn(&str, &str) -> String,
+            tuning: impl Fn(&str) -> Tuning,
         ) -> Self {
             let topology = Topology::canonical();
             let world = World::build(&topology).unwrap();
@@ -277,6 +295,7 @@ pub mod canonical {
             let mut servers = Vec::new();
             for dc in datacenters {
                 let p = TestPins::new(&format!("{test}-{dc}"));
+                let tune = tuning(dc);
                 servers.push(
                     DatacenterSpec {
                         name: dc,
@@ -286,6 +305,8 @@ pub mod canonical {
                         apps: &apps,
                         workers: 1,
                         holdout,
+                        runtime_extra: &tune.runtime,
+                        datacenter_extra: &tune.datacenter,
                     }
                     .start(&world, &edgeplane_binary("edged"))
                     .unwrap(),

@@ -152,3 +152,101 @@ fn the_placement_engine_moves_fetcher_to_dc2_keeps_a_holdout_and_reverts_when_dc
     let (placement, _) = fetch(&world);
     assert_eq!(placement, "local");
 }
+
+#[test]
+fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
+    if !require_root("hints") {
+        return;
+    }
+    let fetcher = common::app("fetcher");
+    let hello = common::app("hello");
+    let world = Canonical::start("hints", &["pop", "dc2"], 0.0, |url, authority| {
+        let app = |name: &str, placement: &str| {
+            format!(
+                "[[apps]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\ncomponent = \"{}\"\n\
+                 env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
+                 placement = {placement}\n",
+                fetcher.display()
+            )
+        };
+        format!(
+            "{}{}[[apps]]\nname = \"regional\"\nhosts = [\"regional.test\"]\ncomponent = \"{}\"\n\
+             placement = {{ region = \"dc2\" }}\n",
+            // Near its database: placed at dc2 (5 ms from it) before any request.
+            app("hinted", &format!("{{ host = \"{authority}\" }}")),
+            // Would save ~700 ms per request at dc2, short of the 2 s it asks for to leave.
+            app(
+                "frugal",
+                "{ mode = \"smart\", goal = \"local-first\", min_saving = \"2s\" }"
+            ),
+            hello.display()
+        )
+    });
+    let started = Instant::now();
+    let status = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
+        if status["hinted"] == "placed:dc2" {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "host hint not applied: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["regional"], "placed:dc2", "{status}");
+    assert_eq!(
+        world.backend_served.load(Ordering::Relaxed),
+        0,
+        "no traffic yet"
+    );
+    let (_, headers, body, _) = world.through_pop("hinted.test", "/?k=5");
+    assert!(
+        body.contains("\"statuses\":[200,200,200,200,200]"),
+        "{body}"
+    );
+    assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
+    let (_, headers, body, _) = world.through_pop("regional.test", "/");
+    assert_eq!(body, "hello from wasm\n");
+    assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
+
+    for _ in 0..4 {
+        let (_, headers, ..) = world.through_pop("frugal.test", "/?k=5");
+        assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let status: serde_json::Value =
+        serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
+    assert_eq!(status["frugal"], "local", "{status}");
+
+    // edgectl shows the engine's verdicts beside the map's entries.
+    let out = world
+        .world
+        .ns("pop")
+        .command(
+            edgeplane_tests::edgeplane_binary("edgectl")
+                .to_str()
+                .unwrap(),
+        )
+        .args(["--json", "placement", "list"])
+        .env("EDGEPLANE_PIN_DIR", world.pins("pop").dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |app: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["app"] == app)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("hinted")["status"], "placed:dc2", "{list}");
+    assert_eq!(row("frugal")["status"], "local", "{list}");
+}

@@ -8,7 +8,8 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use edgeplane_abi::{Placement, placement_kind};
@@ -122,4 +123,76 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     }
     assert_eq!(handoffs(&world, "pop", "failed"), 1);
     assert_eq!(handoffs(&world, "pop", "skipped"), 2);
+}
+
+#[test]
+fn dc2_killed_under_load_fails_no_idempotent_request() {
+    if !require_root("handoff-kill") {
+        return;
+    }
+    let fetcher = common::app("fetcher");
+    let world = Canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
+        format!(
+            "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
+             env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n",
+            fetcher.display()
+        )
+    });
+    let dc2_id = world.topology.datacenter("dc2").unwrap().id;
+    edged::place(world.pins("pop").dir(), "fetcher", at_dc(dc2_id)).unwrap();
+
+    // Four clients send GETs back to back; dc2's edged is killed (SIGKILL: connections reset,
+    // requests lost mid-flight) while they run.
+    let stop = AtomicBool::new(false);
+    let answers = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=1");
+                        let placement = header(&headers, "x-edge-placement")
+                            .unwrap_or("")
+                            .to_owned();
+                        seen.push((status, placement, body));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed_at = Instant::now();
+        world
+            .servers
+            .iter()
+            .find(|s| s.name.contains("dc2"))
+            .unwrap()
+            .kill();
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "dc2 killed; clients stopped {:?} later",
+            killed_at.elapsed()
+        );
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status != 200)
+        .collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let remote = answers.iter().filter(|(_, p, _)| p == "remote-dc2").count();
+    let fallback = answers
+        .iter()
+        .filter(|(_, p, _)| p == "local-fallback-from-dc2")
+        .count();
+    eprintln!(
+        "{} GETs: {remote} served by dc2, {fallback} at the POP after dc2 died",
+        answers.len()
+    );
+    assert!(remote > 0 && fallback > 0, "{answers:?}");
+    assert_eq!(remote + fallback, answers.len(), "{answers:?}");
 }

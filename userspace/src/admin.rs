@@ -207,6 +207,8 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
                 ("rejected", c.handoffs_rejected),
                 ("holdout", c.holdouts),
                 ("skipped", c.handoffs_skipped),
+                ("region-saturated", c.region_saturated),
+                ("region-cold", c.region_cold),
             ] {
                 writeln!(
                     out,

@@ -54,6 +54,18 @@ pub struct DatacenterConfig {
     /// Share of an engine-placed app's requests served here anyway, as its baseline.
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// Send requests on to the region when a worker already runs this many instances
+    /// (default: `runtime.max_in_flight`, when it would refuse them; 0: never).
+    #[serde(default)]
+    pub overflow_in_flight: Option<u32>,
+    /// Send requests for an app whose code is not resident here on to the region while the
+    /// app gets fewer than this many requests per second at a worker (0: never).
+    #[serde(default = "default_popular_rps")]
+    pub popular_rps: f64,
+}
+
+fn default_popular_rps() -> f64 {
+    1.0
 }
 
 fn default_holdout() -> f64 {
@@ -184,7 +196,7 @@ pub struct RateLimitSection {
     pub burst: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub name: String,
@@ -240,11 +252,74 @@ pub enum PlacementMode {
     Smart,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementGoal {
+    /// The fastest datacenter for a request.
+    #[default]
+    Latency,
+    /// Here, unless another datacenter saves at least `min_saving` per request.
+    LocalFirst,
+}
+
+/// Where an app runs. `{ mode = "smart" }` leaves it to the engine (goal `latency` or
+/// `local-first`); a hint places it without waiting for traffic: `{ region = "dc2" }` at that
+/// datacenter, `{ host = "10.0.0.5:5432" }` or `{ hostname = "db.example" }` at the datacenter
+/// nearest to that backend.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AppPlacement {
-    #[serde(default)]
     pub mode: PlacementMode,
+    pub goal: PlacementGoal,
+    #[serde(with = "humantime_serde")]
+    pub min_saving: Duration,
+    pub region: Option<String>,
+    pub host: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl Default for AppPlacement {
+    fn default() -> Self {
+        Self {
+            mode: PlacementMode::Local,
+            goal: PlacementGoal::Latency,
+            min_saving: Duration::from_millis(50),
+            region: None,
+            host: None,
+            hostname: None,
+        }
+    }
+}
+
+impl AppPlacement {
+    /// The backend a `host` or `hostname` hint names, as `host:port` (hostname: port 80).
+    pub fn hinted_backend(&self) -> Option<String> {
+        self.host.clone().or_else(|| {
+            self.hostname.as_ref().map(|h| {
+                if h.contains(':') {
+                    h.clone()
+                } else {
+                    format!("{h}:80")
+                }
+            })
+        })
+    }
+
+    fn check(&self, app: &str) -> anyhow::Result<()> {
+        let hints = [&self.region, &self.host, &self.hostname]
+            .iter()
+            .filter(|h| h.is_some())
+            .count();
+        anyhow::ensure!(
+            hints <= 1,
+            "app {app}: placement takes one hint (region, host or hostname), not {hints}"
+        );
+        anyhow::ensure!(
+            hints == 0 || self.mode == PlacementMode::Local,
+            "app {app}: a placement hint replaces mode = \"smart\"; give one or the other"
+        );
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -372,6 +447,7 @@ impl EdgedConfig {
             cidr.parse::<Cidr>()?;
         }
         for app in &cfg.apps {
+            app.placement.check(&app.name)?;
             for vip in &app.vips {
                 vip.parse::<Vip>()
                     .with_context(|| format!("app {}", app.name))?;

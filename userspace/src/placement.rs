@@ -54,12 +54,34 @@ impl Default for EngineConfig {
     }
 }
 
+/// One app as the engine sees it.
+#[derive(Clone, Debug)]
+pub struct EngineApp {
+    pub name: String,
+    pub id: u32,
+    /// None: placed by config or by hand; the engine only reports where it runs.
+    pub goal: Option<Goal>,
+}
+
+/// What the engine optimizes an app for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Goal {
+    /// The fastest datacenter, when it beats here by the margin.
+    Latency,
+    /// Here, unless another datacenter saves at least `min_saving` per request and beats here
+    /// by the margin: fewer handoffs, traffic and cross-datacenter dependencies, at some
+    /// latency.
+    LocalFirst { min_saving: Duration },
+    /// Nearest to one backend (a `host` or `hostname` hint): placed by RTT to it, from the
+    /// first tick, without waiting for traffic.
+    NearBackend { backend: String },
+}
+
 pub struct Engine {
     pub cfg: EngineConfig,
     pub handoff: HandoffConfig,
     pub maps: PinnedMaps,
-    /// Smart apps: name and id.
-    pub apps: Vec<(String, u32)>,
+    pub apps: Vec<EngineApp>,
     pub observations: Vec<Observations>,
     pub metrics: Vec<WorkerMetrics>,
 }
@@ -75,28 +97,43 @@ impl Engine {
     /// Runs the engine on its own thread; returns the live status table.
     pub fn spawn(mut self) -> anyhow::Result<PlacementStatus> {
         let status = PlacementStatus::default();
-        for (name, _) in &self.apps {
+        for app in &self.apps {
             status
                 .lock()
                 .expect("status lock")
-                .insert(name.clone(), "analyzing".into());
+                .insert(app.name.clone(), "analyzing".into());
         }
         let shared = status.clone();
         std::thread::Builder::new()
             .name("placement".into())
             .spawn(move || {
                 let mut reverted = HashMap::new();
+                let mut region_seen: HashMap<String, (u64, u64)> = HashMap::new();
                 loop {
                     std::thread::sleep(self.cfg.tick);
                     for i in 0..self.apps.len() {
-                        let (name, id) = self.apps[i].clone();
-                        let s = match self.decide(&name, id, &mut reverted) {
+                        let app = self.apps[i].clone();
+                        let name = app.name.clone();
+                        let decided = match app.goal {
+                            Some(goal) => self.decide(&name, app.id, goal, &mut reverted),
+                            None => self.report(app.id),
+                        };
+                        let mut s = match decided {
                             Ok(s) => s,
                             Err(e) => {
                                 warn!(app = %name, error = %format!("{e:#}"), "placement");
                                 continue;
                             }
                         };
+                        // Requests sent on to the region since the last tick show beside it.
+                        let now = self.region_forwards(&name);
+                        let before = region_seen.insert(name.clone(), now).unwrap_or_default();
+                        if now.0 > before.0 {
+                            s.push_str(" +region:saturated");
+                        }
+                        if now.1 > before.1 {
+                            s.push_str(" +region:cold");
+                        }
                         let mut table = shared.lock().expect("status lock");
                         if table.get(&name) != Some(&s) {
                             info!(app = %name, status = %s, "placement");
@@ -108,10 +145,50 @@ impl Engine {
         Ok(status)
     }
 
+    /// Where an app the engine does not place runs: `local`, `placed:<dc>` (by config or
+    /// `edgectl placement set`), or `pinned`.
+    fn report(&self, id: u32) -> anyhow::Result<String> {
+        let current = self.maps.placement(id)?;
+        Ok(if current.flags & placement_flags::PINNED != 0 {
+            "pinned".into()
+        } else {
+            match current.kind {
+                placement_kind::DATACENTER => {
+                    format!("placed:{}", self.dc_name(current.datacenter))
+                }
+                placement_kind::REGION => "placed:region".into(),
+                _ => "local".into(),
+            }
+        })
+    }
+
+    fn dc_name(&self, id: u32) -> String {
+        self.handoff
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    }
+
+    /// (saturated, cold) requests sent on to the region, summed over the workers.
+    fn region_forwards(&self, app: &str) -> (u64, u64) {
+        let mut total = (0, 0);
+        for m in &self.metrics {
+            if let Ok(m) = m.lock()
+                && let Some(c) = m.get(app)
+            {
+                total.0 += c.region_saturated;
+                total.1 += c.region_cold;
+            }
+        }
+        total
+    }
+
     fn decide(
         &mut self,
         app: &str,
         id: u32,
+        goal: Goal,
         reverted: &mut HashMap<String, Instant>,
     ) -> anyhow::Result<String> {
         let current = self.maps.placement(id)?;
@@ -132,6 +209,9 @@ impl Engine {
             return Ok("reverted".into());
         }
         let placed = current.kind != placement_kind::LOCAL;
+        if let Goal::NearBackend { backend } = &goal {
+            return self.place_near(id, backend, current);
+        }
         // Measured, not estimated: handed-off requests slower than the holdout kept here.
         let (remote_us, holdout_us) = self.measured(app);
         if placed && remote_us > 0.0 && holdout_us > 0.0 && remote_us > holdout_us {
@@ -162,8 +242,57 @@ impl Engine {
                 }
             }
         }
+        let min_saving_us = match goal {
+            Goal::Latency | Goal::NearBackend { .. } => 0.0,
+            Goal::LocalFirst { min_saving } => min_saving.as_micros() as f64,
+        };
         let (placement, status) = match best {
-            Some((dc, name, us)) if us < here_us * (1.0 - self.cfg.margin) => (
+            Some((dc, name, us))
+                if us < here_us * (1.0 - self.cfg.margin) && here_us - us >= min_saving_us =>
+            {
+                (
+                    Placement {
+                        kind: placement_kind::DATACENTER,
+                        datacenter: dc,
+                        flags: placement_flags::SMART,
+                        ..Default::default()
+                    },
+                    format!("placed:{name}"),
+                )
+            }
+            // Estimated slower now than here: a placed app comes back, as a revert.
+            _ if placed => {
+                reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
+                (here, "reverted".to_owned())
+            }
+            _ => (here, "local".to_owned()),
+        };
+        if current != placement {
+            self.maps.set_placement(id, placement)?;
+        }
+        Ok(status)
+    }
+
+    /// Places a hinted app at the datacenter with the shortest RTT to its backend (here, unless
+    /// a peer beats here by the margin).
+    fn place_near(&self, id: u32, backend: &str, current: Placement) -> anyhow::Result<String> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(backend)
+            .with_context(|| format!("resolving {backend}"))?
+            .next()
+            .with_context(|| format!("{backend} resolves to no address"))?;
+        let here = connect_time(&addr)?.as_micros() as f64;
+        let mut best: Option<(u32, String, f64)> = None;
+        for peer in &self.handoff.peers {
+            match self.peer_probe(&peer.addr, &addr.to_string()) {
+                Ok(us) if best.as_ref().is_none_or(|b| (us as f64) < b.2) => {
+                    best = Some((peer.id, peer.name.clone(), us as f64))
+                }
+                Ok(_) => {}
+                Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer probe"),
+            }
+        }
+        let (placement, status) = match best {
+            Some((dc, name, us)) if us < here * (1.0 - self.cfg.margin) => (
                 Placement {
                     kind: placement_kind::DATACENTER,
                     datacenter: dc,
@@ -172,12 +301,13 @@ impl Engine {
                 },
                 format!("placed:{name}"),
             ),
-            // Estimated slower now than here: a placed app comes back, as a revert.
-            _ if placed => {
-                reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
-                (here, "reverted".to_owned())
-            }
-            _ => (here, "local".to_owned()),
+            _ => (
+                Placement {
+                    flags: placement_flags::SMART,
+                    ..Default::default()
+                },
+                "local".to_owned(),
+            ),
         };
         if current != placement {
             self.maps.set_placement(id, placement)?;

@@ -9,7 +9,10 @@ use edgeplane_dataplane::{
     handoff::{Handoff, HandoffConfig, Peer},
     http::Response,
     listener::reuseport_listener,
-    router::{EdgeService, PlacementSource, Routes, WorkerMetrics},
+    router::{
+        EdgeService, PlacementSource, Routes, WorkerMetrics,
+        region::{Popularity, RegionPolicy},
+    },
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
     worker::{self, Service, ServiceFactory, WorkerOptions, WorkerStats},
 };
@@ -223,6 +226,13 @@ pub fn start(
         } else {
             listen
         };
+        let (overflow_in_flight, popular_rps) = match &cfg.datacenter {
+            Some(dc) => (
+                dc.overflow_in_flight.unwrap_or(cfg.runtime.max_in_flight),
+                dc.popular_rps,
+            ),
+            None => (0, 0.0),
+        };
         let holdout_every = match &cfg.datacenter {
             Some(dc) if dc.holdout > 0.0 => (1.0 / dc.holdout).round().max(1.0) as u64,
             _ => 0,
@@ -264,7 +274,12 @@ pub fn start(
                 debug_headers,
                 handoff,
                 placement,
-                region,
+                region: region.map(|region| RegionPolicy {
+                    region,
+                    overflow_in_flight,
+                    popular_rps,
+                }),
+                popularity: Popularity::new(std::time::Duration::from_secs(10)),
                 holdout_every,
                 holdout_seen: Default::default(),
             }) as Rc<dyn Service>)

@@ -91,6 +91,8 @@ fn main() -> anyhow::Result<()> {
         apps: &apps,
         workers: 1,
         holdout: 0.0,
+        runtime_extra: "",
+        datacenter_extra: "",
     };
     let (pop, dc2) = (spec("pop"), spec("dc2"));
     let servers = [

@@ -157,6 +157,15 @@ impl AppRuntime {
         self.functions_via.set(Some(addr));
     }
 
+    /// Requests running in instances on this worker now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.get()
+    }
+
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight
+    }
+
     pub fn functions_via(&self) -> Option<std::net::SocketAddr> {
         self.functions_via.get()
     }

@@ -29,6 +29,15 @@ struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// edged's admin endpoint, for what only the running daemon knows (the placement
+    /// engine's verdicts).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:9901",
+        env = "EDGEPLANE_ADMIN"
+    )]
+    admin: std::net::SocketAddr,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,6 +217,22 @@ fn placement_text(p: &Placement) -> String {
         s.push_str(" (pinned)");
     }
     s
+}
+
+/// The placement engine's verdict per app, from edged's admin endpoint (None when it does not
+/// answer: edged stopped, or not part of a topology).
+fn engine_status(admin: std::net::SocketAddr) -> Option<BTreeMap<String, String>> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /placement HTTP/1.1\r\nHost: edgectl\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let parsed = edgeplane_dataplane::http::parse_response(&buf, false, 1 << 20).ok()??;
+    (parsed.response.status == 200)
+        .then(|| serde_json::from_slice(&parsed.response.body).ok())
+        .flatten()
 }
 
 fn table(header: &[&str]) -> Table {
@@ -488,18 +513,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|(id, name)| (id, name, placed.get(&id).copied().unwrap_or_default()))
                 .collect();
+            let status = engine_status(cli.admin);
+            let status_of = |app: &str| status.as_ref().and_then(|s| s.get(app)).cloned();
             if as_json {
                 let v: Vec<_> = rows
                     .iter()
-                    .map(|(id, n, p)| placement_json(n, *id, p))
+                    .map(|(id, n, p)| {
+                        let mut j = placement_json(n, *id, p);
+                        j["status"] = status_of(n).into();
+                        j
+                    })
                     .collect();
                 return print_json(&v);
             }
-            let mut t = table(&["app", "id", "placement"]);
+            let mut t = table(&["app", "id", "placement", "status"]);
             for (id, n, p) in rows {
-                t.add_row(vec![n, id.to_string(), placement_text(&p)]);
+                let st = status_of(&n).unwrap_or_else(|| "-".into());
+                t.add_row(vec![n, id.to_string(), placement_text(&p), st]);
             }
             println!("{t}");
+            if status.is_none() {
+                eprintln!(
+                    "(no engine status: edged's admin endpoint {} did not answer /placement)",
+                    cli.admin
+                );
+            }
         }
         Command::Workers(WorkersCmd::Show) => {
             let cfg = maps.worker_config()?;

@@ -97,14 +97,57 @@ fn start_placement_engine(
     let Some(handoff) = workers.handoff.clone() else {
         return Ok(None);
     };
-    let apps = cfg
-        .apps
-        .iter()
-        .filter(|a| a.placement.mode == edgeplane::config::PlacementMode::Smart)
-        .map(|a| Ok((a.name.clone(), maps.app_id(&a.name)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if apps.is_empty() {
-        return Ok(None);
+    use edgeplane::{
+        config::{PlacementGoal, PlacementMode},
+        placement::{EngineApp, Goal},
+    };
+    let mut apps = Vec::new();
+    for a in &cfg.apps {
+        let id = maps.app_id(&a.name)?;
+        let p = &a.placement;
+        let goal = if let Some(backend) = p.hinted_backend() {
+            Some(Goal::NearBackend { backend })
+        } else if p.mode == PlacementMode::Smart {
+            Some(match p.goal {
+                PlacementGoal::Latency => Goal::Latency,
+                PlacementGoal::LocalFirst => Goal::LocalFirst {
+                    min_saving: p.min_saving,
+                },
+            })
+        } else {
+            None
+        };
+        let here = cfg.datacenter.as_ref().map(|d| d.name.as_str());
+        // A region hint naming this datacenter (the same config deployed everywhere) is a no-op.
+        if let Some(dc) = p.region.as_ref().filter(|dc| Some(dc.as_str()) != here) {
+            // A region hint places the app once, at start; pins by hand still win.
+            let target = handoff
+                .peers
+                .iter()
+                .find(|peer| &peer.name == dc)
+                .map(|peer| peer.id)
+                .with_context(|| {
+                    format!(
+                        "app {}: placement region {dc:?} is not a peer of this datacenter",
+                        a.name
+                    )
+                })?;
+            if maps.placement(id)?.flags & edgeplane_abi::placement_flags::PINNED == 0 {
+                maps.set_placement(
+                    id,
+                    edgeplane_abi::Placement {
+                        kind: edgeplane_abi::placement_kind::DATACENTER,
+                        datacenter: target,
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        apps.push(EngineApp {
+            name: a.name.clone(),
+            id,
+            goal,
+        });
     }
     let engine = edgeplane::placement::Engine {
         cfg: Default::default(),

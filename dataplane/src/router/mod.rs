@@ -1,5 +1,7 @@
 //! The worker's service: Host header -> app, run in the wasm runtime, with per-app counters.
 
+pub mod region;
+
 use std::{
     collections::{BTreeMap, HashMap},
     rc::Rc,
@@ -70,6 +72,10 @@ pub struct AppCounters {
     pub holdouts: u64,
     /// Requests served here without trying a peer marked down.
     pub handoffs_skipped: u64,
+    /// Requests sent on to the region because this worker was saturated, and because the
+    /// app's code was not resident and the app is rarely requested.
+    pub region_saturated: u64,
+    pub region_cold: u64,
     /// Moving averages of whole-request time, handed off and held out: how the placement
     /// compares with its baseline.
     pub remote_ewma_us: f64,
@@ -98,8 +104,9 @@ pub struct EdgeService {
     /// Handing requests to other datacenters, and checking the ones they hand here.
     pub handoff: Option<Rc<Handoff>>,
     pub placement: Option<Box<dyn PlacementSource>>,
-    /// The region's datacenter id (where REGION placements go).
-    pub region: Option<u32>,
+    /// The region (where REGION placements go) and when requests overflow to it.
+    pub region: Option<region::RegionPolicy>,
+    pub popularity: region::Popularity,
     /// Every n-th request of an app the engine placed elsewhere stays here, as the baseline its
     /// placement is judged against (0: none).
     pub holdout_every: u64,
@@ -127,6 +134,8 @@ enum Target {
     /// Placed elsewhere by the engine, but kept here as part of the holdout.
     Holdout,
     Peer(u32),
+    /// Not placed elsewhere, but sent on to the region (saturated here, or cold and rare).
+    Region(u32, region::RegionReason),
     /// Placed at a peer that failed a handoff moments ago: served here without trying it.
     PeerDown(u32),
 }
@@ -139,8 +148,8 @@ impl EdgeService {
         let p = source.placement(app);
         let dc = match p.kind {
             placement_kind::DATACENTER => Some(p.datacenter),
-            placement_kind::REGION => self.region,
-            _ => None,
+            placement_kind::REGION => self.region.as_ref().map(|r| r.region),
+            _ => return self.overflow(app, handoff),
         };
         match dc {
             Some(dc) if dc != handoff.self_id() && handoff.peer(dc).is_some() => {
@@ -160,7 +169,67 @@ impl EdgeService {
                 }
                 Target::Peer(dc)
             }
-            _ => Target::Local,
+            _ => self.overflow(app, handoff),
+        }
+    }
+
+    /// For an app this datacenter serves: whether it goes to the region instead because it is
+    /// cold here (saturation is judged when the request is about to run).
+    fn overflow(&self, app: &str, handoff: &Handoff) -> Target {
+        let Some(policy) = &self.region else {
+            return Target::Local;
+        };
+        if policy.region == handoff.self_id() || handoff.is_down(policy.region) {
+            return Target::Local;
+        }
+        let rate = self.popularity.record(app);
+        if policy.popular_rps > 0.0 && rate < policy.popular_rps && !self.runtime.is_resident(app) {
+            return Target::Region(policy.region, region::RegionReason::Cold);
+        }
+        Target::Local
+    }
+}
+
+/// Hands `req` to datacenter `dc`. Ok: its response and placement label. Err: the placement
+/// label of the fallback, with the response to send when the request must not run here (a
+/// non-idempotent request that may have run there), or None to serve it here.
+async fn hand_to(
+    handoff: &Handoff,
+    dc: u32,
+    req: &Request,
+    client: &str,
+    metrics: &WorkerMetrics,
+    app: &str,
+) -> Result<(Response, String), (Option<Response>, String)> {
+    let name = handoff
+        .peer(dc)
+        .map_or_else(|| dc.to_string(), |p| p.name.clone());
+    match handoff.forward(dc, req.clone(), client).await {
+        Ok(resp) => {
+            count(metrics, app, |c| c.handed_off += 1);
+            Ok((resp, format!("remote-{name}")))
+        }
+        Err(e) if e.may_have_reached_peer() && !is_idempotent(&req.method) => {
+            // The app may have run there: running it again here could do twice what the
+            // client asked once.
+            count(metrics, app, |c| c.handoff_failures += 1);
+            warn!(app = %app, peer = %name, error = %e, "handoff failed; not retried");
+            Err((
+                Some(Response::text(
+                    502,
+                    format!(
+                        "datacenter {name} failed during a {} that is not retried: {e}\n",
+                        req.method
+                    ),
+                )),
+                format!("remote-{name}"),
+            ))
+        }
+        Err(e) => {
+            // The peer is unreachable, or the request can safely run again here.
+            count(metrics, app, |c| c.handoff_failures += 1);
+            warn!(app = %app, peer = %name, error = %e, "handoff failed; serving locally");
+            Err((None, format!("local-fallback-from-{name}")))
         }
     }
 }
@@ -265,6 +334,18 @@ impl Service for EdgeService {
         };
         let (runtime, metrics, worker) = (self.runtime.clone(), self.metrics.clone(), ctx.worker);
         let handoff = self.handoff.clone();
+        // Where requests go when this worker is saturated: never for a handed-off request.
+        let overflow = match (&self.region, &self.handoff) {
+            (Some(p), Some(h))
+                if !handed_off
+                    && p.overflow_in_flight > 0
+                    && p.region != h.self_id()
+                    && !h.is_down(p.region) =>
+            {
+                Some((p.region, p.overflow_in_flight))
+            }
+            _ => None,
+        };
         let client = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
@@ -285,34 +366,43 @@ impl Service for EdgeService {
                 placement = format!("local-fallback-from-{}", peer_name(handoff, dc));
             }
             let mut remote = None;
+            let mut reason = None;
             if let (Target::Peer(dc), Some(handoff)) = (target, &handoff) {
-                let name = peer_name(handoff, dc);
-                match handoff.forward(dc, req.clone(), &client).await {
-                    Ok(resp) => {
-                        count(&metrics, &app, |c| c.handed_off += 1);
-                        placement = format!("remote-{name}");
+                match hand_to(handoff, dc, &req, &client, &metrics, &app).await {
+                    Ok((resp, label)) | Err((Some(resp), label)) => {
                         remote = Some(resp);
+                        placement = label;
                     }
-                    Err(e) if e.may_have_reached_peer() && !is_idempotent(&req.method) => {
-                        // The app may have run there: running it again here could do twice
-                        // what the client asked once.
-                        count(&metrics, &app, |c| c.handoff_failures += 1);
-                        warn!(app = %app, peer = %name, error = %e, "handoff failed; not retried");
-                        placement = format!("remote-{name}");
-                        remote = Some(Response::text(
-                            502,
-                            format!(
-                                "datacenter {name} failed during a {} that is not retried: {e}\n",
-                                req.method
-                            ),
-                        ));
+                    Err((None, label)) => placement = label,
+                }
+            }
+            // Sent on to the region: cold here (decided up front), or saturated (decided now,
+            // with no await before the local run, so the count cannot change in between).
+            let to_region = match (target, overflow) {
+                (Target::Region(dc, why), _) => Some((dc, why)),
+                (Target::Local | Target::PeerDown(_), Some((dc, at)))
+                    if remote.is_none() && runtime.in_flight() >= at =>
+                {
+                    Some((dc, region::RegionReason::Saturated))
+                }
+                _ => None,
+            };
+            if let (Some((dc, why)), Some(handoff)) = (to_region, &handoff) {
+                match hand_to(handoff, dc, &req, &client, &metrics, &app).await {
+                    Ok((resp, label)) => {
+                        count(&metrics, &app, |c| match why {
+                            region::RegionReason::Saturated => c.region_saturated += 1,
+                            region::RegionReason::Cold => c.region_cold += 1,
+                        });
+                        reason = Some(why);
+                        remote = Some(resp);
+                        placement = label;
                     }
-                    Err(e) => {
-                        // The peer is unreachable, or the request can safely run again here.
-                        count(&metrics, &app, |c| c.handoff_failures += 1);
-                        warn!(app = %app, peer = %name, error = %e, "handoff failed; serving locally");
-                        placement = format!("local-fallback-from-{name}");
+                    Err((Some(resp), label)) => {
+                        remote = Some(resp);
+                        placement = label;
                     }
+                    Err((None, label)) => placement = label,
                 }
             }
             let remote_served = remote.is_some();
@@ -343,8 +433,13 @@ impl Service for EdgeService {
             } else if matches!(target, Target::Holdout) {
                 count(&metrics, &app, |c| ewma(&mut c.holdout_ewma_us, took_us));
             }
-            resp.headers.retain(|(k, _)| k != "x-edge-placement");
+            resp.headers
+                .retain(|(k, _)| k != "x-edge-placement" && k != "x-edge-placement-reason");
             resp.headers.push(("x-edge-placement".into(), placement));
+            if let (Some(why), true) = (reason, remote_served) {
+                resp.headers
+                    .push(("x-edge-placement-reason".into(), why.as_str().into()));
+            }
             if debug && !resp.headers.iter().any(|(k, _)| k == "x-edge-worker") {
                 resp.headers
                     .push(("x-edge-worker".into(), worker.to_string()));
