@@ -2,11 +2,13 @@
 //! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
 
 pub mod backend;
+pub mod canonical;
 pub mod edged;
 pub mod http;
 pub mod loadgen;
 pub mod netns;
 pub mod packets;
+pub mod plot;
 pub mod wan;
 pub mod world;
 pub mod xdp;

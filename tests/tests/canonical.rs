@@ -14,7 +14,11 @@ use std::{
 
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::edged;
-use edgeplane_tests::{canonical::Canonical, http::header, require_root};
+use edgeplane_tests::{
+    canonical::{self, Canonical},
+    http::header,
+    require_root,
+};
 
 fn fetcher_apps(mode: &str) -> impl Fn(&str, &str) -> String {
     let (fetcher, hello) = (common::app("fetcher"), common::app("hello"));
@@ -50,7 +54,7 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
     if !require_root("canonical") {
         return;
     }
-    let world = Canonical::start("canonical", &["pop", "dc2"], 0.01, fetcher_apps("local"));
+    let world = canonical::start("canonical", &["pop", "dc2"], 0.01, fetcher_apps("local"));
     let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
     let (placement, local) = fetch(&world);
     assert_eq!(placement, "local");
@@ -58,7 +62,7 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
     assert!(local >= pop_to_backend * 5, "local: {local:?}");
 
     edged::place(
-        world.pins("pop").dir(),
+        world.pins("pop"),
         "fetcher",
         Placement {
             kind: placement_kind::DATACENTER,
@@ -82,7 +86,7 @@ fn the_placement_engine_moves_fetcher_to_dc2_keeps_a_holdout_and_reverts_when_dc
     if !require_root("placement") {
         return;
     }
-    let world = Canonical::start("placement", &["pop", "dc2"], 0.25, fetcher_apps("smart"));
+    let world = canonical::start("placement", &["pop", "dc2"], 0.25, fetcher_apps("smart"));
     let started = Instant::now();
     let mut requests = 0;
     let converged = loop {
@@ -160,7 +164,7 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
     }
     let fetcher = common::app("fetcher");
     let hello = common::app("hello");
-    let world = Canonical::start("hints", &["pop", "dc2"], 0.0, |url, authority| {
+    let world = canonical::start("hints", &["pop", "dc2"], 0.0, |url, authority| {
         let app = |name: &str, placement: &str| {
             format!(
                 "[[apps]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\ncomponent = \"{}\"\n\
@@ -230,7 +234,7 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
                 .unwrap(),
         )
         .args(["--json", "placement", "list"])
-        .env("EDGEPLANE_PIN_DIR", world.pins("pop").dir())
+        .env("EDGEPLANE_PIN_DIR", world.pins("pop"))
         .output()
         .unwrap();
     assert!(

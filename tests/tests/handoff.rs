@@ -14,7 +14,11 @@ use std::{
 
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::edged::{self, WORKER_PORT};
-use edgeplane_tests::{canonical::Canonical, http::header, require_root};
+use edgeplane_tests::{
+    canonical::{self, Canonical},
+    http::header,
+    require_root,
+};
 
 fn at_dc(dc: u32) -> Placement {
     Placement {
@@ -55,7 +59,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
         return;
     }
     let hello_app = common::app("hello");
-    let mut world = Canonical::start("handoff", &["pop", "dc2"], 0.01, |_, _| {
+    let mut world = canonical::start("handoff", &["pop", "dc2"], 0.01, |_, _| {
         format!(
             "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
             hello_app.display()
@@ -70,7 +74,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert_eq!((status, placement.as_str()), (200, "local"));
 
     // Placed at dc2: handed off, so it pays at least the POP-dc2 round trip.
-    edged::place(world.pins("pop").dir(), "hello", at_dc(dc2_id)).unwrap();
+    edged::place(world.pins("pop"), "hello", at_dc(dc2_id)).unwrap();
     for _ in 0..3 {
         let (status, placement, took) = hello(&world);
         assert_eq!((status, placement.as_str()), (200, "remote-dc2"));
@@ -81,7 +85,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     }
 
     // dc2 placing hello back at the POP does not bounce a handed-off request.
-    edged::place(world.pins("dc2").dir(), "hello", at_dc(pop_id)).unwrap();
+    edged::place(world.pins("dc2"), "hello", at_dc(pop_id)).unwrap();
     let (status, placement, _) = hello(&world);
     assert_eq!((status, placement.as_str()), (200, "remote-dc2"));
 
@@ -131,7 +135,7 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
         return;
     }
     let fetcher = common::app("fetcher");
-    let world = Canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
+    let world = canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
         format!(
             "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
              env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n",
@@ -139,7 +143,7 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
         )
     });
     let dc2_id = world.topology.datacenter("dc2").unwrap().id;
-    edged::place(world.pins("pop").dir(), "fetcher", at_dc(dc2_id)).unwrap();
+    edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
 
     // Four clients send GETs back to back; dc2's edged is killed (SIGKILL: connections reset,
     // requests lost mid-flight) while they run.

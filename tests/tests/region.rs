@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use edgeplane_tests::{
-    canonical::{Canonical, Tuning},
+    canonical::{self, Canonical, Tuning},
     http::header,
     require_root,
 };
@@ -50,7 +50,7 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
         return;
     }
     // The POP runs one instance at a time and keeps two apps' code in memory.
-    let world = Canonical::start_tuned(
+    let world = canonical::start_tuned(
         "region",
         &["pop", "region"],
         0.0,

@@ -9,7 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use edgeplane_tests::{canonical::Canonical, http::header, require_root};
+use edgeplane_tests::{
+    canonical::{self, Canonical},
+    http::header,
+    require_root,
+};
 
 fn split_app(url: &str, authority: &str) -> String {
     format!(
@@ -68,7 +72,7 @@ fn a_split_apps_functions_are_placed_separately_and_combined() {
     if !require_root("split") {
         return;
     }
-    let world = Canonical::start("split", &["pop", "dc2"], 0.0, split_app);
+    let world = canonical::start("split", &["pop", "dc2"], 0.0, split_app);
     let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
 
     let (db, greet, took) = shop(&world);

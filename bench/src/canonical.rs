@@ -1,0 +1,186 @@
+//! The canonical multi-datacenter world (`userspace/topologies/canonical.toml`) with a backend
+//! and `edged` running at some of its datacenters: what the end-to-end tests, the benchmarks and
+//! the demo stand on. Dropping it stops the daemons, removes their pins and the namespaces.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use edgeplane::topology::Topology;
+
+use crate::{
+    backend::serve_pong,
+    edged::{DatacenterSpec, WORKER_PORT},
+    http::Server,
+    world::World,
+};
+
+pub const BACKEND_PORT: u16 = 9000;
+
+/// More `key = value` lines for one datacenter's `[runtime]` and `[datacenter]` tables.
+#[derive(Default)]
+pub struct Tuning {
+    pub runtime: String,
+    pub datacenter: String,
+}
+
+/// A BPF pin directory, removed on drop.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Canonical {
+    pub topology: Topology,
+    pub backend: Ipv4Addr,
+    /// Requests the backend served.
+    pub backend_served: Arc<AtomicU64>,
+    // Drop order: edged processes, their pins, then the world.
+    pub servers: Vec<Server>,
+    pins: Vec<(String, Pins)>,
+    pub world: World,
+    scratch: PathBuf,
+}
+
+impl Canonical {
+    /// Builds the world, starts the backend, and `edged` (the binary at `edged`) at each of
+    /// `datacenters` with the `[[apps]]` TOML that `apps(backend_url, backend_authority)`
+    /// returns, tuned per datacenter by `tuning`. `name` keeps pins and files apart.
+    pub fn start(
+        name: &str,
+        datacenters: &[&'static str],
+        holdout: f64,
+        edged: &Path,
+        apps: impl Fn(&str, &str) -> String,
+        tuning: impl Fn(&str) -> Tuning,
+    ) -> anyhow::Result<Self> {
+        let topology = Topology::canonical();
+        let world = World::build(&topology)?;
+        let backend = topology
+            .hosts
+            .iter()
+            .find(|h| h.name == "backend")
+            .and_then(|h| h.service_addr)
+            .context("the canonical topology has a backend with a service address")?;
+        let listener = world
+            .ns("backend")
+            .run(|| TcpListener::bind((backend, BACKEND_PORT)))??;
+        let backend_served = serve_pong(listener);
+        let scratch = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let apps = apps(
+            &format!("http://{backend}:{BACKEND_PORT}/"),
+            &format!("{backend}:{BACKEND_PORT}"),
+        );
+        let mut world = Self {
+            topology,
+            backend,
+            backend_served,
+            servers: Vec::new(),
+            pins: Vec::new(),
+            world,
+            scratch,
+        };
+        for dc in datacenters {
+            let pins = Pins(PathBuf::from(format!(
+                "/sys/fs/bpf/edgeplane-{name}-{dc}-{}",
+                std::process::id()
+            )));
+            let _ = std::fs::remove_dir_all(&pins.0);
+            let tune = tuning(dc);
+            let server = DatacenterSpec {
+                name: dc,
+                topology: "canonical",
+                pin_dir: pins.0.clone(),
+                scratch: &world.scratch,
+                apps: &apps,
+                workers: 1,
+                holdout,
+                runtime_extra: &tune.runtime,
+                datacenter_extra: &tune.datacenter,
+            }
+            .start(&world.world, edged)
+            .with_context(|| format!("starting edged at {dc}"))?;
+            world.pins.push((dc.to_string(), pins));
+            world.servers.push(server);
+        }
+        Ok(world)
+    }
+
+    /// Where `dc`'s edged pinned its maps.
+    pub fn pins(&self, dc: &str) -> &Path {
+        &self
+            .pins
+            .iter()
+            .find(|(n, _)| n == dc)
+            .expect("a datacenter this world started")
+            .1
+            .0
+    }
+
+    /// The POP's workers, as the client reaches them.
+    pub fn pop_addr(&self) -> SocketAddr {
+        SocketAddr::from((
+            self.world
+                .addr_of("client", "pop")
+                .expect("the canonical world links client and pop"),
+            WORKER_PORT,
+        ))
+    }
+
+    /// A GET from the client through the POP: status, headers, body, time taken.
+    pub fn through_pop(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> (u16, Vec<(String, String)>, String, Duration) {
+        let pop = self.pop_addr();
+        self.world
+            .ns("client")
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&pop, Duration::from_secs(5)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let started = Instant::now();
+                let (status, headers, body) = crate::http::get(&mut s, host, path);
+                (
+                    status,
+                    headers,
+                    String::from_utf8_lossy(&body).into_owned(),
+                    started.elapsed(),
+                )
+            })
+            .unwrap()
+    }
+
+    /// A GET on `dc`'s admin endpoint, from inside its namespace.
+    pub fn admin(&self, dc: &str, path: &str) -> String {
+        let admin: SocketAddr = "127.0.0.1:9901".parse().expect("valid address");
+        self.world
+            .ns(dc)
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                String::from_utf8(crate::http::get(&mut s, "admin", path).2).unwrap()
+            })
+            .unwrap()
+    }
+
+    /// The POP's placement engine's verdict per app.
+    pub fn placement_status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin("pop", "/placement")).unwrap_or_default()
+    }
+}
+
+impl Drop for Canonical {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
