@@ -1,30 +1,28 @@
-//! The main job, on embedded defaults: a client and a POP in network namespaces, `edged` with XDP
-//! on the POP's link, real traffic (HTTP, UDP, a spoofed blocklisted flood, malformed frames), and
-//! `edgectl` showing what the data plane counted and dropped. Everything it creates (namespaces,
-//! the daemon, BPF pins) is removed at the end, on failure, and on Ctrl-C.
+//! The main job, on embedded defaults: the canonical multi-datacenter world (client, POP, dc2,
+//! region, backend in network namespaces, WAN delay on every link), `edged` at each datacenter,
+//! and three apps whose code the placement engine places: `fetcher` (5 sequential subrequests
+//! to a backend 80 ms from the POP and 5 ms from dc2), `hello` (no subrequests) and the split
+//! app `shop` (its `db` function calls the backend, its `greet` function does not). Each app
+//! is measured always-local (pinned at the POP), by the engine (smart, after it converges), and
+//! at the oracle (pinned by hand where it runs best). Prints a table, writes JSON and SVG plots;
+//! namespaces, daemons and pins go away at the end, on failure and on Ctrl-C.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use edgeplane::PinnedMaps;
+use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_bench::{
-    netns::{LinkEnd, Netns, veth_pair},
-    packets::{FrameSpec, send_raw_frames},
-    xdp::live_flood,
+    canonical::{Canonical, Tuning},
+    loadgen::{self, Arrival, LoadReport, LoadSpec},
+    plot::{self, Series},
 };
 
-use crate::{cargo, target_dir, workspace_root};
+use crate::{build_apps, cargo, target_dir, workspace_root};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -36,120 +34,263 @@ pub struct DemoArgs {
     out: Option<PathBuf>,
 }
 
-const POP_V4: &str = "10.70.0.2";
-const CLIENT_V4: &str = "10.70.0.1";
-const FLOOD_SOURCE: &str = "203.0.113.99";
-
-/// The embedded default configuration of the POP's edged.
-const EDGED_TOML: &str = r#"
-blocklist = ["203.0.113.0/24"]
-
-[xdp]
-interfaces = ["pop0"]
-mode = "native"
-
-[workers]
-steer = true
-
-[rate_limit]
-enabled = true
-pps = 20000
-burst = 40000
-
-[[apps]]
-name = "hello"
-vips = ["10.70.0.2:8080/tcp"]
-
-[[apps]]
-name = "dns"
-vips = ["10.70.0.2:5353/udp"]
-"#;
-
-/// What Ctrl-C must clean up, recorded as it is created.
-static CLEANUP: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn step(msg: &str) {
-    eprintln!("\x1b[1;36m==>\x1b[0m {msg}");
+    eprintln!("\x1b[1m[demo]\x1b[0m {msg}");
 }
 
-struct Edged {
-    child: Child,
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
-impl Drop for Edged {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+/// One app of the demo: how a client asks for it, and which placement entry moves it.
+struct DemoApp {
+    name: &'static str,
+    host: &'static str,
+    path: &'static str,
+    /// The app (or function) whose PLACEMENT entry the modes set.
+    unit: &'static str,
+}
+
+const APPS: [DemoApp; 3] = [
+    DemoApp {
+        name: "fetcher",
+        host: "fetch.demo",
+        path: "/?k=5",
+        unit: "fetcher",
+    },
+    DemoApp {
+        name: "hello",
+        host: "hello.demo",
+        path: "/",
+        unit: "hello",
+    },
+    DemoApp {
+        name: "shop (split)",
+        host: "shop.demo",
+        path: "/?k=5",
+        unit: "shop.db",
+    },
+];
+
+fn apps_toml(url: &str, authority: &str) -> String {
+    let app = |name: &str| {
+        workspace_root()
+            .join(format!("apps/target/wasm32-wasip2/release/{name}.wasm"))
+            .display()
+            .to_string()
+    };
+    format!(
+        r#"
+[[apps]]
+name = "fetcher"
+hosts = ["fetch.demo"]
+component = "{fetcher}"
+env = {{ BACKEND_URL = "{url}" }}
+allowed_backends = ["{authority}"]
+placement = {{ mode = "smart" }}
+
+[[apps]]
+name = "hello"
+hosts = ["hello.demo"]
+component = "{hello}"
+placement = {{ mode = "smart" }}
+
+[[apps]]
+name = "shop"
+hosts = ["shop.demo"]
+component = "{split}"
+env = {{ FUNCTIONS = "db,greet" }}
+[[apps.functions]]
+name = "db"
+component = "{fetcher}"
+env = {{ BACKEND_URL = "{url}" }}
+allowed_backends = ["{authority}"]
+placement = {{ mode = "smart" }}
+[[apps.functions]]
+name = "greet"
+component = "{hello}"
+placement = {{ mode = "smart" }}
+"#,
+        fetcher = app("fetcher"),
+        hello = app("hello"),
+        split = app("split"),
+    )
+}
+
+/// What one app measured in each mode.
+#[derive(serde::Serialize)]
+struct AppResult {
+    app: String,
+    /// The engine's verdict after smart mode converged, and how long that took.
+    engine_status: String,
+    convergence_s: f64,
+    convergence_requests: usize,
+    always_local: LoadReport,
+    smart: LoadReport,
+    oracle: LoadReport,
+    oracle_at: String,
+    /// (seconds since smart mode began, request latency ms) while the engine converged.
+    #[serde(skip)]
+    convergence: Vec<(f64, f64)>,
+}
+
+fn set_placement(world: &Canonical, unit: &str, p: Placement) -> anyhow::Result<()> {
+    edgeplane_bench::edged::place(world.pins("pop"), unit, p)
+}
+
+fn pinned(kind: u32, datacenter: u32) -> Placement {
+    Placement {
+        kind,
+        datacenter,
+        flags: placement_flags::PINNED,
+        ..Default::default()
     }
 }
 
-fn edgectl(pin_dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(target_dir().join("release/edgectl"))
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .args(args)
-        .output()
-        .context("running edgectl")?;
-    if !out.status.success() {
-        bail!(
-            "edgectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+fn load(world: &Canonical, app: &DemoApp, label: &str, secs: u64) -> anyhow::Result<LoadReport> {
+    check_interrupted()?;
+    let spec = LoadSpec {
+        addr: world.pop_addr(),
+        host: app.host.into(),
+        path: app.path.into(),
+        connections: 4,
+        duration: Duration::from_secs(secs),
+        arrival: Arrival::Closed,
+    };
+    let target = format!("{} {label}", app.name);
+    world
+        .world
+        .ns("client")
+        .run(|| loadgen::run(&target, &spec))?
+}
+
+/// The engine's verdict, seconds to reach it, and (seconds, latency ms) of each request sent
+/// meanwhile.
+type Converged = (String, f64, Vec<(f64, f64)>);
+
+/// Hands the app back to the engine and sends requests until its verdict settles.
+fn converge(world: &Canonical, app: &DemoApp) -> anyhow::Result<Converged> {
+    set_placement(
+        world,
+        app.unit,
+        Placement {
+            flags: placement_flags::SMART,
+            ..Default::default()
+        },
+    )?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        check_interrupted()?;
+        let (status, _, body, took) = world.through_pop(app.host, app.path);
+        anyhow::ensure!(status == 200, "{}: {status} {body}", app.name);
+        samples.push((started.elapsed().as_secs_f64(), took.as_secs_f64() * 1e3));
+        let verdict = world.placement_status()[app.unit]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if verdict.starts_with("placed:") || (verdict == "local" && samples.len() >= 6) {
+            return Ok((verdict, started.elapsed().as_secs_f64(), samples));
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{}: no placement after 60 s ({verdict})", app.name);
+        }
+    }
+}
+
+fn measure(world: &Canonical, app: &DemoApp, secs: u64) -> anyhow::Result<AppResult> {
+    let dc2 = world.topology.datacenter("dc2").context("dc2")?.id;
+    step(&format!(
+        "{}: always-local (pinned at the POP), {secs} s",
+        app.name
+    ));
+    set_placement(world, app.unit, pinned(placement_kind::LOCAL, 0))?;
+    let always_local = load(world, app, "always-local", secs)?;
+    step(&format!("{}: smart (the engine decides)", app.name));
+    let (engine_status, convergence_s, convergence) = converge(world, app)?;
+    step(&format!(
+        "{}: engine says {engine_status} after {} requests, {convergence_s:.1} s; measuring {secs} s",
+        app.name,
+        convergence.len()
+    ));
+    let smart = load(world, app, "smart", secs)?;
+    // The oracle: where the app runs best, known by hand (dc2 beside the backend for apps
+    // that call it; the POP for hello).
+    let (oracle_at, oracle) = if app.name == "hello" {
+        ("pop", pinned(placement_kind::LOCAL, 0))
+    } else {
+        ("dc2", pinned(placement_kind::DATACENTER, dc2))
+    };
+    step(&format!(
+        "{}: oracle (pinned at {oracle_at}), {secs} s",
+        app.name
+    ));
+    set_placement(world, app.unit, oracle)?;
+    let oracle = load(world, app, "oracle", secs)?;
+    Ok(AppResult {
+        app: app.name.into(),
+        engine_status,
+        convergence_s,
+        convergence_requests: convergence.len(),
+        always_local,
+        smart,
+        oracle,
+        oracle_at: oracle_at.into(),
+        convergence,
+    })
+}
+
+fn print_table(results: &[AppResult]) {
+    println!();
+    println!(
+        "{:<14} {:<14} {:>12} {:>21} {:>21} {:>21} {:>10}",
+        "app",
+        "engine",
+        "converged",
+        "always-local p50/p99",
+        "smart p50/p99",
+        "oracle p50/p99",
+        "speed-up"
+    );
+    for r in results {
+        let cell = |l: &LoadReport| format!("{:.1}/{:.1} ms", l.p50_ms, l.p99_ms);
+        println!(
+            "{:<14} {:<14} {:>12} {:>21} {:>21} {:>21} {:>9.2}x",
+            r.app,
+            r.engine_status,
+            format!("{:.1} s/{} req", r.convergence_s, r.convergence_requests),
+            cell(&r.always_local),
+            cell(&r.smart),
+            format!("{} ({})", cell(&r.oracle), r.oracle_at),
+            r.always_local.p50_ms / r.smart.p50_ms.max(1e-9),
         );
     }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-/// A stand-in origin in the POP until workers serve apps (issue B): answers every request.
-fn serve_http(listener: TcpListener) {
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nhello\n",
-            );
-        }
-    });
-}
-
-fn http_get(addr: SocketAddr) -> anyhow::Result<bool> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: hello\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    Ok(resp.starts_with("HTTP/1.1 200"))
+    println!(
+        "(speed-up: always-local p50 / smart p50; 4 keep-alive connections, closed loop, from the client namespace)"
+    );
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
-        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("\ninterrupted: cleaning up");
-        for item in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
-            if let Some(ns) = item.strip_prefix("netns:") {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            } else if let Some(pid) = item.strip_prefix("pid:") {
-                let _ = Command::new("kill").args(["-TERM", pid]).status();
-            } else if let Some(dir) = item.strip_prefix("pins:") {
-                std::thread::sleep(Duration::from_millis(300));
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        std::process::exit(130);
+        INTERRUPTED.store(true, Ordering::SeqCst);
     })?;
     anyhow::ensure!(
         edgeplane_bench::netns::is_root(),
-        "the demo needs root (namespaces, XDP)"
+        "the demo needs root (network namespaces, XDP, BPF maps)"
     );
     let out = args
         .out
         .unwrap_or_else(|| workspace_root().join("results/demo"));
     std::fs::create_dir_all(&out)?;
+    let secs = if args.short { 2 } else { 8 };
 
-    step("building edged and edgectl (release)");
+    step("building edged, edgectl (release) and the apps");
     cargo(&[
         "build",
         "--locked",
@@ -158,166 +299,65 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "edgeplane",
         "--bins",
     ])?;
+    build_apps()?;
 
-    step("building the world: namespaces `client` and `pop` joined by a veth link");
-    let client = Netns::new("client")?;
-    CLEANUP
-        .lock()
-        .unwrap()
-        .push(format!("netns:{}", client.name()));
-    let pop = Netns::new("pop")?;
-    CLEANUP
-        .lock()
-        .unwrap()
-        .push(format!("netns:{}", pop.name()));
-    veth_pair(
-        &LinkEnd {
-            ns: &client,
-            iface: "client0",
-            addrs: &["10.70.0.1/24"],
-        },
-        &LinkEnd {
-            ns: &pop,
-            iface: "pop0",
-            addrs: &["10.70.0.2/24"],
-        },
+    step(
+        "building the canonical world: client, pop, dc2, region, backend; starting edged at pop, dc2, region",
+    );
+    let world = Canonical::start(
+        "demo",
+        &["pop", "dc2", "region"],
+        0.01,
+        &target_dir().join("release/edged"),
+        apps_toml,
+        |_| Tuning::default(),
     )?;
-
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/edgeplane-demo-{}", std::process::id()));
-    CLEANUP
-        .lock()
-        .unwrap()
-        .push(format!("pins:{}", pin_dir.display()));
-    let config = out.join("edged.toml");
-    std::fs::write(&config, EDGED_TOML)?;
-    step("starting edged in `pop` (XDP native on pop0; config in results/demo/edged.toml)");
-    let log = std::fs::File::create(out.join("edged.log"))?;
-    let child = pop
-        .command(
-            target_dir()
-                .join("release/edged")
-                .to_str()
-                .context("utf-8 path")?,
-        )
-        .arg("--config")
-        .arg(&config)
-        .arg("--pin-dir")
-        .arg(&pin_dir)
-        .arg("--unpin-on-exit")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting edged")?;
-    CLEANUP.lock().unwrap().push(format!("pid:{}", child.id()));
-    let edged = Edged { child };
-    let started = Instant::now();
-    let maps = loop {
-        if let Ok(m) = PinnedMaps::open(&pin_dir)
-            && m.app_id("dns").is_ok()
-        {
-            break m;
+    for (a, b) in [("pop", "backend"), ("dc2", "backend"), ("pop", "dc2")] {
+        if let Some(rtt) = world.topology.rtt(a, b) {
+            step(&format!("link {a}-{b}: {} ms RTT", rtt.as_millis()));
         }
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!(
-                "edged did not come up; see {}",
-                out.join("edged.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    println!("{}", edgectl(&pin_dir, &["app", "list"])?);
-
-    let hello: SocketAddr = format!("{POP_V4}:8080").parse()?;
-    let dns: SocketAddr = format!("{POP_V4}:5353").parse()?;
-    let (listener, udp) = pop.run(|| -> anyhow::Result<_> {
-        Ok((TcpListener::bind(hello)?, UdpSocket::bind(dns)?))
-    })??;
-    serve_http(listener);
-
-    let (requests, datagrams, flood, malformed) = if args.short {
-        (50, 100, 200_000u32, 10)
-    } else {
-        (500, 1000, 4_000_000u32, 100)
-    };
-    step(&format!(
-        "client: {requests} HTTP requests to hello, {datagrams} UDP datagrams to dns"
-    ));
-    let ok = client.run(|| -> anyhow::Result<usize> {
-        let mut ok = 0;
-        for _ in 0..requests {
-            ok += http_get(hello).unwrap_or(false) as usize;
-        }
-        let sock = UdpSocket::bind(format!("{CLIENT_V4}:0"))?;
-        for _ in 0..datagrams {
-            sock.send_to(b"query", dns)?;
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        Ok(ok)
-    })??;
-    drop(udp);
-
-    step(&format!(
-        "attacker: {flood} spoofed frames from {FLOOD_SOURCE} (blocklisted) at line rate"
-    ));
-    let flood_frame =
-        FrameSpec::udp(FLOOD_SOURCE.parse()?, POP_V4.parse()?, 4444, 5353, 18).build();
-    let secs = live_flood(&client, "client0", &flood_frame, flood)?;
-
-    step(&format!(
-        "attacker: {malformed} malformed frames of each of 3 kinds"
-    ));
-    let good = FrameSpec::udp(CLIENT_V4.parse()?, POP_V4.parse()?, 4444, 5353, 18).build();
-    let mut bad_ihl = good.clone();
-    bad_ihl[14] = 0x43;
-    let mut bad_udp_len = good.clone();
-    bad_udp_len[38..40].copy_from_slice(&2u16.to_be_bytes());
-    let truncated = good[..30].to_vec();
-    let frames: Vec<Vec<u8>> = [bad_ihl, bad_udp_len, truncated]
-        .iter()
-        .flat_map(|f| vec![f.clone(); malformed])
-        .collect();
-    client.run(|| send_raw_frames("client0", &frames))??;
-    std::thread::sleep(Duration::from_millis(300));
-
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
     }
-    step("what edgeplane saw (edgectl stats)");
-    println!("{}", edgectl(&pin_dir, &["stats", "--interval", "0"])?);
-    let stats_json = edgectl(&pin_dir, &["--json", "stats", "--interval", "0"])?;
-    std::fs::write(out.join("stats.json"), &stats_json)?;
+    let mut results = Vec::new();
+    for app in &APPS {
+        results.push(measure(&world, app, secs)?);
+    }
+    print_table(&results);
 
-    let reader = maps.stats_reader()?;
-    let dns_stats = reader.app(maps.app_id("dns")?)?;
-    let hello_stats = reader.app(maps.app_id("hello")?)?;
-    let blocked = dns_stats.drops[edgeplane_abi::DropReason::Blocklisted as usize];
-    let summary = serde_json::json!({
-        "http_requests": requests, "http_ok": ok, "hello_new_flows": hello_stats.new_flows,
-        "udp_datagrams_counted": dns_stats.packets, "flood_sent": flood,
-        "flood_dropped_at_xdp": blocked, "flood_mpps": blocked as f64 / secs / 1e6,
-        "malformed_dropped": reader.app(0)?.total_drops(),
-    });
     std::fs::write(
         out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
+        serde_json::to_vec_pretty(&results)?,
     )?;
-    println!("Summary");
-    println!(
-        "  HTTP requests through XDP:    {ok}/{requests} answered, {} new flows counted for hello",
-        hello_stats.new_flows
-    );
-    println!("  UDP datagrams counted (dns):  {}", dns_stats.packets);
-    println!(
-        "  blocklisted flood:            {blocked} of {flood} dropped at XDP ({:.2} Mpps received and dropped)",
-        blocked as f64 / secs / 1e6
-    );
-    println!(
-        "  malformed frames dropped:     {}",
-        reader.app(0)?.total_drops()
-    );
-    println!("  results:                      {}", out.display());
-
-    step("stopping edged (XDP detached, pins removed) and removing the namespaces");
-    drop(edged);
+    for r in &results {
+        let file = r.app.split(' ').next().unwrap_or("app");
+        plot::latency_cdf(
+            &out.join(format!("cdf-{file}.svg")),
+            &format!("{}: request latency through the POP", r.app),
+            &[
+                ("always-local".into(), r.always_local.cdf.clone()),
+                ("smart".into(), r.smart.cdf.clone()),
+                (format!("oracle ({})", r.oracle_at), r.oracle.cdf.clone()),
+            ],
+        )?;
+    }
+    let convergence: Vec<Series> = results
+        .iter()
+        .map(|r| Series {
+            label: format!("{} -> {}", r.app, r.engine_status),
+            points: r.convergence.clone(),
+        })
+        .collect();
+    plot::lines(
+        &out.join("convergence.svg"),
+        "smart placement converging: latency of each request",
+        "seconds since the app was handed to the engine",
+        "latency (ms)",
+        &convergence,
+    )?;
+    step(&format!(
+        "results in {}: summary.json, cdf-*.svg, convergence.svg",
+        out.display()
+    ));
+    drop(world);
+    step("cleaned up: daemons stopped, pins and namespaces removed");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `demo` (the main job), `test` (what CI runs), `bench` (full benchmarks).
 
 mod demo;
+mod xdp_demo;
 
 use std::{path::PathBuf, process::Command};
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Task {
     /// The main job: an edge world in network namespaces with edgeplane at work.
     Demo(demo::DemoArgs),
+    /// The XDP fast path at work: counting, a blocklisted flood and malformed frames dropped.
+    DemoXdp(xdp_demo::XdpDemoArgs),
     /// fmt, clippy, every test, and benchmark smoke runs.
     Test,
     /// Full benchmarks (figures for bench/README.md).
@@ -205,6 +208,7 @@ fn bench() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(args) => demo::run(args),
+        Task::DemoXdp(args) => xdp_demo::run(args),
         Task::Test => test(),
         Task::Bench => bench(),
     }
