@@ -23,7 +23,7 @@ use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_dataplane::{
     handoff::{HandoffConfig, auth},
     http::{Request, parse_response, write_request},
-    router::{PROBE_PATH, WorkerMetrics},
+    router::{AppCounters, PROBE_PATH, WorkerMetrics},
     wasm::Observations,
 };
 use tracing::{info, warn};
@@ -170,17 +170,24 @@ impl Engine {
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     }
 
-    /// (saturated, cold) requests sent on to the region, summed over the workers.
-    fn region_forwards(&self, app: &str) -> (u64, u64) {
-        let mut total = (0, 0);
+    /// Calls `f` with each worker's counters of `app`.
+    fn each_worker(&self, app: &str, mut f: impl FnMut(&AppCounters)) {
         for m in &self.metrics {
             if let Ok(m) = m.lock()
                 && let Some(c) = m.get(app)
             {
-                total.0 += c.region_saturated;
-                total.1 += c.region_cold;
+                f(c);
             }
         }
+    }
+
+    /// (saturated, cold) requests sent on to the region, summed over the workers.
+    fn region_forwards(&self, app: &str) -> (u64, u64) {
+        let mut total = (0, 0);
+        self.each_worker(app, |c| {
+            total.0 += c.region_saturated;
+            total.1 += c.region_cold;
+        });
         total
     }
 
@@ -318,28 +325,20 @@ impl Engine {
     /// (handed-off, held-out) moving averages of request time, the slowest worker's.
     fn measured(&self, app: &str) -> (f64, f64) {
         let mut out = (0.0f64, 0.0f64);
-        for m in &self.metrics {
-            if let Ok(m) = m.lock()
-                && let Some(c) = m.get(app)
-            {
-                out.0 = out.0.max(c.remote_ewma_us);
-                out.1 = out.1.max(c.holdout_ewma_us);
-            }
-        }
+        self.each_worker(app, |c| {
+            out.0 = out.0.max(c.remote_ewma_us);
+            out.1 = out.1.max(c.holdout_ewma_us);
+        });
         out
     }
 
     /// (requests, of which handed off) summed over the workers.
     fn requests(&self, app: &str) -> (u64, u64) {
         let mut total = (0, 0);
-        for m in &self.metrics {
-            if let Ok(m) = m.lock()
-                && let Some(c) = m.get(app)
-            {
-                total.0 += c.requests;
-                total.1 += c.handed_off;
-            }
-        }
+        self.each_worker(app, |c| {
+            total.0 += c.requests;
+            total.1 += c.handed_off;
+        });
         total
     }
 

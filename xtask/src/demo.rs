@@ -22,7 +22,7 @@ use edgeplane_bench::{
     plot::{self, Series},
 };
 
-use crate::{build_apps, cargo, target_dir, workspace_root};
+use crate::{build_apps, cargo, step, target_dir, workspace_root};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -35,10 +35,6 @@ pub struct DemoArgs {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn step(msg: &str) {
-    eprintln!("\x1b[1m[demo]\x1b[0m {msg}");
-}
 
 fn check_interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {

@@ -28,6 +28,11 @@ enum Task {
     Bench,
 }
 
+/// A demo's progress line.
+pub fn step(msg: &str) {
+    eprintln!("\x1b[1;36m==>\x1b[0m {msg}");
+}
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

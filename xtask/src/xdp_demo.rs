@@ -24,7 +24,7 @@ use edgeplane_bench::{
     xdp::live_flood,
 };
 
-use crate::{cargo, target_dir, workspace_root};
+use crate::{cargo, step, target_dir, workspace_root};
 
 #[derive(Args)]
 pub struct XdpDemoArgs {
@@ -68,10 +68,6 @@ vips = ["10.70.0.2:5353/udp"]
 /// What Ctrl-C must clean up, recorded as it is created.
 static CLEANUP: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-fn step(msg: &str) {
-    eprintln!("\x1b[1;36m==>\x1b[0m {msg}");
-}
 
 struct Edged {
     child: Child,

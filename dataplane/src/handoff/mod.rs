@@ -140,6 +140,12 @@ impl Handoff {
         self.pools.get(&id).map(|p| &p.peer)
     }
 
+    /// A peer's name, or its id when it is not a peer.
+    pub fn peer_name(&self, id: u32) -> String {
+        self.peer(id)
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    }
+
     /// Checks an incoming request's handoff headers.
     pub fn verify(&self, req: &Request) -> Result<HandoffMeta, AuthError> {
         auth::verify(&self.cfg.key, req, unix_now())

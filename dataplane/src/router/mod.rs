@@ -149,7 +149,7 @@ impl EdgeService {
         let dc = match p.kind {
             placement_kind::DATACENTER => Some(p.datacenter),
             placement_kind::REGION => self.region.as_ref().map(|r| r.region),
-            _ => return self.overflow(app, handoff),
+            _ => return self.overflow(app),
         };
         match dc {
             Some(dc) if dc != handoff.self_id() && handoff.peer(dc).is_some() => {
@@ -169,19 +169,23 @@ impl EdgeService {
                 }
                 Target::Peer(dc)
             }
-            _ => self.overflow(app, handoff),
+            _ => self.overflow(app),
         }
+    }
+
+    /// The region, when requests can be sent on to it from here (it is not this datacenter
+    /// and not marked down).
+    fn reachable_region(&self) -> Option<&region::RegionPolicy> {
+        let (policy, handoff) = (self.region.as_ref()?, self.handoff.as_ref()?);
+        (policy.region != handoff.self_id() && !handoff.is_down(policy.region)).then_some(policy)
     }
 
     /// For an app this datacenter serves: whether it goes to the region instead because it is
     /// cold here (saturation is judged when the request is about to run).
-    fn overflow(&self, app: &str, handoff: &Handoff) -> Target {
-        let Some(policy) = &self.region else {
+    fn overflow(&self, app: &str) -> Target {
+        let Some(policy) = self.reachable_region() else {
             return Target::Local;
         };
-        if policy.region == handoff.self_id() || handoff.is_down(policy.region) {
-            return Target::Local;
-        }
         let rate = self.popularity.record(app);
         if policy.popular_rps > 0.0 && rate < policy.popular_rps && !self.runtime.is_resident(app) {
             return Target::Region(policy.region, region::RegionReason::Cold);
@@ -201,9 +205,7 @@ async fn hand_to(
     metrics: &WorkerMetrics,
     app: &str,
 ) -> Result<(Response, String), (Option<Response>, String)> {
-    let name = handoff
-        .peer(dc)
-        .map_or_else(|| dc.to_string(), |p| p.name.clone());
+    let name = handoff.peer_name(dc);
     match handoff.forward(dc, req.clone(), client).await {
         Ok(resp) => {
             count(metrics, app, |c| c.handed_off += 1);
@@ -335,17 +337,10 @@ impl Service for EdgeService {
         let (runtime, metrics, worker) = (self.runtime.clone(), self.metrics.clone(), ctx.worker);
         let handoff = self.handoff.clone();
         // Where requests go when this worker is saturated: never for a handed-off request.
-        let overflow = match (&self.region, &self.handoff) {
-            (Some(p), Some(h))
-                if !handed_off
-                    && p.overflow_in_flight > 0
-                    && p.region != h.self_id()
-                    && !h.is_down(p.region) =>
-            {
-                Some((p.region, p.overflow_in_flight))
-            }
-            _ => None,
-        };
+        let overflow = self
+            .reachable_region()
+            .filter(|p| !handed_off && p.overflow_in_flight > 0)
+            .map(|p| (p.region, p.overflow_in_flight));
         let client = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
@@ -356,14 +351,9 @@ impl Service for EdgeService {
                 count(&metrics, &app, |c| c.holdouts += 1);
                 placement = "local-holdout".to_owned();
             }
-            let peer_name = |handoff: &Handoff, dc: u32| {
-                handoff
-                    .peer(dc)
-                    .map_or_else(|| dc.to_string(), |p| p.name.clone())
-            };
             if let (Target::PeerDown(dc), Some(handoff)) = (target, &handoff) {
                 count(&metrics, &app, |c| c.handoffs_skipped += 1);
-                placement = format!("local-fallback-from-{}", peer_name(handoff, dc));
+                placement = format!("local-fallback-from-{}", handoff.peer_name(dc));
             }
             let mut remote = None;
             let mut reason = None;
