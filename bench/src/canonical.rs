@@ -172,6 +172,17 @@ impl Canonical {
             .unwrap()
     }
 
+    /// The sum of a Prometheus counter at `dc` over the series whose labels contain every one
+    /// of `labels` (each `key="value"`).
+    pub fn metric(&self, dc: &str, name: &str, labels: &[&str]) -> u64 {
+        self.admin(dc, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The POP's placement engine's verdict per app.
     pub fn placement_status(&self) -> serde_json::Value {
         serde_json::from_str(&self.admin("pop", "/placement")).unwrap_or_default()

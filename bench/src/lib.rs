@@ -9,6 +9,7 @@ pub mod loadgen;
 pub mod netns;
 pub mod packets;
 pub mod plot;
+pub mod scenario;
 pub mod wan;
 pub mod world;
 pub mod xdp;

@@ -51,6 +51,8 @@ pub struct LoadReport {
     pub requests_per_sec: f64,
     pub completed: u64,
     pub errors: u64,
+    /// The run's planned length.
+    pub duration_s: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -118,6 +120,13 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                 connection(index, &spec, &request, started, end, &tally).await
             }));
         }
+        let progress = (spec.duration >= PROGRESS_AFTER).then(|| {
+            tokio::task::spawn_local(show_progress(
+                target.to_owned(),
+                spec.duration,
+                tally.clone(),
+            ))
+        });
         let mut first_error = None;
         for t in tasks {
             if let Err(e) = t.await.expect("load task panicked")
@@ -125,6 +134,11 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             {
                 first_error = Some(e);
             }
+        }
+        if let Some(p) = progress {
+            p.abort();
+            // Wait for the cancelled task to be dropped, which clears the bar.
+            let _ = p.await;
         }
         if let Some(e) = first_error {
             tracing::debug!(error = %e, "a load connection ended with an error");
@@ -157,6 +171,7 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         requests_per_sec: h.len() as f64 / elapsed,
         completed: h.len(),
         errors: tally.errors,
+        duration_s: spec.duration.as_secs_f64(),
         p50_ms: ms(h.value_at_quantile(0.50)),
         p90_ms: ms(h.value_at_quantile(0.90)),
         p99_ms: ms(h.value_at_quantile(0.99)),
@@ -166,6 +181,37 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         cdf,
         histogram: h,
     })
+}
+
+/// Runs at least this long get a progress bar (on a terminal; hidden otherwise).
+const PROGRESS_AFTER: Duration = Duration::from_secs(3);
+
+/// A progress bar over the run's seconds, with what has completed so far; cleared at the end.
+async fn show_progress(target: String, duration: Duration, tally: Rc<RefCell<Tally>>) {
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>30} [{bar:30}] {elapsed:>3}/{duration} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(target);
+    struct ClearOnDrop(indicatif::ProgressBar);
+    impl Drop for ClearOnDrop {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = ClearOnDrop(bar);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let t = tally.borrow();
+        bar.0
+            .set_position(t.started.elapsed().as_millis().min(duration.as_millis()) as u64);
+        bar.0
+            .set_message(format!("{} done, {} errors", t.histogram.len(), t.errors));
+    }
 }
 
 /// One keep-alive connection's share of the load; reconnects after errors.

@@ -4,7 +4,12 @@
 //!   netdev-ingress drop rule. The flood comes from BPF_PROG_TEST_RUN in live-frames mode running
 //!   `bare_tx` on the sender's veth (xdp-tools' generator does not work on this kernel).
 
-use std::{net::IpAddr, path::Path, time::Instant};
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -21,9 +26,9 @@ use crate::{
 };
 
 pub const APP_VIP: &str = "10.88.0.2:53/udp";
-const FLOOD_SOURCE: &str = "203.0.113.5";
+pub const FLOOD_SOURCE: &str = "203.0.113.5";
 /// Covers FLOOD_SOURCE and every source `bare_tx_spray` writes.
-const BLOCKED_PREFIX: &str = "203.0.0.0/16";
+pub const BLOCKED_PREFIX: &str = "203.0.0.0/16";
 
 /// How the flood's sources vary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -251,26 +256,67 @@ fn live_flood_with(
     count: u32,
     generator: &str,
 ) -> anyhow::Result<f64> {
+    let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+    let tx = baseline_program(&mut ebpf, generator)?;
     ns.run(|| -> anyhow::Result<f64> {
-        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-        let tx = baseline_program(&mut ebpf, generator)?;
-        let ifindex = ifindex(iface)?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
         let start = Instant::now();
-        tx.test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat: count,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN live frames")?;
+        transmit(tx, ifindex(iface)?, frame, count)?;
         Ok(start.elapsed().as_secs_f64())
     })?
+}
+
+/// Floods out of `iface` in `ns` in bursts paced at `pps` frames per second (0: flat out) until
+/// `stop` is set; returns (frames sent, seconds taken).
+pub fn paced_flood(
+    ns: &Netns,
+    iface: &str,
+    frame: &[u8],
+    sources: Sources,
+    pps: u64,
+    stop: &AtomicBool,
+) -> anyhow::Result<(u64, f64)> {
+    // 10 ms of frames a call: each call costs about a millisecond of set-up, and small bursts
+    // keep the pace even and let the flood stop soon after `stop`.
+    let burst = if pps == 0 {
+        20_000
+    } else {
+        (pps / 100).clamp(1_000, 100_000) as u32
+    };
+    let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+    let tx = baseline_program(&mut ebpf, sources.generator())?;
+    ns.run(|| -> anyhow::Result<(u64, f64)> {
+        let ifindex = ifindex(iface)?;
+        let started = Instant::now();
+        let mut frames = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            transmit(tx, ifindex, frame, burst)?;
+            frames += u64::from(burst);
+            if pps > 0 {
+                let due = started + Duration::from_secs_f64(frames as f64 / pps as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+        Ok((frames, started.elapsed().as_secs_f64()))
+    })?
+}
+
+/// XDP_TXes `count` copies of `frame` as if received on `ifindex` (the calling thread's
+/// namespace), by BPF_PROG_TEST_RUN in live-frames mode.
+fn transmit(tx: &Xdp, ifindex: u32, frame: &[u8], count: u32) -> anyhow::Result<()> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    tx.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat: count,
+        attrs: TestRunAttrs::new().xdp_live_frames(64),
+        ..Default::default()
+    })
+    .context("BPF_PROG_TEST_RUN live frames")?;
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]

@@ -53,6 +53,7 @@ fn the_demo_places_apps_and_writes_its_plots() {
         "cdf-fetcher.svg",
         "cdf-hello.svg",
         "cdf-shop.svg",
+        "throughput-fetcher.svg",
         "convergence.svg",
     ] {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap_or_default();

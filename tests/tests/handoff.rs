@@ -42,15 +42,11 @@ fn hello(world: &Canonical) -> (u16, String, Duration) {
 
 /// edgeplane_app_handoffs_total for hello with this outcome, summed over `dc`'s workers.
 fn handoffs(world: &Canonical, dc: &str, outcome: &str) -> u64 {
-    let label = format!("outcome=\"{outcome}\"}}");
-    world
-        .admin(dc, "/metrics")
-        .lines()
-        .filter(|l| {
-            l.starts_with("edgeplane_app_handoffs_total{app=\"hello\"") && l.contains(&label)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    world.metric(
+        dc,
+        "edgeplane_app_handoffs_total",
+        &["app=\"hello\"", &format!("outcome=\"{outcome}\"")],
+    )
 }
 
 #[test]

@@ -114,16 +114,13 @@ fn a_split_apps_functions_are_placed_separately_and_combined() {
     let (status, _, body, _) = world.through_pop("db.shop.fn.internal", "/");
     assert_eq!(status, 403, "{body}");
     // And dc2 served db's requests as handoffs, greet's none.
-    let metrics = world.admin("dc2", "/metrics");
     let received = |app: &str| -> u64 {
-        let prefix = format!(
-            "edgeplane_app_handoffs_total{{app=\"{app}\",worker=\"0\",outcome=\"received\"}} "
-        );
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-            .unwrap_or(0)
+        world.metric(
+            "dc2",
+            "edgeplane_app_handoffs_total",
+            &[&format!("app=\"{app}\""), "outcome=\"received\""],
+        )
     };
-    assert!(received("shop.db") >= 1, "{metrics}");
-    assert_eq!(received("shop.greet"), 0, "{metrics}");
+    assert!(received("shop.db") >= 1);
+    assert_eq!(received("shop.greet"), 0);
 }

@@ -20,6 +20,7 @@ use edgeplane_bench::{
     canonical::{Canonical, Tuning},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     plot::{self, Series},
+    scenario,
 };
 
 use crate::{build_apps, cargo, step, target_dir, workspace_root};
@@ -32,6 +33,16 @@ pub struct DemoArgs {
     /// Where to write results (default: results/demo).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+impl DemoArgs {
+    /// A full run writing its results to `out`.
+    pub fn full(out: PathBuf) -> Self {
+        Self {
+            short: false,
+            out: Some(out),
+        }
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -334,6 +345,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 (format!("oracle ({})", r.oracle_at), r.oracle.cdf.clone()),
             ],
         )?;
+        plot::lines(
+            &out.join(format!("throughput-{file}.svg")),
+            &format!("{}: requests served per second", r.app),
+            "second of the run",
+            "requests served per second",
+            &[&r.always_local, &r.smart, &r.oracle].map(scenario::throughput_series),
+        )?;
     }
     let convergence: Vec<Series> = results
         .iter()
@@ -350,7 +368,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &convergence,
     )?;
     step(&format!(
-        "results in {}: summary.json, cdf-*.svg, convergence.svg",
+        "results in {}: summary.json, cdf-*.svg, throughput-*.svg, convergence.svg",
         out.display()
     ));
     drop(world);

@@ -24,8 +24,30 @@ enum Task {
     DemoXdp(xdp_demo::XdpDemoArgs),
     /// fmt, clippy, every test, and benchmark smoke runs.
     Test,
-    /// Full benchmarks (figures for bench/README.md).
-    Bench,
+    /// Full benchmark scenarios (figures for bench/README.md): all, or those named.
+    Bench {
+        #[arg(value_enum)]
+        scenarios: Vec<Scenario>,
+    },
+}
+
+/// The benchmark scenarios, each against its baseline in the same run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    /// XDP classify's cost per packet and flood drop rate vs bare XDP and nftables.
+    Xdp,
+    /// Static route vs nginx, hello vs `wasmtime serve`.
+    Http,
+    /// criterion: store + instantiate and whole requests on one worker's engine.
+    Instantiate,
+    /// Handoff overhead between datacenters beyond the link.
+    Handoff,
+    /// Serving hello under a SYN flood: dropped at XDP vs met by the kernel.
+    Attack,
+    /// A saturated POP: overflow to the region vs refusing.
+    Saturation,
+    /// The multi-datacenter canonical scenario: the main job's full run.
+    Canonical,
 }
 
 /// A demo's progress line.
@@ -87,10 +109,22 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
     build_bench_bins()?;
-    // Benchmark smoke runs: the harnesses work; figures come from `./x bench`.
+    // Benchmark smoke runs: the harnesses work; figures come from `./x bench`. The canonical
+    // scenario's short run is the demo test's.
+    let smoke = std::env::temp_dir().join(format!("edgeplane-smoke-{}", std::process::id()));
+    let smoke = smoke.to_str().context("utf-8 temp dir")?;
     run_bin("xdp-bench", &["--smoke"])?;
     run_bin("http-bench", &["--smoke"])?;
     run_bin("handoff-bench", &["--smoke"])?;
+    run_bin(
+        "attack-bench",
+        &["--smoke", "--out", &format!("{smoke}/attack")],
+    )?;
+    run_bin(
+        "saturation-bench",
+        &["--smoke", "--out", &format!("{smoke}/saturation")],
+    )?;
+    let _ = std::fs::remove_dir_all(smoke);
     cargo_test(&[
         "test",
         "--locked",
@@ -181,33 +215,37 @@ fn build_bench_bins() -> anyhow::Result<()> {
     ])
 }
 
-fn bench() -> anyhow::Result<()> {
+fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
+    use clap::ValueEnum as _;
     build_bench_bins()?;
     let out = workspace_root().join("results/bench");
     std::fs::create_dir_all(&out)?;
-    let json = out.join("xdp-bench.json");
-    run_bin(
-        "xdp-bench",
-        &["--json", json.to_str().context("utf-8 path")?],
-    )?;
-    let json = out.join("http-bench.json");
-    run_bin(
-        "http-bench",
-        &["--json", json.to_str().context("utf-8 path")?],
-    )?;
-    let json = out.join("handoff-bench.json");
-    run_bin(
-        "handoff-bench",
-        &["--json", json.to_str().context("utf-8 path")?],
-    )?;
-    cargo(&[
-        "bench",
-        "--locked",
-        "-p",
-        "edgeplane-dataplane",
-        "--bench",
-        "instantiate",
-    ])
+    let chosen: Vec<Scenario> = if scenarios.is_empty() {
+        Scenario::value_variants().to_vec()
+    } else {
+        scenarios.to_vec()
+    };
+    for scenario in chosen {
+        let json = |name: &str| out.join(format!("{name}.json")).display().to_string();
+        let folder = |name: &str| out.join(name).display().to_string();
+        match scenario {
+            Scenario::Xdp => run_bin("xdp-bench", &["--json", &json("xdp-bench")])?,
+            Scenario::Http => run_bin("http-bench", &["--json", &json("http-bench")])?,
+            Scenario::Handoff => run_bin("handoff-bench", &["--json", &json("handoff-bench")])?,
+            Scenario::Attack => run_bin("attack-bench", &["--out", &folder("attack")])?,
+            Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
+            Scenario::Instantiate => cargo(&[
+                "bench",
+                "--locked",
+                "-p",
+                "edgeplane-dataplane",
+                "--bench",
+                "instantiate",
+            ])?,
+            Scenario::Canonical => demo::run(demo::DemoArgs::full(out.join("canonical")))?,
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -215,6 +253,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(args),
         Task::DemoXdp(args) => xdp_demo::run(args),
         Task::Test => test(),
-        Task::Bench => bench(),
+        Task::Bench { scenarios } => bench(&scenarios),
     }
 }

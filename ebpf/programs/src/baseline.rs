@@ -32,20 +32,43 @@ pub fn bare_tx(_ctx: XdpContext) -> u32 {
 }
 
 /// Like `bare_tx`, but rewrites the low 16 bits of an untagged IPv4 frame's source address from
-/// a counter: a flood from 65,536 sources, which no per-flow cache can hold.
+/// a counter: a flood from 65,536 sources, which no per-flow cache can hold. The IPv4 and the
+/// TCP/UDP checksums are updated to match (RFC 1624), so without an XDP program in the way the
+/// receiver's kernel takes each frame as valid traffic, as it would a real flood's.
 #[xdp]
 pub fn bare_tx_spray(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    // Source address low half: Ethernet 14 + IPv4 offset 14.
-    if start + 30 > end {
+    // Ethernet 14 + IPv4 20 (no options) + TCP checksum at 16: the furthest byte touched.
+    if start + 52 > end {
         return xdp_action::XDP_ABORTED;
     }
-    if let Some(counter) = SPRAY_COUNTER.get_ptr_mut(0) {
-        let n = unsafe { *counter }.wrapping_add(1);
-        unsafe {
-            *counter = n;
-            *((start + 28) as *mut [u8; 2]) = (n as u16).to_be_bytes();
-        }
+    let Some(counter) = SPRAY_COUNTER.get_ptr_mut(0) else {
+        return xdp_action::XDP_TX;
+    };
+    let n = unsafe { *counter }.wrapping_add(1);
+    unsafe { *counter = n };
+    let word = |offset: usize| unsafe { u16::from_be_bytes(*((start + offset) as *const [u8; 2])) };
+    let put = |offset: usize, value: u16| unsafe {
+        *((start + offset) as *mut [u8; 2]) = value.to_be_bytes();
+    };
+    // Source address low half: Ethernet 14 + IPv4 offset 14.
+    let (old, new) = (word(28), n as u16);
+    put(28, new);
+    put(24, checksum_replace(word(24), old, new));
+    let proto = unsafe { *((start + 23) as *const u8) };
+    if proto == 6 {
+        put(50, checksum_replace(word(50), old, new));
+    } else if proto == 17 && word(40) != 0 {
+        put(40, checksum_replace(word(40), old, new));
     }
     xdp_action::XDP_TX
+}
+
+/// A one's-complement checksum after one 16-bit word it covers changed from `old` to `new`.
+#[inline(always)]
+fn checksum_replace(checksum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }

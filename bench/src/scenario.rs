@@ -1,0 +1,109 @@
+//! What every load scenario does with its runs: a table against the baseline run, and the
+//! results folder (JSON, latency CDFs, throughput over time).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::{
+    loadgen::LoadReport,
+    plot::{self, Series},
+};
+
+/// Prints one row per run; ratios are against `runs[baseline]`.
+pub fn print_table(title: &str, runs: &[&LoadReport], baseline: usize) {
+    println!("\n{title}");
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>8} {:>11}",
+        "run", "served/s", "p50 ms", "p99 ms", "max ms", "errors", "vs baseline"
+    );
+    let base = runs.get(baseline).map_or(f64::NAN, |b| b.requests_per_sec);
+    for (i, r) in runs.iter().enumerate() {
+        let ratio = if i == baseline {
+            "baseline".to_owned()
+        } else {
+            format!("{:.2}x", r.requests_per_sec / base)
+        };
+        println!(
+            "{:<44} {:>10.0} {:>9.2} {:>9.2} {:>9.1} {:>8} {:>11}",
+            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors, ratio
+        );
+    }
+}
+
+/// Writes `results.json` (the runs and `extra`), `cdf.svg` and `throughput.svg` into `out`.
+pub fn write_results(
+    out: &Path,
+    title: &str,
+    runs: &[&LoadReport],
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(&serde_json::json!({ "runs": runs, "details": extra }))?,
+    )?;
+    plot::latency_cdf(
+        &out.join("cdf.svg"),
+        &format!("{title}: latency of served requests"),
+        &runs
+            .iter()
+            .map(|r| (r.target.clone(), r.cdf.clone()))
+            .collect::<Vec<_>>(),
+    )?;
+    plot::lines(
+        &out.join("throughput.svg"),
+        &format!("{title}: throughput over time"),
+        "second of the run",
+        "requests served per second",
+        &runs
+            .iter()
+            .map(|r| throughput_series(r))
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(())
+}
+
+/// Requests served in each whole second of a run (stragglers after its end are left out).
+pub fn throughput_series(run: &LoadReport) -> Series {
+    let whole = (run.duration_s as usize).max(1);
+    Series {
+        label: run.target.clone(),
+        points: run
+            .per_second
+            .iter()
+            .take(whole)
+            .enumerate()
+            .map(|(second, &n)| (second as f64 + 1.0, n as f64))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_keeps_the_runs_whole_seconds() {
+        let run = LoadReport {
+            target: "t".into(),
+            offered_rate: None,
+            requests_per_sec: 0.0,
+            completed: 0,
+            errors: 0,
+            duration_s: 2.0,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+            per_second: vec![10, 12, 1],
+            cdf: Vec::new(),
+            histogram: hdrhistogram::Histogram::new(3).unwrap(),
+        };
+        assert_eq!(
+            throughput_series(&run).points,
+            vec![(1.0, 10.0), (2.0, 12.0)]
+        );
+    }
+}
