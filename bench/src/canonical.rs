@@ -47,6 +47,7 @@ pub struct Canonical {
     pins: Vec<(String, Pins)>,
     pub world: World,
     scratch: PathBuf,
+    edged: PathBuf,
 }
 
 impl Canonical {
@@ -87,6 +88,7 @@ impl Canonical {
             pins: Vec::new(),
             world,
             scratch,
+            edged: edged.to_path_buf(),
         };
         for dc in datacenters {
             let pins = Pins(PathBuf::from(format!(
@@ -112,6 +114,17 @@ impl Canonical {
             world.servers.push(server);
         }
         Ok(world)
+    }
+
+    /// Starts `dc`'s edged again with the same config (after `Server::kill`, say): its maps
+    /// are unpinned and made anew.
+    pub fn restart(&mut self, dc: &str) -> anyhow::Result<()> {
+        let name = format!("edged ({dc})");
+        self.servers.retain(|s| s.name != name);
+        let config = self.scratch.join(format!("{dc}.toml"));
+        let server = crate::edged::start_with(&self.world, dc, &config, &self.edged)?;
+        self.servers.push(server);
+        Ok(())
     }
 
     /// Where `dc`'s edged pinned its maps.
@@ -181,6 +194,29 @@ impl Canonical {
             .filter(|l| labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
+    }
+
+    /// Polls the POP's placement status until `app`'s contains `needle`; returns it, or the
+    /// whole table in the error after `timeout`.
+    pub fn wait_status(
+        &self,
+        app: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let started = Instant::now();
+        loop {
+            let table = self.placement_status();
+            let s = table[app].as_str().unwrap_or("").to_owned();
+            if s.contains(needle) {
+                return Ok(s);
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "{app}: no {needle:?} within {timeout:?}: {table}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The POP's placement engine's verdict per app.

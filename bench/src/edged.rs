@@ -71,36 +71,47 @@ holdout = {holdout}
     pub fn start(&self, world: &World, edged_bin: &Path) -> anyhow::Result<Server> {
         let config = self.scratch.join(format!("{}.toml", self.name));
         std::fs::write(&config, self.config())?;
-        let ns = world.ns(self.name);
-        let mut server = spawn(
-            &format!("edged ({})", self.name),
-            ns.command(edged_bin.to_str().context("utf-8 path")?)
-                .arg("--config")
-                .arg(&config)
-                .arg("--unpin-on-exit"),
-        )?;
-        let addr = SocketAddr::from((
-            world
-                .topology
-                .links
-                .iter()
-                .enumerate()
-                .find_map(|(i, l)| {
-                    let (a, b) = edgeplane::topology::Topology::link_addrs(i);
-                    if l.between[0] == self.name {
-                        Some(a)
-                    } else if l.between[1] == self.name {
-                        Some(b)
-                    } else {
-                        None
-                    }
-                })
-                .context("a datacenter without links")?,
-            WORKER_PORT,
-        ));
-        ns.run(|| wait_listening(&mut server, addr, Duration::from_secs(120)))??;
-        Ok(server)
+        start_with(world, self.name, &config, edged_bin)
     }
+}
+
+/// Starts `edged` with `config` in datacenter `name`'s namespace and waits until its workers
+/// listen (a first start, or a restart with the same config).
+pub fn start_with(
+    world: &World,
+    name: &str,
+    config: &Path,
+    edged_bin: &Path,
+) -> anyhow::Result<Server> {
+    let ns = world.ns(name);
+    let mut server = spawn(
+        &format!("edged ({name})"),
+        ns.command(edged_bin.to_str().context("utf-8 path")?)
+            .arg("--config")
+            .arg(config)
+            .arg("--unpin-on-exit"),
+    )?;
+    let addr = SocketAddr::from((
+        world
+            .topology
+            .links
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| {
+                let (a, b) = edgeplane::topology::Topology::link_addrs(i);
+                if l.between[0] == name {
+                    Some(a)
+                } else if l.between[1] == name {
+                    Some(b)
+                } else {
+                    None
+                }
+            })
+            .context("a datacenter without links")?,
+        WORKER_PORT,
+    ));
+    ns.run(|| wait_listening(&mut server, addr, Duration::from_secs(120)))??;
+    Ok(server)
 }
 
 /// Sets where `app` runs in the edged whose maps are pinned at `pin_dir`.

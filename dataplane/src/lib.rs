@@ -5,6 +5,7 @@ pub mod functions;
 pub mod handoff;
 pub mod http;
 pub mod listener;
+pub mod probe;
 pub mod router;
 pub mod wasm;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! Handoff between datacenters on the canonical world: the POP's edged hands a request to dc2's
 //! edged over the emulated 30 ms link when PLACEMENT says so, dc2 serves it and never hands it
-//! on, forged handoffs are refused, and a dead dc2 leaves the POP serving locally.
+//! on, forged handoffs are refused, and a dead dc2 leaves the POP serving locally until probes
+//! see it back.
 
 #[path = "../../dataplane/tests/common/mod.rs"]
 mod common;
@@ -195,4 +196,64 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
     );
     assert!(remote > 0 && fallback > 0, "{answers:?}");
     assert_eq!(remote + fallback, answers.len(), "{answers:?}");
+}
+
+#[test]
+fn a_dead_peer_is_marked_down_and_its_apps_return_when_probes_see_it_back() {
+    if !require_root("peer-back") {
+        return;
+    }
+    let fetcher = common::app("fetcher");
+    // A hostname hint: the engine places the app by HTTP probes of the backend, from the POP
+    // and from dc2, without traffic.
+    let mut world = canonical::start("peer-back", &["pop", "dc2"], 0.0, |url, authority| {
+        format!(
+            "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
+             env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
+             placement = {{ hostname = \"{authority}\" }}\n",
+            fetcher.display()
+        )
+    });
+    let fetch = |world: &Canonical| {
+        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=1");
+        assert_eq!(status, 200, "{body}");
+        header(&headers, "x-edge-placement")
+            .unwrap_or("")
+            .to_owned()
+    };
+    world
+        .wait_status("fetcher", "placed:dc2", Duration::from_secs(15))
+        .unwrap();
+    assert!(
+        world.backend_served.load(Ordering::Relaxed) > 0,
+        "the HTTP probes reached the backend"
+    );
+    assert_eq!(fetch(&world), "remote-dc2");
+
+    world
+        .servers
+        .iter()
+        .find(|s| s.name.contains("dc2"))
+        .unwrap()
+        .kill();
+    let killed = Instant::now();
+    // Marked down by the engine's next probe (1 s tick, 1 s connect timeout) and the app
+    // comes back here without a cooldown.
+    let status = world
+        .wait_status("fetcher", "-down", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(status, "local:dc2-down");
+    eprintln!("dc2 marked down {:?} after it died", killed.elapsed());
+    assert!(fetch(&world).starts_with("local"));
+
+    world.restart("dc2").unwrap();
+    let restarted = Instant::now();
+    world
+        .wait_status("fetcher", "placed:dc2", Duration::from_secs(15))
+        .unwrap();
+    eprintln!(
+        "placed at dc2 again {:?} after it came back",
+        restarted.elapsed()
+    );
+    assert_eq!(fetch(&world), "remote-dc2");
 }

@@ -6,7 +6,7 @@
 #[path = "../../dataplane/tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgeplane_tests::{
     canonical::{self, Canonical, Tuning},
@@ -26,22 +26,10 @@ fn fetcher_and_hello(url: &str, authority: &str) -> String {
     )
 }
 
-/// Polls the POP's placement status until `app`'s contains `needle`.
 fn wait_status(world: &Canonical, app: &str, needle: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-        let s = status[app].as_str().unwrap_or("").to_owned();
-        if s.contains(needle) {
-            return s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{app}: no {needle:?} in {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    world
+        .wait_status(app, needle, Duration::from_secs(5))
+        .unwrap()
 }
 
 #[test]

@@ -7,8 +7,11 @@
 //! Latency here is what the workers measured. Latency from a peer is derived: this
 //! datacenter's subrequest latency to a destination spans k of its RTTs to it (k ~ 2 for a
 //! fresh connection per subrequest), so from the peer it is k x the peer's RTT, which the peer
-//! measures on request (a signed probe on its worker port). Entries pinned by hand are left
-//! alone.
+//! measures on request (a signed probe on its worker port). The RTT to a peer is the one measured
+//! on the handoff connections (workers time every handoff, less the peer's serving time) while
+//! there is handoff traffic, else the engine's own probe. Each tick the engine probes every peer:
+//! a peer that does not answer is marked down (workers stop handing off to it and apps placed
+//! there come back here) until a probe sees it back. Entries pinned by hand are left alone.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,8 +24,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_dataplane::{
-    handoff::{HandoffConfig, auth},
+    handoff::{HandoffConfig, Peer, auth},
     http::{Request, parse_response, write_request},
+    probe::{self, ProbeKind},
     router::{AppCounters, PROBE_PATH, WorkerMetrics},
     wasm::Observations,
 };
@@ -72,9 +76,13 @@ pub enum Goal {
     /// by the margin: fewer handoffs, traffic and cross-datacenter dependencies, at some
     /// latency.
     LocalFirst { min_saving: Duration },
-    /// Nearest to one backend (a `host` or `hostname` hint): placed by RTT to it, from the
-    /// first tick, without waiting for traffic.
-    NearBackend { backend: String },
+    /// Nearest to one backend (a `host` or `hostname` hint): placed by the time a probe to it
+    /// takes from each datacenter (TCP connect for `host`; an HTTP `HEAD /` with this Host
+    /// header for `hostname`), from the first tick, without waiting for traffic.
+    NearBackend {
+        backend: String,
+        http_host: Option<String>,
+    },
 }
 
 pub struct Engine {
@@ -111,6 +119,7 @@ impl Engine {
                 let mut region_seen: HashMap<String, (u64, u64)> = HashMap::new();
                 loop {
                     std::thread::sleep(self.cfg.tick);
+                    self.probe_peers();
                     for i in 0..self.apps.len() {
                         let app = self.apps[i].clone();
                         let name = app.name.clone();
@@ -160,6 +169,29 @@ impl Engine {
                 _ => "local".into(),
             }
         })
+    }
+
+    /// Probes every peer: one that does not answer is marked down, one that answers is up.
+    fn probe_peers(&self) {
+        let health = &self.handoff.health;
+        for peer in &self.handoff.peers {
+            match probe::measure_blocking(
+                peer.addr,
+                &ProbeKind::Connect,
+                self.handoff.connect_timeout,
+            ) {
+                Ok(rtt) => {
+                    if health.probe_answered(peer.id, rtt) {
+                        info!(peer = %peer.name, rtt_us = rtt.as_micros() as u64, "peer answers probes again: up");
+                    }
+                }
+                Err(e) => {
+                    if health.mark_down(peer.id) {
+                        warn!(peer = %peer.name, error = %e, "peer does not answer probes: down");
+                    }
+                }
+            }
+        }
     }
 
     fn dc_name(&self, id: u32) -> String {
@@ -216,8 +248,16 @@ impl Engine {
             return Ok("reverted".into());
         }
         let placed = current.kind != placement_kind::LOCAL;
-        if let Goal::NearBackend { backend } = &goal {
-            return self.place_near(id, backend, current);
+        if current.kind == placement_kind::DATACENTER
+            && self.handoff.health.is_down(current.datacenter)
+        {
+            // Its datacenter is down: back here at once (no cooldown); placed again when a
+            // probe sees it back and it still wins.
+            self.maps.set_placement(id, here)?;
+            return Ok(format!("local:{}-down", self.dc_name(current.datacenter)));
+        }
+        if let Goal::NearBackend { backend, http_host } = &goal {
+            return self.place_near(id, backend, http_host.as_deref(), current);
         }
         // Measured, not estimated: handed-off requests slower than the holdout kept here.
         let (remote_us, holdout_us) = self.measured(app);
@@ -239,8 +279,8 @@ impl Engine {
         let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
         let mut best: Option<(u32, String, f64)> = None;
         if !dests.is_empty() {
-            for peer in self.handoff.peers.clone() {
-                match self.estimate_at(&peer.addr, &dests) {
+            for peer in self.up_peers() {
+                match self.estimate_at(&peer, &dests) {
                     Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
                         best = Some((peer.id, peer.name.clone(), us))
                     }
@@ -282,15 +322,22 @@ impl Engine {
 
     /// Places a hinted app at the datacenter with the shortest RTT to its backend (here, unless
     /// a peer beats here by the margin).
-    fn place_near(&self, id: u32, backend: &str, current: Placement) -> anyhow::Result<String> {
+    fn place_near(
+        &self,
+        id: u32,
+        backend: &str,
+        http_host: Option<&str>,
+        current: Placement,
+    ) -> anyhow::Result<String> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(backend)
             .with_context(|| format!("resolving {backend}"))?
             .next()
             .with_context(|| format!("{backend} resolves to no address"))?;
-        let here = connect_time(&addr)?.as_micros() as f64;
+        let kind = http_host.map_or(ProbeKind::Connect, |h| ProbeKind::Http(h.to_owned()));
+        let here = probe_time(&addr, &kind)?.as_micros() as f64;
         let mut best: Option<(u32, String, f64)> = None;
-        for peer in &self.handoff.peers {
-            match self.peer_probe(&peer.addr, &addr.to_string()) {
+        for peer in self.up_peers() {
+            match self.peer_probe(&peer.addr, &addr.to_string(), &kind) {
                 Ok(us) if best.as_ref().is_none_or(|b| (us as f64) < b.2) => {
                     best = Some((peer.id, peer.name.clone(), us as f64))
                 }
@@ -373,27 +420,46 @@ impl Engine {
             .collect()
     }
 
-    /// Estimated request time at the peer listening at `peer`, in microseconds.
-    fn estimate_at(&self, peer: &SocketAddr, dests: &[Destination]) -> anyhow::Result<f64> {
-        let mut us = connect_time(peer)?.as_micros() as f64;
+    /// Peers not marked down.
+    fn up_peers(&self) -> Vec<Peer> {
+        let health = &self.handoff.health;
+        self.handoff
+            .peers
+            .iter()
+            .filter(|p| !health.is_down(p.id))
+            .cloned()
+            .collect()
+    }
+
+    /// Estimated request time at `peer`, in microseconds.
+    fn estimate_at(&self, peer: &Peer, dests: &[Destination]) -> anyhow::Result<f64> {
+        let rtt = match self.handoff.health.rtt(peer.id, HANDOFF_RTT_MAX_AGE) {
+            Some(rtt) => rtt,
+            None => probe_time(&peer.addr, &ProbeKind::Connect)?,
+        };
+        let mut us = rtt.as_micros() as f64;
         for d in dests {
             let addr: SocketAddr = d
                 .name
                 .parse()
                 .with_context(|| format!("destination {:?} is not ip:port", d.name))?;
-            let here_rtt = connect_time(&addr)?.as_micros().max(1) as f64;
+            let here_rtt = probe_time(&addr, &ProbeKind::Connect)?.as_micros().max(1) as f64;
             let round_trips = (d.latency_us / here_rtt).max(1.0);
-            let there_rtt = self.peer_probe(peer, &d.name)? as f64;
+            let there_rtt = self.peer_probe(&peer.addr, &d.name, &ProbeKind::Connect)? as f64;
             us += d.per_request * round_trips * there_rtt;
         }
         Ok(us)
     }
 
-    /// The peer's TCP connect time to `dest`, in microseconds (a signed probe).
-    fn peer_probe(&self, peer: &SocketAddr, dest: &str) -> anyhow::Result<u64> {
+    /// The peer's probe of `dest`, in microseconds (a signed request to its workers).
+    fn peer_probe(&self, peer: &SocketAddr, dest: &str, kind: &ProbeKind) -> anyhow::Result<u64> {
+        let target = match kind {
+            ProbeKind::Connect => format!("{PROBE_PATH}?dest={dest}"),
+            ProbeKind::Http(host) => format!("{PROBE_PATH}?dest={dest}&http={host}"),
+        };
         let mut req = Request {
             method: "GET".into(),
-            target: format!("{PROBE_PATH}?dest={dest}"),
+            target,
             minor_version: 1,
             headers: vec![("host".into(), b"edgeplane".to_vec())],
             body: Vec::new(),
@@ -435,20 +501,22 @@ impl Engine {
             );
         }
         let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
-        v["connect_us"]
+        v["probe_us"]
             .as_u64()
-            .context("probe answer without connect_us")
+            .context("probe answer without probe_us")
     }
 }
 
-/// The fastest of three TCP connects from here: one RTT.
-fn connect_time(addr: &SocketAddr) -> anyhow::Result<Duration> {
+/// Handoff-connection RTTs older than this give way to the engine's own probes.
+const HANDOFF_RTT_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The fastest of three probes from here (for `Connect`: one RTT).
+fn probe_time(addr: &SocketAddr, kind: &ProbeKind) -> anyhow::Result<Duration> {
     let mut best = Duration::MAX;
     for _ in 0..3 {
-        let started = Instant::now();
-        TcpStream::connect_timeout(addr, Duration::from_secs(2))
+        let took = probe::measure_blocking(*addr, kind, Duration::from_secs(2))
             .with_context(|| format!("probing {addr}"))?;
-        best = best.min(started.elapsed());
+        best = best.min(took);
     }
     Ok(best)
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, rc::Rc, sync::Arc, thread::Join
 use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
-    handoff::{Handoff, HandoffConfig, Peer},
+    handoff::{Handoff, HandoffConfig, Peer, PeerHealth},
     http::Response,
     listener::reuseport_listener,
     router::{
@@ -49,7 +49,7 @@ fn handoff_config(
         .datacenter(&dc.name)
         .with_context(|| format!("datacenter {:?} is not in the topology", dc.name))?;
     let port = dc.peer_port.unwrap_or(listen.port());
-    let peers = topology
+    let peers: Vec<Peer> = topology
         .datacenters
         .iter()
         .filter(|p| p.name != me.name)
@@ -67,11 +67,11 @@ fn handoff_config(
         HandoffConfig {
             self_id: me.id,
             key: topology.handoff_key_bytes()?,
+            health: Arc::new(PeerHealth::new(peers.iter().map(|p| p.id))),
             peers,
             connect_timeout: dc.connect_timeout,
             request_timeout: dc.request_timeout,
             max_response_bytes: 64 << 20,
-            down_for: std::time::Duration::from_secs(5),
         },
         region,
     )))

@@ -7,12 +7,14 @@
 //! pool when the peer keeps it open.
 
 pub mod auth;
+mod health;
 
 use std::{
     cell::RefCell,
     collections::HashMap,
     net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{
@@ -22,6 +24,11 @@ use tokio::{
 
 use crate::http::{Request, Response, parse_response, write_request};
 pub use auth::{AuthError, HandoffMeta};
+pub use health::PeerHealth;
+
+/// The response header a datacenter serving a handoff puts its serving time in (us), so the
+/// sender can tell the network's share of the exchange: the RTT on the handoff connection.
+pub const SERVICE_TIME_HEADER: &str = "x-edge-service-us";
 
 /// Another datacenter this one can hand requests to.
 #[derive(Clone, Debug)]
@@ -43,10 +50,9 @@ pub struct HandoffConfig {
     pub request_timeout: Duration,
     /// Largest response body relayed.
     pub max_response_bytes: usize,
-    /// After a failed handoff the peer counts as down this long: requests for it are served
-    /// here at once instead of each waiting on a dead peer. The first request after that
-    /// tries it again.
-    pub down_for: Duration,
+    /// Which peers are down and how far they are, shared with the other workers and the
+    /// placement engine (which brings a down peer back when its probe answers).
+    pub health: Arc<PeerHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +96,6 @@ struct PeerPool {
 pub struct Handoff {
     cfg: HandoffConfig,
     pools: HashMap<u32, PeerPool>,
-    down_until: RefCell<HashMap<u32, std::time::Instant>>,
 }
 
 fn unix_now() -> u64 {
@@ -117,19 +122,12 @@ impl Handoff {
                 )
             })
             .collect();
-        Self {
-            cfg,
-            pools,
-            down_until: RefCell::new(HashMap::new()),
-        }
+        Self { cfg, pools }
     }
 
-    /// Whether `dc` failed a handoff within the last `down_for`.
+    /// Whether `dc` is marked down (a handoff or a probe failed, and no probe has seen it since).
     pub fn is_down(&self, dc: u32) -> bool {
-        self.down_until
-            .borrow()
-            .get(&dc)
-            .is_some_and(|until| std::time::Instant::now() < *until)
+        self.cfg.health.is_down(dc)
     }
 
     pub fn self_id(&self) -> u32 {
@@ -171,6 +169,7 @@ impl Handoff {
         write_request(&mut wire, &req);
         let head = req.method == "HEAD";
         let timeout = self.cfg.request_timeout;
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.exchange(pool, &wire, head)).await {
             Ok(r) => r,
             Err(_) => Err(HandoffError::Timeout {
@@ -178,24 +177,38 @@ impl Handoff {
                 timeout,
             }),
         };
-        let mut down = self.down_until.borrow_mut();
-        match &result {
-            Ok(_) => {
-                down.remove(&dc);
+        let result = result.map(|(resp, connecting)| (resp, connecting, started.elapsed()));
+        match result {
+            Ok((mut resp, connecting, took)) => {
+                let served_us = resp
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == SERVICE_TIME_HEADER)
+                    .and_then(|(_, v)| v.parse::<u64>().ok());
+                resp.headers.retain(|(k, _)| k != SERVICE_TIME_HEADER);
+                if let Some(us) = served_us {
+                    let rtt = took.saturating_sub(connecting + Duration::from_micros(us));
+                    self.cfg.health.record_handoff_rtt(dc, rtt);
+                }
+                Ok(resp)
             }
-            Err(_) => {
-                down.insert(dc, std::time::Instant::now() + self.cfg.down_for);
+            Err(e) => {
+                if self.cfg.health.mark_down(dc) {
+                    tracing::warn!(peer = %pool.peer.name, error = %e, "peer marked down until a probe sees it back");
+                }
+                Err(e)
             }
         }
-        result
     }
 
+    /// The peer's response, and the time spent opening a connection for it (zero on a pooled
+    /// one).
     async fn exchange(
         &self,
         pool: &PeerPool,
         wire: &[u8],
         head: bool,
-    ) -> Result<Response, HandoffError> {
+    ) -> Result<(Response, Duration), HandoffError> {
         let io = |error| HandoffError::Io {
             peer: pool.peer.name.clone(),
             error,
@@ -205,7 +218,7 @@ impl Handoff {
         let pooled = pool.idle.borrow_mut().pop();
         if let Some(stream) = pooled {
             match self.send_on(pool, stream, wire, head).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, Duration::ZERO)),
                 Err(SendError::Stale) => {}
                 Err(SendError::Failed(e)) => return Err(e),
             }
@@ -214,6 +227,7 @@ impl Handoff {
             peer: pool.peer.name.clone(),
             error,
         };
+        let connect_started = Instant::now();
         let stream =
             tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(pool.peer.addr))
                 .await
@@ -224,9 +238,10 @@ impl Handoff {
                     ))
                 })?
                 .map_err(|e| unreachable(e.to_string()))?;
+        let connecting = connect_started.elapsed();
         let _ = stream.set_nodelay(true);
         match self.send_on(pool, stream, wire, head).await {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => Ok((resp, connecting)),
             Err(SendError::Stale) => Err(io(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "closed before answering",

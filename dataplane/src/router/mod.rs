@@ -13,8 +13,9 @@ use tracing::warn;
 
 use crate::{
     functions,
-    handoff::{Handoff, auth, is_idempotent},
+    handoff::{Handoff, SERVICE_TIME_HEADER, auth, is_idempotent},
     http::{Request, Response},
+    probe::ProbeKind,
     wasm::AppRuntime,
     worker::{Reply, RequestContext, Service},
 };
@@ -239,29 +240,42 @@ async fn hand_to(
 /// Peers' placement engines ask here how far this datacenter is from a destination.
 pub const PROBE_PATH: &str = "/.edgeplane/probe";
 
-/// TCP connect time from here to `dest` (`host:port`): one RTT of this datacenter's path.
-async fn probe(dest: &str) -> Response {
+/// A probe from here to `dest` (`ip:port`): TCP connect time, or with `http` (a Host header)
+/// the time of an HTTP `HEAD /` (see `probe::ProbeKind`).
+async fn probe(dest: &str, http: Option<String>) -> Response {
     let Ok(addr) = dest.parse::<std::net::SocketAddr>() else {
         return Response::text(400, format!("probe: {dest:?} is not an ip:port\n"));
     };
-    let started = std::time::Instant::now();
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Response::new(
+    let kind = http.map_or(ProbeKind::Connect, ProbeKind::Http);
+    match crate::probe::measure(addr, &kind, std::time::Duration::from_secs(3)).await {
+        Ok(took) => Response::new(
             200,
             format!(
-                "{{\"destination\":\"{dest}\",\"connect_us\":{}}}\n",
-                started.elapsed().as_micros()
+                "{{\"destination\":\"{dest}\",\"kind\":\"{}\",\"probe_us\":{}}}\n",
+                if kind == ProbeKind::Connect {
+                    "connect"
+                } else {
+                    "http"
+                },
+                took.as_micros()
             ),
         )
         .header("content-type", "application/json"),
-        Ok(Err(e)) => Response::text(502, format!("probe {dest}: {e}\n")),
-        Err(_) => Response::text(504, format!("probe {dest}: no answer in 3 s\n")),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Response::text(504, format!("probe {dest}: {e}\n"))
+        }
+        Err(e) => Response::text(502, format!("probe {dest}: {e}\n")),
     }
+}
+
+/// A query parameter's value (no percent-decoding: probes carry plain host names).
+fn query_param(target: &str, name: &str) -> Option<String> {
+    target
+        .split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_owned)
 }
 
 impl Service for EdgeService {
@@ -275,12 +289,9 @@ impl Service for EdgeService {
             if let Err(why) = verdict {
                 return Reply::Now(Response::text(403, format!("probe refused: {why}\n")));
             }
-            let dest = req
-                .target
-                .split_once("dest=")
-                .map(|(_, d)| d.split('&').next().unwrap_or("").to_owned())
-                .unwrap_or_default();
-            return Reply::Later(Box::pin(async move { probe(&dest).await }));
+            let dest = query_param(&req.target, "dest").unwrap_or_default();
+            let http = query_param(&req.target, "http");
+            return Reply::Later(Box::pin(async move { probe(&dest, http).await }));
         }
         // Function hosts are for a split app's own calls (from this datacenter's workers, or
         // handed off by a peer, which is verified below): no client reaches a function directly.
@@ -429,6 +440,12 @@ impl Service for EdgeService {
             if let (Some(why), true) = (reason, remote_served) {
                 resp.headers
                     .push(("x-edge-placement-reason".into(), why.as_str().into()));
+            }
+            if handed_off {
+                resp.headers.push((
+                    SERVICE_TIME_HEADER.into(),
+                    started.elapsed().as_micros().to_string(),
+                ));
             }
             if debug && !resp.headers.iter().any(|(k, _)| k == "x-edge-worker") {
                 resp.headers

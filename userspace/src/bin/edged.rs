@@ -106,7 +106,13 @@ fn start_placement_engine(
         let id = maps.app_id(&a.name)?;
         let p = &a.placement;
         let goal = if let Some(backend) = p.hinted_backend() {
-            Some(Goal::NearBackend { backend })
+            // A hostname hint is probed over HTTP, by that name.
+            let http_host = p.hostname.as_ref().map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h.as_str(), |(name, _)| name)
+                    .to_owned()
+            });
+            Some(Goal::NearBackend { backend, http_host })
         } else if p.mode == PlacementMode::Smart {
             Some(match p.goal {
                 PlacementGoal::Latency => Goal::Latency,
