@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::{
     http::{Server, spawn, wait_listening},
+    netns::Netns,
     world::World,
 };
 
@@ -83,14 +84,6 @@ pub fn start_with(
     config: &Path,
     edged_bin: &Path,
 ) -> anyhow::Result<Server> {
-    let ns = world.ns(name);
-    let mut server = spawn(
-        &format!("edged ({name})"),
-        ns.command(edged_bin.to_str().context("utf-8 path")?)
-            .arg("--config")
-            .arg(config)
-            .arg("--unpin-on-exit"),
-    )?;
     let addr = SocketAddr::from((
         world
             .topology
@@ -110,6 +103,24 @@ pub fn start_with(
             .context("a datacenter without links")?,
         WORKER_PORT,
     ));
+    start_in(world.ns(name), name, config, edged_bin, addr)
+}
+
+/// Starts `edged` with `config` inside `ns` and waits until its workers listen on `addr`.
+pub fn start_in(
+    ns: &Netns,
+    name: &str,
+    config: &Path,
+    edged_bin: &Path,
+    addr: SocketAddr,
+) -> anyhow::Result<Server> {
+    let mut server = spawn(
+        &format!("edged ({name})"),
+        ns.command(edged_bin.to_str().context("utf-8 path")?)
+            .arg("--config")
+            .arg(config)
+            .arg("--unpin-on-exit"),
+    )?;
     ns.run(|| wait_listening(&mut server, addr, Duration::from_secs(120)))??;
     Ok(server)
 }

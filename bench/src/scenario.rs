@@ -1,7 +1,7 @@
 //! What every load scenario does with its runs: a table against the baseline run, and the
 //! results folder (JSON, latency CDFs, throughput over time).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
@@ -9,6 +9,59 @@ use crate::{
     loadgen::LoadReport,
     plot::{self, Series},
 };
+
+/// What every scenario binary needs before it starts: root, and where things are.
+pub struct Setup {
+    pub workspace: PathBuf,
+    /// `edged`, built beside the scenario binary (`./x bench` builds both).
+    pub edged: PathBuf,
+}
+
+impl Setup {
+    /// Fails with a clear message unless run as root with `edged` beside this binary.
+    pub fn new(scenario: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            crate::netns::is_root(),
+            "{scenario} needs root (namespaces, XDP, BPF maps)"
+        );
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace")?
+            .to_path_buf();
+        let edged = std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("edged");
+        anyhow::ensure!(
+            edged.exists(),
+            "{} is missing: cargo build --release -p edgeplane (./x bench does)",
+            edged.display()
+        );
+        Ok(Self { workspace, edged })
+    }
+
+    /// The guest app `name`'s component, which must have been built.
+    pub fn app(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self
+            .workspace
+            .join(format!("apps/target/wasm32-wasip2/release/{name}.wasm"));
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: build apps/ first (./x bench does)",
+            path.display()
+        );
+        Ok(path)
+    }
+
+    /// A results folder: relative paths are taken from the workspace root.
+    pub fn results_dir(&self, out: &Path) -> PathBuf {
+        if out.is_relative() {
+            self.workspace.join(out)
+        } else {
+            out.to_path_buf()
+        }
+    }
+}
 
 /// Prints one row per run; ratios are against `runs[baseline]`.
 pub fn print_table(title: &str, runs: &[&LoadReport], baseline: usize) {

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
-    http::{Server, spawn, wait_listening},
+    http::Server,
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     netns::Netns,
     packets::{DST_MAC, FrameSpec},
@@ -65,31 +65,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
-        "attack-bench needs root (namespaces, XDP)"
-    );
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace")?
-        .to_path_buf();
-    let component = workspace.join("apps/target/wasm32-wasip2/release/hello.wasm");
-    anyhow::ensure!(
-        component.exists(),
-        "{} is missing: build apps/ first (./x bench does)",
-        component.display()
-    );
-    let edged_bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("edged");
-    anyhow::ensure!(edged_bin.exists(), "{} is missing", edged_bin.display());
+    let setup = scenario::Setup::new("attack-bench")?;
+    let component = setup.app("hello")?;
+    let edged_bin = setup.edged.clone();
     let seconds = if args.smoke { 1 } else { args.seconds };
-    let out = if args.out.is_relative() {
-        workspace.join(&args.out)
-    } else {
-        args.out.clone()
-    };
+    let out = setup.results_dir(&args.out);
     let scratch = std::env::temp_dir().join(format!("edgeplane-attack-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
@@ -246,20 +226,13 @@ component = "{component}"
             component = component.display(),
         ),
     )?;
-    let mut edged = spawn(
-        &format!("edged ({name})"),
-        world
-            .target_ns
-            .command(edged_bin.to_str().context("utf-8 path")?)
-            .arg("--config")
-            .arg(&config)
-            .arg("--unpin-on-exit"),
-    )?;
-    let addr = SocketAddr::new(TARGET.parse()?, PORT);
-    world
-        .target_ns
-        .run(|| wait_listening(&mut edged, addr, Duration::from_secs(120)))??;
-    Ok(edged)
+    edgeplane_bench::edged::start_in(
+        &world.target_ns,
+        name,
+        &config,
+        edged_bin,
+        SocketAddr::new(TARGET.parse()?, PORT),
+    )
 }
 
 fn load(world: &FloodWorld, spec: &LoadSpec, label: &str) -> anyhow::Result<LoadReport> {

@@ -51,24 +51,9 @@ rtt = "0ms"
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
-        "handoff-bench needs root (namespaces, BPF)"
-    );
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace")?
-        .to_path_buf();
-    let hello = workspace.join("apps/target/wasm32-wasip2/release/hello.wasm");
-    anyhow::ensure!(
-        hello.exists(),
-        "{} is missing: ./x bench builds it",
-        hello.display()
-    );
-    let edged_bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("edged");
+    let setup = edgeplane_bench::scenario::Setup::new("handoff-bench")?;
+    let hello = setup.app("hello")?;
+    let edged_bin = setup.edged.clone();
     let scratch =
         std::env::temp_dir().join(format!("edgeplane-handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;

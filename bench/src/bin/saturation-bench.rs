@@ -5,7 +5,6 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
     canonical::{Canonical, Tuning},
@@ -50,30 +49,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
-        "saturation-bench needs root (namespaces, XDP, BPF maps)"
-    );
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace")?
-        .to_path_buf();
-    let fetcher = workspace.join("apps/target/wasm32-wasip2/release/fetcher.wasm");
-    anyhow::ensure!(
-        fetcher.exists(),
-        "{} is missing: build apps/ first (./x bench does)",
-        fetcher.display()
-    );
-    let edged = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("edged");
+    let setup = scenario::Setup::new("saturation-bench")?;
+    let fetcher = setup.app("fetcher")?;
+    let edged = setup.edged.clone();
     let seconds = if args.smoke { 2 } else { args.seconds };
-    let out = if args.out.is_relative() {
-        workspace.join(&args.out)
-    } else {
-        args.out.clone()
-    };
+    let out = setup.results_dir(&args.out);
 
     let mut modes = Vec::new();
     for (label, overflow) in [
