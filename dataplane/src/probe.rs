@@ -76,10 +76,15 @@ pub fn measure_blocking(
     kind: &ProbeKind,
     timeout: Duration,
 ) -> std::io::Result<Duration> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(measure(dest, kind, timeout))
+    // One runtime per calling thread, made on its first probe: the engine probes every tick.
+    thread_local! {
+        static RUNTIME: std::io::Result<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    RUNTIME.with(|rt| match rt {
+        Ok(rt) => rt.block_on(measure(dest, kind, timeout)),
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("probe runtime: {e}"))),
+    })
 }
 
 #[cfg(test)]

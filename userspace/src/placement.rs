@@ -213,14 +213,20 @@ impl Engine {
         }
     }
 
-    /// (saturated, cold) requests sent on to the region, summed over the workers.
-    fn region_forwards(&self, app: &str) -> (u64, u64) {
+    /// Two of `app`'s counters, each summed over the workers.
+    fn sum_pair(&self, app: &str, pick: impl Fn(&AppCounters) -> (u64, u64)) -> (u64, u64) {
         let mut total = (0, 0);
         self.each_worker(app, |c| {
-            total.0 += c.region_saturated;
-            total.1 += c.region_cold;
+            let (a, b) = pick(c);
+            total.0 += a;
+            total.1 += b;
         });
         total
+    }
+
+    /// (saturated, cold) requests sent on to the region.
+    fn region_forwards(&self, app: &str) -> (u64, u64) {
+        self.sum_pair(app, |c| (c.region_saturated, c.region_cold))
     }
 
     fn decide(
@@ -278,15 +284,27 @@ impl Engine {
         let dests: Vec<Destination> = self.destinations(app, served_here);
         let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
         let mut best: Option<(u32, String, f64)> = None;
-        if !dests.is_empty() {
-            for peer in self.up_peers() {
-                match self.estimate_at(&peer, &dests) {
-                    Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
-                        best = Some((peer.id, peer.name.clone(), us))
+        let peers = if dests.is_empty() {
+            Vec::new()
+        } else {
+            self.up_peers()
+        };
+        if !peers.is_empty() {
+            match round_trips(&dests) {
+                Ok(trips) => {
+                    for peer in peers {
+                        match self.estimate_at(&peer, &dests, &trips) {
+                            Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
+                                best = Some((peer.id, peer.name.clone(), us))
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate")
+                            }
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate"),
                 }
+                Err(e) => warn!(app, error = %format!("{e:#}"), "probing destinations from here"),
             }
         }
         let min_saving_us = match goal {
@@ -379,14 +397,9 @@ impl Engine {
         out
     }
 
-    /// (requests, of which handed off) summed over the workers.
+    /// (requests, of which handed off).
     fn requests(&self, app: &str) -> (u64, u64) {
-        let mut total = (0, 0);
-        self.each_worker(app, |c| {
-            total.0 += c.requests;
-            total.1 += c.handed_off;
-        });
-        total
+        self.sum_pair(app, |c| (c.requests, c.handed_off))
     }
 
     fn destinations(&self, app: &str, served_here: f64) -> Vec<Destination> {
@@ -431,22 +444,24 @@ impl Engine {
             .collect()
     }
 
-    /// Estimated request time at `peer`, in microseconds.
-    fn estimate_at(&self, peer: &Peer, dests: &[Destination]) -> anyhow::Result<f64> {
-        let rtt = match self.handoff.health.rtt(peer.id, HANDOFF_RTT_MAX_AGE) {
-            Some(rtt) => rtt,
-            None => probe_time(&peer.addr, &ProbeKind::Connect)?,
-        };
+    /// Estimated request time at `peer`, in microseconds; `round_trips[i]`: RTTs per
+    /// subrequest to `dests[i]` (see `round_trips`).
+    fn estimate_at(
+        &self,
+        peer: &Peer,
+        dests: &[Destination],
+        round_trips: &[f64],
+    ) -> anyhow::Result<f64> {
+        // Every peer still up was probed this tick, so it has an RTT.
+        let rtt = self
+            .handoff
+            .health
+            .rtt(peer.id, HANDOFF_RTT_MAX_AGE)
+            .with_context(|| format!("no RTT to {} yet", peer.name))?;
         let mut us = rtt.as_micros() as f64;
-        for d in dests {
-            let addr: SocketAddr = d
-                .name
-                .parse()
-                .with_context(|| format!("destination {:?} is not ip:port", d.name))?;
-            let here_rtt = probe_time(&addr, &ProbeKind::Connect)?.as_micros().max(1) as f64;
-            let round_trips = (d.latency_us / here_rtt).max(1.0);
+        for (d, trips) in dests.iter().zip(round_trips) {
             let there_rtt = self.peer_probe(&peer.addr, &d.name, &ProbeKind::Connect)? as f64;
-            us += d.per_request * round_trips * there_rtt;
+            us += d.per_request * trips * there_rtt;
         }
         Ok(us)
     }
@@ -509,6 +524,23 @@ impl Engine {
 
 /// Handoff-connection RTTs older than this give way to the engine's own probes.
 const HANDOFF_RTT_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// How many of this datacenter's RTTs to each destination one subrequest spans (~2 for a fresh
+/// connection per subrequest): its measured latency over a probed RTT, at least 1. The same for
+/// every candidate, so measured once per decision.
+fn round_trips(dests: &[Destination]) -> anyhow::Result<Vec<f64>> {
+    dests
+        .iter()
+        .map(|d| {
+            let addr: SocketAddr = d
+                .name
+                .parse()
+                .with_context(|| format!("destination {:?} is not ip:port", d.name))?;
+            let here_rtt = probe_time(&addr, &ProbeKind::Connect)?.as_micros().max(1) as f64;
+            Ok((d.latency_us / here_rtt).max(1.0))
+        })
+        .collect()
+}
 
 /// The fastest of three probes from here (for `Connect`: one RTT).
 fn probe_time(addr: &SocketAddr, kind: &ProbeKind) -> anyhow::Result<Duration> {
