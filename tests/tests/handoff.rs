@@ -29,6 +29,15 @@ fn at_dc(dc: u32) -> Placement {
     }
 }
 
+/// The fetcher app's `[[apps]]` table, calling the backend at `url`, with `more` lines.
+fn fetcher_app(url: &str, authority: &str, more: &str) -> String {
+    format!(
+        "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
+         env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n{more}",
+        common::app("fetcher").display()
+    )
+}
+
 /// A hello request from the client through the POP: status, placement header, time taken.
 fn hello(world: &Canonical) -> (u16, String, Duration) {
     let (status, headers, body, took) = world.through_pop("hello.test", "/");
@@ -131,13 +140,8 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
     if !require_root("handoff-kill") {
         return;
     }
-    let fetcher = common::app("fetcher");
     let world = canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
-        format!(
-            "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
-             env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n",
-            fetcher.display()
-        )
+        fetcher_app(url, authority, "")
     });
     let dc2_id = world.topology.datacenter("dc2").unwrap().id;
     edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
@@ -203,15 +207,13 @@ fn a_dead_peer_is_marked_down_and_its_apps_return_when_probes_see_it_back() {
     if !require_root("peer-back") {
         return;
     }
-    let fetcher = common::app("fetcher");
     // A hostname hint: the engine places the app by HTTP probes of the backend, from the POP
     // and from dc2, without traffic.
     let mut world = canonical::start("peer-back", &["pop", "dc2"], 0.0, |url, authority| {
-        format!(
-            "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
-             env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
-             placement = {{ hostname = \"{authority}\" }}\n",
-            fetcher.display()
+        fetcher_app(
+            url,
+            authority,
+            &format!("placement = {{ hostname = \"{authority}\" }}\n"),
         )
     });
     let fetch = |world: &Canonical| {
