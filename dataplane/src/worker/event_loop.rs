@@ -79,6 +79,8 @@ pub(super) struct Worker {
     accept_armed: bool,
     /// Entries that did not fit the submission queue yet.
     backlog: VecDeque<squeue::Entry>,
+    /// Completions being handled (kept to reuse its allocation).
+    cqes: Vec<cqueue::Entry>,
 }
 
 impl Worker {
@@ -130,6 +132,7 @@ impl Worker {
             drain_timeout: opts.drain_timeout,
             accept_armed: false,
             backlog: VecDeque::new(),
+            cqes: Vec::new(),
         })
     }
 
@@ -188,6 +191,7 @@ impl Worker {
                 continue;
             }
             tokio_pass = Instant::now();
+            self.submit_pending()?;
             tokio::select! {
                 ready = efd.readable() => {
                     let mut guard = ready?;
@@ -235,30 +239,31 @@ impl Worker {
         }
     }
 
-    /// Submits what is queued, handles every completion, and repeats until quiet.
+    /// Handles every completion and finished reply, entering the ring only when the kernel
+    /// holds completions back or the submission queue is full. What this queues is submitted by
+    /// the caller's next wait (`wait_in_ring` or `submit_pending`): under load one
+    /// `io_uring_enter` per loop both sends the replies and collects the next requests.
     fn pump(&mut self) -> anyhow::Result<()> {
         loop {
-            while let Some(e) = self.backlog.front() {
-                // SAFETY: see `push`.
-                if unsafe { self.ring.submission().push(e) }.is_err() {
-                    break;
-                }
-                self.backlog.pop_front();
+            self.move_backlog();
+            // With DEFER_TASKRUN, completions stay in the kernel until an enter with GETEVENTS
+            // (which `submit` adds when the TASKRUN flag says some wait).
+            if self.ring.submission().taskrun() || !self.backlog.is_empty() {
+                self.submit_pending()?;
+                self.move_backlog();
             }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(e).context("io_uring submit"),
-            }
-            let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.ring.completion());
             let finished: Vec<(usize, u32)> =
                 std::mem::take(&mut *self.completions.ready.borrow_mut());
-            if cqes.is_empty() && finished.is_empty() && self.backlog.is_empty() {
+            if cqes.is_empty() && finished.is_empty() {
+                self.cqes = cqes;
                 break;
             }
-            for cqe in cqes {
+            for cqe in cqes.drain(..) {
                 self.on_completion(cqe);
             }
+            self.cqes = cqes;
             for (idx, generation) in finished {
                 if self.conn_mut(idx, generation).is_some() {
                     self.flush(idx);
@@ -267,6 +272,25 @@ impl Worker {
         }
         self.publish_load();
         Ok(())
+    }
+
+    fn move_backlog(&mut self) {
+        while let Some(e) = self.backlog.front() {
+            // SAFETY: see `push`.
+            if unsafe { self.ring.submission().push(e) }.is_err() {
+                break;
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Hands the queued entries to the kernel without waiting.
+    fn submit_pending(&mut self) -> anyhow::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(e) => Err(e).context("io_uring submit"),
+        }
     }
 
     fn publish_load(&mut self) {
