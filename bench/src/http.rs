@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
+use crate::cpu::{CpuTimes, CpuUse};
+
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadResult {
     pub target: String,
@@ -20,6 +22,12 @@ pub struct LoadResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// The server's CPU during the run, when the server had one CPU to itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<CpuUse>,
+    /// Requests served per CPU-second of the server's CPU: its capacity per core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_cpu_second: Option<f64>,
 }
 
 pub struct Wrk {
@@ -33,15 +41,7 @@ pub struct Wrk {
 impl Wrk {
     /// Runs wrk against `url` with `host` as the Host header.
     pub fn run(&self, target: &str, url: &str, host: &str) -> anyhow::Result<LoadResult> {
-        let mut cmd = match self.cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), "wrk"]);
-                c
-            }
-            None => Command::new("wrk"),
-        };
-        let out = cmd
+        let out = on_cpu(self.cpu, "wrk")
             .args([
                 "-t",
                 &self.threads.to_string(),
@@ -61,6 +61,35 @@ impl Wrk {
             bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
         }
         parse_wrk(target, &text)
+    }
+
+    /// Like `run`, also reading what `server_cpu` (the server's own CPU) spent meanwhile.
+    pub fn run_metered(
+        &self,
+        target: &str,
+        url: &str,
+        host: &str,
+        server_cpu: u32,
+    ) -> anyhow::Result<LoadResult> {
+        let before = CpuTimes::read(server_cpu)?;
+        let mut result = self.run(target, url, host)?;
+        let used = before.until(CpuTimes::read(server_cpu)?);
+        let requests = result.requests_per_sec * self.duration.as_secs().max(1) as f64;
+        result.requests_per_cpu_second = Some(requests / used.busy_seconds.max(1e-3));
+        result.server_cpu = Some(used);
+        Ok(result)
+    }
+}
+
+/// `program`, run on `cpu` only (all its threads) when one is given.
+fn on_cpu(cpu: Option<u32>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -107,6 +136,8 @@ pub fn parse_wrk(target: &str, text: &str) -> anyhow::Result<LoadResult> {
         p50_ms: pct("50%"),
         p99_ms: pct("99%"),
         errors,
+        server_cpu: None,
+        requests_per_cpu_second: None,
     })
 }
 
@@ -229,14 +260,16 @@ pub fn nginx(
     Ok(server)
 }
 
-/// `wasmtime serve` (pooling allocator, the CLI's defaults otherwise) on `port`.
+/// `wasmtime serve` (pooling allocator, the CLI's defaults otherwise) on `port`; with `cpu`,
+/// all its threads on that CPU only.
 pub fn wasmtime_serve(
     wasmtime: &Path,
     component: &Path,
     port: u16,
     reuse: Option<u32>,
+    cpu: Option<u32>,
 ) -> anyhow::Result<Server> {
-    let mut cmd = Command::new(wasmtime);
+    let mut cmd = on_cpu(cpu, wasmtime);
     cmd.args([
         "serve",
         "-O",

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod canonical;
+pub mod cpu;
 pub mod edged;
 pub mod http;
 pub mod loadgen;

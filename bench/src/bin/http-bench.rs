@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
+    cpu::CpuUse,
     http::{LoadResult, Server, Wrk, find_wasmtime, nginx, spawn, wait_listening, wasmtime_serve},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
 };
@@ -26,6 +27,9 @@ struct Args {
     /// The hello component (default: apps/target/wasm32-wasip2/release/hello.wasm).
     #[arg(long)]
     component: Option<PathBuf>,
+    /// Rounds of the one-core phase (medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -38,6 +42,27 @@ const NGINX_PORT: u16 = 18082;
 const WASMTIME_REUSE_PORT: u16 = 18083;
 const EDGED_ONE_CORE_PORT: u16 = 18085;
 const NGINX_ONE_CORE_PORT: u16 = 18086;
+const WASMTIME_FRESH_ONE_CORE_PORT: u16 = 18087;
+const WASMTIME_REUSE_ONE_CORE_PORT: u16 = 18088;
+/// In the one-core phase, the server's CPU and the load generator's.
+const SERVER_CPU: u32 = 0;
+const LOADGEN_CPU: u32 = 1;
+
+/// The one-core phase's pairs: (edgeplane's run, its baseline), by name.
+const ONE_CORE_PAIRS: [(&str, &str); 3] = [
+    (
+        "edgeplane static, 1 worker on CPU 0",
+        "nginx static, 1 worker on CPU 0",
+    ),
+    (
+        "edgeplane hello, reuse, 1 worker on CPU 0",
+        "wasmtime serve, reuse, on CPU 0",
+    ),
+    (
+        "edgeplane hello, fresh, 1 worker on CPU 0",
+        "wasmtime serve, fresh, on CPU 0",
+    ),
+];
 
 /// One server under test: where it listens and the Host header that picks the app.
 #[derive(Clone, PartialEq)]
@@ -162,12 +187,14 @@ fn main() -> anyhow::Result<()> {
                 &component,
                 WASMTIME_FRESH_PORT,
                 None,
+                None,
             )?);
             servers.push(wasmtime_serve(
                 &wasmtime,
                 &component,
                 WASMTIME_REUSE_PORT,
                 Some(100_000),
+                None,
             )?);
             present.extend(bases[..2].iter().cloned());
         }
@@ -213,47 +240,11 @@ fn main() -> anyhow::Result<()> {
     }
     drop(servers);
 
-    // One server core each: the server's worker on CPU 0, wrk alone on CPU 1. Sharing no CPU
-    // with the load generator, this is the steadiest measure of a server's own cost.
-    let mut one_core = Vec::new();
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        let wrk1 = Wrk {
-            cpu: Some(1),
-            ..wrk
-        };
-        let url = |port: u16| format!("http://127.0.0.1:{port}/");
-        {
-            let _edged = start_edged(
-                &edged_bin,
-                &scratch,
-                &component,
-                EDGED_ONE_CORE_PORT,
-                true,
-                Some(1),
-            )?;
-            for (name, host) in [
-                ("edgeplane static, 1 worker on CPU 0", "static"),
-                ("edgeplane hello, reuse, 1 worker on CPU 0", "reused"),
-                ("edgeplane hello, fresh, 1 worker on CPU 0", "hello"),
-            ] {
-                one_core.push(wrk1.run(name, &url(EDGED_ONE_CORE_PORT), host)?);
-            }
-        }
-        match nginx(
-            &scratch.join("nginx-one-core"),
-            NGINX_ONE_CORE_PORT,
-            1,
-            Some("01"),
-            "hello\\n",
-        ) {
-            Ok(_nginx) => one_core.push(wrk1.run(
-                "nginx static, 1 worker on CPU 0",
-                &url(NGINX_ONE_CORE_PORT),
-                "static",
-            )?),
-            Err(e) => eprintln!("!!!!! nginx one-core baseline skipped: {e:#}"),
-        }
-    }
+    let one_core = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        one_core_phase(&args, &wrk, &edged_bin, &scratch, &component)?
+    } else {
+        Vec::new()
+    };
 
     print_report(&wrk, &pairs, &max_load, &half_load);
     print_one_core(&one_core);
@@ -271,6 +262,121 @@ fn main() -> anyhow::Result<()> {
         || results.half_load.iter().any(|r| r.errors > 0);
     anyhow::ensure!(!failed, "some requests failed; see the tables above");
     Ok(())
+}
+
+/// One server core each: every server on CPU 0, wrk alone on CPU 1. wrk saturates its CPU
+/// before a fast server does, so besides req/s this reads CPU 0's time from /proc/stat:
+/// requests per CPU-second of the server's core is the server's own capacity. Each pair runs
+/// back to back, `--rounds` times over; the medians are reported (this VM's speed drifts by
+/// 10-20% within minutes).
+fn one_core_phase(
+    args: &Args,
+    wrk: &Wrk,
+    edged_bin: &std::path::Path,
+    scratch: &std::path::Path,
+    component: &std::path::Path,
+) -> anyhow::Result<Vec<LoadResult>> {
+    let wrk1 = Wrk {
+        cpu: Some(LOADGEN_CPU),
+        ..*wrk
+    };
+    let mut servers = vec![start_edged(
+        edged_bin,
+        scratch,
+        component,
+        EDGED_ONE_CORE_PORT,
+        true,
+        Some(1),
+    )?];
+    // (name, port, Host) of each run, edgeplane's and its baseline's back to back.
+    let mut runs: Vec<(&str, u16, &str)> = Vec::new();
+    let [
+        (static_name, nginx_name),
+        (reuse_name, wasmtime_reuse_name),
+        (fresh_name, wasmtime_fresh_name),
+    ] = ONE_CORE_PAIRS;
+    runs.push((static_name, EDGED_ONE_CORE_PORT, "static"));
+    match nginx(
+        &scratch.join("nginx-one-core"),
+        NGINX_ONE_CORE_PORT,
+        1,
+        Some("01"),
+        "hello\\n",
+    ) {
+        Ok(s) => {
+            servers.push(s);
+            runs.push((nginx_name, NGINX_ONE_CORE_PORT, "static"));
+        }
+        Err(e) => eprintln!("!!!!! nginx one-core baseline skipped: {e:#}"),
+    }
+    let wasmtime = find_wasmtime();
+    for (edge, base, port, reuse, host) in [
+        (
+            reuse_name,
+            wasmtime_reuse_name,
+            WASMTIME_REUSE_ONE_CORE_PORT,
+            Some(100_000),
+            "reused",
+        ),
+        (
+            fresh_name,
+            wasmtime_fresh_name,
+            WASMTIME_FRESH_ONE_CORE_PORT,
+            None,
+            "hello",
+        ),
+    ] {
+        runs.push((edge, EDGED_ONE_CORE_PORT, host));
+        if let Some(wasmtime) = &wasmtime {
+            servers.push(wasmtime_serve(
+                wasmtime,
+                component,
+                port,
+                reuse,
+                Some(SERVER_CPU),
+            )?);
+            runs.push((base, port, "hello"));
+        }
+    }
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let mut all: Vec<LoadResult> = Vec::new();
+    for _ in 0..rounds {
+        for (name, port, host) in &runs {
+            let url = format!("http://127.0.0.1:{port}/");
+            all.push(wrk1.run_metered(name, &url, host, SERVER_CPU)?);
+        }
+    }
+    drop(servers);
+    Ok(runs
+        .iter()
+        .map(|(name, ..)| {
+            let of: Vec<&LoadResult> = all.iter().filter(|r| r.target == *name).collect();
+            median_result(name, &of)
+        })
+        .collect())
+}
+
+/// Each figure's median over `runs` of one target (errors: their sum).
+fn median_result(target: &str, runs: &[&LoadResult]) -> LoadResult {
+    let median = |f: &dyn Fn(&LoadResult) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let busy_fraction = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_fraction));
+    let busy_seconds = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_seconds));
+    LoadResult {
+        target: target.into(),
+        requests_per_sec: median(&|r| r.requests_per_sec),
+        p50_ms: median(&|r| r.p50_ms),
+        p99_ms: median(&|r| r.p99_ms),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        server_cpu: Some(CpuUse {
+            busy_fraction,
+            busy_seconds,
+        }),
+        requests_per_cpu_second: Some(median(&|r| r.requests_per_cpu_second.unwrap_or(f64::NAN))),
+    }
 }
 
 fn start_edged(
@@ -401,24 +507,35 @@ fn print_one_core(results: &[LoadResult]) {
     if results.is_empty() {
         return;
     }
-    println!("\nOne server core: the server's one worker pinned to CPU 0, wrk -t1 pinned to CPU 1");
     println!(
-        "{:<44} {:>12} {:>9} {:>9} {:>7}",
-        "server", "req/s", "p50 ms", "p99 ms", "errors"
+        "\nOne server core: the server on CPU {SERVER_CPU} alone, wrk -t1 on CPU {LOADGEN_CPU}; \
+         CPU {SERVER_CPU}'s busy time from /proc/stat; medians of the rounds"
+    );
+    println!(
+        "{:<44} {:>10} {:>8} {:>7} {:>12} {:>7}",
+        "server", "req/s", "p99 ms", "CPU 0", "req/CPU-s", "errors"
     );
     for r in results {
+        let busy = r.server_cpu.map_or(f64::NAN, |c| c.busy_fraction * 100.0);
         println!(
-            "{:<44} {:>12.0} {:>9.2} {:>9.2} {:>7}",
-            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
+            "{:<44} {:>10.0} {:>8.2} {:>6.1}% {:>12.0} {:>7}",
+            r.target,
+            r.requests_per_sec,
+            r.p99_ms,
+            busy,
+            r.requests_per_cpu_second.unwrap_or(f64::NAN),
+            r.errors
         );
     }
-    let rate = |prefix: &str| {
-        results
-            .iter()
-            .find(|r| r.target.starts_with(prefix))
-            .map(|r| r.requests_per_sec)
-    };
-    if let (Some(e), Some(n)) = (rate("edgeplane static"), rate("nginx static")) {
-        println!("edgeplane static vs nginx, one core each: {:.2}x", e / n);
+    let find = |name: &str| results.iter().find(|r| r.target == name);
+    for (edge, base) in ONE_CORE_PAIRS {
+        if let (Some(e), Some(b)) = (find(edge), find(base)) {
+            let per_cpu = e.requests_per_cpu_second.unwrap_or(f64::NAN)
+                / b.requests_per_cpu_second.unwrap_or(f64::NAN);
+            println!(
+                "{edge} vs {base}: {:.2}x req/s, {per_cpu:.2}x req per CPU-second",
+                e.requests_per_sec / b.requests_per_sec
+            );
+        }
     }
 }

@@ -54,8 +54,17 @@ enum Framing {
 }
 
 pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // The usual header limit fits on the stack: no allocation per parse attempt.
+    const ON_STACK: usize = 64;
+    let mut on_stack = [httparse::EMPTY_HEADER; ON_STACK];
+    let mut on_heap;
+    let headers: &mut [httparse::Header] = if limits.max_headers <= ON_STACK {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {

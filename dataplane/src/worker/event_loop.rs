@@ -399,32 +399,33 @@ impl Worker {
     fn on_recv(&mut self, idx: usize, generation: u32, res: i32, flags: u32) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
-        let data = match (res, bid) {
-            (n, Some(bid)) if n > 0 => {
-                let data = self.bufs.data(bid, n as usize).to_vec();
-                self.bufs.recycle(bid);
-                Some(data)
+        let received = bid.is_some() && res > 0;
+        let live = self
+            .conns
+            .get_mut(idx)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == generation);
+        if let (Some(conn), Some(bid)) = (live, bid) {
+            // Straight from the ring's buffer into the connection's input: one copy.
+            if received && conn.phase == Phase::Open {
+                conn.input
+                    .extend_from_slice(self.bufs.data(bid, res as usize));
             }
-            (_, Some(bid)) => {
-                self.bufs.recycle(bid);
-                None
-            }
-            _ => None,
-        };
+        }
+        if let Some(bid) = bid {
+            self.bufs.recycle(bid);
+        }
         let Some(conn) = self.conn_mut(idx, generation) else {
             return;
         };
         if !more {
             conn.recv_armed = false;
         }
-        match (res, data) {
-            (_, Some(data)) => {
+        match (res, received) {
+            (_, true) => {
                 conn.last_activity = Instant::now();
                 match conn.phase {
-                    Phase::Open => {
-                        conn.input.extend_from_slice(&data);
-                        self.process_input(idx);
-                    }
+                    Phase::Open => self.process_input(idx),
                     // After our final response, what the peer still sends is dropped.
                     Phase::CloseAfterFlush | Phase::Lingering { .. } | Phase::Closing => {}
                 }
@@ -432,11 +433,11 @@ impl Worker {
                     self.arm_recv(idx);
                 }
             }
-            (n, None) if n == -libc::ENOBUFS => {
+            (n, false) if n == -libc::ENOBUFS => {
                 // The pool ran dry; buffers come back as other connections are served.
                 self.arm_recv(idx);
             }
-            (0, None) => {
+            (0, false) => {
                 // EOF. A half-closed client still gets the responses it asked for.
                 if conn.pending.is_empty() && conn.out.is_empty() && !conn.send_in_flight {
                     self.close(idx);
