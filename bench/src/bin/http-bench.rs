@@ -39,6 +39,7 @@ const EDGED_PINNED_PORT: u16 = 18080;
 const EDGED_UNPINNED_PORT: u16 = 18084;
 const WASMTIME_FRESH_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
+const NGINX_PINNED_PORT: u16 = 18089;
 const WASMTIME_REUSE_PORT: u16 = 18083;
 const EDGED_ONE_CORE_PORT: u16 = 18085;
 const NGINX_ONE_CORE_PORT: u16 = 18086;
@@ -93,12 +94,22 @@ fn edge_targets(port: u16, workers: &str) -> [Target; 3] {
     ]
 }
 
-/// The baseline each of edgeplane's routes is compared with, in `edge_targets` order.
-fn baselines() -> [Target; 3] {
+/// The baseline each of edgeplane's routes is compared with, in `edge_targets` order. The
+/// static route's is nginx with its workers placed like edged's: pinned to a CPU each
+/// (`worker_cpu_affinity auto`) or left to the scheduler.
+fn baselines(pinned: bool) -> [Target; 3] {
     [
         target("wasmtime serve, fresh", WASMTIME_FRESH_PORT, "hello"),
         target("wasmtime serve, reuse", WASMTIME_REUSE_PORT, "hello"),
-        target("nginx static (2 workers)", NGINX_PORT, "static"),
+        if pinned {
+            target(
+                "nginx static (2 workers, pinned)",
+                NGINX_PINNED_PORT,
+                "static",
+            )
+        } else {
+            target("nginx static (2 workers)", NGINX_PORT, "static")
+        },
     ]
 }
 
@@ -153,7 +164,7 @@ fn main() -> anyhow::Result<()> {
     let mut servers: Vec<Server> = Vec::new();
     let pinned = edge_targets(EDGED_PINNED_PORT, "pinned workers");
     let unpinned = edge_targets(EDGED_UNPINNED_PORT, "unpinned workers");
-    let bases = baselines();
+    let (pinned_bases, bases) = (baselines(true), baselines(false));
     let mut present: Vec<Target> = Vec::new();
     servers.push(start_edged(
         &edged_bin,
@@ -173,12 +184,17 @@ fn main() -> anyhow::Result<()> {
     )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
-    match nginx(&scratch.join("nginx"), NGINX_PORT, 2, None, "hello\\n") {
-        Ok(s) => {
-            servers.push(s);
-            present.push(bases[2].clone());
+    for (dir, affinity, base) in [
+        ("nginx", None, &bases[2]),
+        ("nginx-pinned", Some("auto"), &pinned_bases[2]),
+    ] {
+        match nginx(&scratch.join(dir), base.port, 2, affinity, "hello\\n") {
+            Ok(s) => {
+                servers.push(s);
+                present.push(base.clone());
+            }
+            Err(e) => eprintln!("!!!!! nginx baseline skipped: {e:#}"),
         }
-        Err(e) => eprintln!("!!!!! nginx baseline skipped: {e:#}"),
     }
     match find_wasmtime() {
         Some(wasmtime) => {
@@ -217,7 +233,7 @@ fn main() -> anyhow::Result<()> {
 
     let pairs: Vec<(&Target, &Target)> = pinned
         .iter()
-        .zip(&bases)
+        .zip(&pinned_bases)
         .chain(unpinned.iter().zip(&bases))
         .collect();
     let mut half_load = Vec::new();
