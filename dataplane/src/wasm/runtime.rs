@@ -5,12 +5,14 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     convert::Infallible,
+    panic::AssertUnwindSafe,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http_body_util::{BodyExt as _, Full};
 use tracing::warn;
 use wasmtime::{
@@ -345,7 +347,9 @@ impl AppRuntime {
             app: name.clone(),
             error: error.into(),
         })?;
-        let guest = tokio::task::spawn_local(async move {
+        // The guest and the response body run side by side in this task: a wasi:http guest may
+        // set its response before it writes the body, so neither can wait for the other.
+        let guest = async move {
             let proxy = match warm_proxy {
                 Some(proxy) => proxy,
                 None => pre.instantiate_async(&mut store).await?,
@@ -355,7 +359,23 @@ impl AppRuntime {
                 .call_handle(&mut store, incoming, out)
                 .await?;
             Ok::<_, wasmtime::Error>((store, proxy))
-        });
+        };
+        // A panic in a host call must cost this request, not the worker's connection task.
+        let guest = AssertUnwindSafe(guest)
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|panic| Err(wasmtime::Error::msg(panic_message(&*panic)))));
+        let response = async move {
+            let resp = rx
+                .await
+                .map_err(|_| None)?
+                .map_err(|code| Some(format!("{code:?}")))?;
+            let (parts, body) = resp.into_parts();
+            match body.collect().await {
+                Ok(c) => Ok((parts, c.to_bytes())),
+                Err(code) => Err(Some(format!("response body: {code:?}"))),
+            }
+        };
+        let (guest, response) = tokio::join!(guest, response);
         let classify = |e: anyhow::Error| -> HandleError {
             if e.downcast_ref::<CpuDeadline>().is_some()
                 || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
@@ -371,63 +391,39 @@ impl AppRuntime {
                 }
             }
         };
-        let resp = match rx.await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(code)) => {
-                return Err(HandleError::GuestError {
-                    app: name.clone(),
-                    detail: format!("{code:?}"),
-                });
-            }
-            Err(_) => {
-                // The guest finished (or trapped) without setting a response.
-                return Err(match guest.await {
-                    Ok(Ok(_)) => HandleError::GuestError {
-                        app: name.clone(),
-                        detail: "no response set".into(),
-                    },
-                    Ok(Err(e)) => classify(e.into()),
-                    Err(join) => HandleError::Trap {
-                        app: name.clone(),
-                        detail: join.to_string(),
-                    },
-                });
-            }
-        };
-        let (parts, body) = resp.into_parts();
-        let body = match body.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(code) => {
-                return Err(match guest.await {
-                    Ok(Err(e)) => classify(e.into()),
-                    _ => HandleError::GuestError {
-                        app: name.clone(),
-                        detail: format!("response body: {code:?}"),
-                    },
-                });
-            }
-        };
-        match guest.await {
-            Ok(Ok((store, proxy))) => {
+        let (parts, body) = match (response, guest) {
+            (Ok(response), Ok((store, proxy))) => {
                 // Only an instance that finished cleanly goes back: a trapped one may be broken.
                 let served = served + 1;
-                let mut warm = app.warm.borrow_mut();
                 if served < app.spec.limits.instance_reuse
                     && self.idle_warm.get() < self.max_in_flight
                 {
-                    warm.push(WarmInstance {
+                    app.warm.borrow_mut().push(WarmInstance {
                         store,
                         proxy,
                         served,
                     });
                     self.idle_warm.set(self.idle_warm.get() + 1);
                 }
+                response
             }
-            Ok(Err(e)) => {
+            (Ok(response), Err(e)) => {
                 warn!(app = %name, error = %format!("{:#}", anyhow::Error::from(e)), "guest failed after responding");
+                response
             }
-            Err(join) => warn!(app = %name, error = %join, "guest task failed after responding"),
-        }
+            // The guest answered with an error code, or its body failed while the guest ran on.
+            (Err(Some(detail)), Ok(_)) => {
+                return Err(HandleError::GuestError { app: name, detail });
+            }
+            (Err(None), Ok(_)) => {
+                return Err(HandleError::GuestError {
+                    app: name,
+                    detail: "no response set".into(),
+                });
+            }
+            // A guest that trapped (or ran out of time) explains a missing or broken response.
+            (Err(_), Err(e)) => return Err(classify(e.into())),
+        };
         let mut out = Response::new(parts.status.as_u16(), body.to_vec());
         for (k, v) in parts.headers.iter() {
             if !matches!(
@@ -444,18 +440,40 @@ impl AppRuntime {
     }
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    format!("host call panicked: {what}")
+}
+
+/// The request as wasi:http sees it. The URI stays in origin form when there is a Host header,
+/// whose value (port included, as `wasmtime serve` passes it) becomes the authority.
 fn to_hyper(
     req: Request,
 ) -> anyhow::Result<
     http::Request<impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error>>,
 > {
-    let host = req.host().unwrap_or("localhost").to_owned();
-    let mut builder = http::Request::builder()
-        .method(req.method.as_str())
-        .uri(format!("http://{host}{}", req.target));
-    for (k, v) in &req.headers {
-        builder = builder.header(k.as_str(), v.as_slice());
+    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+    let mut has_host = false;
+    for (name, value) in req.headers {
+        has_host |= name == "host";
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
+        );
     }
+    let uri = if has_host {
+        http::Uri::try_from(req.target)?
+    } else {
+        http::Uri::try_from(format!("http://localhost{}", req.target))?
+    };
     let body = Full::new(Bytes::from(req.body)).map_err(|never: Infallible| match never {});
-    Ok(builder.body(body)?)
+    let mut hyper_req = http::Request::new(body);
+    *hyper_req.method_mut() = http::Method::from_bytes(req.method.as_bytes())?;
+    *hyper_req.uri_mut() = uri;
+    *hyper_req.headers_mut() = headers;
+    Ok(hyper_req)
 }
