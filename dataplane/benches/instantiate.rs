@@ -1,6 +1,9 @@
 //! Per-request cost of the wasm runtime with the hello component, on one worker's engine and
 //! pool: store + instantiate alone (what fresh-instance mode adds to every request), and a whole
-//! request through `AppRuntime::handle` with a fresh and with a reused instance.
+//! request through `AppRuntime::handle` with a fresh and with a reused instance. The baseline,
+//! measured in the same run: store + instantiate of the same component on wasmtime's pooling
+//! allocator with its default settings and a plain WASI + wasi:http store (what `wasmtime serve
+//! -O pooling-allocator=y` does per request).
 //!
 //! `cargo bench -p edgeplane-dataplane --bench instantiate`
 
@@ -19,6 +22,14 @@ use edgeplane_dataplane::{
         AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
         build_engine,
     },
+};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    WasiHttpCtx, WasiHttpCtxView, WasiHttpView, default_hooks, p2::bindings::ProxyPre,
 };
 
 fn request() -> Request {
@@ -59,6 +70,49 @@ fn runtime() -> Rc<AppRuntime> {
     )
 }
 
+/// A store as plain as `wasmtime serve`'s: WASI, wasi:http, the resource table.
+struct PlainState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for PlainState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PlainState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: default_hooks(),
+        }
+    }
+}
+
+/// The same component on wasmtime's pooling allocator, default settings.
+fn wasmtime_defaults() -> (Engine, ProxyPre<PlainState>) {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+    let engine = Engine::new(&config).expect("engine");
+    let component = Component::from_file(&engine, common::app("hello")).expect("hello compiles");
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
+    let pre = linker.instantiate_pre(&component).expect("hello links");
+    (engine, ProxyPre::new(pre).expect("hello is a proxy"))
+}
+
 fn bench(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,16 +132,52 @@ fn bench(c: &mut Criterion) {
             start.elapsed()
         })
     };
+    // Mean time per iteration over every sample of a function, for the ratio printed at the end.
+    let ours = std::cell::Cell::new((Duration::ZERO, 0u64));
+    let baseline = std::cell::Cell::new((Duration::ZERO, 0u64));
+    let tally = |into: &std::cell::Cell<(Duration, u64)>, iters: u64, took: Duration| {
+        let (sum, n) = into.get();
+        into.set((sum + took, n + iters));
+        took
+    };
+    let mean_us = |of: &std::cell::Cell<(Duration, u64)>| {
+        let (sum, n) = of.get();
+        sum.as_secs_f64() * 1e6 / n.max(1) as f64
+    };
     let mut group = c.benchmark_group("hello");
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("store+instantiate", |b| {
         b.iter_custom(|iters| {
-            timed(iters, &|| {
+            let took = timed(iters, &|| {
                 let rt = rt.clone();
                 Box::pin(async move { rt.instantiate("fresh").await.expect("instantiate") })
-            })
+            });
+            tally(&ours, iters, took)
         })
     });
+    let (plain_engine, plain_pre) = wasmtime_defaults();
+    group.bench_function(
+        "store+instantiate (baseline: wasmtime pooling defaults)",
+        |b| {
+            b.iter_custom(|iters| {
+                let took = timed(iters, &|| {
+                    let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
+                    Box::pin(async move {
+                        let state = PlainState {
+                            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+                            http: WasiHttpCtx::new(),
+                            table: ResourceTable::new(),
+                        };
+                        let mut store = Store::new(&engine, state);
+                        pre.instantiate_async(&mut store)
+                            .await
+                            .expect("instantiate");
+                    })
+                });
+                tally(&baseline, iters, took)
+            })
+        },
+    );
     for app in ["fresh", "reused"] {
         group.bench_function(format!("request ({app} instance)"), |b| {
             b.iter_custom(|iters| {
@@ -102,6 +192,14 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    if ours.get().1 > 0 && baseline.get().1 > 0 {
+        println!(
+            "store+instantiate: edgeplane {:.1} us, wasmtime pooling defaults {:.1} us: {:.2}x the baseline's time",
+            mean_us(&ours),
+            mean_us(&baseline),
+            mean_us(&ours) / mean_us(&baseline)
+        );
+    }
 }
 
 criterion_group!(benches, bench);
