@@ -375,7 +375,11 @@ impl AppRuntime {
                 Err(code) => Err(Some(format!("response body: {code:?}"))),
             }
         };
-        let (guest, response) = tokio::join!(guest, response);
+        // The guest goes first: a guest that waits on nothing has set its response and written
+        // its body by the time the response side is polled, so both finish in one poll.
+        // (`tokio::join!` rotates which it polls first, which costs a second pass through the
+        // scheduler half the time.)
+        let (guest, response) = futures_util::future::join(guest, response).await;
         let classify = |e: anyhow::Error| -> HandleError {
             if e.downcast_ref::<CpuDeadline>().is_some()
                 || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
