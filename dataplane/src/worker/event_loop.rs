@@ -1,8 +1,8 @@
-//! The worker's event loop: the io_uring ring's completions, connections, and timers.
+//! The worker's event loop: connections (accept, receive, parse, reply, linger, close), replies
+//! finished on tokio, and timers, over the ring in `ring`.
 
 use std::{
     cell::RefCell,
-    collections::VecDeque,
     net::TcpListener,
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
     rc::Rc,
@@ -10,10 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use io_uring::{
-    IoUring, cqueue, opcode, squeue,
-    types::{Fd, SubmitArgs, Timespec},
-};
+use io_uring::{cqueue, opcode, types::Fd};
 use tokio::{io::unix::AsyncFd, sync::Notify};
 use tracing::{debug, info, warn};
 
@@ -22,24 +19,9 @@ use super::{
     bufring::BufRing,
     conn::{Conn, Phase, Slot, SlotResponse},
     load::LoadPublisher,
+    ring::{Op, Ring, split_user_data, user_data},
 };
 use crate::http::{HttpError, HttpLimits, ParseOutcome, Request, parse_request};
-
-const OP_ACCEPT: u64 = 1;
-const OP_RECV: u64 = 2;
-const OP_SEND: u64 = 3;
-
-fn user_data(op: u64, idx: usize, generation: u32) -> u64 {
-    op << 56 | (generation as u64 & 0xff_ffff) << 32 | idx as u64
-}
-
-fn split_user_data(ud: u64) -> (u64, usize, u32) {
-    (
-        ud >> 56,
-        (ud & 0xffff_ffff) as usize,
-        ((ud >> 32) & 0xff_ffff) as u32,
-    )
-}
 
 const BUFFER_GROUP: u16 = 1;
 const LINGER: Duration = Duration::from_secs(2);
@@ -58,7 +40,7 @@ struct Completions {
 pub(super) struct Worker {
     // Field order is drop order: the ring goes first, releasing the kernel's hold on the
     // buffer pool before its memory is freed.
-    ring: IoUring,
+    ring: Ring,
     bufs: BufRing,
     listener: TcpListener,
     service: Rc<dyn Service>,
@@ -77,25 +59,13 @@ pub(super) struct Worker {
     draining: Option<Instant>,
     drain_timeout: Duration,
     accept_armed: bool,
-    /// Entries that did not fit the submission queue yet.
-    backlog: VecDeque<squeue::Entry>,
-    /// Completions being handled (kept to reuse its allocation).
-    cqes: Vec<cqueue::Entry>,
 }
 
 impl Worker {
     pub(super) fn new(opts: WorkerOptions, service: Rc<dyn Service>) -> anyhow::Result<Self> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            // Completion work runs when this thread enters the ring, in one batch, instead of
-            // interrupting it per packet; TASKRUN_FLAG tells `submit` when such work waits.
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
-            .setup_clamp()
-            .build(opts.ring_entries)
-            .context("creating io_uring")?;
+        let ring = Ring::new(opts.ring_entries)?;
         let bufs = BufRing::register(
-            &ring,
+            ring.uring(),
             BUFFER_GROUP,
             opts.recv_buffers,
             opts.recv_buffer_size,
@@ -131,8 +101,6 @@ impl Worker {
             draining: None,
             drain_timeout: opts.drain_timeout,
             accept_armed: false,
-            backlog: VecDeque::new(),
-            cqes: Vec::new(),
         })
     }
 
@@ -145,10 +113,7 @@ impl Worker {
         anyhow::ensure!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
         // SAFETY: just created and owned by nobody else.
         let efd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(efd) };
-        self.ring
-            .submitter()
-            .register_eventfd(efd.as_raw_fd())
-            .context("registering the eventfd")?;
+        self.ring.register_eventfd(efd.as_raw_fd())?;
         // SAFETY: the eventfd is owned here and registered with no other reactor.
         let efd = unsafe { AsyncFd::register(efd) }
             .map_err(|e| anyhow::anyhow!("registering the eventfd with tokio: {e}"))?;
@@ -187,11 +152,11 @@ impl Worker {
                     tokio::task::yield_now().await;
                     tokio_pass = Instant::now();
                 }
-                self.wait_in_ring(next_tick.saturating_duration_since(now))?;
+                self.ring.wait(next_tick.saturating_duration_since(now))?;
                 continue;
             }
             tokio_pass = Instant::now();
-            self.submit_pending()?;
+            self.ring.submit_pending()?;
             tokio::select! {
                 ready = efd.readable() => {
                     let mut guard = ready?;
@@ -209,61 +174,26 @@ impl Worker {
                 }
             }
         }
-        self.bufs.unregister(&self.ring);
+        self.bufs.unregister(self.ring.uring());
         Ok(self.stats)
     }
 
-    /// Submits what is queued and sleeps until a completion arrives or `timeout` passes.
-    fn wait_in_ring(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let ts = Timespec::from(timeout);
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e).context("io_uring wait"),
-        }
-    }
-
-    fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY (for every entry pushed): buffers referenced by entries live in `Conn::sending`
-        // or the buffer ring, both kept alive and unmoved until their completion arrives.
-        if !self.backlog.is_empty() || unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.backlog.push_back(entry);
-        }
-    }
-
-    /// Handles every completion and finished reply, entering the ring only when the kernel
-    /// holds completions back or the submission queue is full. What this queues is submitted by
-    /// the caller's next wait (`wait_in_ring` or `submit_pending`): under load one
+    /// Handles every completion and finished reply. What this queues is submitted by the
+    /// caller's next wait (`Ring::wait` or `Ring::submit_pending`): under load one
     /// `io_uring_enter` per loop both sends the replies and collects the next requests.
     fn pump(&mut self) -> anyhow::Result<()> {
         loop {
-            self.move_backlog();
-            // With DEFER_TASKRUN, completions stay in the kernel until an enter with GETEVENTS
-            // (which `submit` adds when the TASKRUN flag says some wait).
-            if self.ring.submission().taskrun() || !self.backlog.is_empty() {
-                self.submit_pending()?;
-                self.move_backlog();
-            }
-            let mut cqes = std::mem::take(&mut self.cqes);
-            cqes.extend(self.ring.completion());
+            let mut batch = self.ring.completions()?;
             let finished: Vec<(usize, u32)> =
                 std::mem::take(&mut *self.completions.ready.borrow_mut());
-            if cqes.is_empty() && finished.is_empty() {
-                self.cqes = cqes;
+            if batch.is_empty() && finished.is_empty() {
+                self.ring.recycle(batch);
                 break;
             }
-            for cqe in cqes.drain(..) {
+            for cqe in batch.drain(..) {
                 self.on_completion(cqe);
             }
-            self.cqes = cqes;
+            self.ring.recycle(batch);
             for (idx, generation) in finished {
                 if self.conn_mut(idx, generation).is_some() {
                     self.flush(idx);
@@ -272,25 +202,6 @@ impl Worker {
         }
         self.publish_load();
         Ok(())
-    }
-
-    fn move_backlog(&mut self) {
-        while let Some(e) = self.backlog.front() {
-            // SAFETY: see `push`.
-            if unsafe { self.ring.submission().push(e) }.is_err() {
-                break;
-            }
-            self.backlog.pop_front();
-        }
-    }
-
-    /// Hands the queued entries to the kernel without waiting.
-    fn submit_pending(&mut self) -> anyhow::Result<()> {
-        match self.ring.submit() {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-            Err(e) => Err(e).context("io_uring submit"),
-        }
     }
 
     fn publish_load(&mut self) {
@@ -309,8 +220,8 @@ impl Worker {
         }
         let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
             .build()
-            .user_data(user_data(OP_ACCEPT, 0, 0));
-        self.push(entry);
+            .user_data(user_data(Op::Accept, 0, 0));
+        self.ring.push(entry);
         self.accept_armed = true;
     }
 
@@ -324,8 +235,8 @@ impl Worker {
         conn.recv_armed = true;
         let entry = opcode::RecvMulti::new(Fd(conn.fd), self.bufs.group())
             .build()
-            .user_data(user_data(OP_RECV, idx, conn.generation));
-        self.push(entry);
+            .user_data(user_data(Op::Recv, idx, conn.generation));
+        self.ring.push(entry);
     }
 
     fn conn_mut(&mut self, idx: usize, generation: u32) -> Option<&mut Conn> {
@@ -336,10 +247,12 @@ impl Worker {
     }
 
     fn on_completion(&mut self, cqe: cqueue::Entry) {
-        let (op, idx, generation) = split_user_data(cqe.user_data());
+        let Some((op, idx, generation)) = split_user_data(cqe.user_data()) else {
+            return;
+        };
         let (res, flags) = (cqe.result(), cqe.flags());
         match op {
-            OP_ACCEPT => {
+            Op::Accept => {
                 if res >= 0 {
                     self.on_accept(res);
                 } else if res != -libc::ECANCELED {
@@ -350,9 +263,8 @@ impl Worker {
                     self.arm_accept();
                 }
             }
-            OP_RECV => self.on_recv(idx, generation, res, flags),
-            OP_SEND => self.on_send(idx, generation, res),
-            _ => {}
+            Op::Recv => self.on_recv(idx, generation, res, flags),
+            Op::Send => self.on_send(idx, generation, res),
         }
     }
 
@@ -567,8 +479,8 @@ impl Worker {
         let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(user_data(OP_SEND, idx, conn.generation));
-        self.push(entry);
+            .user_data(user_data(Op::Send, idx, conn.generation));
+        self.ring.push(entry);
     }
 
     fn on_send(&mut self, idx: usize, generation: u32, res: i32) {

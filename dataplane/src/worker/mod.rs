@@ -15,6 +15,7 @@ mod bufring;
 mod conn;
 mod event_loop;
 pub mod load;
+mod ring;
 
 use std::{
     future::Future, net::TcpListener, os::fd::OwnedFd, pin::Pin, rc::Rc, sync::Arc, time::Duration,
