@@ -11,36 +11,24 @@ use io_uring::{
 
 /// What a completion finishes, in user_data's top byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(super) enum Op {
-    Accept,
-    Recv,
-    Send,
-}
-
-impl Op {
-    fn code(self) -> u64 {
-        match self {
-            Op::Accept => 1,
-            Op::Recv => 2,
-            Op::Send => 3,
-        }
-    }
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
 }
 
 /// user_data: the operation, 24 bits of the connection slot's generation (so a completion for a
 /// closed connection cannot reach the slot's next tenant), and the slot index.
 pub(super) fn user_data(op: Op, idx: usize, generation: u32) -> u64 {
-    op.code() << 56 | (generation as u64 & 0xff_ffff) << 32 | idx as u64
+    (op as u64) << 56 | (generation as u64 & 0xff_ffff) << 32 | idx as u64
 }
 
 /// (operation, slot index, generation); None for a user_data this worker never queued.
 pub(super) fn split_user_data(ud: u64) -> Option<(Op, usize, u32)> {
-    let op = match ud >> 56 {
-        1 => Op::Accept,
-        2 => Op::Recv,
-        3 => Op::Send,
-        _ => return None,
-    };
+    let op = [Op::Accept, Op::Recv, Op::Send]
+        .into_iter()
+        .find(|op| *op as u64 == ud >> 56)?;
     Some((
         op,
         (ud & 0xffff_ffff) as usize,
