@@ -460,10 +460,9 @@ fn to_hyper(
 ) -> anyhow::Result<
     http::Request<impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error>>,
 > {
+    let has_host = req.header("host").is_some();
     let mut headers = http::HeaderMap::with_capacity(req.headers.len());
-    let mut has_host = false;
     for (name, value) in req.headers {
-        has_host |= name == "host";
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes())?,
             http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
