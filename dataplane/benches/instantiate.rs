@@ -5,12 +5,17 @@
 //! allocator with its default settings and a plain WASI + wasi:http store (what `wasmtime serve
 //! -O pooling-allocator=y` does per request).
 //!
+//! Two builds of the same app: `hello` (no_std, imports only what a greeting uses: 7 core
+//! instances) and `hello-wstd` (std + wstd's async runtime: 23 core instances, 59 imports), so the
+//! runtime's share and the guest's share of the cost can be told apart.
+//!
 //! `cargo bench -p edgeplane-dataplane --bench instantiate`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
+    cell::Cell,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -39,14 +44,17 @@ fn request() -> Request {
     }
 }
 
+/// The two builds of hello measured here (apps/<name>).
+const COMPONENTS: [&str; 2] = ["hello", "hello-wstd"];
+
+/// Apps `<component>/fresh` and `<component>/reused` for each of COMPONENTS.
 fn runtime() -> Rc<AppRuntime> {
     let cfg = EngineConfig::default();
     let engine = build_engine(&cfg).expect("engine");
     EpochTicker::start(cfg.epoch_tick).register(&engine);
-    let hello = common::app("hello");
-    let app = |name: &str, instance_reuse: u32| AppSpec {
-        name: name.into(),
-        component: hello.clone(),
+    let app = |component: &str, mode: &str, instance_reuse: u32| AppSpec {
+        name: format!("{component}/{mode}"),
+        component: common::app(component),
         env: vec![],
         allowed_backends: vec![],
         split_app: None,
@@ -61,7 +69,10 @@ fn runtime() -> Rc<AppRuntime> {
             engine,
             &cache,
             CacheBudget::default(),
-            vec![app("fresh", 1), app("reused", u32::MAX)],
+            COMPONENTS
+                .iter()
+                .flat_map(|c| [app(c, "fresh", 1), app(c, "reused", u32::MAX)])
+                .collect(),
             Observations::default(),
             cfg.epoch_tick,
             cfg.max_instances,
@@ -97,7 +108,7 @@ impl WasiHttpView for PlainState {
 }
 
 /// The same component on wasmtime's pooling allocator, default settings.
-fn wasmtime_defaults() -> (Engine, ProxyPre<PlainState>) {
+fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<PlainState>) {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -105,12 +116,12 @@ fn wasmtime_defaults() -> (Engine, ProxyPre<PlainState>) {
             PoolingAllocationConfig::default(),
         ));
     let engine = Engine::new(&config).expect("engine");
-    let component = Component::from_file(&engine, common::app("hello")).expect("hello compiles");
+    let component = Component::from_file(&engine, common::app(component)).expect("compiles");
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
-    let pre = linker.instantiate_pre(&component).expect("hello links");
-    (engine, ProxyPre::new(pre).expect("hello is a proxy"))
+    let pre = linker.instantiate_pre(&component).expect("links");
+    (engine, ProxyPre::new(pre).expect("is a proxy"))
 }
 
 fn bench(c: &mut Criterion) {
@@ -120,7 +131,10 @@ fn bench(c: &mut Criterion) {
         .expect("tokio");
     let local = tokio::task::LocalSet::new();
     let rt = runtime();
-    rt.preload("fresh").expect("hello compiles");
+    for component in COMPONENTS {
+        rt.preload(&format!("{component}/fresh"))
+            .expect("hello compiles");
+    }
 
     // Each sample runs its iterations inside one block_on so the executor's entry cost stays out.
     let timed = |iters: u64, one: &dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()>>>| {
@@ -132,73 +146,81 @@ fn bench(c: &mut Criterion) {
             start.elapsed()
         })
     };
-    // Mean time per iteration over every sample of a function, for the ratio printed at the end.
-    let ours = std::cell::Cell::new((Duration::ZERO, 0u64));
-    let baseline = std::cell::Cell::new((Duration::ZERO, 0u64));
-    let tally = |into: &std::cell::Cell<(Duration, u64)>, iters: u64, took: Duration| {
+    // Mean time per iteration over every sample of a function, for the ratios printed at the end.
+    let tally = |into: &Cell<(Duration, u64)>, iters: u64, took: Duration| {
         let (sum, n) = into.get();
         into.set((sum + took, n + iters));
         took
     };
-    let mean_us = |of: &std::cell::Cell<(Duration, u64)>| {
+    let mean_us = |of: &Cell<(Duration, u64)>| {
         let (sum, n) = of.get();
         sum.as_secs_f64() * 1e6 / n.max(1) as f64
     };
-    let mut group = c.benchmark_group("hello");
-    group.measurement_time(Duration::from_secs(5));
-    group.bench_function("store+instantiate", |b| {
-        b.iter_custom(|iters| {
-            let took = timed(iters, &|| {
-                let rt = rt.clone();
-                Box::pin(async move { rt.instantiate("fresh").await.expect("instantiate") })
-            });
-            tally(&ours, iters, took)
-        })
-    });
-    let (plain_engine, plain_pre) = wasmtime_defaults();
-    group.bench_function(
-        "store+instantiate (baseline: wasmtime pooling defaults)",
-        |b| {
+    let mut summary = Vec::new();
+    for component in COMPONENTS {
+        let (ours, baseline) = (
+            Cell::new((Duration::ZERO, 0u64)),
+            Cell::new((Duration::ZERO, 0)),
+        );
+        let mut group = c.benchmark_group(component);
+        group.measurement_time(Duration::from_secs(5));
+        let fresh = format!("{component}/fresh");
+        group.bench_function("store+instantiate", |b| {
             b.iter_custom(|iters| {
                 let took = timed(iters, &|| {
-                    let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
-                    Box::pin(async move {
-                        let state = PlainState {
-                            wasi: WasiCtxBuilder::new().inherit_stderr().build(),
-                            http: WasiHttpCtx::new(),
-                            table: ResourceTable::new(),
-                        };
-                        let mut store = Store::new(&engine, state);
-                        pre.instantiate_async(&mut store)
-                            .await
-                            .expect("instantiate");
-                    })
+                    let (rt, app) = (rt.clone(), fresh.clone());
+                    Box::pin(async move { rt.instantiate(&app).await.expect("instantiate") })
                 });
-                tally(&baseline, iters, took)
-            })
-        },
-    );
-    for app in ["fresh", "reused"] {
-        group.bench_function(format!("request ({app} instance)"), |b| {
-            b.iter_custom(|iters| {
-                timed(iters, &|| {
-                    let rt = rt.clone();
-                    Box::pin(async move {
-                        let r = rt.handle(app, request()).await.expect("hello answers");
-                        assert_eq!(r.status, 200);
-                    })
-                })
+                tally(&ours, iters, took)
             })
         });
-    }
-    group.finish();
-    if ours.get().1 > 0 && baseline.get().1 > 0 {
-        println!(
-            "store+instantiate: edgeplane {:.1} us, wasmtime pooling defaults {:.1} us: {:.2}x the baseline's time",
-            mean_us(&ours),
-            mean_us(&baseline),
-            mean_us(&ours) / mean_us(&baseline)
+        let (plain_engine, plain_pre) = wasmtime_defaults(component);
+        group.bench_function(
+            "store+instantiate (baseline: wasmtime pooling defaults)",
+            |b| {
+                b.iter_custom(|iters| {
+                    let took = timed(iters, &|| {
+                        let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
+                        Box::pin(async move {
+                            let state = PlainState {
+                                wasi: WasiCtxBuilder::new().inherit_stderr().build(),
+                                http: WasiHttpCtx::new(),
+                                table: ResourceTable::new(),
+                            };
+                            let mut store = Store::new(&engine, state);
+                            pre.instantiate_async(&mut store)
+                                .await
+                                .expect("instantiate");
+                        })
+                    });
+                    tally(&baseline, iters, took)
+                })
+            },
         );
+        for mode in ["fresh", "reused"] {
+            let app = format!("{component}/{mode}");
+            group.bench_function(format!("request ({mode} instance)"), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, &|| {
+                        let (rt, app) = (rt.clone(), app.clone());
+                        Box::pin(async move {
+                            let r = rt.handle(&app, request()).await.expect("hello answers");
+                            assert_eq!(r.status, 200);
+                        })
+                    })
+                })
+            });
+        }
+        group.finish();
+        summary.push((component, mean_us(&ours), mean_us(&baseline)));
+    }
+    for (component, ours, baseline) in summary {
+        if ours > 0.0 && baseline > 0.0 {
+            println!(
+                "{component} store+instantiate: edgeplane {ours:.1} us, wasmtime pooling defaults {baseline:.1} us: {:.2}x the baseline's time",
+                ours / baseline
+            );
+        }
     }
 }
 

@@ -177,25 +177,30 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The guest apps in apps/ (their own workspace, built for wasm32-wasip2 into apps/target).
+/// Two builds: the workspace's default members, then the no_std hello on its own (apps/Cargo.toml
+/// says why).
 pub fn build_apps() -> anyhow::Result<()> {
     let apps = workspace_root().join("apps");
     eprintln!("\x1b[1m[xtask]\x1b[0m building the guest apps in apps/");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .arg("--manifest-path")
-        .arg(apps.join("Cargo.toml"))
-        // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
-        .env("CARGO_TARGET_DIR", apps.join("target"))
-        .status()
-        .context("running cargo for apps/")?;
-    if !status.success() {
-        bail!("building apps/ failed ({status})");
+    for packages in [&[][..], &["-p", "hello"][..]] {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .args(packages)
+            .arg("--manifest-path")
+            .arg(apps.join("Cargo.toml"))
+            // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
+            .env("CARGO_TARGET_DIR", apps.join("target"))
+            .status()
+            .context("running cargo for apps/")?;
+        if !status.success() {
+            bail!("building apps/ {packages:?} failed ({status})");
+        }
     }
     Ok(())
 }
@@ -230,7 +235,21 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
         let folder = |name: &str| out.join(name).display().to_string();
         match scenario {
             Scenario::Xdp => run_bin("xdp-bench", &["--json", &json("xdp-bench")])?,
-            Scenario::Http => run_bin("http-bench", &["--json", &json("http-bench")])?,
+            Scenario::Http => {
+                run_bin("http-bench", &["--json", &json("http-bench")])?;
+                // The same app written the usual way (std + wstd), for the guest's share.
+                let wstd =
+                    workspace_root().join("apps/target/wasm32-wasip2/release/hello-wstd.wasm");
+                run_bin(
+                    "http-bench",
+                    &[
+                        "--component",
+                        &wstd.display().to_string(),
+                        "--json",
+                        &json("http-bench-hello-wstd"),
+                    ],
+                )?
+            }
             Scenario::Handoff => run_bin("handoff-bench", &["--json", &json("handoff-bench")])?,
             Scenario::Attack => run_bin("attack-bench", &["--out", &folder("attack")])?,
             Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
