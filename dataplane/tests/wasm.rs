@@ -197,37 +197,44 @@ fn header<'a>(r: &'a edgeplane_dataplane::http::Response, name: &str) -> Option<
 #[test]
 fn instances_are_fresh_by_default_and_reused_up_to_the_configured_count_when_opted_in() {
     let cache = tempdir("cache-reuse");
-    let mut reused = spec("reused", common::app("hello"));
-    reused.limits.instance_reuse = 3;
+    // Both builds of hello: the no_std one and the std + wstd one must behave the same.
+    let builds = ["hello", "hello-wstd"];
+    let mut apps = vec![];
+    for build in builds {
+        apps.push(spec(&format!("{build}/fresh"), common::app(build)));
+        let mut reused = spec(&format!("{build}/reused"), common::app(build));
+        reused.limits.instance_reuse = 3;
+        apps.push(reused);
+    }
     let mut faulty = spec("faulty", common::app("faulty"));
     faulty.limits.instance_reuse = 100;
-    let rt = runtime(
-        vec![spec("fresh", common::app("hello")), reused, faulty],
-        &cache,
-    );
+    apps.push(faulty);
+    let rt = runtime(apps, &cache);
     block_on(async {
-        let served_by = |app: &'static str| {
+        let served_by = |app: String| {
             let rt = rt.clone();
             async move {
                 let r = rt
-                    .handle(app, request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+                    .handle(&app, request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
                     .await
                     .unwrap();
-                assert_eq!(r.body, b"hello from wasm\n");
+                assert_eq!(r.body, b"hello from wasm\n", "{app}");
                 header(&r, "x-instance-requests").unwrap().to_owned()
             }
         };
-        let mut fresh = vec![];
-        let mut warm = vec![];
-        for _ in 0..7 {
-            fresh.push(served_by("fresh").await);
-            warm.push(served_by("reused").await);
+        for build in builds {
+            let mut fresh = vec![];
+            let mut warm = vec![];
+            for _ in 0..7 {
+                fresh.push(served_by(format!("{build}/fresh")).await);
+                warm.push(served_by(format!("{build}/reused")).await);
+            }
+            assert_eq!(
+                fresh, ["1"; 7],
+                "{build}: the default is a fresh instance per request"
+            );
+            assert_eq!(warm, ["1", "2", "3", "1", "2", "3", "1"], "{build}");
         }
-        assert_eq!(
-            fresh, ["1"; 7],
-            "the default is a fresh instance per request"
-        );
-        assert_eq!(warm, ["1", "2", "3", "1", "2", "3", "1"]);
 
         // A reused instance that traps is thrown away, and the next request still succeeds.
         let get = |path: &'static str| {
