@@ -2,6 +2,7 @@
 //! `demo` (the main job), `test` (what CI runs), `bench` (full benchmarks).
 
 mod demo;
+mod guest_apps;
 mod xdp_demo;
 
 use std::{path::PathBuf, process::Command};
@@ -176,33 +177,10 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The guest apps in apps/ (their own workspace, built for wasm32-wasip2 into apps/target).
-/// Two builds: the workspace's default members, then the no_std hello on its own (apps/Cargo.toml
-/// says why).
+/// The guest apps in apps/, built for wasm32-wasip2 into apps/target.
 pub fn build_apps() -> anyhow::Result<()> {
-    let apps = workspace_root().join("apps");
     eprintln!("\x1b[1m[xtask]\x1b[0m building the guest apps in apps/");
-    for packages in [&[][..], &["-p", "hello"][..]] {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--locked",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-            ])
-            .args(packages)
-            .arg("--manifest-path")
-            .arg(apps.join("Cargo.toml"))
-            // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
-            .env("CARGO_TARGET_DIR", apps.join("target"))
-            .status()
-            .context("running cargo for apps/")?;
-        if !status.success() {
-            bail!("building apps/ {packages:?} failed ({status})");
-        }
-    }
-    Ok(())
+    guest_apps::build(env!("CARGO"), &workspace_root().join("apps")).map_err(anyhow::Error::msg)
 }
 
 /// The benchmark binaries, edged beside them (http-bench starts it), and the apps they load.

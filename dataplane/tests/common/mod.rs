@@ -8,6 +8,9 @@ use std::{
     sync::OnceLock,
 };
 
+#[path = "../../../xtask/src/guest_apps.rs"]
+mod guest_apps;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -23,30 +26,7 @@ fn cargo() -> String {
 pub fn app(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let apps = workspace().join("apps");
-    // Two builds, as xtask's build_apps: the default members, then the no_std hello on its own.
-    BUILT.get_or_init(|| {
-        for packages in [&[][..], &["-p", "hello"][..]] {
-            let status = Command::new(cargo())
-                .args([
-                    "build",
-                    "--locked",
-                    "--release",
-                    "--target",
-                    "wasm32-wasip2",
-                ])
-                .args(packages)
-                .arg("--manifest-path")
-                .arg(apps.join("Cargo.toml"))
-                // Pinned so the path below holds even when CI points CARGO_TARGET_DIR elsewhere.
-                .env("CARGO_TARGET_DIR", apps.join("target"))
-                .status()
-                .expect("running cargo for the guest apps");
-            assert!(
-                status.success(),
-                "building apps/ {packages:?} for wasm32-wasip2 failed (rustup target add wasm32-wasip2?)"
-            );
-        }
-    });
+    BUILT.get_or_init(|| guest_apps::build(&cargo(), &apps).unwrap_or_else(|e| panic!("{e}")));
     apps.join("target/wasm32-wasip2/release")
         .join(format!("{name}.wasm"))
 }

@@ -1,0 +1,32 @@
+//! Building the guest apps in apps/ (their own workspace) for wasm32-wasip2, into apps/target.
+//! Shared by xtask and the test crates (included with `#[path]`), so std only.
+
+use std::{path::Path, process::Command};
+
+/// Two builds: the workspace's default members, then the no_std hello on its own (built together,
+/// cargo's feature unification would link std into it; apps/Cargo.toml says more).
+pub fn build(cargo: &str, apps: &Path) -> Result<(), String> {
+    for packages in [&[][..], &["-p", "hello"][..]] {
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .args(packages)
+            .arg("--manifest-path")
+            .arg(apps.join("Cargo.toml"))
+            // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
+            .env("CARGO_TARGET_DIR", apps.join("target"))
+            .status()
+            .map_err(|e| format!("running {cargo} for apps/: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "building apps/ {packages:?} for wasm32-wasip2 failed ({status}; rustup target add wasm32-wasip2?)"
+            ));
+        }
+    }
+    Ok(())
+}
