@@ -86,8 +86,7 @@ const APPS: [DemoApp; 3] = [
 
 fn apps_toml(url: &str, authority: &str) -> String {
     let app = |name: &str| {
-        workspace_root()
-            .join(format!("apps/target/wasm32-wasip2/release/{name}.wasm"))
+        crate::guest_apps::component(&workspace_root().join("apps"), name)
             .display()
             .to_string()
     };

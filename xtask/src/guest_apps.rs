@@ -1,7 +1,16 @@
 //! Building the guest apps in apps/ (their own workspace) for wasm32-wasip2, into apps/target.
 //! Shared by xtask and the test crates (included with `#[path]`), so std only.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Where `build` leaves the component of app `name`.
+pub fn component(apps: &Path, name: &str) -> PathBuf {
+    apps.join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
 
 /// Two builds: the workspace's default members, then the no_std hello on its own (built together,
 /// cargo's feature unification would link std into it; apps/Cargo.toml says more).

@@ -216,8 +216,7 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
             Scenario::Http => {
                 run_bin("http-bench", &["--json", &json("http-bench")])?;
                 // The same app written the usual way (std + wstd), for the guest's share.
-                let wstd =
-                    workspace_root().join("apps/target/wasm32-wasip2/release/hello-wstd.wasm");
+                let wstd = guest_apps::component(&workspace_root().join("apps"), "hello-wstd");
                 run_bin(
                     "http-bench",
                     &[

@@ -27,8 +27,7 @@ pub fn app(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let apps = workspace().join("apps");
     BUILT.get_or_init(|| guest_apps::build(&cargo(), &apps).unwrap_or_else(|e| panic!("{e}")));
-    apps.join("target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"))
+    guest_apps::component(&apps, name)
 }
 
 /// wstd's own `http_server` example, built from the crates.io package: a component written
