@@ -11,6 +11,8 @@ pub struct CpuTimes {
     /// user + nice + system + irq + softirq: work done on this CPU, the kernel's loopback
     /// TCP for the packets the server sends included.
     pub busy: u64,
+    /// user + nice: the servers' own code (the rest of `busy` is the kernel's).
+    pub user: u64,
     /// Every column: busy, idle, iowait and time stolen by the hypervisor.
     pub total: u64,
 }
@@ -36,6 +38,7 @@ impl CpuTimes {
         let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
         Some(Self {
             busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            user: at(0) + at(1),
             total: (0..8).map(at).sum(),
         })
     }
@@ -44,10 +47,12 @@ impl CpuTimes {
     pub fn until(self, later: CpuTimes) -> CpuUse {
         let ticks_per_sec = clock_ticks_per_sec();
         let busy = later.busy.saturating_sub(self.busy);
+        let user = later.user.saturating_sub(self.user);
         let total = later.total.saturating_sub(self.total).max(1);
         CpuUse {
             busy_fraction: busy as f64 / total as f64,
             busy_seconds: busy as f64 / ticks_per_sec,
+            user_seconds: user as f64 / ticks_per_sec,
         }
     }
 }
@@ -56,6 +61,19 @@ impl CpuTimes {
 pub struct CpuUse {
     pub busy_fraction: f64,
     pub busy_seconds: f64,
+    /// The part of `busy_seconds` spent in user space.
+    pub user_seconds: f64,
+}
+
+impl CpuUse {
+    /// Microseconds of this CPU per request: (user space, kernel).
+    pub fn per_request_us(&self, requests: f64) -> (f64, f64) {
+        let per = |s: f64| s * 1e6 / requests.max(1.0);
+        (
+            per(self.user_seconds),
+            per(self.busy_seconds - self.user_seconds),
+        )
+    }
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -77,6 +95,7 @@ mod tests {
     fn reads_one_cpus_line() {
         let t = CpuTimes::parse(STAT, 0).unwrap();
         assert_eq!(t.busy, 100 + 2 + 30 + 6 + 8);
+        assert_eq!(t.user, 100 + 2);
         assert_eq!(t.total, 100 + 2 + 30 + 400 + 4 + 6 + 8 + 10);
         assert_eq!(CpuTimes::parse(STAT, 1).unwrap().busy, 5);
         assert!(CpuTimes::parse(STAT, 2).is_none());
@@ -86,13 +105,17 @@ mod tests {
     fn busy_fraction_between_two_readings() {
         let a = CpuTimes {
             busy: 100,
+            user: 40,
             total: 1000,
         };
         let b = CpuTimes {
             busy: 175,
+            user: 70,
             total: 1100,
         };
-        assert!((a.until(b).busy_fraction - 0.75).abs() < 1e-9);
+        let used = a.until(b);
+        assert!((used.busy_fraction - 0.75).abs() < 1e-9);
+        assert!((used.user_seconds / used.busy_seconds - 0.4).abs() < 1e-9);
     }
 
     #[test]

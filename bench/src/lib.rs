@@ -5,6 +5,9 @@ pub mod backend;
 pub mod canonical;
 pub mod cpu;
 pub mod edged;
+/// Where xtask builds the guest apps (one file, shared with xtask and the tests).
+#[path = "../../xtask/src/guest_apps.rs"]
+pub mod guest_apps;
 pub mod http;
 pub mod loadgen;
 pub mod netns;

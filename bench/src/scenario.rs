@@ -42,9 +42,7 @@ impl Setup {
 
     /// The guest app `name`'s component, which must have been built.
     pub fn app(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self
-            .workspace
-            .join(format!("apps/target/wasm32-wasip2/release/{name}.wasm"));
+        let path = crate::guest_apps::component(&self.workspace.join("apps"), name);
         anyhow::ensure!(
             path.exists(),
             "{} is missing: build apps/ first (./x bench does)",

@@ -5,12 +5,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
-use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
     cpu::CpuUse,
     http::{LoadResult, Server, Wrk, find_wasmtime, nginx, spawn, wait_listening, wasmtime_serve},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
+    scenario::Setup,
 };
 use serde::Serialize;
 
@@ -24,7 +24,7 @@ struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 64)]
     connections: u32,
-    /// The hello component (default: apps/target/wasm32-wasip2/release/hello.wasm).
+    /// The hello component (default: apps/hello, built into apps/target).
     #[arg(long)]
     component: Option<PathBuf>,
     /// Rounds of the one-core phase (medians reported).
@@ -125,29 +125,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let component = args
-        .component
-        .clone()
-        .unwrap_or_else(|| workspace.join("apps/target/wasm32-wasip2/release/hello.wasm"));
-    anyhow::ensure!(
-        component.exists(),
-        "{} is missing: build apps/ first (./x bench does)",
-        component.display()
-    );
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_path_buf();
-    let edged_bin = exe_dir.join("edged");
-    anyhow::ensure!(
-        edged_bin.exists(),
-        "{} is missing: cargo build --release -p edgeplane",
-        edged_bin.display()
-    );
+    let setup = Setup::new("http-bench")?;
+    let component = match args.component.clone() {
+        Some(path) => {
+            anyhow::ensure!(path.exists(), "{} is missing", path.display());
+            path
+        }
+        None => setup.app("hello")?,
+    };
+    let edged_bin = setup.edged;
     let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
     let wrk = Wrk {
         cpu: None,
@@ -381,6 +367,7 @@ fn median_result(target: &str, runs: &[&LoadResult]) -> LoadResult {
     };
     let busy_fraction = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_fraction));
     let busy_seconds = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_seconds));
+    let user_seconds = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.user_seconds));
     LoadResult {
         target: target.into(),
         requests_per_sec: median(&|r| r.requests_per_sec),
@@ -390,6 +377,7 @@ fn median_result(target: &str, runs: &[&LoadResult]) -> LoadResult {
         server_cpu: Some(CpuUse {
             busy_fraction,
             busy_seconds,
+            user_seconds,
         }),
         requests_per_cpu_second: Some(median(&|r| r.requests_per_cpu_second.unwrap_or(f64::NAN))),
     }
@@ -528,19 +516,20 @@ fn print_one_core(results: &[LoadResult]) {
          CPU {SERVER_CPU}'s busy time from /proc/stat; medians of the rounds"
     );
     println!(
-        "{:<44} {:>10} {:>8} {:>7} {:>12} {:>7}",
-        "server", "req/s", "p99 ms", "CPU 0", "req/CPU-s", "errors"
+        "{:<44} {:>10} {:>8} {:>7} {:>12} {:>15} {:>7}",
+        "server", "req/s", "p99 ms", "CPU 0", "req/CPU-s", "us user+kernel", "errors"
     );
     for r in results {
         let busy = r.server_cpu.map_or(f64::NAN, |c| c.busy_fraction * 100.0);
+        let per_cpu = r.requests_per_cpu_second.unwrap_or(f64::NAN);
+        // Where a request's CPU time goes: the server's code, or the kernel (loopback TCP,
+        // the server's syscalls).
+        let (user_us, kernel_us) = r.server_cpu.map_or((f64::NAN, f64::NAN), |c| {
+            c.per_request_us(per_cpu * c.busy_seconds)
+        });
         println!(
-            "{:<44} {:>10.0} {:>8.2} {:>6.1}% {:>12.0} {:>7}",
-            r.target,
-            r.requests_per_sec,
-            r.p99_ms,
-            busy,
-            r.requests_per_cpu_second.unwrap_or(f64::NAN),
-            r.errors
+            "{:<44} {:>10.0} {:>8.2} {:>6.1}% {:>12.0} {:>7.2}+{:<7.2} {:>7}",
+            r.target, r.requests_per_sec, r.p99_ms, busy, per_cpu, user_us, kernel_us, r.errors
         );
     }
     let find = |name: &str| results.iter().find(|r| r.target == name);
