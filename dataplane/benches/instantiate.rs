@@ -37,6 +37,10 @@ use wasmtime_wasi_http::{
     WasiHttpCtx, WasiHttpCtxView, WasiHttpView, default_hooks, p2::bindings::ProxyPre,
 };
 
+// What edged runs with (userspace/src/bin/edged.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn request() -> Request {
     match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()) {
         Ok(ParseOutcome::Complete(r, _)) => r,
