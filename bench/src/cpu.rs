@@ -66,13 +66,12 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// Microseconds of this CPU per request: (user space, kernel).
-    pub fn per_request_us(&self, requests: f64) -> (f64, f64) {
-        let per = |s: f64| s * 1e6 / requests.max(1.0);
-        (
-            per(self.user_seconds),
-            per(self.busy_seconds - self.user_seconds),
-        )
+    /// A request's CPU time, `1 / requests_per_cpu_second`, split in microseconds into
+    /// (user space, kernel) by this reading's shares.
+    pub fn per_request_us(&self, requests_per_cpu_second: f64) -> (f64, f64) {
+        let per_request = 1e6 / requests_per_cpu_second;
+        let user_share = self.user_seconds / self.busy_seconds;
+        (per_request * user_share, per_request * (1.0 - user_share))
     }
 }
 
@@ -116,6 +115,9 @@ mod tests {
         let used = a.until(b);
         assert!((used.busy_fraction - 0.75).abs() < 1e-9);
         assert!((used.user_seconds / used.busy_seconds - 0.4).abs() < 1e-9);
+        // 100,000 requests per CPU-second: 10 us each, 40% of it in user space.
+        let (user_us, kernel_us) = used.per_request_us(100_000.0);
+        assert!((user_us - 4.0).abs() < 1e-9 && (kernel_us - 6.0).abs() < 1e-9);
     }
 
     #[test]

@@ -524,9 +524,9 @@ fn print_one_core(results: &[LoadResult]) {
         let per_cpu = r.requests_per_cpu_second.unwrap_or(f64::NAN);
         // Where a request's CPU time goes: the server's code, or the kernel (loopback TCP,
         // the server's syscalls).
-        let (user_us, kernel_us) = r.server_cpu.map_or((f64::NAN, f64::NAN), |c| {
-            c.per_request_us(per_cpu * c.busy_seconds)
-        });
+        let (user_us, kernel_us) = r
+            .server_cpu
+            .map_or((f64::NAN, f64::NAN), |c| c.per_request_us(per_cpu));
         println!(
             "{:<44} {:>10.0} {:>8.2} {:>6.1}% {:>12.0} {:>7.2}+{:<7.2} {:>7}",
             r.target, r.requests_per_sec, r.p99_ms, busy, per_cpu, user_us, kernel_us, r.errors
