@@ -14,8 +14,11 @@ use edgeplane_dataplane::{
     worker::{self, Reply, RequestContext, Service, WorkerOptions, WorkerStats},
 };
 
-/// Routes: `/` hello, `/echo` the body back, `/slow/<ms>` answers later, `/worker` its index.
+/// Routes: `/` hello, `/echo` the body back, `/slow/<ms>` answers later, `/worker` its index,
+/// `/finish` answers after 100 ms and counts in FINISHED that it got that far.
 struct TestService;
+
+static FINISHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Service for TestService {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
@@ -31,6 +34,11 @@ impl Service for TestService {
                     Response::text(200, format!("slow {ms}"))
                 }))
             }
+            "/finish" => Reply::Later(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                FINISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Response::text(200, "finished\n")
+            })),
             _ => Reply::Now(Response::text(404, "no such route\n")),
         }
     }
@@ -303,4 +311,34 @@ fn drain_finishes_in_flight_requests_then_stops_accepting() {
         TcpStream::connect_timeout(&w.addr, Duration::from_millis(500)).is_err(),
         "a drained worker accepts nothing"
     );
+}
+
+#[test]
+fn a_reply_still_running_when_its_client_resets_is_finished_not_dropped() {
+    // An app's work (its subrequests, what it records) does not stop half way because the
+    // client hung up; the worker goes on serving.
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(b"GET /finish HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // Linger 0: the close is a reset, which makes the worker close its side at once.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while FINISHED.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned reply never finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut s = connect(w.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let (status, _, body) = read_response(&mut s, &mut buf).expect("served after");
+    assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]));
+    stop(w);
 }

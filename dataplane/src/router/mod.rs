@@ -202,12 +202,13 @@ async fn hand_to(
     handoff: &Handoff,
     dc: u32,
     req: &Request,
-    client: &str,
+    client: Option<std::net::SocketAddr>,
     metrics: &WorkerMetrics,
     app: &str,
 ) -> Result<(Response, String), (Option<Response>, String)> {
     let name = handoff.peer_name(dc);
-    match handoff.forward(dc, req.clone(), client).await {
+    let client = client.map(|c| c.to_string()).unwrap_or_default();
+    match handoff.forward(dc, req.clone(), &client).await {
         Ok(resp) => {
             count(metrics, app, |c| c.handed_off += 1);
             Ok((resp, format!("remote-{name}")))
@@ -352,7 +353,7 @@ impl Service for EdgeService {
             .reachable_region()
             .filter(|p| !handed_off && p.overflow_in_flight > 0)
             .map(|p| (p.region, p.overflow_in_flight));
-        let client = ctx.peer.map(|p| p.to_string()).unwrap_or_default();
+        let client = ctx.peer;
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
         Reply::Later(Box::pin(async move {
@@ -369,7 +370,7 @@ impl Service for EdgeService {
             let mut remote = None;
             let mut reason = None;
             if let (Target::Peer(dc), Some(handoff)) = (target, &handoff) {
-                match hand_to(handoff, dc, &req, &client, &metrics, &app).await {
+                match hand_to(handoff, dc, &req, client, &metrics, &app).await {
                     Ok((resp, label)) | Err((Some(resp), label)) => {
                         remote = Some(resp);
                         placement = label;
@@ -389,7 +390,7 @@ impl Service for EdgeService {
                 _ => None,
             };
             if let (Some((dc, why)), Some(handoff)) = (to_region, &handoff) {
-                match hand_to(handoff, dc, &req, &client, &metrics, &app).await {
+                match hand_to(handoff, dc, &req, client, &metrics, &app).await {
                     Ok((resp, label)) => {
                         count(&metrics, &app, |c| match why {
                             region::RegionReason::Saturated => c.region_saturated += 1,

@@ -48,49 +48,95 @@ pub struct EdgeHooks {
     pub app: Arc<str>,
     pub allowed_backends: Arc<[String]>,
     pub observations: Observations,
-    pub io_clock: IoClock,
+    pub clock: RequestClock,
     /// The split app whose functions this guest may call, and where this datacenter's
     /// workers listen (function calls go through them: see `crate::functions`).
     pub split_app: Option<Arc<str>>,
     pub functions_via: Option<std::net::SocketAddr>,
 }
 
-/// How long a request spent waiting on its subrequests (any in flight), so the CPU deadline
-/// does not count that time.
-#[derive(Clone, Default)]
-pub struct IoClock {
-    inner: Arc<Mutex<IoClockState>>,
+/// The CPU time of the request the store now serves: wall time since it started, less the time
+/// spent waiting on its subrequests (any in flight). One per store, restarted for each request a
+/// warm instance serves, so the deadline callback that reads it is installed once per store.
+#[derive(Clone)]
+pub struct RequestClock {
+    inner: Arc<Mutex<ClockState>>,
 }
 
-#[derive(Default)]
-struct IoClockState {
-    in_flight: u32,
-    since: Option<Instant>,
+struct ClockState {
+    started: Instant,
+    waiting: u32,
+    waiting_since: Option<Instant>,
     waited: Duration,
 }
 
-impl IoClock {
-    fn begin(&self) {
-        let mut s = self.inner.lock().expect("io clock");
-        if s.in_flight == 0 {
-            s.since = Some(Instant::now());
+impl Default for RequestClock {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(ClockState {
+                started: Instant::now(),
+                waiting: 0,
+                waiting_since: None,
+                waited: Duration::ZERO,
+            })),
         }
-        s.in_flight += 1;
+    }
+}
+
+impl RequestClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        // The state stays consistent across a panic (plain stores of Copy values).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn end(&self) {
-        let mut s = self.inner.lock().expect("io clock");
-        s.in_flight -= 1;
-        if s.in_flight == 0
-            && let Some(since) = s.since.take()
+    /// A new request starts now.
+    pub fn restart(&self) {
+        let mut s = self.state();
+        s.started = Instant::now();
+        s.waiting = 0;
+        s.waiting_since = None;
+        s.waited = Duration::ZERO;
+    }
+
+    fn begin_wait(&self) {
+        let mut s = self.state();
+        if s.waiting == 0 {
+            s.waiting_since = Some(Instant::now());
+        }
+        s.waiting += 1;
+    }
+
+    fn end_wait(&self) {
+        let mut s = self.state();
+        s.waiting = s.waiting.saturating_sub(1);
+        if s.waiting == 0
+            && let Some(since) = s.waiting_since.take()
         {
             s.waited += since.elapsed();
         }
     }
 
-    pub fn waited(&self) -> Duration {
-        let s = self.inner.lock().expect("io clock");
-        s.waited + s.since.map(|t| t.elapsed()).unwrap_or_default()
+    /// Time the request has spent computing rather than waiting on subrequests.
+    pub fn computing(&self) -> Duration {
+        let s = self.state();
+        let waited = s.waited + s.waiting_since.map(|t| t.elapsed()).unwrap_or_default();
+        s.started.elapsed().saturating_sub(waited)
+    }
+}
+
+/// Ends a subrequest's wait even when its future is dropped before the response arrives.
+struct Waiting(RequestClock);
+
+impl Waiting {
+    fn begin(clock: RequestClock) -> Self {
+        clock.begin_wait();
+        Self(clock)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.end_wait();
     }
 }
 
@@ -178,12 +224,12 @@ impl WasiHttpHooks for EdgeHooks {
             tracing::warn!(app = %app, function, error = e, "function call refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        let clock = self.io_clock.clone();
+        let clock = self.clock.clone();
         Box::new(async move {
             let started = Instant::now();
-            clock.begin();
+            let waiting = Waiting::begin(clock);
             let sent = default_send_request(request, options).await;
-            clock.end();
+            drop(waiting);
             match sent {
                 Ok((resp, io)) => {
                     observations.record(&app, &dest, started.elapsed());
@@ -196,5 +242,34 @@ impl WasiHttpHooks for EdgeHooks {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_waiting_on_subrequests_is_not_computing_and_restart_starts_over() {
+        let clock = RequestClock::default();
+        std::thread::sleep(Duration::from_millis(20));
+        let computed = clock.computing();
+        assert!(computed >= Duration::from_millis(20), "{computed:?}");
+        {
+            // Two overlapping subrequests: the wait counts once.
+            let _a = Waiting::begin(clock.clone());
+            let _b = Waiting::begin(clock.clone());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let after_wait = clock.computing();
+        assert!(
+            after_wait < computed + Duration::from_millis(150),
+            "200 ms of waiting counted as computing: {computed:?} then {after_wait:?}"
+        );
+        clock.restart();
+        assert!(
+            clock.computing() < computed,
+            "restart kept the old request's time"
+        );
     }
 }

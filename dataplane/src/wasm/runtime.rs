@@ -8,7 +8,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ use wasmtime_wasi_http::{
 use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
-    host::{EdgeHooks, HostState, IoClock},
+    host::{EdgeHooks, HostState, RequestClock},
     observe::Observations,
 };
 use crate::http::{Request, Response};
@@ -222,7 +222,6 @@ impl AppRuntime {
             .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
         let pre = self.pre(app)?;
         let mut store = self.new_store(app);
-        self.arm_cpu_deadline(&mut store, app, IoClock::default());
         pre.instantiate_async(&mut store)
             .await
             .map_err(|error| HandleError::Load {
@@ -270,25 +269,39 @@ impl AppRuntime {
         result
     }
 
-    /// Starts the app's CPU budget for one request on `store`.
-    fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App, io_clock: IoClock) {
+    /// Makes the store's deadline callback, which stays for every request the store serves.
+    fn cpu_deadline_callback(
+        &self,
+        app: &App,
+        clock: RequestClock,
+    ) -> impl FnMut(wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline>
+    + Send
+    + Sync
+    + 'static {
         // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
         // when the deadline fires, charge only the rest and extend while under budget.
         let budget = app.spec.limits.cpu_deadline;
         let tick = self.epoch_tick;
-        let ticks = move |d: Duration| (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64;
-        let started = Instant::now();
-        store.set_epoch_deadline(ticks(budget));
-        store.epoch_deadline_callback(move |_| {
-            let computing = started.elapsed().saturating_sub(io_clock.waited());
+        move |_| {
+            let computing = clock.computing();
             if computing >= budget {
                 return Err(CpuDeadline.into());
             }
-            Ok(UpdateDeadline::Continue(ticks(budget - computing)))
-        });
+            Ok(UpdateDeadline::Continue(epoch_ticks(
+                budget - computing,
+                tick,
+            )))
+        }
+    }
+
+    /// Starts the app's CPU budget for the request `store` is about to serve.
+    fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App) {
+        store.data().hooks.clock.restart();
+        store.set_epoch_deadline(epoch_ticks(app.spec.limits.cpu_deadline, self.epoch_tick));
     }
 
     fn new_store(&self, app: &App) -> Store<HostState> {
+        let clock = RequestClock::default();
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stderr();
         for (k, v) in &app.spec.env {
@@ -305,30 +318,32 @@ impl AppRuntime {
                 app: app.name.clone(),
                 allowed_backends: app.allowed.clone(),
                 observations: self.observations.clone(),
-                io_clock: IoClock::default(),
+                clock: clock.clone(),
                 split_app: app.spec.split_app.as_deref().map(Arc::from),
                 functions_via: self.functions_via.get(),
             },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(self.cpu_deadline_callback(app, clock));
+        self.arm_cpu_deadline(&mut store, app);
         store
     }
 
     async fn run(&self, app: &App, req: Request) -> Result<Response, HandleError> {
-        let name = app.spec.name.clone();
+        let name = &app.spec.name;
         let pre = self.pre(app)?;
-        let io_clock = IoClock::default();
         let warm = app.warm.borrow_mut().pop();
         if warm.is_some() {
             self.idle_warm.set(self.idle_warm.get() - 1);
         }
         let (mut store, warm_proxy, served) = match warm {
-            Some(w) => (w.store, Some(w.proxy), w.served),
+            Some(mut w) => {
+                self.arm_cpu_deadline(&mut w.store, app);
+                (w.store, Some(w.proxy), w.served)
+            }
             None => (self.new_store(app), None, 0),
         };
-        store.data_mut().hooks.io_clock = io_clock.clone();
-        self.arm_cpu_deadline(&mut store, app, io_clock);
 
         let hyper_req = to_hyper(req).map_err(|e| HandleError::GuestError {
             app: name.clone(),
@@ -417,18 +432,22 @@ impl AppRuntime {
             }
             // The guest answered with an error code, or its body failed while the guest ran on.
             (Err(Some(detail)), Ok(_)) => {
-                return Err(HandleError::GuestError { app: name, detail });
+                return Err(HandleError::GuestError {
+                    app: name.clone(),
+                    detail,
+                });
             }
             (Err(None), Ok(_)) => {
                 return Err(HandleError::GuestError {
-                    app: name,
+                    app: name.clone(),
                     detail: "no response set".into(),
                 });
             }
             // A guest that trapped (or ran out of time) explains a missing or broken response.
             (Err(_), Err(e)) => return Err(classify(e.into())),
         };
-        let mut out = Response::new(parts.status.as_u16(), body.to_vec());
+        // Moves the bytes when the body came in one chunk, which a guest's single write gives.
+        let mut out = Response::new(parts.status.as_u16(), Vec::from(body));
         for (k, v) in parts.headers.iter() {
             if !matches!(
                 k.as_str(),
@@ -442,6 +461,11 @@ impl AppRuntime {
         }
         Ok(out)
     }
+}
+
+/// `d` in epoch ticks of length `tick`, at least one.
+fn epoch_ticks(d: Duration, tick: Duration) -> u64 {
+    (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

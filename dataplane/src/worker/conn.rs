@@ -1,10 +1,12 @@
 //! One client connection's state inside a worker.
 
-use std::{cell::RefCell, collections::VecDeque, os::fd::RawFd, rc::Rc, time::Instant};
+use std::{
+    collections::VecDeque, future::Future, os::fd::RawFd, pin::Pin, task::Waker, time::Instant,
+};
 
 use crate::http::{Response, write_response};
 
-/// A response in request order: known, or still being computed by a task.
+/// A response in request order: known, or still being computed.
 pub struct Slot {
     pub response: SlotResponse,
     pub keep_alive: bool,
@@ -13,7 +15,8 @@ pub struct Slot {
 
 pub enum SlotResponse {
     Ready(Response),
-    Waiting(Rc<RefCell<Option<Response>>>),
+    /// Polled by the worker (`super::wake`) until it gives the response.
+    Running(Pin<Box<dyn Future<Output = Response>>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,8 @@ pub struct Conn {
     /// When the request now being received started arriving.
     pub request_started: Option<Instant>,
     pub sent_continue: bool,
+    /// Wakes the worker for this connection's running replies; made on the first one.
+    pub waker: Option<Waker>,
 }
 
 impl Conn {
@@ -67,6 +72,7 @@ impl Conn {
             last_activity: now,
             request_started: None,
             sent_continue: false,
+            waker: None,
         }
     }
 
@@ -76,17 +82,12 @@ impl Conn {
     pub fn collect_ready(&mut self, date: &str, closing: bool) -> usize {
         let mut moved = 0;
         while let Some(slot) = self.pending.front() {
-            let resp = match &slot.response {
-                SlotResponse::Ready(_) => None,
-                SlotResponse::Waiting(cell) => match cell.borrow_mut().take() {
-                    Some(r) => Some(r),
-                    None => break,
-                },
-            };
+            if matches!(slot.response, SlotResponse::Running(_)) {
+                break;
+            }
             let slot = self.pending.pop_front().expect("front exists");
-            let resp = match (resp, slot.response) {
-                (Some(r), _) | (None, SlotResponse::Ready(r)) => r,
-                (None, SlotResponse::Waiting(_)) => unreachable!("taken above"),
+            let SlotResponse::Ready(resp) = slot.response else {
+                unreachable!("checked above")
             };
             let keep_alive = slot.keep_alive && !closing;
             write_response(&mut self.out, &resp, keep_alive, slot.head_only, date);

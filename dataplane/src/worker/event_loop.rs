@@ -1,17 +1,18 @@
 //! The worker's event loop: connections (accept, receive, parse, reply, linger, close), replies
-//! finished on tokio, and timers, over the ring in `ring`.
+//! that wait on something (`wake`), and timers, over the ring in `ring`.
 
 use std::{
-    cell::RefCell,
     net::TcpListener,
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
     rc::Rc,
+    sync::Arc,
+    task::Poll,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 use io_uring::{cqueue, opcode, types::Fd};
-use tokio::{io::unix::AsyncFd, sync::Notify};
+use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -20,6 +21,7 @@ use super::{
     conn::{Conn, Phase, Slot, SlotResponse},
     load::LoadPublisher,
     ring::{Op, Ring, split_user_data, user_data},
+    wake::{WokenConns, poll_reply},
 };
 use crate::http::{HttpError, HttpLimits, ParseOutcome, Request, parse_request};
 
@@ -29,13 +31,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(100);
 /// Longest tokio goes unpolled while the worker waits in its ring.
 const TOKIO_PASS: Duration = Duration::from_millis(20);
-
-/// Finished asynchronous replies, reported by their tasks.
-#[derive(Default)]
-struct Completions {
-    notify: Notify,
-    ready: RefCell<Vec<(usize, u32)>>,
-}
+/// Rounds of completions and woken replies one `pump` handles before the loop moves on, so a
+/// reply that keeps waking itself cannot keep the worker from its timers and tokio.
+const PUMP_ROUNDS: usize = 64;
 
 pub(super) struct Worker {
     // Field order is drop order: the ring goes first, releasing the kernel's hold on the
@@ -49,7 +47,9 @@ pub(super) struct Worker {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_generation: u32,
-    completions: Rc<Completions>,
+    woken: Arc<WokenConns>,
+    /// `woken`'s list, taken (kept to reuse its allocation).
+    woken_batch: Vec<(usize, u32)>,
     load: Option<LoadPublisher>,
     in_flight: u64,
     published: (u64, u64),
@@ -91,7 +91,8 @@ impl Worker {
             conns: Vec::new(),
             free: Vec::new(),
             next_generation: 1,
-            completions: Rc::new(Completions::default()),
+            woken: Arc::new(WokenConns::default()),
+            woken_batch: Vec::new(),
             load,
             in_flight: 0,
             published: (u64::MAX, u64::MAX),
@@ -117,7 +118,7 @@ impl Worker {
         // SAFETY: the eventfd is owned here and registered with no other reactor.
         let efd = unsafe { AsyncFd::register(efd) }
             .map_err(|e| anyhow::anyhow!("registering the eventfd with tokio: {e}"))?;
-        let completions = self.completions.clone();
+        let woken = self.woken.clone();
         let mut next_tick = Instant::now() + TICK;
         let mut tokio_pass = Instant::now();
         self.arm_accept();
@@ -165,7 +166,7 @@ impl Worker {
                     unsafe { libc::read(efd.get_ref().as_raw_fd(), count.as_mut_ptr().cast(), 8) };
                     guard.clear_ready();
                 }
-                _ = completions.notify.notified() => {}
+                _ = woken.notify.notified() => {}
                 _ = tokio::time::sleep_until(next_tick.into()) => {}
                 changed = shutdown.changed(), if self.draining.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -178,30 +179,49 @@ impl Worker {
         Ok(self.stats)
     }
 
-    /// Handles every completion and finished reply. What this queues is submitted by the
+    /// Handles every completion and woken reply. What this queues is submitted by the
     /// caller's next wait (`Ring::wait` or `Ring::submit_pending`): under load one
     /// `io_uring_enter` per loop both sends the replies and collects the next requests.
     fn pump(&mut self) -> anyhow::Result<()> {
-        loop {
+        for _ in 0..PUMP_ROUNDS {
             let mut batch = self.ring.completions()?;
-            let finished: Vec<(usize, u32)> =
-                std::mem::take(&mut *self.completions.ready.borrow_mut());
-            if batch.is_empty() && finished.is_empty() {
-                self.ring.recycle(batch);
-                break;
-            }
+            let mut woken = std::mem::take(&mut self.woken_batch);
+            self.woken.take(&mut woken);
+            let idle = batch.is_empty() && woken.is_empty();
             for cqe in batch.drain(..) {
                 self.on_completion(cqe);
             }
             self.ring.recycle(batch);
-            for (idx, generation) in finished {
+            for &(idx, generation) in &woken {
                 if self.conn_mut(idx, generation).is_some() {
+                    self.poll_replies(idx, 0);
                     self.flush(idx);
                 }
+            }
+            self.woken_batch = woken;
+            if idle {
+                break;
             }
         }
         self.publish_load();
         Ok(())
+    }
+
+    /// Polls connection `idx`'s running replies from its `from`-th pending slot on.
+    fn poll_replies(&mut self, idx: usize, from: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let waker = conn
+            .waker
+            .get_or_insert_with(|| self.woken.waker(idx, conn.generation));
+        for slot in conn.pending.iter_mut().skip(from) {
+            if let SlotResponse::Running(reply) = &mut slot.response
+                && let Poll::Ready(resp) = poll_reply(reply, waker)
+            {
+                slot.response = SlotResponse::Ready(resp);
+            }
+        }
     }
 
     fn publish_load(&mut self) {
@@ -423,19 +443,9 @@ impl Worker {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        let response = match reply {
-            Reply::Now(resp) => SlotResponse::Ready(resp),
-            Reply::Later(fut) => {
-                let cell = Rc::new(RefCell::new(None));
-                let completions = self.completions.clone();
-                let (task_cell, generation) = (cell.clone(), conn.generation);
-                tokio::task::spawn_local(async move {
-                    *task_cell.borrow_mut() = Some(fut.await);
-                    completions.ready.borrow_mut().push((idx, generation));
-                    completions.notify.notify_one();
-                });
-                SlotResponse::Waiting(cell)
-            }
+        let (response, running) = match reply {
+            Reply::Now(resp) => (SlotResponse::Ready(resp), false),
+            Reply::Later(fut) => (SlotResponse::Running(fut), true),
         };
         conn.pending.push_back(Slot {
             response,
@@ -444,6 +454,10 @@ impl Worker {
         });
         if !keep_alive {
             conn.phase = Phase::CloseAfterFlush;
+        }
+        if running {
+            let newest = conn.pending.len() - 1;
+            self.poll_replies(idx, newest);
         }
     }
 
@@ -527,7 +541,13 @@ impl Worker {
         }
         let dropped = conn.pending.len() as u64;
         self.in_flight -= dropped;
-        conn.pending.clear();
+        for slot in conn.pending.drain(..) {
+            if let SlotResponse::Running(reply) = slot.response {
+                // Nobody will read the answer, but the app still finishes what it started
+                // (subrequests, their observations, its in-flight count).
+                tokio::task::spawn_local(reply);
+            }
+        }
         conn.phase = Phase::Closing;
         // Ends the multishot recv (it completes with 0) and any send in flight.
         // SAFETY: our socket.

@@ -7,22 +7,26 @@
 //! (PLATFORM.md). Apps run in wasmtime-wasi-http, whose outgoing HTTP client needs a tokio runtime
 //! on the thread. So each worker thread runs a current-thread tokio runtime, and the ring is one of
 //! its event sources: completions signal an eventfd registered with the ring, which tokio polls
-//! next to timers and the app tasks. SQPOLL is off (its thread cost a third of throughput on two
-//! cores); COOP/DEFER_TASKRUN are off because with them the kernel posts completions only when
-//! this thread enters io_uring, which it does not while asleep in epoll.
+//! next to its timers and the replies' subrequests. While no reply waits on tokio, the worker sleeps
+//! in the ring itself, and replies are polled in place by the worker (`wake` says why). SQPOLL is
+//! off (its thread cost a third of throughput on two cores). DEFER_TASKRUN is on: the kernel runs
+//! completion work when this thread enters the ring, in one batch, and still signals the eventfd
+//! when such work is queued, so a worker asleep in tokio's epoll wakes for it.
 
 mod bufring;
 mod conn;
 mod event_loop;
 pub mod load;
 mod ring;
+mod sched;
+mod wake;
 
 use std::{
     future::Future, net::TcpListener, os::fd::OwnedFd, pin::Pin, rc::Rc, sync::Arc, time::Duration,
 };
 
 use anyhow::Context as _;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::http::{HttpLimits, Request, Response};
 
@@ -54,6 +58,9 @@ pub struct WorkerOptions {
     /// the scheduler, which wins when other busy processes share the CPUs (a local load
     /// generator on a small machine).
     pub pin: bool,
+    /// The scheduler slice the worker thread asks for (`sched::request_slice`); None keeps the
+    /// kernel's default.
+    pub sched_slice: Option<Duration>,
     pub listener: TcpListener,
     pub limits: HttpLimits,
     /// WORKER_LOAD's map fd, to publish in-flight counts (None: do not publish).
@@ -71,6 +78,7 @@ impl WorkerOptions {
         Self {
             cpu,
             pin: true,
+            sched_slice: None,
             listener,
             limits: HttpLimits::default(),
             load_map: None,
@@ -100,7 +108,15 @@ pub fn spawn(
         .name(format!("edge-worker-{}", opts.cpu))
         .spawn(move || {
             if opts.pin {
-                pin_to_cpu(opts.cpu);
+                sched::pin_to_cpu(opts.cpu);
+            }
+            if let Some(slice) = opts.sched_slice {
+                match sched::request_slice(slice) {
+                    Ok(granted) => debug!(worker = opts.cpu, ?granted, "scheduler slice set"),
+                    Err(error) => {
+                        warn!(worker = opts.cpu, ?slice, %error, "the kernel refused the scheduler slice (6.12+ takes one); keeping its default")
+                    }
+                }
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -113,15 +129,4 @@ pub fn spawn(
                 worker.run(shutdown).await
             })
         })
-}
-
-fn pin_to_cpu(cpu: u32) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin worker");
-        }
-    }
 }
