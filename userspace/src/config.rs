@@ -174,10 +174,6 @@ pub struct WorkersConfig {
     pub pin: bool,
     /// CPUMAP per-CPU queue size (frames).
     pub cpumap_queue_size: u32,
-    /// Scheduler slice each worker thread asks for (see `WorkerOptions::sched_slice`); 0 keeps
-    /// the kernel's default.
-    #[serde(with = "humantime_serde")]
-    pub sched_slice: Duration,
 }
 
 impl Default for WorkersConfig {
@@ -188,7 +184,6 @@ impl Default for WorkersConfig {
             steer: true,
             pin: true,
             cpumap_queue_size: 2048,
-            sched_slice: Duration::ZERO,
         }
     }
 }

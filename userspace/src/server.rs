@@ -286,7 +286,6 @@ pub fn start(
         });
         let mut opts = WorkerOptions::new(cpu, listener);
         opts.pin = cfg.workers.pin;
-        opts.sched_slice = Some(cfg.workers.sched_slice).filter(|s| !s.is_zero());
         opts.limits = cfg.http.clone();
         opts.load_map = Some(maps.worker_load_fd()?);
         opts.drain_timeout = cfg.server.drain_timeout;

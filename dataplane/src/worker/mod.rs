@@ -18,7 +18,6 @@ mod conn;
 mod event_loop;
 pub mod load;
 mod ring;
-mod sched;
 mod wake;
 
 use std::{
@@ -26,7 +25,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::http::{HttpLimits, Request, Response};
 
@@ -58,9 +57,6 @@ pub struct WorkerOptions {
     /// the scheduler, which wins when other busy processes share the CPUs (a local load
     /// generator on a small machine).
     pub pin: bool,
-    /// The scheduler slice the worker thread asks for (`sched::request_slice`); None keeps the
-    /// kernel's default.
-    pub sched_slice: Option<Duration>,
     pub listener: TcpListener,
     pub limits: HttpLimits,
     /// WORKER_LOAD's map fd, to publish in-flight counts (None: do not publish).
@@ -78,7 +74,6 @@ impl WorkerOptions {
         Self {
             cpu,
             pin: true,
-            sched_slice: None,
             listener,
             limits: HttpLimits::default(),
             load_map: None,
@@ -108,15 +103,7 @@ pub fn spawn(
         .name(format!("edge-worker-{}", opts.cpu))
         .spawn(move || {
             if opts.pin {
-                sched::pin_to_cpu(opts.cpu);
-            }
-            if let Some(slice) = opts.sched_slice {
-                match sched::request_slice(slice) {
-                    Ok(granted) => debug!(worker = opts.cpu, ?granted, "scheduler slice set"),
-                    Err(error) => {
-                        warn!(worker = opts.cpu, ?slice, %error, "the kernel refused the scheduler slice (6.12+ takes one); keeping its default")
-                    }
-                }
+                pin_to_cpu(opts.cpu);
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -129,4 +116,15 @@ pub fn spawn(
                 worker.run(shutdown).await
             })
         })
+}
+
+fn pin_to_cpu(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin worker");
+        }
+    }
 }
