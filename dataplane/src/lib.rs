@@ -9,3 +9,12 @@ pub mod probe;
 pub mod router;
 pub mod wasm;
 pub mod worker;
+
+/// What a caught panic said, as far as it said it in text.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}

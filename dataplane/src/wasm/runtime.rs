@@ -376,9 +376,14 @@ impl AppRuntime {
             Ok::<_, wasmtime::Error>((store, proxy))
         };
         // A panic in a host call must cost this request, not the worker's connection task.
-        let guest = AssertUnwindSafe(guest)
-            .catch_unwind()
-            .map(|r| r.unwrap_or_else(|panic| Err(wasmtime::Error::msg(panic_message(&*panic)))));
+        let guest = AssertUnwindSafe(guest).catch_unwind().map(|r| {
+            r.unwrap_or_else(|panic| {
+                Err(wasmtime::Error::msg(format!(
+                    "host call panicked: {}",
+                    crate::panic_text(&*panic)
+                )))
+            })
+        });
         let response = async move {
             let resp = rx
                 .await
@@ -446,7 +451,7 @@ impl AppRuntime {
             // A guest that trapped (or ran out of time) explains a missing or broken response.
             (Err(_), Err(e)) => return Err(classify(e.into())),
         };
-        // Moves the bytes when the body came in one chunk, which a guest's single write gives.
+        // Takes over the body's buffer rather than copying it when nothing else shares it.
         let mut out = Response::new(parts.status.as_u16(), Vec::from(body));
         for (k, v) in parts.headers.iter() {
             if !matches!(
@@ -466,15 +471,6 @@ impl AppRuntime {
 /// `d` in epoch ticks of length `tick`, at least one.
 fn epoch_ticks(d: Duration, tick: Duration) -> u64 {
     (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let what = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message");
-    format!("host call panicked: {what}")
 }
 
 /// The request as wasi:http sees it. The URI stays in origin form when there is a Host header,

@@ -9,12 +9,14 @@
 
 use std::{
     future::Future,
+    panic::AssertUnwindSafe,
     pin::{Pin, pin},
     sync::{Arc, Mutex},
     task::{Context, Poll, Wake, Waker},
 };
 
 use tokio::sync::Notify;
+use tracing::error;
 
 use crate::http::Response;
 
@@ -71,11 +73,23 @@ impl Wake for ConnWaker {
 /// Polls a reply once. Outside tokio's cooperative budget: the event loop is one long-lived tokio
 /// task that polls many replies per pass, and a spent budget would make every tokio channel in
 /// them report not-ready until the loop next yields.
+///
+/// A reply that panics answers 500 and is never polled again; the worker, which polls it on its
+/// own stack, goes on serving (as it did when each reply was a task of its own).
 pub(super) fn poll_reply(
     reply: &mut Pin<Box<dyn Future<Output = Response>>>,
     waker: &Waker,
 ) -> Poll<Response> {
-    pin!(tokio::task::unconstrained(reply.as_mut())).poll(&mut Context::from_waker(waker))
+    let poll = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        pin!(tokio::task::unconstrained(reply.as_mut())).poll(&mut Context::from_waker(waker))
+    }));
+    poll.unwrap_or_else(|panic| {
+        error!(
+            panic = crate::panic_text(&*panic),
+            "a reply panicked; answering 500"
+        );
+        Poll::Ready(Response::text(500, "internal error\n"))
+    })
 }
 
 #[cfg(test)]
@@ -114,6 +128,17 @@ mod tests {
         match poll_reply(&mut reply, &waker) {
             Poll::Ready(resp) => assert_eq!(resp.status, 204),
             Poll::Pending => panic!("the reply's sender answered"),
+        }
+    }
+
+    #[test]
+    fn a_reply_that_panics_answers_500() {
+        let conns = Arc::new(WokenConns::default());
+        let mut reply: Pin<Box<dyn Future<Output = Response>>> =
+            Box::pin(async { panic!("a bug in a service") });
+        match poll_reply(&mut reply, &conns.waker(0, 1)) {
+            Poll::Ready(resp) => assert_eq!(resp.status, 500),
+            Poll::Pending => panic!("a panicked reply must be answered"),
         }
     }
 }
