@@ -47,9 +47,14 @@ fn the_canonical_world_gives_each_link_its_rtt() {
         let configured = topology.rtt(from, to).unwrap();
         let measured = median_connect_time(world.ns(from), addr, 7).unwrap();
         eprintln!("{from} -> {to} ({addr}): configured {configured:?}, measured {measured:?}");
-        let error = measured.as_secs_f64() / configured.as_secs_f64() - 1.0;
+        // Within 10% either way, or up to 1 ms long: a handshake wakes the delay threads and
+        // both ends several times, which a busy 2-core VM stretches by a fixed few hundred
+        // microseconds (30.5 / 40.5 / 80.5 / 5.5 ms here on 2026-11-23), too much for 10% of
+        // the 5 ms link.
+        let slack = configured.mul_f64(0.10);
         assert!(
-            error.abs() <= 0.10,
+            measured >= configured - slack
+                && measured <= configured + slack.max(Duration::from_millis(1)),
             "{from} -> {to}: configured {configured:?}, measured {measured:?}"
         );
         // SAFETY: shutting down our own listening socket ends the accept loop.
