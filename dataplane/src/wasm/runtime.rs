@@ -362,7 +362,7 @@ impl AppRuntime {
             app: name.clone(),
             error: error.into(),
         })?;
-        // The guest and the response body run side by side in this task: a wasi:http guest may
+        // The guest and the response body run side by side in this future: a wasi:http guest may
         // set its response before it writes the body, so neither can wait for the other.
         let guest = async move {
             let proxy = match warm_proxy {
@@ -375,7 +375,7 @@ impl AppRuntime {
                 .await?;
             Ok::<_, wasmtime::Error>((store, proxy))
         };
-        // A panic in a host call must cost this request, not the worker's connection task.
+        // A panic in a host call must cost this request, not the worker polling it.
         let guest = AssertUnwindSafe(guest).catch_unwind().map(|r| {
             r.unwrap_or_else(|panic| {
                 Err(wasmtime::Error::msg(format!(
