@@ -41,9 +41,12 @@ impl WokenConns {
     /// Moves the woken connections into `into` (cleared first).
     pub(super) fn take(&self, into: &mut Vec<(usize, u32)>) {
         into.clear();
+        std::mem::swap(&mut *self.list(), into);
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<(usize, u32)>> {
         // A panic while holding this lock would be in `Vec::push`; the list is still usable.
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::swap(&mut *list, into);
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -61,11 +64,7 @@ impl Wake for ConnWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.conns
-            .list
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((self.idx, self.generation));
+        self.conns.list().push((self.idx, self.generation));
         self.conns.notify.notify_one();
     }
 }
