@@ -134,12 +134,13 @@ fn hello_and_echo_components_serve() {
 }
 
 #[test]
-fn trapping_looping_and_memory_hungry_guests_fail_cleanly_and_the_next_request_succeeds() {
+fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the_next_succeeds() {
     let cache = tempdir("cache-faulty");
     let mut faulty = spec("faulty", common::app("faulty"));
     faulty.limits = AppLimits {
         cpu_deadline: Duration::from_millis(100),
         max_memory_bytes: 16 << 20,
+        max_response_bytes: 1 << 20,
         ..Default::default()
     };
     let rt = runtime(vec![faulty], &cache);
@@ -183,6 +184,32 @@ fn trapping_looping_and_memory_hungry_guests_fail_cleanly_and_the_next_request_s
             .await
             .unwrap_err();
         assert_eq!(err.status(), 500, "{err}");
+        ok(rt.clone()).await;
+
+        // A body that never ends is cut off at the limit, not buffered until the deadline.
+        let err = rt
+            .clone()
+            .handle("faulty", request("GET /flood HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HandleError::ResponseTooLarge { limit, .. } if limit == 1 << 20),
+            "{err}"
+        );
+        assert_eq!(err.status(), 500);
+        ok(rt.clone()).await;
+
+        // The response was set and 3 KiB of its body written: a cut body must not pass as whole.
+        let err = rt
+            .clone()
+            .handle(
+                "faulty",
+                request("GET /truncate HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
+            .await
+            .map(|r| (r.status, r.body.len()))
+            .unwrap_err();
+        assert!(matches!(err, HandleError::Trap { .. }), "{err}");
         ok(rt.clone()).await;
     });
 }

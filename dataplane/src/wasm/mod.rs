@@ -41,6 +41,9 @@ pub struct AppLimits {
     pub wall_deadline: Duration,
     /// Linear memory per instance.
     pub max_memory_bytes: usize,
+    /// The response body the guest may write. Responses are buffered before they are sent, so
+    /// without a bound one request could take the worker's memory.
+    pub max_response_bytes: usize,
     /// Reuse a warm instance for up to this many requests (1: a fresh instance per request).
     pub instance_reuse: u32,
 }
@@ -51,6 +54,7 @@ impl Default for AppLimits {
             cpu_deadline: Duration::from_millis(100),
             wall_deadline: Duration::from_secs(30),
             max_memory_bytes: 64 << 20,
+            max_response_bytes: 8 << 20,
             instance_reuse: 1,
         }
     }

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use tracing::warn;
 use wasmtime::{
     Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
@@ -48,6 +48,8 @@ pub enum HandleError {
     Deadline { app: String, which: &'static str },
     #[error("app {app} answered with an error: {detail}")]
     GuestError { app: String, detail: String },
+    #[error("app {app} wrote a response body over its limit of {limit} bytes")]
+    ResponseTooLarge { app: String, limit: usize },
 }
 
 impl HandleError {
@@ -57,7 +59,8 @@ impl HandleError {
             HandleError::Overloaded => 503,
             HandleError::Load { .. }
             | HandleError::Trap { .. }
-            | HandleError::GuestError { .. } => 500,
+            | HandleError::GuestError { .. }
+            | HandleError::ResponseTooLarge { .. } => 500,
             HandleError::Deadline { .. } => 504,
         }
     }
@@ -78,6 +81,16 @@ impl std::fmt::Display for CpuDeadline {
 }
 
 impl std::error::Error for CpuDeadline {}
+
+/// Why the response side of a request has no response to send.
+enum ResponseFailure {
+    /// The guest dropped its response outparam without setting it.
+    NotSet,
+    /// The guest answered with an error code, or its body failed.
+    Guest(String),
+    /// The body grew past the app's `max_response_bytes`.
+    TooLarge,
+}
 
 struct App {
     spec: AppSpec,
@@ -384,15 +397,18 @@ impl AppRuntime {
                 )))
             })
         });
+        let limit = app.spec.limits.max_response_bytes;
         let response = async move {
             let resp = rx
                 .await
-                .map_err(|_| None)?
-                .map_err(|code| Some(format!("{code:?}")))?;
+                .map_err(|_| ResponseFailure::NotSet)?
+                .map_err(|code| ResponseFailure::Guest(format!("{code:?}")))?;
             let (parts, body) = resp.into_parts();
-            match body.collect().await {
+            // Dropping the body at the limit fails the guest's next write, so it stops.
+            match Limited::new(body, limit).collect().await {
                 Ok(c) => Ok((parts, c.to_bytes())),
-                Err(code) => Err(Some(format!("response body: {code:?}"))),
+                Err(e) if e.is::<LengthLimitError>() => Err(ResponseFailure::TooLarge),
+                Err(e) => Err(ResponseFailure::Guest(format!("response body: {e}"))),
             }
         };
         // The guest goes first: a guest that waits on nothing has set its response and written
@@ -416,6 +432,13 @@ impl AppRuntime {
             }
         };
         let (parts, body) = match (response, guest) {
+            // Whatever the guest did once its body was cut off, the limit is why it failed.
+            (Err(ResponseFailure::TooLarge), _) => {
+                return Err(HandleError::ResponseTooLarge {
+                    app: name.clone(),
+                    limit,
+                });
+            }
             (Ok(response), Ok((store, proxy))) => {
                 // Only an instance that finished cleanly goes back: a trapped one may be broken.
                 let served = served + 1;
@@ -431,18 +454,18 @@ impl AppRuntime {
                 }
                 response
             }
-            (Ok(response), Err(e)) => {
-                warn!(app = %name, error = %format!("{:#}", anyhow::Error::from(e)), "guest failed after responding");
-                response
-            }
+            // A guest that dies mid-body leaves a body that ends as if it were finished
+            // (wasmtime-wasi-http closes it cleanly when the store drops), and the length this
+            // worker sends would hide the cut. So a guest that failed never answers 200.
+            (Ok(_), Err(e)) => return Err(classify(e.into())),
             // The guest answered with an error code, or its body failed while the guest ran on.
-            (Err(Some(detail)), Ok(_)) => {
+            (Err(ResponseFailure::Guest(detail)), Ok(_)) => {
                 return Err(HandleError::GuestError {
                     app: name.clone(),
                     detail,
                 });
             }
-            (Err(None), Ok(_)) => {
+            (Err(ResponseFailure::NotSet), Ok(_)) => {
                 return Err(HandleError::GuestError {
                     app: name.clone(),
                     detail: "no response set".into(),
