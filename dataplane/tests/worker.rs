@@ -342,3 +342,101 @@ fn a_reply_still_running_when_its_client_resets_is_finished_not_dropped() {
     assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]));
     stop(w);
 }
+
+const HELLO_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Pipelines hello requests on `s` without reading a byte, until the worker stops taking them
+/// (nothing more goes in for a second, or it closes the connection) or `limit` bytes went in.
+/// Returns the bytes written.
+fn pipeline_without_reading(s: &TcpStream, limit: usize) -> usize {
+    let sock = socket2::SockRef::from(s);
+    // Small client buffers, so what the stream holds is mostly the worker's doing.
+    sock.set_send_buffer_size(64 << 10).unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let requests = HELLO_REQUEST.repeat(64 << 10);
+    let mut written = 0;
+    let mut last_progress = Instant::now();
+    while written < limit && last_progress.elapsed() < Duration::from_secs(1) {
+        let at = written % requests.len();
+        match (&*s).write(&requests[at..]) {
+            Ok(n) => {
+                written += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    written
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_is_held_back_by_tcp_then_gets_every_response() {
+    let r = start(HttpLimits::default());
+    let s = connect(r.addr);
+    let limit = 64 << 20;
+    let written = pipeline_without_reading(&s, limit);
+    // What a stalled client has in flight: the kernel's socket buffers (a few hundred KiB here)
+    // and the worker's bounded queues. A worker that read on would take all 64 MiB.
+    assert!(
+        written < 8 << 20,
+        "the worker kept reading from a client that reads nothing: {written} bytes taken"
+    );
+
+    // Now the client reads, finishes its last request and asks to close: every request it
+    // sent gets its response, in order, and nothing is lost to the pause.
+    let last = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let rest = HELLO_REQUEST[written % HELLO_REQUEST.len()..].to_vec();
+    let expected = written.div_ceil(HELLO_REQUEST.len()) + 1;
+    let mut writer = s.try_clone().unwrap();
+    let finish = std::thread::spawn(move || {
+        if rest.len() < HELLO_REQUEST.len() {
+            writer.write_all(&rest).unwrap();
+        }
+        writer.write_all(last).unwrap();
+    });
+    let mut reader = s;
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut answered = 0;
+    while let Some((status, _, body)) = read_response(&mut reader, &mut buf) {
+        assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+        answered += 1;
+    }
+    finish.join().unwrap();
+    assert_eq!(answered, expected, "every pipelined request is answered");
+    stop(r);
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_closed_after_the_send_timeout() {
+    let r = start(HttpLimits {
+        send_timeout: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let mut s = connect(r.addr);
+    let written = pipeline_without_reading(&s, 64 << 20);
+    assert!(written < 8 << 20, "{written} bytes taken");
+    std::thread::sleep(Duration::from_secs(2));
+    // Reading now finds the connection gone rather than the rest of the responses.
+    let mut buf = Vec::new();
+    assert!(
+        closed_by_server(&mut s, &mut buf),
+        "a connection whose client read nothing for the send timeout stays open"
+    );
+    let answered = buf.windows(8).filter(|w| w == b"HTTP/1.1").count();
+    assert!(answered < written / HELLO_REQUEST.len(), "{answered}");
+    // A well-behaved client is served as before.
+    let mut ok = connect(r.addr);
+    ok.write_all(HELLO_REQUEST).unwrap();
+    let (status, _, _) = read_response(&mut ok, &mut Vec::new()).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(stop(r).slow_readers, 1);
+}

@@ -25,6 +25,9 @@ pub struct HttpLimits {
     /// A started request must be complete (head and body) within this long, or it gets 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A connection whose client reads none of its responses for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -35,6 +38,7 @@ impl Default for HttpLimits {
             max_body_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -6,6 +6,13 @@ use std::{
 
 use crate::http::{Response, write_response};
 
+/// Pipelined requests one connection may have unanswered before the worker stops reading from
+/// it: each may hold a wasm instance, and one client must not take a worker's share of them.
+pub const MAX_PIPELINED: usize = 16;
+/// Response bytes queued for a client before the worker stops reading from it. A client that
+/// sends and never reads is then held back by TCP's flow control, not buffered without bound.
+pub const MAX_UNSENT: usize = 256 << 10;
+
 /// A response in request order: known, or still being computed.
 pub struct Slot {
     pub response: SlotResponse,
@@ -46,7 +53,11 @@ pub struct Conn {
     pub sending: Vec<u8>,
     pub sent: usize,
     pub send_in_flight: bool,
+    /// When the send in flight started or last moved bytes.
+    pub send_progress: Instant,
     pub recv_armed: bool,
+    /// Not reading: the client has too much unanswered or unread (see `backlogged`).
+    pub paused: bool,
     pub last_activity: Instant,
     /// When the request now being received started arriving.
     pub request_started: Option<Instant>,
@@ -68,7 +79,9 @@ impl Conn {
             sending: Vec::new(),
             sent: 0,
             send_in_flight: false,
+            send_progress: now,
             recv_armed: false,
+            paused: false,
             last_activity: now,
             request_started: None,
             sent_continue: false,
@@ -97,6 +110,13 @@ impl Conn {
             moved += 1;
         }
         moved
+    }
+
+    /// Whether the client has enough unanswered requests or unread responses that the worker
+    /// should read no more of its requests for now.
+    pub fn backlogged(&self) -> bool {
+        self.pending.len() >= MAX_PIPELINED
+            || self.out.len() + self.sending.len() - self.sent >= MAX_UNSENT
     }
 
     /// Whether nothing is queued, in flight or half-received.

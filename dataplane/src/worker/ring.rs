@@ -16,6 +16,8 @@ pub(super) enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
+    /// Cancels a connection's multishot recv (its own completion carries nothing).
+    CancelRecv = 4,
 }
 
 /// user_data: the operation, 24 bits of the connection slot's generation (so a completion for a
@@ -26,7 +28,7 @@ pub(super) fn user_data(op: Op, idx: usize, generation: u32) -> u64 {
 
 /// (operation, slot index, generation); None for a user_data this worker never queued.
 pub(super) fn split_user_data(ud: u64) -> Option<(Op, usize, u32)> {
-    let op = [Op::Accept, Op::Recv, Op::Send]
+    let op = [Op::Accept, Op::Recv, Op::Send, Op::CancelRecv]
         .into_iter()
         .find(|op| *op as u64 == ud >> 56)?;
     Some((
@@ -154,6 +156,7 @@ mod tests {
             (Op::Accept, 0, 0),
             (Op::Recv, 7, 1),
             (Op::Send, u32::MAX as usize, 0xff_ffff),
+            (Op::CancelRecv, 12, 9),
         ] {
             assert_eq!(
                 split_user_data(user_data(op, idx, generation)),

@@ -1,5 +1,6 @@
-//! The worker's event loop: connections (accept, receive, parse, reply, linger, close), replies
-//! that wait on something (`wake`), and timers, over the ring in `ring`.
+//! The worker's event loop: connections (accept, receive, parse, reply), replies that wait on
+//! something (`wake`), and timers, over the ring in `ring`. What goes back to the client, flow
+//! control, linger and close are in `output`.
 
 use std::{
     net::TcpListener,
@@ -24,6 +25,8 @@ use super::{
     wake::{WokenConns, poll_reply},
 };
 use crate::http::{HttpError, HttpLimits, ParseOutcome, Request, parse_request};
+
+mod output;
 
 const BUFFER_GROUP: u16 = 1;
 const LINGER: Duration = Duration::from_secs(2);
@@ -196,6 +199,7 @@ impl Worker {
                 if self.conn_mut(idx, generation).is_some() {
                     self.poll_replies(idx, 0);
                     self.flush(idx);
+                    self.resume(idx);
                 }
             }
             self.woken_batch = woken;
@@ -249,7 +253,7 @@ impl Worker {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        if conn.recv_armed || conn.phase == Phase::Closing {
+        if conn.recv_armed || conn.phase == Phase::Closing || conn.paused {
             return;
         }
         conn.recv_armed = true;
@@ -285,6 +289,8 @@ impl Worker {
             }
             Op::Recv => self.on_recv(idx, generation, res, flags),
             Op::Send => self.on_send(idx, generation, res),
+            // The recv's own completion (-ECANCELED) is what counts; this one says nothing new.
+            Op::CancelRecv => {}
         }
     }
 
@@ -365,6 +371,8 @@ impl Worker {
                     self.arm_recv(idx);
                 }
             }
+            // Cancelled by `pause`: the recv is re-armed when the client catches up.
+            (n, false) if n == -libc::ECANCELED && conn.paused => {}
             (n, false) if n == -libc::ENOBUFS => {
                 // The pool ran dry; buffers come back as other connections are served.
                 self.arm_recv(idx);
@@ -389,6 +397,15 @@ impl Worker {
             };
             if conn.phase != Phase::Open || conn.input.is_empty() {
                 break;
+            }
+            if conn.backlogged() {
+                // Answers that are ready may clear the backlog once they are queued to send.
+                self.flush(idx);
+                if self.conns[idx].as_ref().is_some_and(Conn::backlogged) {
+                    self.pause(idx);
+                    break;
+                }
+                continue;
             }
             match parse_request(&conn.input, &self.limits) {
                 Ok(ParseOutcome::Complete(req, used)) => {
@@ -461,111 +478,6 @@ impl Worker {
         }
     }
 
-    /// Moves finished responses into the send queue and starts a send if none is in flight.
-    fn flush(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else {
-            return;
-        };
-        let moved = conn.collect_ready(&self.date, self.draining.is_some()) as u64;
-        self.in_flight -= moved;
-        self.stats.served += moved;
-        if conn.send_in_flight || conn.out.is_empty() {
-            if conn.phase == Phase::CloseAfterFlush
-                && conn.pending.is_empty()
-                && !conn.send_in_flight
-            {
-                self.linger(idx);
-            }
-            return;
-        }
-        std::mem::swap(&mut conn.sending, &mut conn.out);
-        conn.out.clear();
-        conn.sent = 0;
-        self.send_rest(idx);
-    }
-
-    fn send_rest(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else {
-            return;
-        };
-        let rest = &conn.sending[conn.sent..];
-        conn.send_in_flight = true;
-        let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(Op::Send, idx, conn.generation));
-        self.ring.push(entry);
-    }
-
-    fn on_send(&mut self, idx: usize, generation: u32, res: i32) {
-        let Some(conn) = self.conn_mut(idx, generation) else {
-            return;
-        };
-        conn.send_in_flight = false;
-        if res < 0 {
-            self.close(idx);
-        } else {
-            conn.sent += res as usize;
-            conn.last_activity = Instant::now();
-            if conn.sent < conn.sending.len() {
-                self.send_rest(idx);
-            } else {
-                conn.sending.clear();
-                self.flush(idx);
-            }
-        }
-        self.maybe_free(idx);
-    }
-
-    /// FIN after the last response, then read until the peer closes (or LINGER passes).
-    fn linger(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else {
-            return;
-        };
-        // SAFETY: our socket.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
-        conn.phase = Phase::Lingering {
-            until: Instant::now() + LINGER,
-        };
-        if !conn.recv_armed {
-            self.close(idx);
-        }
-    }
-
-    fn close(&mut self, idx: usize) {
-        let Some(conn) = self.conns[idx].as_mut() else {
-            return;
-        };
-        if conn.phase == Phase::Closing {
-            return;
-        }
-        let dropped = conn.pending.len() as u64;
-        self.in_flight -= dropped;
-        for slot in conn.pending.drain(..) {
-            if let SlotResponse::Running(reply) = slot.response {
-                // Nobody will read the answer, but the app still finishes what it started
-                // (subrequests, their observations, its in-flight count).
-                tokio::task::spawn_local(reply);
-            }
-        }
-        conn.phase = Phase::Closing;
-        // Ends the multishot recv (it completes with 0) and any send in flight.
-        // SAFETY: our socket.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
-        self.maybe_free(idx);
-    }
-
-    fn maybe_free(&mut self, idx: usize) {
-        if let Some(conn) = self.conns[idx].as_ref()
-            && conn.can_free()
-        {
-            // SAFETY: no operation on it is in flight any more.
-            unsafe { libc::close(conn.fd) };
-            self.conns[idx] = None;
-            self.free.push(idx);
-        }
-    }
-
     fn on_tick(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.date_at) >= Duration::from_millis(500) {
@@ -576,9 +488,19 @@ impl Worker {
             let Some(conn) = self.conns[idx].as_ref() else {
                 continue;
             };
+            if conn.send_in_flight
+                && conn.phase != Phase::Closing
+                && now.duration_since(conn.send_progress) > self.limits.send_timeout
+            {
+                debug!(worker = self.ctx.worker, peer = ?conn.peer, "client read nothing for the send timeout; closing");
+                self.stats.slow_readers += 1;
+                self.close(idx);
+                continue;
+            }
             match conn.phase {
                 Phase::Open => {
                     if let Some(started) = conn.request_started
+                        && !conn.paused
                         && now.duration_since(started) > self.limits.request_timeout
                     {
                         self.fail(idx, HttpError::Timeout);

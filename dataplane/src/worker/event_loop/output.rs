@@ -1,0 +1,166 @@
+//! What goes back to a client, and when the worker stops reading from it: the send queue,
+//! flow control against clients that send more than they read, linger and close.
+
+use std::time::Instant;
+
+use io_uring::{opcode, types::Fd};
+
+use super::{LINGER, Worker};
+use crate::worker::{
+    conn::{Phase, SlotResponse},
+    ring::{Op, user_data},
+};
+
+impl Worker {
+    /// Stops reading from a client that has too much unanswered or unread: what it has sent
+    /// stays in `input`, and the kernel's buffers and TCP's window hold back the rest.
+    pub(super) fn pause(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.paused {
+            return;
+        }
+        conn.paused = true;
+        if conn.recv_armed {
+            let recv = user_data(Op::Recv, idx, conn.generation);
+            let entry = opcode::AsyncCancel::new(recv).build().user_data(user_data(
+                Op::CancelRecv,
+                idx,
+                conn.generation,
+            ));
+            self.ring.push(entry);
+        }
+    }
+
+    /// Reads again from a paused client once its backlog has cleared.
+    pub(super) fn resume(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if !conn.paused || conn.phase != Phase::Open || conn.backlogged() {
+            return;
+        }
+        conn.paused = false;
+        // Time spent paused was the client's not reading, not its being slow to send.
+        conn.request_started = (!conn.input.is_empty()).then(Instant::now);
+        self.process_input(idx);
+        self.arm_recv(idx);
+    }
+
+    /// Moves finished responses into the send queue and starts a send if none is in flight.
+    pub(super) fn flush(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let moved = conn.collect_ready(&self.date, self.draining.is_some()) as u64;
+        self.in_flight -= moved;
+        self.stats.served += moved;
+        if conn.send_in_flight || conn.out.is_empty() {
+            if conn.phase == Phase::CloseAfterFlush
+                && conn.pending.is_empty()
+                && !conn.send_in_flight
+            {
+                self.linger(idx);
+            }
+            return;
+        }
+        std::mem::swap(&mut conn.sending, &mut conn.out);
+        conn.out.clear();
+        conn.sent = 0;
+        self.send_rest(idx);
+    }
+
+    fn send_rest(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let rest = &conn.sending[conn.sent..];
+        conn.send_in_flight = true;
+        conn.send_progress = Instant::now();
+        let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(Op::Send, idx, conn.generation));
+        self.ring.push(entry);
+    }
+
+    pub(super) fn on_send(&mut self, idx: usize, generation: u32, res: i32) {
+        let Some(conn) = self.conn_mut(idx, generation) else {
+            return;
+        };
+        conn.send_in_flight = false;
+        if res < 0 {
+            self.close(idx);
+        } else {
+            conn.sent += res as usize;
+            conn.last_activity = Instant::now();
+            if conn.sent < conn.sending.len() {
+                self.send_rest(idx);
+            } else {
+                conn.sending.clear();
+                conn.sent = 0;
+                self.flush(idx);
+            }
+            self.resume(idx);
+        }
+        self.maybe_free(idx);
+    }
+
+    /// FIN after the last response, then read until the peer closes (or LINGER passes).
+    fn linger(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        // SAFETY: our socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        conn.phase = Phase::Lingering {
+            until: Instant::now() + LINGER,
+        };
+        if conn.paused {
+            // What a paused client still sends is read now, and dropped.
+            conn.paused = false;
+            self.arm_recv(idx);
+        }
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if !conn.recv_armed {
+            self.close(idx);
+        }
+    }
+
+    pub(super) fn close(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        let dropped = conn.pending.len() as u64;
+        self.in_flight -= dropped;
+        for slot in conn.pending.drain(..) {
+            if let SlotResponse::Running(reply) = slot.response {
+                // Nobody will read the answer, but the app still finishes what it started
+                // (subrequests, their observations, its in-flight count).
+                tokio::task::spawn_local(reply);
+            }
+        }
+        conn.phase = Phase::Closing;
+        // Ends the multishot recv (it completes with 0) and any send in flight.
+        // SAFETY: our socket.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        self.maybe_free(idx);
+    }
+
+    pub(super) fn maybe_free(&mut self, idx: usize) {
+        if let Some(conn) = self.conns[idx].as_ref()
+            && conn.can_free()
+        {
+            // SAFETY: no operation on it is in flight any more.
+            unsafe { libc::close(conn.fd) };
+            self.conns[idx] = None;
+            self.free.push(idx);
+        }
+    }
+}
