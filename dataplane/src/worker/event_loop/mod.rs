@@ -371,8 +371,9 @@ impl Worker {
                     self.arm_recv(idx);
                 }
             }
-            // Cancelled by `pause`: the recv is re-armed when the client catches up.
-            (n, false) if n == -libc::ECANCELED && conn.paused => {}
+            // Cancelled by `pause`. If the client caught up before the cancel landed, `resume`
+            // found the recv still armed, so it is re-armed here (a no-op while still paused).
+            (n, false) if n == -libc::ECANCELED => self.arm_recv(idx),
             (n, false) if n == -libc::ENOBUFS => {
                 // The pool ran dry; buffers come back as other connections are served.
                 self.arm_recv(idx);
