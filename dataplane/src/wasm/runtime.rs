@@ -84,9 +84,7 @@ impl std::error::Error for CpuDeadline {}
 
 /// Why the response side of a request has no response to send.
 enum ResponseFailure {
-    /// The guest dropped its response outparam without setting it.
-    NotSet,
-    /// The guest answered with an error code, or its body failed.
+    /// The guest answered with an error code, set no response, or its body failed.
     Guest(String),
     /// The body grew past the app's `max_response_bytes`.
     TooLarge,
@@ -401,7 +399,7 @@ impl AppRuntime {
         let response = async move {
             let resp = rx
                 .await
-                .map_err(|_| ResponseFailure::NotSet)?
+                .map_err(|_| ResponseFailure::Guest("no response set".into()))?
                 .map_err(|code| ResponseFailure::Guest(format!("{code:?}")))?;
             let (parts, body) = resp.into_parts();
             // Dropping the body at the limit fails the guest's next write, so it stops.
@@ -454,25 +452,19 @@ impl AppRuntime {
                 }
                 response
             }
-            // A guest that dies mid-body leaves a body that ends as if it were finished
+            // A guest that trapped (or ran out of time) explains a missing or broken response.
+            // One that dies mid-body leaves a body that ends as if it were finished
             // (wasmtime-wasi-http closes it cleanly when the store drops), and the length this
-            // worker sends would hide the cut. So a guest that failed never answers 200.
-            (Ok(_), Err(e)) => return Err(classify(e.into())),
-            // The guest answered with an error code, or its body failed while the guest ran on.
+            // worker sends would hide the cut: so a guest that failed never answers 200 either.
+            (_, Err(e)) => return Err(classify(e.into())),
+            // The guest answered with an error code, set no response, or its body failed while
+            // the guest ran on.
             (Err(ResponseFailure::Guest(detail)), Ok(_)) => {
                 return Err(HandleError::GuestError {
                     app: name.clone(),
                     detail,
                 });
             }
-            (Err(ResponseFailure::NotSet), Ok(_)) => {
-                return Err(HandleError::GuestError {
-                    app: name.clone(),
-                    detail: "no response set".into(),
-                });
-            }
-            // A guest that trapped (or ran out of time) explains a missing or broken response.
-            (Err(_), Err(e)) => return Err(classify(e.into())),
         };
         // Takes over the body's buffer rather than copying it when nothing else shares it.
         let mut out = Response::new(parts.status.as_u16(), Vec::from(body));
