@@ -369,6 +369,53 @@ fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused
 }
 
 #[test]
+fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_request_succeeds() {
+    // A backend that takes the connection and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let cache = tempdir("cache-wall");
+    let mut fetcher = spec("fetcher", common::app("fetcher"));
+    fetcher.env = vec![("BACKEND_URL".into(), format!("http://{addr}/slow"))];
+    fetcher.allowed_backends = vec![addr];
+    let wall = Duration::from_millis(300);
+    fetcher.limits.wall_deadline = wall;
+    let rt = runtime(vec![fetcher, spec("hello", common::app("hello"))], &cache);
+    block_on(async {
+        let started = Instant::now();
+        let e = rt
+            .clone()
+            .handle("fetcher", request("GET /?k=1 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HandleError::Deadline {
+                    which: "wall-clock",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.status(), 504);
+        // Waiting is not computing: the CPU deadline (100 ms) did not end it, the wall one did.
+        assert!(
+            started.elapsed() >= wall,
+            "ended after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(rt.in_flight(), 0, "the abandoned request still counts");
+        let r = rt
+            .clone()
+            .handle("hello", request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    });
+    drop(silent);
+}
+
+#[test]
 fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let cache = tempdir("cache-disk");
     let first = runtime(vec![spec("hello", common::app("hello"))], &cache);

@@ -356,8 +356,10 @@ impl Service for EdgeService {
         let client = ctx.peer;
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
+        // Only a request that may be served elsewhere, or a baseline for one, is timed.
+        let timed = handed_off || overflow.is_some() || !matches!(target, Target::Local);
         Reply::Later(Box::pin(async move {
-            let started = std::time::Instant::now();
+            let started = timed.then(std::time::Instant::now);
             let mut placement = "local".to_owned();
             if matches!(target, Target::Holdout) {
                 count(&metrics, &app, |c| c.holdouts += 1);
@@ -423,18 +425,22 @@ impl Service for EdgeService {
                     }
                 },
             };
-            count(&metrics, &app, |c| match resp.status {
-                200..=299 => c.responses_2xx += 1,
-                300..=399 => c.responses_3xx += 1,
-                400..=499 => c.responses_4xx += 1,
-                _ => c.responses_5xx += 1,
+            let took_us = started.map(|s| s.elapsed().as_micros() as u64);
+            count(&metrics, &app, |c| {
+                match resp.status {
+                    200..=299 => c.responses_2xx += 1,
+                    300..=399 => c.responses_3xx += 1,
+                    400..=499 => c.responses_4xx += 1,
+                    _ => c.responses_5xx += 1,
+                }
+                if let Some(us) = took_us {
+                    if remote_served {
+                        ewma(&mut c.remote_ewma_us, us as f64);
+                    } else if matches!(target, Target::Holdout) {
+                        ewma(&mut c.holdout_ewma_us, us as f64);
+                    }
+                }
             });
-            let took_us = started.elapsed().as_micros() as f64;
-            if remote_served {
-                count(&metrics, &app, |c| ewma(&mut c.remote_ewma_us, took_us));
-            } else if matches!(target, Target::Holdout) {
-                count(&metrics, &app, |c| ewma(&mut c.holdout_ewma_us, took_us));
-            }
             resp.headers
                 .retain(|(k, _)| k != "x-edge-placement" && k != "x-edge-placement-reason");
             resp.headers.push(("x-edge-placement".into(), placement));
@@ -442,11 +448,9 @@ impl Service for EdgeService {
                 resp.headers
                     .push(("x-edge-placement-reason".into(), why.as_str().into()));
             }
-            if handed_off {
-                resp.headers.push((
-                    SERVICE_TIME_HEADER.into(),
-                    started.elapsed().as_micros().to_string(),
-                ));
+            if let (true, Some(us)) = (handed_off, took_us) {
+                resp.headers
+                    .push((SERVICE_TIME_HEADER.into(), us.to_string()));
             }
             if debug && !resp.headers.iter().any(|(k, _)| k == "x-edge-worker") {
                 resp.headers

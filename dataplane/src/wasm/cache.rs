@@ -6,7 +6,6 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -62,7 +61,8 @@ impl Residency {
 struct Resident<T> {
     value: T,
     bytes: usize,
-    last_used: Instant,
+    /// `uses` when last used: the order is all LRU needs, and a counter costs no clock read.
+    last_used: u64,
 }
 
 /// Per worker (its Engine's code); `T` is what the runtime keeps per app (its pre-instance).
@@ -72,6 +72,8 @@ pub struct CodeCache<T> {
     budget: CacheBudget,
     resident: HashMap<String, Resident<T>>,
     bytes: usize,
+    /// Hits and loads so far: the clock `last_used` is read against.
+    uses: u64,
     pub compiled: u64,
     pub loaded_from_disk: u64,
     pub evicted: u64,
@@ -93,6 +95,7 @@ impl<T: Clone> CodeCache<T> {
             budget,
             resident: HashMap::new(),
             bytes: 0,
+            uses: 0,
             compiled: 0,
             loaded_from_disk: 0,
             evicted: 0,
@@ -146,19 +149,21 @@ impl<T: Clone> CodeCache<T> {
         prepare: impl FnOnce(&Component) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         if let Some(r) = self.resident.get_mut(app) {
-            r.last_used = Instant::now();
+            self.uses += 1;
+            r.last_used = self.uses;
             return Ok(r.value.clone());
         }
         let (component, bytes) = self.load_component(component_path)?;
         let value = prepare(&component)?;
         self.evict_for(bytes);
         self.bytes += bytes;
+        self.uses += 1;
         self.resident.insert(
             app.to_owned(),
             Resident {
                 value: value.clone(),
                 bytes,
-                last_used: Instant::now(),
+                last_used: self.uses,
             },
         );
         self.publish();

@@ -5,10 +5,13 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     convert::Infallible,
+    future::Future as _,
     panic::AssertUnwindSafe,
     path::Path,
+    pin::pin,
     sync::Arc,
-    time::Duration,
+    task::Poll,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -266,12 +269,20 @@ impl AppRuntime {
         }
         self.in_flight.set(self.in_flight.get() + 1);
         let wall = app.spec.limits.wall_deadline;
-        let result = match tokio::time::timeout(wall, self.run(&app, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(HandleError::Deadline {
-                app: app.spec.name.clone(),
-                which: "wall-clock",
-            }),
+        let started = Instant::now();
+        let mut run = pin!(self.run(&app, req));
+        // Most guests finish in their first poll, and only one that waits (on a subrequest)
+        // needs a timer; the deadline still counts from the request's start.
+        let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+        let result = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => match tokio::time::timeout_at((started + wall).into(), run).await {
+                Ok(r) => r,
+                Err(_) => Err(HandleError::Deadline {
+                    app: app.spec.name.clone(),
+                    which: "wall-clock",
+                }),
+            },
         };
         self.in_flight.set(self.in_flight.get() - 1);
         if let Err(e) = &result {

@@ -62,6 +62,9 @@ pub(super) struct Worker {
     draining: Option<Instant>,
     drain_timeout: Duration,
     accept_armed: bool,
+    /// The time as of this round of completions: what activity and send progress are stamped
+    /// with, a clock read per round rather than several per request.
+    now: Instant,
 }
 
 impl Worker {
@@ -105,6 +108,7 @@ impl Worker {
             draining: None,
             drain_timeout: opts.drain_timeout,
             accept_armed: false,
+            now: Instant::now(),
         })
     }
 
@@ -135,9 +139,10 @@ impl Worker {
                     break;
                 }
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
                 self.on_tick();
-                next_tick = Instant::now() + TICK;
+                next_tick = now + TICK;
             }
             // With no reply of ours waiting on tokio (static routes, parked keep-alive
             // connections), wait in the ring itself: going through tokio's epoll costs an
@@ -151,7 +156,6 @@ impl Worker {
                         continue;
                     }
                 }
-                let now = Instant::now();
                 if now.duration_since(tokio_pass) >= TOKIO_PASS {
                     tokio::task::yield_now().await;
                     tokio_pass = Instant::now();
@@ -159,7 +163,7 @@ impl Worker {
                 self.ring.wait(next_tick.saturating_duration_since(now))?;
                 continue;
             }
-            tokio_pass = Instant::now();
+            tokio_pass = now;
             self.ring.submit_pending()?;
             tokio::select! {
                 ready = efd.readable() => {
@@ -188,6 +192,7 @@ impl Worker {
     fn pump(&mut self) -> anyhow::Result<()> {
         for _ in 0..PUMP_ROUNDS {
             let mut batch = self.ring.completions()?;
+            self.now = Instant::now();
             let mut woken = std::mem::take(&mut self.woken_batch);
             self.woken.take(&mut woken);
             let idle = batch.is_empty() && woken.is_empty();
@@ -314,7 +319,7 @@ impl Worker {
         self.stats.accepted += 1;
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0xff_ffff;
-        let mut conn = Conn::new(fd, generation, Instant::now());
+        let mut conn = Conn::new(fd, generation, self.now);
         // SAFETY: fd is the socket just accepted, open for this call.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         conn.peer = socket2::SockRef::from(&borrowed)
@@ -353,6 +358,7 @@ impl Worker {
         if let Some(bid) = bid {
             self.bufs.recycle(bid);
         }
+        let now = self.now;
         let Some(conn) = self.conn_mut(idx, generation) else {
             return;
         };
@@ -361,7 +367,7 @@ impl Worker {
         }
         match (res, received) {
             (_, true) => {
-                conn.last_activity = Instant::now();
+                conn.last_activity = now;
                 match conn.phase {
                     Phase::Open => self.process_input(idx),
                     // After our final response, what the peer still sends is dropped.
@@ -392,6 +398,7 @@ impl Worker {
     }
 
     fn process_input(&mut self, idx: usize) {
+        let now = self.now;
         loop {
             let Some(conn) = self.conns[idx].as_mut() else {
                 return;
@@ -412,12 +419,12 @@ impl Worker {
                 Ok(ParseOutcome::Complete(req, used)) => {
                     conn.input.drain(..used);
                     conn.sent_continue = false;
-                    conn.request_started = (!conn.input.is_empty()).then(Instant::now);
+                    conn.request_started = (!conn.input.is_empty()).then_some(now);
                     self.dispatch(idx, req);
                 }
                 Ok(ParseOutcome::Partial { expects_continue }) => {
                     if conn.request_started.is_none() {
-                        conn.request_started = Some(Instant::now());
+                        conn.request_started = Some(now);
                     }
                     if expects_continue && !conn.sent_continue && conn.pending.is_empty() {
                         conn.sent_continue = true;

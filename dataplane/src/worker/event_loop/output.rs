@@ -43,7 +43,7 @@ impl Worker {
         }
         conn.paused = false;
         // Time spent paused was the client's not reading, not its being slow to send.
-        conn.request_started = (!conn.input.is_empty()).then(Instant::now);
+        conn.request_started = (!conn.input.is_empty()).then_some(self.now);
         self.process_input(idx);
         self.arm_recv(idx);
     }
@@ -77,7 +77,7 @@ impl Worker {
         };
         let rest = &conn.sending[conn.sent..];
         conn.send_in_flight = true;
-        conn.send_progress = Instant::now();
+        conn.send_progress = self.now;
         let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -86,6 +86,7 @@ impl Worker {
     }
 
     pub(super) fn on_send(&mut self, idx: usize, generation: u32, res: i32) {
+        let now = self.now;
         let Some(conn) = self.conn_mut(idx, generation) else {
             return;
         };
@@ -94,7 +95,7 @@ impl Worker {
             self.close(idx);
         } else {
             conn.sent += res as usize;
-            conn.last_activity = Instant::now();
+            conn.last_activity = now;
             if conn.sent < conn.sending.len() {
                 self.send_rest(idx);
             } else {
