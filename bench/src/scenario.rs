@@ -10,15 +10,19 @@ use crate::{
     plot::{self, Series},
 };
 
+/// Names the `edged` binary the scenarios start, when it is not the one beside them.
+pub const EDGED_ENV: &str = "EDGED";
+
 /// What every scenario binary needs before it starts: root, and where things are.
 pub struct Setup {
     pub workspace: PathBuf,
-    /// `edged`, built beside the scenario binary (`./x bench` builds both).
+    /// `edged`: the one `EDGED` names (`./x bench` builds it with the `production` profile),
+    /// else the one built beside the scenario binary.
     pub edged: PathBuf,
 }
 
 impl Setup {
-    /// Fails with a clear message unless run as root with `edged` beside this binary.
+    /// Fails with a clear message unless run as root with an `edged` to start.
     pub fn new(scenario: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(
             crate::netns::is_root(),
@@ -28,10 +32,13 @@ impl Setup {
             .parent()
             .context("workspace")?
             .to_path_buf();
-        let edged = std::env::current_exe()?
-            .parent()
-            .context("exe dir")?
-            .join("edged");
+        let edged = match std::env::var_os(EDGED_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()?
+                .parent()
+                .context("exe dir")?
+                .join("edged"),
+        };
         anyhow::ensure!(
             edged.exists(),
             "{} is missing: cargo build --release -p edgeplane (./x bench does)",

@@ -5,7 +5,10 @@ mod demo;
 mod guest_apps;
 mod xdp_demo;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -83,13 +86,22 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn run_bin(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_bin_with(name, args, None)
+}
+
+/// Runs a scenario binary; with `edged`, the scenarios start that edged (`EDGED`).
+fn run_bin_with(name: &str, args: &[&str], edged: Option<&Path>) -> anyhow::Result<()> {
     let path = target_dir().join("release").join(name);
     eprintln!(
         "\x1b[1m[xtask]\x1b[0m {} {}",
         path.display(),
         args.join(" ")
     );
-    let status = Command::new(&path)
+    let mut cmd = Command::new(&path);
+    if let Some(edged) = edged {
+        cmd.env(edgeplane_bench::scenario::EDGED_ENV, edged);
+    }
+    let status = cmd
         .args(args)
         .status()
         .with_context(|| format!("running {}", path.display()))?;
@@ -198,9 +210,27 @@ fn build_bench_bins() -> anyhow::Result<()> {
     ])
 }
 
+/// edged as deployed: the `production` profile (thin LTO, one codegen unit; see TUNING.md),
+/// which is what the benchmarks measure. Tests use the release build, which links much faster.
+fn build_production_edged() -> anyhow::Result<PathBuf> {
+    cargo(&[
+        "build",
+        "--locked",
+        "--profile",
+        "production",
+        "-p",
+        "edgeplane",
+        "--bin",
+        "edged",
+    ])?;
+    Ok(target_dir().join("production/edged"))
+}
+
 fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
     use clap::ValueEnum as _;
     build_bench_bins()?;
+    let edged = build_production_edged()?;
+    let run_bin = |name: &str, args: &[&str]| run_bin_with(name, args, Some(&edged));
     let out = workspace_root().join("results/bench");
     std::fs::create_dir_all(&out)?;
     let chosen: Vec<Scenario> = if scenarios.is_empty() {
