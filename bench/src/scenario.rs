@@ -33,17 +33,28 @@ impl Setup {
             .context("workspace")?
             .to_path_buf();
         let edged = match std::env::var_os(EDGED_ENV) {
-            Some(path) => PathBuf::from(path),
-            None => std::env::current_exe()?
-                .parent()
-                .context("exe dir")?
-                .join("edged"),
+            Some(path) => {
+                let edged = PathBuf::from(path);
+                anyhow::ensure!(
+                    edged.exists(),
+                    "{EDGED_ENV} names {}, which does not exist",
+                    edged.display()
+                );
+                edged
+            }
+            None => {
+                let edged = std::env::current_exe()?
+                    .parent()
+                    .context("exe dir")?
+                    .join("edged");
+                anyhow::ensure!(
+                    edged.exists(),
+                    "{} is missing: cargo build --release -p edgeplane (./x bench does)",
+                    edged.display()
+                );
+                edged
+            }
         };
-        anyhow::ensure!(
-            edged.exists(),
-            "{} is missing: cargo build --release -p edgeplane (./x bench does)",
-            edged.display()
-        );
         Ok(Self { workspace, edged })
     }
 
