@@ -15,7 +15,8 @@ use edgeplane_dataplane::{
 };
 
 /// Routes: `/` hello, `/echo` the body back, `/slow/<ms>` answers later, `/worker` its index,
-/// `/finish` answers after 100 ms and counts in FINISHED that it got that far.
+/// `/finish` answers after 100 ms and counts in FINISHED that it got that far, `/panic` panics
+/// (a bug a request reaches), `/status/<n>` answers status n with a body.
 struct TestService;
 
 static FINISHED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -27,6 +28,11 @@ impl Service for TestService {
             "/" => Reply::Now(Response::text(200, "hello\n")),
             "/echo" => Reply::Now(Response::new(200, req.body)),
             "/worker" => Reply::Now(Response::text(200, ctx.worker.to_string())),
+            "/panic" => panic!("a bug reached by {}", req.target),
+            p if p.starts_with("/status/") => {
+                let status = p["/status/".len()..].parse().unwrap_or(500);
+                Reply::Now(Response::text(status, "a body the status forbids\n"))
+            }
             p if p.starts_with("/slow/") => {
                 let ms: u64 = p[6..].parse().unwrap_or(10);
                 Reply::Later(Box::pin(async move {
@@ -439,4 +445,201 @@ fn a_client_that_never_reads_its_responses_is_closed_after_the_send_timeout() {
     let (status, _, _) = read_response(&mut ok, &mut Vec::new()).unwrap();
     assert_eq!(status, 200);
     assert_eq!(stop(r).slow_readers, 1);
+}
+
+#[test]
+fn a_request_that_panics_answers_500_and_the_worker_serves_its_other_connections() {
+    let w = start(HttpLimits::default());
+    // A keep-alive connection opened before the panic, with a request answered.
+    let mut other = connect(w.addr);
+    let mut other_buf = Vec::new();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut other, &mut other_buf).unwrap().0, 200);
+    for _ in 0..3 {
+        let mut s = connect(w.addr);
+        let mut buf = Vec::new();
+        s.write_all(b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let (status, headers, _) = read_response(&mut s, &mut buf).expect("a 500, not a reset");
+        assert_eq!(status, 500);
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v == "close")
+        );
+        assert!(closed_by_server(&mut s, &mut buf));
+    }
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut other, &mut other_buf).unwrap().2,
+        b"hello\n"
+    );
+    let mut fresh = connect(w.addr);
+    fresh
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut fresh, &mut Vec::new()).unwrap().0, 200);
+    drop((other, fresh));
+    let stats = stop(w);
+    assert_eq!(stats.panics, 3);
+}
+
+#[test]
+fn hostile_framing_is_refused_and_the_worker_keeps_serving() {
+    let w = start(HttpLimits::default());
+    let cases: &[(&[u8], u16)] = &[
+        // A chunk size near u64::MAX (it once overflowed the decoder and stopped the worker).
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff0\r\nabc", 413),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 413),
+        // A multi-byte character where a host's suffix is cut (it once panicked the router).
+        ("GET / HTTP/1.1\r\nHost: a\u{e9}.fn.internal\u{e9}\r\n\r\n".as_bytes(), 200),
+        ("GET / HTTP/1.1\r\nHost: \u{1F600}\r\n\r\n".as_bytes(), 200),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: the-moon\r\nContent-Length: 1\r\n\r\nx", 417),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;aaaaaaaa\x01\r\n", 400),
+    ];
+    for (raw, status) in cases {
+        let mut s = connect(w.addr);
+        s.write_all(raw).unwrap();
+        let got = read_response(&mut s, &mut Vec::new()).map(|r| r.0);
+        assert_eq!(got, Some(*status), "{}", String::from_utf8_lossy(raw));
+        // The same worker answers the next request.
+        let mut next = connect(w.addr);
+        next.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut next, &mut Vec::new()).unwrap().0, 200);
+    }
+    stop(w);
+}
+
+#[test]
+fn a_chunked_body_arriving_a_few_bytes_at_a_time_is_decoded_whole() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.set_nodelay(true).unwrap();
+    let mut body = Vec::new();
+    let mut wire = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for i in 0..200u32 {
+        let piece = format!("piece-{i};");
+        body.extend_from_slice(piece.as_bytes());
+        wire.extend_from_slice(format!("{:x};n={i}\r\n{piece}\r\n", piece.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
+    for part in wire.chunks(7) {
+        s.write_all(part).unwrap();
+    }
+    let (status, _, got) = read_response(&mut s, &mut Vec::new()).unwrap();
+    assert_eq!((status, got), (200, body));
+    stop(w);
+}
+
+#[test]
+fn statuses_without_a_body_are_sent_without_one_and_the_connection_stays_in_step() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(
+        b"GET /status/204 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/304 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let heads: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(heads.len(), 3, "{text}");
+    assert!(
+        heads[0].starts_with("204") && heads[0].ends_with("\r\n\r\n"),
+        "{text}"
+    );
+    assert!(
+        heads[1].starts_with("304") && heads[1].ends_with("\r\n\r\n"),
+        "{text}"
+    );
+    assert!(!heads[0].contains("content-length") && !heads[1].contains("content-length"));
+    assert!(
+        heads[2].starts_with("200") && heads[2].ends_with("hello\n"),
+        "{text}"
+    );
+    stop(w);
+}
+
+#[test]
+fn http10_clients_get_no_100_continue() {
+    let w = start(HttpLimits::default());
+    let mut s = connect(w.addr);
+    s.write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut first = [0u8; 64];
+    let early = s.read(&mut first);
+    assert!(
+        early.is_err(),
+        "an HTTP/1.0 client was sent {:?} before its body",
+        early.map(|n| String::from_utf8_lossy(&first[..n]).to_string())
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"body").unwrap();
+    let (status, _, body) = read_response(&mut s, &mut Vec::new()).unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"body"[..]));
+    stop(w);
+}
+
+#[test]
+fn a_worker_that_stops_is_restarted_with_a_new_listener_that_serves() {
+    use edgeplane_dataplane::worker::supervisor::Supervisor;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // The first service fails to build (the worker thread ends with that error); later ones work.
+    let builds = Arc::new(AtomicU32::new(0));
+    let counted = builds.clone();
+    let factory: worker::ServiceFactory = Arc::new(move |_| {
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            anyhow::bail!("injected: the first service fails to build");
+        }
+        Ok(Rc::new(TestService) as Rc<dyn Service>)
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let registered = Arc::new(AtomicU32::new(0));
+    let seen = registered.clone();
+    let mut supervisor = Supervisor::start(
+        listen,
+        [0],
+        factory,
+        Box::new(|cpu, listener| Ok(WorkerOptions::new(cpu, listener))),
+        Box::new(move |_, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let started = Instant::now();
+    while supervisor.check() > 0 || supervisor.stats.restarts.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never restarted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        registered.load(Ordering::SeqCst),
+        2,
+        "the new listener was registered"
+    );
+    let mut s = connect(listen);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s, &mut Vec::new()).unwrap().0, 200);
+    assert_eq!(supervisor.check(), 0);
+    assert!(supervisor.all_alive());
+    drop(s);
+    let results = supervisor.stop();
+    assert!(results.iter().all(Result::is_ok));
 }

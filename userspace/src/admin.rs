@@ -14,6 +14,7 @@ use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Response, parse_request, write_response},
     router::WorkerMetrics,
     wasm::{Observations, Residency},
+    worker::supervisor::SupervisorStats,
 };
 use tracing::{info, warn};
 
@@ -26,7 +27,27 @@ pub struct AdminState {
     pub residency: Vec<Residency>,
     /// The placement engine's status per app, when it runs.
     pub placement: Option<crate::placement::PlacementStatus>,
-    pub healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Worker restarts, and how many workers are down now.
+    pub workers: Arc<SupervisorStats>,
+    /// Set once edged is shutting down.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AdminState {
+    /// `/healthz`: 200 while every worker serves, 503 with the reason otherwise.
+    fn health(&self) -> Response {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.stopping.load(Relaxed) {
+            return Response::text(503, "shutting down\n");
+        }
+        match self.workers.down.load(Relaxed) {
+            0 => Response::text(200, "ok\n"),
+            n => Response::text(
+                503,
+                format!("degraded: {n} worker(s) down, being restarted\n"),
+            ),
+        }
+    }
 }
 
 pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
@@ -53,8 +74,7 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                     }
                 };
                 let resp = match req.as_ref().map(|r| r.path()) {
-                    Some("/healthz") if (state.healthy)() => Response::text(200, "ok\n"),
-                    Some("/healthz") => Response::text(503, "a worker has stopped\n"),
+                    Some("/healthz") => state.health(),
                     Some("/metrics") => match metrics(&state) {
                         Ok(text) => Response::new(200, text)
                             .header("content-type", "text/plain; version=0.0.4"),
@@ -73,7 +93,7 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                         let table = state
                             .placement
                             .as_ref()
-                            .and_then(|p| p.lock().ok().map(|t| t.clone()))
+                            .map(|p| edgeplane_dataplane::lock(p).clone())
                             .unwrap_or_default();
                         Response::new(200, serde_json::to_vec_pretty(&table).unwrap_or_default())
                             .header("content-type", "application/json")
@@ -149,6 +169,24 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
             )?;
         }
     }
+    let (restarts, down) = (
+        state
+            .workers
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        state
+            .workers
+            .down
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    writeln!(
+        out,
+        "# TYPE edgeplane_worker_restarts_total counter\nedgeplane_worker_restarts_total {restarts}"
+    )?;
+    writeln!(
+        out,
+        "# TYPE edgeplane_workers_down gauge\nedgeplane_workers_down {down}"
+    )?;
     let workers = state.maps.worker_config()?.n_workers;
     out.push_str(
         "# TYPE edgeplane_worker_in_flight gauge\n# TYPE edgeplane_worker_served_total counter\n",
@@ -170,9 +208,7 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
         "# TYPE edgeplane_app_traps_total counter\n# TYPE edgeplane_app_deadlines_total counter\n# TYPE edgeplane_app_handoffs_total counter\n",
     );
     for (w, m) in state.metrics.iter().enumerate() {
-        let m = m
-            .lock()
-            .map_err(|_| anyhow::anyhow!("metrics lock poisoned"))?;
+        let m = edgeplane_dataplane::lock(m);
         for (app, c) in m.iter() {
             writeln!(
                 out,

@@ -150,6 +150,20 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The select_worker program's fd, for attaching it to listeners made later (a restarted
+    /// worker's).
+    pub fn select_worker_fd(&self) -> anyhow::Result<std::os::fd::OwnedFd> {
+        let select: &SkReuseport = self
+            .ebpf
+            .program(program_names::SELECT_WORKER)
+            .context("select_worker program missing")?
+            .try_into()?;
+        let fd = select.fd().context("select_worker is not loaded")?;
+        std::os::fd::AsFd::as_fd(fd)
+            .try_clone_to_owned()
+            .context("duplicating select_worker's fd")
+    }
+
     pub fn detach_all(&mut self) {
         let Some(Ok(classify)) = self
             .ebpf

@@ -26,6 +26,7 @@ use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_dataplane::{
     handoff::{HandoffConfig, Peer, auth},
     http::{Request, parse_response, write_request},
+    lock,
     probe::{self, ProbeKind},
     router::{AppCounters, PROBE_PATH, WorkerMetrics},
     wasm::Observations,
@@ -106,10 +107,7 @@ impl Engine {
     pub fn spawn(mut self) -> anyhow::Result<PlacementStatus> {
         let status = PlacementStatus::default();
         for app in &self.apps {
-            status
-                .lock()
-                .expect("status lock")
-                .insert(app.name.clone(), "analyzing".into());
+            lock(&status).insert(app.name.clone(), "analyzing".into());
         }
         let shared = status.clone();
         std::thread::Builder::new()
@@ -143,7 +141,7 @@ impl Engine {
                         if now.1 > before.1 {
                             s.push_str(" +region:cold");
                         }
-                        let mut table = shared.lock().expect("status lock");
+                        let mut table = lock(&shared);
                         if table.get(&name) != Some(&s) {
                             info!(app = %name, status = %s, "placement");
                         }
@@ -205,9 +203,7 @@ impl Engine {
     /// Calls `f` with each worker's counters of `app`.
     fn each_worker(&self, app: &str, mut f: impl FnMut(&AppCounters)) {
         for m in &self.metrics {
-            if let Ok(m) = m.lock()
-                && let Some(c) = m.get(app)
-            {
+            if let Some(c) = lock(m).get(app) {
                 f(c);
             }
         }

@@ -1,20 +1,22 @@
 //! Starts the workers: one per CPU, each with its SO_REUSEPORT listener registered in
 //! WORKER_SOCKETS, `select_worker` attached to the group, and its own wasm runtime.
 
-use std::{collections::HashMap, net::SocketAddr, rc::Rc, sync::Arc, thread::JoinHandle};
+use std::{collections::HashMap, net::SocketAddr, rc::Rc, sync::Arc};
 
 use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
-    handoff::{Handoff, HandoffConfig, Peer, PeerHealth},
+    handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
     http::Response,
-    listener::reuseport_listener,
     router::{
         EdgeService, PlacementSource, Routes, WorkerMetrics,
         region::{Popularity, RegionPolicy},
     },
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
-    worker::{self, Service, ServiceFactory, WorkerOptions, WorkerStats},
+    worker::{
+        Service, ServiceFactory, WorkerOptions, WorkerStats,
+        supervisor::{OptionsFactory, Register, Supervisor, SupervisorStats},
+    },
 };
 use tracing::{info, warn};
 
@@ -68,6 +70,7 @@ fn handoff_config(
             self_id: me.id,
             key: topology.handoff_key_bytes()?,
             health: Arc::new(PeerHealth::new(peers.iter().map(|p| p.id))),
+            replay: Arc::new(ReplayGuard::default()),
             peers,
             connect_timeout: dc.connect_timeout,
             request_timeout: dc.request_timeout,
@@ -85,26 +88,54 @@ pub struct Workers {
     pub residency: Vec<Residency>,
     /// This datacenter's handoff settings, when it is part of a topology.
     pub handoff: Option<HandoffConfig>,
-    stop: tokio::sync::watch::Sender<bool>,
-    handles: Vec<JoinHandle<anyhow::Result<WorkerStats>>>,
+    supervisor: Option<Supervisor>,
 }
 
 impl Workers {
     /// Drains every worker (in-flight requests finish) and waits for them.
     pub fn stop(self) -> Vec<anyhow::Result<WorkerStats>> {
-        let _ = self.stop.send(true);
-        self.handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
-            })
-            .collect()
+        self.supervisor.map(Supervisor::stop).unwrap_or_default()
     }
 
-    pub fn all_alive(&self) -> bool {
-        self.handles.iter().all(|h| !h.is_finished())
+    /// Restarts workers that stopped; returns how many are still down.
+    pub fn supervise(&mut self) -> usize {
+        self.supervisor.as_mut().map_or(0, Supervisor::check)
     }
+
+    /// Worker restarts and how many are down, for the admin endpoint.
+    pub fn supervisor_stats(&self) -> Arc<SupervisorStats> {
+        self.supervisor
+            .as_ref()
+            .map(|s| s.stats.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// SO_ATTACH_REUSEPORT_EBPF: the group's program picks the worker for each new connection. Any
+/// member can attach it for the group; attaching on each new member keeps it in place even when
+/// every earlier member is gone.
+fn attach_reuseport_program(
+    listener: &std::net::TcpListener,
+    program: &std::os::fd::OwnedFd,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd: libc::c_int = program.as_raw_fd();
+    // SAFETY: setting an int option on our own socket, from a local of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            (&fd as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "attaching select_worker to the reuseport group: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
@@ -187,25 +218,16 @@ pub fn start(
         .into_iter()
         .map(|(id, name)| (name, id))
         .collect();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Workers {
         listen,
         metrics: vec![],
         observations: vec![],
         residency: vec![],
         handoff: handoff.as_ref().map(|(h, _)| h.clone()),
-        stop,
-        handles: vec![],
+        supervisor: None,
     };
-    let mut listeners = Vec::new();
+    let mut factories = HashMap::new();
     for cpu in 0..count {
-        let l =
-            reuseport_listener(listen, 1024).with_context(|| format!("worker {cpu} listener"))?;
-        maps.set_worker_socket(cpu, &l)?;
-        listeners.push(l);
-    }
-    dp.attach_select_worker(&listeners[0])?;
-    for (cpu, listener) in (0..count).zip(listeners) {
         let metrics = WorkerMetrics::default();
         let observations = Observations::default();
         workers.metrics.push(metrics.clone());
@@ -284,15 +306,38 @@ pub fn start(
                 holdout_seen: Default::default(),
             }) as Rc<dyn Service>)
         });
-        let mut opts = WorkerOptions::new(cpu, listener);
-        opts.pin = cfg.workers.pin;
-        opts.limits = cfg.http.clone();
-        opts.load_map = Some(maps.worker_load_fd()?);
-        opts.drain_timeout = cfg.server.drain_timeout;
-        workers
-            .handles
-            .push(worker::spawn(opts, factory, stop_rx.clone())?);
+        factories.insert(cpu, factory);
     }
+    let factories = Arc::new(factories);
+    let factory: ServiceFactory = Arc::new(move |cpu| match factories.get(&cpu) {
+        Some(f) => f(cpu),
+        None => anyhow::bail!("no service for worker {cpu}"),
+    });
+    let (pin, limits, drain_timeout) =
+        (cfg.workers.pin, cfg.http.clone(), cfg.server.drain_timeout);
+    let options_maps = maps.clone();
+    let options: OptionsFactory = Box::new(move |cpu, listener| {
+        let mut opts = WorkerOptions::new(cpu, listener);
+        opts.pin = pin;
+        opts.limits = limits.clone();
+        opts.load_map = Some(options_maps.worker_load_fd()?);
+        opts.drain_timeout = drain_timeout;
+        Ok(opts)
+    });
+    // Every listener is put in its worker's slot and given the reuseport program before it
+    // accepts: at start, and when a worker is restarted.
+    let (register_maps, select_worker) = (maps.clone(), dp.select_worker_fd()?);
+    let register: Register = Box::new(move |cpu, listener| {
+        register_maps.set_worker_socket(cpu, listener)?;
+        attach_reuseport_program(listener, &select_worker)
+    });
+    workers.supervisor = Some(Supervisor::start(
+        listen,
+        0..count,
+        factory,
+        options,
+        register,
+    )?);
     info!(%listen, workers = count, apps = specs.len(), "workers started");
     Ok(Some(workers))
 }

@@ -1,21 +1,28 @@
 //! Authentication of handed-off requests: an HMAC-SHA256, under the key the datacenters share,
-//! over the request's metadata and a digest of its body. A peer accepts a handoff only when the
-//! MAC checks and its timestamp is recent, so neither a client nor anyone on the path can make a
-//! datacenter serve a forged handoff, and a captured one expires.
+//! over the request's method, target, every header the receiver sees (the handoff's own among
+//! them) and a digest of its body. A peer accepts a handoff only when the MAC checks, its
+//! timestamp is recent and its nonce was not seen before (`ReplayGuard`), so neither a client nor
+//! anyone on the path can make a datacenter serve a forged, altered or replayed handoff.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Mutex,
+};
 
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
 
-use crate::http::Request;
+use crate::http::{Request, is_hop_by_hop};
 
 pub const HOP: &str = "x-edge-hop";
 pub const FROM: &str = "x-edge-from";
 pub const CLIENT: &str = "x-edge-client";
 pub const TIME: &str = "x-edge-time";
+pub const NONCE: &str = "x-edge-nonce";
 pub const AUTH: &str = "x-edge-auth";
 
 /// The headers a handoff carries; a client request carrying any of them is refused.
-pub const HEADERS: [&str; 5] = [HOP, FROM, CLIENT, TIME, AUTH];
+pub const HEADERS: [&str; 6] = [HOP, FROM, CLIENT, TIME, NONCE, AUTH];
 
 /// How far a handoff's timestamp may be from the receiver's clock.
 pub const MAX_SKEW_SECS: u64 = 60;
@@ -28,6 +35,8 @@ pub struct HandoffMeta {
     /// The original client's address, as the first datacenter saw it.
     pub client: String,
     pub hop: u32,
+    pub time: u64,
+    pub nonce: u128,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,46 +47,50 @@ pub enum AuthError {
     Stale(u64),
     #[error("handoff signature does not verify")]
     BadSignature,
+    #[error("handoff already served (a replay)")]
+    Replayed,
+    #[error("too many recent handoffs to remember; refused rather than risk a replay")]
+    ReplayCacheFull,
 }
 
-fn mac(key: &[u8], req: &Request, from: u32, client: &str, hop: u32, time: u64) -> Hmac<Sha256> {
+/// The MAC over everything the receiver acts on: method, target, each header it will see but
+/// the MAC itself, in order, and the body's digest.
+fn mac(key: &[u8], req: &Request) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    let body = Sha256::digest(&req.body);
-    for part in [
-        req.method.as_bytes(),
-        req.host().unwrap_or("").as_bytes(),
-        req.target.as_bytes(),
-        from.to_string().as_bytes(),
-        client.as_bytes(),
-        hop.to_string().as_bytes(),
-        time.to_string().as_bytes(),
-        &body[..],
-    ] {
-        // Length-prefixed, so no two different field lists hash alike.
-        m.update(&(part.len() as u32).to_be_bytes());
-        m.update(part);
+    // Length-prefixed, so no two different field lists hash alike.
+    let mut part = |bytes: &[u8]| {
+        m.update(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_be_bytes());
+        m.update(bytes);
+    };
+    part(req.method.as_bytes());
+    part(req.target.as_bytes());
+    for (name, value) in &req.headers {
+        if name == AUTH || is_hop_by_hop(name) {
+            continue;
+        }
+        part(name.as_bytes());
+        part(value);
     }
+    part(&Sha256::digest(&req.body));
     m
 }
 
-/// Adds the handoff headers to `req` (replacing any it had).
+/// Adds the handoff headers to `req` (replacing any it had), with a fresh nonce.
 pub fn sign(key: &[u8], req: &mut Request, from: u32, client: &str, hop: u32, time: u64) {
     req.headers
         .retain(|(name, _)| !HEADERS.contains(&name.as_str()));
-    let tag = hex::encode(
-        mac(key, req, from, client, hop, time)
-            .finalize()
-            .into_bytes(),
-    );
+    let nonce: u128 = rand::random();
     for (name, value) in [
         (HOP, hop.to_string()),
         (FROM, from.to_string()),
         (CLIENT, client.to_owned()),
         (TIME, time.to_string()),
-        (AUTH, tag),
+        (NONCE, format!("{nonce:032x}")),
     ] {
         req.headers.push((name.to_owned(), value.into_bytes()));
     }
+    let tag = hex::encode(mac(key, req).finalize().into_bytes());
+    req.headers.push((AUTH.to_owned(), tag.into_bytes()));
 }
 
 /// Whether `req` claims to be a handoff (carries any handoff header).
@@ -87,7 +100,8 @@ pub fn claims_handoff(req: &Request) -> bool {
         .any(|(name, _)| HEADERS.contains(&name.as_str()))
 }
 
-/// Checks a handoff's headers against its content; `now` is the receiver's Unix time.
+/// Checks a handoff's headers against its content; `now` is the receiver's Unix time. Replays
+/// are the caller's to refuse (`ReplayGuard`), with the nonce this returns.
 pub fn verify(key: &[u8], req: &Request, now: u64) -> Result<HandoffMeta, AuthError> {
     let text = |name: &'static str| {
         req.header(name)
@@ -102,16 +116,91 @@ pub fn verify(key: &[u8], req: &Request, now: u64) -> Result<HandoffMeta, AuthEr
     let hop = u32::try_from(number(HOP)?).map_err(|_| AuthError::Header(HOP))?;
     let from = u32::try_from(number(FROM)?).map_err(|_| AuthError::Header(FROM))?;
     let time = number(TIME)?;
+    let nonce = u128::from_str_radix(text(NONCE)?, 16).map_err(|_| AuthError::Header(NONCE))?;
     let client = text(CLIENT)?.to_owned();
     let tag = hex::decode(text(AUTH)?).map_err(|_| AuthError::Header(AUTH))?;
-    mac(key, req, from, &client, hop, time)
+    mac(key, req)
         .verify_slice(&tag)
         .map_err(|_| AuthError::BadSignature)?;
     let skew = now.abs_diff(time);
     if skew > MAX_SKEW_SECS {
         return Err(AuthError::Stale(skew));
     }
-    Ok(HandoffMeta { from, client, hop })
+    Ok(HandoffMeta {
+        from,
+        client,
+        hop,
+        time,
+        nonce,
+    })
+}
+
+/// Handoffs served recently, by (sender, nonce), shared by every worker of a datacenter: a
+/// captured handoff sent again, to any worker, within its freshness window is refused. Only
+/// handoffs whose signature verified are remembered, so only a peer fills it; entries leave once
+/// their timestamp is out of the window (a replay of them is refused as stale then).
+pub struct ReplayGuard {
+    state: Mutex<ReplayState>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct ReplayState {
+    seen: HashSet<(u32, u128)>,
+    /// (timestamp, sender, nonce) in arrival order; timestamps are near arrival (the skew bound).
+    order: VecDeque<(u64, u32, u128)>,
+}
+
+/// Handoffs remembered at most: 2 minutes' worth at over 8,000 handoffs a second.
+pub const REPLAY_CAPACITY: usize = 1 << 20;
+
+impl std::fmt::Debug for ReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayGuard")
+            .field("remembered", &crate::lock(&self.state).seen.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        Self::with_capacity(REPLAY_CAPACITY)
+    }
+}
+
+impl ReplayGuard {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            capacity,
+        }
+    }
+
+    /// Records a verified handoff; refuses one seen before. `now` is the receiver's Unix time.
+    pub fn admit(&self, meta: &HandoffMeta, now: u64) -> Result<(), AuthError> {
+        let mut s = crate::lock(&self.state);
+        // Anything stamped before the window's start would be refused as stale anyway. Arrival
+        // order is nearly timestamp order, so the front holds the oldest; a late straggler
+        // (stamped early, arrived late) only stays a little longer.
+        let window_start = now.saturating_sub(MAX_SKEW_SECS);
+        while let Some(&(time, from, nonce)) = s.order.front() {
+            if time >= window_start {
+                break;
+            }
+            s.order.pop_front();
+            s.seen.remove(&(from, nonce));
+        }
+        if s.seen.contains(&(meta.from, meta.nonce)) {
+            return Err(AuthError::Replayed);
+        }
+        if s.seen.len() >= self.capacity {
+            return Err(AuthError::ReplayCacheFull);
+        }
+        s.seen.insert((meta.from, meta.nonce));
+        s.order.push_back((meta.time, meta.from, meta.nonce));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -134,13 +223,10 @@ mod tests {
             request("POST /x?y=1 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody");
         sign(KEY, &mut req, 1, "10.0.0.9:41000", 1, 1_000);
         assert!(claims_handoff(&req));
+        let meta = verify(KEY, &req, 1_010).unwrap();
         assert_eq!(
-            verify(KEY, &req, 1_010),
-            Ok(HandoffMeta {
-                from: 1,
-                client: "10.0.0.9:41000".into(),
-                hop: 1
-            })
+            (meta.from, meta.client.as_str(), meta.hop, meta.time),
+            (1, "10.0.0.9:41000", 1, 1_000)
         );
         assert_eq!(
             verify(b"another key", &req, 1_010),
@@ -161,6 +247,47 @@ mod tests {
             }
         }
         assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        // Every header the peer's app sees is covered, not only the handoff's own.
+        let mut tampered = req.clone();
+        tampered.headers.push(("x-user".into(), b"admin".to_vec()));
+        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        let mut tampered = req.clone();
+        for (name, value) in tampered.headers.iter_mut() {
+            if name == NONCE {
+                *value = format!("{:032x}", 7).into_bytes();
+            }
+        }
+        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        // What a hop writes for itself (framing) is not part of the signature.
+        let mut reframed = req.clone();
+        reframed
+            .headers
+            .push(("content-length".into(), b"4".to_vec()));
+        assert!(verify(KEY, &reframed, 1_010).is_ok());
+    }
+
+    #[test]
+    fn a_replayed_handoff_is_refused_within_its_window_and_forgotten_after() {
+        let mut req = request("POST /pay HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\n\r\nx");
+        sign(KEY, &mut req, 2, "10.0.0.9:41000", 1, 1_000);
+        let guard = ReplayGuard::with_capacity(2);
+        let meta = verify(KEY, &req, 1_000).unwrap();
+        assert_eq!(guard.admit(&meta, 1_000), Ok(()));
+        assert_eq!(guard.admit(&meta, 1_030), Err(AuthError::Replayed));
+        // The same request signed again is a new handoff (a new nonce).
+        let mut again = req.clone();
+        sign(KEY, &mut again, 2, "10.0.0.9:41000", 1, 1_001);
+        let second = verify(KEY, &again, 1_001).unwrap();
+        assert_ne!(second.nonce, meta.nonce);
+        assert_eq!(guard.admit(&second, 1_001), Ok(()));
+        // Full: refused rather than forgetting something still fresh.
+        let mut third = req.clone();
+        sign(KEY, &mut third, 2, "10.0.0.9:41000", 1, 1_002);
+        let third = verify(KEY, &third, 1_002).unwrap();
+        assert_eq!(guard.admit(&third, 1_002), Err(AuthError::ReplayCacheFull));
+        // Past the window the old entries go (a replay of them is stale by then).
+        assert_eq!(guard.admit(&third, 1_062), Ok(()));
+        assert_eq!(verify(KEY, &req, 1_062), Err(AuthError::Stale(62)));
     }
 
     #[test]
@@ -170,7 +297,7 @@ mod tests {
         assert_eq!(verify(KEY, &plain, 0), Err(AuthError::Header(HOP)));
         let forged = request(
             "GET / HTTP/1.1\r\nHost: a\r\nx-edge-hop: 1\r\nx-edge-from: 2\r\nx-edge-client: 1.2.3.4:5\r\n\
-             x-edge-time: 100\r\nx-edge-auth: 00ff\r\n\r\n",
+             x-edge-time: 100\r\nx-edge-nonce: 1\r\nx-edge-auth: 00ff\r\n\r\n",
         );
         assert!(claims_handoff(&forged));
         assert_eq!(verify(KEY, &forged, 100), Err(AuthError::BadSignature));

@@ -23,7 +23,7 @@ use tokio::{
 };
 
 use crate::http::{Request, Response, parse_response, write_request};
-pub use auth::{AuthError, HandoffMeta};
+pub use auth::{AuthError, HandoffMeta, ReplayGuard};
 pub use health::PeerHealth;
 
 /// The response header a datacenter serving a handoff puts its serving time in (us), so the
@@ -53,6 +53,8 @@ pub struct HandoffConfig {
     /// Which peers are down and how far they are, shared with the other workers and the
     /// placement engine (which brings a down peer back when its probe answers).
     pub health: Arc<PeerHealth>,
+    /// Handoffs this datacenter served lately, shared by its workers: replays are refused.
+    pub replay: Arc<ReplayGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +146,12 @@ impl Handoff {
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     }
 
-    /// Checks an incoming request's handoff headers.
+    /// Checks an incoming request's handoff headers, and that it is not one served before.
     pub fn verify(&self, req: &Request) -> Result<HandoffMeta, AuthError> {
-        auth::verify(&self.cfg.key, req, unix_now())
+        let now = unix_now();
+        let meta = auth::verify(&self.cfg.key, req, now)?;
+        self.cfg.replay.admit(&meta, now)?;
+        Ok(meta)
     }
 
     /// Sends `req` to datacenter `dc` on behalf of `client` and returns its response.
@@ -168,9 +173,11 @@ impl Handoff {
         let mut wire = Vec::with_capacity(512 + req.body.len());
         write_request(&mut wire, &req);
         let head = req.method == "HEAD";
+        let retry_stale = is_idempotent(&req.method);
         let timeout = self.cfg.request_timeout;
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(pool, &wire, head)).await {
+        let exchange = self.exchange(pool, &wire, head, retry_stale);
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(HandoffError::Timeout {
                 peer: pool.peer.name.clone(),
@@ -203,23 +210,39 @@ impl Handoff {
 
     /// The peer's response, and the time spent opening a connection for it (zero on a pooled
     /// one).
+    ///
+    /// A pooled connection may have been closed by the peer while idle. One seen closed before
+    /// anything is written is dropped for the next. One that fails after the request was written
+    /// is retried on a new connection only for an idempotent request (`retry_stale`): the peer
+    /// may have received it and run the app, and a POST must never run twice. A fresh
+    /// connection's failure is final.
     async fn exchange(
         &self,
         pool: &PeerPool,
         wire: &[u8],
         head: bool,
+        retry_stale: bool,
     ) -> Result<(Response, Duration), HandoffError> {
         let io = |error| HandoffError::Io {
             peer: pool.peer.name.clone(),
             error,
         };
-        // A pooled connection the peer has since closed fails at once; then try a new one. A
-        // fresh connection's failure is final: the request may have reached the app.
-        let pooled = pool.idle.borrow_mut().pop();
-        if let Some(stream) = pooled {
+        loop {
+            let Some(stream) = pool.idle.borrow_mut().pop() else {
+                break;
+            };
+            if !still_open(&stream) {
+                continue;
+            }
             match self.send_on(pool, stream, wire, head).await {
                 Ok(resp) => return Ok((resp, Duration::ZERO)),
-                Err(SendError::Stale) => {}
+                Err(SendError::Stale) if retry_stale => break,
+                Err(SendError::Stale) => {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "pooled connection closed after the request was sent; not retried",
+                    )));
+                }
                 Err(SendError::Failed(e)) => return Err(e),
             }
         }
@@ -269,9 +292,11 @@ impl Handoff {
         }
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = vec![0u8; 16 * 1024];
+        // Whether the peer sent anything: after that, a close is a failure, not a stale socket.
+        let mut heard = false;
         loop {
             let n = match stream.read(&mut chunk).await {
-                Ok(0) if buf.is_empty() => return Err(SendError::Stale),
+                Ok(0) if !heard => return Err(SendError::Stale),
                 Ok(0) => {
                     return Err(failed(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -279,11 +304,22 @@ impl Handoff {
                     )));
                 }
                 Ok(n) => n,
-                Err(_) if buf.is_empty() => return Err(SendError::Stale),
+                Err(_) if !heard => return Err(SendError::Stale),
                 Err(e) => return Err(failed(e)),
             };
+            heard = true;
             buf.extend_from_slice(&chunk[..n]);
-            match parse_response(&buf, head, self.cfg.max_response_bytes) {
+            // Interim (1xx) responses come before the final one: never taken for it, and never
+            // left on a pooled connection for the next request to read.
+            let parsed = loop {
+                match parse_response(&buf, head, self.cfg.max_response_bytes) {
+                    Ok(Some(p)) if is_interim(p.response.status) => {
+                        buf.drain(..p.consumed.min(buf.len()));
+                    }
+                    other => break other,
+                }
+            };
+            match parsed {
                 Ok(None) => continue,
                 Ok(Some(parsed)) => {
                     let mut idle = pool.idle.borrow_mut();
@@ -301,6 +337,18 @@ impl Handoff {
             }
         }
     }
+}
+
+/// 1xx other than 101 (edgeplane never asks to switch protocols, so a 101 is a bad answer).
+fn is_interim(status: u16) -> bool {
+    (100..200).contains(&status) && status != 101
+}
+
+/// Whether an idle pooled connection is still open: the peer has neither closed it nor sent
+/// anything unasked (which would be read as the next request's response).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 enum SendError {

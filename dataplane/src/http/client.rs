@@ -1,16 +1,24 @@
 //! The client side of HTTP/1.1, for requests a worker sends on (handoffs to other datacenters)
 //! and for edgeplane's load generator: requests out, whole responses in.
 
-use super::{HttpError, Request, Response, request::decode_chunked};
+use super::{HttpError, Request, Response, chunked::decode_chunked};
 
-/// Headers that describe one hop's connection or framing; the sender writes its own.
-const HOP_BY_HOP: [&str; 5] = [
+/// Headers that describe one hop's connection or framing; the sender writes its own. `expect`
+/// among them: the body goes out whole with the head, so nothing waits for `100 Continue`.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "content-length",
     "transfer-encoding",
     "te",
+    "upgrade",
+    "expect",
 ];
+
+/// Whether a (lower-case) header belongs to one hop and is not forwarded.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
 
 /// Appends `req` to `out` as an HTTP/1.1 request with a Content-Length body, keep-alive.
 pub fn write_request(out: &mut Vec<u8>, req: &Request) {
@@ -19,7 +27,7 @@ pub fn write_request(out: &mut Vec<u8>, req: &Request) {
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &req.headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if is_hop_by_hop(name) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());

@@ -1,14 +1,16 @@
 //! HTTP/1.1 for the workers: request parsing with limits (httparse does the tokenizing), body
 //! framing (Content-Length, chunked), and response serialization.
 
+mod chunked;
 mod client;
 mod request;
 mod response;
 
 use std::time::Duration;
 
-pub use client::{ParsedResponse, parse_response, write_request};
-pub use request::{ParseOutcome, Request, parse_request};
+pub use chunked::{ChunkedDecoder, decode_chunked};
+pub use client::{ParsedResponse, is_hop_by_hop, parse_response, write_request};
+pub use request::{Decoded, ParseOutcome, Request, RequestDecoder, parse_request};
 pub use response::{Response, write_response};
 
 /// What a worker accepts from a client before answering with an error.
@@ -58,6 +60,8 @@ pub enum HttpError {
     NotImplemented(&'static str),
     #[error("HTTP version not supported")]
     VersionNotSupported,
+    #[error("expectation not supported (only 100-continue is)")]
+    ExpectationFailed,
 }
 
 impl HttpError {
@@ -69,6 +73,7 @@ impl HttpError {
             HttpError::HeadersTooLarge => 431,
             HttpError::NotImplemented(_) => 501,
             HttpError::VersionNotSupported => 505,
+            HttpError::ExpectationFailed => 417,
         }
     }
 
@@ -93,6 +98,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        417 => "Expectation Failed",
         421 => "Misdirected Request",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -102,6 +108,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        508 => "Loop Detected",
         _ => "",
     }
 }

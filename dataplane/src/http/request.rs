@@ -1,7 +1,7 @@
 //! Request parsing. A connection's input buffer is offered to `parse_request` after every read;
 //! it returns a complete request and how many bytes it used, asks for more, or names the error.
 
-use super::{HttpError, HttpLimits};
+use super::{HttpError, HttpLimits, chunked::ChunkedDecoder};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -47,13 +47,177 @@ pub enum ParseOutcome {
     Partial { expects_continue: bool },
 }
 
+/// What `RequestDecoder::decode` made of the input it was offered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole request; `used` bytes of this input were its last.
+    Complete(Request, usize),
+    /// The request is not whole yet. `used` bytes of the input went into it (its body so far)
+    /// and must not be offered again; `expects_continue` when the client waits for
+    /// `100 Continue` before sending its body.
+    Partial { used: usize, expects_continue: bool },
+}
+
+/// A request whose head is parsed and whose body is still arriving.
+#[derive(Debug)]
+struct BodyInProgress {
+    request: Request,
+    framing: BodyFraming,
+    expects_continue: bool,
+}
+
+#[derive(Debug)]
+enum BodyFraming {
+    /// Bytes of a Content-Length body still to come.
+    Length(usize),
+    Chunked(ChunkedDecoder),
+}
+
+/// One connection's request parser. A request's head is parsed once it is whole; its body is
+/// then taken as it arrives, so a body trickling in over many reads is looked at once, not
+/// re-parsed from its start on every read.
+#[derive(Debug, Default)]
+pub struct RequestDecoder {
+    body: Option<BodyInProgress>,
+    /// How much of the input has been searched for the end of the head without finding it.
+    head_scanned: usize,
+}
+
+impl RequestDecoder {
+    /// Whether no request is half-received.
+    pub fn is_idle(&self) -> bool {
+        self.body.is_none()
+    }
+
+    /// Decodes from `input`, which holds what arrived and was not `used` before.
+    pub fn decode(&mut self, input: &[u8], limits: &HttpLimits) -> Result<Decoded, HttpError> {
+        if self.body.is_none() {
+            if !self.head_may_be_complete(input) {
+                if input.len() > limits.max_header_bytes {
+                    return Err(HttpError::HeadersTooLarge);
+                }
+                return Ok(Decoded::Partial {
+                    used: 0,
+                    expects_continue: false,
+                });
+            }
+            let Some((head, head_len)) = parse_head(input, limits)? else {
+                return Ok(Decoded::Partial {
+                    used: 0,
+                    expects_continue: false,
+                });
+            };
+            self.head_scanned = 0;
+            match head.framing {
+                Framing::None => return Ok(Decoded::Complete(head.request, head_len)),
+                Framing::Length(n) => {
+                    self.body = Some(BodyInProgress {
+                        request: head.request,
+                        framing: BodyFraming::Length(n),
+                        expects_continue: head.expects_continue,
+                    })
+                }
+                Framing::Chunked => {
+                    self.body = Some(BodyInProgress {
+                        request: head.request,
+                        framing: BodyFraming::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
+                        expects_continue: head.expects_continue,
+                    })
+                }
+            }
+            let outcome = self.decode_body(&input[head_len..]);
+            return match outcome {
+                Ok(Decoded::Complete(req, used)) => Ok(Decoded::Complete(req, head_len + used)),
+                Ok(Decoded::Partial {
+                    used,
+                    expects_continue,
+                }) => Ok(Decoded::Partial {
+                    used: head_len + used,
+                    expects_continue,
+                }),
+                Err(e) => Err(e),
+            };
+        }
+        self.decode_body(input)
+    }
+
+    fn decode_body(&mut self, input: &[u8]) -> Result<Decoded, HttpError> {
+        let Some(progress) = self.body.as_mut() else {
+            return Err(HttpError::BadRequest("no request in progress"));
+        };
+        let (used, done) = match &mut progress.framing {
+            BodyFraming::Length(remaining) => {
+                let take = (*remaining).min(input.len());
+                progress.request.body.extend_from_slice(&input[..take]);
+                *remaining -= take;
+                (take, *remaining == 0)
+            }
+            BodyFraming::Chunked(decoder) => {
+                let result = decoder.feed(input, &mut progress.request.body);
+                match result {
+                    Ok(used) => (used, decoder.is_done()),
+                    Err(e) => {
+                        self.body = None;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if done {
+            let Some(finished) = self.body.take() else {
+                return Err(HttpError::BadRequest("no request in progress"));
+            };
+            return Ok(Decoded::Complete(finished.request, used));
+        }
+        // The client waits for `100 Continue` only until its body starts.
+        let expects_continue = progress.expects_continue && progress.request.body.is_empty();
+        Ok(Decoded::Partial {
+            used,
+            expects_continue,
+        })
+    }
+
+    /// Whether `input` may hold a whole head: it has an empty line, or is new (so a request line
+    /// that is garbage is refused at once). Each byte is searched once across calls.
+    fn head_may_be_complete(&mut self, input: &[u8]) -> bool {
+        if input.len() < self.head_scanned {
+            self.head_scanned = 0;
+        }
+        let fresh = self.head_scanned == 0;
+        // Back up three bytes: the end marker may straddle the previous read.
+        let from = self.head_scanned.saturating_sub(3);
+        let found = input[from..]
+            .windows(2)
+            .any(|w| w == b"\n\n" || w == b"\n\r");
+        self.head_scanned = input.len();
+        found || fresh
+    }
+}
+
+/// Parses one whole request from the start of `buf` (a caller that has all of it at once).
+pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
+    match RequestDecoder::default().decode(buf, limits)? {
+        Decoded::Complete(req, used) => Ok(ParseOutcome::Complete(req, used)),
+        Decoded::Partial {
+            expects_continue, ..
+        } => Ok(ParseOutcome::Partial { expects_continue }),
+    }
+}
+
 enum Framing {
     None,
     Length(usize),
     Chunked,
 }
 
-pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
+struct Head {
+    request: Request,
+    framing: Framing,
+    expects_continue: bool,
+}
+
+/// The request line and headers, checked; `None` until they are whole.
+fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>, HttpError> {
     // The usual header limit fits on the stack: no allocation per parse attempt.
     const ON_STACK: usize = 64;
     let mut on_stack = [httparse::EMPTY_HEADER; ON_STACK];
@@ -71,9 +235,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, Ht
             if buf.len() > limits.max_header_bytes {
                 return Err(HttpError::HeadersTooLarge);
             }
-            return Ok(ParseOutcome::Partial {
-                expects_continue: false,
-            });
+            return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(httparse::Error::Version) => return Err(version_error(buf)),
@@ -115,6 +277,10 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, Ht
                 content_length = Some(n);
             }
             "transfer-encoding" => {
+                if matches!(framing, Framing::Chunked) {
+                    // Two fields may be read as one list by one hop and not by the next.
+                    return Err(HttpError::BadRequest("repeated transfer-encoding"));
+                }
                 let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                 let last = value.rsplit(',').next().unwrap_or("").trim();
                 if last != "chunked"
@@ -148,12 +314,12 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, Ht
                 }
             }
             "expect" => {
-                if h.value.eq_ignore_ascii_case(b"100-continue") {
-                    expects_continue = true;
-                } else {
-                    // RFC 9110: an unsupported expectation gets 417; we keep to the listed set.
-                    return Err(HttpError::BadRequest("unsupported expectation"));
+                if !h.value.eq_ignore_ascii_case(b"100-continue") {
+                    return Err(HttpError::ExpectationFailed);
                 }
+                // RFC 9110, 10.1.1: an HTTP/1.0 client does not know 100 Continue; it sends its
+                // body without waiting.
+                expects_continue = minor_version >= 1;
             }
             _ => {}
         }
@@ -167,37 +333,36 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, Ht
         (Framing::Chunked, Some(_)) => {
             return Err(HttpError::BadRequest("both content-length and chunked"));
         }
+        (Framing::None, Some(n)) if n > limits.max_body_bytes => {
+            return Err(HttpError::BodyTooLarge);
+        }
+        (Framing::None, Some(0)) => {}
         (Framing::None, Some(n)) => framing = Framing::Length(n),
         _ => {}
     }
-
-    let (body, used) = match framing {
-        Framing::None => (Vec::new(), head_len),
-        Framing::Length(n) => {
-            if n > limits.max_body_bytes {
-                return Err(HttpError::BodyTooLarge);
-            }
-            if buf.len() < head_len + n {
-                return Ok(ParseOutcome::Partial { expects_continue });
-            }
-            (buf[head_len..head_len + n].to_vec(), head_len + n)
-        }
-        Framing::Chunked => match decode_chunked(&buf[head_len..], limits.max_body_bytes)? {
-            Some((body, n)) => (body, head_len + n),
-            None => return Ok(ParseOutcome::Partial { expects_continue }),
-        },
+    if matches!(framing, Framing::None) {
+        // A body the client promised is what it waits to be asked for; none here.
+        expects_continue = false;
+    }
+    let body = match framing {
+        Framing::Length(n) => Vec::with_capacity(n.min(64 << 10)),
+        _ => Vec::new(),
     };
-    Ok(ParseOutcome::Complete(
-        Request {
-            method,
-            target,
-            minor_version,
-            headers: owned,
-            body,
-            keep_alive: !connection_close,
+    Ok(Some((
+        Head {
+            request: Request {
+                method,
+                target,
+                minor_version,
+                headers: owned,
+                body,
+                keep_alive: !connection_close,
+            },
+            framing,
+            expects_continue,
         },
-        used,
-    ))
+        head_len,
+    )))
 }
 
 /// httparse reports any version it does not parse; tell an HTTP/2+ or 0.9 request (505) from garbage (400).
@@ -208,53 +373,10 @@ fn version_error(buf: &[u8]) -> HttpError {
         .unwrap_or(buf.len());
     let line = &buf[..line_end];
     match line.rsplit(|b| *b == b' ').next() {
-        Some(v) if v.starts_with(b"HTTP/") && v.len() > 5 && v[5].is_ascii_digit() => {
+        Some(v) if v.len() > 5 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() => {
             HttpError::VersionNotSupported
         }
         _ => HttpError::BadRequest("malformed request line"),
-    }
-}
-
-/// Decodes a chunked body from `buf`; returns the body and bytes used, or `None` when incomplete.
-pub(super) fn decode_chunked(
-    buf: &[u8],
-    max_body: usize,
-) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let mut body = Vec::new();
-    let mut pos = 0;
-    loop {
-        let (size_len, size) = match httparse::parse_chunk_size(&buf[pos..]) {
-            Ok(httparse::Status::Complete(v)) => v,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(HttpError::BadRequest("invalid chunk size")),
-        };
-        pos += size_len;
-        if size == 0 {
-            // Trailer fields until an empty line; we read and drop them.
-            loop {
-                let rest = &buf[pos..];
-                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                    return Ok(None);
-                };
-                pos += eol + 2;
-                if eol == 0 {
-                    return Ok(Some((body, pos)));
-                }
-            }
-        }
-        let size = usize::try_from(size).map_err(|_| HttpError::BodyTooLarge)?;
-        if body.len() + size > max_body {
-            return Err(HttpError::BodyTooLarge);
-        }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        pos += size;
-        if &buf[pos..pos + 2] != b"\r\n" {
-            return Err(HttpError::BadRequest("chunk not followed by CRLF"));
-        }
-        pos += 2;
     }
 }
 
@@ -341,6 +463,12 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             (b"GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+            (b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n", 417),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff0\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
+            (b"GET / HTTP/\r\nHost: h\r\n\r\n", 400),
         ];
         for (req, status) in cases {
             let got = parse(req).map(|_| 0).unwrap_or_else(|e| e.status());
@@ -392,6 +520,69 @@ mod tests {
                 expects_continue: true
             })
         );
+    }
+
+    #[test]
+    fn expect_continue_only_for_http11_and_only_while_a_body_is_owed() {
+        let http10 = b"PUT / HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
+        assert_eq!(
+            parse(http10),
+            Ok(ParseOutcome::Partial {
+                expects_continue: false
+            })
+        );
+        let no_body = b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n";
+        assert!(matches!(parse(no_body), Ok(ParseOutcome::Complete(..))));
+        // Once the body has started, the client is no longer waiting.
+        let mut decoder = RequestDecoder::default();
+        let head =
+            b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\na";
+        assert_eq!(
+            decoder.decode(head, &HttpLimits::default()),
+            Ok(Decoded::Partial {
+                used: head.len(),
+                expects_continue: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_body_trickling_in_is_taken_once_whatever_the_cuts() {
+        let full = b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nt: 1\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let first_len = full.len() - "GET / HTTP/1.1\r\nHost: h\r\n\r\n".len();
+        for step in 1..8 {
+            let mut decoder = RequestDecoder::default();
+            let mut input = Vec::new();
+            let mut offered = 0;
+            let mut taken = 0;
+            let req = loop {
+                let next = (offered + step).min(full.len());
+                input.extend_from_slice(&full[offered..next]);
+                offered = next;
+                match decoder.decode(&input, &HttpLimits::default()).unwrap() {
+                    Decoded::Complete(req, used) => {
+                        taken += used;
+                        break req;
+                    }
+                    Decoded::Partial { used, .. } => {
+                        taken += used;
+                        input.drain(..used);
+                    }
+                }
+            };
+            assert_eq!((req.body.as_slice(), taken), (&b"abcde"[..], first_len));
+            assert!(decoder.is_idle());
+        }
+    }
+
+    #[test]
+    fn hosts_with_multibyte_characters_do_not_panic() {
+        for host in ["é", "xé", "aé.fn.internal", "\u{1F600}:80", "[é]", "[::1"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let (req, _) = complete(raw.as_bytes());
+            let _ = req.host();
+            let _ = req.path();
+        }
     }
 
     #[test]

@@ -29,8 +29,15 @@ impl Response {
     }
 }
 
+/// Whether a response with this status never has a body (RFC 9110, 6.4.1): whatever a guest put
+/// in one is not sent, or the client would read it as the start of the next response.
+pub fn status_has_no_body(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
+}
+
 /// Appends the response to `out`. `date` is the current IMF-fixdate, formatted once a second by
-/// the caller. HEAD responses (`head_only`) carry the headers of the full response but no body.
+/// the caller. HEAD responses (`head_only`) carry the headers of the full response but no body;
+/// 1xx, 204 and 304 responses carry neither a body nor a content-length.
 pub fn write_response(
     out: &mut Vec<u8>,
     resp: &Response,
@@ -52,16 +59,20 @@ pub fn write_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(number.format(resp.body.len()).as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
+    let bodiless = status_has_no_body(resp.status);
+    if !bodiless {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(number.format(resp.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only {
+    if !head_only && !bodiless {
         out.extend_from_slice(&resp.body);
     }
 }
@@ -83,5 +94,16 @@ mod tests {
         let mut head = Vec::new();
         write_response(&mut head, &r, true, true, "d");
         assert!(head.ends_with(b"content-length: 5\r\ndate: d\r\n\r\n"));
+    }
+
+    #[test]
+    fn statuses_without_a_body_send_none_whatever_the_guest_gave() {
+        for status in [101, 103, 204, 304] {
+            let mut out = Vec::new();
+            write_response(&mut out, &Response::new(status, "stray"), true, false, "d");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.ends_with("date: d\r\n\r\n"), "{status}: {text:?}");
+            assert!(!text.contains("content-length"), "{status}: {text:?}");
+        }
     }
 }

@@ -115,11 +115,10 @@ pub struct EdgeService {
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
-    if let Ok(mut m) = metrics.lock() {
-        match m.get_mut(app) {
-            Some(c) => f(c),
-            None => f(m.entry(app.to_owned()).or_default()),
-        }
+    let mut m = crate::lock(metrics);
+    match m.get_mut(app) {
+        Some(c) => f(c),
+        None => f(m.entry(app.to_owned()).or_default()),
     }
 }
 
@@ -238,6 +237,11 @@ async fn hand_to(
     }
 }
 
+/// Whether a (lower-case) response header is one only edgeplane may set.
+pub fn is_platform_header(name: &str) -> bool {
+    name.starts_with("x-edge-")
+}
+
 /// Peers' placement engines ask here how far this datacenter is from a destination.
 pub const PROBE_PATH: &str = "/.edgeplane/probe";
 
@@ -309,6 +313,17 @@ impl Service for EdgeService {
             return Reply::Now(Response::text(
                 403,
                 "functions are called by their app, not by clients\n",
+            ));
+        }
+        let depth = functions::call_depth(&req);
+        if depth > functions::MAX_CALL_DEPTH {
+            warn!(host = ?req.host(), depth, "function call chain too deep; refused");
+            return Reply::Now(Response::text(
+                508,
+                format!(
+                    "function calls nested deeper than {}: a cycle between functions?\n",
+                    functions::MAX_CALL_DEPTH
+                ),
             ));
         }
         if let Some((app, resp)) = self.routes.static_for(&req) {
@@ -413,7 +428,12 @@ impl Service for EdgeService {
             let mut resp = match remote {
                 Some(r) => r,
                 None => match runtime.handle(&app, req).await {
-                    Ok(r) => r,
+                    // Headers the platform owns say what the platform did; a guest's are dropped
+                    // before anything (a peer's RTT estimate, the client) reads them.
+                    Ok(mut r) => {
+                        r.headers.retain(|(k, _)| !is_platform_header(k));
+                        r
+                    }
                     Err(e) => {
                         count(&metrics, &app, |c| match e.status() {
                             504 => c.deadlines += 1,

@@ -48,13 +48,14 @@ pub struct Residency(Arc<Mutex<ResidencySnapshot>>);
 
 impl Residency {
     pub fn snapshot(&self) -> ResidencySnapshot {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        crate::lock(&self.0).clone()
     }
 
     pub fn is_resident(&self, app: &str) -> bool {
-        self.0
-            .lock()
-            .is_ok_and(|s| s.apps.binary_search_by(|a| a.as_str().cmp(app)).is_ok())
+        crate::lock(&self.0)
+            .apps
+            .binary_search_by(|a| a.as_str().cmp(app))
+            .is_ok()
     }
 }
 
@@ -115,8 +116,8 @@ impl<T: Clone> CodeCache<T> {
     }
 
     fn publish(&self) {
-        if let Ok(mut s) = self.published.0.lock() {
-            *s = ResidencySnapshot {
+        {
+            *crate::lock(&self.published.0) = ResidencySnapshot {
                 apps: self.resident_apps(),
                 bytes: self.bytes,
                 compiled: self.compiled,

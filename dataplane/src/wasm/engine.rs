@@ -74,7 +74,7 @@ impl EpochTicker {
             .spawn(move || {
                 loop {
                     thread::sleep(tick);
-                    for e in engines.lock().expect("ticker lock").iter() {
+                    for e in crate::lock(&engines).iter() {
                         e.increment_epoch();
                     }
                 }
@@ -84,9 +84,6 @@ impl EpochTicker {
     }
 
     pub fn register(&self, engine: &Engine) {
-        self.engines
-            .lock()
-            .expect("ticker lock")
-            .push(engine.clone());
+        crate::lock(&self.engines).push(engine.clone());
     }
 }

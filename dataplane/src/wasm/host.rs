@@ -53,6 +53,9 @@ pub struct EdgeHooks {
     /// workers listen (function calls go through them: see `crate::functions`).
     pub split_app: Option<Arc<str>>,
     pub functions_via: Option<std::net::SocketAddr>,
+    /// The call depth of the request now served (`crate::functions::call_depth`); its
+    /// function calls carry one more.
+    pub call_depth: u32,
 }
 
 /// The CPU time of the request the store now serves: wall time since it started, less the time
@@ -86,7 +89,7 @@ impl Default for RequestClock {
 impl RequestClock {
     fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
         // The state stays consistent across a panic (plain stores of Copy values).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inner)
     }
 
     /// A new request starts now.
@@ -189,6 +192,11 @@ impl EdgeHooks {
         request.headers_mut().insert(
             http::header::HOST,
             http::HeaderValue::from_str(&host).map_err(|_| "bad function name")?,
+        );
+        // Set here, over whatever the guest wrote: only the host counts the depth.
+        request.headers_mut().insert(
+            crate::functions::CALL_DEPTH_HEADER,
+            http::HeaderValue::from(self.call_depth.saturating_add(1)),
         );
         Ok(())
     }

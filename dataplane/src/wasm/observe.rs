@@ -27,6 +27,12 @@ struct Entry {
     denied: u64,
 }
 
+/// Destinations kept apart per app; past them, an app's further destinations share one entry
+/// under `OTHER_DESTINATIONS`. A guest names its destinations (even ones it may not call), so
+/// without a bound it could grow this table until the worker runs out of memory.
+pub const MAX_DESTINATIONS_PER_APP: usize = 64;
+pub const OTHER_DESTINATIONS: &str = "(other)";
+
 /// Owned by one worker; the mutex is only ever contended by a reader taking a snapshot.
 #[derive(Clone, Default)]
 pub struct Observations {
@@ -35,14 +41,22 @@ pub struct Observations {
 
 impl Observations {
     fn with_entry(&self, app: &str, dest: &str, f: impl FnOnce(&mut Entry)) {
-        let mut map = self.inner.lock().expect("observations lock");
-        let entry = map
-            .entry((app.to_owned(), dest.to_owned()))
-            .or_insert_with(|| Entry {
-                latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
-                failures: 0,
-                denied: 0,
-            });
+        let mut map = crate::lock(&self.inner);
+        let mut key = (app.to_owned(), dest.to_owned());
+        if !map.contains_key(&key) {
+            let known = map
+                .range((app.to_owned(), String::new())..)
+                .take_while(|((a, _), _)| a == app)
+                .count();
+            if known >= MAX_DESTINATIONS_PER_APP {
+                key.1 = OTHER_DESTINATIONS.to_owned();
+            }
+        }
+        let entry = map.entry(key).or_insert_with(|| Entry {
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
+            failures: 0,
+            denied: 0,
+        });
         f(entry);
     }
 
@@ -62,7 +76,7 @@ impl Observations {
     }
 
     pub fn snapshot(&self) -> Vec<DestinationStats> {
-        let map = self.inner.lock().expect("observations lock");
+        let map = crate::lock(&self.inner);
         map.iter()
             .map(|((app, dest), e)| DestinationStats {
                 app: app.clone(),

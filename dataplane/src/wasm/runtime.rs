@@ -343,6 +343,7 @@ impl AppRuntime {
                 clock: clock.clone(),
                 split_app: app.spec.split_app.as_deref().map(Arc::from),
                 functions_via: self.functions_via.get(),
+                call_depth: 0,
             },
         };
         let mut store = Store::new(&self.engine, state);
@@ -367,6 +368,7 @@ impl AppRuntime {
             None => (self.new_store(app), None, 0),
         };
 
+        store.data_mut().hooks.call_depth = crate::functions::call_depth(&req);
         let hyper_req = to_hyper(req).map_err(|e| HandleError::GuestError {
             app: name.clone(),
             detail: e.to_string(),

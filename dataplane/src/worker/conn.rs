@@ -4,7 +4,7 @@ use std::{
     collections::VecDeque, future::Future, os::fd::RawFd, pin::Pin, task::Waker, time::Instant,
 };
 
-use crate::http::{Response, write_response};
+use crate::http::{RequestDecoder, Response, write_response};
 
 /// Pipelined requests one connection may have unanswered before the worker stops reading from
 /// it: each may hold a wasm instance, and one client must not take a worker's share of them.
@@ -46,6 +46,8 @@ pub struct Conn {
     pub generation: u32,
     pub phase: Phase,
     pub input: Vec<u8>,
+    /// The request being received, past what `input` still holds.
+    pub decoder: RequestDecoder,
     pub pending: VecDeque<Slot>,
     /// Bytes queued to send after the current send completes.
     pub out: Vec<u8>,
@@ -74,6 +76,7 @@ impl Conn {
             generation,
             phase: Phase::Open,
             input: Vec::new(),
+            decoder: RequestDecoder::default(),
             pending: VecDeque::new(),
             out: Vec::new(),
             sending: Vec::new(),
@@ -122,6 +125,7 @@ impl Conn {
     /// Whether nothing is queued, in flight or half-received.
     pub fn is_idle(&self) -> bool {
         self.input.is_empty()
+            && self.decoder.is_idle()
             && self.pending.is_empty()
             && self.out.is_empty()
             && !self.send_in_flight

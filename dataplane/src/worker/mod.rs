@@ -18,6 +18,7 @@ mod conn;
 mod event_loop;
 pub mod load;
 mod ring;
+pub mod supervisor;
 mod wake;
 
 use std::{
@@ -93,6 +94,8 @@ pub struct WorkerStats {
     pub bad_requests: u64,
     /// Connections closed because the client read none of its responses for `send_timeout`.
     pub slow_readers: u64,
+    /// Requests whose handling panicked (answered 500, connection closed).
+    pub panics: u64,
 }
 
 /// Starts a worker thread; it runs until `shutdown` turns true, then drains.

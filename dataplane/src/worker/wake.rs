@@ -46,7 +46,7 @@ impl WokenConns {
 
     fn list(&self) -> std::sync::MutexGuard<'_, Vec<(usize, u32)>> {
         // A panic while holding this lock would be in `Vec::push`; the list is still usable.
-        self.list.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.list)
     }
 }
 

@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     for iface in &cfg.xdp.interfaces {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
-    let workers = server::start(&cfg, &dp, &maps, count)?;
+    let mut workers = server::start(&cfg, &dp, &maps, count)?;
     let (metrics, observations, residency) = match &workers {
         Some(w) => (
             w.metrics.clone(),
@@ -214,8 +214,12 @@ async fn main() -> anyhow::Result<()> {
         Some(w) => start_placement_engine(&cfg, &maps, w)?,
         None => None,
     };
-    let health = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let health_flag = health.clone();
+    let supervisor = workers
+        .as_ref()
+        .map(|w| w.supervisor_stats())
+        .unwrap_or_default();
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping_flag = stopping.clone();
     let admin = admin::serve(
         cfg.server.admin,
         Arc::new(AdminState {
@@ -224,25 +228,27 @@ async fn main() -> anyhow::Result<()> {
             observations,
             residency,
             placement,
-            healthy: Box::new(move || health_flag.load(std::sync::atomic::Ordering::Relaxed)),
+            workers: supervisor,
+            stopping: stopping_flag,
         }),
     )?;
     info!(pin_dir = %cfg.pin_dir.display(), interfaces = ?cfg.xdp.interfaces, %admin, "edged ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // How soon a worker that stopped is restarted.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: draining"); break }
             _ = tick.tick() => {
-                if let Some(w) = &workers && !w.all_alive() {
-                    health.store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Some(w) = &mut workers {
+                    w.supervise();
                 }
             }
         }
     }
-    health.store(false, std::sync::atomic::Ordering::Relaxed);
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(w) = workers {
         for (i, r) in w.stop().into_iter().enumerate() {
             match r {

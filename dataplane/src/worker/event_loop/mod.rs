@@ -5,6 +5,7 @@
 use std::{
     net::TcpListener,
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    panic::{AssertUnwindSafe, catch_unwind},
     rc::Rc,
     sync::Arc,
     task::Poll,
@@ -14,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use io_uring::{cqueue, opcode, types::Fd};
 use tokio::io::unix::AsyncFd;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     Reply, RequestContext, Service, WorkerOptions, WorkerStats,
@@ -24,7 +25,7 @@ use super::{
     ring::{Op, Ring, split_user_data, user_data},
     wake::{WokenConns, poll_reply},
 };
-use crate::http::{HttpError, HttpLimits, ParseOutcome, Request, parse_request};
+use crate::http::{Decoded, HttpError, HttpLimits, Request, Response};
 
 mod output;
 
@@ -415,14 +416,29 @@ impl Worker {
                 }
                 continue;
             }
-            match parse_request(&conn.input, &self.limits) {
-                Ok(ParseOutcome::Complete(req, used)) => {
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                conn.decoder.decode(&conn.input, &self.limits)
+            }))
+            .unwrap_or_else(|panic| {
+                error!(
+                    worker = self.ctx.worker,
+                    panic = crate::panic_text(&*panic),
+                    "request parser panicked; closing the connection"
+                );
+                Err(HttpError::BadRequest("unparsable request"))
+            });
+            match decoded {
+                Ok(Decoded::Complete(req, used)) => {
                     conn.input.drain(..used);
                     conn.sent_continue = false;
                     conn.request_started = (!conn.input.is_empty()).then_some(now);
                     self.dispatch(idx, req);
                 }
-                Ok(ParseOutcome::Partial { expects_continue }) => {
+                Ok(Decoded::Partial {
+                    used,
+                    expects_continue,
+                }) => {
+                    conn.input.drain(..used);
                     if conn.request_started.is_none() {
                         conn.request_started = Some(now);
                     }
@@ -460,11 +476,20 @@ impl Worker {
     }
 
     fn dispatch(&mut self, idx: usize, req: Request) {
-        let keep_alive = req.keep_alive && self.draining.is_none();
+        let mut keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
-        let reply = self.service.call(req, &self.ctx);
+        // A bug the request reaches must cost that request, not the worker's other connections.
+        let (service, ctx) = (&self.service, &self.ctx);
+        let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx))).unwrap_or_else(
+            |panic| {
+                self.stats.panics += 1;
+                error!(worker = self.ctx.worker, peer = ?self.ctx.peer, panic = crate::panic_text(&*panic), "request handling panicked; answering 500 and closing the connection");
+                keep_alive = false;
+                Reply::Now(Response::text(500, "internal error\n"))
+            },
+        );
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
