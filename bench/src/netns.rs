@@ -43,11 +43,7 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(idx)
 }
 
-/// Whether this process may create namespaces and load BPF programs.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use edgeplane::root_gate::is_root;
 
 /// A named network namespace, deleted on drop.
 pub struct Netns {

@@ -80,7 +80,7 @@ pub fn configure(dp: &Dataplane) -> anyhow::Result<()> {
         pps: 100_000_000,
         burst: 1_000_000_000,
         flags: rate_limit_flags::ENABLED,
-        _pad: 0,
+        ..Default::default()
     })?;
     maps.configure_workers(2, 0, true, 2048)?;
     Ok(())

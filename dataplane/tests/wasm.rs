@@ -416,6 +416,145 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
 }
 
 #[test]
+fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it_waits_on() {
+    // A backend that takes the connection and never answers: the subrequest stays pending.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let cache = tempdir("cache-cpu");
+    let mut faulty = spec("faulty", common::app("faulty"));
+    faulty.env = vec![("BACKEND_URL".into(), format!("http://{addr}/never"))];
+    faulty.allowed_backends = vec![addr];
+    faulty.limits.cpu_deadline = Duration::from_millis(100);
+    faulty.limits.wall_deadline = Duration::from_secs(20);
+    let rt = runtime(vec![faulty], &cache);
+    block_on(async {
+        // 400 ms asleep on a 100 ms CPU budget: sleeping is waiting.
+        let r = rt
+            .clone()
+            .handle(
+                "faulty",
+                request("GET /sleep?ms=400 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
+            .await
+            .expect("a sleeping guest is not over its CPU budget");
+        assert_eq!(r.body, b"slept 400 ms\n");
+        // Spinning with a subrequest pending is computing: the CPU deadline ends it, long
+        // before the wall deadline.
+        let started = Instant::now();
+        let e = rt
+            .clone()
+            .handle(
+                "faulty",
+                request("GET /spin-after-subrequest HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, HandleError::Deadline { which: "cpu", .. }),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(rt.in_flight(), 0);
+    });
+    drop(silent);
+}
+
+#[test]
+fn a_guest_spinning_past_its_wall_deadline_without_yielding_is_stopped() {
+    let cache = tempdir("cache-wall-spin");
+    let mut faulty = spec("faulty", common::app("faulty"));
+    faulty.limits.cpu_deadline = Duration::from_secs(60);
+    faulty.limits.wall_deadline = Duration::from_millis(300);
+    let rt = runtime(vec![faulty], &cache);
+    block_on(async {
+        let e = rt
+            .clone()
+            .handle("faulty", request("GET /loop HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HandleError::Deadline {
+                    which: "wall-clock",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // What the client is told: a reason and the request id, not the trap's detail.
+        let resp = e.response("0123456789abcdef");
+        let body = String::from_utf8_lossy(&resp.body).into_owned();
+        assert!(body.contains("request id 0123456789abcdef"), "{body}");
+        assert!(!body.contains("wasm") && !body.contains("faulty"), "{body}");
+    });
+}
+
+#[test]
+fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address() {
+    let (addr, server) = backend();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let cache = tempdir("cache-outbound");
+    // Allowed by name, but the name is this host's loopback.
+    let mut by_name = spec("by-name", common::app("fetcher"));
+    by_name.env = vec![(
+        "BACKEND_URL".into(),
+        format!("http://localhost:{port}/data"),
+    )];
+    by_name.allowed_backends = vec![format!("localhost:{port}")];
+    let rt = runtime(vec![by_name], &cache);
+    block_on(async {
+        let r = rt
+            .clone()
+            .handle("by-name", request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let statuses = summary["statuses"].as_array().unwrap();
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.as_str().is_some_and(|s| s.contains("error"))),
+            "{summary}"
+        );
+    });
+    let obs = rt.observations().snapshot();
+    let denied = obs.iter().find(|o| o.app == "by-name").unwrap();
+    assert_eq!((denied.count, denied.denied), (0, 2));
+    // The backend saw nothing; then the same runtime reaches it when named by address.
+    drop(rt);
+    let mut by_address = spec("by-address", common::app("fetcher"));
+    by_address.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
+    by_address.allowed_backends = vec![addr.clone()];
+    let rt = runtime(vec![by_address], &tempdir("cache-outbound-2"));
+    block_on(async {
+        let r = rt
+            .clone()
+            .handle(
+                "by-address",
+                request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
+            .await
+            .unwrap();
+        let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            summary["statuses"],
+            serde_json::json!([200, 200, 200]),
+            "{summary}"
+        );
+    });
+    assert_eq!(
+        server.join().unwrap(),
+        3,
+        "only the subrequests by address arrived"
+    );
+}
+
+#[test]
 fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let cache = tempdir("cache-disk");
     let first = runtime(vec![spec("hello", common::app("hello"))], &cache);

@@ -23,16 +23,7 @@ use std::path::{Path, PathBuf};
 
 use edgeplane::{Dataplane, LoadOptions};
 
-/// True when the test may run; otherwise prints why it is skipped, loudly.
-pub fn require_root(test: &str) -> bool {
-    if edgeplane_bench::netns::is_root() {
-        return true;
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED {test}: needs root (network namespaces, XDP, BPF maps). CI runs as root. !!!!!\n"
-    );
-    false
-}
+pub use edgeplane::root_gate::require_root;
 
 /// A private pin directory per test, removed on drop, so tests run in parallel without sharing maps.
 pub struct TestPins {

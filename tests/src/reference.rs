@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use edgeplane_abi::{
     AppEntry, AppKey, DropReason, IPPROTO_TCP, IPPROTO_UDP, RateLimitConfig, TokenBucket,
-    UNCLASSIFIED_APP, app_flags, rate_limit_flags, token_bucket_admit, token_bucket_new,
+    UNCLASSIFIED_APP, app_flags, rate_limit_flags, rate_limit_key, token_bucket_admit,
+    token_bucket_new,
 };
 
 const MAX_IPV6_EXT_HEADERS: usize = 6;
@@ -15,7 +16,8 @@ const MAX_L4_OFFSET: usize = 1024;
 /// What classify does with one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not an app's packet (or a fragment, or not TCP/UDP over IP): XDP_PASS, no counters.
+    /// Not an app's packet (or not TCP/UDP over IP, or a fragment to no app's address):
+    /// XDP_PASS, no counters.
     Pass,
     /// XDP_DROP, counted in `app`'s slot (0 when the headers were too broken to tell).
     Drop { app: u32, reason: DropReason },
@@ -38,6 +40,10 @@ enum Headers {
         dport: u16,
         proto: u8,
         tcp_flags: u8,
+    },
+    Fragment {
+        src: [u8; 16],
+        dst: [u8; 16],
     },
 }
 
@@ -89,7 +95,10 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Headers {
     let more_fragments = ip[6] & 0x20 != 0;
     let offset = be16(ip, 6) & 0x1fff;
     if more_fragments || offset != 0 {
-        return Headers::Pass;
+        return Headers::Fragment {
+            src: mapped_v4(&ip[12..16]),
+            dst: mapped_v4(&ip[16..20]),
+        };
     }
     let proto = ip[9];
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -129,7 +138,10 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Headers {
         let len = match next {
             44 => {
                 if be16(h, 2) != 0 {
-                    return Headers::Pass;
+                    return Headers::Fragment {
+                        src: ip[8..24].try_into().unwrap(),
+                        dst: ip[24..40].try_into().unwrap(),
+                    };
                 }
                 8
             }
@@ -194,6 +206,8 @@ fn bad_tcp_flags(f: u8) -> bool {
 #[derive(Default)]
 pub struct Model {
     pub apps: HashMap<AppKey, AppEntry>,
+    /// VIP address -> app, for fragments (what `PinnedMaps` derives from `apps`).
+    pub vip_addrs: HashMap<[u8; 16], AppEntry>,
     /// (prefix length over 16 bytes, network bytes)
     pub blocklist: Vec<(u32, [u8; 16])>,
     pub rate_limit: RateLimitConfig,
@@ -202,6 +216,18 @@ pub struct Model {
 }
 
 impl Model {
+    /// Derives `vip_addrs` from `apps` the way `PinnedMaps` does: each VIP address names the
+    /// app of its lowest-id VIP there.
+    pub fn sync_vip_addrs(&mut self) {
+        self.vip_addrs.clear();
+        for (key, entry) in &self.apps {
+            let slot = self.vip_addrs.entry(key.addr).or_insert(*entry);
+            if entry.app_id < slot.app_id {
+                *slot = *entry;
+            }
+        }
+    }
+
     fn blocked(&self, src: &[u8; 16]) -> bool {
         self.blocklist.iter().any(|(len, net)| {
             let full = (*len / 8) as usize;
@@ -211,10 +237,47 @@ impl Model {
         })
     }
 
+    /// Whether the per-source token bucket admits a packet from `src` of an app with `entry`.
+    fn rate_admits(&mut self, entry: &AppEntry, src: &[u8; 16], now_ns: u64) -> bool {
+        let cfg = self.rate_limit;
+        if entry.flags & app_flags::NO_RATE_LIMIT != 0 || cfg.flags & rate_limit_flags::ENABLED == 0
+        {
+            return true;
+        }
+        let bucket = self
+            .buckets
+            .entry(rate_limit_key(src, &cfg))
+            .or_insert_with(|| token_bucket_new(&cfg, now_ns));
+        token_bucket_admit(bucket, &cfg, now_ns)
+    }
+
     /// `now_ns` feeds the token bucket; with `pps = 0` the outcome does not depend on it.
     pub fn classify(&mut self, frame: &[u8], now_ns: u64) -> Outcome {
         let (src, dst, dport, proto, tcp_flags) = match parse(frame) {
             Headers::Pass => return Outcome::Pass,
+            Headers::Fragment { src, dst } => {
+                let Some(entry) = self.vip_addrs.get(&dst).copied() else {
+                    return Outcome::Pass;
+                };
+                let app = entry.app_id;
+                if self.blocked(&src) {
+                    return Outcome::Drop {
+                        app,
+                        reason: DropReason::Blocklisted,
+                    };
+                }
+                if !self.rate_admits(&entry, &src, now_ns) {
+                    return Outcome::Drop {
+                        app,
+                        reason: DropReason::RateLimited,
+                    };
+                }
+                return Outcome::Admit {
+                    app,
+                    steered: false,
+                    new_flow: false,
+                };
+            }
             Headers::Drop(reason) => {
                 return Outcome::Drop {
                     app: UNCLASSIFIED_APP,
@@ -251,19 +314,11 @@ impl Model {
                 reason: DropReason::BadTcpFlags,
             };
         }
-        let cfg = self.rate_limit;
-        if entry.flags & app_flags::NO_RATE_LIMIT == 0 && cfg.flags & rate_limit_flags::ENABLED != 0
-        {
-            let bucket = self
-                .buckets
-                .entry(src)
-                .or_insert_with(|| token_bucket_new(&cfg, now_ns));
-            if !token_bucket_admit(bucket, &cfg, now_ns) {
-                return Outcome::Drop {
-                    app,
-                    reason: DropReason::RateLimited,
-                };
-            }
+        if !self.rate_admits(&entry, &src, now_ns) {
+            return Outcome::Drop {
+                app,
+                reason: DropReason::RateLimited,
+            };
         }
         Outcome::Admit {
             app,

@@ -155,7 +155,7 @@ fn blocklisted_source_dropped_other_source_passes_and_rate_limit_drops_excess() 
         pps: 10,
         burst: 20,
         flags: rate_limit_flags::ENABLED,
-        _pad: 0,
+        ..Default::default()
     })?;
     let started = Instant::now();
     hosts
@@ -303,5 +303,92 @@ fn generic_mode_attaches_counts_and_detaches() -> anyhow::Result<()> {
         !xdp_mode_of(&hosts).contains("prog/xdp"),
         "still attached after detach_all"
     );
+    Ok(())
+}
+
+/// Sends `count` datagrams of `size` bytes from `from` to `to`: over the veth's 1500-byte MTU,
+/// the kernel cuts each into IP fragments (3 for 3,000 bytes).
+fn send_fragmented(from: IpAddr, to: SocketAddr, count: usize, size: usize) -> anyhow::Result<()> {
+    let sock = UdpSocket::bind(SocketAddr::new(from, 0))?;
+    let data = vec![9u8; size];
+    for _ in 0..count {
+        sock.send_to(&data, to)?;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn fragments_to_an_app_meet_the_blocklist_and_the_rate_limit_and_are_counted() -> anyhow::Result<()>
+{
+    if !require_root("fragments_guarded") {
+        return Ok(());
+    }
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("fragments");
+    let dp = hosts.attach(&pins, XdpAttachMode::Native)?;
+    let maps = dp.maps()?;
+    let vip4: SocketAddr = format!("{}:9200", TwoHosts::SERVER_V4).parse()?;
+    let vip6: SocketAddr = format!("[{}]:9200", TwoHosts::SERVER_V6).parse()?;
+    let id = maps.add_app(
+        "fragmented",
+        None,
+        &[Vip::from_socket_udp(vip4), Vip::from_socket_udp(vip6)],
+        0,
+    )?;
+    maps.block_add(format!("{}/32", TwoHosts::CLIENT2_V4).parse()?)?;
+    let rx4 = hosts.server.run(|| UdpSocket::bind(vip4))??;
+    let rx6 = hosts.server.run(|| UdpSocket::bind(vip6))??;
+    let (client, client2): (IpAddr, IpAddr) =
+        (TwoHosts::CLIENT_V4.parse()?, TwoHosts::CLIENT2_V4.parse()?);
+
+    // A blocklisted source's fragments are dropped, every one of them, and counted.
+    hosts
+        .client
+        .run(|| send_fragmented(client2, vip4, 20, 3000))??;
+    assert_eq!(
+        drain(&rx4, 20),
+        0,
+        "a blocklisted source's datagram was reassembled"
+    );
+    let s = maps.stats_reader()?.app(id)?;
+    assert_eq!(s.drops[DropReason::Blocklisted as usize], 60);
+    // Another source's fragments pass and count for the app.
+    hosts
+        .client
+        .run(|| send_fragmented(client, vip4, 20, 3000))??;
+    assert_eq!(drain(&rx4, 20), 20);
+    let s = maps.stats_reader()?.app(id)?;
+    assert_eq!(s.packets, 60);
+    assert!(s.bytes > 60 * 40, "{} bytes counted", s.bytes);
+
+    // IPv6 fragments, from a blocklisted /64.
+    maps.block_add(format!("{}/64", TwoHosts::CLIENT_V6).parse()?)?;
+    hosts
+        .client
+        .run(|| send_fragmented(TwoHosts::CLIENT_V6.parse()?, vip6, 10, 3000))??;
+    assert_eq!(
+        drain(&rx6, 10),
+        0,
+        "a blocklisted IPv6 source's datagram was reassembled"
+    );
+    let s6 = maps.stats_reader()?.app(id)?;
+    assert_eq!(s6.drops[DropReason::Blocklisted as usize], 60 + 30);
+
+    // The rate limiter counts fragments: a burst of 10 lets 10 fragments through, so at most
+    // 3 whole datagrams (and a piece of a 4th) arrive of 20.
+    maps.set_rate_limit(RateLimitConfig {
+        pps: 0,
+        burst: 10,
+        flags: rate_limit_flags::ENABLED,
+        ..Default::default()
+    })?;
+    hosts
+        .client
+        .run(|| send_fragmented(client, vip4, 20, 3000))??;
+    assert!(drain(&rx4, 20) <= 3);
+    let s2 = maps.stats_reader()?.app(id)?;
+    assert_eq!(s2.packets - s.packets, 10);
+    assert_eq!(s2.drops[DropReason::RateLimited as usize], 50);
     Ok(())
 }

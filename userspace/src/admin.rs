@@ -14,7 +14,7 @@ use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Response, parse_request, write_response},
     router::WorkerMetrics,
     wasm::{Observations, Residency},
-    worker::supervisor::SupervisorStats,
+    worker::{WorkerCounters, supervisor::SupervisorStats},
 };
 use tracing::{info, warn};
 
@@ -29,6 +29,8 @@ pub struct AdminState {
     pub placement: Option<crate::placement::PlacementStatus>,
     /// Worker restarts, and how many workers are down now.
     pub workers: Arc<SupervisorStats>,
+    /// Each worker's counters of rare events.
+    pub worker_counters: Vec<Arc<WorkerCounters>>,
     /// Set once edged is shutting down.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -50,80 +52,124 @@ impl AdminState {
     }
 }
 
+/// Admin connections served at once; past it, a new one is answered 503 and closed.
+const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// How long one admin connection may take to send its request and read the answer.
+const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     info!(%bound, "admin endpoint");
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
+            // Each connection on a thread of its own: a slow or silent client holds only its
+            // own thread (until its timeouts), never the endpoint a health check relies on.
             for conn in listener.incoming().flatten() {
-                let mut conn = conn;
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                let req = loop {
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    match parse_request(&buf, &HttpLimits::default()) {
-                        Ok(ParseOutcome::Complete(r, _)) => break Some(r),
-                        Ok(ParseOutcome::Partial { .. }) => continue,
-                        Err(_) => break None,
-                    }
-                };
-                let resp = match req.as_ref().map(|r| r.path()) {
-                    Some("/healthz") => state.health(),
-                    Some("/metrics") => match metrics(&state) {
-                        Ok(text) => Response::new(200, text)
-                            .header("content-type", "text/plain; version=0.0.4"),
-                        Err(e) => Response::text(500, format!("{e:#}\n")),
-                    },
-                    Some("/observations") => {
-                        let all: Vec<_> = state
-                            .observations
-                            .iter()
-                            .flat_map(|o| o.snapshot())
-                            .collect();
-                        Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
-                            .header("content-type", "application/json")
-                    }
-                    Some("/placement") => {
-                        let table = state
-                            .placement
-                            .as_ref()
-                            .map(|p| edgeplane_dataplane::lock(p).clone())
-                            .unwrap_or_default();
-                        Response::new(200, serde_json::to_vec_pretty(&table).unwrap_or_default())
-                            .header("content-type", "application/json")
-                    }
-                    Some("/cache") => {
-                        let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
-                        Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
-                            .header("content-type", "application/json")
-                    }
-                    Some(_) => Response::text(
-                        404,
-                        "try /healthz, /metrics, /observations, /cache or /placement\n",
-                    ),
-                    None => Response::text(400, "bad request\n"),
-                };
-                let mut out = Vec::new();
-                write_response(
-                    &mut out,
-                    &resp,
-                    false,
-                    false,
-                    &httpdate::fmt_http_date(std::time::SystemTime::now()),
-                );
-                if let Err(e) = conn.write_all(&out) {
-                    warn!(error = %e, "admin write");
+                use std::sync::atomic::Ordering::SeqCst;
+                if active.fetch_add(1, SeqCst) >= MAX_ADMIN_CONNECTIONS {
+                    active.fetch_sub(1, SeqCst);
+                    let mut conn = conn;
+                    let _ = conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+                    let _ = reply(&mut conn, &Response::text(503, "admin endpoint busy\n"));
+                    continue;
+                }
+                let (state, done) = (state.clone(), active.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("admin-conn".into())
+                        .spawn(move || {
+                            serve_one(conn, &state);
+                            done.fetch_sub(1, SeqCst);
+                        });
+                if let Err(e) = spawned {
+                    warn!(error = %e, "admin: no thread for a connection");
+                    active.fetch_sub(1, SeqCst);
                 }
             }
         })?;
     Ok(bound)
 }
+
+fn reply(conn: &mut std::net::TcpStream, resp: &Response) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    write_response(
+        &mut out,
+        resp,
+        false,
+        false,
+        &httpdate::fmt_http_date(std::time::SystemTime::now()),
+    );
+    conn.write_all(&out)
+}
+
+/// Reads one request (within the I/O timeout and the usual header limits), answers, closes.
+fn serve_one(mut conn: std::net::TcpStream, state: &AdminState) {
+    let _ = conn.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let req = loop {
+        if started.elapsed() > ADMIN_IO_TIMEOUT {
+            break None;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        match parse_request(&buf, &HttpLimits::default()) {
+            Ok(ParseOutcome::Complete(r, _)) => break Some(r),
+            Ok(ParseOutcome::Partial { .. }) => continue,
+            Err(_) => break None,
+        }
+    };
+    let resp = match req.as_ref().map(|r| r.path()) {
+        Some("/healthz") => state.health(),
+        Some("/metrics") => match metrics(state) {
+            Ok(text) => {
+                Response::new(200, text).header("content-type", "text/plain; version=0.0.4")
+            }
+            Err(e) => Response::text(500, format!("{e:#}\n")),
+        },
+        Some("/observations") => {
+            let all: Vec<_> = state
+                .observations
+                .iter()
+                .flat_map(|o| o.snapshot())
+                .collect();
+            Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
+                .header("content-type", "application/json")
+        }
+        Some("/placement") => {
+            let table = state
+                .placement
+                .as_ref()
+                .map(|p| edgeplane_dataplane::lock(p).clone())
+                .unwrap_or_default();
+            Response::new(200, serde_json::to_vec_pretty(&table).unwrap_or_default())
+                .header("content-type", "application/json")
+        }
+        Some("/cache") => {
+            let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
+            Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
+                .header("content-type", "application/json")
+        }
+        Some(_) => Response::text(
+            404,
+            "try /healthz, /metrics, /observations, /cache or /placement\n",
+        ),
+        None => Response::text(400, "bad request\n"),
+    };
+    if let Err(e) = reply(&mut conn, &resp) {
+        warn!(error = %e, "admin write");
+    }
+}
+
+/// Picks one counter out of a worker's counters.
+type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
 
 fn metrics(state: &AdminState) -> anyhow::Result<String> {
     let mut out = String::new();
@@ -187,6 +233,38 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
         out,
         "# TYPE edgeplane_workers_down gauge\nedgeplane_workers_down {down}"
     )?;
+    let families: [(&str, &str, CounterOf); 4] = [
+        (
+            "edgeplane_worker_panics_total",
+            "requests whose handling panicked (answered 500)",
+            |c| &c.panics,
+        ),
+        (
+            "edgeplane_worker_accept_errors_total",
+            "accepts that failed for want of descriptors or memory (accepting paused)",
+            |c| &c.accept_errors,
+        ),
+        (
+            "edgeplane_worker_connections_refused_total",
+            "connections closed at once at the worker's max_connections",
+            |c| &c.connections_refused,
+        ),
+        (
+            "edgeplane_worker_slow_readers_total",
+            "connections closed after send_timeout without the client reading",
+            |c| &c.slow_readers,
+        ),
+    ];
+    for (name, help, field) in families {
+        writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
+        for (w, c) in state.worker_counters.iter().enumerate() {
+            writeln!(
+                out,
+                "{name}{{worker=\"{w}\"}} {}",
+                field(c).load(std::sync::atomic::Ordering::Relaxed)
+            )?;
+        }
+    }
     let workers = state.maps.worker_config()?.n_workers;
     out.push_str(
         "# TYPE edgeplane_worker_in_flight gauge\n# TYPE edgeplane_worker_served_total counter\n",

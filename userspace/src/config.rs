@@ -194,6 +194,10 @@ pub struct RateLimitSection {
     pub enabled: bool,
     pub pps: u64,
     pub burst: u64,
+    /// Sources share a bucket per IPv4 /n (default 32) and per IPv6 /n (default 64: a host that
+    /// rotates its address within its /64 is still one source).
+    pub v4_prefix: Option<u8>,
+    pub v6_prefix: Option<u8>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -446,6 +450,15 @@ impl EdgedConfig {
         for cidr in &cfg.blocklist {
             cidr.parse::<Cidr>()?;
         }
+        let rl = &cfg.rate_limit;
+        anyhow::ensure!(
+            rl.v4_prefix.is_none_or(|p| (1..=32).contains(&p)),
+            "rate_limit.v4_prefix must be 1..=32"
+        );
+        anyhow::ensure!(
+            rl.v6_prefix.is_none_or(|p| (1..=128).contains(&p)),
+            "rate_limit.v6_prefix must be 1..=128"
+        );
         for app in &cfg.apps {
             app.placement.check(&app.name)?;
             for vip in &app.vips {

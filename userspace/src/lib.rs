@@ -7,6 +7,7 @@ pub mod config;
 pub mod loader;
 pub mod maps;
 pub mod placement;
+pub mod root_gate;
 pub mod server;
 pub mod topology;
 

@@ -120,6 +120,41 @@ impl PinnedMaps {
         HashMap::try_from(self.map(map_names::APPS)?).map_err(map_err("open", map_names::APPS))
     }
 
+    fn vip_addrs(&self) -> Result<HashMap<MapData, [u8; 16], AppEntry>, MapsError> {
+        HashMap::try_from(self.map(map_names::VIP_ADDRS)?)
+            .map_err(map_err("open", map_names::VIP_ADDRS))
+    }
+
+    /// Rebuilds VIP_ADDRS from APPS: each VIP address names the app of its lowest-id VIP there
+    /// (fragments to it are guarded and counted for that app).
+    fn sync_vip_addrs(&self) -> Result<(), MapsError> {
+        let mut wanted: BTreeMap<[u8; 16], AppEntry> = BTreeMap::new();
+        for entry in self.apps()?.iter() {
+            let (key, e) = entry.map_err(map_err("iterate", map_names::APPS))?;
+            let slot = wanted.entry(key.addr).or_insert(e);
+            if e.app_id < slot.app_id {
+                *slot = e;
+            }
+        }
+        let mut addrs = self.vip_addrs()?;
+        let stale: Vec<[u8; 16]> = addrs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !wanted.contains_key(a))
+            .collect();
+        for addr in stale {
+            addrs
+                .remove(&addr)
+                .map_err(map_err("remove", map_names::VIP_ADDRS))?;
+        }
+        for (addr, e) in wanted {
+            addrs
+                .insert(addr, e, 0)
+                .map_err(map_err("insert", map_names::VIP_ADDRS))?;
+        }
+        Ok(())
+    }
+
     fn names(&self) -> Result<HashMap<MapData, u32, AppName>, MapsError> {
         HashMap::try_from(self.map(map_names::APP_NAMES)?)
             .map_err(map_err("open", map_names::APP_NAMES))
@@ -202,6 +237,7 @@ impl PinnedMaps {
             apps.insert(vip.key(), entry, 0)
                 .map_err(map_err("insert", map_names::APPS))?;
         }
+        self.sync_vip_addrs()?;
         self.bump_generation()?;
         Ok(id)
     }
@@ -220,6 +256,7 @@ impl PinnedMaps {
             apps.remove(&key)
                 .map_err(map_err("remove", map_names::APPS))?;
         }
+        self.sync_vip_addrs()?;
         self.bump_generation()?;
         let _ = self.placements()?.remove(&id);
         self.names()?

@@ -14,7 +14,7 @@ use edgeplane_dataplane::{
     },
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
     worker::{
-        Service, ServiceFactory, WorkerOptions, WorkerStats,
+        Service, ServiceFactory, WorkerCounters, WorkerOptions, WorkerStats,
         supervisor::{OptionsFactory, Register, Supervisor, SupervisorStats},
     },
 };
@@ -88,6 +88,8 @@ pub struct Workers {
     pub residency: Vec<Residency>,
     /// This datacenter's handoff settings, when it is part of a topology.
     pub handoff: Option<HandoffConfig>,
+    /// Each worker's counters of rare events (panics, accept errors, refusals).
+    pub counters: Vec<Arc<WorkerCounters>>,
     supervisor: Option<Supervisor>,
 }
 
@@ -224,6 +226,7 @@ pub fn start(
         observations: vec![],
         residency: vec![],
         handoff: handoff.as_ref().map(|(h, _)| h.clone()),
+        counters: (0..count).map(|_| Arc::default()).collect(),
         supervisor: None,
     };
     let mut factories = HashMap::new();
@@ -242,7 +245,7 @@ pub fn start(
         );
         let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
         let (handoff, app_ids, worker_maps) = (handoff.clone(), app_ids.clone(), maps.clone());
-        let debug_headers = cfg.server.debug_headers;
+        let (debug_headers, admin_addr) = (cfg.server.debug_headers, cfg.server.admin);
         let functions_via = if listen.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], listen.port()))
         } else {
@@ -273,6 +276,7 @@ pub fn start(
             )?);
             runtime.publish_residency_to(residency.clone());
             runtime.route_functions_via(functions_via);
+            runtime.protect_admin(admin_addr);
             for spec in &specs {
                 if let Err(e) = runtime.preload(&spec.name) {
                     warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
@@ -315,9 +319,12 @@ pub fn start(
     });
     let (pin, limits, drain_timeout) =
         (cfg.workers.pin, cfg.http.clone(), cfg.server.drain_timeout);
-    let options_maps = maps.clone();
+    let (options_maps, counters) = (maps.clone(), workers.counters.clone());
     let options: OptionsFactory = Box::new(move |cpu, listener| {
         let mut opts = WorkerOptions::new(cpu, listener);
+        if let Some(c) = counters.get(cpu as usize) {
+            opts.counters = c.clone();
+        }
         opts.pin = pin;
         opts.limits = limits.clone();
         opts.load_map = Some(options_maps.worker_load_fd()?);

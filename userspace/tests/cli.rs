@@ -9,17 +9,6 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use edgeplane::{Dataplane, LoadOptions};
 
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!(
-            "\n!!!!! SKIPPED: needs root (BPF maps, XDP, namespaces). CI runs as root. !!!!!\n"
-        );
-    }
-    root
-}
-
 struct Pins(PathBuf);
 
 impl Pins {
@@ -89,7 +78,7 @@ fn udp_frame(dst: [u8; 4], port: u16, payload: usize) -> Vec<u8> {
 
 #[test]
 fn edgectl_round_trip_over_pinned_maps() {
-    if !is_root() {
+    if !edgeplane::root_gate::require_root("edgectl_round_trip_over_pinned_maps") {
         return;
     }
     let missing = Pins::new("missing");
@@ -336,7 +325,9 @@ fn stop(mut child: Child) {
 
 #[test]
 fn edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm() {
-    if !is_root() {
+    if !edgeplane::root_gate::require_root(
+        "edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm",
+    ) {
         return;
     }
     let ns = Netns::new();

@@ -2,6 +2,7 @@
 //! `demo` (the main job), `test` (what CI runs), `bench` (full benchmarks).
 
 mod demo;
+mod fuzz;
 mod guest_apps;
 mod xdp_demo;
 
@@ -28,6 +29,8 @@ enum Task {
     DemoXdp(xdp_demo::XdpDemoArgs),
     /// fmt, clippy, every test, and benchmark smoke runs.
     Test,
+    /// The fuzz targets in fuzz/, each for a while (10 minutes unless told).
+    Fuzz(fuzz::FuzzArgs),
     /// Full benchmark scenarios (figures for bench/README.md): all, or those named.
     Bench {
         #[arg(value_enum)]
@@ -111,6 +114,9 @@ fn run_bin_with(name: &str, args: &[&str], edged: Option<&Path>) -> anyhow::Resu
     Ok(())
 }
 
+/// Each fuzz target's budget in `./x test`.
+const CI_FUZZ_SECONDS: u64 = 20;
+
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
@@ -138,6 +144,11 @@ fn test() -> anyhow::Result<()> {
         &["--smoke", "--out", &format!("{smoke}/saturation")],
     )?;
     let _ = std::fs::remove_dir_all(smoke);
+    // Every parser of hostile input, for a short budget each; `./x fuzz` runs them longer.
+    fuzz::run(&fuzz::FuzzArgs {
+        seconds: CI_FUZZ_SECONDS,
+        targets: Vec::new(),
+    })?;
     cargo_test(&[
         "test",
         "--locked",
@@ -152,9 +163,14 @@ fn test() -> anyhow::Result<()> {
 fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader};
     eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
+    // Root-gated tests that skip write their names here (a skip returns early, so cargo counts
+    // it as passed; the summary below does not).
+    let skip_log = std::env::temp_dir().join(format!("edgeplane-skipped-{}", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
     let mut child = Command::new(env!("CARGO"))
         .args(args)
         .current_dir(workspace_root())
+        .env(edgeplane::root_gate::SKIP_LOG_ENV, &skip_log)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -182,7 +198,15 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    let skipped = std::fs::read_to_string(&skip_log)
+        .map(|log| log.lines().count() as u64)
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&skip_log);
+    let passed = passed.saturating_sub(skipped);
+    println!(
+        "\ntests: {passed} passed, {failed} failed, {} skipped ({skipped} needing root, {ignored} ignored)",
+        skipped + ignored
+    );
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -279,6 +303,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(args),
         Task::DemoXdp(args) => xdp_demo::run(args),
         Task::Test => test(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench { scenarios } => bench(&scenarios),
     }
 }

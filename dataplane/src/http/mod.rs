@@ -30,6 +30,8 @@ pub struct HttpLimits {
     /// A connection whose client reads none of its responses for this long is closed.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Connections one worker keeps open; past it, new ones are closed at once (and counted).
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -41,6 +43,7 @@ impl Default for HttpLimits {
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
+            max_connections: 16384,
         }
     }
 }

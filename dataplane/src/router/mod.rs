@@ -216,14 +216,14 @@ async fn hand_to(
             // The app may have run there: running it again here could do twice what the
             // client asked once.
             count(metrics, app, |c| c.handoff_failures += 1);
-            warn!(app = %app, peer = %name, error = %e, "handoff failed; not retried");
+            let id = new_request_id();
+            warn!(app = %app, peer = %name, request_id = %id, error = %e, "handoff failed; not retried");
             Err((
-                Some(Response::text(
+                Some(error_response(
                     502,
-                    format!(
-                        "datacenter {name} failed during a {} that is not retried: {e}\n",
-                        req.method
-                    ),
+                    "the datacenter serving this request failed; a request that is not \
+                     idempotent is not retried",
+                    &id,
                 )),
                 format!("remote-{name}"),
             ))
@@ -235,6 +235,18 @@ async fn hand_to(
             Err((None, format!("local-fallback-from-{name}")))
         }
     }
+}
+
+/// A new request id for an error: what a client reports, and the key to the log line that says
+/// what happened.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// An error response as clients see it: a short reason and the request id.
+pub fn error_response(status: u16, reason: &str, request_id: &str) -> Response {
+    Response::text(status, format!("{reason} (request id {request_id})\n"))
+        .header("x-edge-request-id", request_id)
 }
 
 /// Whether a (lower-case) response header is one only edgeplane may set.
@@ -435,13 +447,15 @@ impl Service for EdgeService {
                         r
                     }
                     Err(e) => {
+                        let id = new_request_id();
+                        warn!(app = %app, request_id = %id, status = e.status(), error = %e, "request failed in the app");
                         count(&metrics, &app, |c| match e.status() {
                             504 => c.deadlines += 1,
                             503 => c.overloaded += 1,
                             500 => c.traps += 1,
                             _ => {}
                         });
-                        e.response()
+                        e.response(&id)
                     }
                 },
             };

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,8 @@ use wasmtime_wasi_http::{
 use super::observe::Observations;
 
 pub struct HostState {
+    /// CPU and wall time of the request being served (the deadlines read it).
+    pub meter: CpuMeter,
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
@@ -48,98 +50,100 @@ pub struct EdgeHooks {
     pub app: Arc<str>,
     pub allowed_backends: Arc<[String]>,
     pub observations: Observations,
-    pub clock: RequestClock,
     /// The split app whose functions this guest may call, and where this datacenter's
     /// workers listen (function calls go through them: see `crate::functions`).
     pub split_app: Option<Arc<str>>,
     pub functions_via: Option<std::net::SocketAddr>,
+    /// edged's admin endpoint, which no guest may reach.
+    pub admin: Option<std::net::SocketAddr>,
     /// The call depth of the request now served (`crate::functions::call_depth`); its
     /// function calls carry one more.
     pub call_depth: u32,
 }
 
-/// The CPU time of the request the store now serves: wall time since it started, less the time
-/// spent waiting on its subrequests (any in flight). One per store, restarted for each request a
-/// warm instance serves, so the deadline callback that reads it is installed once per store.
-#[derive(Clone)]
-pub struct RequestClock {
-    inner: Arc<Mutex<ClockState>>,
+/// What the request the store now serves has used: wall time since it started, and of that the
+/// time the guest computed. Time inside host calls is not the guest's computing: a guest blocked
+/// in `wasi:io/poll` (a sleep, a pending subrequest, a body still arriving) is waiting, however
+/// long. The store's call hook marks each host call's start and end; the epoch callback, which
+/// runs only while wasm runs, reads the total. One per store, restarted for each request a warm
+/// instance serves.
+///
+/// The marks use the coarse monotonic clock: a host call costs two reads of it (a few ns each,
+/// against ~25 ns for the precise clock), and its granularity (a few ms) averages out over the
+/// many calls a CPU budget of 100 ms spans.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMeter {
+    started: Duration,
+    in_host_since: Option<Duration>,
+    in_host: Duration,
+    depth: u32,
 }
 
-struct ClockState {
-    started: Instant,
-    waiting: u32,
-    waiting_since: Option<Instant>,
-    waited: Duration,
+/// CLOCK_MONOTONIC_COARSE as a duration since boot.
+fn coarse_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer; this clock id is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
-impl Default for RequestClock {
+impl Default for CpuMeter {
     fn default() -> Self {
         Self {
-            inner: Arc::new(Mutex::new(ClockState {
-                started: Instant::now(),
-                waiting: 0,
-                waiting_since: None,
-                waited: Duration::ZERO,
-            })),
+            started: coarse_now(),
+            in_host_since: None,
+            in_host: Duration::ZERO,
+            depth: 0,
         }
     }
 }
 
-impl RequestClock {
-    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
-        // The state stays consistent across a panic (plain stores of Copy values).
-        crate::lock(&self.inner)
-    }
-
+impl CpuMeter {
     /// A new request starts now.
-    pub fn restart(&self) {
-        let mut s = self.state();
-        s.started = Instant::now();
-        s.waiting = 0;
-        s.waiting_since = None;
-        s.waited = Duration::ZERO;
+    pub fn restart(&mut self) {
+        *self = Self::default();
     }
 
-    fn begin_wait(&self) {
-        let mut s = self.state();
-        if s.waiting == 0 {
-            s.waiting_since = Some(Instant::now());
+    /// The store's call hook: host calls are the guest's waiting, not its computing.
+    pub fn on_call(&mut self, hook: wasmtime::CallHook) {
+        match hook {
+            wasmtime::CallHook::CallingHost => {
+                if self.depth == 0 {
+                    self.in_host_since = Some(coarse_now());
+                }
+                self.depth = self.depth.saturating_add(1);
+            }
+            wasmtime::CallHook::ReturningFromHost => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0
+                    && let Some(since) = self.in_host_since.take()
+                {
+                    self.in_host += coarse_now().saturating_sub(since);
+                }
+            }
+            _ => {}
         }
-        s.waiting += 1;
     }
 
-    fn end_wait(&self) {
-        let mut s = self.state();
-        s.waiting = s.waiting.saturating_sub(1);
-        if s.waiting == 0
-            && let Some(since) = s.waiting_since.take()
-        {
-            s.waited += since.elapsed();
-        }
+    /// Wall time since the request started.
+    pub fn elapsed(&self) -> Duration {
+        coarse_now().saturating_sub(self.started)
     }
 
-    /// Time the request has spent computing rather than waiting on subrequests.
+    /// Time the request has spent computing rather than waiting in host calls.
     pub fn computing(&self) -> Duration {
-        let s = self.state();
-        let waited = s.waited + s.waiting_since.map(|t| t.elapsed()).unwrap_or_default();
-        s.started.elapsed().saturating_sub(waited)
-    }
-}
-
-/// Ends a subrequest's wait even when its future is dropped before the response arrives.
-struct Waiting(RequestClock);
-
-impl Waiting {
-    fn begin(clock: RequestClock) -> Self {
-        clock.begin_wait();
-        Self(clock)
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.end_wait();
+        let now = coarse_now();
+        let in_host = self.in_host
+            + self
+                .in_host_since
+                .map_or(Duration::ZERO, |s| now.saturating_sub(s));
+        now.saturating_sub(self.started).saturating_sub(in_host)
     }
 }
 
@@ -155,6 +159,55 @@ fn destination(req: &http::Request<WasiBody>) -> Option<String> {
             80
         });
     Some(format!("{}:{port}", authority.host()))
+}
+
+/// Resolves `dest` and refuses it when any address it resolves to is one guests may not reach
+/// (`outbound::refusal`). For plain HTTP the request is then pinned to the address checked, so
+/// a second lookup cannot land elsewhere (DNS rebinding); HTTPS keeps the name, which its
+/// certificate check needs (the connection resolves it again).
+async fn pin_destination(
+    request: &mut http::Request<WasiBody>,
+    dest: &str,
+    allowed: &[String],
+    admin: Option<std::net::SocketAddr>,
+) -> Result<(), HttpError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(dest)
+        .await
+        .map_err(|_| HttpError::DnsError {
+            rcode: None,
+            info_code: None,
+        })?
+        .collect();
+    let Some(first) = addrs.first().copied() else {
+        return Err(HttpError::DestinationNotFound);
+    };
+    if let Some((addr, why)) = addrs
+        .iter()
+        .find_map(|a| super::outbound::refusal(*a, allowed, admin).map(|why| (a, why)))
+    {
+        tracing::warn!(destination = %dest, address = %addr, reason = why, "outgoing request to an address guests may not reach");
+        return Err(HttpError::DestinationIpProhibited);
+    }
+    if request.uri().scheme_str() != Some("https") {
+        if !request.headers().contains_key(http::header::HOST)
+            && let Some(authority) = request.uri().authority()
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = http::Uri::builder()
+            .scheme("http")
+            .authority(first.to_string())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    }
+    Ok(())
 }
 
 type SendResult = Result<
@@ -232,12 +285,21 @@ impl WasiHttpHooks for EdgeHooks {
             tracing::warn!(app = %app, function, error = e, "function call refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        let clock = self.clock.clone();
+        let (allowed, admin) = (self.allowed_backends.clone(), self.admin);
         Box::new(async move {
             let started = Instant::now();
-            let waiting = Waiting::begin(clock);
+            if !sibling_call {
+                // Checked on the addresses the name resolves to, not only the name.
+                if let Err(e) = pin_destination(&mut request, &dest, &allowed, admin).await {
+                    if matches!(e, HttpError::DestinationIpProhibited) {
+                        observations.record_denied(&app, &dest);
+                    } else {
+                        observations.record_failure(&app, &dest);
+                    }
+                    return Err(e);
+                }
+            }
             let sent = default_send_request(request, options).await;
-            drop(waiting);
             match sent {
                 Ok((resp, io)) => {
                     observations.record(&app, &dest, started.elapsed());
@@ -256,27 +318,30 @@ impl WasiHttpHooks for EdgeHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmtime::CallHook;
 
     #[test]
-    fn time_waiting_on_subrequests_is_not_computing_and_restart_starts_over() {
-        let clock = RequestClock::default();
-        std::thread::sleep(Duration::from_millis(20));
-        let computed = clock.computing();
-        assert!(computed >= Duration::from_millis(20), "{computed:?}");
-        {
-            // Two overlapping subrequests: the wait counts once.
-            let _a = Waiting::begin(clock.clone());
-            let _b = Waiting::begin(clock.clone());
-            std::thread::sleep(Duration::from_millis(200));
+    fn time_in_host_calls_is_not_computing_and_restart_starts_over() {
+        let mut meter = CpuMeter::default();
+        std::thread::sleep(Duration::from_millis(60));
+        let computed = meter.computing();
+        assert!(computed >= Duration::from_millis(40), "{computed:?}");
+        // A host call (a sleep, a subrequest) that blocks for 400 ms: not computing.
+        meter.on_call(CallHook::CallingHost);
+        std::thread::sleep(Duration::from_millis(400));
+        let during = meter.computing();
+        meter.on_call(CallHook::ReturningFromHost);
+        let after = meter.computing();
+        for t in [during, after] {
+            assert!(
+                t < computed + Duration::from_millis(200),
+                "400 ms in a host call counted as computing: {computed:?} then {t:?}"
+            );
         }
-        let after_wait = clock.computing();
+        assert!(meter.elapsed() >= Duration::from_millis(440));
+        meter.restart();
         assert!(
-            after_wait < computed + Duration::from_millis(150),
-            "200 ms of waiting counted as computing: {computed:?} then {after_wait:?}"
-        );
-        clock.restart();
-        assert!(
-            clock.computing() < computed,
+            meter.computing() < computed,
             "restart kept the old request's time"
         );
     }

@@ -6,6 +6,7 @@ mod cache;
 mod engine;
 mod host;
 mod observe;
+pub mod outbound;
 mod runtime;
 
 use std::{path::PathBuf, time::Duration};

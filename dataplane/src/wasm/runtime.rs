@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use tracing::warn;
+use tracing::debug;
 use wasmtime::{
     Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
     component::{Linker, ResourceTable},
@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{
 use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
-    host::{EdgeHooks, HostState, RequestClock},
+    host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
 use crate::http::{Request, Response};
@@ -68,8 +68,27 @@ impl HandleError {
         }
     }
 
-    pub fn response(&self) -> Response {
-        Response::text(self.status(), format!("{self}\n"))
+    /// What the client is told: a short reason, never the detail (a wasm backtrace, a file
+    /// path), which goes to the log under the same request id.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            HandleError::UnknownApp(_) => "no such app here",
+            HandleError::Overloaded => "too many requests in flight; try again",
+            HandleError::Load { .. } => "the app could not be loaded",
+            HandleError::Trap { .. } => "the app failed (trapped)",
+            HandleError::Deadline {
+                which: "wall-clock",
+                ..
+            } => "the app did not answer within its time limit",
+            HandleError::Deadline { .. } => "the app used up its CPU time",
+            HandleError::GuestError { .. } => "the app failed",
+            HandleError::ResponseTooLarge { .. } => "the app's response was over its size limit",
+        }
+    }
+
+    /// The client's response, carrying `request_id` (the log's key to the detail).
+    pub fn response(&self, request_id: &str) -> Response {
+        crate::router::error_response(self.status(), self.public_reason(), request_id)
     }
 }
 
@@ -84,6 +103,18 @@ impl std::fmt::Display for CpuDeadline {
 }
 
 impl std::error::Error for CpuDeadline {}
+
+/// The wall deadline fired inside wasm: the guest spun past it without yielding.
+#[derive(Debug)]
+struct WallDeadline;
+
+impl std::fmt::Display for WallDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wall-clock deadline exceeded")
+    }
+}
+
+impl std::error::Error for WallDeadline {}
 
 /// Why the response side of a request has no response to send.
 enum ResponseFailure {
@@ -123,6 +154,8 @@ pub struct AppRuntime {
     idle_warm: Cell<u32>,
     /// Where split apps' function calls go: this datacenter's workers.
     functions_via: Cell<Option<std::net::SocketAddr>>,
+    /// edged's admin endpoint: guests may not call it.
+    admin: Cell<Option<std::net::SocketAddr>>,
 }
 
 use std::rc::Rc;
@@ -164,11 +197,17 @@ impl AppRuntime {
             max_in_flight,
             idle_warm: Cell::new(0),
             functions_via: Cell::new(None),
+            admin: Cell::new(None),
         })
     }
 
     /// Sends split apps' function calls to the workers listening at `addr` (see
     /// `crate::functions`).
+    /// Refuses guests' subrequests to edged's admin endpoint at `addr`.
+    pub fn protect_admin(&self, addr: std::net::SocketAddr) {
+        self.admin.set(Some(addr));
+    }
+
     pub fn route_functions_via(&self, addr: std::net::SocketAddr) {
         self.functions_via.set(Some(addr));
     }
@@ -286,31 +325,37 @@ impl AppRuntime {
         };
         self.in_flight.set(self.in_flight.get() - 1);
         if let Err(e) = &result {
-            warn!(app = %app.spec.name, error = %e, "request failed in the app");
+            // The router logs it with the request id the client is given.
+            debug!(app = %app.spec.name, error = %e, "request failed in the app");
         }
         result
     }
 
     /// Makes the store's deadline callback, which stays for every request the store serves.
+    /// It runs only while wasm runs, so it also ends a guest that spins past its wall deadline
+    /// without ever yielding (the wall-deadline timer can only fire when it yields).
     fn cpu_deadline_callback(
         &self,
         app: &App,
-        clock: RequestClock,
     ) -> impl FnMut(wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline>
     + Send
     + Sync
     + 'static {
-        // Epochs count wall time; time spent waiting on subrequests is not the guest's CPU, so
+        // Epochs count wall time; time spent blocked in host calls is not the guest's CPU, so
         // when the deadline fires, charge only the rest and extend while under budget.
-        let budget = app.spec.limits.cpu_deadline;
+        let (budget, wall) = (app.spec.limits.cpu_deadline, app.spec.limits.wall_deadline);
         let tick = self.epoch_tick;
-        move |_| {
-            let computing = clock.computing();
+        move |store| {
+            let meter = &store.data().meter;
+            if meter.elapsed() >= wall {
+                return Err(WallDeadline.into());
+            }
+            let computing = meter.computing();
             if computing >= budget {
                 return Err(CpuDeadline.into());
             }
             Ok(UpdateDeadline::Continue(epoch_ticks(
-                budget - computing,
+                (budget - computing).min(wall.saturating_sub(meter.elapsed())),
                 tick,
             )))
         }
@@ -318,18 +363,22 @@ impl AppRuntime {
 
     /// Starts the app's CPU budget for the request `store` is about to serve.
     fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App) {
-        store.data().hooks.clock.restart();
-        store.set_epoch_deadline(epoch_ticks(app.spec.limits.cpu_deadline, self.epoch_tick));
+        store.data_mut().meter.restart();
+        let limits = &app.spec.limits;
+        store.set_epoch_deadline(epoch_ticks(
+            limits.cpu_deadline.min(limits.wall_deadline),
+            self.epoch_tick,
+        ));
     }
 
     fn new_store(&self, app: &App) -> Store<HostState> {
-        let clock = RequestClock::default();
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stderr();
         for (k, v) in &app.spec.env {
             wasi.env(k, v);
         }
         let state = HostState {
+            meter: CpuMeter::default(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -340,15 +389,19 @@ impl AppRuntime {
                 app: app.name.clone(),
                 allowed_backends: app.allowed.clone(),
                 observations: self.observations.clone(),
-                clock: clock.clone(),
                 split_app: app.spec.split_app.as_deref().map(Arc::from),
                 functions_via: self.functions_via.get(),
+                admin: self.admin.get(),
                 call_depth: 0,
             },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(self.cpu_deadline_callback(app, clock));
+        store.epoch_deadline_callback(self.cpu_deadline_callback(app));
+        store.call_hook(|mut store, hook| {
+            store.data_mut().meter.on_call(hook);
+            Ok(())
+        });
         self.arm_cpu_deadline(&mut store, app);
         store
     }
@@ -428,7 +481,12 @@ impl AppRuntime {
         // scheduler half the time.)
         let (guest, response) = futures_util::future::join(guest, response).await;
         let classify = |e: anyhow::Error| -> HandleError {
-            if e.downcast_ref::<CpuDeadline>().is_some()
+            if e.downcast_ref::<WallDeadline>().is_some() {
+                HandleError::Deadline {
+                    app: name.clone(),
+                    which: "wall-clock",
+                }
+            } else if e.downcast_ref::<CpuDeadline>().is_some()
                 || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
             {
                 HandleError::Deadline {

@@ -22,7 +22,16 @@ pub mod supervisor;
 mod wake;
 
 use std::{
-    future::Future, net::TcpListener, os::fd::OwnedFd, pin::Pin, rc::Rc, sync::Arc, time::Duration,
+    future::Future,
+    net::TcpListener,
+    os::fd::OwnedFd,
+    pin::Pin,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -68,6 +77,7 @@ pub struct WorkerOptions {
     pub recv_buffer_size: usize,
     /// How long a draining worker waits for in-flight requests.
     pub drain_timeout: Duration,
+    pub counters: Arc<WorkerCounters>,
 }
 
 impl WorkerOptions {
@@ -82,7 +92,29 @@ impl WorkerOptions {
             recv_buffers: 1024,
             recv_buffer_size: 4096,
             drain_timeout: Duration::from_secs(10),
+            counters: Arc::default(),
         }
+    }
+}
+
+/// Counters of rare events, shared with the admin endpoint while the worker runs (and kept
+/// across a restart of the worker on the same CPU).
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Requests whose handling panicked (answered 500, connection closed).
+    pub panics: AtomicU64,
+    /// Accepts that failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM): accepting pauses, then resumes on a timer.
+    pub accept_errors: AtomicU64,
+    /// Connections closed at once because the worker had `max_connections` open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed because the client read none of its responses for `send_timeout`.
+    pub slow_readers: AtomicU64,
+}
+
+impl WorkerCounters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -26,6 +26,9 @@ pub const FLOW_CACHE_SLOTS: u32 = 4096;
 pub mod map_names {
     /// [userspace] VIP:port/proto -> app.
     pub const APPS: &str = "APPS";
+    /// [userspace] VIP address -> app: IP fragments carry no ports, so the guard and the
+    /// counters find their app by destination address alone.
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// [userspace] app id -> name, for people; XDP never reads it.
     pub const APP_NAMES: &str = "APP_NAMES";
     /// [kernel] per-CPU counters per app id.
@@ -185,7 +188,52 @@ pub struct RateLimitConfig {
     pub burst: u64,
     /// `rate_limit_flags::*`
     pub flags: u32,
-    pub _pad: u32,
+    /// Sources share a bucket per prefix of this length: an IPv4 /n (0: /32), an IPv6 /n
+    /// (0: /64, so a host rotating through its /64 stays one source).
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub _pad: u16,
+}
+
+/// The IPv4 prefix length rate limiting keys sources by, unless configured.
+pub const DEFAULT_RATE_LIMIT_V4_PREFIX: u8 = 32;
+/// The IPv6 prefix length rate limiting keys sources by, unless configured.
+pub const DEFAULT_RATE_LIMIT_V6_PREFIX: u8 = 64;
+
+/// RL_BUCKETS key of a source (16 bytes, IPv4 as v4-mapped): the source masked to the
+/// configured prefix. Shared by XDP and the reference model.
+#[inline(always)]
+pub fn rate_limit_key(src: &[u8; 16], cfg: &RateLimitConfig) -> [u8; 16] {
+    let v4 = src[..10].iter().all(|b| *b == 0) && src[10] == 0xff && src[11] == 0xff;
+    let bits: u32 = if v4 {
+        let p = if cfg.v4_prefix == 0 || cfg.v4_prefix > 32 {
+            DEFAULT_RATE_LIMIT_V4_PREFIX
+        } else {
+            cfg.v4_prefix
+        };
+        96 + p as u32
+    } else {
+        let p = if cfg.v6_prefix == 0 || cfg.v6_prefix > 128 {
+            DEFAULT_RATE_LIMIT_V6_PREFIX
+        } else {
+            cfg.v6_prefix
+        };
+        p as u32
+    };
+    let mut key = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let start = (i as u32) * 8;
+        key[i] = if bits >= start + 8 {
+            src[i]
+        } else if bits > start {
+            src[i] & (0xffu8 << (8 - (bits - start)))
+        } else {
+            0
+        };
+        i += 1;
+    }
+    key
 }
 
 pub mod rate_limit_flags {
@@ -412,6 +460,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rate_limit_keys_share_a_bucket_per_prefix() {
+        let cfg = RateLimitConfig::default();
+        let v4 = |a: [u8; 4]| {
+            let mut k = [0u8; 16];
+            k[10] = 0xff;
+            k[11] = 0xff;
+            k[12..].copy_from_slice(&a);
+            k
+        };
+        // Defaults: /32 for IPv4, /64 for IPv6.
+        assert_eq!(
+            rate_limit_key(&v4([192, 0, 2, 9]), &cfg),
+            v4([192, 0, 2, 9])
+        );
+        let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9];
+        let mut b = a;
+        b[15] = 1;
+        b[8] = 0x77;
+        assert_eq!(rate_limit_key(&a, &cfg), rate_limit_key(&b, &cfg));
+        assert_eq!(&rate_limit_key(&a, &cfg)[8..], &[0u8; 8]);
+        a[7] = 2;
+        assert_ne!(rate_limit_key(&a, &cfg), rate_limit_key(&b, &cfg));
+        let cfg = RateLimitConfig {
+            v4_prefix: 20,
+            v6_prefix: 127,
+            ..Default::default()
+        };
+        assert_eq!(
+            rate_limit_key(&v4([203, 0, 113, 7]), &cfg),
+            v4([203, 0, 112, 0])
+        );
+        let mut c = b;
+        c[15] = 0;
+        assert_eq!(rate_limit_key(&b, &cfg), c);
+    }
+
+    #[test]
     fn flow_hash_is_symmetric() {
         let a = [1, 2, 3, 0x0a00_0001];
         let b = [5, 6, 7, 0x0a00_0002];
@@ -444,7 +529,7 @@ mod tests {
             pps: 0,
             burst: 3,
             flags: rate_limit_flags::ENABLED,
-            _pad: 0,
+            ..Default::default()
         };
         let mut b = token_bucket_new(&cfg, 0);
         let admitted = (0..10)
@@ -459,7 +544,7 @@ mod tests {
             pps: 1000,
             burst: 10,
             flags: rate_limit_flags::ENABLED,
-            _pad: 0,
+            ..Default::default()
         };
         let mut b = token_bucket_new(&cfg, 0);
         let burst = (0..20)

@@ -26,14 +26,14 @@ use aya_ebpf::{
 };
 use edgeplane_abi::{
     AppKey, DropReason, FlowCacheEntry, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP, app_flags,
-    cached_verdict, flow_cache_slot, flow_hash, rate_limit_flags, token_bucket_admit,
-    token_bucket_new, v4_mapped_words, worker_flags, worker_for_hash,
+    cached_verdict, flow_cache_slot, flow_hash, rate_limit_flags, rate_limit_key,
+    token_bucket_admit, token_bucket_new, v4_mapped_words, worker_flags, worker_for_hash,
 };
 use maps::{
-    APP_STATS, APPS, BLOCKLIST, CONFIG_GEN, FLOW_CACHE, RATE_LIMIT_CFG, RL_BUCKETS, WORKER_CONFIG,
-    WORKER_CPUS, WORKER_LOAD, WORKER_SOCKETS,
+    APP_STATS, APPS, BLOCKLIST, CONFIG_GEN, FLOW_CACHE, RATE_LIMIT_CFG, RL_BUCKETS, VIP_ADDRS,
+    WORKER_CONFIG, WORKER_CPUS, WORKER_LOAD, WORKER_SOCKETS,
 };
-use parse::{Flow, Parsed};
+use parse::{Flow, Fragment, Parsed};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -46,7 +46,36 @@ pub fn classify(ctx: XdpContext) -> u32 {
         Parsed::Pass => XDP_PASS,
         Parsed::Drop(reason) => drop_packet(UNCLASSIFIED_APP, reason),
         Parsed::Flow(flow) => classify_flow(&ctx, &flow),
+        Parsed::Fragment(fragment) => classify_fragment(&ctx, &fragment),
     }
+}
+
+/// A fragment to an app's address meets the same guard as the app's flows (blocklist, rate
+/// limit by source) and is counted for the app; then the kernel reassembles it. Fragments are
+/// not steered: without ports there is no flow hash to steer by.
+#[inline(always)]
+fn classify_fragment(ctx: &XdpContext, fragment: &Fragment) -> u32 {
+    let Some(app) = (unsafe { VIP_ADDRS.get(&as_bytes(&fragment.dst)) }) else {
+        return XDP_PASS;
+    };
+    let (app_id, flags) = (app.app_id, app.flags);
+    let Some(stats) = APP_STATS.get_ptr_mut(app_id) else {
+        return XDP_PASS;
+    };
+    let src = as_bytes(&fragment.src);
+    if BLOCKLIST.get(Key::new(128, src)).is_some() {
+        unsafe { (*stats).drops[DropReason::Blocklisted as usize] += 1 };
+        return XDP_DROP;
+    }
+    if flags & app_flags::NO_RATE_LIMIT == 0 && !rate_limit_admit(&src) {
+        unsafe { (*stats).drops[DropReason::RateLimited as usize] += 1 };
+        return XDP_DROP;
+    }
+    unsafe {
+        (*stats).packets += 1;
+        (*stats).bytes += (ctx.data_end() - ctx.data()) as u64;
+    }
+    XDP_PASS
 }
 
 #[inline(always)]
@@ -170,13 +199,14 @@ fn rate_limit_admit(src: &[u8; 16]) -> bool {
         return true;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    match RL_BUCKETS.get_ptr_mut(src) {
+    let key = rate_limit_key(src, cfg);
+    match RL_BUCKETS.get_ptr_mut(&key) {
         // Racy across CPUs by design: a lost update costs a token or two, a lock costs every packet.
         Some(bucket) => token_bucket_admit(unsafe { &mut *bucket }, cfg, now),
         None => {
             let mut bucket = token_bucket_new(cfg, now);
             let admitted = token_bucket_admit(&mut bucket, cfg, now);
-            let _ = RL_BUCKETS.insert(src, &bucket, 0);
+            let _ = RL_BUCKETS.insert(&key, &bucket, 0);
             admitted
         }
     }

@@ -16,6 +16,9 @@ use edgeplane_abi::{
 pub static APPS: HashMap<AppKey, AppEntry> = HashMap::pinned(MAX_VIPS, 0);
 
 #[map]
+pub static VIP_ADDRS: HashMap<[u8; 16], AppEntry> = HashMap::pinned(MAX_VIPS, 0);
+
+#[map]
 pub static APP_NAMES: HashMap<u32, AppName> = HashMap::pinned(MAX_APPS, 0);
 
 #[map]

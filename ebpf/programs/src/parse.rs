@@ -23,10 +23,19 @@ pub const MAX_L4_OFFSET: usize = 1024;
 
 /// What the headers say about a packet.
 pub enum Parsed {
-    /// Not TCP/UDP over IP, or an IP fragment: none of our business.
+    /// Not TCP/UDP over IP: none of our business.
     Pass,
     Drop(DropReason),
     Flow(Flow),
+    /// An IP fragment (IPv4 MF or offset, IPv6 fragment header other than atomic): no ports to
+    /// classify by, but still from a source and to an address the guard knows.
+    Fragment(Fragment),
+}
+
+/// Addresses of a fragment, as `Flow` has them.
+pub struct Fragment {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
 }
 
 /// A parsed TCP or UDP packet. Addresses are IPv4-mapped for IPv4, words as loaded from the
@@ -132,9 +141,13 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::Drop(DropReason::MalformedIpv4);
     }
     // Any fragment (MF or a non-zero offset): non-first fragments carry no ports, and a first
-    // fragment's L4 length spans bytes we do not have. The kernel reassembles; we stay out.
+    // fragment's L4 length spans bytes we do not have. The kernel reassembles; the guard and the
+    // counters still apply, by address.
     if u16::from_be(ip.frag_off) & 0x3fff != 0 {
-        return Parsed::Pass;
+        return Parsed::Fragment(Fragment {
+            src: v4_mapped_words(ip.saddr),
+            dst: v4_mapped_words(ip.daddr),
+        });
     }
     let proto = ip.protocol;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -178,14 +191,17 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
                 next = h[0];
                 (h[1] as usize + 1) * 8
             }
-            // Fragment: like IPv4, leave any fragment to the kernel.
+            // Fragment: like IPv4, the kernel reassembles and the guard applies by address.
             44 => {
                 let Some(h) = ptr_at::<[u8; 4]>(ctx, off) else {
                     return Parsed::Drop(DropReason::MalformedIpv6);
                 };
                 let h = unsafe { *h };
                 if u16::from_be_bytes([h[2], h[3]]) != 0 {
-                    return Parsed::Pass;
+                    return Parsed::Fragment(Fragment {
+                        src: ip.saddr,
+                        dst: ip.daddr,
+                    });
                 }
                 next = h[0];
                 8

@@ -105,6 +105,12 @@ enum RateLimitCmd {
         /// Bucket depth in packets.
         #[arg(long, required_unless_present = "off")]
         burst: Option<u64>,
+        /// Sources share a bucket per IPv4 prefix of this length (default 32).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
+        v4_prefix: Option<u8>,
+        /// Sources share a bucket per IPv6 prefix of this length (default 64).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=128))]
+        v6_prefix: Option<u8>,
         #[arg(long, conflicts_with_all = ["pps", "burst"])]
         off: bool,
     },
@@ -428,7 +434,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{t}");
         }
-        Command::Ratelimit(RateLimitCmd::Set { pps, burst, off }) => {
+        Command::Ratelimit(RateLimitCmd::Set {
+            pps,
+            burst,
+            v4_prefix,
+            v6_prefix,
+            off,
+        }) => {
             let cfg = if off {
                 RateLimitConfig::default()
             } else {
@@ -440,6 +452,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pps,
                     burst,
                     flags: rate_limit_flags::ENABLED,
+                    v4_prefix: v4_prefix.unwrap_or(0),
+                    v6_prefix: v6_prefix.unwrap_or(0),
                     _pad: 0,
                 }
             };
@@ -458,10 +472,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ratelimit(RateLimitCmd::Show) => {
             let cfg = maps.rate_limit()?;
             let enabled = cfg.flags & rate_limit_flags::ENABLED != 0;
+            let v4 = match cfg.v4_prefix {
+                0 => edgeplane_abi::DEFAULT_RATE_LIMIT_V4_PREFIX,
+                p => p,
+            };
+            let v6 = match cfg.v6_prefix {
+                0 => edgeplane_abi::DEFAULT_RATE_LIMIT_V6_PREFIX,
+                p => p,
+            };
             if as_json {
-                print_json(&json!({ "enabled": enabled, "pps": cfg.pps, "burst": cfg.burst }))?;
+                print_json(&json!({
+                    "enabled": enabled, "pps": cfg.pps, "burst": cfg.burst,
+                    "v4_prefix": v4, "v6_prefix": v6,
+                }))?;
             } else if enabled {
-                println!("rate limit {} pps per source, burst {}", cfg.pps, cfg.burst);
+                println!(
+                    "rate limit {} pps per source (IPv4 /{v4}, IPv6 /{v6}), burst {}",
+                    cfg.pps, cfg.burst
+                );
             } else {
                 println!("rate limit off");
             }

@@ -58,6 +58,8 @@ fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<u32> {
         } else {
             0
         },
+        v4_prefix: rl.v4_prefix.unwrap_or(0),
+        v6_prefix: rl.v6_prefix.unwrap_or(0),
         _pad: 0,
     })?;
     for cidr in &cfg.blocklist {
@@ -202,13 +204,14 @@ async fn main() -> anyhow::Result<()> {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
     let mut workers = server::start(&cfg, &dp, &maps, count)?;
-    let (metrics, observations, residency) = match &workers {
+    let (metrics, observations, residency, counters) = match &workers {
         Some(w) => (
             w.metrics.clone(),
             w.observations.clone(),
             w.residency.clone(),
+            w.counters.clone(),
         ),
-        None => (vec![], vec![], vec![]),
+        None => (vec![], vec![], vec![], vec![]),
     };
     let placement = match &workers {
         Some(w) => start_placement_engine(&cfg, &maps, w)?,
@@ -229,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
             residency,
             placement,
             workers: supervisor,
+            worker_counters: counters,
             stopping: stopping_flag,
         }),
     )?;

@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Reply, RequestContext, Service, WorkerOptions, WorkerStats,
+    Reply, RequestContext, Service, WorkerCounters, WorkerOptions, WorkerStats,
     bufring::BufRing,
     conn::{Conn, Phase, Slot, SlotResponse},
     load::LoadPublisher,
@@ -38,6 +38,8 @@ const TOKIO_PASS: Duration = Duration::from_millis(20);
 /// Rounds of completions and woken replies one `pump` handles before the loop moves on, so a
 /// reply that keeps waking itself cannot keep the worker from its timers and tokio.
 const PUMP_ROUNDS: usize = 64;
+/// How long accepting pauses after it failed for want of descriptors or memory.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct Worker {
     // Field order is drop order: the ring goes first, releasing the kernel's hold on the
@@ -63,6 +65,10 @@ pub(super) struct Worker {
     draining: Option<Instant>,
     drain_timeout: Duration,
     accept_armed: bool,
+    /// Accepting is paused until then: the last accept failed for want of descriptors or
+    /// memory, and re-arming at once would spin on the same error.
+    accept_paused_until: Option<Instant>,
+    counters: Arc<WorkerCounters>,
     /// The time as of this round of completions: what activity and send progress are stamped
     /// with, a clock read per round rather than several per request.
     now: Instant,
@@ -109,6 +115,8 @@ impl Worker {
             draining: None,
             drain_timeout: opts.drain_timeout,
             accept_armed: false,
+            accept_paused_until: None,
+            counters: opts.counters,
             now: Instant::now(),
         })
     }
@@ -283,14 +291,27 @@ impl Worker {
         let (res, flags) = (cqe.result(), cqe.flags());
         match op {
             Op::Accept => {
+                let out_of_resources = matches!(
+                    -res,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                );
                 if res >= 0 {
                     self.on_accept(res);
+                } else if out_of_resources {
+                    WorkerCounters::bump(&self.counters.accept_errors);
+                    if self.accept_paused_until.is_none() {
+                        warn!(worker = self.ctx.worker, error = %std::io::Error::from_raw_os_error(-res), pause = ?ACCEPT_PAUSE, "accept failed for want of resources; pausing accepts");
+                    }
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
                 } else if res != -libc::ECANCELED {
                     warn!(worker = self.ctx.worker, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
-                    self.arm_accept();
+                    // After a resource error the tick re-arms, once the pause is over.
+                    if self.accept_paused_until.is_none() {
+                        self.arm_accept();
+                    }
                 }
             }
             Op::Recv => self.on_recv(idx, generation, res, flags),
@@ -316,6 +337,17 @@ impl Worker {
                 (&one as *const libc::c_int).cast(),
                 4,
             );
+        }
+        let open = self.conns.len() - self.free.len();
+        if open >= self.limits.max_connections {
+            WorkerCounters::bump(&self.counters.connections_refused);
+            debug!(
+                worker = self.ctx.worker,
+                open, "connection limit reached; closing a new connection"
+            );
+            // SAFETY: a socket we own and will not use.
+            unsafe { libc::close(fd) };
+            return;
         }
         self.stats.accepted += 1;
         let generation = self.next_generation;
@@ -485,6 +517,7 @@ impl Worker {
         let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx))).unwrap_or_else(
             |panic| {
                 self.stats.panics += 1;
+                WorkerCounters::bump(&self.counters.panics);
                 error!(worker = self.ctx.worker, peer = ?self.ctx.peer, panic = crate::panic_text(&*panic), "request handling panicked; answering 500 and closing the connection");
                 keep_alive = false;
                 Reply::Now(Response::text(500, "internal error\n"))
@@ -513,6 +546,15 @@ impl Worker {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if let Some(until) = self.accept_paused_until
+            && now >= until
+        {
+            self.accept_paused_until = None;
+            if !self.accept_armed {
+                info!(worker = self.ctx.worker, "resuming accepts");
+                self.arm_accept();
+            }
+        }
         if now.duration_since(self.date_at) >= Duration::from_millis(500) {
             self.date = httpdate::fmt_http_date(SystemTime::now());
             self.date_at = now;
@@ -527,6 +569,7 @@ impl Worker {
             {
                 debug!(worker = self.ctx.worker, peer = ?conn.peer, "client read nothing for the send timeout; closing");
                 self.stats.slow_readers += 1;
+                WorkerCounters::bump(&self.counters.slow_readers);
                 self.close(idx);
                 continue;
             }

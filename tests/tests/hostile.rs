@@ -1,0 +1,301 @@
+//! A hostile client against a running edged (XDP on its veth, two pinned workers, real wasm
+//! components): every class of bad input the worker's HTTP, routing, handoff checks and guests
+//! meet, each followed by a normal request that the same worker must serve. At the end no worker
+//! has died or been restarted, and edged reports itself healthy.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod apps;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use edgeplane_tests::{
+    TestPins, TwoHosts, edgeplane_binary, expected_worker,
+    http::{Edged, get, header},
+    require_root,
+};
+
+const WORKERS: u32 = 2;
+const PORT: u16 = 8080;
+const ADMIN: &str = "127.0.0.1:9931";
+
+/// What a hostile case should get: a final status, or nothing but a closed connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Status(u16),
+    /// Any of these statuses (a guest's failure may be a trap or a deadline).
+    OneOf(&'static [u16]),
+    Closed,
+}
+
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+fn case(name: &'static str, bytes: impl Into<Vec<u8>>, expect: Expect) -> Case {
+    Case {
+        name,
+        bytes: bytes.into(),
+        expect,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    let mut big_header = b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-big: ".to_vec();
+    big_header.extend(std::iter::repeat_n(b'a', 20_000));
+    big_header.extend_from_slice(b"\r\n\r\n");
+    let mut many_headers = b"GET / HTTP/1.1\r\nHost: hello.test\r\n".to_vec();
+    for i in 0..100 {
+        many_headers.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+    }
+    many_headers.extend_from_slice(b"\r\n");
+    let mut long_extension =
+        b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+    long_extension.extend(std::iter::repeat_n(b'e', 10_000));
+    let mut trailer_flood =
+        b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+    for i in 0..2000 {
+        trailer_flood.extend_from_slice(format!("x-t{i}: v\r\n").as_bytes());
+    }
+    let mut pipeline_flood = Vec::new();
+    for _ in 0..500 {
+        pipeline_flood.extend_from_slice(b"GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n");
+    }
+    vec![
+        // Reported: these stopped both workers.
+        case("host: multi-byte char before a reserved suffix", "GET / HTTP/1.1\r\nHost: a\u{e9}.fn.internal\r\n\r\n", Status(403)),
+        case("host: multi-byte chars where the suffix is cut", "GET / HTTP/1.1\r\nHost: \u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\r\n\r\n", Status(404)),
+        case("host: emoji with a port", "GET / HTTP/1.1\r\nHost: \u{1F600}:80\r\n\r\n", Status(404)),
+        case("host: invalid UTF-8", &b"GET / HTTP/1.1\r\nHost: \xff\xfe.fn.internal\r\n\r\n"[..], Status(404)),
+        case("chunk size near u64::MAX", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff0\r\nabc"[..], Status(413)),
+        case("chunk size past u64", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n"[..], Status(413)),
+        // HTTP framing.
+        case("chunk extension without end", long_extension, Status(400)),
+        case("trailer flood", trailer_flood, Status(431)),
+        case("repeated transfer-encoding", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..], Status(400)),
+        case("content-length and chunked", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..], Status(400)),
+        case("content-length past usize", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nContent-Length: 99999999999999999999999\r\n\r\n"[..], Status(400)),
+        case("body over the limit", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nContent-Length: 100000000\r\n\r\n"[..], Status(413)),
+        case("unknown expectation", &b"POST / HTTP/1.1\r\nHost: hello.test\r\nExpect: the-moon\r\nContent-Length: 1\r\n\r\nx"[..], Status(417)),
+        case("headers over the limit", big_header, Status(431)),
+        case("too many headers", many_headers, Status(431)),
+        case("NUL in a header value", &b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-a: b\x00c\r\n\r\n"[..], Status(400)),
+        case("absolute-form target", &b"GET http://hello.test/ HTTP/1.1\r\nHost: hello.test\r\n\r\n"[..], Status(400)),
+        case("bad method token", &b"G(T / HTTP/1.1\r\nHost: hello.test\r\n\r\n"[..], Status(400)),
+        case("binary junk", &[0u8, 1, 2, 3, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'][..], Status(400)),
+        case("TLS ClientHello on the plain port", &b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n"[..], Status(400)),
+        case("HTTP/2 preface", &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], Status(505)),
+        case("half a request line, then close", &b"GET /partial HTT"[..], Closed),
+        case("500 pipelined requests, nothing read", pipeline_flood, Closed),
+        // Routing and platform headers.
+        case("unknown host", &b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n"[..], Status(404)),
+        case("a function host from a client", &b"GET / HTTP/1.1\r\nHost: db.shop.fn.internal\r\n\r\n"[..], Status(403)),
+        case("forged handoff headers", &b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-edge-hop: 1\r\nx-edge-from: 2\r\nx-edge-client: 1.2.3.4:5\r\nx-edge-time: 1\r\nx-edge-nonce: 1\r\nx-edge-auth: 00\r\n\r\n"[..], Status(403)),
+        case("a probe without a signature", &b"GET /.edgeplane/probe?dest=127.0.0.1:9931 HTTP/1.1\r\nHost: hello.test\r\n\r\n"[..], Status(403)),
+        case("a call depth from a client is not the platform's", &b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-edge-call-depth: 4000000000\r\n\r\n"[..], Status(200)),
+        // Guests that fail.
+        case("a guest that traps", &b"GET /trap HTTP/1.1\r\nHost: faulty.test\r\n\r\n"[..], Status(500)),
+        case("a guest that spins", &b"GET /loop HTTP/1.1\r\nHost: faulty.test\r\n\r\n"[..], OneOf(&[500, 504])),
+        case("a guest that floods its body", &b"GET /flood HTTP/1.1\r\nHost: faulty.test\r\n\r\n"[..], Status(500)),
+    ]
+}
+
+/// A connection from the client's address and `port`.
+fn connect_from(port: u16, server: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse::<IpAddr>().unwrap(), port);
+    sock.bind(&client.into()).unwrap();
+    sock.connect_timeout(&server.into(), Duration::from_secs(3))
+        .unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Sends `bytes` (a write error is fine: the server may close first) and returns the first
+/// final status and the response head and body bytes read, or None when the server only closed.
+/// With `then_close`, the client half-closes after sending.
+fn send_hostile(s: &mut TcpStream, bytes: &[u8], then_close: bool) -> (Option<u16>, String) {
+    let _ = s.write_all(bytes);
+    if then_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        // Skip interim responses; a final one with its head complete is enough.
+        let finals: Vec<&str> = text
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .filter(|r| !r.starts_with('1'))
+            .collect();
+        if let Some(first) = finals.first()
+            && first.contains("\r\n\r\n")
+        {
+            return (
+                first.get(..3).and_then(|c| c.parse().ok()),
+                (*first).to_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            return (None, text);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return (None, text),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_hostile_client_cannot_stop_a_worker_and_each_worker_serves_after_every_attack()
+-> anyhow::Result<()> {
+    if !require_root("hostile_client") {
+        return Ok(());
+    }
+    let (hello, faulty) = (apps::app("hello"), apps::app("faulty"));
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("hostile");
+    let cache =
+        std::env::temp_dir().join(format!("edgeplane-hostile-cache-{}", std::process::id()));
+    let config = std::env::temp_dir().join(format!("edged-hostile-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+pin_dir = "{pins}"
+[xdp]
+interfaces = ["{iface}"]
+[workers]
+count = {WORKERS}
+[server]
+admin = "{ADMIN}"
+debug_headers = true
+[runtime]
+cache_dir = "{cache}"
+[[apps]]
+name = "hello"
+vips = ["{server}:{PORT}/tcp"]
+hosts = ["hello.test"]
+component = "{hello}"
+[[apps]]
+name = "faulty"
+hosts = ["faulty.test"]
+component = "{faulty}"
+limits = {{ max_response_bytes = 1048576 }}
+"#,
+            pins = pins.dir().display(),
+            iface = TwoHosts::SERVER_IF,
+            server = TwoHosts::SERVER_V4,
+            cache = cache.display(),
+            hello = hello.display(),
+            faulty = faulty.display(),
+        ),
+    )?;
+    let child = hosts
+        .server
+        .command(edgeplane_binary("edged").to_str().unwrap())
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut edged = Edged(child);
+    let admin: SocketAddr = ADMIN.parse()?;
+    let scrape = |path: &str| -> Option<(u16, String)> {
+        hosts
+            .server
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let (status, _, body) = get(&mut s, "admin", path);
+                Some((status, String::from_utf8_lossy(&body).into_owned()))
+            })
+            .ok()
+            .flatten()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while scrape("/healthz").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "edged never became healthy");
+        assert!(
+            edged.0.try_wait()?.is_none(),
+            "edged exited during start-up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let server: SocketAddr = format!("{}:{PORT}", TwoHosts::SERVER_V4).parse()?;
+    let client_ip: IpAddr = TwoHosts::CLIENT_V4.parse()?;
+    let worker_of = |port: u16| expected_worker(SocketAddr::new(client_ip, port), server, WORKERS);
+    let mut ports = 47000u16..;
+    let mut served_by = [0usize; WORKERS as usize];
+    hosts.client.run(|| {
+        for (i, c) in cases().into_iter().enumerate() {
+            // Every case runs against each worker in turn.
+            let attack_port = ports.next().unwrap();
+            let worker = worker_of(attack_port);
+            let mut s = connect_from(attack_port, server);
+            let (status, text) = send_hostile(&mut s, &c.bytes, c.expect == Expect::Closed);
+            match c.expect {
+                Expect::Status(want) => {
+                    assert_eq!(status, Some(want), "case {i} ({}): {text}", c.name)
+                }
+                Expect::OneOf(want) => assert!(
+                    status.is_some_and(|s| want.contains(&s)),
+                    "case {i} ({}): {status:?}: {text}",
+                    c.name
+                ),
+                Expect::Closed => {}
+            }
+            if status.is_some_and(|s| matches!(s, 500 | 502 | 503 | 504)) {
+                // Error bodies give a reason and a request id, never what the log holds.
+                assert!(text.contains("request id"), "case {i} ({}): {text}", c.name);
+                for leak in ["wasm backtrace", ".rs:", "/tmp/", "10.77.", "panicked"] {
+                    assert!(
+                        !text.contains(leak),
+                        "case {i} ({}) leaks {leak:?}: {text}",
+                        c.name
+                    );
+                }
+            }
+            drop(s);
+            // The same worker serves the next client.
+            let follow_port = ports.find(|p| worker_of(*p) == worker).unwrap();
+            let mut next = connect_from(follow_port, server);
+            let (status, headers, body) = get(&mut next, "hello.test", "/");
+            assert_eq!(
+                (status, body.as_slice()),
+                (200, &b"hello from wasm\n"[..]),
+                "after case {i} ({}), worker {worker} did not serve",
+                c.name
+            );
+            assert_eq!(
+                header(&headers, "x-edge-worker"),
+                Some(worker.to_string().as_str())
+            );
+            served_by[worker as usize] += 1;
+        }
+    })?;
+    assert!(
+        served_by.iter().all(|n| *n > 0),
+        "every worker was attacked: {served_by:?}"
+    );
+    assert!(edged.0.try_wait()?.is_none(), "edged exited under attack");
+    assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
+    let (_, metrics) = scrape("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("edgeplane_worker_restarts_total 0\n"),
+        "a worker had to be restarted: every attack must be contained within its request"
+    );
+    Ok(())
+}
