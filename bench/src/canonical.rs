@@ -154,6 +154,17 @@ impl Canonical {
         host: &str,
         path: &str,
     ) -> (u16, Vec<(String, String)>, String, Duration) {
+        self.through_pop_with("GET", host, path, b"")
+    }
+
+    /// As `through_pop`, with any method and body.
+    pub fn through_pop_with(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, String, Duration) {
         let pop = self.pop_addr();
         self.world
             .ns("client")
@@ -161,7 +172,8 @@ impl Canonical {
                 let mut s = TcpStream::connect_timeout(&pop, Duration::from_secs(5)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let started = Instant::now();
-                let (status, headers, body) = crate::http::get(&mut s, host, path);
+                let (status, headers, body) =
+                    crate::http::request(&mut s, method, host, path, body);
                 (
                     status,
                     headers,

@@ -316,8 +316,24 @@ pub fn find_wasmtime() -> Option<PathBuf> {
 /// a GET on `s` and reads the whole (Content-Length) response: status, headers (names
 /// lower-cased), body.
 pub fn get(s: &mut TcpStream, host: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .unwrap();
+    request(s, "GET", host, path, b"")
+}
+
+/// As `get`, with any method and a Content-Length body.
+pub fn request(
+    s: &mut TcpStream,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut wire = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body);
+    s.write_all(&wire).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -203,6 +203,93 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
 }
 
 #[test]
+fn a_post_is_never_run_twice_while_dc2_is_killed_and_restarted() {
+    if !require_root("handoff-post") {
+        return;
+    }
+    // Each run of the fetcher (k=1) calls the backend once: the backend counts the runs, at
+    // dc2 or at the POP, whichever ran it.
+    let mut world = canonical::start("handoff-post", &["pop", "dc2"], 0.0, |url, authority| {
+        fetcher_app(url, authority, "")
+    });
+    let dc2_id = world.topology.datacenter("dc2").unwrap().id;
+    edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
+    let runs_before = world.backend_served.load(Ordering::Relaxed);
+    let stop = AtomicBool::new(false);
+    let post = |world: &Canonical| {
+        let (status, headers, _, _) =
+            world.through_pop_with("POST", "fetch.test", "/?k=1", b"order=1");
+        let placement = header(&headers, "x-edge-placement")
+            .unwrap_or("")
+            .to_owned();
+        (status, placement)
+    };
+    let answers = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        seen.push(post(&world));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        world
+            .servers
+            .iter()
+            .find(|s| s.name.contains("dc2"))
+            .unwrap()
+            .kill();
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, Ordering::Relaxed);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    // dc2 back: POSTs go there again once a probe has seen it.
+    world.restart("dc2").unwrap();
+    let back = Instant::now();
+    let mut after = Vec::new();
+    while back.elapsed() < Duration::from_secs(15) {
+        let answer = post(&world);
+        let remote = answer.1 == "remote-dc2";
+        after.push(answer);
+        if remote && after.len() > 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all: Vec<_> = answers.iter().chain(&after).collect();
+    let runs = world.backend_served.load(Ordering::Relaxed) - runs_before;
+    let ok = all.iter().filter(|(status, _)| *status == 200).count() as u64;
+    let not_retried = all.iter().filter(|(status, _)| *status == 502).count() as u64;
+    eprintln!(
+        "{} POSTs: {ok} answered 200, {not_retried} 502 (not retried), {runs} runs of the app",
+        all.len()
+    );
+    assert!(
+        all.iter().all(|(status, _)| matches!(status, 200 | 502)),
+        "{all:?}"
+    );
+    // Every 200 ran exactly once; a 502 ran at most once (dc2 may have run it before dying);
+    // nothing ran twice.
+    assert!(runs >= ok, "{runs} runs for {ok} answered POSTs");
+    assert!(
+        runs <= ok + not_retried,
+        "{runs} runs of the app for {} POSTs: a POST ran twice",
+        all.len()
+    );
+    assert!(
+        after.last().is_some_and(|(_, p)| p == "remote-dc2"),
+        "POSTs never went back to dc2: {after:?}"
+    );
+}
+
+#[test]
 fn a_dead_peer_is_marked_down_and_its_apps_return_when_probes_see_it_back() {
     if !require_root("peer-back") {
         return;

@@ -169,7 +169,38 @@ fn edgectl_round_trip_over_pinned_maps() {
     ok(p, &["ratelimit", "set", "--pps", "100", "--burst", "50"]);
     assert_eq!(
         json(p, &["ratelimit", "show"]),
-        serde_json::json!({"enabled": true, "pps": 100, "burst": 50})
+        serde_json::json!({"enabled": true, "pps": 100, "burst": 50, "v4_prefix": 32, "v6_prefix": 64})
+    );
+    // Sources share a bucket per prefix: a host rotating through its IPv6 /56 is one source.
+    ok(
+        p,
+        &[
+            "ratelimit",
+            "set",
+            "--pps",
+            "100",
+            "--burst",
+            "50",
+            "--v6-prefix",
+            "56",
+        ],
+    );
+    assert_eq!(json(p, &["ratelimit", "show"])["v6_prefix"], 56);
+    assert!(
+        fails(
+            p,
+            &[
+                "ratelimit",
+                "set",
+                "--pps",
+                "1",
+                "--burst",
+                "1",
+                "--v4-prefix",
+                "33"
+            ]
+        )
+        .contains("33")
     );
     assert!(
         fails(p, &["ratelimit", "set", "--pps", "100", "--burst", "0"]).contains("burst must be")
