@@ -231,7 +231,14 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
         all_vips.extend(vips);
     }
     model.sync_vip_addrs();
-    for cidr in ["203.0.113.0/28", "2001:db8:bad::/48", "198.51.100.77"] {
+    // Prefixes of /24 or shorter (BLOCK_V4 covers their /24s), longer ones (the trie decides
+    // inside their /24), IPv6.
+    for cidr in [
+        "203.0.113.0/28",
+        "2001:db8:bad::/48",
+        "198.51.100.77",
+        "100.64.0.0/16",
+    ] {
         let cidr: Cidr = cidr.parse()?;
         maps.block_add(cidr)?;
         model.blocklist.push(cidr.lpm_key());
@@ -252,6 +259,7 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
         .collect();
     v4_sources.extend((0..24).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i))));
     v4_sources.push("198.51.100.77".parse()?);
+    v4_sources.extend((0..8).map(|i| IpAddr::V4(Ipv4Addr::new(100, 64, i * 31, i))));
     let mut v6_sources: Vec<IpAddr> = (0..16)
         .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, i)))
         .collect();
@@ -274,12 +282,15 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     let mut out = vec![0u8; 4096];
     let web4: Vip = "10.0.0.1:80/tcp".parse()?;
     let toggled: Cidr = "198.51.100.77".parse()?;
+    let toggled_wide: Cidr = "100.64.0.0/16".parse()?;
     for i in 0..PACKETS {
         // Change the configuration under the flow cache now and then; the model changes with it.
         match i % 20_000 {
             5_000 => {
                 maps.block_remove(toggled)?;
                 model.blocklist.retain(|k| *k != toggled.lpm_key());
+                maps.block_remove(toggled_wide)?;
+                model.blocklist.retain(|k| *k != toggled_wide.lpm_key());
             }
             10_000 => {
                 let flags = app_flags::NO_RATE_LIMIT | app_flags::NO_STEER;
@@ -290,6 +301,8 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
             15_000 => {
                 maps.block_add(toggled)?;
                 model.blocklist.push(toggled.lpm_key());
+                maps.block_add(toggled_wide)?;
+                model.blocklist.push(toggled_wide.lpm_key());
                 maps.add_app("web4", Some(2), &[web4], app_flags::NO_RATE_LIMIT)?;
                 model.apps.insert(
                     web4.key(),

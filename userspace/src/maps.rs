@@ -44,6 +44,8 @@ pub enum MapsError {
     BadWorker(u32),
     #[error("duplicating the WORKER_LOAD map fd")]
     DupFd(#[source] std::io::Error),
+    #[error("mapping BLOCK_V4 into memory")]
+    Mmap(#[source] std::io::Error),
     #[error("{op} on map {map}")]
     Map {
         op: &'static str,
@@ -316,7 +318,25 @@ impl PinnedMaps {
         self.blocklist()?
             .insert(&Key::new(len, bytes), BlockEntry { added_at }, 0)
             .map_err(map_err("insert", map_names::BLOCKLIST))?;
+        self.sync_block_v4()?;
         self.bump_generation()
+    }
+
+    /// Rebuilds BLOCK_V4 (the IPv4 summary XDP reads) from BLOCKLIST: after every change, and
+    /// when edged starts on pins an older edged left.
+    pub fn sync_block_v4(&self) -> Result<(), MapsError> {
+        let mut entries = Vec::new();
+        for entry in self.blocklist()?.iter() {
+            let (key, _) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
+            entries.push((key.prefix_len(), key.data()));
+        }
+        let words = crate::block_v4::summarise(entries);
+        let data = MapData::from_pin(self.dir.join(map_names::BLOCK_V4))
+            .map_err(map_err("open", map_names::BLOCK_V4))?;
+        crate::block_v4::BlockV4Map::map(data.fd().as_fd())
+            .map_err(MapsError::Mmap)?
+            .store(&words);
+        Ok(())
     }
 
     pub fn block_remove(&self, cidr: Cidr) -> Result<(), MapsError> {
@@ -331,6 +351,7 @@ impl PinnedMaps {
                     source: other,
                 },
             })?;
+        self.sync_block_v4()?;
         self.bump_generation()
     }
 

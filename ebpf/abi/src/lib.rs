@@ -35,6 +35,11 @@ pub mod map_names {
     pub const APP_STATS: &str = "APP_STATS";
     /// [userspace] LPM trie of blocked source prefixes.
     pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// [userspace] BLOCKLIST summarised for IPv4 sources, two bits per /24 (`block_v4_bits`),
+    /// mmap-able: a flood from many IPv4 sources costs an array read per packet, not a trie walk.
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    /// [kernel] per-CPU cache of APPS by destination; not pinned.
+    pub const DEST_CACHE: &str = "DEST_CACHE";
     /// [userspace] the single rate-limit configuration entry.
     pub const RATE_LIMIT_CFG: &str = "RATE_LIMIT_CFG";
     /// [kernel] per-source token buckets (LRU).
@@ -342,6 +347,53 @@ pub struct WorkerLoad {
     pub served: u64,
 }
 
+/// BLOCK_V4's length in u64 words: two bits for each of the 2^24 IPv4 /24s (4 MiB).
+pub const BLOCK_V4_WORDS: u32 = (1 << 24) / 32;
+
+/// What BLOCK_V4 says of a /24.
+pub mod block_v4_bits {
+    /// A blocklisted prefix of /24 or shorter covers the whole /24.
+    pub const COVERED: u64 = 1;
+    /// Longer prefixes (/25../32) lie inside it: the trie decides per address.
+    pub const PARTIAL: u64 = 2;
+}
+
+/// BLOCK_V4 word index and bit shift of an IPv4 address (host order).
+#[inline(always)]
+pub const fn block_v4_slot(addr: u32) -> (u32, u32) {
+    let slash24 = addr >> 8;
+    (slash24 / 32, (slash24 % 32) * 2)
+}
+
+/// Slots of DEST_CACHE (per CPU): destinations an edge host serves are few.
+pub const DEST_CACHE_SLOTS: u32 = 256;
+
+/// DEST_CACHE entry: what APPS said about (dst, dport, proto) under one configuration
+/// generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestCacheEntry {
+    pub dst: [u32; 4],
+    pub dport: u16,
+    pub proto: u8,
+    /// `cached_verdict::NOT_APP` or `cached_verdict::APP`.
+    pub verdict: u8,
+    pub app_id: u32,
+    pub app_flags: u32,
+    pub _pad: u32,
+    /// CONFIG_GEN when cached; 0 never matches.
+    pub generation: u64,
+}
+
+/// The DEST_CACHE slot of a destination.
+#[inline(always)]
+pub fn dest_cache_slot(dst: &[u32; 4], dport: u16, proto: u8) -> u32 {
+    let mut h: u32 = 0x7f4a_7c15 ^ ((dport as u32) << 8 | proto as u32);
+    h = mix(h, dst[0] ^ dst[1]);
+    h = mix(h, dst[2] ^ dst[3]);
+    fmix(h) & (DEST_CACHE_SLOTS - 1)
+}
+
 /// FLOW_CACHE entry: what APPS and BLOCKLIST said about (src, dst, dport, proto) under one
 /// configuration generation. Per-packet stages (TCP flags, rate limit) are never cached.
 #[repr(C)]
@@ -453,6 +505,7 @@ mod pod {
     unsafe impl aya::Pod for WorkerConfig {}
     unsafe impl aya::Pod for WorkerLoad {}
     unsafe impl aya::Pod for FlowCacheEntry {}
+    unsafe impl aya::Pod for DestCacheEntry {}
 }
 
 #[cfg(test)]

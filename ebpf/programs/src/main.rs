@@ -25,13 +25,14 @@ use aya_ebpf::{
     programs::{SkReuseportContext, XdpContext},
 };
 use edgeplane_abi::{
-    AppKey, DropReason, FlowCacheEntry, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP, app_flags,
-    cached_verdict, flow_cache_slot, flow_hash, rate_limit_flags, rate_limit_key,
-    token_bucket_admit, token_bucket_new, v4_mapped_words, worker_flags, worker_for_hash,
+    AppKey, DestCacheEntry, DropReason, FlowCacheEntry, IPPROTO_TCP, MAX_WORKERS, UNCLASSIFIED_APP,
+    app_flags, block_v4_bits, block_v4_slot, cached_verdict, dest_cache_slot, flow_cache_slot,
+    flow_hash, rate_limit_flags, rate_limit_key, token_bucket_admit, token_bucket_new,
+    v4_mapped_words, worker_flags, worker_for_hash,
 };
 use maps::{
-    APP_STATS, APPS, BLOCKLIST, CONFIG_GEN, FLOW_CACHE, RATE_LIMIT_CFG, RL_BUCKETS, VIP_ADDRS,
-    WORKER_CONFIG, WORKER_CPUS, WORKER_LOAD, WORKER_SOCKETS,
+    APP_STATS, APPS, BLOCK_V4, BLOCKLIST, CONFIG_GEN, DEST_CACHE, FLOW_CACHE, RATE_LIMIT_CFG,
+    RL_BUCKETS, VIP_ADDRS, WORKER_CONFIG, WORKER_CPUS, WORKER_LOAD, WORKER_SOCKETS,
 };
 use parse::{Flow, Fragment, Parsed};
 
@@ -63,7 +64,7 @@ fn classify_fragment(ctx: &XdpContext, fragment: &Fragment) -> u32 {
         return XDP_PASS;
     };
     let src = as_bytes(&fragment.src);
-    if BLOCKLIST.get(Key::new(128, src)).is_some() {
+    if source_blocked(&fragment.src) {
         unsafe { (*stats).drops[DropReason::Blocklisted as usize] += 1 };
         return XDP_DROP;
     }
@@ -91,32 +92,105 @@ fn as_bytes(words: &[u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
 }
 
-/// What APPS and BLOCKLIST say about a flow: (verdict, app id, app flags).
+/// What APPS says about a destination: (NOT_APP or APP, app id, app flags).
 #[inline(always)]
-fn lookup_policy(flow: &Flow) -> (u8, u32, u32) {
+fn app_lookup(flow: &Flow) -> (u8, u32, u32) {
     let key = AppKey {
         addr: as_bytes(&flow.dst),
         port: flow.dport,
         proto: flow.proto,
         _pad: 0,
     };
-    let Some(app) = (unsafe { APPS.get(&key) }) else {
-        return (cached_verdict::NOT_APP, 0, 0);
-    };
-    let blocked = BLOCKLIST.get(Key::new(128, as_bytes(&flow.src))).is_some();
-    let verdict = if blocked {
-        cached_verdict::APP_BLOCKED
-    } else {
-        cached_verdict::APP
-    };
-    (verdict, app.app_id, app.flags)
+    match unsafe { APPS.get(&key) } {
+        Some(app) => (cached_verdict::APP, app.app_id, app.flags),
+        None => (cached_verdict::NOT_APP, 0, 0),
+    }
 }
 
-/// `lookup_policy` through the per-CPU flow cache: two hash/trie lookups become one array slot
-/// compare for every packet of a flow after its first, until the configuration changes.
+#[inline(always)]
+fn is_v4_mapped(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// Whether BLOCKLIST covers `src`. An IPv4 source is looked up in BLOCK_V4 (an array read);
+/// only a /24 holding prefixes longer than /24 sends it on to the trie.
+#[inline(always)]
+fn source_blocked(src: &[u32; 4]) -> bool {
+    if is_v4_mapped(src) {
+        let (word, shift) = block_v4_slot(u32::from_be(src[3]));
+        if let Some(bits) = BLOCK_V4.get(word) {
+            let bits = (*bits >> shift) & 3;
+            if bits & block_v4_bits::COVERED != 0 {
+                return true;
+            }
+            if bits & block_v4_bits::PARTIAL == 0 {
+                return false;
+            }
+        }
+    }
+    BLOCKLIST.get(Key::new(128, as_bytes(src))).is_some()
+}
+
+/// What APPS and BLOCKLIST say about a flow: (verdict, app id, app flags).
+#[inline(always)]
+fn lookup_policy(flow: &Flow) -> (u8, u32, u32) {
+    with_source(app_lookup(flow), &flow.src)
+}
+
+/// An app's verdict for a flow from `src`.
+#[inline(always)]
+fn with_source((verdict, app_id, flags): (u8, u32, u32), src: &[u32; 4]) -> (u8, u32, u32) {
+    if verdict == cached_verdict::NOT_APP {
+        return (verdict, 0, 0);
+    }
+    if source_blocked(src) {
+        (cached_verdict::APP_BLOCKED, app_id, flags)
+    } else {
+        (cached_verdict::APP, app_id, flags)
+    }
+}
+
+/// APPS through the per-CPU destination cache: a flood from many sources to one VIP finds its
+/// app in one slot compare.
+#[inline(always)]
+fn dest_policy(flow: &Flow, generation: u64) -> (u8, u32, u32) {
+    let slot = dest_cache_slot(&flow.dst, flow.dport, flow.proto);
+    let Some(entry) = DEST_CACHE.get_ptr_mut(slot) else {
+        return app_lookup(flow);
+    };
+    let e = unsafe { &mut *entry };
+    if generation != 0
+        && e.generation == generation
+        && e.dport == flow.dport
+        && e.proto == flow.proto
+        && e.dst == flow.dst
+    {
+        return (e.verdict, e.app_id, e.app_flags);
+    }
+    let (verdict, app_id, app_flags) = app_lookup(flow);
+    *e = DestCacheEntry {
+        dst: flow.dst,
+        dport: flow.dport,
+        proto: flow.proto,
+        verdict,
+        app_id,
+        app_flags,
+        _pad: 0,
+        generation,
+    };
+    (verdict, app_id, app_flags)
+}
+
+/// The policy for a flow. IPv4 sources: the destination cache and BLOCK_V4, each about one
+/// array read, whatever the number of sources. IPv6 sources go through the per-CPU flow cache
+/// (two hash/trie lookups become one slot compare for every packet of a flow after its first,
+/// until the configuration changes).
 #[inline(always)]
 fn cached_policy(flow: &Flow) -> (u8, u32, u32) {
     let generation = CONFIG_GEN.get(0).copied().unwrap_or(0);
+    if is_v4_mapped(&flow.src) {
+        return with_source(dest_policy(flow, generation), &flow.src);
+    }
     let slot = flow_cache_slot(&flow.src, &flow.dst, flow.dport, flow.proto);
     let Some(entry) = FLOW_CACHE.get_ptr_mut(slot) else {
         return lookup_policy(flow);

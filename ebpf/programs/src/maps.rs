@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, CpuMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray},
 };
 use edgeplane_abi::{
-    AppEntry, AppKey, AppName, AppStats, BlockEntry, FLOW_CACHE_SLOTS, FlowCacheEntry, MAX_APPS,
-    MAX_BLOCKLIST, MAX_PLACEMENTS, MAX_RATE_LIMITED_SOURCES, MAX_VIPS, MAX_WORKERS, Placement,
-    RateLimitConfig, TokenBucket, WorkerConfig, WorkerLoad,
+    AppEntry, AppKey, AppName, AppStats, BLOCK_V4_WORDS, BlockEntry, DEST_CACHE_SLOTS,
+    DestCacheEntry, FLOW_CACHE_SLOTS, FlowCacheEntry, MAX_APPS, MAX_BLOCKLIST, MAX_PLACEMENTS,
+    MAX_RATE_LIMITED_SOURCES, MAX_VIPS, MAX_WORKERS, Placement, RateLimitConfig, TokenBucket,
+    WorkerConfig, WorkerLoad,
 };
 
 #[map]
@@ -26,6 +27,13 @@ pub static APP_STATS: PerCpuArray<AppStats> = PerCpuArray::pinned(MAX_APPS, 0);
 
 #[map]
 pub static BLOCKLIST: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(MAX_BLOCKLIST, 0);
+
+#[map]
+pub static BLOCK_V4: Array<u64> = Array::pinned(BLOCK_V4_WORDS, BPF_F_MMAPABLE);
+
+#[map]
+pub static DEST_CACHE: PerCpuArray<DestCacheEntry> =
+    PerCpuArray::with_max_entries(DEST_CACHE_SLOTS, 0);
 
 #[map]
 pub static RATE_LIMIT_CFG: Array<RateLimitConfig> = Array::pinned(1, 0);

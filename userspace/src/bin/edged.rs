@@ -65,6 +65,8 @@ fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<u32> {
     for cidr in &cfg.blocklist {
         maps.block_add(cidr.parse::<Cidr>()?)?;
     }
+    // Pins from an older edged may hold a blocklist without its IPv4 summary.
+    maps.sync_block_v4()?;
     for app in &cfg.apps {
         let vips = app
             .vips
