@@ -7,6 +7,7 @@ pub mod http;
 pub mod listener;
 pub mod probe;
 pub mod router;
+pub mod shared_map;
 pub mod wasm;
 pub mod worker;
 

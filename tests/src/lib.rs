@@ -92,6 +92,72 @@ impl TwoHosts {
         Ok(Self { client, server })
     }
 
+    /// Starts `edged --config <config>` in the server's namespace and waits (up to 2 minutes:
+    /// a fresh code cache compiles every component) until its admin endpoint at `admin` says
+    /// healthy.
+    pub fn start_edged(
+        &self,
+        config: &Path,
+        admin: std::net::SocketAddr,
+    ) -> anyhow::Result<http::Edged> {
+        let child = self
+            .server
+            .command(edgeplane_binary("edged").to_str().unwrap_or("edged"))
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let mut edged = http::Edged(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while self.admin(admin, "/healthz").map(|(s, _)| s) != Some(200) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "edged never became healthy"
+            );
+            anyhow::ensure!(
+                edged.0.try_wait()?.is_none(),
+                "edged exited during start-up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(edged)
+    }
+
+    /// A GET on the server's admin endpoint at `admin`: status and body, None if it does not
+    /// answer.
+    pub fn admin(&self, admin: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+        use std::time::Duration;
+        self.server
+            .run(|| {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(300))
+                        .ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                let (status, _, body) = http::get(&mut s, "admin", path);
+                Some((status, String::from_utf8_lossy(&body).into_owned()))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// A connection to `server` from the client's address and `port` (call it in the client's
+    /// namespace): the source port picks the worker the flow hash sends it to.
+    pub fn connect_from(
+        port: u16,
+        server: std::net::SocketAddr,
+    ) -> anyhow::Result<std::net::TcpStream> {
+        use std::time::Duration;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        let client = std::net::SocketAddr::new(Self::CLIENT_V4.parse()?, port);
+        sock.bind(&client.into())?;
+        sock.connect_timeout(&server.into(), Duration::from_secs(3))?;
+        let s: std::net::TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(s)
+    }
+
     /// Loads the programs and attaches `classify` to the server's veth in the given mode.
     pub fn attach(
         &self,

@@ -6,13 +6,12 @@ mod apps;
 
 use std::{
     net::{SocketAddr, TcpStream},
-    process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use edgeplane_tests::{
-    TestPins, TwoHosts, edgeplane_binary, expected_worker,
-    http::{Edged, get, header},
+    TestPins, TwoHosts, expected_worker,
+    http::{get, header},
     require_root,
 };
 
@@ -61,49 +60,16 @@ static_body = "static hi\n"
             hello = hello.display(),
         ),
     )?;
-    let child = hosts
-        .server
-        .command(edgeplane_binary("edged").to_str().unwrap())
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut edged = Edged(child);
     let admin: SocketAddr = "127.0.0.1:9901".parse()?;
-    let scrape = |path: &str| -> Option<(u16, String)> {
-        hosts
-            .server
-            .run(|| {
-                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                let (status, _, body) = get(&mut s, "admin", path);
-                Some((status, String::from_utf8_lossy(&body).into_owned()))
-            })
-            .ok()
-            .flatten()
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while scrape("/healthz").map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "edged never became healthy");
-        assert!(
-            edged.0.try_wait()?.is_none(),
-            "edged exited during start-up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut edged = hosts.start_edged(&config, admin)?;
+    let scrape = |path: &str| hosts.admin(admin, path);
 
     let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
     let mut per_worker = [0usize; WORKERS as usize];
     hosts.client.run(|| -> anyhow::Result<()> {
         for port in 45000..45030u16 {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            sock.set_reuse_address(true)?;
             let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, port);
-            sock.bind(&client.into())?;
-            sock.connect_timeout(&server.into(), Duration::from_secs(3))?;
-            let mut s: TcpStream = sock.into();
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut s = TwoHosts::connect_from(port, server)?;
             let (status, headers, body) = get(&mut s, "hello.test", "/");
             assert_eq!((status, body.as_slice()), (200, &b"hello from wasm\n"[..]));
             assert_eq!(header(&headers, "x-edge-placement"), Some("local"));

@@ -135,31 +135,18 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert_eq!(handoffs(&world, "pop", "skipped"), 2);
 }
 
-#[test]
-fn dc2_killed_under_load_fails_no_idempotent_request() {
-    if !require_root("handoff-kill") {
-        return;
-    }
-    let world = canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
-        fetcher_app(url, authority, "")
-    });
-    let dc2_id = world.topology.datacenter("dc2").unwrap().id;
-    edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
-
-    // Four clients send GETs back to back; dc2's edged is killed (SIGKILL: connections reset,
-    // requests lost mid-flight) while they run.
+/// Runs `request` from four client threads, back to back, for 1.5 s, then kills dc2's edged
+/// (SIGKILL: connections reset, requests lost mid-flight) and goes on for 2.5 s; returns every
+/// answer.
+fn while_dc2_dies<T: Send>(world: &Canonical, request: impl Fn() -> T + Sync) -> Vec<T> {
     let stop = AtomicBool::new(false);
-    let answers = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let clients: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
                     let mut seen = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=1");
-                        let placement = header(&headers, "x-edge-placement")
-                            .unwrap_or("")
-                            .to_owned();
-                        seen.push((status, placement, body));
+                        seen.push(request());
                     }
                     seen
                 })
@@ -182,7 +169,27 @@ fn dc2_killed_under_load_fails_no_idempotent_request() {
         clients
             .into_iter()
             .flat_map(|c| c.join().unwrap())
-            .collect::<Vec<_>>()
+            .collect()
+    })
+}
+
+#[test]
+fn dc2_killed_under_load_fails_no_idempotent_request() {
+    if !require_root("handoff-kill") {
+        return;
+    }
+    let world = canonical::start("handoff-kill", &["pop", "dc2"], 0.0, |url, authority| {
+        fetcher_app(url, authority, "")
+    });
+    let dc2_id = world.topology.datacenter("dc2").unwrap().id;
+    edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
+
+    let answers = while_dc2_dies(&world, || {
+        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=1");
+        let placement = header(&headers, "x-edge-placement")
+            .unwrap_or("")
+            .to_owned();
+        (status, placement, body)
     });
     let failed: Vec<_> = answers
         .iter()
@@ -215,7 +222,6 @@ fn a_post_is_never_run_twice_while_dc2_is_killed_and_restarted() {
     let dc2_id = world.topology.datacenter("dc2").unwrap().id;
     edged::place(world.pins("pop"), "fetcher", at_dc(dc2_id)).unwrap();
     let runs_before = world.backend_served.load(Ordering::Relaxed);
-    let stop = AtomicBool::new(false);
     let post = |world: &Canonical| {
         let (status, headers, _, _) =
             world.through_pop_with("POST", "fetch.test", "/?k=1", b"order=1");
@@ -224,32 +230,7 @@ fn a_post_is_never_run_twice_while_dc2_is_killed_and_restarted() {
             .to_owned();
         (status, placement)
     };
-    let answers = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut seen = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        seen.push(post(&world));
-                    }
-                    seen
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(1500));
-        world
-            .servers
-            .iter()
-            .find(|s| s.name.contains("dc2"))
-            .unwrap()
-            .kill();
-        std::thread::sleep(Duration::from_millis(2500));
-        stop.store(true, Ordering::Relaxed);
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect::<Vec<_>>()
-    });
+    let answers = while_dc2_dies(&world, || post(&world));
     // dc2 back: POSTs go there again once a probe has seen it.
     world.restart("dc2").unwrap();
     let back = Instant::now();

@@ -9,13 +9,12 @@ mod apps;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use edgeplane_tests::{
-    TestPins, TwoHosts, edgeplane_binary, expected_worker,
-    http::{Edged, get, header},
+    TestPins, TwoHosts, expected_worker,
+    http::{get, header},
     require_root,
 };
 
@@ -107,19 +106,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// A connection from the client's address and `port`.
-fn connect_from(port: u16, server: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_reuse_address(true).unwrap();
-    let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse::<IpAddr>().unwrap(), port);
-    sock.bind(&client.into()).unwrap();
-    sock.connect_timeout(&server.into(), Duration::from_secs(3))
-        .unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
-}
-
 /// Sends `bytes` (a write error is fine: the server may close first) and returns the first
 /// final status and the response head and body bytes read, or None when the server only closed.
 /// With `then_close`, the client half-closes after sending.
@@ -202,37 +188,9 @@ limits = {{ max_response_bytes = 1048576 }}
             faulty = faulty.display(),
         ),
     )?;
-    let child = hosts
-        .server
-        .command(edgeplane_binary("edged").to_str().unwrap())
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut edged = Edged(child);
     let admin: SocketAddr = ADMIN.parse()?;
-    let scrape = |path: &str| -> Option<(u16, String)> {
-        hosts
-            .server
-            .run(|| {
-                let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                let (status, _, body) = get(&mut s, "admin", path);
-                Some((status, String::from_utf8_lossy(&body).into_owned()))
-            })
-            .ok()
-            .flatten()
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while scrape("/healthz").map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "edged never became healthy");
-        assert!(
-            edged.0.try_wait()?.is_none(),
-            "edged exited during start-up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut edged = hosts.start_edged(&config, admin)?;
+    let scrape = |path: &str| hosts.admin(admin, path);
 
     let server: SocketAddr = format!("{}:{PORT}", TwoHosts::SERVER_V4).parse()?;
     let client_ip: IpAddr = TwoHosts::CLIENT_V4.parse()?;
@@ -244,7 +202,7 @@ limits = {{ max_response_bytes = 1048576 }}
             // Every case runs against each worker in turn.
             let attack_port = ports.next().unwrap();
             let worker = worker_of(attack_port);
-            let mut s = connect_from(attack_port, server);
+            let mut s = TwoHosts::connect_from(attack_port, server).unwrap();
             let (status, text) = send_hostile(&mut s, &c.bytes, c.expect == Expect::Closed);
             match c.expect {
                 Expect::Status(want) => {
@@ -271,7 +229,7 @@ limits = {{ max_response_bytes = 1048576 }}
             drop(s);
             // The same worker serves the next client.
             let follow_port = ports.find(|p| worker_of(*p) == worker).unwrap();
-            let mut next = connect_from(follow_port, server);
+            let mut next = TwoHosts::connect_from(follow_port, server).unwrap();
             let (status, headers, body) = get(&mut next, "hello.test", "/");
             assert_eq!(
                 (status, body.as_slice()),

@@ -4,13 +4,10 @@
 //! summary is rebuilt from it after every change and when edged starts, and a /24 holding
 //! longer prefixes is marked for the trie to decide.
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, BorrowedFd},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{io, os::fd::BorrowedFd, sync::atomic::Ordering};
 
 use edgeplane_abi::{BLOCK_V4_WORDS, block_v4_bits, block_v4_slot};
+use edgeplane_dataplane::shared_map::SharedMapping;
 
 /// The v4-mapped prefix ::ffff:0:0/96 that IPv4 addresses live under in 16-byte keys.
 const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
@@ -49,54 +46,16 @@ pub fn summarise(entries: impl IntoIterator<Item = (u32, [u8; 16])>) -> Vec<u64>
     words
 }
 
-/// BLOCK_V4 mapped into this process (the map is BPF_F_MMAPABLE).
-pub struct BlockV4Map {
-    base: *mut AtomicU64,
-    len: usize,
-}
-
-impl BlockV4Map {
-    pub fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
-        let len = BLOCK_V4_WORDS as usize * size_of::<u64>();
-        // SAFETY: mapping a BPF array map fd, shared, at offset 0 as the kernel documents; the
-        // length is the map's value area, a whole number of pages.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            base: ptr.cast(),
-            len,
-        })
-    }
-
-    /// Stores `words` (BLOCK_V4_WORDS of them), touching only the words that change.
-    pub fn store(&self, words: &[u64]) {
-        for (i, w) in words.iter().enumerate().take(BLOCK_V4_WORDS as usize) {
-            // SAFETY: i < BLOCK_V4_WORDS, inside the mapping; u64s are 8-byte aligned in the
-            // page-aligned mapping, and XDP reads each with one plain load.
-            let slot = unsafe { &*self.base.add(i) };
-            if slot.load(Ordering::Relaxed) != *w {
-                slot.store(*w, Ordering::Relaxed);
-            }
+/// Stores `words` (BLOCK_V4_WORDS of them) into BLOCK_V4 (given by its map fd), touching only
+/// the words that change.
+pub fn store(fd: BorrowedFd<'_>, words: &[u64]) -> io::Result<()> {
+    let map = SharedMapping::new(fd, BLOCK_V4_WORDS as usize)?;
+    for (slot, w) in map.words().iter().zip(words) {
+        if slot.load(Ordering::Relaxed) != *w {
+            slot.store(*w, Ordering::Relaxed);
         }
     }
-}
-
-impl Drop for BlockV4Map {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -333,9 +333,7 @@ impl PinnedMaps {
         let words = crate::block_v4::summarise(entries);
         let data = MapData::from_pin(self.dir.join(map_names::BLOCK_V4))
             .map_err(map_err("open", map_names::BLOCK_V4))?;
-        crate::block_v4::BlockV4Map::map(data.fd().as_fd())
-            .map_err(MapsError::Mmap)?
-            .store(&words);
+        crate::block_v4::store(data.fd().as_fd(), &words).map_err(MapsError::Mmap)?;
         Ok(())
     }
 

@@ -161,6 +161,25 @@ fn destination(req: &http::Request<WasiBody>) -> Option<String> {
     Some(format!("{}:{port}", authority.host()))
 }
 
+/// Points a plain-HTTP request at `addr`, keeping its path and query (its Host header is left
+/// as it is).
+fn send_to(
+    request: &mut http::Request<WasiBody>,
+    addr: std::net::SocketAddr,
+) -> Result<(), http::Error> {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = http::Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(path)
+        .build()?;
+    Ok(())
+}
+
 /// Resolves `dest` and refuses it when any address it resolves to is one guests may not reach
 /// (`outbound::refusal`). For plain HTTP the request is then pinned to the address checked, so
 /// a second lookup cannot land elsewhere (DNS rebinding); HTTPS keeps the name, which its
@@ -195,17 +214,7 @@ async fn pin_destination(
         {
             request.headers_mut().insert(http::header::HOST, host);
         }
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *request.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(first.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        send_to(request, first).map_err(|_| HttpError::HttpRequestUriInvalid)?;
     }
     Ok(())
 }
@@ -230,17 +239,7 @@ impl EdgeHooks {
         let via = self
             .functions_via
             .ok_or("this runtime serves no function calls")?;
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *request.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(via.to_string())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| "bad path")?;
+        send_to(request, via).map_err(|_| "bad path")?;
         let host = crate::functions::internal_host(split_app, function);
         request.headers_mut().insert(
             http::header::HOST,

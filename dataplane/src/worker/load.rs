@@ -3,15 +3,19 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use edgeplane_abi::{MAX_WORKERS, WorkerLoad};
 
+use crate::shared_map::SharedMapping;
+
+/// u64 words of one WORKER_LOAD slot.
+const WORDS_PER_SLOT: usize = size_of::<WorkerLoad>() / size_of::<u64>();
+
 pub struct LoadPublisher {
-    base: *mut WorkerLoad,
-    len: usize,
+    map: SharedMapping,
     worker: usize,
 }
 
@@ -24,52 +28,23 @@ impl LoadPublisher {
                 "worker index out of range",
             ));
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (MAX_WORKERS as usize * size_of::<WorkerLoad>()).div_ceil(page) * page;
-        // SAFETY: mapping a BPF array map fd, shared, at offset 0 as the kernel documents.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map_fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            base: ptr.cast(),
-            len,
+            map: SharedMapping::new(map_fd, MAX_WORKERS as usize * WORDS_PER_SLOT)?,
             worker: worker as usize,
         })
     }
 
-    fn slot(&self) -> &WorkerLoad {
-        // SAFETY: worker < MAX_WORKERS, inside the mapping, which lives as long as self.
-        unsafe { &*self.base.add(self.worker) }
+    fn slot(&self) -> (&AtomicU64, &AtomicU64) {
+        let words = self.map.words();
+        let at = self.worker * WORDS_PER_SLOT;
+        // WorkerLoad is { in_flight, served }, two u64s (repr(C)).
+        (&words[at], &words[at + 1])
     }
 
     /// Stores the values `select_worker` reads; relaxed is enough, the program tolerates staleness.
     pub fn publish(&self, in_flight: u64, served: u64) {
-        let slot = self.slot();
-        // SAFETY: u64 fields, 8-byte aligned in the page-aligned mapping; the kernel side reads
-        // them with plain loads, so atomic stores from here cannot tear.
-        unsafe {
-            (*(std::ptr::addr_of!(slot.in_flight) as *const AtomicU64))
-                .store(in_flight, Ordering::Relaxed);
-            (*(std::ptr::addr_of!(slot.served) as *const AtomicU64))
-                .store(served, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for LoadPublisher {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
+        let (in_flight_word, served_word) = self.slot();
+        in_flight_word.store(in_flight, Ordering::Relaxed);
+        served_word.store(served, Ordering::Relaxed);
     }
 }
