@@ -1,0 +1,191 @@
+//! The handoff client against a real peer socket that misbehaves as a peer can: interim (1xx)
+//! responses before the answer, a pooled connection closed after the request was written. No
+//! response is taken for another request's, and a POST is never sent twice.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use edgeplane_dataplane::{
+    handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
+    http::{HttpLimits, ParseOutcome, Request, parse_request},
+};
+
+const PEER: u32 = 2;
+
+fn handoff(addr: SocketAddr) -> Handoff {
+    Handoff::new(HandoffConfig {
+        self_id: 1,
+        key: b"test key, 32 bytes long.........".to_vec(),
+        peers: vec![Peer {
+            id: PEER,
+            name: "dc2".into(),
+            addr,
+        }],
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        max_response_bytes: 1 << 20,
+        health: Arc::new(PeerHealth::new([PEER])),
+        replay: Arc::new(ReplayGuard::default()),
+    })
+}
+
+fn request(raw: &str) -> Request {
+    match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
+        ParseOutcome::Complete(r, _) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Reads one request (head and Content-Length body) from `s`; None at EOF.
+fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    loop {
+        if let Ok(ParseOutcome::Complete(req, used)) = parse_request(buf, &HttpLimits::default()) {
+            buf.drain(..used);
+            return Some(req);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn interim_responses_are_skipped_and_a_pooled_connection_carries_no_stale_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(req) = read_request(&mut s, &mut buf) {
+            seen.push((
+                req.method.clone(),
+                req.header("expect").is_some(),
+                req.body.clone(),
+            ));
+            let answer: &[u8] = if seen.len() == 1 {
+                // Two interim responses, then the answer, in separate writes.
+                s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+                s.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")
+                    .unwrap();
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"
+            } else {
+                b"HTTP/1.1 201 Created\r\ncontent-length: 6\r\n\r\nsecond"
+            };
+            s.write_all(answer).unwrap();
+        }
+        seen
+    });
+    let h = handoff(addr);
+    block_on(async {
+        let first = h
+            .forward(
+                PEER,
+                request(
+                    "POST /a HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+                ),
+                "192.0.2.1:1000",
+            )
+            .await
+            .unwrap();
+        assert_eq!((first.status, first.body.as_slice()), (200, &b"first"[..]));
+        // The same pooled connection: this request gets its own answer.
+        let second = h
+            .forward(
+                PEER,
+                request("PUT /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nxy"),
+                "192.0.2.1:1000",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (second.status, second.body.as_slice()),
+            (201, &b"second"[..])
+        );
+    });
+    drop(h);
+    let seen = peer.join().unwrap();
+    assert_eq!(
+        seen,
+        [
+            ("POST".to_owned(), false, b"abc".to_vec()),
+            ("PUT".to_owned(), false, b"xy".to_vec())
+        ],
+        "one connection, each request once, without the client's Expect"
+    );
+}
+
+#[test]
+fn a_post_on_a_pooled_connection_closed_after_it_was_written_is_not_sent_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    let peer = std::thread::spawn(move || {
+        listener.set_nonblocking(false).expect("blocking listener");
+        let mut connections = 0;
+        // Each connection answers one request, then closes when the next arrives without
+        // answering it: as a peer that dies mid-request.
+        while connections < 3 {
+            let Ok((mut s, _)) = listener.accept() else {
+                break;
+            };
+            connections += 1;
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = Vec::new();
+            let mut answered = 0;
+            while let Some(req) = read_request(&mut s, &mut buf) {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if answered == 1 {
+                    break;
+                }
+                answered += 1;
+                let body = req.method.as_bytes();
+                s.write_all(
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+                )
+                .unwrap();
+                s.write_all(body).unwrap();
+            }
+        }
+    });
+    let h = handoff(addr);
+    block_on(async {
+        let get = || request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        assert_eq!(h.forward(PEER, get(), "c").await.unwrap().body, b"GET");
+        // The peer takes this POST on the pooled connection and closes: it may have run it.
+        let post = request("POST /pay HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\n\r\n1");
+        let e = h.forward(PEER, post, "c").await.unwrap_err();
+        assert!(e.may_have_reached_peer(), "{e}");
+        assert_eq!(received.load(Ordering::SeqCst), 2, "the POST was sent once");
+        // A GET in the same situation is retried on a new connection, and answered there.
+        assert_eq!(h.forward(PEER, get(), "c").await.unwrap().body, b"GET");
+        assert_eq!(received.load(Ordering::SeqCst), 3);
+        assert_eq!(h.forward(PEER, get(), "c").await.unwrap().body, b"GET");
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            5,
+            "the GET went out twice: on the dead pooled connection, then on a new one"
+        );
+    });
+    drop(h);
+    let _ = TcpStream::connect(addr);
+    let _ = peer.join();
+}
