@@ -149,7 +149,7 @@ fn a_hostile_client_cannot_stop_a_worker_and_each_worker_serves_after_every_atta
     if !require_root("hostile_client") {
         return Ok(());
     }
-    let (hello, faulty) = (apps::app("hello"), apps::app("faulty"));
+    let (hello, faulty, echo) = (apps::app("hello"), apps::app("faulty"), apps::app("echo"));
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("hostile");
     let cache =
@@ -179,6 +179,10 @@ name = "faulty"
 hosts = ["faulty.test"]
 component = "{faulty}"
 limits = {{ max_response_bytes = 1048576 }}
+[[apps]]
+name = "echo"
+hosts = ["echo.test"]
+component = "{echo}"
 "#,
             pins = pins.dir().display(),
             iface = TwoHosts::SERVER_IF,
@@ -186,6 +190,7 @@ limits = {{ max_response_bytes = 1048576 }}
             cache = cache.display(),
             hello = hello.display(),
             faulty = faulty.display(),
+            echo = echo.display(),
         ),
     )?;
     let admin: SocketAddr = ADMIN.parse()?;
@@ -248,6 +253,29 @@ limits = {{ max_response_bytes = 1048576 }}
         served_by.iter().all(|n| *n > 0),
         "every worker was attacked: {served_by:?}"
     );
+    // Headers the platform owns cannot be set by a guest.
+    hosts.client.run(|| {
+        for (name, value) in [
+            ("x-edge-placement", "remote-elsewhere"),
+            ("x-edge-service-us", "1"),
+            ("x-edge-request-id", "forged"),
+        ] {
+            let mut s = TwoHosts::connect_from(ports.next().unwrap(), server).unwrap();
+            let (status, headers, _) = get(&mut s, "echo.test", &format!("/?set={name}:{value}"));
+            assert_eq!(status, 200);
+            let values: Vec<&str> = headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let want: &[&str] = if name == "x-edge-placement" {
+                &["local"]
+            } else {
+                &[]
+            };
+            assert_eq!(values, want, "a guest set {name}");
+        }
+    })?;
     assert!(edged.0.try_wait()?.is_none(), "edged exited under attack");
     assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
     let (_, metrics) = scrape("/metrics").expect("metrics");

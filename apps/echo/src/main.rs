@@ -1,4 +1,5 @@
-//! Echoes the request body back, with the method and path in headers.
+//! Echoes the request body back, with the method and path in headers. `?set=name:value` adds
+//! that header to the response (a guest trying to set a header the platform owns, in tests).
 use wstd::http::{Body, Error, Request, Response};
 
 #[wstd::http_server]
@@ -9,9 +10,18 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
+    let set = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("set=")))
+        .and_then(|kv| kv.split_once(':'))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
     let (_parts, body) = request.into_parts();
-    Ok(Response::builder()
+    let mut response = Response::builder()
         .header("x-echo-method", method)
-        .header("x-echo-path", path)
-        .body(body)?)
+        .header("x-echo-path", path);
+    if let Some((name, value)) = set {
+        response = response.header(name, value);
+    }
+    Ok(response.body(body)?)
 }
