@@ -33,6 +33,10 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the baselines: this edged binary against another (an earlier build), one
+    /// core each, static / reused hello / fresh hello, rounds interleaved: what a change costs.
+    #[arg(long)]
+    versus: Option<PathBuf>,
 }
 
 const EDGED_PINNED_PORT: u16 = 18080;
@@ -42,6 +46,7 @@ const NGINX_PORT: u16 = 18082;
 const NGINX_PINNED_PORT: u16 = 18089;
 const WASMTIME_REUSE_PORT: u16 = 18083;
 const EDGED_ONE_CORE_PORT: u16 = 18085;
+const EDGED_VERSUS_PORT: u16 = 18090;
 const NGINX_ONE_CORE_PORT: u16 = 18086;
 const WASMTIME_FRESH_ONE_CORE_PORT: u16 = 18087;
 const WASMTIME_REUSE_ONE_CORE_PORT: u16 = 18088;
@@ -134,6 +139,9 @@ fn main() -> anyhow::Result<()> {
         None => setup.app("hello")?,
     };
     let edged_bin = setup.edged;
+    if let Some(other) = &args.versus {
+        return versus(&args, &edged_bin, other, &component);
+    }
     let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
     let wrk = Wrk {
         cpu: None,
@@ -356,6 +364,83 @@ fn one_core_phase(
             median_result(name, &of)
         })
         .collect())
+}
+
+/// `edged` against `other` on one core each (the one-core phase's setup): static, reused hello
+/// and fresh hello, each pair back to back, `--rounds` times; medians and their ratio.
+fn versus(
+    args: &Args,
+    edged: &std::path::Path,
+    other: &std::path::Path,
+    component: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(other.exists(), "{} is missing", other.display());
+    let scratch = std::env::temp_dir().join(format!("edgeplane-versus-{}", std::process::id()));
+    for side in ["this", "other"] {
+        std::fs::create_dir_all(scratch.join(side))?;
+    }
+    let wrk = Wrk {
+        cpu: Some(LOADGEN_CPU),
+        threads: 1,
+        connections: args.connections,
+        duration: Duration::from_secs(if args.smoke { 1 } else { args.seconds }),
+    };
+    let servers = [
+        start_edged(
+            edged,
+            &scratch.join("this"),
+            component,
+            EDGED_ONE_CORE_PORT,
+            true,
+            Some(1),
+        )?,
+        start_edged(
+            other,
+            &scratch.join("other"),
+            component,
+            EDGED_VERSUS_PORT,
+            true,
+            Some(1),
+        )?,
+    ];
+    let mut all: Vec<LoadResult> = Vec::new();
+    let cases = [
+        ("static", "static"),
+        ("reused hello", "reused"),
+        ("fresh hello", "hello"),
+    ];
+    for _ in 0..if args.smoke { 1 } else { args.rounds.max(1) } {
+        for (case, host) in cases {
+            for (who, port) in [("this", EDGED_ONE_CORE_PORT), ("other", EDGED_VERSUS_PORT)] {
+                let url = format!("http://127.0.0.1:{port}/");
+                all.push(wrk.run_metered(&format!("{case}, {who}"), &url, host, SERVER_CPU)?);
+            }
+        }
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "\n{} (this) vs {} (other), one core each, medians of the rounds",
+        edged.display(),
+        other.display()
+    );
+    println!(
+        "{:<14} {:>16} {:>16} {:>7}",
+        "case", "this req/CPU-s", "other req/CPU-s", "ratio"
+    );
+    for (case, _) in cases {
+        let median_of = |who: &str| {
+            let name = format!("{case}, {who}");
+            let of: Vec<&LoadResult> = all.iter().filter(|r| r.target == name).collect();
+            median_result(&name, &of)
+                .requests_per_cpu_second
+                .unwrap_or(f64::NAN)
+        };
+        let (this, that) = (median_of("this"), median_of("other"));
+        println!("{case:<14} {this:>16.0} {that:>16.0} {:>6.3}x", this / that);
+    }
+    anyhow::ensure!(all.iter().all(|r| r.errors == 0), "some requests failed");
+    Ok(())
 }
 
 /// Each figure's median over `runs` of one target (errors: their sum).
