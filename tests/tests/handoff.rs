@@ -116,9 +116,54 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
     assert!(forged.contains("handoff rejected"), "{forged}");
 
+    // A genuine handoff captured on the wire and sent again is refused: the second copy is a
+    // replay, whichever worker it reaches.
+    let mut captured = edgeplane_dataplane::http::parse_request(
+        b"GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n",
+        &Default::default(),
+    )
+    .map(|outcome| match outcome {
+        edgeplane_dataplane::http::ParseOutcome::Complete(req, _) => req,
+        other => panic!("{other:?}"),
+    })
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    edgeplane_dataplane::handoff::auth::sign(
+        &world.topology.handoff_key_bytes().unwrap(),
+        &mut captured,
+        pop_id,
+        "192.0.2.1:1000",
+        1,
+        now,
+    );
+    let mut wire = Vec::new();
+    edgeplane_dataplane::http::write_request(&mut wire, &captured);
+    let send_captured = || {
+        world
+            .world
+            .ns("pop")
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&dc2_addr, Duration::from_secs(5)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(&wire).unwrap();
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap();
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            })
+            .unwrap()
+    };
+    let first = send_captured();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let replayed = send_captured();
+    assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
+    assert!(replayed.contains("replay"), "{replayed}");
+
     // dc2 counted what it served for the POP and what it refused.
-    assert_eq!(handoffs(&world, "dc2", "received"), 4);
-    assert_eq!(handoffs(&world, "dc2", "rejected"), 1);
+    assert_eq!(handoffs(&world, "dc2", "received"), 5);
+    assert_eq!(handoffs(&world, "dc2", "rejected"), 2);
     assert_eq!(handoffs(&world, "pop", "sent"), 4);
 
     // dc2 goes away: the POP serves locally instead of failing, and for a while does not try
