@@ -277,6 +277,18 @@ component = "{echo}"
         }
     })?;
     assert!(edged.0.try_wait()?.is_none(), "edged exited under attack");
+    // Clients that connect to the admin endpoint and say nothing hold only their own
+    // connections: a health check beside them is answered at once.
+    let silent: Vec<TcpStream> = hosts.server.run(|| {
+        (0..4)
+            .filter_map(|_| TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok())
+            .collect()
+    })?;
+    assert_eq!(silent.len(), 4);
+    // One endpoint serving one connection at a time would owe them 2 s each (its read timeout)
+    // before this one, past the 3 s this client waits.
+    assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
+    drop(silent);
     assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
     let (_, metrics) = scrape("/metrics").expect("metrics");
     assert!(

@@ -91,3 +91,27 @@ impl Observations {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_a_guest_names_past_the_bound_share_one_entry() {
+        let obs = Observations::default();
+        for i in 0..200 {
+            obs.record_denied("app", &format!("host-{i}.example:80"));
+        }
+        obs.record("other-app", "db:5432", Duration::from_millis(3));
+        let snap = obs.snapshot();
+        let of_app: Vec<_> = snap.iter().filter(|s| s.app == "app").collect();
+        assert_eq!(of_app.len(), MAX_DESTINATIONS_PER_APP + 1);
+        let other = of_app
+            .iter()
+            .find(|s| s.destination == OTHER_DESTINATIONS)
+            .expect("an entry for the rest");
+        assert_eq!(other.denied, 200 - MAX_DESTINATIONS_PER_APP as u64);
+        // Another app's table is its own.
+        assert!(snap.iter().any(|s| s.app == "other-app" && s.count == 1));
+    }
+}
