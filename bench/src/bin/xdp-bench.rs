@@ -78,8 +78,8 @@ fn main() -> anyhow::Result<()> {
         let (bare, classify) = (rate("bare"), rate("edgeplane"));
         for d in drops.iter().filter(|d| d.sources == sources) {
             let label = match sources {
-                Sources::One => "1 (flow cache hits)",
-                Sources::Spread => "65,536 (cache misses)",
+                Sources::One => "1",
+                Sources::Spread => "65,536 (new each frame)",
             };
             println!(
                 "{:<32} {:<22} {:>8.3} {:>12} {:>13.0}% {:>15.2}x",
