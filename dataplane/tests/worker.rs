@@ -11,7 +11,7 @@ use std::{
 use edgeplane_dataplane::{
     http::{HttpLimits, Request, Response},
     listener::reuseport_listener,
-    worker::{self, Reply, RequestContext, Service, WorkerOptions, WorkerStats},
+    worker::{self, Reply, RequestContext, Service, WorkerCounters, WorkerOptions, WorkerStats},
 };
 
 /// Routes: `/` hello, `/echo` the body back, `/slow/<ms>` answers later, `/worker` its index,
@@ -57,9 +57,14 @@ struct Running {
 }
 
 fn start(limits: HttpLimits) -> Running {
+    start_with(limits, Arc::default())
+}
+
+fn start_with(limits: HttpLimits, counters: Arc<WorkerCounters>) -> Running {
     let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut opts = WorkerOptions::new(0, listener);
+    opts.counters = counters;
     opts.limits = limits;
     opts.drain_timeout = Duration::from_secs(3);
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -642,4 +647,53 @@ fn a_worker_that_stops_is_restarted_with_a_new_listener_that_serves() {
     drop(s);
     let results = supervisor.stop();
     assert!(results.iter().all(Result::is_ok));
+}
+
+#[test]
+fn connections_past_the_workers_cap_are_closed_at_once_and_counted() {
+    let counters = Arc::new(WorkerCounters::default());
+    let w = start_with(
+        HttpLimits {
+            max_connections: 2,
+            ..Default::default()
+        },
+        counters.clone(),
+    );
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(w.addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s, &mut Vec::new()).unwrap().0, 200);
+            s
+        })
+        .collect();
+    // A third: accepted by the kernel, closed by the worker without a response.
+    let mut third = connect(w.addr);
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = Vec::new();
+    assert!(closed_by_server(&mut third, &mut buf));
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert_eq!(
+        counters
+            .connections_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // One held connection goes; a new one is served.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect(w.addr);
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        if read_response(&mut s, &mut Vec::new()).is_some_and(|r| r.0 == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection served after one closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+    stop(w);
 }

@@ -277,6 +277,26 @@ component = "{echo}"
         }
     })?;
     assert!(edged.0.try_wait()?.is_none(), "edged exited under attack");
+    // Function calls come from this host's own workers (loopback) with the depth the host set:
+    // a chain deeper than the limit (a cycle between functions) answers 508, not another call.
+    let local: SocketAddr = ([127, 0, 0, 1], PORT).into();
+    let call = |depth: u32| {
+        hosts
+            .server
+            .run(|| {
+                let mut s = TcpStream::connect(local).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let raw = format!(
+                    "GET / HTTP/1.1\r\nHost: db.shop.fn.internal\r\nx-edge-call-depth: {depth}\r\n\r\n"
+                );
+                send_hostile(&mut s, raw.as_bytes(), false).0
+            })
+            .unwrap()
+    };
+    assert_eq!(call(9), Some(508));
+    assert_eq!(call(4_000_000_000), Some(508));
+    // Within the limit it is routed as usual (no such app here).
+    assert_eq!(call(3), Some(404));
     // Clients that connect to the admin endpoint and say nothing hold only their own
     // connections: a health check beside them is answered at once.
     let silent: Vec<TcpStream> = hosts.server.run(|| {

@@ -36,19 +36,23 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// `/healthz`: 200 while every worker serves, 503 with the reason otherwise.
     fn health(&self) -> Response {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.stopping.load(Relaxed) {
-            return Response::text(503, "shutting down\n");
-        }
-        match self.workers.down.load(Relaxed) {
-            0 => Response::text(200, "ok\n"),
-            n => Response::text(
-                503,
-                format!("degraded: {n} worker(s) down, being restarted\n"),
-            ),
-        }
+        health(self.stopping.load(Relaxed), self.workers.down.load(Relaxed))
+    }
+}
+
+/// `/healthz`: 200 while every worker serves, 503 with the reason otherwise.
+fn health(stopping: bool, workers_down: u64) -> Response {
+    if stopping {
+        return Response::text(503, "shutting down\n");
+    }
+    match workers_down {
+        0 => Response::text(200, "ok\n"),
+        n => Response::text(
+            503,
+            format!("degraded: {n} worker(s) down, being restarted\n"),
+        ),
     }
 }
 
@@ -378,4 +382,18 @@ fn metrics(state: &AdminState) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_degraded_while_a_worker_is_down_and_while_stopping() {
+        assert_eq!(health(false, 0).status, 200);
+        let down = health(false, 1);
+        assert_eq!(down.status, 503);
+        assert!(String::from_utf8_lossy(&down.body).contains("1 worker(s) down"));
+        assert_eq!(health(true, 0).status, 503);
+    }
 }
