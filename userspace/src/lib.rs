@@ -3,7 +3,7 @@
 
 pub mod addr;
 pub mod admin;
-pub mod block_v4;
+pub mod blocklist;
 pub mod config;
 pub mod loader;
 pub mod maps;

@@ -5,17 +5,15 @@ use std::{
     collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie,
-    sock::ReusePortSockArray, xdp::CpuMap,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, sock::ReusePortSockArray, xdp::CpuMap,
 };
 use edgeplane_abi::{
-    APP_NAME_LEN, AppEntry, AppKey, AppName, AppStats, BlockEntry, MAX_APPS, MAX_BURST,
-    MAX_RATE_PPS, MAX_WORKERS, Placement, RateLimitConfig, WorkerConfig, WorkerLoad, app_flags,
-    map_names, rate_limit_flags, worker_flags,
+    APP_NAME_LEN, AppEntry, AppKey, AppName, AppStats, MAX_APPS, MAX_BURST, MAX_RATE_PPS,
+    MAX_WORKERS, Placement, RateLimitConfig, WorkerConfig, WorkerLoad, app_flags, map_names,
+    rate_limit_flags, worker_flags,
 };
 
 use crate::addr::{Cidr, Vip};
@@ -55,7 +53,7 @@ pub enum MapsError {
     },
 }
 
-fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+pub(crate) fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { op, map, source }
 }
 
@@ -106,7 +104,7 @@ impl PinnedMaps {
             .map_err(map_err("update", map_names::CONFIG_GEN))
     }
 
-    fn map(&self, name: &'static str) -> Result<Map, MapsError> {
+    pub(crate) fn map(&self, name: &'static str) -> Result<Map, MapsError> {
         let data = MapData::from_pin(self.dir.join(name)).map_err(|e| match e {
             MapError::SyscallError(_) => MapsError::NotPinned(self.dir.clone()),
             other => MapsError::Map {
@@ -302,69 +300,6 @@ impl PinnedMaps {
             app.vips.sort();
         }
         Ok(apps)
-    }
-
-    fn blocklist(&self) -> Result<LpmTrie<MapData, [u8; 16], BlockEntry>, MapsError> {
-        LpmTrie::try_from(self.map(map_names::BLOCKLIST)?)
-            .map_err(map_err("open", map_names::BLOCKLIST))
-    }
-
-    pub fn block_add(&self, cidr: Cidr) -> Result<(), MapsError> {
-        let (len, bytes) = cidr.lpm_key();
-        let added_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.blocklist()?
-            .insert(&Key::new(len, bytes), BlockEntry { added_at }, 0)
-            .map_err(map_err("insert", map_names::BLOCKLIST))?;
-        self.sync_block_v4()?;
-        self.bump_generation()
-    }
-
-    /// Rebuilds BLOCK_V4 (the IPv4 summary XDP reads) from BLOCKLIST: after every change, and
-    /// when edged starts on pins an older edged left.
-    pub fn sync_block_v4(&self) -> Result<(), MapsError> {
-        let mut entries = Vec::new();
-        for entry in self.blocklist()?.iter() {
-            let (key, _) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
-            entries.push((key.prefix_len(), key.data()));
-        }
-        let words = crate::block_v4::summarise(entries);
-        let data = MapData::from_pin(self.dir.join(map_names::BLOCK_V4))
-            .map_err(map_err("open", map_names::BLOCK_V4))?;
-        crate::block_v4::store(data.fd().as_fd(), &words).map_err(MapsError::Mmap)?;
-        Ok(())
-    }
-
-    pub fn block_remove(&self, cidr: Cidr) -> Result<(), MapsError> {
-        let (len, bytes) = cidr.lpm_key();
-        self.blocklist()?
-            .remove(&Key::new(len, bytes))
-            .map_err(|e| match e {
-                MapError::KeyNotFound | MapError::SyscallError(_) => MapsError::NotBlocked(cidr),
-                other => MapsError::Map {
-                    op: "remove",
-                    map: map_names::BLOCKLIST,
-                    source: other,
-                },
-            })?;
-        self.sync_block_v4()?;
-        self.bump_generation()
-    }
-
-    /// Every blocked prefix with the Unix time it was added.
-    pub fn block_list(&self) -> Result<Vec<(Cidr, u64)>, MapsError> {
-        let mut out = Vec::new();
-        for entry in self.blocklist()?.iter() {
-            let (key, value) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
-            out.push((
-                Cidr::from_lpm_key(key.prefix_len(), key.data()),
-                value.added_at,
-            ));
-        }
-        out.sort_by_key(|(c, _)| c.to_string());
-        Ok(out)
     }
 
     pub fn set_rate_limit(&self, cfg: RateLimitConfig) -> Result<(), MapsError> {

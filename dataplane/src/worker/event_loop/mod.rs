@@ -4,7 +4,7 @@
 
 use std::{
     net::TcpListener,
-    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     panic::{AssertUnwindSafe, catch_unwind},
     rc::Rc,
     sync::Arc,
@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use io_uring::{cqueue, opcode, types::Fd};
 use tokio::io::unix::AsyncFd;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::{
     Reply, RequestContext, Service, WorkerCounters, WorkerOptions, WorkerStats,
@@ -27,6 +27,7 @@ use super::{
 };
 use crate::http::{Decoded, HttpError, HttpLimits, Request, Response};
 
+mod accept;
 mod output;
 
 const BUFFER_GROUP: u16 = 1;
@@ -39,7 +40,7 @@ const TOKIO_PASS: Duration = Duration::from_millis(20);
 /// reply that keeps waking itself cannot keep the worker from its timers and tokio.
 const PUMP_ROUNDS: usize = 64;
 /// How long accepting pauses after it failed for want of descriptors or memory.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct Worker {
     // Field order is drop order: the ring goes first, releasing the kernel's hold on the
@@ -252,17 +253,6 @@ impl Worker {
         }
     }
 
-    fn arm_accept(&mut self) {
-        if self.draining.is_some() {
-            return;
-        }
-        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
-            .build()
-            .user_data(user_data(Op::Accept, 0, 0));
-        self.ring.push(entry);
-        self.accept_armed = true;
-    }
-
     fn arm_recv(&mut self, idx: usize) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
@@ -290,86 +280,12 @@ impl Worker {
         };
         let (res, flags) = (cqe.result(), cqe.flags());
         match op {
-            Op::Accept => {
-                let out_of_resources = matches!(
-                    -res,
-                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-                );
-                if res >= 0 {
-                    self.on_accept(res);
-                } else if out_of_resources {
-                    WorkerCounters::bump(&self.counters.accept_errors);
-                    if self.accept_paused_until.is_none() {
-                        warn!(worker = self.ctx.worker, error = %std::io::Error::from_raw_os_error(-res), pause = ?ACCEPT_PAUSE, "accept failed for want of resources; pausing accepts");
-                    }
-                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
-                } else if res != -libc::ECANCELED {
-                    warn!(worker = self.ctx.worker, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
-                }
-                if !cqueue::more(flags) {
-                    self.accept_armed = false;
-                    // After a resource error the tick re-arms, once the pause is over.
-                    if self.accept_paused_until.is_none() {
-                        self.arm_accept();
-                    }
-                }
-            }
+            Op::Accept => self.on_accept_completion(res, flags),
             Op::Recv => self.on_recv(idx, generation, res, flags),
             Op::Send => self.on_send(idx, generation, res),
             // The recv's own completion (-ECANCELED) is what counts; this one says nothing new.
             Op::CancelRecv => {}
         }
-    }
-
-    fn on_accept(&mut self, fd: RawFd) {
-        if self.draining.is_some() {
-            // SAFETY: a socket we own and will not use.
-            unsafe { libc::close(fd) };
-            return;
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: setting an int option on our own socket.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                4,
-            );
-        }
-        let open = self.conns.len() - self.free.len();
-        if open >= self.limits.max_connections {
-            WorkerCounters::bump(&self.counters.connections_refused);
-            debug!(
-                worker = self.ctx.worker,
-                open, "connection limit reached; closing a new connection"
-            );
-            // SAFETY: a socket we own and will not use.
-            unsafe { libc::close(fd) };
-            return;
-        }
-        self.stats.accepted += 1;
-        let generation = self.next_generation;
-        self.next_generation = (self.next_generation + 1) & 0xff_ffff;
-        let mut conn = Conn::new(fd, generation, self.now);
-        // SAFETY: fd is the socket just accepted, open for this call.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        conn.peer = socket2::SockRef::from(&borrowed)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket());
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.conns[i] = Some(conn);
-                i
-            }
-            None => {
-                self.conns.push(Some(conn));
-                self.conns.len() - 1
-            }
-        };
-        self.arm_recv(idx);
     }
 
     fn on_recv(&mut self, idx: usize, generation: u32, res: i32, flags: u32) {
@@ -546,15 +462,7 @@ impl Worker {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        if let Some(until) = self.accept_paused_until
-            && now >= until
-        {
-            self.accept_paused_until = None;
-            if !self.accept_armed {
-                info!(worker = self.ctx.worker, "resuming accepts");
-                self.arm_accept();
-            }
-        }
+        self.resume_accepting(now);
         if now.duration_since(self.date_at) >= Duration::from_millis(500) {
             self.date = httpdate::fmt_http_date(SystemTime::now());
             self.date_at = now;

@@ -1,13 +1,93 @@
-//! BLOCK_V4: the blocklist summarised for IPv4 sources, two bits per /24, so `classify` answers
+//! The blocklist: BLOCKLIST, the LPM trie of blocked source prefixes (the truth), and BLOCK_V4,
+//! the same summarised for IPv4 sources, two bits per /24, so `classify` answers
 //! "is this IPv4 source blocked?" with one array read instead of a trie walk (a flood from
 //! 65,536 sources otherwise pays the walk on every packet). BLOCKLIST stays the truth: the
 //! summary is rebuilt from it after every change and when edged starts, and a /24 holding
 //! longer prefixes is marked for the trie to decide.
 
-use std::{io, os::fd::BorrowedFd, sync::atomic::Ordering};
+use std::{
+    io,
+    os::fd::{AsFd as _, BorrowedFd},
+    sync::atomic::Ordering,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use edgeplane_abi::{BLOCK_V4_WORDS, block_v4_bits, block_v4_slot};
+use aya::maps::{
+    MapData, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
+use edgeplane_abi::{BLOCK_V4_WORDS, BlockEntry, block_v4_bits, block_v4_slot, map_names};
 use edgeplane_dataplane::shared_map::SharedMapping;
+
+use crate::{
+    addr::Cidr,
+    maps::{MapsError, PinnedMaps, map_err},
+};
+
+impl PinnedMaps {
+    fn blocklist(&self) -> Result<LpmTrie<MapData, [u8; 16], BlockEntry>, MapsError> {
+        LpmTrie::try_from(self.map(map_names::BLOCKLIST)?)
+            .map_err(map_err("open", map_names::BLOCKLIST))
+    }
+
+    pub fn block_add(&self, cidr: Cidr) -> Result<(), MapsError> {
+        let (len, bytes) = cidr.lpm_key();
+        let added_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.blocklist()?
+            .insert(&Key::new(len, bytes), BlockEntry { added_at }, 0)
+            .map_err(map_err("insert", map_names::BLOCKLIST))?;
+        self.sync_block_v4()?;
+        self.bump_generation()
+    }
+
+    /// Rebuilds BLOCK_V4 (the IPv4 summary XDP reads) from BLOCKLIST: after every change, and
+    /// when edged starts on pins an older edged left.
+    pub fn sync_block_v4(&self) -> Result<(), MapsError> {
+        let mut entries = Vec::new();
+        for entry in self.blocklist()?.iter() {
+            let (key, _) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
+            entries.push((key.prefix_len(), key.data()));
+        }
+        let words = summarise(entries);
+        let data = MapData::from_pin(self.dir().join(map_names::BLOCK_V4))
+            .map_err(map_err("open", map_names::BLOCK_V4))?;
+        store(data.fd().as_fd(), &words).map_err(MapsError::Mmap)?;
+        Ok(())
+    }
+
+    pub fn block_remove(&self, cidr: Cidr) -> Result<(), MapsError> {
+        let (len, bytes) = cidr.lpm_key();
+        self.blocklist()?
+            .remove(&Key::new(len, bytes))
+            .map_err(|e| match e {
+                MapError::KeyNotFound | MapError::SyscallError(_) => MapsError::NotBlocked(cidr),
+                other => MapsError::Map {
+                    op: "remove",
+                    map: map_names::BLOCKLIST,
+                    source: other,
+                },
+            })?;
+        self.sync_block_v4()?;
+        self.bump_generation()
+    }
+
+    /// Every blocked prefix with the Unix time it was added.
+    pub fn block_list(&self) -> Result<Vec<(Cidr, u64)>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.blocklist()?.iter() {
+            let (key, value) = entry.map_err(map_err("iterate", map_names::BLOCKLIST))?;
+            out.push((
+                Cidr::from_lpm_key(key.prefix_len(), key.data()),
+                value.added_at,
+            ));
+        }
+        out.sort_by_key(|(c, _)| c.to_string());
+        Ok(out)
+    }
+}
 
 /// The v4-mapped prefix ::ffff:0:0/96 that IPv4 addresses live under in 16-byte keys.
 const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
