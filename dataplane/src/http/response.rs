@@ -23,6 +23,13 @@ impl Response {
         Self::new(status, body).header("content-type", "text/plain; charset=utf-8")
     }
 
+    /// An error as clients see it: a short reason and the request id that keys the log line
+    /// holding the detail.
+    pub fn error(status: u16, reason: &str, request_id: &str) -> Self {
+        Self::text(status, format!("{reason} (request id {request_id})\n"))
+            .header("x-edge-request-id", request_id)
+    }
+
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

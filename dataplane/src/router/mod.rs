@@ -219,7 +219,7 @@ async fn hand_to(
             let id = new_request_id();
             warn!(app = %app, peer = %name, request_id = %id, error = %e, "handoff failed; not retried");
             Err((
-                Some(error_response(
+                Some(Response::error(
                     502,
                     "the datacenter serving this request failed; a request that is not \
                      idempotent is not retried",
@@ -241,12 +241,6 @@ async fn hand_to(
 /// what happened.
 pub fn new_request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// An error response as clients see it: a short reason and the request id.
-pub fn error_response(status: u16, reason: &str, request_id: &str) -> Response {
-    Response::text(status, format!("{reason} (request id {request_id})\n"))
-        .header("x-edge-request-id", request_id)
 }
 
 /// Whether a (lower-case) response header is one only edgeplane may set.

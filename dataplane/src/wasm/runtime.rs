@@ -88,7 +88,7 @@ impl HandleError {
 
     /// The client's response, carrying `request_id` (the log's key to the detail).
     pub fn response(&self, request_id: &str) -> Response {
-        crate::router::error_response(self.status(), self.public_reason(), request_id)
+        Response::error(self.status(), self.public_reason(), request_id)
     }
 }
 
