@@ -139,15 +139,7 @@ impl Dataplane {
 
     /// Attaches `select_worker` to a listening socket's SO_REUSEPORT group (once per group).
     pub fn attach_select_worker(&self, socket: impl AsFd) -> anyhow::Result<()> {
-        let select: &SkReuseport = self
-            .ebpf
-            .program(program_names::SELECT_WORKER)
-            .context("select_worker program missing")?
-            .try_into()?;
-        select
-            .attach(socket)
-            .context("attaching select_worker to the reuseport group")?;
-        Ok(())
+        attach_reuseport_program(socket.as_fd(), self.select_worker_fd()?.as_fd())
     }
 
     /// The select_worker program's fd, for attaching it to listeners made later (a restarted
@@ -232,4 +224,33 @@ fn fs_magic(path: &Path) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     }
     Ok(Some(st.f_type as i64))
+}
+
+/// SO_ATTACH_REUSEPORT_EBPF: `program` picks the listener for each new connection of the
+/// SO_REUSEPORT group `socket` is in. Any member can attach it for the group; edged attaches it
+/// on each new member, so it stays in place even when every earlier member is gone (a restarted
+/// worker's new listener).
+pub fn attach_reuseport_program(
+    socket: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd: libc::c_int = program.as_raw_fd();
+    // SAFETY: setting an int option on a socket the caller holds, from a local of the right
+    // size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            (&fd as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "attaching select_worker to the reuseport group: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Starts the workers: one per CPU, each with its SO_REUSEPORT listener registered in
 //! WORKER_SOCKETS, `select_worker` attached to the group, and its own wasm runtime.
 
-use std::{collections::HashMap, net::SocketAddr, rc::Rc, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, os::fd::AsFd as _, rc::Rc, sync::Arc};
 
 use anyhow::Context as _;
 use edgeplane_abi::Placement;
@@ -111,33 +111,6 @@ impl Workers {
             .map(|s| s.stats.clone())
             .unwrap_or_default()
     }
-}
-
-/// SO_ATTACH_REUSEPORT_EBPF: the group's program picks the worker for each new connection. Any
-/// member can attach it for the group; attaching on each new member keeps it in place even when
-/// every earlier member is gone.
-fn attach_reuseport_program(
-    listener: &std::net::TcpListener,
-    program: &std::os::fd::OwnedFd,
-) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let fd: libc::c_int = program.as_raw_fd();
-    // SAFETY: setting an int option on our own socket, from a local of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_EBPF,
-            (&fd as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    anyhow::ensure!(
-        rc == 0,
-        "attaching select_worker to the reuseport group: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
 }
 
 fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
@@ -336,7 +309,7 @@ pub fn start(
     let (register_maps, select_worker) = (maps.clone(), dp.select_worker_fd()?);
     let register: Register = Box::new(move |cpu, listener| {
         register_maps.set_worker_socket(cpu, listener)?;
-        attach_reuseport_program(listener, &select_worker)
+        crate::loader::attach_reuseport_program(listener.as_fd(), select_worker.as_fd())
     });
     workers.supervisor = Some(Supervisor::start(
         listen,

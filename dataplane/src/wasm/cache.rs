@@ -116,15 +116,13 @@ impl<T: Clone> CodeCache<T> {
     }
 
     fn publish(&self) {
-        {
-            *crate::lock(&self.published.0) = ResidencySnapshot {
-                apps: self.resident_apps(),
-                bytes: self.bytes,
-                compiled: self.compiled,
-                loaded_from_disk: self.loaded_from_disk,
-                evicted: self.evicted,
-            };
-        }
+        *crate::lock(&self.published.0) = ResidencySnapshot {
+            apps: self.resident_apps(),
+            bytes: self.bytes,
+            compiled: self.compiled,
+            loaded_from_disk: self.loaded_from_disk,
+            evicted: self.evicted,
+        };
     }
 
     pub fn is_resident(&self, app: &str) -> bool {

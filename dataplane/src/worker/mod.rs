@@ -124,10 +124,6 @@ pub struct WorkerStats {
     pub accepted: u64,
     pub served: u64,
     pub bad_requests: u64,
-    /// Connections closed because the client read none of its responses for `send_timeout`.
-    pub slow_readers: u64,
-    /// Requests whose handling panicked (answered 500, connection closed).
-    pub panics: u64,
 }
 
 /// Starts a worker thread; it runs until `shutdown` turns true, then drains.

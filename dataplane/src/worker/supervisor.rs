@@ -134,13 +134,6 @@ impl Supervisor {
         down
     }
 
-    /// Whether every worker is running (none stopped since the last `check`).
-    pub fn all_alive(&self) -> bool {
-        self.slots
-            .iter()
-            .all(|s| s.handle.as_ref().is_some_and(|h| !h.is_finished()))
-    }
-
     /// Drains every worker (in-flight requests finish) and waits for them.
     pub fn stop(self) -> Vec<anyhow::Result<WorkerStats>> {
         let _ = self.stop.send(true);

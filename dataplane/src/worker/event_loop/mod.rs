@@ -432,7 +432,6 @@ impl Worker {
         let (service, ctx) = (&self.service, &self.ctx);
         let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx))).unwrap_or_else(
             |panic| {
-                self.stats.panics += 1;
                 WorkerCounters::bump(&self.counters.panics);
                 error!(worker = self.ctx.worker, peer = ?self.ctx.peer, panic = crate::panic_text(&*panic), "request handling panicked; answering 500 and closing the connection");
                 keep_alive = false;
@@ -476,7 +475,6 @@ impl Worker {
                 && now.duration_since(conn.send_progress) > self.limits.send_timeout
             {
                 debug!(worker = self.ctx.worker, peer = ?conn.peer, "client read nothing for the send timeout; closing");
-                self.stats.slow_readers += 1;
                 WorkerCounters::bump(&self.counters.slow_readers);
                 self.close(idx);
                 continue;
