@@ -8,7 +8,7 @@ use std::{
 };
 
 use edgeplane_bench::{
-    netns::{LinkEnd, Netns, is_root, veth_pair},
+    netns::{LinkEnd, Netns, veth_pair},
     wan::{WanDelay, median_connect_time},
 };
 
@@ -18,8 +18,7 @@ fn median_connect(from: &Netns, to: SocketAddr, n: usize) -> Duration {
 
 #[test]
 fn tcp_connect_across_a_delayed_link_takes_the_configured_rtt() {
-    if !is_root() {
-        eprintln!("!!!!! SKIPPED wan test: needs root (network namespaces, nftables, NFQUEUE)");
+    if !edgeplane::root_gate::require_root("tcp_connect_across_a_delayed_link") {
         return;
     }
     let a = Netns::new("wan-a").unwrap();

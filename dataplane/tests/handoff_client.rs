@@ -189,3 +189,74 @@ fn a_post_on_a_pooled_connection_closed_after_it_was_written_is_not_sent_again()
     let _ = TcpStream::connect(addr);
     let _ = peer.join();
 }
+
+#[test]
+fn a_peers_worst_bytes_fail_that_handoff_only_and_the_next_is_served() {
+    // Each answer a peer (or anyone on its path) could send to wreck the parser: sizes near
+    // u64::MAX, an endless chunk extension, a service time that would overflow the RTT sum,
+    // multi-byte header values. Each is followed, on a new connection, by a good answer.
+    let mut endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;".to_vec();
+    endless.extend(std::iter::repeat_n(b'e', 64 << 10));
+    let bad: Vec<(Vec<u8>, bool)> = vec![
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffff0\r\nabc".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1ffffffffffffffff\r\n".to_vec(),
+            false,
+        ),
+        (endless, false),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n".to_vec(),
+            false,
+        ),
+        // Answers that parse: kept, and nothing overflows on the way.
+        (
+            b"HTTP/1.1 200 OK\r\nx-edge-service-us: 18446744073709551615\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            true,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nx-name: \u{e9}\u{1F600}\r\ncontent-length: 2\r\n\r\nok"
+                .as_bytes()
+                .to_vec(),
+            true,
+        ),
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers: Vec<Vec<u8>> = bad
+        .iter()
+        .flat_map(|(b, _)| {
+            [
+                b.clone(),
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ngood".to_vec(),
+            ]
+        })
+        .collect();
+    let peer = std::thread::spawn(move || {
+        for answer in answers {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).is_some() {
+                let _ = s.write_all(&answer);
+            }
+            // Closing makes an incomplete answer final (a peer that stopped mid-body).
+        }
+    });
+    let h = handoff(addr);
+    block_on(async {
+        for (i, (_, parses)) in bad.iter().enumerate() {
+            let get = || request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+            let got = h.forward(PEER, get(), "c").await;
+            assert_eq!(got.is_ok(), *parses, "answer {i}: {got:?}");
+            let next = h.forward(PEER, get(), "c").await.unwrap();
+            assert_eq!(next.body, b"good", "after answer {i}");
+        }
+    });
+    peer.join().unwrap();
+}

@@ -280,7 +280,7 @@ component = "{echo}"
     // Function calls come from this host's own workers (loopback) with the depth the host set:
     // a chain deeper than the limit (a cycle between functions) answers 508, not another call.
     let local: SocketAddr = ([127, 0, 0, 1], PORT).into();
-    let call = |depth: u32| {
+    let call = |depth: &str| {
         hosts
             .server
             .run(|| {
@@ -293,10 +293,37 @@ component = "{echo}"
             })
             .unwrap()
     };
-    assert_eq!(call(9), Some(508));
-    assert_eq!(call(4_000_000_000), Some(508));
+    // Past the limit, past u32, negative, not a number, multi-byte: all refused as too deep.
+    for depth in [
+        "9",
+        "4000000000",
+        "99999999999999999999999",
+        "-1",
+        "\u{e9}",
+        "\u{1F600}",
+    ] {
+        assert_eq!(call(depth), Some(508), "depth {depth:?}");
+    }
     // Within the limit it is routed as usual (no such app here).
-    assert_eq!(call(3), Some(404));
+    assert_eq!(call("3"), Some(404));
+    // The admin endpoint parses with the same limits: its worst bytes get an answer (or a
+    // close), and it goes on answering.
+    let mut huge_head = b"GET /metrics HTTP/1.1\r\nHost: a\r\nx: ".to_vec();
+    huge_head.extend(std::iter::repeat_n(b'a', 40_000));
+    for raw in [
+        &b"\x16\x03\x01\x00\xa5\x01\r\n\r\n"[..],
+        &huge_head[..],
+        "GET /\u{e9}\u{1F600} HTTP/1.1\r\nHost: \u{e9}\r\n\r\n".as_bytes(),
+        &b"POST /healthz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff0\r\n"[..],
+    ] {
+        let status = hosts.server.run(|| {
+            let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            send_hostile(&mut s, raw, true).0
+        })?;
+        assert!(status.is_none_or(|s| s >= 400), "admin answered {status:?} to garbage");
+        assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
+    }
     // Clients that connect to the admin endpoint and say nothing hold only their own
     // connections: a health check beside them is answered at once.
     let silent: Vec<TcpStream> = hosts.server.run(|| {

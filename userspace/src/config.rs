@@ -475,6 +475,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rate_limit_prefixes_out_of_range_are_refused_with_their_name() {
+        for (key, value) in [
+            ("v4_prefix", 0),
+            ("v4_prefix", 33),
+            ("v6_prefix", 0),
+            ("v6_prefix", 129),
+        ] {
+            let e = EdgedConfig::parse(&format!("[rate_limit]\n{key} = {value}\n"))
+                .err()
+                .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+            assert!(format!("{e:#}").contains(key), "{key} = {value}: {e:#}");
+        }
+        // Past u8 the TOML type refuses it.
+        assert!(EdgedConfig::parse("[rate_limit]\nv6_prefix = 18446744073709551615\n").is_err());
+        let ok = EdgedConfig::parse("[rate_limit]\nv4_prefix = 24\nv6_prefix = 48\n").unwrap();
+        assert_eq!(
+            (ok.rate_limit.v4_prefix, ok.rate_limit.v6_prefix),
+            (Some(24), Some(48))
+        );
+    }
+
+    #[test]
     fn the_readme_example_config_parses() {
         let readme = include_str!("../../README.md");
         let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;

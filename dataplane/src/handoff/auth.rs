@@ -291,6 +291,46 @@ mod tests {
     }
 
     #[test]
+    fn malformed_handoff_headers_are_refused_by_name_never_a_panic() {
+        let base = [
+            ("x-edge-hop", "1"),
+            ("x-edge-from", "2"),
+            ("x-edge-client", "1.2.3.4:5"),
+            ("x-edge-time", "100"),
+            ("x-edge-nonce", "ff"),
+            ("x-edge-auth", "00"),
+        ];
+        let worst = [
+            ("x-edge-hop", "4294967296"),
+            ("x-edge-from", "18446744073709551616"),
+            ("x-edge-time", "99999999999999999999999999"),
+            ("x-edge-time", "-1"),
+            ("x-edge-nonce", "1ffffffffffffffffffffffffffffffff"),
+            ("x-edge-nonce", "\u{e9}\u{e9}"),
+            ("x-edge-client", "\u{1F600}"),
+            ("x-edge-auth", "zz\u{e9}"),
+        ];
+        for (name, value) in worst {
+            let mut raw = "GET / HTTP/1.1\r\nHost: a\r\n".to_owned();
+            for (n, v) in base {
+                raw.push_str(&format!("{n}: {}\r\n", if n == name { value } else { v }));
+            }
+            raw.push_str("\r\n");
+            let got = verify(KEY, &request(&raw), 100);
+            // The client header is free text (only the MAC can refuse it); the others are
+            // refused for being malformed.
+            let want = if name == CLIENT {
+                Err(AuthError::BadSignature)
+            } else {
+                Err(AuthError::Header(
+                    HEADERS.iter().copied().find(|h| *h == name).unwrap(),
+                ))
+            };
+            assert_eq!(got, want, "{name}: {value}");
+        }
+    }
+
+    #[test]
     fn a_client_cannot_pass_for_a_datacenter() {
         let plain = request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(!claims_handoff(&plain));
