@@ -6,56 +6,15 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    path::PathBuf,
     rc::Rc,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
+use common::{runtime, spec, tempdir};
 use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Request, parse_request},
-    wasm::{
-        AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, HandleError,
-        Observations, build_engine,
-    },
+    wasm::{AppLimits, AppRuntime, HandleError},
 };
-
-fn ticker() -> &'static EpochTicker {
-    static T: OnceLock<EpochTicker> = OnceLock::new();
-    T.get_or_init(|| EpochTicker::start(EngineConfig::default().epoch_tick))
-}
-
-fn spec(name: &str, component: PathBuf) -> AppSpec {
-    AppSpec {
-        name: name.into(),
-        component,
-        env: vec![],
-        allowed_backends: vec![],
-        split_app: None,
-        limits: AppLimits::default(),
-    }
-}
-
-fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
-    let cfg = EngineConfig {
-        max_instances: 16,
-        ..Default::default()
-    };
-    let engine = build_engine(&cfg).unwrap();
-    ticker().register(&engine);
-    Rc::new(
-        AppRuntime::new(
-            engine,
-            cache_dir,
-            CacheBudget::default(),
-            apps,
-            Observations::default(),
-            cfg.epoch_tick,
-            16,
-        )
-        .unwrap(),
-    )
-}
 
 fn request(raw: &str) -> Request {
     match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
@@ -71,12 +30,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, f)
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 #[test]
@@ -155,12 +108,13 @@ fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the
         // A failure is expected: should a response come instead, its status and length say
         // enough (a flood's body would not).
         let fails = |rt: Rc<AppRuntime>, path: &'static str| async move {
-            rt.handle(
+            read_whole(
+                rt,
                 "faulty",
                 request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
             )
             .await
-            .map(|r| (r.status, r.body.len()))
+            .map(|(status, body)| (status, body.len()))
             .unwrap_err()
         };
         let err = fails(rt.clone(), "/trap").await;
@@ -199,6 +153,24 @@ fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the
         assert!(matches!(err, HandleError::Trap { .. }), "{err}");
         ok(rt.clone()).await;
     });
+}
+
+/// A request's outcome once its body is read to the end, streamed part included: a response
+/// whose body fails mid-stream is the guest's failure.
+async fn read_whole(
+    rt: Rc<AppRuntime>,
+    app: &str,
+    req: Request,
+) -> Result<(u16, Vec<u8>), HandleError> {
+    use http_body_util::BodyExt as _;
+    let mut r = rt.handle(app, req).await?;
+    if let Some(stream) = r.stream.take() {
+        match stream.into_body().collect().await {
+            Ok(rest) => r.body.extend_from_slice(&rest.to_bytes()),
+            Err(e) => return Err(e.downcast::<HandleError>().expect("a guest's failure")),
+        }
+    }
+    Ok((r.status, r.body))
 }
 
 fn header<'a>(r: &'a edgeplane_dataplane::http::Response, name: &str) -> Option<&'a str> {

@@ -11,7 +11,7 @@ use std::{
 
 use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Response, parse_request, write_response},
+    http::{HttpLimits, ParseOutcome, Response, ResponseMode, parse_request, write_response},
     router::WorkerMetrics,
     wasm::{Observations, Residency},
     worker::{WorkerCounters, supervisor::SupervisorStats},
@@ -77,7 +77,7 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                     active.fetch_sub(1, SeqCst);
                     let mut conn = conn;
                     let _ = conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
-                    let _ = reply(&mut conn, &Response::text(503, "admin endpoint busy\n"));
+                    let _ = reply(&mut conn, Response::text(503, "admin endpoint busy\n"));
                     continue;
                 }
                 let (state, done) = (state.clone(), active.clone());
@@ -97,13 +97,16 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
     Ok(bound)
 }
 
-fn reply(conn: &mut std::net::TcpStream, resp: &Response) -> std::io::Result<()> {
+fn reply(conn: &mut std::net::TcpStream, resp: Response) -> std::io::Result<()> {
     let mut out = Vec::new();
     write_response(
         &mut out,
         resp,
-        false,
-        false,
+        ResponseMode {
+            keep_alive: false,
+            head_only: false,
+            chunked: false,
+        },
         &httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
     conn.write_all(&out)
@@ -167,7 +170,7 @@ fn serve_one(mut conn: std::net::TcpStream, state: &AdminState) {
         ),
         None => Response::text(400, "bad request\n"),
     };
-    if let Err(e) = reply(&mut conn, &resp) {
+    if let Err(e) = reply(&mut conn, resp) {
         warn!(error = %e, "admin write");
     }
 }

@@ -474,6 +474,7 @@ impl Engine {
             minor_version: 1,
             headers: vec![("host".into(), b"edgeplane".to_vec())],
             body: Vec::new(),
+            trailers: Vec::new(),
             keep_alive: false,
         };
         let now = SystemTime::now()

@@ -7,9 +7,8 @@ use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
     handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
-    http::Response,
     router::{
-        EdgeService, PlacementSource, Routes, WorkerMetrics,
+        EdgeService, PlacementSource, Routes, StaticResponse, WorkerMetrics,
         region::{Popularity, RegionPolicy},
     },
     wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
@@ -136,10 +135,15 @@ fn routes(cfg: &EdgedConfig) -> Routes {
             for h in &app.hosts {
                 routes.statics.insert(
                     h.to_ascii_lowercase(),
-                    (
-                        app.name.clone(),
-                        Response::text(200, body.clone()).header("x-edge-placement", "local"),
-                    ),
+                    StaticResponse {
+                        app: app.name.clone(),
+                        status: 200,
+                        headers: vec![
+                            ("content-type".into(), "text/plain; charset=utf-8".into()),
+                            ("x-edge-placement".into(), "local".into()),
+                        ],
+                        body: body.clone().into_bytes(),
+                    },
                 );
             }
         }

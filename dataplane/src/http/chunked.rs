@@ -9,7 +9,7 @@ use super::HttpError;
 /// A chunk-size line (size and extensions) longer than this is refused: extensions carry nothing
 /// edgeplane acts on, and an endless one would otherwise be read forever.
 pub const MAX_CHUNK_LINE: usize = 4096;
-/// Trailer fields read (and dropped) after the last chunk, at most.
+/// Trailer fields read after the last chunk, at most.
 pub const MAX_TRAILER_BYTES: usize = 8192;
 /// Hex digits of a chunk size: 16 fill a u64, and any body limit is far below that.
 const MAX_SIZE_DIGITS: usize = 16;
@@ -46,7 +46,8 @@ pub struct ChunkedDecoder {
     size: u64,
     digits: usize,
     line: usize,
-    trailer: usize,
+    /// The trailer section as sent (bounded by MAX_TRAILER_BYTES), for `take_trailers`.
+    trailer: Vec<u8>,
     body: usize,
     max_body: usize,
 }
@@ -59,7 +60,7 @@ impl ChunkedDecoder {
             size: 0,
             digits: 0,
             line: 0,
-            trailer: 0,
+            trailer: Vec::new(),
             body: 0,
             max_body,
         }
@@ -67,6 +68,25 @@ impl ChunkedDecoder {
 
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The trailer fields of a finished body (names lower-cased), taken once. Lines the
+    /// decoder let through that are not fields are an error.
+    pub fn take_trailers(&mut self) -> Result<Vec<(String, Vec<u8>)>, HttpError> {
+        let mut section = std::mem::take(&mut self.trailer);
+        if section.is_empty() {
+            return Ok(Vec::new());
+        }
+        section.extend_from_slice(b"\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        match httparse::parse_headers(&section, &mut fields) {
+            Ok(httparse::Status::Complete((_, fields))) => Ok(fields
+                .iter()
+                .map(|f| (f.name.to_ascii_lowercase(), f.value.to_vec()))
+                .collect()),
+            Err(httparse::Error::TooManyHeaders) => Err(HttpError::HeadersTooLarge),
+            _ => Err(HttpError::BadRequest("invalid trailer section")),
+        }
     }
 
     /// Decodes what it can of `input`, appending chunk data to `body`; returns how many bytes of
@@ -148,9 +168,12 @@ impl ChunkedDecoder {
             State::DataLf if b == b'\n' => self.state = State::Size,
             State::DataCr | State::DataLf => return Err(BAD_END),
             State::TrailerStart | State::TrailerLine => {
-                self.trailer += 1;
-                if self.trailer > MAX_TRAILER_BYTES {
+                if self.trailer.len() >= MAX_TRAILER_BYTES {
                     return Err(HttpError::HeadersTooLarge);
+                }
+                // The section's field lines are kept; the CR of the final empty line is not.
+                if !(self.state == State::TrailerStart && b == b'\r') {
+                    self.trailer.push(b);
                 }
                 self.state = match (self.state, b) {
                     (State::TrailerStart, b'\r') => State::FinalLf,
@@ -161,7 +184,10 @@ impl ChunkedDecoder {
                     _ => return Err(BAD_TRAILER),
                 };
             }
-            State::TrailerLf if b == b'\n' => self.state = State::TrailerStart,
+            State::TrailerLf if b == b'\n' => {
+                self.trailer.push(b);
+                self.state = State::TrailerStart;
+            }
             State::FinalLf if b == b'\n' => self.state = State::Done,
             State::TrailerLf | State::FinalLf => return Err(BAD_TRAILER),
             State::Done => {}
@@ -197,6 +223,13 @@ mod tests {
         let (body, used) = decode_chunked(BODY, 1 << 20).unwrap().unwrap();
         assert_eq!(body, b"hello world");
         assert_eq!(&BODY[used..], b"NEXT");
+        let mut decoder = ChunkedDecoder::new(1 << 20);
+        decoder.feed(BODY, &mut Vec::new()).unwrap();
+        assert_eq!(
+            decoder.take_trailers().unwrap(),
+            [("x-trailer".to_owned(), b"y".to_vec())]
+        );
+        assert_eq!(decoder.take_trailers().unwrap(), []);
     }
 
     #[test]

@@ -5,13 +5,14 @@ mod chunked;
 mod client;
 mod request;
 mod response;
+pub mod stream;
 
 use std::time::Duration;
 
 pub use chunked::{ChunkedDecoder, decode_chunked};
 pub use client::{ParsedResponse, is_hop_by_hop, parse_response, write_request};
 pub use request::{Decoded, ParseOutcome, Request, RequestDecoder, parse_request};
-pub use response::{Response, write_response};
+pub use response::{Response, ResponseMode, Written, write_response};
 
 /// What a worker accepts from a client before answering with an error.
 #[derive(Clone, Debug, serde::Deserialize)]

@@ -13,6 +13,8 @@ pub struct Request {
     /// Names lower-cased, values as sent.
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// Trailer fields after a chunked body (names lower-cased).
+    pub trailers: Vec<(String, Vec<u8>)>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
 }
@@ -164,9 +166,12 @@ impl RequestDecoder {
             }
         };
         if done {
-            let Some(finished) = self.body.take() else {
+            let Some(mut finished) = self.body.take() else {
                 return Err(HttpError::BadRequest("no request in progress"));
             };
+            if let BodyFraming::Chunked(decoder) = &mut finished.framing {
+                finished.request.trailers = decoder.take_trailers()?;
+            }
             return Ok(Decoded::Complete(finished.request, used));
         }
         // The client waits for `100 Continue` only until its body starts.
@@ -356,6 +361,7 @@ fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<(Head, usize)>, 
                 minor_version,
                 headers: owned,
                 body,
+                trailers: Vec::new(),
                 keep_alive: !connection_close,
             },
             framing,

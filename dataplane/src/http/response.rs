@@ -1,13 +1,20 @@
 //! Responses as the worker writes them.
 
-use super::reason_phrase;
+use super::{
+    reason_phrase,
+    stream::{ActiveStream, BodyStream, Framing, write_chunk},
+};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Response {
     pub status: u16,
-    /// Extra headers; content-length, connection and date are written by `write_response`.
+    /// Extra headers; content-length, transfer-encoding, connection and date are written by
+    /// `write_response`.
     pub headers: Vec<(String, String)>,
+    /// The whole body, or with `stream` the part of it known up front.
     pub body: Vec<u8>,
+    /// The rest of the body, sent as it is produced (`super::stream`).
+    pub stream: Option<BodyStream>,
 }
 
 impl Response {
@@ -16,6 +23,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: body.into(),
+            stream: None,
         }
     }
 
@@ -42,16 +50,34 @@ pub fn status_has_no_body(status: u16) -> bool {
     (100..200).contains(&status) || status == 204 || status == 304
 }
 
-/// Appends the response to `out`. `date` is the current IMF-fixdate, formatted once a second by
-/// the caller. HEAD responses (`head_only`) carry the headers of the full response but no body;
-/// 1xx, 204 and 304 responses carry neither a body nor a content-length.
+/// What the request allows its response: whether the connection stays open, whether the body
+/// is left out (HEAD), and whether the client reads chunked bodies (HTTP/1.1).
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseMode {
+    pub keep_alive: bool,
+    pub head_only: bool,
+    pub chunked: bool,
+}
+
+/// What `write_response` left to do: the rest of a streamed body, and whether the connection
+/// stays open after it.
+#[derive(Debug)]
+pub struct Written {
+    pub stream: Option<ActiveStream>,
+    pub keep_alive: bool,
+}
+
+/// Appends the response's head, and its body as far as it is known, to `out`. `date` is the
+/// current IMF-fixdate, formatted once a second by the caller. HEAD responses (`head_only`)
+/// carry the headers of the full response but no body; 1xx, 204 and 304 responses carry neither
+/// a body nor a content-length. A streamed body goes with its declared length, chunked, or (to an
+/// HTTP/1.0 client) until the connection closes.
 pub fn write_response(
     out: &mut Vec<u8>,
-    resp: &Response,
-    keep_alive: bool,
-    head_only: bool,
+    resp: Response,
+    mode: ResponseMode,
     date: &str,
-) {
+) -> Written {
     // Byte appends, not `write!`: the formatter's machinery was a visible share of a small
     // response's user-space cost.
     let mut number = itoa::Buffer::new();
@@ -67,11 +93,34 @@ pub fn write_response(
         out.extend_from_slice(b"\r\n");
     }
     let bodiless = status_has_no_body(resp.status);
-    if !bodiless {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(number.format(resp.body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut keep_alive = mode.keep_alive;
+    let framing = match (&resp.stream, bodiless) {
+        (_, true) => None,
+        (None, false) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(number.format(resp.body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            None
+        }
+        (Some(stream), false) => Some(match stream.length {
+            Some(length) if length >= resp.body.len() as u64 => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(number.format(length).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                Framing::Length {
+                    remaining: length - resp.body.len() as u64,
+                }
+            }
+            _ if mode.chunked => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+            _ => {
+                keep_alive = false;
+                Framing::UntilClose
+            }
+        }),
+    };
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -79,8 +128,31 @@ pub fn write_response(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only && !bodiless {
-        out.extend_from_slice(&resp.body);
+    if mode.head_only || bodiless {
+        return Written {
+            stream: None,
+            keep_alive,
+        };
+    }
+    match (framing, resp.stream) {
+        (Some(framing), Some(stream)) => {
+            if framing == Framing::Chunked {
+                write_chunk(out, &resp.body);
+            } else {
+                out.extend_from_slice(&resp.body);
+            }
+            Written {
+                stream: Some(ActiveStream::new(stream, framing)),
+                keep_alive,
+            }
+        }
+        _ => {
+            out.extend_from_slice(&resp.body);
+            Written {
+                stream: None,
+                keep_alive,
+            }
+        }
     }
 }
 
@@ -88,18 +160,32 @@ pub fn write_response(
 mod tests {
     use super::*;
 
+    fn mode(keep_alive: bool, head_only: bool) -> ResponseMode {
+        ResponseMode {
+            keep_alive,
+            head_only,
+            chunked: true,
+        }
+    }
+
     #[test]
     fn serializes_with_length_date_and_close() {
         let mut out = Vec::new();
         let r = Response::text(404, "nope\n").header("x-edge-placement", "local");
-        write_response(&mut out, &r, false, false, "Sun, 22 Nov 2026 14:00:00 GMT");
+        let r2 = Response::text(404, "nope\n").header("x-edge-placement", "local");
+        write_response(
+            &mut out,
+            r,
+            mode(false, false),
+            "Sun, 22 Nov 2026 14:00:00 GMT",
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\nx-edge-placement: local\r\n\
              content-length: 5\r\ndate: Sun, 22 Nov 2026 14:00:00 GMT\r\nconnection: close\r\n\r\nnope\n"
         );
         let mut head = Vec::new();
-        write_response(&mut head, &r, true, true, "d");
+        write_response(&mut head, r2, mode(true, true), "d");
         assert!(head.ends_with(b"content-length: 5\r\ndate: d\r\n\r\n"));
     }
 
@@ -107,7 +193,12 @@ mod tests {
     fn statuses_without_a_body_send_none_whatever_the_guest_gave() {
         for status in [101, 103, 204, 304] {
             let mut out = Vec::new();
-            write_response(&mut out, &Response::new(status, "stray"), true, false, "d");
+            write_response(
+                &mut out,
+                Response::new(status, "stray"),
+                mode(true, false),
+                "d",
+            );
             let text = String::from_utf8(out).unwrap();
             assert!(text.ends_with("date: d\r\n\r\n"), "{status}: {text:?}");
             assert!(!text.contains("content-length"), "{status}: {text:?}");

@@ -25,8 +25,25 @@ use crate::{
 pub struct Routes {
     pub hosts: HashMap<String, String>,
     pub default: Option<String>,
-    /// Fixed responses served without wasm, by host, headers included.
-    pub statics: HashMap<String, (String, Response)>,
+    /// Fixed responses served without wasm, by host.
+    pub statics: HashMap<String, StaticResponse>,
+}
+
+/// A fixed response an app serves without wasm, headers included.
+#[derive(Clone, Debug)]
+pub struct StaticResponse {
+    pub app: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl StaticResponse {
+    pub fn response(&self) -> Response {
+        let mut resp = Response::new(self.status, self.body.clone());
+        resp.headers.clone_from(&self.headers);
+        resp
+    }
 }
 
 impl Routes {
@@ -37,7 +54,7 @@ impl Routes {
             .map(String::as_str)
     }
 
-    fn static_for(&self, req: &Request) -> Option<&(String, Response)> {
+    fn static_for(&self, req: &Request) -> Option<&StaticResponse> {
         req.host().and_then(|h| lookup_host(&self.statics, h))
     }
 }
@@ -332,12 +349,12 @@ impl Service for EdgeService {
                 ),
             ));
         }
-        if let Some((app, resp)) = self.routes.static_for(&req) {
-            count(&self.metrics, app, |c| {
+        if let Some(fixed) = self.routes.static_for(&req) {
+            count(&self.metrics, &fixed.app, |c| {
                 c.requests += 1;
                 c.responses_2xx += 1;
             });
-            return Reply::Now(resp.clone());
+            return Reply::Now(fixed.response());
         }
         let Some(app) = self.routes.app_for(&req).map(str::to_owned) else {
             let host = req.host().unwrap_or("").to_owned();

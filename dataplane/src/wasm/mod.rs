@@ -4,6 +4,7 @@
 
 mod cache;
 mod engine;
+mod guest;
 mod host;
 mod observe;
 pub mod outbound;

@@ -5,10 +5,8 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     convert::Infallible,
-    future::Future as _,
     panic::AssertUnwindSafe,
     path::Path,
-    pin::pin,
     sync::Arc,
     task::Poll,
     time::{Duration, Instant},
@@ -16,10 +14,10 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full};
 use tracing::debug;
 use wasmtime::{
-    Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
+    Engine, Store, StoreLimitsBuilder, UpdateDeadline,
     component::{Linker, ResourceTable},
 };
 use wasmtime_wasi::WasiCtxBuilder;
@@ -31,10 +29,11 @@ use wasmtime_wasi_http::{
 use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
+    guest::{CpuDeadline, GuestBody, GuestRun, Start, WallDeadline},
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
-use crate::http::{Request, Response};
+use crate::http::{Request, Response, stream::BodyStream};
 
 /// Why a request did not get the app's own response.
 #[derive(Debug, thiserror::Error)]
@@ -92,40 +91,8 @@ impl HandleError {
     }
 }
 
-/// The CPU deadline fired: the guest computed for longer than its budget.
-#[derive(Debug)]
-struct CpuDeadline;
-
-impl std::fmt::Display for CpuDeadline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cpu deadline exceeded")
-    }
-}
-
-impl std::error::Error for CpuDeadline {}
-
-/// The wall deadline fired inside wasm: the guest spun past it without yielding.
-#[derive(Debug)]
-struct WallDeadline;
-
-impl std::fmt::Display for WallDeadline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("wall-clock deadline exceeded")
-    }
-}
-
-impl std::error::Error for WallDeadline {}
-
-/// Why the response side of a request has no response to send.
-enum ResponseFailure {
-    /// The guest answered with an error code, set no response, or its body failed.
-    Guest(String),
-    /// The body grew past the app's `max_response_bytes`.
-    TooLarge,
-}
-
-struct App {
-    spec: AppSpec,
+pub(super) struct App {
+    pub(super) spec: AppSpec,
     name: Arc<str>,
     allowed: Arc<[String]>,
     /// Idle instances kept for reuse when `limits.instance_reuse > 1`. A p2 instance serves one
@@ -296,7 +263,9 @@ impl AppRuntime {
             })
     }
 
-    /// Runs one request through a fresh instance of `app`.
+    /// Runs one request through a fresh instance of `app` (or a warm one, with reuse on). The
+    /// response comes once the guest has set it, with what its body holds by then; the rest of
+    /// the body, if any, streams (`guest::GuestBody`).
     pub async fn handle(self: Rc<Self>, app: &str, req: Request) -> Result<Response, HandleError> {
         let app = self
             .apps
@@ -306,29 +275,37 @@ impl AppRuntime {
         if self.in_flight.get() >= self.max_in_flight {
             return Err(HandleError::Overloaded);
         }
-        self.in_flight.set(self.in_flight.get() + 1);
-        let wall = app.spec.limits.wall_deadline;
-        let started = Instant::now();
-        let mut run = pin!(self.run(&app, req));
-        // Most guests finish in their first poll, and only one that waits (on a subrequest)
-        // needs a timer; the deadline still counts from the request's start.
-        let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
-        let result = match first {
-            Poll::Ready(r) => r,
-            Poll::Pending => match tokio::time::timeout_at((started + wall).into(), run).await {
-                Ok(r) => r,
-                Err(_) => Err(HandleError::Deadline {
-                    app: app.spec.name.clone(),
-                    which: "wall-clock",
-                }),
-            },
-        };
-        self.in_flight.set(self.in_flight.get() - 1);
+        // Outside tokio's cooperative budget, as the worker polls its replies (`worker::wake`
+        // says why): a spent budget would make the guest's channels look empty, cutting a whole
+        // body into a stream.
+        let result = tokio::task::unconstrained(self.run(app.clone(), req)).await;
         if let Err(e) = &result {
             // The router logs it with the request id the client is given.
             debug!(app = %app.spec.name, error = %e, "request failed in the app");
         }
         result
+    }
+
+    pub(super) fn enter(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    pub(super) fn leave(&self) {
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+    }
+
+    /// Keeps an instance that finished cleanly for the app's next request, while it has uses
+    /// left and the worker's warm instances are under their cap (a trapped one never comes here:
+    /// it may be broken).
+    pub(super) fn park(&self, app: &App, store: Store<HostState>, proxy: Proxy, served: u32) {
+        if served < app.spec.limits.instance_reuse && self.idle_warm.get() < self.max_in_flight {
+            app.warm.borrow_mut().push(WarmInstance {
+                store,
+                proxy,
+                served,
+            });
+            self.idle_warm.set(self.idle_warm.get() + 1);
+        }
     }
 
     /// Makes the store's deadline callback, which stays for every request the store serves.
@@ -406,19 +383,20 @@ impl AppRuntime {
         store
     }
 
-    async fn run(&self, app: &App, req: Request) -> Result<Response, HandleError> {
+    async fn run(self: Rc<Self>, app: Rc<App>, req: Request) -> Result<Response, HandleError> {
         let name = &app.spec.name;
-        let pre = self.pre(app)?;
+        let deadline = Instant::now() + app.spec.limits.wall_deadline;
+        let pre = self.pre(&app)?;
         let warm = app.warm.borrow_mut().pop();
         if warm.is_some() {
             self.idle_warm.set(self.idle_warm.get() - 1);
         }
         let (mut store, warm_proxy, served) = match warm {
             Some(mut w) => {
-                self.arm_cpu_deadline(&mut w.store, app);
+                self.arm_cpu_deadline(&mut w.store, &app);
                 (w.store, Some(w.proxy), w.served)
             }
-            None => (self.new_store(app), None, 0),
+            None => (self.new_store(&app), None, 0),
         };
 
         store.data_mut().hooks.call_depth = crate::functions::call_depth(&req);
@@ -439,9 +417,7 @@ impl AppRuntime {
             app: name.clone(),
             error: error.into(),
         })?;
-        // The guest and the response body run side by side in this future: a wasi:http guest may
-        // set its response before it writes the body, so neither can wait for the other.
-        let guest = async move {
+        let call = async move {
             let proxy = match warm_proxy {
                 Some(proxy) => proxy,
                 None => pre.instantiate_async(&mut store).await?,
@@ -453,7 +429,7 @@ impl AppRuntime {
             Ok::<_, wasmtime::Error>((store, proxy))
         };
         // A panic in a host call must cost this request, not the worker polling it.
-        let guest = AssertUnwindSafe(guest).catch_unwind().map(|r| {
+        let call = AssertUnwindSafe(call).catch_unwind().map(|r| {
             r.unwrap_or_else(|panic| {
                 Err(wasmtime::Error::msg(format!(
                     "host call panicked: {}",
@@ -462,83 +438,16 @@ impl AppRuntime {
             })
         });
         let limit = app.spec.limits.max_response_bytes;
-        let response = async move {
-            let resp = rx
-                .await
-                .map_err(|_| ResponseFailure::Guest("no response set".into()))?
-                .map_err(|code| ResponseFailure::Guest(format!("{code:?}")))?;
-            let (parts, body) = resp.into_parts();
-            // Dropping the body at the limit fails the guest's next write, so it stops.
-            match Limited::new(body, limit).collect().await {
-                Ok(c) => Ok((parts, c.to_bytes())),
-                Err(e) if e.is::<LengthLimitError>() => Err(ResponseFailure::TooLarge),
-                Err(e) => Err(ResponseFailure::Guest(format!("response body: {e}"))),
-            }
-        };
-        // The guest goes first: a guest that waits on nothing has set its response and written
-        // its body by the time the response side is polled, so both finish in one poll.
-        // (`tokio::join!` rotates which it polls first, which costs a second pass through the
-        // scheduler half the time.)
-        let (guest, response) = futures_util::future::join(guest, response).await;
-        let classify = |e: anyhow::Error| -> HandleError {
-            if e.downcast_ref::<WallDeadline>().is_some() {
-                HandleError::Deadline {
-                    app: name.clone(),
-                    which: "wall-clock",
-                }
-            } else if e.downcast_ref::<CpuDeadline>().is_some()
-                || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt)
-            {
-                HandleError::Deadline {
-                    app: name.clone(),
-                    which: "cpu",
-                }
-            } else {
-                HandleError::Trap {
-                    app: name.clone(),
-                    detail: format!("{e:#}"),
-                }
-            }
-        };
-        let (parts, body) = match (response, guest) {
-            // Whatever the guest did once its body was cut off, the limit is why it failed.
-            (Err(ResponseFailure::TooLarge), _) => {
-                return Err(HandleError::ResponseTooLarge {
-                    app: name.clone(),
-                    limit,
-                });
-            }
-            (Ok(response), Ok((store, proxy))) => {
-                // Only an instance that finished cleanly goes back: a trapped one may be broken.
-                let served = served + 1;
-                if served < app.spec.limits.instance_reuse
-                    && self.idle_warm.get() < self.max_in_flight
-                {
-                    app.warm.borrow_mut().push(WarmInstance {
-                        store,
-                        proxy,
-                        served,
-                    });
-                    self.idle_warm.set(self.idle_warm.get() + 1);
-                }
-                response
-            }
-            // A guest that trapped (or ran out of time) explains a missing or broken response.
-            // One that dies mid-body leaves a body that ends as if it were finished
-            // (wasmtime-wasi-http closes it cleanly when the store drops), and the length this
-            // worker sends would hide the cut: so a guest that failed never answers 200 either.
-            (_, Err(e)) => return Err(classify(e.into())),
-            // The guest answered with an error code, set no response, or its body failed while
-            // the guest ran on.
-            (Err(ResponseFailure::Guest(detail)), Ok(_)) => {
-                return Err(HandleError::GuestError {
-                    app: name.clone(),
-                    detail,
-                });
-            }
-        };
-        // Takes over the body's buffer rather than copying it when nothing else shares it.
-        let mut out = Response::new(parts.status.as_u16(), Vec::from(body));
+        let mut run = GuestRun::new(Box::pin(call), self.clone(), app.clone(), served, deadline);
+        let (parts, body) = run.head(rx).await?.into_parts();
+        let length = GuestBody::declared_length(&parts.headers);
+        let mut body = GuestBody::new(run, body, limit);
+        let mut out = Response::new(parts.status.as_u16(), Vec::new());
+        let start =
+            std::future::poll_fn(|cx| Poll::Ready(body.take_ready(&mut out.body, cx))).await?;
+        if let Start::Partial = start {
+            out.stream = Some(BodyStream::new(body).with_length(length));
+        }
         for (k, v) in parts.headers.iter() {
             if !matches!(
                 k.as_str(),
@@ -579,7 +488,22 @@ fn to_hyper(
     } else {
         http::Uri::try_from(format!("http://localhost{}", req.target))?
     };
-    let body = Full::new(Bytes::from(req.body)).map_err(|never: Infallible| match never {});
+    let trailers = (!req.trailers.is_empty())
+        .then(|| {
+            req.trailers
+                .into_iter()
+                .map(|(name, value)| {
+                    Ok((
+                        http::HeaderName::from_bytes(name.as_bytes())?,
+                        http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
+                    ))
+                })
+                .collect::<anyhow::Result<http::HeaderMap>>()
+        })
+        .transpose()?;
+    let body = Full::new(Bytes::from(req.body))
+        .map_err(|never: Infallible| match never {})
+        .with_trailers(std::future::ready(trailers.map(Ok)));
     let mut hyper_req = http::Request::new(body);
     *hyper_req.method_mut() = http::Method::from_bytes(req.method.as_bytes())?;
     *hyper_req.uri_mut() = uri;

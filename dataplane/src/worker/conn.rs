@@ -1,10 +1,19 @@
 //! One client connection's state inside a worker.
 
 use std::{
-    collections::VecDeque, future::Future, os::fd::RawFd, pin::Pin, task::Waker, time::Instant,
+    collections::VecDeque,
+    future::Future,
+    os::fd::RawFd,
+    pin::Pin,
+    task::{Context, Waker},
+    time::Instant,
 };
 
-use crate::http::{RequestDecoder, Response, write_response};
+use crate::http::{
+    RequestDecoder, Response, ResponseMode,
+    stream::{ActiveStream, Pumped},
+    write_response,
+};
 
 /// Pipelined requests one connection may have unanswered before the worker stops reading from
 /// it: each may hold a wasm instance, and one client must not take a worker's share of them.
@@ -12,12 +21,15 @@ pub const MAX_PIPELINED: usize = 16;
 /// Response bytes queued for a client before the worker stops reading from it. A client that
 /// sends and never reads is then held back by TCP's flow control, not buffered without bound.
 pub const MAX_UNSENT: usize = 256 << 10;
+/// A streamed body is asked for more only while less than this is queued for the client: what
+/// a client has not read holds its producer back (a guest's writes wait), bounding the memory
+/// one stream takes.
+pub const STREAM_HIGH_WATER: usize = 64 << 10;
 
 /// A response in request order: known, or still being computed.
 pub struct Slot {
     pub response: SlotResponse,
-    pub keep_alive: bool,
-    pub head_only: bool,
+    pub mode: ResponseMode,
 }
 
 pub enum SlotResponse {
@@ -64,8 +76,28 @@ pub struct Conn {
     /// When the request now being received started arriving.
     pub request_started: Option<Instant>,
     pub sent_continue: bool,
-    /// Wakes the worker for this connection's running replies; made on the first one.
+    /// Wakes the worker for this connection's running replies and its stream; made on the
+    /// first one.
     pub waker: Option<Waker>,
+    /// The body being streamed to the client (its head is sent); the responses in `pending`
+    /// wait behind it.
+    pub streaming: Option<Streaming>,
+}
+
+/// A response whose head went out and whose body is still being produced.
+pub struct Streaming {
+    pub body: ActiveStream,
+    pub keep_alive: bool,
+}
+
+/// What `collect_ready` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Responses whose head went into `out` (their requests are answered).
+    pub answered: usize,
+    /// Requests left unanswered because a streamed body before them failed and the connection
+    /// closes.
+    pub dropped: usize,
 }
 
 impl Conn {
@@ -89,30 +121,80 @@ impl Conn {
             request_started: None,
             sent_continue: false,
             waker: None,
+            streaming: None,
         }
     }
 
-    /// Serializes the finished prefix of `pending` into `out`; returns how many responses moved.
-    /// Serializing here rather than at dispatch lets a worker that started draining meanwhile
-    /// still say `connection: close`.
-    pub fn collect_ready(&mut self, date: &str, closing: bool) -> usize {
-        let mut moved = 0;
-        while let Some(slot) = self.pending.front() {
+    /// Serializes the finished prefix of `pending` into `out`, and what a streamed body has
+    /// ready while the client keeps up. Serializing here rather than at dispatch lets a worker
+    /// that started draining meanwhile still say `connection: close`. `waker` is the
+    /// connection's, for a stream that has nothing yet.
+    pub fn collect_ready(&mut self, date: &str, closing: bool, waker: &Waker) -> Collected {
+        let mut done = Collected::default();
+        loop {
+            if let Some(streaming) = &mut self.streaming {
+                let unsent = self.sending.len() - self.sent;
+                let mut cx = Context::from_waker(waker);
+                match streaming
+                    .body
+                    .pump(&mut self.out, unsent, STREAM_HIGH_WATER, &mut cx)
+                {
+                    Pumped::Waiting => return done,
+                    Pumped::Finished => {
+                        if !streaming.keep_alive {
+                            self.phase = Phase::CloseAfterFlush;
+                        }
+                        self.streaming = None;
+                    }
+                    Pumped::Failed(error) => {
+                        tracing::warn!(peer = ?self.peer, error = %format!("{error:#}"), "response body failed mid-stream; closing the connection");
+                        self.streaming = None;
+                        done.dropped += self.abandon_pending();
+                        self.phase = Phase::CloseAfterFlush;
+                        return done;
+                    }
+                }
+            }
+            let Some(slot) = self.pending.front() else {
+                return done;
+            };
             if matches!(slot.response, SlotResponse::Running(_)) {
-                break;
+                return done;
             }
             let slot = self.pending.pop_front().expect("front exists");
             let SlotResponse::Ready(resp) = slot.response else {
                 unreachable!("checked above")
             };
-            let keep_alive = slot.keep_alive && !closing;
-            write_response(&mut self.out, &resp, keep_alive, slot.head_only, date);
-            if !keep_alive {
-                self.phase = Phase::CloseAfterFlush;
+            let mode = ResponseMode {
+                keep_alive: slot.mode.keep_alive && !closing,
+                ..slot.mode
+            };
+            let written = write_response(&mut self.out, resp, mode, date);
+            done.answered += 1;
+            match written.stream {
+                Some(body) => {
+                    self.streaming = Some(Streaming {
+                        body,
+                        keep_alive: written.keep_alive,
+                    })
+                }
+                None if !written.keep_alive => self.phase = Phase::CloseAfterFlush,
+                None => {}
             }
-            moved += 1;
         }
-        moved
+    }
+
+    /// Drops the requests still waiting for an answer (the connection is closing); a running
+    /// reply is left to finish on its own (its app completes what it started: subrequests,
+    /// observations, its in-flight count). Returns how many there were.
+    pub fn abandon_pending(&mut self) -> usize {
+        let dropped = self.pending.len();
+        for slot in self.pending.drain(..) {
+            if let SlotResponse::Running(reply) = slot.response {
+                tokio::task::spawn_local(reply);
+            }
+        }
+        dropped
     }
 
     /// Whether the client has enough unanswered requests or unread responses that the worker
@@ -127,6 +209,7 @@ impl Conn {
         self.input.is_empty()
             && self.decoder.is_idle()
             && self.pending.is_empty()
+            && self.streaming.is_none()
             && self.out.is_empty()
             && !self.send_in_flight
     }

@@ -5,7 +5,13 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    rc::Rc,
     sync::OnceLock,
+};
+
+use edgeplane_dataplane::wasm::{
+    AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
+    build_engine,
 };
 
 #[path = "../../../xtask/src/guest_apps.rs"]
@@ -93,4 +99,49 @@ pub fn wstd_example_server() -> PathBuf {
                 .join("apps/target/wstd-example/wasm32-wasip2/release/examples/http_server.wasm")
         })
         .clone()
+}
+
+pub fn ticker() -> &'static EpochTicker {
+    static T: OnceLock<EpochTicker> = OnceLock::new();
+    T.get_or_init(|| EpochTicker::start(EngineConfig::default().epoch_tick))
+}
+
+pub fn spec(name: &str, component: PathBuf) -> AppSpec {
+    AppSpec {
+        name: name.into(),
+        component,
+        env: vec![],
+        allowed_backends: vec![],
+        split_app: None,
+        limits: AppLimits::default(),
+    }
+}
+
+/// A runtime as a worker builds one (16 instances at most).
+pub fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
+    let cfg = EngineConfig {
+        max_instances: 16,
+        ..Default::default()
+    };
+    let engine = build_engine(&cfg).unwrap();
+    ticker().register(&engine);
+    Rc::new(
+        AppRuntime::new(
+            engine,
+            cache_dir,
+            CacheBudget::default(),
+            apps,
+            Observations::default(),
+            cfg.epoch_tick,
+            16,
+        )
+        .unwrap(),
+    )
+}
+
+/// A fresh directory under the system's temporary one, for this test process.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }

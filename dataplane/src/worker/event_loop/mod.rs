@@ -25,7 +25,7 @@ use super::{
     ring::{Op, Ring, split_user_data, user_data},
     wake::{WokenConns, poll_reply},
 };
-use crate::http::{Decoded, HttpError, HttpLimits, Request, Response};
+use crate::http::{Decoded, HttpError, HttpLimits, Request, Response, ResponseMode};
 
 mod accept;
 mod output;
@@ -416,8 +416,11 @@ impl Worker {
         conn.request_started = None;
         conn.pending.push_back(Slot {
             response: SlotResponse::Ready(e.response()),
-            keep_alive: false,
-            head_only: false,
+            mode: ResponseMode {
+                keep_alive: false,
+                head_only: false,
+                chunked: false,
+            },
         });
         conn.phase = Phase::CloseAfterFlush;
         self.in_flight += 1;
@@ -426,6 +429,7 @@ impl Worker {
     fn dispatch(&mut self, idx: usize, req: Request) {
         let mut keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
+        let chunked = req.minor_version >= 1;
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
         // A bug the request reaches must cost that request, not the worker's other connections.
@@ -447,8 +451,11 @@ impl Worker {
         };
         conn.pending.push_back(Slot {
             response,
-            keep_alive,
-            head_only,
+            mode: ResponseMode {
+                keep_alive,
+                head_only,
+                chunked,
+            },
         });
         if !keep_alive {
             conn.phase = Phase::CloseAfterFlush;

@@ -7,7 +7,7 @@ use io_uring::{opcode, types::Fd};
 
 use super::{LINGER, Worker};
 use crate::worker::{
-    conn::{Phase, SlotResponse},
+    conn::Phase,
     ring::{Op, user_data},
 };
 
@@ -53,12 +53,19 @@ impl Worker {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        let moved = conn.collect_ready(&self.date, self.draining.is_some()) as u64;
-        self.in_flight -= moved;
-        self.stats.served += moved;
+        // Taken and put back rather than cloned: no reference count to touch per response.
+        let waker = conn
+            .waker
+            .take()
+            .unwrap_or_else(|| self.woken.waker(idx, conn.generation));
+        let done = conn.collect_ready(&self.date, self.draining.is_some(), &waker);
+        conn.waker = Some(waker);
+        self.in_flight -= (done.answered + done.dropped) as u64;
+        self.stats.served += done.answered as u64;
         if conn.send_in_flight || conn.out.is_empty() {
             if conn.phase == Phase::CloseAfterFlush
                 && conn.pending.is_empty()
+                && conn.streaming.is_none()
                 && !conn.send_in_flight
             {
                 self.linger(idx);
@@ -138,15 +145,9 @@ impl Worker {
         if conn.phase == Phase::Closing {
             return;
         }
-        let dropped = conn.pending.len() as u64;
-        self.in_flight -= dropped;
-        for slot in conn.pending.drain(..) {
-            if let SlotResponse::Running(reply) = slot.response {
-                // Nobody will read the answer, but the app still finishes what it started
-                // (subrequests, their observations, its in-flight count).
-                tokio::task::spawn_local(reply);
-            }
-        }
+        self.in_flight -= conn.abandon_pending() as u64;
+        // A stream nobody will read is dropped: its guest is stopped with it.
+        conn.streaming = None;
         conn.phase = Phase::Closing;
         // Ends the multishot recv (it completes with 0) and any send in flight.
         // SAFETY: our socket.

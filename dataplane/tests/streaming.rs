@@ -1,0 +1,407 @@
+//! Streaming through a real worker (its io_uring ring, real TCP on loopback) and the router, with
+//! real components: wstd's public http_server example and the faulty app. What a client reads is
+//! parsed here, independently of the code under test.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{runtime, spec, tempdir};
+use edgeplane_dataplane::{
+    listener::reuseport_listener,
+    router::{EdgeService, Routes, region::Popularity},
+    wasm::AppLimits,
+    worker::{self, Service, WorkerOptions},
+};
+
+struct Running {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<worker::WorkerStats>>>,
+}
+
+impl Running {
+    /// Stops the worker (it drains) and waits for it.
+    fn join(mut self) -> anyhow::Result<worker::WorkerStats> {
+        let _ = self.stop.send(true);
+        let thread = self.thread.take().expect("joined once");
+        thread.join().expect("worker thread panicked")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A worker serving `wstd.test` (wstd's example) and `faulty.test` (faulty, with a 4 MiB
+/// response limit).
+fn start() -> Running {
+    let wstd = common::wstd_example_server();
+    let faulty = common::app("faulty");
+    let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut opts = WorkerOptions::new(0, listener);
+    opts.pin = false;
+    opts.drain_timeout = Duration::from_secs(2);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let factory: worker::ServiceFactory = Arc::new(move |_| {
+        let mut faulty_spec = spec("faulty", faulty.clone());
+        faulty_spec.limits = AppLimits {
+            max_response_bytes: 4 << 20,
+            ..Default::default()
+        };
+        let rt = runtime(
+            vec![spec("wstd", wstd.clone()), faulty_spec],
+            &tempdir("streaming-cache"),
+        );
+        let mut routes = Routes::default();
+        routes.hosts.insert("wstd.test".into(), "wstd".into());
+        routes.hosts.insert("faulty.test".into(), "faulty".into());
+        Ok(Rc::new(EdgeService {
+            routes,
+            runtime: rt,
+            metrics: Default::default(),
+            debug_headers: false,
+            handoff: None,
+            placement: None,
+            region: None,
+            popularity: Popularity::new(Duration::from_secs(10)),
+            holdout_every: 0,
+            holdout_seen: Default::default(),
+        }) as Rc<dyn Service>)
+    });
+    let thread = worker::spawn(opts, factory, rx).unwrap();
+    Running {
+        addr,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// A response as it arrived: head, and the body's pieces with when each was read.
+#[derive(Debug, Default)]
+struct Received {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Decoded body pieces (chunks, or reads of a delimited body), each with its arrival time.
+    pieces: Vec<(Instant, Vec<u8>)>,
+    trailers: Vec<(String, String)>,
+    /// Whether the body reached its end as framed (the last chunk, the length, or EOF for a
+    /// close-delimited body); false when the connection ended first.
+    complete: bool,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.pieces.iter().flat_map(|(_, p)| p.clone()).collect()
+    }
+}
+
+/// Reads bytes from the socket into `buf` until `pred` holds; false on EOF first.
+fn fill_until(s: &mut TcpStream, buf: &mut Vec<u8>, pred: impl Fn(&[u8]) -> bool) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    while !pred(buf) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one response from `s` (`head_only` for a HEAD request), chunk by chunk.
+fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
+    let mut buf = Vec::new();
+    assert!(
+        fill_until(s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()),
+        "no response head: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let end = find(&buf, b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    buf.drain(..end + 4);
+    let mut r = Received {
+        status,
+        headers,
+        ..Default::default()
+    };
+    if head_only || status == 204 || status == 304 {
+        r.complete = true;
+        return r;
+    }
+    if r.header("transfer-encoding") == Some("chunked") {
+        loop {
+            if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
+                return r;
+            }
+            let line_end = find(&buf, b"\r\n").unwrap();
+            let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
+                        return r;
+                    }
+                    let line_end = find(&buf, b"\r\n").unwrap();
+                    let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        r.complete = true;
+                        return r;
+                    }
+                    let (k, v) = line.split_once(':').unwrap();
+                    r.trailers
+                        .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            if !fill_until(s, &mut buf, |b| b.len() >= size + 2) {
+                return r;
+            }
+            r.pieces.push((Instant::now(), buf[..size].to_vec()));
+            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
+            buf.drain(..size + 2);
+        }
+    }
+    if let Some(length) = r.header("content-length") {
+        let length: usize = length.parse().unwrap();
+        r.complete = fill_until(s, &mut buf, |b| b.len() >= length);
+        r.pieces
+            .push((Instant::now(), buf[..length.min(buf.len())].to_vec()));
+        return r;
+    }
+    // Delimited by the connection's end.
+    if !buf.is_empty() {
+        r.pieces.push((Instant::now(), std::mem::take(&mut buf)));
+    }
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                r.complete = true;
+                return r;
+            }
+            Ok(n) => r.pieces.push((Instant::now(), chunk[..n].to_vec())),
+            Err(e) => panic!("reading a close-delimited body: {e}"),
+        }
+    }
+}
+
+fn send(s: &mut TcpStream, raw: &str) {
+    s.write_all(raw.as_bytes()).unwrap();
+}
+
+#[test]
+fn a_guest_body_streams_as_it_is_written_and_the_connection_serves_on() {
+    let w = start();
+    let mut s = connect(w.addr);
+    let asked = Instant::now();
+    send(
+        &mut s,
+        "GET /stream-body HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert_eq!(r.header("content-length"), None);
+    let body = String::from_utf8(r.body()).unwrap();
+    assert_eq!(body.lines().count(), 5, "{body}");
+    assert!(
+        body.lines().all(|l| l.starts_with("stream started ")),
+        "{body}"
+    );
+    // The guest sleeps 100 ms before each line: streamed, the first line arrives about 400 ms
+    // before the last; buffered whole, they would arrive together.
+    let (first, last) = (r.pieces[0].0, r.pieces.last().unwrap().0);
+    assert!(
+        last.duration_since(first) >= Duration::from_millis(250),
+        "lines arrived {:?} apart (asked {:?} before the first): not streamed",
+        last.duration_since(first),
+        first.duration_since(asked)
+    );
+    // The stream ended cleanly: the same connection serves the next request.
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body(), b"Hello, wasi:http/proxy world!\n");
+    assert_eq!(
+        r.header("content-length"),
+        Some("30"),
+        "a whole body keeps its length"
+    );
+
+    // HEAD: the head of the streamed response, no body, and the connection goes on.
+    send(
+        &mut s,
+        "HEAD /stream-body HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, true);
+    assert_eq!(r.status, 200);
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}
+
+#[test]
+fn an_http_1_0_client_gets_the_stream_delimited_by_the_connection_end() {
+    let w = start();
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "GET /stream-body HTTP/1.0\r\nHost: wstd.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("transfer-encoding"),
+        None,
+        "HTTP/1.0 has no chunked coding"
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(r.complete);
+    assert_eq!(String::from_utf8(r.body()).unwrap().lines().count(), 5);
+}
+
+#[test]
+fn trailers_go_both_ways() {
+    let w = start();
+    let mut s = connect(w.addr);
+    // No trailers sent: the example answers with its own.
+    send(
+        &mut s,
+        "GET /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.trailers, [("x-no-trailers".to_owned(), "1".to_owned())]);
+    // The request's trailers reach the guest, which sends them back as the response's.
+    send(
+        &mut s,
+        "POST /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n0\r\nx-checksum: 900150983cd2\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(
+        r.trailers,
+        [("x-checksum".to_owned(), "900150983cd2".to_owned())]
+    );
+}
+
+#[test]
+fn a_body_past_the_limit_or_a_guest_failing_mid_stream_cuts_the_connection() {
+    let w = start();
+    // /flood writes 64 KiB pieces without end; the app's limit is 4 MiB.
+    let mut s = connect(w.addr);
+    send(&mut s, "GET /flood HTTP/1.1\r\nHost: faulty.test\r\n\r\n");
+    let r = read_response(&mut s, false);
+    assert_eq!(
+        r.status, 200,
+        "the head went out before the limit was reached"
+    );
+    assert!(!r.complete, "a cut body must not end as if whole");
+    let got = r.body().len();
+    assert!(got <= 4 << 20, "{got} bytes went out past the 4 MiB limit");
+    // /truncate traps after 3 KiB of body: either nothing was sent yet (500), or the client
+    // sees the connection end mid-body.
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "GET /truncate HTTP/1.1\r\nHost: faulty.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert!(
+        r.status == 500 || !r.complete,
+        "a guest that failed mid-body answered as if whole: {} complete={}",
+        r.status,
+        r.complete
+    );
+    // The worker goes on serving.
+    let mut s = connect(w.addr);
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_the_guest_back() {
+    let w = start();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window: what the client does not read stays in the worker's hands.
+    s.set_recv_buffer_size(64 << 10).unwrap();
+    s.connect(&w.addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    send(&mut s, "GET /flood HTTP/1.1\r\nHost: faulty.test\r\n\r\n");
+    // Without backpressure the guest would write its 4 MiB limit in milliseconds while nobody
+    // reads, and be cut. Held back, it writes only what the socket buffers and the worker's
+    // high-water mark take, and 3 MiB can still be read after the pause.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut buf = Vec::new();
+    assert!(
+        fill_until(&mut s, &mut buf, |b| b.len() >= 3 << 20),
+        "the stream was cut after {} bytes while the client paused",
+        buf.len()
+    );
+    drop(s);
+    drop(w);
+}
+
+#[test]
+fn the_worker_drains_a_running_stream_before_it_stops() {
+    let w = start();
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "GET /stream-body HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let stopping = std::thread::spawn(move || w.join());
+    let r = read_response(&mut s, false);
+    assert!(
+        r.complete,
+        "a stream under way finishes during the drain: {r:?}"
+    );
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "its head went out before the drain"
+    );
+    assert!(stopping.join().unwrap().is_ok());
+}
