@@ -405,3 +405,86 @@ fn the_worker_drains_a_running_stream_before_it_stops() {
     );
     assert!(stopping.join().unwrap().is_ok());
 }
+
+#[test]
+fn a_request_body_streams_into_the_guest_while_its_answer_streams_out() {
+    let w = start();
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "POST /echo HTTP/1.1\r\nHost: wstd.test\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npiece-1\r\n",
+    );
+    // The client sends its next piece only after the first came back: buffered whole, the
+    // request would never end and this read would time out.
+    let mut buf = Vec::new();
+    assert!(
+        fill_until(&mut s, &mut buf, |b| find(b, b"piece-1").is_some()),
+        "the first piece did not come back before the body ended: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        find(&buf, b"transfer-encoding: chunked").is_some(),
+        "{buf:?}"
+    );
+    send(&mut s, "7\r\npiece-2\r\n0\r\n\r\n");
+    assert!(fill_until(&mut s, &mut buf, |b| find(b, b"0\r\n\r\n").is_some()));
+    assert!(find(&buf, b"piece-2").is_some());
+    // And the connection serves on.
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}
+
+#[test]
+fn a_client_waiting_for_100_continue_gets_it_and_its_body_streams() {
+    let w = start();
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "PUT /echo HTTP/1.1\r\nHost: wstd.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let mut buf = Vec::new();
+    assert!(fill_until(&mut s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()));
+    assert!(buf.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"), "{buf:?}");
+    send(&mut s, "hello");
+    let mut rest = buf.split_off(25);
+    assert!(fill_until(&mut s, &mut rest, |b| find(b, b"hello").is_some()));
+    assert!(rest.starts_with(b"HTTP/1.1 200 OK\r\n"), "{rest:?}");
+}
+
+#[test]
+fn a_request_body_past_the_limit_mid_stream_fails_that_request_only() {
+    let w = start();
+    let mut s = connect(w.addr);
+    // The worker's limit is 1 MiB; this body announces no length and goes past it.
+    send(
+        &mut s,
+        "POST /echo HTTP/1.1\r\nHost: wstd.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let piece = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..24 {
+                if s.write_all(piece.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        })
+    };
+    let r = read_response(&mut s, false);
+    assert!(
+        r.status >= 400 || !r.complete,
+        "a body over the limit must not be echoed as whole: {} complete={}",
+        r.status,
+        r.complete
+    );
+    assert!(
+        r.body().len() <= 1 << 20,
+        "more than the limit went through"
+    );
+    let _ = writer.join();
+    let mut s = connect(w.addr);
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}

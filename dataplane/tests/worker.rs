@@ -26,7 +26,16 @@ impl Service for TestService {
         let path = req.path().to_owned();
         match path.as_str() {
             "/" => Reply::Now(Response::text(200, "hello\n")),
-            "/echo" => Reply::Now(Response::new(200, req.body)),
+            "/echo" => match ctx.take_body() {
+                // A body still arriving when the head did streams in.
+                Some(body) => Reply::Later(Box::pin(async move {
+                    match body.read_all(1 << 20).await {
+                        Ok((whole, _)) => Response::new(200, whole),
+                        Err(e) => Response::text(400, e.to_string()),
+                    }
+                })),
+                None => Reply::Now(Response::new(200, req.body)),
+            },
             "/worker" => Reply::Now(Response::text(200, ctx.worker.to_string())),
             "/panic" => panic!("a bug reached by {}", req.target),
             p if p.starts_with("/status/") => {

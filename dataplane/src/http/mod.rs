@@ -3,7 +3,9 @@
 
 mod chunked;
 mod client;
+mod decoder;
 mod request;
+pub mod request_body;
 mod response;
 pub mod stream;
 
@@ -11,7 +13,8 @@ use std::time::Duration;
 
 pub use chunked::{ChunkedDecoder, decode_chunked};
 pub use client::{ParsedResponse, is_hop_by_hop, parse_response, write_request};
-pub use request::{Decoded, ParseOutcome, Request, RequestDecoder, parse_request};
+pub use decoder::{Decoded, RequestDecoder};
+pub use request::{ParseOutcome, Request, parse_request};
 pub use response::{Response, ResponseMode, Written, write_response};
 
 /// What a worker accepts from a client before answering with an error.

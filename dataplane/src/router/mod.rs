@@ -392,12 +392,26 @@ impl Service for EdgeService {
             .filter(|p| !handed_off && p.overflow_in_flight > 0)
             .map(|p| (p.region, p.overflow_in_flight));
         let client = ctx.peer;
+        let mut body = ctx.take_body();
         let debug = self.debug_headers;
         count(&metrics, &app, |c| c.requests += 1);
         // Only a request that may be served elsewhere, or a baseline for one, is timed.
         let timed = handed_off || overflow.is_some() || !matches!(target, Target::Local);
         Reply::Later(Box::pin(async move {
             let started = timed.then(std::time::Instant::now);
+            let mut req = req;
+            // A request that may go to another datacenter is signed over its whole body.
+            let may_leave = overflow.is_some()
+                || !matches!(
+                    target,
+                    Target::Local | Target::Holdout | Target::PeerDown(_)
+                );
+            if may_leave && let Some(streamed) = body.take() {
+                match streamed.read_all(usize::MAX).await {
+                    Ok((whole, _trailers)) => req.body = whole,
+                    Err(e) => return Response::text(400, format!("{e}\n")),
+                }
+            }
             let mut placement = "local".to_owned();
             if matches!(target, Target::Holdout) {
                 count(&metrics, &app, |c| c.holdouts += 1);
@@ -450,7 +464,7 @@ impl Service for EdgeService {
             let remote_served = remote.is_some();
             let mut resp = match remote {
                 Some(r) => r,
-                None => match runtime.handle(&app, req).await {
+                None => match runtime.handle_streaming(&app, req, body).await {
                     // Headers the platform owns say what the platform did; a guest's are dropped
                     // before anything (a peer's RTT estimate, the client) reads them.
                     Ok(mut r) => {

@@ -230,9 +230,20 @@ impl<T: Clone> CodeCache<T> {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("compiling {}", path.display()))?;
         self.compiled += 1;
-        let tmp = artifact.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &compiled)?;
-        std::fs::rename(&tmp, &artifact)?;
+        // Workers of one process compile the same app at the same time: each writes a file of
+        // its own, and the last rename wins with an artifact as whole as the first. Failing to
+        // keep the artifact costs the next start a compile, not this request.
+        let tmp = artifact.with_extension(format!(
+            "tmp{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        if let Err(e) =
+            std::fs::write(&tmp, &compiled).and_then(|()| std::fs::rename(&tmp, &artifact))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(artifact = %artifact.display(), error = %e, "could not keep the compiled artifact");
+        }
         // SAFETY: produced just above by this engine.
         let component = unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(anyhow::Error::from)?;

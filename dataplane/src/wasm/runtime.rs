@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use tracing::debug;
 use wasmtime::{
     Engine, Store, StoreLimitsBuilder, UpdateDeadline,
@@ -33,7 +33,7 @@ use super::{
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
-use crate::http::{Request, Response, stream::BodyStream};
+use crate::http::{Request, Response, request_body::RequestBody, stream::BodyStream};
 
 /// Why a request did not get the app's own response.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +267,16 @@ impl AppRuntime {
     /// response comes once the guest has set it, with what its body holds by then; the rest of
     /// the body, if any, streams (`guest::GuestBody`).
     pub async fn handle(self: Rc<Self>, app: &str, req: Request) -> Result<Response, HandleError> {
+        self.handle_streaming(app, req, None).await
+    }
+
+    /// As `handle`, for a request whose body streams in through `body` (its `req.body` is empty).
+    pub async fn handle_streaming(
+        self: Rc<Self>,
+        app: &str,
+        req: Request,
+        body: Option<RequestBody>,
+    ) -> Result<Response, HandleError> {
         let app = self
             .apps
             .get(app)
@@ -278,7 +288,7 @@ impl AppRuntime {
         // Outside tokio's cooperative budget, as the worker polls its replies (`worker::wake`
         // says why): a spent budget would make the guest's channels look empty, cutting a whole
         // body into a stream.
-        let result = tokio::task::unconstrained(self.run(app.clone(), req)).await;
+        let result = tokio::task::unconstrained(self.run(app.clone(), req, body)).await;
         if let Err(e) = &result {
             // The router logs it with the request id the client is given.
             debug!(app = %app.spec.name, error = %e, "request failed in the app");
@@ -383,7 +393,12 @@ impl AppRuntime {
         store
     }
 
-    async fn run(self: Rc<Self>, app: Rc<App>, req: Request) -> Result<Response, HandleError> {
+    async fn run(
+        self: Rc<Self>,
+        app: Rc<App>,
+        req: Request,
+        body: Option<RequestBody>,
+    ) -> Result<Response, HandleError> {
         let name = &app.spec.name;
         let deadline = Instant::now() + app.spec.limits.wall_deadline;
         let pre = self.pre(&app)?;
@@ -400,7 +415,7 @@ impl AppRuntime {
         };
 
         store.data_mut().hooks.call_depth = crate::functions::call_depth(&req);
-        let hyper_req = to_hyper(req).map_err(|e| HandleError::GuestError {
+        let hyper_req = to_hyper(req, body).map_err(|e| HandleError::GuestError {
             app: name.clone(),
             detail: e.to_string(),
         })?;
@@ -469,12 +484,12 @@ fn epoch_ticks(d: Duration, tick: Duration) -> u64 {
 }
 
 /// The request as wasi:http sees it. The URI stays in origin form when there is a Host header,
-/// whose value (port included, as `wasmtime serve` passes it) becomes the authority.
+/// whose value (port included, as `wasmtime serve` passes it) becomes the authority. The body is
+/// the request's own, or the stream it arrives on.
 fn to_hyper(
     req: Request,
-) -> anyhow::Result<
-    http::Request<impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error>>,
-> {
+    streamed: Option<RequestBody>,
+) -> anyhow::Result<http::Request<UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>>> {
     let has_host = req.header("host").is_some();
     let mut headers = http::HeaderMap::with_capacity(req.headers.len());
     for (name, value) in req.headers {
@@ -488,22 +503,30 @@ fn to_hyper(
     } else {
         http::Uri::try_from(format!("http://localhost{}", req.target))?
     };
-    let trailers = (!req.trailers.is_empty())
-        .then(|| {
-            req.trailers
-                .into_iter()
-                .map(|(name, value)| {
-                    Ok((
-                        http::HeaderName::from_bytes(name.as_bytes())?,
-                        http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
-                    ))
+    let body = match streamed {
+        Some(body) => body
+            .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+            .boxed_unsync(),
+        None => {
+            let trailers = (!req.trailers.is_empty())
+                .then(|| {
+                    req.trailers
+                        .into_iter()
+                        .map(|(name, value)| {
+                            Ok((
+                                http::HeaderName::from_bytes(name.as_bytes())?,
+                                http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
+                            ))
+                        })
+                        .collect::<anyhow::Result<http::HeaderMap>>()
                 })
-                .collect::<anyhow::Result<http::HeaderMap>>()
-        })
-        .transpose()?;
-    let body = Full::new(Bytes::from(req.body))
-        .map_err(|never: Infallible| match never {})
-        .with_trailers(std::future::ready(trailers.map(Ok)));
+                .transpose()?;
+            Full::new(Bytes::from(req.body))
+                .map_err(|never: Infallible| match never {})
+                .with_trailers(std::future::ready(trailers.map(Ok)))
+                .boxed_unsync()
+        }
+    };
     let mut hyper_req = http::Request::new(body);
     *hyper_req.method_mut() = http::Method::from_bytes(req.method.as_bytes())?;
     *hyper_req.uri_mut() = uri;

@@ -76,6 +76,9 @@ pub struct Conn {
     /// When the request now being received started arriving.
     pub request_started: Option<Instant>,
     pub sent_continue: bool,
+    /// The request whose body is streaming in is the connection's last: close once that body
+    /// has been read.
+    pub close_after_body: bool,
     /// Wakes the worker for this connection's running replies and its stream; made on the
     /// first one.
     pub waker: Option<Waker>,
@@ -108,7 +111,7 @@ impl Conn {
             generation,
             phase: Phase::Open,
             input: Vec::new(),
-            decoder: RequestDecoder::default(),
+            decoder: RequestDecoder::streaming(),
             pending: VecDeque::new(),
             out: Vec::new(),
             sending: Vec::new(),
@@ -120,6 +123,7 @@ impl Conn {
             last_activity: now,
             request_started: None,
             sent_continue: false,
+            close_after_body: false,
             waker: None,
             streaming: None,
         }

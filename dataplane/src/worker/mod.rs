@@ -37,7 +37,7 @@ use std::{
 use anyhow::Context as _;
 use tracing::warn;
 
-use crate::http::{HttpLimits, Request, Response};
+use crate::http::{HttpLimits, Request, Response, request_body::RequestBody};
 
 /// What a service returns for a request: an answer now, or a future the worker runs on its
 /// thread while it keeps serving other connections.
@@ -50,6 +50,17 @@ pub struct RequestContext {
     pub worker: u32,
     /// The client's address (the connection's peer).
     pub peer: Option<std::net::SocketAddr>,
+    /// The body of a request that went on before its body arrived (`take_body`): `req.body`
+    /// is then empty.
+    pub body: std::cell::Cell<Option<RequestBody>>,
+}
+
+impl RequestContext {
+    /// The streamed body of the request now being called, if it has one; a service that does
+    /// not take it leaves it to be read and dropped.
+    pub fn take_body(&self) -> Option<RequestBody> {
+        self.body.take()
+    }
 }
 
 /// Turns requests into replies; one instance per worker, never shared across threads.

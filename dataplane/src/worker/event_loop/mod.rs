@@ -25,7 +25,9 @@ use super::{
     ring::{Op, Ring, split_user_data, user_data},
     wake::{WokenConns, poll_reply},
 };
-use crate::http::{Decoded, HttpError, HttpLimits, Request, Response, ResponseMode};
+use crate::http::{
+    Decoded, HttpError, HttpLimits, Request, Response, ResponseMode, request_body::RequestBody,
+};
 
 mod accept;
 mod output;
@@ -100,6 +102,7 @@ impl Worker {
             ctx: RequestContext {
                 worker: opts.cpu,
                 peer: None,
+                body: Default::default(),
             },
             limits: opts.limits,
             conns: Vec::new(),
@@ -334,7 +337,10 @@ impl Worker {
                 self.arm_recv(idx);
             }
             (0, false) => {
-                // EOF. A half-closed client still gets the responses it asked for.
+                // EOF. A body still streaming will not be whole: its reader is told.
+                conn.decoder
+                    .abandon("the client closed before its body ended");
+                // A half-closed client still gets the responses it asked for.
                 if conn.pending.is_empty() && conn.out.is_empty() && !conn.send_in_flight {
                     self.close(idx);
                 } else if conn.phase == Phase::Open {
@@ -364,6 +370,7 @@ impl Worker {
                 }
                 continue;
             }
+            let was_streaming = conn.decoder.is_streaming();
             let decoded = catch_unwind(AssertUnwindSafe(|| {
                 conn.decoder.decode(&conn.input, &self.limits)
             }))
@@ -380,7 +387,43 @@ impl Worker {
                     conn.input.drain(..used);
                     conn.sent_continue = false;
                     conn.request_started = (!conn.input.is_empty()).then_some(now);
-                    self.dispatch(idx, req);
+                    self.dispatch(idx, req, None);
+                }
+                Ok(Decoded::Streaming {
+                    request,
+                    body,
+                    used,
+                    expects_continue,
+                }) => {
+                    conn.input.drain(..used);
+                    conn.sent_continue = false;
+                    conn.request_started = Some(now);
+                    self.dispatch(idx, request, Some(body));
+                    if expects_continue {
+                        self.send_continue(idx, true);
+                    }
+                }
+                Ok(Decoded::BodyEnd { used }) => {
+                    conn.input.drain(..used);
+                    conn.request_started = (!conn.input.is_empty()).then_some(now);
+                    if std::mem::take(&mut conn.close_after_body) {
+                        conn.input.clear();
+                        conn.request_started = None;
+                        conn.phase = Phase::CloseAfterFlush;
+                        break;
+                    }
+                }
+                Ok(Decoded::Blocked { used }) => {
+                    conn.input.drain(..used);
+                    // The body's reader is full: read on once it takes some (its waker is this
+                    // connection's).
+                    let waker = conn
+                        .waker
+                        .get_or_insert_with(|| self.woken.waker(idx, conn.generation));
+                    if conn.decoder.wait_for_room(waker) {
+                        self.pause(idx);
+                        break;
+                    }
                 }
                 Ok(Decoded::Partial {
                     used,
@@ -390,10 +433,20 @@ impl Worker {
                     if conn.request_started.is_none() {
                         conn.request_started = Some(now);
                     }
-                    if expects_continue && !conn.sent_continue && conn.pending.is_empty() {
-                        conn.sent_continue = true;
-                        conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if expects_continue {
+                        self.send_continue(idx, false);
                     }
+                    break;
+                }
+                Err(e) if was_streaming => {
+                    // The request went on already and its answer is coming: its body's reader
+                    // has the error, and the connection closes after that answer.
+                    self.stats.bad_requests += 1;
+                    debug!(worker = self.ctx.worker, error = %e, "bad request body mid-stream");
+                    conn.decoder.abandon("the request body failed");
+                    conn.input.clear();
+                    conn.request_started = None;
+                    conn.phase = Phase::CloseAfterFlush;
                     break;
                 }
                 Err(e) => {
@@ -407,13 +460,34 @@ impl Worker {
         self.flush(idx);
     }
 
-    /// Answers with an error status and closes after it.
+    /// Sends `100 Continue` to a client waiting for it before its body, once per request, when
+    /// no earlier response is still to come (it must not land inside one). `dispatched`: the
+    /// request already has its slot in `pending`.
+    fn send_continue(&mut self, idx: usize, dispatched: bool) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let nothing_before =
+            conn.pending.len() == usize::from(dispatched) && conn.streaming.is_none();
+        if !conn.sent_continue && nothing_before {
+            conn.sent_continue = true;
+            conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+
+    /// Answers with an error status and closes after it. A request whose body was streaming
+    /// has its answer coming already: its body's reader gets the error, and the connection
+    /// closes after that answer.
     fn fail(&mut self, idx: usize, e: HttpError) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
         conn.input.clear();
         conn.request_started = None;
+        if conn.decoder.abandon("the request body failed") {
+            conn.phase = Phase::CloseAfterFlush;
+            return;
+        }
         conn.pending.push_back(Slot {
             response: SlotResponse::Ready(e.response()),
             mode: ResponseMode {
@@ -426,15 +500,19 @@ impl Worker {
         self.in_flight += 1;
     }
 
-    fn dispatch(&mut self, idx: usize, req: Request) {
+    fn dispatch(&mut self, idx: usize, req: Request, body: Option<RequestBody>) {
         let mut keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
         let chunked = req.minor_version >= 1;
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
         // A bug the request reaches must cost that request, not the worker's other connections.
+        self.ctx.body.set(body);
         let (service, ctx) = (&self.service, &self.ctx);
-        let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx))).unwrap_or_else(
+        let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx)));
+        // A body the service did not take is read and dropped as it arrives.
+        drop(self.ctx.body.take());
+        let reply = reply.unwrap_or_else(
             |panic| {
                 WorkerCounters::bump(&self.counters.panics);
                 error!(worker = self.ctx.worker, peer = ?self.ctx.peer, panic = crate::panic_text(&*panic), "request handling panicked; answering 500 and closing the connection");
@@ -458,7 +536,12 @@ impl Worker {
             },
         });
         if !keep_alive {
-            conn.phase = Phase::CloseAfterFlush;
+            if conn.decoder.is_streaming() {
+                // Its body is still to be read (and given to the service) first.
+                conn.close_after_body = true;
+            } else {
+                conn.phase = Phase::CloseAfterFlush;
+            }
         }
         if running {
             let newest = conn.pending.len() - 1;
