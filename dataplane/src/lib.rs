@@ -1,6 +1,7 @@
 //! The request path in userspace. Workers (one per CPU) each own a listening socket in one
 //! SO_REUSEPORT group; the kernel's `select_worker` picks among them per connection.
 
+pub mod client;
 pub mod functions;
 pub mod handoff;
 pub mod http;

@@ -7,6 +7,7 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -584,4 +585,86 @@ fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
             .unwrap();
         assert_eq!(r.body, b"abc");
     });
+}
+
+/// A keep-alive backend on loopback: answers every request on every connection with `pong`,
+/// counting connections and requests.
+fn keep_alive_backend() -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (connections.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 2048];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
+#[test]
+fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
+    use std::sync::atomic::Ordering;
+    let (addr, connections, requests) = keep_alive_backend();
+    let cache = tempdir("cache-pool");
+    let app = |name: &str| {
+        let mut s = spec(name, common::app("fetcher"));
+        s.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
+        s.allowed_backends = vec![addr.clone()];
+        s
+    };
+    let rt = runtime(vec![app("a"), app("b")], &cache);
+    block_on(async {
+        for _ in 0..2 {
+            let r = rt
+                .clone()
+                .handle("a", request("GET /?k=5 HTTP/1.1\r\nHost: f\r\n\r\n"))
+                .await
+                .unwrap();
+            let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(summary["bytes"], 20, "{summary}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 10);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "ten sequential subrequests of two fresh instances share one connection"
+        );
+        // Another app never sends on a connection the first opened.
+        rt.clone()
+            .handle("b", request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    });
+    let obs = rt.observations().snapshot();
+    let a = obs.iter().find(|o| o.app == "a").unwrap();
+    assert_eq!((a.count, a.connects, a.failures), (10, 1, 0));
+    assert!(a.connect_p50_us > 0 && a.p50_us > 0);
 }

@@ -414,9 +414,10 @@ impl Engine {
                     !edgeplane_dataplane::functions::is_internal(host)
                 })
             {
+                let cost = d.per_request_us() * d.count as f64;
                 let e = merged.entry(d.destination).or_default();
                 e.0 += d.count;
-                e.1 += d.p50_us as f64 * d.count as f64;
+                e.1 += cost;
             }
         }
         merged

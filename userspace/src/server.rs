@@ -261,7 +261,7 @@ pub fn start(
             }
             let (handoff, region, placement) = match &handoff {
                 Some((h, region)) => (
-                    Some(Rc::new(Handoff::new(h.clone()))),
+                    Some(Rc::new(Handoff::new(h.clone(), runtime.pool().clone()))),
                     *region,
                     Some(Box::new(MapPlacement {
                         ids: app_ids.clone(),

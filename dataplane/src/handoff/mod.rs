@@ -3,26 +3,26 @@
 //! the signature, serves the app itself (a handed-off request is never handed off again), and
 //! learns the original client's address from the signed headers.
 //!
-//! Each worker owns its pool (no lock shared between workers); a connection goes back to the
-//! pool when the peer keeps it open.
+//! Each worker owns its pool (`crate::client`, shared with its guests' subrequests; no lock
+//! shared between workers); a connection goes back to the pool when the peer's response has been
+//! read to its end and the peer keeps it open.
 
 pub mod auth;
 mod health;
 
 use std::{
-    cell::RefCell,
     collections::HashMap,
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use http_body_util::BodyExt as _;
 
-use crate::http::{Request, Response, parse_response, write_request};
+use crate::{
+    client::{ClientError, ConnPool, Head, Outgoing, PoolKey, Sent},
+    http::{Request, Response, is_hop_by_hop, stream::BodyStream},
+};
 pub use auth::{AuthError, HandoffMeta, ReplayGuard};
 pub use health::PeerHealth;
 
@@ -66,9 +66,11 @@ pub enum HandoffError {
     #[error("datacenter {peer} did not answer within {timeout:?}")]
     Timeout { peer: String, timeout: Duration },
     #[error("datacenter {peer}: {error}")]
-    Io { peer: String, error: std::io::Error },
+    Exchange { peer: String, error: String },
     #[error("datacenter {peer} sent a malformed response: {detail}")]
     BadResponse { peer: String, detail: String },
+    #[error("request not fit to hand to {peer}: {detail}")]
+    BadRequest { peer: String, detail: String },
 }
 
 impl HandoffError {
@@ -76,28 +78,40 @@ impl HandoffError {
     pub fn may_have_reached_peer(&self) -> bool {
         !matches!(
             self,
-            HandoffError::UnknownPeer(_) | HandoffError::Unreachable { .. }
+            HandoffError::UnknownPeer(_)
+                | HandoffError::Unreachable { .. }
+                | HandoffError::BadRequest { .. }
         )
+    }
+
+    fn from_client(peer: &str, e: ClientError) -> Self {
+        let peer = peer.to_owned();
+        if e.maybe_written() {
+            HandoffError::Exchange {
+                peer,
+                error: e.to_string(),
+            }
+        } else {
+            HandoffError::Unreachable {
+                peer,
+                error: e.to_string(),
+            }
+        }
     }
 }
 
-/// Methods a client may repeat without changing the outcome (RFC 9110, 9.2.2).
-pub fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
-    )
-}
+pub use crate::client::retry::is_idempotent;
 
 struct PeerPool {
     peer: Peer,
-    idle: RefCell<Vec<TcpStream>>,
 }
 
 /// One worker's handoff client and verifier.
 pub struct Handoff {
     cfg: HandoffConfig,
     pools: HashMap<u32, PeerPool>,
+    /// The worker's connections (its guests' subrequests share it).
+    conns: Arc<ConnPool>,
 }
 
 fn unix_now() -> u64 {
@@ -106,25 +120,15 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Idle pooled connections kept per peer and worker.
-const MAX_IDLE: usize = 32;
-
 impl Handoff {
-    pub fn new(cfg: HandoffConfig) -> Self {
+    /// Hands off over `conns`, the worker's pool.
+    pub fn new(cfg: HandoffConfig, conns: Arc<ConnPool>) -> Self {
         let pools = cfg
             .peers
             .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    PeerPool {
-                        peer: p.clone(),
-                        idle: RefCell::new(Vec::new()),
-                    },
-                )
-            })
+            .map(|p| (p.id, PeerPool { peer: p.clone() }))
             .collect();
-        Self { cfg, pools }
+        Self { cfg, pools, conns }
     }
 
     /// Whether `dc` is marked down (a handoff or a probe failed, and no probe has seen it since).
@@ -154,7 +158,9 @@ impl Handoff {
         Ok(meta)
     }
 
-    /// Sends `req` to datacenter `dc` on behalf of `client` and returns its response.
+    /// Sends `req` to datacenter `dc` on behalf of `client` and returns its response, whose
+    /// body streams from the peer (through this datacenter, unbuffered past what is there when
+    /// its head is).
     pub async fn forward(
         &self,
         dc: u32,
@@ -162,6 +168,7 @@ impl Handoff {
         client: &str,
     ) -> Result<Response, HandoffError> {
         let pool = self.pools.get(&dc).ok_or(HandoffError::UnknownPeer(dc))?;
+        let name = &pool.peer.name;
         auth::sign(
             &self.cfg.key,
             &mut req,
@@ -170,189 +177,106 @@ impl Handoff {
             1,
             unix_now(),
         );
-        let mut wire = Vec::with_capacity(512 + req.body.len());
-        write_request(&mut wire, &req);
-        let head = req.method == "HEAD";
-        let retry_stale = is_idempotent(&req.method);
+        let (head, body) = outgoing(req).map_err(|detail| HandoffError::BadRequest {
+            peer: name.clone(),
+            detail,
+        })?;
         let timeout = self.cfg.request_timeout;
-        let started = Instant::now();
-        let exchange = self.exchange(pool, &wire, head, retry_stale);
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
+        let key = PoolKey::new(HANDOFF_POOL_OWNER, pool.peer.addr);
+        let send = crate::client::send(&self.conns, key, head, body, self.cfg.connect_timeout);
+        let result = match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(sent)) => self.relay(dc, sent).await,
+            Ok(Err(e)) => Err(HandoffError::from_client(name, e)),
             Err(_) => Err(HandoffError::Timeout {
-                peer: pool.peer.name.clone(),
+                peer: name.clone(),
                 timeout,
             }),
         };
-        let result = result.map(|(resp, connecting)| (resp, connecting, started.elapsed()));
-        match result {
-            Ok((mut resp, connecting, took)) => {
-                let served_us = resp
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k == SERVICE_TIME_HEADER)
-                    .and_then(|(_, v)| v.parse::<u64>().ok());
-                resp.headers.retain(|(k, _)| k != SERVICE_TIME_HEADER);
-                if let Some(us) = served_us {
-                    let rtt = took.saturating_sub(connecting + Duration::from_micros(us));
-                    self.cfg.health.record_handoff_rtt(dc, rtt);
-                }
-                Ok(resp)
-            }
-            Err(e) => {
-                if self.cfg.health.mark_down(dc) {
-                    tracing::warn!(peer = %pool.peer.name, error = %e, "peer marked down until a probe sees it back");
-                }
-                Err(e)
-            }
+        if let Err(e) = &result
+            && self.cfg.health.mark_down(dc)
+        {
+            tracing::warn!(peer = %name, error = %e, "peer marked down until a probe sees it back");
         }
+        result
     }
 
-    /// The peer's response, and the time spent opening a connection for it (zero on a pooled
-    /// one).
-    ///
-    /// A pooled connection may have been closed by the peer while idle. One seen closed before
-    /// anything is written is dropped for the next. One that fails after the request was written
-    /// is retried on a new connection only for an idempotent request (`retry_stale`): the peer
-    /// may have received it and run the app, and a POST must never run twice. A fresh
-    /// connection's failure is final.
-    async fn exchange(
-        &self,
-        pool: &PeerPool,
-        wire: &[u8],
-        head: bool,
-        retry_stale: bool,
-    ) -> Result<(Response, Duration), HandoffError> {
-        let io = |error| HandoffError::Io {
-            peer: pool.peer.name.clone(),
-            error,
-        };
-        loop {
-            let Some(stream) = pool.idle.borrow_mut().pop() else {
-                break;
-            };
-            if !still_open(&stream) {
+    /// The peer's response as this datacenter sends it on: its head, what its body holds
+    /// already, and the rest as a stream held to `max_response_bytes`. The peer's serving time
+    /// gives the network's share of the exchange: the RTT on the handoff connection.
+    async fn relay(&self, dc: u32, sent: Sent) -> Result<Response, HandoffError> {
+        let (parts, body) = sent.response.into_parts();
+        let served_us = parts
+            .headers
+            .get(SERVICE_TIME_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(us) = served_us {
+            let rtt = sent
+                .timing
+                .exchange
+                .saturating_sub(Duration::from_micros(us));
+            self.cfg.health.record_handoff_rtt(dc, rtt);
+        }
+        let mut resp = Response::new(parts.status.as_u16(), Vec::new());
+        let mut length = None;
+        for (name, value) in &parts.headers {
+            let name = name.as_str();
+            if name == "content-length" {
+                length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            }
+            if is_hop_by_hop(name) || name == SERVICE_TIME_HEADER || name == "date" {
                 continue;
             }
-            match self.send_on(pool, stream, wire, head).await {
-                Ok(resp) => return Ok((resp, Duration::ZERO)),
-                Err(SendError::Stale) if retry_stale => break,
-                Err(SendError::Stale) => {
-                    return Err(io(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "pooled connection closed after the request was sent; not retried",
-                    )));
-                }
-                Err(SendError::Failed(e)) => return Err(e),
-            }
+            resp.headers.push((
+                name.to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ));
         }
-        let unreachable = |error: String| HandoffError::Unreachable {
-            peer: pool.peer.name.clone(),
-            error,
-        };
-        let connect_started = Instant::now();
-        let stream =
-            tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(pool.peer.addr))
-                .await
-                .map_err(|_| {
-                    unreachable(format!(
-                        "no connection within {:?}",
-                        self.cfg.connect_timeout
-                    ))
-                })?
-                .map_err(|e| unreachable(e.to_string()))?;
-        let connecting = connect_started.elapsed();
-        let _ = stream.set_nodelay(true);
-        match self.send_on(pool, stream, wire, head).await {
-            Ok(resp) => Ok((resp, connecting)),
-            Err(SendError::Stale) => Err(io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "closed before answering",
-            ))),
-            Err(SendError::Failed(e)) => Err(e),
+        let limit = self.cfg.max_response_bytes;
+        let body = http_body_util::Limited::new(body, limit)
+            .map_err(|e| anyhow::anyhow!("relaying a peer's response: {e}"));
+        let mut stream = BodyStream::new(body).with_length(length);
+        let whole = stream
+            .take_ready(&mut resp.body, PREFIX_BYTES)
+            .await
+            .map_err(|e| HandoffError::BadResponse {
+                peer: self.peer_name(dc),
+                detail: format!("{e:#}"),
+            })?;
+        if !whole {
+            resp.stream = Some(stream);
         }
-    }
-
-    async fn send_on(
-        &self,
-        pool: &PeerPool,
-        mut stream: TcpStream,
-        wire: &[u8],
-        head: bool,
-    ) -> Result<Response, SendError> {
-        let peer = &pool.peer.name;
-        let failed = |error| {
-            SendError::Failed(HandoffError::Io {
-                peer: peer.clone(),
-                error,
-            })
-        };
-        if stream.write_all(wire).await.is_err() {
-            return Err(SendError::Stale);
-        }
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = vec![0u8; 16 * 1024];
-        // Whether the peer sent anything: after that, a close is a failure, not a stale socket.
-        let mut heard = false;
-        loop {
-            let n = match stream.read(&mut chunk).await {
-                Ok(0) if !heard => return Err(SendError::Stale),
-                Ok(0) => {
-                    return Err(failed(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "closed mid-response",
-                    )));
-                }
-                Ok(n) => n,
-                Err(_) if !heard => return Err(SendError::Stale),
-                Err(e) => return Err(failed(e)),
-            };
-            heard = true;
-            buf.extend_from_slice(&chunk[..n]);
-            // Interim (1xx) responses come before the final one: never taken for it, and never
-            // left on a pooled connection for the next request to read.
-            let parsed = loop {
-                match parse_response(&buf, head, self.cfg.max_response_bytes) {
-                    Ok(Some(p)) if is_interim(p.response.status) => {
-                        buf.drain(..p.consumed.min(buf.len()));
-                    }
-                    other => break other,
-                }
-            };
-            match parsed {
-                Ok(None) => continue,
-                Ok(Some(parsed)) => {
-                    let mut idle = pool.idle.borrow_mut();
-                    if parsed.keep_alive && parsed.consumed == buf.len() && idle.len() < MAX_IDLE {
-                        idle.push(stream);
-                    }
-                    return Ok(parsed.response);
-                }
-                Err(e) => {
-                    return Err(SendError::Failed(HandoffError::BadResponse {
-                        peer: peer.clone(),
-                        detail: e.to_string(),
-                    }));
-                }
-            }
-        }
+        Ok(resp)
     }
 }
 
-/// 1xx other than 101 (edgeplane never asks to switch protocols, so a 101 is a bad answer).
-fn is_interim(status: u16) -> bool {
-    (100..200).contains(&status) && status != 101
-}
+/// Whose connections handoffs use in the worker's pool (apps are keyed by name; no app is named
+/// this: names are checked in the config).
+pub const HANDOFF_POOL_OWNER: &str = "edgeplane:handoff";
 
-/// Whether an idle pooled connection is still open: the peer has neither closed it nor sent
-/// anything unasked (which would be read as the next request's response).
-fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
+/// What a response body already holds when its head arrives is sent with the head, up to this
+/// much; past it, or when the rest is still coming, the body streams.
+const PREFIX_BYTES: usize = 64 << 10;
 
-enum SendError {
-    /// The connection was dead before the peer answered anything.
-    Stale,
-    Failed(HandoffError),
+/// The signed request as the client sends it: every header the signature covers, never a
+/// hop-by-hop one (its own framing is the client's).
+fn outgoing(req: Request) -> Result<(Head, Outgoing), String> {
+    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+    for (name, value) in req.headers {
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
+            http::HeaderValue::from_bytes(&value).map_err(|e| e.to_string())?,
+        );
+    }
+    let head = Head {
+        method: http::Method::from_bytes(req.method.as_bytes()).map_err(|e| e.to_string())?,
+        target: req
+            .target
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?,
+        headers,
+    };
+    Ok((head, Outgoing::Whole(bytes::Bytes::from(req.body))))
 }

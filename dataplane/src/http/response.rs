@@ -38,6 +38,22 @@ impl Response {
             .header("x-edge-request-id", request_id)
     }
 
+    /// The response with its streamed part read into `body`, up to `limit` bytes in all (for a
+    /// caller that needs it whole: a test, a relay that signs it).
+    pub async fn into_whole(mut self, limit: usize) -> Result<Self, super::stream::StreamError> {
+        if let Some(stream) = self.stream.take() {
+            let rest = http_body_util::Limited::new(
+                stream.into_body(),
+                limit.saturating_sub(self.body.len()),
+            );
+            let rest = http_body_util::BodyExt::collect(rest)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.body.extend_from_slice(&rest.to_bytes());
+        }
+        Ok(self)
+    }
+
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

@@ -25,6 +25,8 @@ pub struct BodyStream {
     /// declared one: sent as `content-length`, then held to.
     pub length: Option<u64>,
     body: Pin<Box<dyn Body<Data = Bytes, Error = StreamError>>>,
+    /// Trailers met by `take_ready`, given out next.
+    held: Option<Frame<Bytes>>,
 }
 
 impl std::fmt::Debug for BodyStream {
@@ -40,13 +42,44 @@ impl BodyStream {
         Self {
             length: None,
             body: Box::pin(body),
+            held: None,
         }
+    }
+
+    /// Moves what the body holds now into `into`, up to about `max` bytes: true when that was
+    /// all of it (the body ended). What is still to come stays in the stream.
+    pub async fn take_ready(
+        &mut self,
+        into: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<bool, StreamError> {
+        std::future::poll_fn(|cx| {
+            while into.len() < max {
+                match self.poll_frame(cx) {
+                    Poll::Ready(None) => return Poll::Ready(Ok(true)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => into.extend_from_slice(&data),
+                        Err(trailers) => {
+                            self.held = Some(trailers);
+                            return Poll::Ready(Ok(false));
+                        }
+                    },
+                    Poll::Pending => return Poll::Ready(Ok(false)),
+                }
+            }
+            Poll::Ready(Ok(false))
+        })
+        .await
     }
 
     /// The rest of the body, for a caller that reads it itself (a test, a relay that needs
     /// it whole).
-    pub fn into_body(self) -> Pin<Box<dyn Body<Data = Bytes, Error = StreamError>>> {
-        self.body
+    pub fn into_body(self) -> impl Body<Data = Bytes, Error = StreamError> {
+        HeldFirst {
+            held: self.held,
+            body: self.body,
+        }
     }
 
     pub fn with_length(mut self, length: Option<u64>) -> Self {
@@ -72,6 +105,27 @@ impl BodyStream {
                 crate::panic_text(&*panic)
             ))))
         })
+    }
+}
+
+/// A body with a frame taken early put back in front.
+struct HeldFirst {
+    held: Option<Frame<Bytes>>,
+    body: Pin<Box<dyn Body<Data = Bytes, Error = StreamError>>>,
+}
+
+impl Body for HeldFirst {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        match self.held.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => self.body.as_mut().poll_frame(cx),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use wasmtime::{StoreLimits, component::ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,6 +17,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::observe::Observations;
+use crate::client::{self, ClientError, ConnPool, PoolKey, Timing};
 
 pub struct HostState {
     /// CPU and wall time of the request being served (the deadlines read it).
@@ -59,6 +61,8 @@ pub struct EdgeHooks {
     /// The call depth of the request now served (`crate::functions::call_depth`); its
     /// function calls carry one more.
     pub call_depth: u32,
+    /// The worker's keep-alive connections, which plain-HTTP subrequests go over.
+    pub pool: Arc<ConnPool>,
 }
 
 /// What the request the store now serves has used: wall time since it started, and of that the
@@ -189,7 +193,7 @@ async fn pin_destination(
     dest: &str,
     allowed: &[String],
     admin: Option<std::net::SocketAddr>,
-) -> Result<(), HttpError> {
+) -> Result<std::net::SocketAddr, HttpError> {
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(dest)
         .await
         .map_err(|_| HttpError::DnsError {
@@ -216,8 +220,59 @@ async fn pin_destination(
         }
         send_to(request, first).map_err(|_| HttpError::HttpRequestUriInvalid)?;
     }
-    Ok(())
+    Ok(first)
 }
+
+/// Sends a plain-HTTP subrequest to `addr` over the worker's pool, keyed by app: a connection
+/// one app opened never carries another's requests.
+async fn send_pooled(
+    pool: &Arc<ConnPool>,
+    app: Arc<str>,
+    addr: std::net::SocketAddr,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<(http::Response<WasiBody>, Timing), HttpError> {
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(SUBREQUEST_CONNECT_TIMEOUT);
+    let first_byte = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(SUBREQUEST_FIRST_BYTE_TIMEOUT);
+    let (parts, body) = request.into_parts();
+    let head = client::Head {
+        method: parts.method,
+        target: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        headers: parts.headers,
+    };
+    // An empty body can go again; a guest's stream cannot.
+    let body = if body.is_end_stream() {
+        client::Outgoing::Whole(bytes::Bytes::new())
+    } else {
+        client::Outgoing::Stream(body.map_err(client::BoxError::from).boxed_unsync())
+    };
+    let send = client::send(pool, PoolKey::new(app, addr), head, body, connect_timeout);
+    let sent = match tokio::time::timeout(connect_timeout + first_byte, send).await {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(ClientError::ConnectTimeout { .. })) => return Err(HttpError::ConnectionTimeout),
+        Ok(Err(ClientError::Connect { error, .. })) => return Err(HttpError::Connect(error)),
+        Ok(Err(ClientError::Exchange { error, .. })) => return Err(HttpError::from(error)),
+        Err(_) => return Err(HttpError::ConnectionReadTimeout),
+    };
+    let timing = sent.timing;
+    Ok((
+        sent.response
+            .map(|b| b.map_err(HttpError::from).boxed_unsync()),
+        timing,
+    ))
+}
+
+/// Subrequest timeouts when the guest sets none (its wall deadline bounds them too).
+const SUBREQUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SUBREQUEST_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type SendResult = Result<
     (
@@ -284,31 +339,57 @@ impl WasiHttpHooks for EdgeHooks {
             tracing::warn!(app = %app, function, error = e, "function call refused");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        let (allowed, admin) = (self.allowed_backends.clone(), self.admin);
+        let (allowed, admin, pool) = (self.allowed_backends.clone(), self.admin, self.pool.clone());
+        let https = request.uri().scheme_str() == Some("https");
         Box::new(async move {
             let started = Instant::now();
-            if !sibling_call {
+            let pinned = if sibling_call {
+                request
+                    .uri()
+                    .authority()
+                    .and_then(|a| a.as_str().parse().ok())
+            } else {
                 // Checked on the addresses the name resolves to, not only the name.
-                if let Err(e) = pin_destination(&mut request, &dest, &allowed, admin).await {
-                    if matches!(e, HttpError::DestinationIpProhibited) {
-                        observations.record_denied(&app, &dest);
-                    } else {
-                        observations.record_failure(&app, &dest);
+                match pin_destination(&mut request, &dest, &allowed, admin).await {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        if matches!(e, HttpError::DestinationIpProhibited) {
+                            observations.record_denied(&app, &dest);
+                        } else {
+                            observations.record_failure(&app, &dest);
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
-            }
-            let sent = default_send_request(request, options).await;
-            match sent {
-                Ok((resp, io)) => {
-                    observations.record(&app, &dest, started.elapsed());
-                    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
-                    Ok((resp.map(|b| b.boxed_unsync()), io))
+            };
+            let no_io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(async { Ok(()) });
+            match pinned {
+                Some(addr) if !https => {
+                    match send_pooled(&pool, app.clone(), addr, request, options).await {
+                        Ok((resp, timing)) => {
+                            observations.record(&app, &dest, timing.exchange, timing.connect);
+                            Ok((resp, no_io))
+                        }
+                        Err(e) => {
+                            observations.record_failure(&app, &dest);
+                            Err(e)
+                        }
+                    }
                 }
-                Err(e) => {
-                    observations.record_failure(&app, &dest);
-                    Err(e)
-                }
+                // HTTPS goes on a connection of its own (TLS is not pooled yet), timed whole.
+                _ => match default_send_request(request, options).await {
+                    Ok((resp, io)) => {
+                        observations.record(&app, &dest, started.elapsed(), None);
+                        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                            Box::new(io);
+                        Ok((resp.map(|b| b.boxed_unsync()), io))
+                    }
+                    Err(e) => {
+                        observations.record_failure(&app, &dest);
+                        Err(e)
+                    }
+                },
             }
         })
     }

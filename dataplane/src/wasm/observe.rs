@@ -16,13 +16,31 @@ pub struct DestinationStats {
     pub count: u64,
     pub failures: u64,
     pub denied: u64,
+    /// The exchange: request sent to response head, on whatever connection served it.
     pub p50_us: u64,
     pub p99_us: u64,
     pub mean_us: f64,
+    /// Subrequests that needed a new connection, and the p50 of its connect.
+    pub connects: u64,
+    pub connect_p50_us: u64,
+}
+
+impl DestinationStats {
+    /// What one subrequest costs here on average: its exchange, plus a connect for the share
+    /// that opened a connection.
+    pub fn per_request_us(&self) -> f64 {
+        let connect_share = if self.count == 0 {
+            0.0
+        } else {
+            self.connects as f64 / self.count as f64
+        };
+        self.p50_us as f64 + connect_share * self.connect_p50_us as f64
+    }
 }
 
 struct Entry {
     latency_us: Histogram<u64>,
+    connect_us: Histogram<u64>,
     failures: u64,
     denied: u64,
 }
@@ -54,16 +72,21 @@ impl Observations {
         }
         let entry = map.entry(key).or_insert_with(|| Entry {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
+            connect_us: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
             failures: 0,
             denied: 0,
         });
         f(entry);
     }
 
-    /// A subrequest that got response headers after `latency`.
-    pub fn record(&self, app: &str, dest: &str, latency: Duration) {
+    /// A subrequest whose response headers came `exchange` after it was sent, on a connection
+    /// that took `connect` to open (None: a pooled one).
+    pub fn record(&self, app: &str, dest: &str, exchange: Duration, connect: Option<Duration>) {
         self.with_entry(app, dest, |e| {
-            let _ = e.latency_us.record((latency.as_micros() as u64).max(1));
+            let _ = e.latency_us.record((exchange.as_micros() as u64).max(1));
+            if let Some(connect) = connect {
+                let _ = e.connect_us.record((connect.as_micros() as u64).max(1));
+            }
         });
     }
 
@@ -87,6 +110,8 @@ impl Observations {
                 p50_us: e.latency_us.value_at_quantile(0.5),
                 p99_us: e.latency_us.value_at_quantile(0.99),
                 mean_us: e.latency_us.mean(),
+                connects: e.connect_us.len(),
+                connect_p50_us: e.connect_us.value_at_quantile(0.5),
             })
             .collect()
     }
@@ -102,7 +127,7 @@ mod tests {
         for i in 0..200 {
             obs.record_denied("app", &format!("host-{i}.example:80"));
         }
-        obs.record("other-app", "db:5432", Duration::from_millis(3));
+        obs.record("other-app", "db:5432", Duration::from_millis(3), None);
         let snap = obs.snapshot();
         let of_app: Vec<_> = snap.iter().filter(|s| s.app == "app").collect();
         assert_eq!(of_app.len(), MAX_DESTINATIONS_PER_APP + 1);
@@ -113,5 +138,23 @@ mod tests {
         assert_eq!(other.denied, 200 - MAX_DESTINATIONS_PER_APP as u64);
         // Another app's table is its own.
         assert!(snap.iter().any(|s| s.app == "other-app" && s.count == 1));
+    }
+
+    #[test]
+    fn a_subrequest_costs_its_exchange_plus_its_share_of_connects() {
+        let obs = Observations::default();
+        obs.record(
+            "a",
+            "b:80",
+            Duration::from_millis(10),
+            Some(Duration::from_millis(10)),
+        );
+        for _ in 0..3 {
+            obs.record("a", "b:80", Duration::from_millis(10), None);
+        }
+        let s = &obs.snapshot()[0];
+        assert_eq!((s.count, s.connects), (4, 1));
+        let us = s.per_request_us();
+        assert!((12_000.0..13_000.0).contains(&us), "{us}");
     }
 }

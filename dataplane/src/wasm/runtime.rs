@@ -33,7 +33,10 @@ use super::{
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
-use crate::http::{Request, Response, request_body::RequestBody, stream::BodyStream};
+use crate::{
+    client::{ConnPool, PoolConfig},
+    http::{Request, Response, request_body::RequestBody, stream::BodyStream},
+};
 
 /// Why a request did not get the app's own response.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,8 @@ pub struct AppRuntime {
     functions_via: Cell<Option<std::net::SocketAddr>>,
     /// edged's admin endpoint: guests may not call it.
     admin: Cell<Option<std::net::SocketAddr>>,
+    /// The worker's keep-alive connections, shared by its instances (and its handoffs).
+    pool: Arc<ConnPool>,
 }
 
 use std::rc::Rc;
@@ -165,7 +170,18 @@ impl AppRuntime {
             idle_warm: Cell::new(0),
             functions_via: Cell::new(None),
             admin: Cell::new(None),
+            pool: Arc::new(ConnPool::new(PoolConfig::default())),
         })
+    }
+
+    /// Sends guests' subrequests over `pool` (the worker's, which its handoffs share).
+    pub fn with_pool(mut self, pool: Arc<ConnPool>) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    pub fn pool(&self) -> &Arc<ConnPool> {
+        &self.pool
     }
 
     /// Sends split apps' function calls to the workers listening at `addr` (see
@@ -380,6 +396,7 @@ impl AppRuntime {
                 functions_via: self.functions_via.get(),
                 admin: self.admin.get(),
                 call_depth: 0,
+                pool: self.pool.clone(),
             },
         };
         let mut store = Store::new(&self.engine, state);
