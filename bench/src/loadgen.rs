@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use edgeplane_dataplane::http::parse_response;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::{
@@ -304,14 +303,41 @@ async fn exchange(s: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> anyho
     }
 }
 
-/// Whether `buf` holds a whole response, and whether the connection stays open after it.
+/// Whether `buf` holds a whole response, and whether the connection stays open after it: the
+/// load generator reads status, framing and connection only (httparse for the head), and no
+/// more than that per response, so the load it offers is not bounded by its own parsing.
 fn response_complete(buf: &[u8]) -> anyhow::Result<Option<Complete>> {
-    Ok(parse_response(buf, false, usize::MAX)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .map(|p| Complete {
-            status: p.response.status,
-            keep_alive: p.keep_alive,
-        }))
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = resp.code.unwrap_or(0);
+    let (mut length, mut chunked, mut keep_alive) = (None, false, resp.version == Some(1));
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(std::str::from_utf8(h.value)?.trim().parse::<usize>()?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    let rest = &buf[head_len..];
+    let whole = if status == 204 || status == 304 || (100..200).contains(&status) {
+        true
+    } else if chunked {
+        edgeplane_dataplane::http::decode_chunked(rest, usize::MAX)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .is_some()
+    } else {
+        let length = length.context("a response without a length")?;
+        rest.len() >= length
+    };
+    Ok(whole.then_some(Complete { status, keep_alive }))
 }
 
 struct Complete {

@@ -4,10 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use crate::client::oneshot::{self, Once};
 
 /// What a probe measures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,49 +22,47 @@ pub async fn measure(
     kind: &ProbeKind,
     timeout: Duration,
 ) -> std::io::Result<Duration> {
-    let started = std::time::Instant::now();
-    let run = async {
-        let mut stream = TcpStream::connect(dest).await?;
-        let ProbeKind::Http(host) = kind else {
-            return Ok(());
-        };
-        let _ = stream.set_nodelay(true);
-        stream
-            .write_all(
-                format!(
-                    "HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edgeplane-probe\r\nConnection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await?;
-        let mut head = Vec::with_capacity(512);
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed before the response's headers",
-                ));
-            }
-            head.extend_from_slice(&chunk[..n]);
-            if head.len() > 64 * 1024 {
-                return Err(std::io::Error::other("response headers over 64 KiB"));
-            }
+    let host = match kind {
+        ProbeKind::Connect => {
+            let started = std::time::Instant::now();
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(dest)).await {
+                Ok(Ok(_)) => Ok(started.elapsed()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(timed_out(dest, timeout)),
+            };
         }
-        if !head.starts_with(b"HTTP/1.") {
-            return Err(std::io::Error::other("not an HTTP/1 response"));
-        }
-        Ok(())
+        ProbeKind::Http(host) => host,
     };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer from {dest} within {timeout:?}"),
-        )),
+    let head = Once {
+        method: http::Method::HEAD,
+        target: "/",
+        headers: vec![
+            (
+                http::header::HOST,
+                http::HeaderValue::from_str(host).map_err(std::io::Error::other)?,
+            ),
+            (
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static("edgeplane-probe"),
+            ),
+        ],
+        body: bytes::Bytes::new(),
+        read_body: None,
+    };
+    match oneshot::send(dest, head, timeout).await {
+        Ok(answer) => Ok(answer.to_head),
+        Err(e) => Err(match e.downcast::<std::io::Error>() {
+            Ok(io) => io,
+            Err(other) => std::io::Error::other(format!("{other:#}")),
+        }),
     }
+}
+
+fn timed_out(dest: SocketAddr, timeout: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from {dest} within {timeout:?}"),
+    )
 }
 
 /// Runs `measure` from a thread outside any tokio runtime (the placement engine's).
@@ -76,15 +71,8 @@ pub fn measure_blocking(
     kind: &ProbeKind,
     timeout: Duration,
 ) -> std::io::Result<Duration> {
-    // One runtime per calling thread, made on its first probe: the engine probes every tick.
-    thread_local! {
-        static RUNTIME: std::io::Result<tokio::runtime::Runtime> =
-            tokio::runtime::Builder::new_current_thread().enable_all().build();
-    }
-    RUNTIME.with(|rt| match rt {
-        Ok(rt) => rt.block_on(measure(dest, kind, timeout)),
-        Err(e) => Err(std::io::Error::new(e.kind(), format!("probe runtime: {e}"))),
-    })
+    oneshot::block_on(measure(dest, kind, timeout))
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("{e:#}"))))
 }
 
 #[cfg(test)]
@@ -100,10 +88,9 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).unwrap();
-            assert!(
-                String::from_utf8_lossy(&buf[..n])
-                    .starts_with("HEAD / HTTP/1.1\r\nHost: api.test\r\n")
-            );
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            assert!(head.starts_with("head / http/1.1\r\n"), "{head}");
+            assert!(head.contains("\r\nhost: api.test\r\n"), "{head}");
             std::thread::sleep(Duration::from_millis(50));
             s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 .unwrap();

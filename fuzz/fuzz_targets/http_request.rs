@@ -31,6 +31,7 @@ fn decode_all(input: &[u8], cuts: &[usize], limits: &HttpLimits) -> (Vec<Request
                     break;
                 }
                 Err(e) => return (requests, Some(e)),
+                Ok(other) => panic!("a decoder that does not stream gave {other:?}"),
             }
         }
     }

@@ -139,8 +139,19 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
         1,
         now,
     );
-    let mut wire = Vec::new();
-    edgeplane_dataplane::http::write_request(&mut wire, &captured);
+    // The captured request as its sender wrote it, Content-Length framed.
+    let mut wire = format!("{} {} HTTP/1.1\r\n", captured.method, captured.target).into_bytes();
+    for (name, value) in &captured.headers {
+        if edgeplane_dataplane::http::is_hop_by_hop(name) {
+            continue;
+        }
+        wire.extend_from_slice(name.as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(format!("content-length: {}\r\n\r\n", captured.body.len()).as_bytes());
+    wire.extend_from_slice(&captured.body);
     let send_captured = || {
         world
             .world

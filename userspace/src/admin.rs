@@ -4,14 +4,14 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener},
     sync::Arc,
 };
 
 use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Response, ResponseMode, parse_request, write_response},
+    client::TokioIo,
+    http::Response,
     router::WorkerMetrics,
     wasm::{Observations, Residency},
     worker::{WorkerCounters, supervisor::SupervisorStats},
@@ -64,115 +64,120 @@ const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     info!(%bound, "admin endpoint");
-    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
-            // Each connection on a thread of its own: a slow or silent client holds only its
-            // own thread (until its timeouts), never the endpoint a health check relies on.
-            for conn in listener.incoming().flatten() {
-                use std::sync::atomic::Ordering::SeqCst;
-                if active.fetch_add(1, SeqCst) >= MAX_ADMIN_CONNECTIONS {
-                    active.fetch_sub(1, SeqCst);
-                    let mut conn = conn;
-                    let _ = conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
-                    let _ = reply(&mut conn, Response::text(503, "admin endpoint busy\n"));
-                    continue;
-                }
-                let (state, done) = (state.clone(), active.clone());
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("admin-conn".into())
-                        .spawn(move || {
-                            serve_one(conn, &state);
-                            done.fetch_sub(1, SeqCst);
-                        });
-                if let Err(e) = spawned {
-                    warn!(error = %e, "admin: no thread for a connection");
-                    active.fetch_sub(1, SeqCst);
-                }
-            }
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return warn!(error = %e, "admin: cannot listen"),
+                };
+                accept_loop(listener, state).await;
+            })
         })?;
     Ok(bound)
 }
 
-fn reply(conn: &mut std::net::TcpStream, resp: Response) -> std::io::Result<()> {
-    let mut out = Vec::new();
-    write_response(
-        &mut out,
-        resp,
-        ResponseMode {
-            keep_alive: false,
-            head_only: false,
-            chunked: false,
-        },
-        &httpdate::fmt_http_date(std::time::SystemTime::now()),
-    );
-    conn.write_all(&out)
+/// Each connection is a task of its own, bounded in number and in time: a slow or silent
+/// client holds only its own task (until its timeout), never the endpoint a health check
+/// relies on.
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "admin: accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = slots.clone().try_acquire_owned().ok();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let busy = slot.is_none();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let resp = if busy {
+                        Response::text(503, "admin endpoint busy\n")
+                    } else {
+                        route(&state, req.uri().path())
+                    };
+                    std::future::ready(Ok::<_, std::convert::Infallible>(to_hyper(resp)))
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(ADMIN_IO_TIMEOUT, conn).await {
+                Ok(Err(e)) => warn!(error = %e, "admin connection"),
+                Err(_) => warn!("admin connection: no request within the timeout; closed"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
+    }
 }
 
-/// Reads one request (within the I/O timeout and the usual header limits), answers, closes.
-fn serve_one(mut conn: std::net::TcpStream, state: &AdminState) {
-    let _ = conn.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
-    let started = std::time::Instant::now();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    let req = loop {
-        if started.elapsed() > ADMIN_IO_TIMEOUT {
-            break None;
+fn to_hyper(resp: Response) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut out = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(resp.body)));
+    *out.status_mut() =
+        http::StatusCode::from_u16(resp.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in resp.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            out.headers_mut().append(name, value);
         }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => break None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        match parse_request(&buf, &HttpLimits::default()) {
-            Ok(ParseOutcome::Complete(r, _)) => break Some(r),
-            Ok(ParseOutcome::Partial { .. }) => continue,
-            Err(_) => break None,
-        }
-    };
-    let resp = match req.as_ref().map(|r| r.path()) {
-        Some("/healthz") => state.health(),
-        Some("/metrics") => match metrics(state) {
+    }
+    out
+}
+
+/// The answer to a GET of `path`.
+fn route(state: &AdminState, path: &str) -> Response {
+    match path {
+        "/healthz" => state.health(),
+        "/metrics" => match metrics(state) {
             Ok(text) => {
                 Response::new(200, text).header("content-type", "text/plain; version=0.0.4")
             }
             Err(e) => Response::text(500, format!("{e:#}\n")),
         },
-        Some("/observations") => {
+        "/observations" => {
             let all: Vec<_> = state
                 .observations
                 .iter()
                 .flat_map(|o| o.snapshot())
                 .collect();
-            Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
-                .header("content-type", "application/json")
+            json(&all)
         }
-        Some("/placement") => {
+        "/placement" => {
             let table = state
                 .placement
                 .as_ref()
                 .map(|p| edgeplane_dataplane::lock(p).clone())
                 .unwrap_or_default();
-            Response::new(200, serde_json::to_vec_pretty(&table).unwrap_or_default())
-                .header("content-type", "application/json")
+            json(&table)
         }
-        Some("/cache") => {
+        "/cache" => {
             let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
-            Response::new(200, serde_json::to_vec_pretty(&all).unwrap_or_default())
-                .header("content-type", "application/json")
+            json(&all)
         }
-        Some(_) => Response::text(
+        _ => Response::text(
             404,
             "try /healthz, /metrics, /observations, /cache or /placement\n",
         ),
-        None => Response::text(400, "bad request\n"),
-    };
-    if let Err(e) = reply(&mut conn, resp) {
-        warn!(error = %e, "admin write");
     }
+}
+
+fn json(value: &impl serde::Serialize) -> Response {
+    Response::new(200, serde_json::to_vec_pretty(value).unwrap_or_default())
+        .header("content-type", "application/json")
 }
 
 /// Picks one counter out of a worker's counters.

@@ -15,8 +15,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -24,8 +23,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_dataplane::{
+    client::oneshot::{self, Once},
     handoff::{HandoffConfig, Peer, auth},
-    http::{Request, parse_response, write_request},
+    http::Request,
     lock,
     probe::{self, ProbeKind},
     router::{AppCounters, PROBE_PATH, WorkerMetrics},
@@ -489,24 +489,23 @@ impl Engine {
             1,
             now,
         );
-        let mut wire = Vec::new();
-        write_request(&mut wire, &req);
-        let mut s = TcpStream::connect_timeout(peer, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(&wire)?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 2048];
-        let resp = loop {
-            let n = s.read(&mut chunk)?;
-            if n == 0 {
-                bail!("peer {peer} closed before answering the probe");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = parse_response(&buf, false, 1 << 16)? {
-                break p.response;
-            }
+        let mut headers = Vec::with_capacity(req.headers.len());
+        for (name, value) in &req.headers {
+            headers.push((
+                http::HeaderName::from_bytes(name.as_bytes())?,
+                http::HeaderValue::from_bytes(value)?,
+            ));
+        }
+        let once = Once {
+            method: http::Method::GET,
+            target: &req.target,
+            headers,
+            body: Default::default(),
+            read_body: Some(1 << 16),
         };
-        if resp.status != 200 {
+        let resp = oneshot::send_blocking(*peer, once, Duration::from_secs(5))
+            .with_context(|| format!("asking peer {peer} to probe {dest}"))?;
+        if resp.status != http::StatusCode::OK {
             bail!(
                 "peer {peer} probe of {dest}: {} {}",
                 resp.status,

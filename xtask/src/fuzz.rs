@@ -13,7 +13,7 @@ use crate::{target_dir, workspace_root};
 pub const TARGETS: [&str; 5] = [
     "http_request",
     "chunked",
-    "http_response",
+    "request_stream",
     "handoff_verify",
     "config_toml",
 ];

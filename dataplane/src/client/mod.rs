@@ -7,6 +7,7 @@
 //! the request to the response's head. The placement engine reads them apart (a pooled
 //! subrequest costs one round trip, a new connection one more).
 
+pub mod oneshot;
 mod pool;
 pub mod retry;
 
@@ -24,6 +25,8 @@ use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 
 pub use pool::{ConnPool, PoolConfig, PoolKey};
+/// tokio's sockets as hyper reads and writes them.
+pub use wasmtime_wasi_http::io::TokioIo;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every pooled connection sends.

@@ -1,9 +1,11 @@
 //! HTTP/1.1 for the workers: request parsing with limits (httparse does the tokenizing), body
-//! framing (Content-Length, chunked), and response serialization.
+//! framing (Content-Length, chunked), streamed bodies both ways, and response serialization.
+//! Everything else that speaks HTTP (handoffs, subrequests, probes, the admin endpoint, edgectl)
+//! does it through hyper (`crate::client`).
 
 mod chunked;
-mod client;
 mod decoder;
+mod hop;
 mod request;
 pub mod request_body;
 mod response;
@@ -12,8 +14,8 @@ pub mod stream;
 use std::time::Duration;
 
 pub use chunked::{ChunkedDecoder, decode_chunked};
-pub use client::{ParsedResponse, is_hop_by_hop, parse_response, write_request};
 pub use decoder::{Decoded, RequestDecoder};
+pub use hop::is_hop_by_hop;
 pub use request::{ParseOutcome, Request, parse_request};
 pub use response::{Response, ResponseMode, Written, write_response};
 

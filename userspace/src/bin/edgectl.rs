@@ -228,16 +228,11 @@ fn placement_text(p: &Placement) -> String {
 /// The placement engine's verdict per app, from edged's admin endpoint (None when it does not
 /// answer: edged stopped, or not part of a topology).
 fn engine_status(admin: std::net::SocketAddr) -> Option<BTreeMap<String, String>> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /placement HTTP/1.1\r\nHost: edgectl\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let parsed = edgeplane_dataplane::http::parse_response(&buf, false, 1 << 20).ok()??;
-    (parsed.response.status == 200)
-        .then(|| serde_json::from_slice(&parsed.response.body).ok())
+    use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
+    let ask = Once::get("/placement", "edgectl", 1 << 20).ok()?;
+    let answer = send_blocking(admin, ask, Duration::from_secs(2)).ok()?;
+    (answer.status == 200)
+        .then(|| serde_json::from_slice(&answer.body).ok())
         .flatten()
 }
 
