@@ -58,6 +58,8 @@ fn health(stopping: bool, workers_down: u64) -> Response {
 
 /// Admin connections served at once; past it, a new one is answered 503 and closed.
 const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Largest request head the admin endpoint reads (hyper's floor is 8 KiB).
+const ADMIN_MAX_HEAD: usize = 16 * 1024;
 /// How long one admin connection may take to send its request and read the answer.
 const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -112,6 +114,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) 
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
+                // The workers' header limit: a larger head is refused (431), not buffered.
+                .max_buf_size(ADMIN_MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(ADMIN_IO_TIMEOUT, conn).await {
                 Ok(Err(e)) => warn!(error = %e, "admin connection"),

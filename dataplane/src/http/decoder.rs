@@ -278,6 +278,28 @@ impl RequestDecoder {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseOutcome {
+    /// A request, and the number of input bytes it took.
+    Complete(Request, usize),
+    /// More input is needed; `expects_continue` when the client waits for `100 Continue`.
+    Partial { expects_continue: bool },
+}
+
+/// Parses one whole request from the start of `buf` (a caller that has all of it at once).
+pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
+    match RequestDecoder::default().decode(buf, limits)? {
+        Decoded::Complete(req, used) => Ok(ParseOutcome::Complete(req, used)),
+        Decoded::Partial {
+            expects_continue, ..
+        } => Ok(ParseOutcome::Partial { expects_continue }),
+        // A decoder that does not stream bodies hands on whole requests only.
+        Decoded::Streaming { .. } | Decoded::BodyEnd { .. } | Decoded::Blocked { .. } => {
+            Err(HttpError::BadRequest("unparsable request"))
+        }
+    }
+}
+
 fn unexpected(outcome: Decoded) -> HttpError {
     tracing::error!(
         ?outcome,

@@ -14,9 +14,9 @@ pub mod stream;
 use std::time::Duration;
 
 pub use chunked::{ChunkedDecoder, decode_chunked};
-pub use decoder::{Decoded, RequestDecoder};
+pub use decoder::{Decoded, ParseOutcome, RequestDecoder, parse_request};
 pub use hop::is_hop_by_hop;
-pub use request::{ParseOutcome, Request, parse_request};
+pub use request::Request;
 pub use response::{Response, ResponseMode, Written, write_response};
 
 /// What a worker accepts from a client before answering with an error.

@@ -1,10 +1,7 @@
-//! Request parsing. A connection's input buffer is offered to `parse_request` after every read;
-//! it returns a complete request and how many bytes it used, asks for more, or names the error.
+//! A request as the worker sees it, and its head parsed from bytes: request line, headers and
+//! how its body is framed, checked against the limits.
 
-use super::{
-    HttpError, HttpLimits,
-    decoder::{Decoded, RequestDecoder},
-};
+use super::{HttpError, HttpLimits};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -41,28 +38,6 @@ impl Request {
 
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("/")
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ParseOutcome {
-    /// A request, and the number of input bytes it took.
-    Complete(Request, usize),
-    /// More input is needed; `expects_continue` when the client waits for `100 Continue`.
-    Partial { expects_continue: bool },
-}
-
-/// Parses one whole request from the start of `buf` (a caller that has all of it at once).
-pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<ParseOutcome, HttpError> {
-    match RequestDecoder::default().decode(buf, limits)? {
-        Decoded::Complete(req, used) => Ok(ParseOutcome::Complete(req, used)),
-        Decoded::Partial {
-            expects_continue, ..
-        } => Ok(ParseOutcome::Partial { expects_continue }),
-        // A decoder that does not stream bodies hands on whole requests only.
-        Decoded::Streaming { .. } | Decoded::BodyEnd { .. } | Decoded::Blocked { .. } => {
-            Err(HttpError::BadRequest("unparsable request"))
-        }
     }
 }
 
@@ -249,6 +224,7 @@ fn version_error(buf: &[u8]) -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{Decoded, ParseOutcome, RequestDecoder, parse_request};
 
     fn parse(s: &[u8]) -> Result<ParseOutcome, HttpError> {
         parse_request(s, &HttpLimits::default())

@@ -12,7 +12,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    rc::Rc,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -25,10 +25,15 @@ use wasmtime_wasi_http::p2::{
     body::HyperOutgoingBody,
 };
 
-use super::{
-    host::HostState,
-    runtime::{App, AppRuntime, HandleError},
-};
+use super::{error::HandleError, host::HostState};
+
+/// Where an instance goes when its request is over, and the runtime's hold that ends with it.
+pub(super) trait InstanceHome {
+    /// The handler returned cleanly and the body is whole: the instance may serve again.
+    fn keep(&self, store: Store<HostState>, proxy: Proxy);
+    /// The request is over (however it ended).
+    fn release(&self);
+}
 
 /// The handler call, giving back its instance when it returns cleanly.
 pub(super) type GuestCall =
@@ -53,10 +58,8 @@ pub(super) struct WallDeadline;
 pub(super) struct GuestRun {
     call: Option<GuestCall>,
     returned: Option<(Store<HostState>, Proxy)>,
-    runtime: Rc<AppRuntime>,
-    app: Rc<App>,
-    /// Requests the instance served before this one.
-    served: u32,
+    app: Arc<str>,
+    home: Box<dyn InstanceHome>,
     deadline: Instant,
     /// Armed once the guest first waits: most never do.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -64,33 +67,30 @@ pub(super) struct GuestRun {
 
 impl Drop for GuestRun {
     fn drop(&mut self) {
-        self.runtime.leave();
+        self.home.release();
     }
 }
 
 impl GuestRun {
-    /// Takes one of the runtime's in-flight slots (the caller checked there is one).
+    /// `home` holds the runtime's in-flight slot, released when this is dropped.
     pub(super) fn new(
         call: GuestCall,
-        runtime: Rc<AppRuntime>,
-        app: Rc<App>,
-        served: u32,
+        app: Arc<str>,
+        home: Box<dyn InstanceHome>,
         deadline: Instant,
     ) -> Self {
-        runtime.enter();
         Self {
             call: Some(call),
             returned: None,
-            runtime,
             app,
-            served,
+            home,
             deadline,
             timer: None,
         }
     }
 
     fn app_name(&self) -> String {
-        self.app.spec.name.clone()
+        self.app.to_string()
     }
 
     /// Advances the handler call; an error is the guest's failure, classified.
@@ -158,7 +158,7 @@ impl GuestRun {
     /// The body is whole and the handler returned: the instance may serve again.
     fn finish(&mut self) {
         if let Some((store, proxy)) = self.returned.take() {
-            self.runtime.park(&self.app, store, proxy, self.served + 1);
+            self.home.keep(store, proxy);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod cache;
 mod engine;
+mod error;
 mod guest;
 mod host;
 mod observe;
@@ -14,8 +15,9 @@ use std::{path::PathBuf, time::Duration};
 
 pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
 pub use engine::{EngineConfig, EpochTicker, build_engine};
+pub use error::HandleError;
 pub use observe::{DestinationStats, Observations};
-pub use runtime::{AppRuntime, HandleError};
+pub use runtime::AppRuntime;
 
 /// What the runtime needs to know about one app.
 #[derive(Clone, Debug)]

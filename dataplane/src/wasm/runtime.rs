@@ -29,7 +29,8 @@ use wasmtime_wasi_http::{
 use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
-    guest::{CpuDeadline, GuestBody, GuestRun, Start, WallDeadline},
+    error::HandleError,
+    guest::{CpuDeadline, GuestBody, GuestRun, InstanceHome, Start, WallDeadline},
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
@@ -38,64 +39,8 @@ use crate::{
     http::{Request, Response, request_body::RequestBody, stream::BodyStream},
 };
 
-/// Why a request did not get the app's own response.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    #[error("no app named {0:?} on this host")]
-    UnknownApp(String),
-    #[error("too many requests in flight on this worker")]
-    Overloaded,
-    #[error("app {app} could not be loaded: {error:#}")]
-    Load { app: String, error: anyhow::Error },
-    #[error("app {app} trapped: {detail}")]
-    Trap { app: String, detail: String },
-    #[error("app {app} exceeded its {which} deadline")]
-    Deadline { app: String, which: &'static str },
-    #[error("app {app} answered with an error: {detail}")]
-    GuestError { app: String, detail: String },
-    #[error("app {app} wrote a response body over its limit of {limit} bytes")]
-    ResponseTooLarge { app: String, limit: usize },
-}
-
-impl HandleError {
-    pub fn status(&self) -> u16 {
-        match self {
-            HandleError::UnknownApp(_) => 404,
-            HandleError::Overloaded => 503,
-            HandleError::Load { .. }
-            | HandleError::Trap { .. }
-            | HandleError::GuestError { .. }
-            | HandleError::ResponseTooLarge { .. } => 500,
-            HandleError::Deadline { .. } => 504,
-        }
-    }
-
-    /// What the client is told: a short reason, never the detail (a wasm backtrace, a file
-    /// path), which goes to the log under the same request id.
-    pub fn public_reason(&self) -> &'static str {
-        match self {
-            HandleError::UnknownApp(_) => "no such app here",
-            HandleError::Overloaded => "too many requests in flight; try again",
-            HandleError::Load { .. } => "the app could not be loaded",
-            HandleError::Trap { .. } => "the app failed (trapped)",
-            HandleError::Deadline {
-                which: "wall-clock",
-                ..
-            } => "the app did not answer within its time limit",
-            HandleError::Deadline { .. } => "the app used up its CPU time",
-            HandleError::GuestError { .. } => "the app failed",
-            HandleError::ResponseTooLarge { .. } => "the app's response was over its size limit",
-        }
-    }
-
-    /// The client's response, carrying `request_id` (the log's key to the detail).
-    pub fn response(&self, request_id: &str) -> Response {
-        Response::error(self.status(), self.public_reason(), request_id)
-    }
-}
-
-pub(super) struct App {
-    pub(super) spec: AppSpec,
+struct App {
+    spec: AppSpec,
     name: Arc<str>,
     allowed: Arc<[String]>,
     /// Idle instances kept for reuse when `limits.instance_reuse > 1`. A p2 instance serves one
@@ -312,18 +257,18 @@ impl AppRuntime {
         result
     }
 
-    pub(super) fn enter(&self) {
+    fn enter(&self) {
         self.in_flight.set(self.in_flight.get() + 1);
     }
 
-    pub(super) fn leave(&self) {
+    fn leave(&self) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
     }
 
     /// Keeps an instance that finished cleanly for the app's next request, while it has uses
     /// left and the worker's warm instances are under their cap (a trapped one never comes here:
     /// it may be broken).
-    pub(super) fn park(&self, app: &App, store: Store<HostState>, proxy: Proxy, served: u32) {
+    fn park(&self, app: &App, store: Store<HostState>, proxy: Proxy, served: u32) {
         if served < app.spec.limits.instance_reuse && self.idle_warm.get() < self.max_in_flight {
             app.warm.borrow_mut().push(WarmInstance {
                 store,
@@ -470,7 +415,13 @@ impl AppRuntime {
             })
         });
         let limit = app.spec.limits.max_response_bytes;
-        let mut run = GuestRun::new(Box::pin(call), self.clone(), app.clone(), served, deadline);
+        self.enter();
+        let home = Box::new(InstanceSlot {
+            runtime: self.clone(),
+            app: app.clone(),
+            served,
+        });
+        let mut run = GuestRun::new(Box::pin(call), app.name.clone(), home, deadline);
         let (parts, body) = run.head(rx).await?.into_parts();
         let length = GuestBody::declared_length(&parts.headers);
         let mut body = GuestBody::new(run, body, limit);
@@ -492,6 +443,25 @@ impl AppRuntime {
             }
         }
         Ok(out)
+    }
+}
+
+/// A request's hold on the runtime: an in-flight slot, taken when its guest starts, and the
+/// instance's way back to the warm pool.
+struct InstanceSlot {
+    runtime: Rc<AppRuntime>,
+    app: Rc<App>,
+    /// Requests the instance served before this one.
+    served: u32,
+}
+
+impl InstanceHome for InstanceSlot {
+    fn keep(&self, store: Store<HostState>, proxy: Proxy) {
+        self.runtime.park(&self.app, store, proxy, self.served + 1);
+    }
+
+    fn release(&self) {
+        self.runtime.leave();
     }
 }
 
