@@ -54,7 +54,10 @@ impl PinnedMaps {
         let words = summarise(entries);
         let data = MapData::from_pin(self.dir().join(map_names::BLOCK_V4))
             .map_err(map_err("open", map_names::BLOCK_V4))?;
-        store(data.fd().as_fd(), &words).map_err(MapsError::Mmap)?;
+        store(data.fd().as_fd(), &words).map_err(|source| MapsError::Mmap {
+            map: map_names::BLOCK_V4,
+            source,
+        })?;
         Ok(())
     }
 

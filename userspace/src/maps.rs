@@ -11,10 +11,12 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray, sock::ReusePortSockArray, xdp::CpuMap,
 };
 use edgeplane_abi::{
-    APP_NAME_LEN, AppEntry, AppKey, AppName, AppStats, MAX_APPS, MAX_BURST, MAX_RATE_PPS,
-    MAX_WORKERS, Placement, RateLimitConfig, WorkerConfig, WorkerLoad, app_flags, map_names,
-    rate_limit_flags, worker_flags,
+    APP_NAME_LEN, AppEntry, AppKey, AppName, AppStats, MAX_APPS, MAX_BURST, MAX_PLACEMENTS,
+    MAX_RATE_PPS, MAX_WORKERS, Placement, RateLimitConfig, WorkerConfig, WorkerLoad, app_flags,
+    map_names, rate_limit_flags, worker_flags,
 };
+
+use edgeplane_dataplane::shared_map::SharedMapping;
 
 use crate::addr::{Cidr, Vip};
 
@@ -42,8 +44,14 @@ pub enum MapsError {
     BadWorker(u32),
     #[error("duplicating the WORKER_LOAD map fd")]
     DupFd(#[source] std::io::Error),
-    #[error("mapping BLOCK_V4 into memory")]
-    Mmap(#[source] std::io::Error),
+    #[error("mapping {map} into memory")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("target id {0} is out of range 0..{max}", max = MAX_PLACEMENTS)]
+    BadTarget(u32),
     #[error("{op} on map {map}")]
     Map {
         op: &'static str,
@@ -258,7 +266,9 @@ impl PinnedMaps {
         }
         self.sync_vip_addrs()?;
         self.bump_generation()?;
-        let _ = self.placements()?.remove(&id);
+        if id < MAX_PLACEMENTS {
+            self.set_placement(id, Placement::default())?;
+        }
         self.names()?
             .remove(&id)
             .map_err(map_err("remove", map_names::APP_NAMES))?;
@@ -330,42 +340,52 @@ impl PinnedMaps {
             .map_err(map_err("lookup", map_names::RATE_LIMIT_CFG))
     }
 
-    fn placements(&self) -> Result<HashMap<MapData, u32, Placement>, MapsError> {
-        HashMap::try_from(self.map(map_names::PLACEMENT)?)
+    fn placements(&self) -> Result<Array<MapData, Placement>, MapsError> {
+        Array::try_from(self.map(map_names::PLACEMENT)?)
             .map_err(map_err("open", map_names::PLACEMENT))
     }
 
+    /// Sets where `target` runs (the default, all zero, is here), through the mapping the
+    /// workers read (`PlacementTable::set` says why).
     pub fn set_placement(&self, target: u32, placement: Placement) -> Result<(), MapsError> {
-        self.placements()?
-            .insert(target, placement, 0)
-            .map_err(map_err("insert", map_names::PLACEMENT))
+        if target >= MAX_PLACEMENTS {
+            return Err(MapsError::BadTarget(target));
+        }
+        self.placement_reader()?.set(target, placement);
+        Ok(())
     }
 
-    /// The placement of a target; an app without an entry runs locally.
+    /// The placement of a target; an app never placed runs locally.
     pub fn placement(&self, target: u32) -> Result<Placement, MapsError> {
-        match self.placements()?.get(&target, 0) {
-            Ok(p) => Ok(p),
-            Err(MapError::KeyNotFound) => Ok(Placement::default()),
-            Err(e) => Err(MapsError::Map {
-                op: "lookup",
+        if target >= MAX_PLACEMENTS {
+            return Ok(Placement::default());
+        }
+        self.placements()?
+            .get(&target, 0)
+            .map_err(map_err("lookup", map_names::PLACEMENT))
+    }
+
+    /// PLACEMENT mapped into this process, for the workers: a placement is two memory loads,
+    /// no bpf() call.
+    pub fn placement_reader(&self) -> Result<PlacementTable, MapsError> {
+        let data = MapData::from_pin(self.dir.join(map_names::PLACEMENT))
+            .map_err(map_err("open", map_names::PLACEMENT))?;
+        let words = MAX_PLACEMENTS as usize * PLACEMENT_WORDS;
+        let mapping =
+            SharedMapping::new(data.fd().as_fd(), words).map_err(|source| MapsError::Mmap {
                 map: map_names::PLACEMENT,
-                source: e,
-            }),
-        }
+                source,
+            })?;
+        Ok(PlacementTable(mapping))
     }
 
-    /// A long-lived PLACEMENT reader for a worker: one map fd, a lookup per call.
-    pub fn placement_reader(&self) -> Result<PlacementReader, MapsError> {
-        Ok(PlacementReader(self.placements()?))
-    }
-
+    /// Every target placed anywhere but here by default, by id.
     pub fn placement_list(&self) -> Result<Vec<(u32, Placement)>, MapsError> {
-        let mut out = Vec::new();
-        for entry in self.placements()?.iter() {
-            out.push(entry.map_err(map_err("iterate", map_names::PLACEMENT))?);
-        }
-        out.sort_by_key(|(id, _)| *id);
-        Ok(out)
+        let reader = self.placement_reader()?;
+        Ok((0..MAX_PLACEMENTS)
+            .map(|id| (id, reader.get(id)))
+            .filter(|(_, p)| *p != Placement::default())
+            .collect())
     }
 
     fn stats_map(&self) -> Result<PerCpuArray<MapData, AppStats>, MapsError> {
@@ -484,13 +504,43 @@ impl PinnedMaps {
     }
 }
 
-/// See [`PinnedMaps::placement_reader`].
-pub struct PlacementReader(HashMap<MapData, u32, Placement>);
+/// u64 words per PLACEMENT entry in its mapping.
+const PLACEMENT_WORDS: usize = size_of::<Placement>() / size_of::<u64>();
 
-impl PlacementReader {
-    /// The placement of a target; none (or a failed lookup) means local.
+/// PLACEMENT as this process maps it (see [`PinnedMaps::placement_reader`]).
+pub struct PlacementTable(SharedMapping);
+
+impl PlacementTable {
+    /// The placement of a target (past the table: here). `kind` and `datacenter` share the
+    /// first word, written last: a placement being rewritten is read as the old one or the new
+    /// one, never a kind with another's datacenter (at worst with the other's flags).
     pub fn get(&self, target: u32) -> Placement {
-        self.0.get(&target, 0).unwrap_or_default()
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let words = self.0.words();
+        let at = target as usize * PLACEMENT_WORDS;
+        let (Some(first), Some(second)) = (words.get(at), words.get(at + 1)) else {
+            return Placement::default();
+        };
+        let (first, second) = (first.load(Acquire), second.load(Relaxed));
+        Placement {
+            kind: first as u32,
+            datacenter: (first >> 32) as u32,
+            flags: second as u32,
+            _reserved: (second >> 32) as u32,
+        }
+    }
+
+    /// Writes where `target` runs with two atomic stores, flags first (a bpf() update copies
+    /// the value with no such order).
+    pub fn set(&self, target: u32, p: Placement) {
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        let words = self.0.words();
+        let at = target as usize * PLACEMENT_WORDS;
+        let (Some(first), Some(second)) = (words.get(at), words.get(at + 1)) else {
+            return;
+        };
+        second.store(u64::from(p.flags) | (u64::from(p._reserved) << 32), Relaxed);
+        first.store(u64::from(p.kind) | (u64::from(p.datacenter) << 32), Release);
     }
 }
 

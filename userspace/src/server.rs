@@ -19,12 +19,12 @@ use edgeplane_dataplane::{
 };
 use tracing::{info, warn};
 
-use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane, maps::PlacementReader};
+use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane, maps::PlacementTable};
 
 /// PLACEMENT as a worker reads it: app name -> id (fixed at start) -> the map's entry.
 struct MapPlacement {
     ids: HashMap<String, u32>,
-    reader: PlacementReader,
+    reader: PlacementTable,
 }
 
 impl PlacementSource for MapPlacement {

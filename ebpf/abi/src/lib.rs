@@ -294,7 +294,10 @@ pub fn token_bucket_new(cfg: &RateLimitConfig, now_ns: u64) -> TokenBucket {
     }
 }
 
-/// PLACEMENT value: where an app (or one of its functions) runs. Key: target id (u32).
+/// PLACEMENT value: where an app (or one of its functions) runs. PLACEMENT is an array indexed
+/// by target id (`BPF_F_MMAPABLE`): the workers read it mapped, two u64 words per entry, the
+/// first holding `kind` (low half) and `datacenter` (high half) so one load reads both. All zero
+/// (an app never placed) is LOCAL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Placement {

@@ -42,8 +42,11 @@ pub static RATE_LIMIT_CFG: Array<RateLimitConfig> = Array::pinned(1, 0);
 pub static RL_BUCKETS: LruHashMap<[u8; 16], TokenBucket> =
     LruHashMap::pinned(MAX_RATE_LIMITED_SOURCES, 0);
 
+/// Written by the placement engine and edgectl; read by the workers through a memory mapping
+/// (no bpf() call per request). No program reads it: it is a BPF map so it is pinned with the
+/// rest and survives restarts.
 #[map]
-pub static PLACEMENT: HashMap<u32, Placement> = HashMap::pinned(MAX_PLACEMENTS, 0);
+pub static PLACEMENT: Array<Placement> = Array::pinned(MAX_PLACEMENTS, BPF_F_MMAPABLE);
 
 #[map]
 pub static WORKER_CPUS: CpuMap = CpuMap::pinned(MAX_WORKERS, 0);
