@@ -5,14 +5,14 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream},
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{runtime, spec, tempdir};
+use common::{fill_until, find, read_response, runtime, spec, tempdir};
 use edgeplane_dataplane::{
     listener::reuseport_listener,
     router::{EdgeService, Routes, region::Popularity},
@@ -90,136 +90,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s
-}
-
-/// A response as it arrived: head, and the body's pieces with when each was read.
-#[derive(Debug, Default)]
-struct Received {
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// Decoded body pieces (chunks, or reads of a delimited body), each with its arrival time.
-    pieces: Vec<(Instant, Vec<u8>)>,
-    trailers: Vec<(String, String)>,
-    /// Whether the body reached its end as framed (the last chunk, the length, or EOF for a
-    /// close-delimited body); false when the connection ended first.
-    complete: bool,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn body(&self) -> Vec<u8> {
-        self.pieces.iter().flat_map(|(_, p)| p.clone()).collect()
-    }
-}
-
-/// Reads bytes from the socket into `buf` until `pred` holds; false on EOF first.
-fn fill_until(s: &mut TcpStream, buf: &mut Vec<u8>, pred: impl Fn(&[u8]) -> bool) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    while !pred(buf) {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads one response from `s` (`head_only` for a HEAD request), chunk by chunk.
-fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
-    let mut buf = Vec::new();
-    assert!(
-        fill_until(s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()),
-        "no response head: {:?}",
-        String::from_utf8_lossy(&buf)
-    );
-    let end = find(&buf, b"\r\n\r\n").unwrap();
-    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
-        })
-        .collect();
-    buf.drain(..end + 4);
-    let mut r = Received {
-        status,
-        headers,
-        ..Default::default()
-    };
-    if head_only || status == 204 || status == 304 {
-        r.complete = true;
-        return r;
-    }
-    if r.header("transfer-encoding") == Some("chunked") {
-        loop {
-            if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
-                return r;
-            }
-            let line_end = find(&buf, b"\r\n").unwrap();
-            let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                .expect("chunk size");
-            buf.drain(..line_end + 2);
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
-                        return r;
-                    }
-                    let line_end = find(&buf, b"\r\n").unwrap();
-                    let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        r.complete = true;
-                        return r;
-                    }
-                    let (k, v) = line.split_once(':').unwrap();
-                    r.trailers
-                        .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                }
-            }
-            if !fill_until(s, &mut buf, |b| b.len() >= size + 2) {
-                return r;
-            }
-            r.pieces.push((Instant::now(), buf[..size].to_vec()));
-            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
-            buf.drain(..size + 2);
-        }
-    }
-    if let Some(length) = r.header("content-length") {
-        let length: usize = length.parse().unwrap();
-        r.complete = fill_until(s, &mut buf, |b| b.len() >= length);
-        r.pieces
-            .push((Instant::now(), buf[..length.min(buf.len())].to_vec()));
-        return r;
-    }
-    // Delimited by the connection's end.
-    if !buf.is_empty() {
-        r.pieces.push((Instant::now(), std::mem::take(&mut buf)));
-    }
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => {
-                r.complete = true;
-                return r;
-            }
-            Ok(n) => r.pieces.push((Instant::now(), chunk[..n].to_vec())),
-            Err(e) => panic!("reading a close-delimited body: {e}"),
-        }
-    }
 }
 
 fn send(s: &mut TcpStream, raw: &str) {
@@ -313,8 +183,8 @@ fn trailers_go_both_ways() {
     // The request's trailers reach the guest, which sends them back as the response's.
     send(
         &mut s,
-        "POST /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\nTransfer-Encoding: chunked\r\n\r\n\
-         3\r\nabc\r\n0\r\nx-checksum: 900150983cd2\r\n\r\n",
+        "POST /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\nTE: trailers\r\n\
+         Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 900150983cd2\r\n\r\n",
     );
     let r = read_response(&mut s, false);
     assert_eq!(r.status, 200);

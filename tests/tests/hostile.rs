@@ -347,7 +347,11 @@ component = "{echo}"
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             send_hostile(&mut s, raw, true).0
         })?;
-        assert!(status.is_none_or(|s| s >= 400), "admin answered {status:?} to garbage");
+        assert!(
+            status.is_none_or(|s| s >= 400),
+            "admin answered {status:?} to garbage {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)])
+        );
         assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
     }
     // Clients that connect to the admin endpoint and say nothing hold only their own

@@ -107,6 +107,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) 
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let resp = if busy {
                         Response::text(503, "admin endpoint busy\n")
+                    } else if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                        Response::text(405, "the admin endpoint answers GET\n")
                     } else {
                         route(&state, req.uri().path())
                     };

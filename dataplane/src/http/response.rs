@@ -73,6 +73,9 @@ pub struct ResponseMode {
     pub keep_alive: bool,
     pub head_only: bool,
     pub chunked: bool,
+    /// The client said it takes trailers (`TE: trailers`): a streamed body's trailers are sent
+    /// (as hyper's server does; without it they are dropped).
+    pub trailers: bool,
 }
 
 /// What `write_response` left to do: the rest of a streamed body, and whether the connection
@@ -158,7 +161,7 @@ pub fn write_response(
                 out.extend_from_slice(&resp.body);
             }
             Written {
-                stream: Some(ActiveStream::new(stream, framing)),
+                stream: Some(ActiveStream::new(stream, framing).with_trailers(mode.trailers)),
                 keep_alive,
             }
         }
@@ -181,6 +184,7 @@ mod tests {
             keep_alive,
             head_only,
             chunked: true,
+            trailers: false,
         }
     }
 

@@ -158,6 +158,8 @@ pub struct ActiveStream {
     body: BodyStream,
     framing: Framing,
     trailers: Option<http::HeaderMap>,
+    /// Whether the client takes trailers (chunked framing only).
+    send_trailers: bool,
 }
 
 impl ActiveStream {
@@ -166,7 +168,13 @@ impl ActiveStream {
             body,
             framing,
             trailers: None,
+            send_trailers: true,
         }
+    }
+
+    pub fn with_trailers(mut self, send: bool) -> Self {
+        self.send_trailers = send;
+        self
     }
 
     pub fn framing(&self) -> Framing {
@@ -237,7 +245,7 @@ impl ActiveStream {
         match self.framing {
             Framing::Chunked => {
                 out.extend_from_slice(b"0\r\n");
-                if let Some(trailers) = &self.trailers {
+                if let (Some(trailers), true) = (&self.trailers, self.send_trailers) {
                     write_trailers(out, trailers);
                 }
                 out.extend_from_slice(b"\r\n");

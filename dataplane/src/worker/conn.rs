@@ -98,6 +98,9 @@ pub struct Streaming {
 pub struct Collected {
     /// Responses whose head went into `out` (their requests are answered).
     pub answered: usize,
+    /// Requests now wholly done: answered with a whole body, or their streamed body ended
+    /// (a streaming request stays in flight: its guest is still running).
+    pub settled: usize,
     /// Requests left unanswered because a streamed body before them failed and the connection
     /// closes.
     pub dropped: usize,
@@ -149,10 +152,12 @@ impl Conn {
                             self.phase = Phase::CloseAfterFlush;
                         }
                         self.streaming = None;
+                        done.settled += 1;
                     }
                     Pumped::Failed(error) => {
                         tracing::warn!(peer = ?self.peer, error = %format!("{error:#}"), "response body failed mid-stream; closing the connection");
                         self.streaming = None;
+                        done.settled += 1;
                         done.dropped += self.abandon_pending();
                         self.phase = Phase::CloseAfterFlush;
                         return done;
@@ -182,8 +187,12 @@ impl Conn {
                         keep_alive: written.keep_alive,
                     })
                 }
-                None if !written.keep_alive => self.phase = Phase::CloseAfterFlush,
-                None => {}
+                None => {
+                    done.settled += 1;
+                    if !written.keep_alive {
+                        self.phase = Phase::CloseAfterFlush;
+                    }
+                }
             }
         }
     }

@@ -494,6 +494,7 @@ impl Worker {
                 keep_alive: false,
                 head_only: false,
                 chunked: false,
+                trailers: false,
             },
         });
         conn.phase = Phase::CloseAfterFlush;
@@ -504,6 +505,10 @@ impl Worker {
         let mut keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
         let chunked = req.minor_version >= 1;
+        let trailers = req.header("te").is_some_and(|te| {
+            te.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
         // A bug the request reaches must cost that request, not the worker's other connections.
@@ -533,6 +538,7 @@ impl Worker {
                 keep_alive,
                 head_only,
                 chunked,
+                trailers,
             },
         });
         if !keep_alive {

@@ -60,7 +60,7 @@ impl Worker {
             .unwrap_or_else(|| self.woken.waker(idx, conn.generation));
         let done = conn.collect_ready(&self.date, self.draining.is_some(), &waker);
         conn.waker = Some(waker);
-        self.in_flight -= (done.answered + done.dropped) as u64;
+        self.in_flight -= (done.settled + done.dropped) as u64;
         self.stats.served += done.answered as u64;
         if conn.send_in_flight || conn.out.is_empty() {
             if conn.phase == Phase::CloseAfterFlush
@@ -147,7 +147,9 @@ impl Worker {
         }
         self.in_flight -= conn.abandon_pending() as u64;
         // A stream nobody will read is dropped: its guest is stopped with it.
-        conn.streaming = None;
+        if conn.streaming.take().is_some() {
+            self.in_flight -= 1;
+        }
         conn.phase = Phase::Closing;
         // Ends the multishot recv (it completes with 0) and any send in flight.
         // SAFETY: our socket.
