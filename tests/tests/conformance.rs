@@ -202,6 +202,12 @@ fn compare(case: &Case, edged: &Received, reference: &Received) -> Vec<String> {
 /// every case. Bodies that hold times ("slept for 1001 millis") are compared with digits
 /// blanked.
 fn conform(test: &str, component: &Path, cases: Vec<Case>) -> anyhow::Result<()> {
+    // One comparison at a time: each runs two servers compiling a component on this machine's
+    // two cores, and the stream-shape check wants them unhurried.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let wasmtime = find_wasmtime().expect("the wasmtime CLI (./x setup installs it)");
     let pins = TestPins::new(test);
     let scratch = std::env::temp_dir().join(format!("edgeplane-{test}-{}", std::process::id()));
@@ -242,6 +248,7 @@ component = "{component}"
     let reference_addr = SocketAddr::from(([127, 0, 0, 1], reference_port));
     let mut diffs = Vec::new();
     for case in &cases {
+        eprintln!("conformance: {test}: {}", case.name);
         let (mut a, mut b) = (ask(edged_addr, &case.raw), ask(reference_addr, &case.raw));
         for r in [&mut a, &mut b] {
             let blanked: Vec<u8> = r
@@ -275,6 +282,36 @@ component = "{component}"
         diffs.join("\n")
     );
     Ok(())
+}
+
+/// apps/js-hello, from JavaScript (componentize-js).
+fn js_cases() -> Vec<Case> {
+    vec![
+        case("hello", get("/", "")),
+        case(
+            "echo",
+            "POST /echo HTTP/1.1\r\nHost: conformance.test\r\nContent-Length: 10\r\n\r\nhello edge",
+        ),
+        case(
+            "echo, chunked",
+            "POST /echo HTTP/1.1\r\nHost: conformance.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n5\r\n edge\r\n0\r\n\r\n",
+        ),
+        Case {
+            headers: &["content-type", "x-custom", "x-method"],
+            ..case("headers", get("/headers", "x-custom: 42\r\n"))
+        },
+        case("not found", get("/nope", "")),
+        case("HEAD", "HEAD / HTTP/1.1\r\nHost: conformance.test\r\n\r\n"),
+    ]
+}
+
+#[test]
+fn a_javascript_component_behaves_as_under_wasmtime_serve() -> anyhow::Result<()> {
+    if !require_root("a_javascript_component_behaves_as_under_wasmtime_serve") {
+        return Ok(());
+    }
+    conform("conformance-js", &apps::js_component(), js_cases())
 }
 
 #[test]

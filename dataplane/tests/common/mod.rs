@@ -39,40 +39,95 @@ pub fn app(name: &str) -> PathBuf {
     guest_apps::component(&apps, name)
 }
 
+/// The manifest directory of `package` among the apps' or the workspace's dependencies.
+fn dependency_dir(manifest: &Path, package: &str) -> PathBuf {
+    let out = Command::new(cargo())
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .output()
+        .expect("cargo metadata");
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let path = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == package)
+        .and_then(|p| p["manifest_path"].as_str())
+        .unwrap_or_else(|| panic!("{package} among the dependencies"))
+        .to_owned();
+    Path::new(&path).parent().unwrap().to_path_buf()
+}
+
+/// apps/js-hello, a JavaScript wasi:http component built with componentize-js from the npm
+/// registry (the versions its package-lock.json pins). Its engine speaks wasi:http 0.2.10, so
+/// the WIT it is built against is wasmtime-wasi-http's, versions rewritten to 0.2.10
+/// (PLATFORM.md). Built once; rebuilt when app.js changes.
+pub fn js_component() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = workspace().join("apps/js-hello");
+            let dir = workspace().join("apps/target/js-hello");
+            let out = dir.join("js-hello.wasm");
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            if modified(&out).is_some() && modified(&out) >= modified(&src.join("app.js")) {
+                return out;
+            }
+            std::fs::create_dir_all(dir.join("wit/deps")).unwrap();
+            for file in ["package.json", "package-lock.json", "build.mjs", "app.js"] {
+                std::fs::copy(src.join(file), dir.join(file)).unwrap();
+            }
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm (Node.js is on the machine)");
+            assert!(status.success(), "npm ci for apps/js-hello failed");
+            let wit = dependency_dir(&workspace().join("Cargo.toml"), "wasmtime-wasi-http").join("wit/deps");
+            for entry in std::fs::read_dir(&wit).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .replace("@0.2.12", "@0.2.10")
+                    .replace("version = 0.2.12", "version = 0.2.10")
+                    .replace("version = 0.2.11", "version = 0.2.10");
+                std::fs::write(dir.join("wit/deps").join(path.file_name().unwrap()), text).unwrap();
+            }
+            std::fs::write(
+                dir.join("wit/world.wit"),
+                "package edgeplane:js-hello;\n\nworld app {\n  include wasi:http/proxy@0.2.10;\n}\n",
+            )
+            .unwrap();
+            let status = Command::new("node")
+                .args(["build.mjs", "app.js", "wit", "js-hello.wasm"])
+                .current_dir(&dir)
+                .status()
+                .expect("node");
+            assert!(status.success(), "componentize-js failed");
+            out
+        })
+        .clone()
+}
+
 /// wstd's own `http_server` example, built from the crates.io package: a component written
 /// with no knowledge of edgeplane.
 pub fn wstd_example_server() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let out = Command::new(cargo())
-                .args([
-                    "metadata",
-                    "--format-version",
-                    "1",
-                    "--locked",
-                    "--manifest-path",
-                ])
-                .arg(workspace().join("apps/Cargo.toml"))
-                .output()
-                .expect("cargo metadata");
-            let meta: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("metadata JSON");
-            let manifest = meta["packages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "wstd")
-                .and_then(|p| p["manifest_path"].as_str())
-                .expect("wstd in apps' dependencies")
-                .to_owned();
-            let src = Path::new(&manifest).parent().unwrap();
+            let src = dependency_dir(&workspace().join("apps/Cargo.toml"), "wstd");
             // Build in a copy: the registry source is not ours to write build output into.
             let copy = std::env::temp_dir().join("edgeplane-wstd-example");
             let _ = std::fs::remove_dir_all(&copy);
             let status = Command::new("cp")
                 .arg("-r")
-                .arg(src)
+                .arg(&src)
                 .arg(&copy)
                 .status()
                 .unwrap();
@@ -193,14 +248,14 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Reads one response from `s` (`head_only` for a HEAD request), chunk by chunk.
+/// Reads one response from `s` (`head_only` for a HEAD request), chunk by chunk; status 0 when
+/// the connection closed before a response head.
 pub fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
     let mut buf = Vec::new();
-    assert!(
-        fill_until(s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()),
-        "no response head: {:?}",
-        String::from_utf8_lossy(&buf)
-    );
+    if !fill_until(s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()) {
+        // Closed with no response at all: status 0, nothing complete.
+        return Received::default();
+    }
     let end = find(&buf, b"\r\n\r\n").unwrap();
     let head = String::from_utf8(buf[..end].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
