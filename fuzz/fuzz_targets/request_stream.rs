@@ -96,6 +96,13 @@ fn streamed(input: &[u8], cuts: &[usize], limits: &HttpLimits) -> Vec<Request> {
     done
 }
 
+/// Fields in a stable order by name.
+fn by_name(fields: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut sorted = fields.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted
+}
+
 /// The requests a whole-request decoder gives for all of `input` at once.
 fn whole(input: &[u8], limits: &HttpLimits) -> Vec<Request> {
     let mut decoder = RequestDecoder::default();
@@ -126,6 +133,8 @@ fuzz_target!(|data: &[u8]| {
     for (s, w) in streamed.iter().zip(&whole) {
         assert_eq!((&s.method, &s.target, &s.headers), (&w.method, &w.target, &w.headers));
         assert_eq!(s.body, w.body);
-        assert_eq!(s.trailers, w.trailers);
+        // Fields of different names have no order between them (RFC 9110, 5.3), and the stream
+        // hands trailers on as a header map, grouped by name; values of one name keep theirs.
+        assert_eq!(by_name(&s.trailers), by_name(&w.trailers));
     }
 });
