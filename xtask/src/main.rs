@@ -45,6 +45,8 @@ enum Scenario {
     Xdp,
     /// Static route vs nginx, hello vs `wasmtime serve`.
     Http,
+    /// Time to first byte of a streamed guest response vs `wasmtime serve`.
+    Stream,
     /// criterion: store + instantiate and whole requests on one worker's engine.
     Instantiate,
     /// Handoff overhead between datacenters beyond the link.
@@ -135,6 +137,7 @@ fn test() -> anyhow::Result<()> {
     run_bin("xdp-bench", &["--smoke"])?;
     run_bin("http-bench", &["--smoke"])?;
     run_bin("handoff-bench", &["--smoke"])?;
+    run_bin("stream-bench", &["--smoke"])?;
     run_bin(
         "attack-bench",
         &["--smoke", "--out", &format!("{smoke}/attack")],
@@ -281,6 +284,7 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
                     ],
                 )?
             }
+            Scenario::Stream => run_bin("stream-bench", &[])?,
             Scenario::Handoff => run_bin("handoff-bench", &["--json", &json("handoff-bench")])?,
             Scenario::Attack => run_bin("attack-bench", &["--out", &folder("attack")])?,
             Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
