@@ -8,6 +8,7 @@ use std::{
 };
 
 use edgeplane_dataplane::{
+    client::PoolConfig,
     http::HttpLimits,
     wasm::{AppLimits, CacheBudget, EngineConfig},
 };
@@ -123,6 +124,8 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
     /// Concurrent app instances per worker before answering 503.
     pub max_in_flight: u32,
+    /// Each worker's keep-alive connections for subrequests and handoffs.
+    pub pool: PoolConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -132,6 +135,7 @@ impl Default for RuntimeConfig {
             cache: CacheBudget::default(),
             cache_dir: PathBuf::from("/var/cache/edgeplane/code"),
             max_in_flight: 128,
+            pool: PoolConfig::default(),
         }
     }
 }

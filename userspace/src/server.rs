@@ -6,6 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, os::fd::AsFd as _, rc::Rc, sync
 use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
+    client::ConnPool,
     handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
     router::{
         EdgeService, PlacementSource, Routes, StaticResponse, WorkerMetrics,
@@ -214,6 +215,7 @@ pub fn start(
         workers.observations.push(observations.clone());
         let residency = Residency::default();
         workers.residency.push(residency.clone());
+        let pool_cfg = cfg.runtime.pool;
         let (engine_cfg, cache_dir, budget, max_in_flight) = (
             cfg.runtime.engine.clone(),
             cfg.runtime.cache_dir.clone(),
@@ -242,15 +244,18 @@ pub fn start(
         let factory: ServiceFactory = Arc::new(move |cpu| {
             let engine = build_engine(&engine_cfg)?;
             ticker.register(&engine);
-            let runtime = Rc::new(AppRuntime::new(
-                engine,
-                &cache_dir,
-                budget,
-                specs.clone(),
-                observations.clone(),
-                engine_cfg.epoch_tick,
-                max_in_flight,
-            )?);
+            let runtime = Rc::new(
+                AppRuntime::new(
+                    engine,
+                    &cache_dir,
+                    budget,
+                    specs.clone(),
+                    observations.clone(),
+                    engine_cfg.epoch_tick,
+                    max_in_flight,
+                )?
+                .with_pool(Arc::new(ConnPool::new(pool_cfg))),
+            );
             runtime.publish_residency_to(residency.clone());
             runtime.route_functions_via(functions_via);
             runtime.protect_admin(admin_addr);
