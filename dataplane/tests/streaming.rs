@@ -171,15 +171,23 @@ fn an_http_1_0_client_gets_the_stream_delimited_by_the_connection_end() {
 fn trailers_go_both_ways() {
     let w = start();
     let mut s = connect(w.addr);
-    // No trailers sent: the example answers with its own.
+    // No trailers sent: the example answers with its own, which go to a client that takes
+    // trailers (TE: trailers), and to no other.
     send(
         &mut s,
-        "GET /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+        "GET /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\nTE: trailers\r\n\r\n",
     );
     let r = read_response(&mut s, false);
     assert_eq!(r.status, 200);
     assert!(r.complete);
     assert_eq!(r.trailers, [("x-no-trailers".to_owned(), "1".to_owned())]);
+    send(
+        &mut s,
+        "GET /echo-trailers HTTP/1.1\r\nHost: wstd.test\r\n\r\n",
+    );
+    let r = read_response(&mut s, false);
+    assert!(r.complete);
+    assert!(r.trailers.is_empty(), "{:?}", r.trailers);
     // The request's trailers reach the guest, which sends them back as the response's.
     send(
         &mut s,
