@@ -383,3 +383,43 @@ fn a_dead_peer_is_marked_down_and_its_apps_return_when_probes_see_it_back() {
     );
     assert_eq!(fetch(&world), "remote-dc2");
 }
+
+#[test]
+fn a_response_streamed_at_dc2_streams_through_the_pop() {
+    if !require_root("handoff-stream") {
+        return;
+    }
+    let stream_app = common::app("stream");
+    let world = canonical::start("handoff-stream", &["pop", "dc2"], 0.01, |_, _| {
+        format!(
+            "[[apps]]\nname = \"stream\"\nhosts = [\"stream.test\"]\ncomponent = \"{}\"\n",
+            stream_app.display()
+        )
+    });
+    let dc2_id = world.topology.datacenter("dc2").unwrap().id;
+    edged::place(world.pins("pop"), "stream", at_dc(dc2_id)).unwrap();
+    let pop = world.pop_addr();
+    let r = world
+        .world
+        .ns("client")
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&pop, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"GET /?lines=4&ms=150 HTTP/1.1\r\nHost: stream.test\r\n\r\n")
+                .unwrap();
+            common::read_response(&mut s, false)
+        })
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-edge-placement"), Some("remote-dc2"));
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.body(), b"line 0\nline 1\nline 2\nline 3\n");
+    // dc2 writes a line every 150 ms: relayed as it comes, the first reaches the client about
+    // 450 ms before the last; buffered at the POP, they would arrive together.
+    let (first, last) = (r.pieces[0].0, r.pieces.last().unwrap().0);
+    assert!(
+        last.duration_since(first) >= Duration::from_millis(300),
+        "lines arrived {:?} apart through the POP: buffered, not streamed",
+        last.duration_since(first)
+    );
+}
