@@ -106,6 +106,20 @@ pub fn start_with(
     start_in(world.ns(name), name, config, edged_bin, addr)
 }
 
+/// Starts `edged` with `config` in this namespace and waits until its workers listen on
+/// `addr` (two minutes: a fresh code cache compiles every component). Its pins go with it.
+pub fn start_local(config: &Path, edged_bin: &Path, addr: SocketAddr) -> anyhow::Result<Server> {
+    let mut server = spawn(
+        "edged",
+        std::process::Command::new(edged_bin)
+            .arg("--config")
+            .arg(config)
+            .arg("--unpin-on-exit"),
+    )?;
+    wait_listening(&mut server, addr, Duration::from_secs(120))?;
+    Ok(server)
+}
+
 /// Starts `edged` with `config` inside `ns` and waits until its workers listen on `addr`.
 pub fn start_in(
     ns: &Netns,

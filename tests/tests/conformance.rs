@@ -15,7 +15,7 @@ use std::{
 };
 
 use apps::{Received, read_response};
-use edgeplane_bench::http::{find_wasmtime, spawn, wait_listening, wasmtime_serve};
+use edgeplane_bench::http::{find_wasmtime, wasmtime_serve};
 use edgeplane_tests::{TestPins, edgeplane_binary, require_root};
 
 fn free_port() -> u16 {
@@ -237,13 +237,8 @@ component = "{component}"
         ),
     )?;
     let edged_addr = SocketAddr::from(([127, 0, 0, 1], edged_port));
-    let mut edged = spawn(
-        "edged",
-        std::process::Command::new(edgeplane_binary("edged"))
-            .arg("--config")
-            .arg(&config),
-    )?;
-    wait_listening(&mut edged, edged_addr, Duration::from_secs(180))?;
+    let _edged =
+        edgeplane_bench::edged::start_local(&config, &edgeplane_binary("edged"), edged_addr)?;
     let _reference = wasmtime_serve(&wasmtime, component, reference_port, None, None)?;
     let reference_addr = SocketAddr::from(([127, 0, 0, 1], reference_port));
     let mut diffs = Vec::new();

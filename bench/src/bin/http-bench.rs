@@ -3,12 +3,12 @@
 //! pair the same open-loop rate, half the slower one's maximum, and compares latency there.
 //! Run as root (edged loads its BPF programs): `./x bench`.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use edgeplane_bench::{
     cpu::CpuUse,
-    http::{LoadResult, Server, Wrk, find_wasmtime, nginx, spawn, wait_listening, wasmtime_serve},
+    http::{LoadResult, Server, Wrk, find_wasmtime, nginx, wasmtime_serve},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     scenario::Setup,
 };
@@ -515,19 +515,11 @@ static_body = "hello\n"
             component = component.display(),
         ),
     )?;
-    let mut edged = spawn(
-        "edged",
-        Command::new(edged_bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--unpin-on-exit"),
-    )?;
-    wait_listening(
-        &mut edged,
+    edgeplane_bench::edged::start_local(
+        &config,
+        edged_bin,
         SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(120),
-    )?;
-    Ok(edged)
+    )
 }
 
 fn print_report(

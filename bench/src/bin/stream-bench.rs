@@ -7,13 +7,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use clap::Parser;
 use edgeplane_bench::{
-    http::{Server, find_wasmtime, spawn, wait_listening, wasmtime_serve},
+    http::{Server, find_wasmtime, wasmtime_serve},
     scenario::Setup,
 };
 
@@ -216,19 +215,11 @@ component = "{component}"
             component = component.display(),
         ),
     )?;
-    let mut edged = spawn(
-        "edged",
-        Command::new(edged_bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--unpin-on-exit"),
-    )?;
-    wait_listening(
-        &mut edged,
+    edgeplane_bench::edged::start_local(
+        &config,
+        edged_bin,
         SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),
-        Duration::from_secs(120),
-    )?;
-    Ok(edged)
+    )
 }
 
 fn pin_to_cpu(cpu: u32) {

@@ -1,0 +1,220 @@
+//! What a client sends: decoding its requests as they arrive, handing each to the service (with
+//! its body streaming in when it is not all there yet), and refusing what cannot be served.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use tracing::{debug, error};
+
+use super::Worker;
+use crate::{
+    http::{Decoded, HttpError, Request, Response, ResponseMode, request_body::RequestBody},
+    worker::{
+        Reply, WorkerCounters,
+        conn::{Conn, Phase, Slot, SlotResponse},
+    },
+};
+
+impl Worker {
+    pub(super) fn process_input(&mut self, idx: usize) {
+        let now = self.now;
+        loop {
+            let Some(conn) = self.conns[idx].as_mut() else {
+                return;
+            };
+            if conn.phase != Phase::Open || conn.input.is_empty() {
+                break;
+            }
+            if conn.backlogged() {
+                // Answers that are ready may clear the backlog once they are queued to send.
+                self.flush(idx);
+                if self.conns[idx].as_ref().is_some_and(Conn::backlogged) {
+                    self.pause(idx);
+                    break;
+                }
+                continue;
+            }
+            let was_streaming = conn.decoder.is_streaming();
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                conn.decoder.decode(&conn.input, &self.limits)
+            }))
+            .unwrap_or_else(|panic| {
+                error!(
+                    worker = self.ctx.worker,
+                    panic = crate::panic_text(&*panic),
+                    "request parser panicked; closing the connection"
+                );
+                Err(HttpError::BadRequest("unparsable request"))
+            });
+            match decoded {
+                Ok(Decoded::Complete(req, used)) => {
+                    conn.input.drain(..used);
+                    conn.sent_continue = false;
+                    conn.request_started = (!conn.input.is_empty()).then_some(now);
+                    self.dispatch(idx, req, None);
+                }
+                Ok(Decoded::Streaming {
+                    request,
+                    body,
+                    used,
+                    expects_continue,
+                }) => {
+                    conn.input.drain(..used);
+                    conn.sent_continue = false;
+                    conn.request_started = Some(now);
+                    self.dispatch(idx, request, Some(body));
+                    if expects_continue {
+                        self.send_continue(idx, true);
+                    }
+                }
+                Ok(Decoded::BodyEnd { used }) => {
+                    conn.input.drain(..used);
+                    conn.request_started = (!conn.input.is_empty()).then_some(now);
+                    if std::mem::take(&mut conn.close_after_body) {
+                        conn.input.clear();
+                        conn.request_started = None;
+                        conn.phase = Phase::CloseAfterFlush;
+                        break;
+                    }
+                }
+                Ok(Decoded::Blocked { used }) => {
+                    conn.input.drain(..used);
+                    // The body's reader is full: read on once it takes some (its waker is this
+                    // connection's).
+                    let waker = conn
+                        .waker
+                        .get_or_insert_with(|| self.woken.waker(idx, conn.generation));
+                    if conn.decoder.wait_for_room(waker) {
+                        self.pause(idx);
+                        break;
+                    }
+                }
+                Ok(Decoded::Partial {
+                    used,
+                    expects_continue,
+                }) => {
+                    conn.input.drain(..used);
+                    if conn.request_started.is_none() {
+                        conn.request_started = Some(now);
+                    }
+                    if expects_continue {
+                        self.send_continue(idx, false);
+                    }
+                    break;
+                }
+                Err(e) if was_streaming => {
+                    // The request went on already and its answer is coming: its body's reader
+                    // has the error, and the connection closes after that answer.
+                    self.stats.bad_requests += 1;
+                    debug!(worker = self.ctx.worker, error = %e, "bad request body mid-stream");
+                    conn.decoder.abandon("the request body failed");
+                    conn.input.clear();
+                    conn.request_started = None;
+                    conn.phase = Phase::CloseAfterFlush;
+                    break;
+                }
+                Err(e) => {
+                    self.stats.bad_requests += 1;
+                    debug!(worker = self.ctx.worker, error = %e, "bad request");
+                    self.fail(idx, e);
+                    break;
+                }
+            }
+        }
+        self.flush(idx);
+    }
+
+    /// Sends `100 Continue` to a client waiting for it before its body, once per request, when
+    /// no earlier response is still to come (it must not land inside one). `dispatched`: the
+    /// request already has its slot in `pending`.
+    fn send_continue(&mut self, idx: usize, dispatched: bool) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let nothing_before =
+            conn.pending.len() == usize::from(dispatched) && conn.streaming.is_none();
+        if !conn.sent_continue && nothing_before {
+            conn.sent_continue = true;
+            conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+
+    /// Answers with an error status and closes after it. A request whose body was streaming
+    /// has its answer coming already: its body's reader gets the error, and the connection
+    /// closes after that answer.
+    pub(super) fn fail(&mut self, idx: usize, e: HttpError) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        conn.input.clear();
+        conn.request_started = None;
+        if conn.decoder.abandon("the request body failed") {
+            conn.phase = Phase::CloseAfterFlush;
+            return;
+        }
+        conn.pending.push_back(Slot {
+            response: SlotResponse::Ready(e.response()),
+            mode: ResponseMode {
+                keep_alive: false,
+                head_only: false,
+                chunked: false,
+                trailers: false,
+            },
+        });
+        conn.phase = Phase::CloseAfterFlush;
+        self.in_flight += 1;
+    }
+
+    fn dispatch(&mut self, idx: usize, req: Request, body: Option<RequestBody>) {
+        let mut keep_alive = req.keep_alive && self.draining.is_none();
+        let head_only = req.method == "HEAD";
+        let chunked = req.minor_version >= 1;
+        let trailers = req.header("te").is_some_and(|te| {
+            te.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        self.in_flight += 1;
+        self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
+        // A bug the request reaches must cost that request, not the worker's other connections.
+        self.ctx.body.set(body);
+        let (service, ctx) = (&self.service, &self.ctx);
+        let reply = catch_unwind(AssertUnwindSafe(|| service.call(req, ctx)));
+        // A body the service did not take is read and dropped as it arrives.
+        drop(self.ctx.body.take());
+        let reply = reply.unwrap_or_else(
+            |panic| {
+                WorkerCounters::bump(&self.counters.panics);
+                error!(worker = self.ctx.worker, peer = ?self.ctx.peer, panic = crate::panic_text(&*panic), "request handling panicked; answering 500 and closing the connection");
+                keep_alive = false;
+                Reply::Now(Response::text(500, "internal error\n"))
+            },
+        );
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let (response, running) = match reply {
+            Reply::Now(resp) => (SlotResponse::Ready(resp), false),
+            Reply::Later(fut) => (SlotResponse::Running(fut), true),
+        };
+        conn.pending.push_back(Slot {
+            response,
+            mode: ResponseMode {
+                keep_alive,
+                head_only,
+                chunked,
+                trailers,
+            },
+        });
+        if !keep_alive {
+            if conn.decoder.is_streaming() {
+                // Its body is still to be read (and given to the service) first.
+                conn.close_after_body = true;
+            } else {
+                conn.phase = Phase::CloseAfterFlush;
+            }
+        }
+        if running {
+            let newest = conn.pending.len() - 1;
+            self.poll_replies(idx, newest);
+        }
+    }
+}
