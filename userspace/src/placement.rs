@@ -476,6 +476,7 @@ impl Engine {
             headers: vec![("host".into(), b"edgeplane".to_vec())],
             body: Vec::new(),
             trailers: Vec::new(),
+            takes_trailers: false,
             keep_alive: false,
         };
         let now = SystemTime::now()

@@ -131,9 +131,4 @@ impl ConnPool {
             !list.is_empty()
         });
     }
-
-    /// Idle connections now held.
-    pub fn idle_count(&self) -> usize {
-        crate::lock(&self.idle).count
-    }
 }

@@ -21,7 +21,10 @@ use http_body_util::BodyExt as _;
 
 use crate::{
     client::{ClientError, ConnPool, Head, Outgoing, PoolKey, Sent},
-    http::{Request, Response, is_hop_by_hop, stream::BodyStream},
+    http::{
+        Request, Response, is_hop_by_hop,
+        stream::{BodyStream, PREFIX_BYTES},
+    },
 };
 pub use auth::{AuthError, HandoffMeta, ReplayGuard};
 pub use health::PeerHealth;
@@ -102,14 +105,10 @@ impl HandoffError {
 
 pub use crate::client::retry::is_idempotent;
 
-struct PeerPool {
-    peer: Peer,
-}
-
 /// One worker's handoff client and verifier.
 pub struct Handoff {
     cfg: HandoffConfig,
-    pools: HashMap<u32, PeerPool>,
+    peers: HashMap<u32, Peer>,
     /// The worker's connections (its guests' subrequests share it).
     conns: Arc<ConnPool>,
 }
@@ -123,12 +122,8 @@ fn unix_now() -> u64 {
 impl Handoff {
     /// Hands off over `conns`, the worker's pool.
     pub fn new(cfg: HandoffConfig, conns: Arc<ConnPool>) -> Self {
-        let pools = cfg
-            .peers
-            .iter()
-            .map(|p| (p.id, PeerPool { peer: p.clone() }))
-            .collect();
-        Self { cfg, pools, conns }
+        let peers = cfg.peers.iter().map(|p| (p.id, p.clone())).collect();
+        Self { cfg, peers, conns }
     }
 
     /// Whether `dc` is marked down (a handoff or a probe failed, and no probe has seen it since).
@@ -141,7 +136,7 @@ impl Handoff {
     }
 
     pub fn peer(&self, id: u32) -> Option<&Peer> {
-        self.pools.get(&id).map(|p| &p.peer)
+        self.peers.get(&id)
     }
 
     /// A peer's name, or its id when it is not a peer.
@@ -167,8 +162,8 @@ impl Handoff {
         mut req: Request,
         client: &str,
     ) -> Result<Response, HandoffError> {
-        let pool = self.pools.get(&dc).ok_or(HandoffError::UnknownPeer(dc))?;
-        let name = &pool.peer.name;
+        let peer = self.peers.get(&dc).ok_or(HandoffError::UnknownPeer(dc))?;
+        let name = &peer.name;
         auth::sign(
             &self.cfg.key,
             &mut req,
@@ -182,7 +177,7 @@ impl Handoff {
             detail,
         })?;
         let timeout = self.cfg.request_timeout;
-        let key = PoolKey::new(HANDOFF_POOL_OWNER, pool.peer.addr);
+        let key = PoolKey::new(HANDOFF_POOL_OWNER, peer.addr);
         let send = crate::client::send(&self.conns, key, head, body, self.cfg.connect_timeout);
         let result = match tokio::time::timeout(timeout, send).await {
             Ok(Ok(sent)) => self.relay(dc, sent).await,
@@ -252,10 +247,6 @@ impl Handoff {
 /// Whose connections handoffs use in the worker's pool (apps are keyed by name; no app is named
 /// this: names are checked in the config).
 pub const HANDOFF_POOL_OWNER: &str = "edgeplane:handoff";
-
-/// What a response body already holds when its head arrives is sent with the head, up to this
-/// much; past it, or when the rest is still coming, the body streams.
-const PREFIX_BYTES: usize = 64 << 10;
 
 /// The signed request as the client sends it: every header the signature covers, never a
 /// hop-by-hop one (its own framing is the client's).

@@ -15,6 +15,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Trailer fields after a chunked body (names lower-cased).
     pub trailers: Vec<(String, Vec<u8>)>,
+    /// The client takes trailers after a chunked response (`TE: trailers`).
+    pub takes_trailers: bool,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
 }
@@ -101,6 +103,7 @@ pub(super) fn parse_head(
     let mut has_host = false;
     let mut connection_close = minor_version == 0;
     let mut expects_continue = false;
+    let mut takes_trailers = false;
     let mut owned = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
@@ -153,6 +156,12 @@ pub(super) fn parse_head(
                     }
                 }
             }
+            "te" => {
+                takes_trailers |= h
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            }
             "expect" => {
                 if !h.value.eq_ignore_ascii_case(b"100-continue") {
                     return Err(HttpError::ExpectationFailed);
@@ -197,6 +206,7 @@ pub(super) fn parse_head(
                 headers: owned,
                 body,
                 trailers: Vec::new(),
+                takes_trailers,
                 keep_alive: !connection_close,
             },
             framing,

@@ -53,24 +53,17 @@ impl BodyStream {
         into: &mut Vec<u8>,
         max: usize,
     ) -> Result<bool, StreamError> {
-        std::future::poll_fn(|cx| {
-            while into.len() < max {
-                match self.poll_frame(cx) {
-                    Poll::Ready(None) => return Poll::Ready(Ok(true)),
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => into.extend_from_slice(&data),
-                        Err(trailers) => {
-                            self.held = Some(trailers);
-                            return Poll::Ready(Ok(false));
-                        }
-                    },
-                    Poll::Pending => return Poll::Ready(Ok(false)),
-                }
-            }
-            Poll::Ready(Ok(false))
+        let taken = std::future::poll_fn(|cx| {
+            Poll::Ready(take_ready(|cx| self.poll_frame(cx), into, max, cx))
         })
-        .await
+        .await?;
+        Ok(match taken {
+            Taken::Whole => true,
+            Taken::Partial(held) => {
+                self.held = held;
+                false
+            }
+        })
     }
 
     /// The rest of the body, for a caller that reads it itself (a test, a relay that needs
@@ -106,6 +99,41 @@ impl BodyStream {
             ))))
         })
     }
+}
+
+/// Body bytes gathered before a response goes to the worker: a body that fits and is all there
+/// is sent whole with a content-length (the common small response, in one write); past it, or
+/// with more still to come, the body streams.
+pub const PREFIX_BYTES: usize = 64 << 10;
+
+/// What `take_ready` found.
+pub enum Taken {
+    /// The body ended: all of it is in.
+    Whole,
+    /// More is to come; the trailers frame met, if any, to give out before it.
+    Partial(Option<Frame<Bytes>>),
+}
+
+/// Moves the data frames `next_frame` has ready into `into`, up to about `max` bytes, without
+/// waiting for more (the start of a response body, sent with its head).
+pub fn take_ready<E>(
+    mut next_frame: impl FnMut(&mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, E>>>,
+    into: &mut Vec<u8>,
+    max: usize,
+    cx: &mut Context<'_>,
+) -> Result<Taken, E> {
+    while into.len() < max {
+        match next_frame(cx) {
+            Poll::Ready(None) => return Ok(Taken::Whole),
+            Poll::Ready(Some(Err(e))) => return Err(e),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => into.extend_from_slice(&data),
+                Err(trailers) => return Ok(Taken::Partial(Some(trailers))),
+            },
+            Poll::Pending => return Ok(Taken::Partial(None)),
+        }
+    }
+    Ok(Taken::Partial(None))
 }
 
 /// A body with a frame taken early put back in front.
@@ -175,10 +203,6 @@ impl ActiveStream {
     pub fn with_trailers(mut self, send: bool) -> Self {
         self.send_trailers = send;
         self
-    }
-
-    pub fn framing(&self) -> Framing {
-        self.framing
     }
 
     /// Appends what the producer has ready to `out`, framed, while `out` (plus `unsent`, what

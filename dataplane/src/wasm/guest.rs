@@ -26,6 +26,7 @@ use wasmtime_wasi_http::p2::{
 };
 
 use super::{error::HandleError, host::HostState};
+use crate::http::stream::{PREFIX_BYTES, Taken, take_ready};
 
 /// Where an instance goes when its request is over, and the runtime's hold that ends with it.
 pub(super) trait InstanceHome {
@@ -197,18 +198,6 @@ pub(super) struct GuestBody {
     held: Option<Frame<Bytes>>,
 }
 
-/// Body bytes gathered before the response goes to the worker: a body that fits is sent whole
-/// with a content-length (the common small response, in one write); past it, the body streams.
-pub(super) const PREFIX_BYTES: usize = 64 << 10;
-
-/// What the body held when the response head was set.
-pub(super) enum Start {
-    /// All of it (the guest is done).
-    Whole,
-    /// The beginning; the rest streams.
-    Partial,
-}
-
 impl GuestBody {
     pub(super) fn new(run: GuestRun, body: HyperOutgoingBody, limit: usize) -> Self {
         Self {
@@ -221,28 +210,21 @@ impl GuestBody {
         }
     }
 
-    /// Moves what the body holds now into `into`, up to about `PREFIX_BYTES`: a guest that
-    /// writes a large body at once streams it rather than having it gathered here.
+    /// Moves what the body holds now into `into` (`stream::take_ready`): true when that was all
+    /// of it. A guest that writes a large body at once streams it rather than having it
+    /// gathered here.
     pub(super) fn take_ready(
         &mut self,
         into: &mut Vec<u8>,
         cx: &mut Context<'_>,
-    ) -> Result<Start, HandleError> {
-        while into.len() < PREFIX_BYTES {
-            match self.next_frame(cx) {
-                Poll::Ready(None) => return Ok(Start::Whole),
-                Poll::Ready(Some(Err(e))) => return Err(e),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => into.extend_from_slice(&data),
-                    Err(trailers) => {
-                        self.held = Some(trailers);
-                        return Ok(Start::Partial);
-                    }
-                },
-                Poll::Pending => return Ok(Start::Partial),
+    ) -> Result<bool, HandleError> {
+        match take_ready(|cx| self.next_frame(cx), into, PREFIX_BYTES, cx)? {
+            Taken::Whole => Ok(true),
+            Taken::Partial(held) => {
+                self.held = held;
+                Ok(false)
             }
         }
-        Ok(Start::Partial)
     }
 
     fn next_frame(

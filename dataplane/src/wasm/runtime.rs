@@ -30,7 +30,7 @@ use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
     error::HandleError,
-    guest::{CpuDeadline, GuestBody, GuestRun, InstanceHome, Start, WallDeadline},
+    guest::{CpuDeadline, GuestBody, GuestRun, InstanceHome, WallDeadline},
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
 };
@@ -426,9 +426,9 @@ impl AppRuntime {
         let length = GuestBody::declared_length(&parts.headers);
         let mut body = GuestBody::new(run, body, limit);
         let mut out = Response::new(parts.status.as_u16(), Vec::new());
-        let start =
+        let whole =
             std::future::poll_fn(|cx| Poll::Ready(body.take_ready(&mut out.body, cx))).await?;
-        if let Start::Partial = start {
+        if !whole {
             out.stream = Some(BodyStream::new(body).with_length(length));
         }
         for (k, v) in parts.headers.iter() {

@@ -168,10 +168,7 @@ impl Worker {
         let mut keep_alive = req.keep_alive && self.draining.is_none();
         let head_only = req.method == "HEAD";
         let chunked = req.minor_version >= 1;
-        let trailers = req.header("te").is_some_and(|te| {
-            te.split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
+        let trailers = req.takes_trailers;
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
         // A bug the request reaches must cost that request, not the worker's other connections.
