@@ -59,6 +59,7 @@ fn runtime() -> Rc<AppRuntime> {
     let app = |component: &str, mode: &str, instance_reuse: u32| AppSpec {
         name: format!("{component}/{mode}"),
         component: common::app(component),
+        digest: String::new(),
         env: vec![],
         allowed_backends: vec![],
         split_app: None,

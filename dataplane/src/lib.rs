@@ -6,6 +6,7 @@ pub mod functions;
 pub mod handoff;
 pub mod http;
 pub mod listener;
+pub mod live;
 pub mod probe;
 pub mod router;
 pub mod shared_map;

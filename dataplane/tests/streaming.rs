@@ -66,7 +66,7 @@ fn start() -> Running {
         routes.hosts.insert("wstd.test".into(), "wstd".into());
         routes.hosts.insert("faulty.test".into(), "faulty".into());
         Ok(Rc::new(EdgeService {
-            routes,
+            routes: std::cell::RefCell::new(Rc::new(routes)),
             runtime: rt,
             metrics: Default::default(),
             debug_headers: false,
@@ -76,6 +76,7 @@ fn start() -> Running {
             popularity: Popularity::new(Duration::from_secs(10)),
             holdout_every: 0,
             holdout_seen: Default::default(),
+            live: None,
         }) as Rc<dyn Service>)
     });
     let thread = worker::spawn(opts, factory, rx).unwrap();

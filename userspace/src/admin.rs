@@ -33,6 +33,65 @@ pub struct AdminState {
     pub worker_counters: Vec<Arc<WorkerCounters>>,
     /// Set once edged is shutting down.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// What the workers serve (None: no workers).
+    pub live: Option<Arc<edgeplane_dataplane::live::LivePublisher>>,
+    /// Where `POST /reload` asks the daemon to reload (None: not offered).
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+}
+
+/// A reload asked for over the admin endpoint, and where its outcome goes.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<crate::daemon::ReloadReport, String>>;
+
+/// One app as `/apps` shows it: the version (component digest) the workers serve.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AppVersion {
+    pub name: String,
+    pub digest: String,
+    pub component: String,
+}
+
+/// `/apps`: the generation published, what each worker serves, and each app's version.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Versions {
+    pub generation: u64,
+    pub workers: Vec<u64>,
+    pub apps: Vec<AppVersion>,
+}
+
+fn versions(live: &edgeplane_dataplane::live::LivePublisher) -> Versions {
+    let current = live.current();
+    let mut apps: Vec<AppVersion> = current
+        .specs
+        .iter()
+        .map(|s| AppVersion {
+            name: s.name.clone(),
+            digest: s.digest.clone(),
+            component: s.component.display().to_string(),
+        })
+        .collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    Versions {
+        generation: current.number,
+        workers: live.applied(),
+        apps,
+    }
+}
+
+/// `POST /reload`: the daemon re-reads its configuration; 200 with what changed, or 409 with
+/// why it was refused (the configuration in effect stays).
+async fn reload(state: &AdminState) -> Response {
+    let Some(tx) = &state.reload else {
+        return Response::text(404, "this edged does not reload\n");
+    };
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return Response::text(503, "edged is shutting down\n");
+    }
+    match outcome.await {
+        Ok(Ok(report)) => json(&report),
+        Ok(Err(why)) => Response::text(409, format!("reload refused: {why}\n")),
+        Err(_) => Response::text(503, "edged is shutting down\n"),
+    }
 }
 
 impl AdminState {
@@ -60,6 +119,8 @@ fn health(stopping: bool, workers_down: u64) -> Response {
 const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Largest request head the admin endpoint reads (hyper's floor is 8 KiB).
 const ADMIN_MAX_HEAD: usize = 16 * 1024;
+/// How long a reload's answer may take past `ADMIN_IO_TIMEOUT`.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long one admin connection may take to send its request and read the answer.
 const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -103,23 +164,43 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) 
         let state = state.clone();
         tokio::spawn(async move {
             let busy = slot.is_none();
+            // A reload compiles components and waits for workers: its answer may take longer
+            // than a client gets to send a request.
+            let reloading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reloading_seen = reloading.clone();
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let resp = if busy {
-                        Response::text(503, "admin endpoint busy\n")
-                    } else if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-                        Response::text(405, "the admin endpoint answers GET\n")
-                    } else {
-                        route(&state, req.uri().path())
-                    };
-                    std::future::ready(Ok::<_, std::convert::Infallible>(to_hyper(resp)))
+                    let (state, reloading) = (state.clone(), reloading.clone());
+                    async move {
+                        let resp = if busy {
+                            Response::text(503, "admin endpoint busy\n")
+                        } else if req.method() == http::Method::POST
+                            && req.uri().path() == "/reload"
+                        {
+                            reloading.store(true, std::sync::atomic::Ordering::Relaxed);
+                            reload(&state).await
+                        } else if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+                            Response::text(
+                                405,
+                                "the admin endpoint answers GET (and POST /reload)\n",
+                            )
+                        } else {
+                            route(&state, req.uri().path())
+                        };
+                        Ok::<_, std::convert::Infallible>(to_hyper(resp))
+                    }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
                 // The workers' header limit: a larger head is refused (431), not buffered.
                 .max_buf_size(ADMIN_MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(ADMIN_IO_TIMEOUT, conn).await {
+            let mut conn = std::pin::pin!(conn);
+            let mut outcome = tokio::time::timeout(ADMIN_IO_TIMEOUT, &mut conn).await;
+            if outcome.is_err() && reloading_seen.load(std::sync::atomic::Ordering::Relaxed) {
+                outcome = tokio::time::timeout(RELOAD_TIMEOUT, &mut conn).await;
+            }
+            match outcome {
                 Ok(Err(e)) => warn!(error = %e, "admin connection"),
                 Err(_) => warn!("admin connection: no request within the timeout; closed"),
                 Ok(Ok(())) => {}
@@ -170,13 +251,17 @@ fn route(state: &AdminState, path: &str) -> Response {
                 .unwrap_or_default();
             json(&table)
         }
+        "/apps" => match &state.live {
+            Some(live) => json(&versions(live)),
+            None => Response::text(404, "this edged serves no components\n"),
+        },
         "/cache" => {
             let all: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
             json(&all)
         }
         _ => Response::text(
             404,
-            "try /healthz, /metrics, /observations, /cache or /placement\n",
+            "try /healthz, /metrics, /apps, /observations, /cache or /placement\n",
         ),
     }
 }

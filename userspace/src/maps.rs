@@ -275,6 +275,22 @@ impl PinnedMaps {
         Ok(id)
     }
 
+    /// Removes VIPs from whichever app has them (a VIP no app has is skipped).
+    pub fn remove_vips(&self, vips: &[Vip]) -> Result<(), MapsError> {
+        if vips.is_empty() {
+            return Ok(());
+        }
+        let mut apps = self.apps()?;
+        for vip in vips {
+            match apps.remove(&vip.key()) {
+                Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::SyscallError(_)) => {}
+                Err(e) => return Err(map_err("remove", map_names::APPS)(e)),
+            }
+        }
+        self.sync_vip_addrs()?;
+        self.bump_generation()
+    }
+
     pub fn list_apps(&self) -> Result<Vec<AppInfo>, MapsError> {
         let names = self.app_names()?;
         let mut by_id: BTreeMap<u32, AppInfo> = names

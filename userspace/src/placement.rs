@@ -86,11 +86,14 @@ pub enum Goal {
     },
 }
 
+/// The apps the engine places; a reload replaces the list.
+pub type EngineApps = Arc<Mutex<Vec<EngineApp>>>;
+
 pub struct Engine {
     pub cfg: EngineConfig,
     pub handoff: HandoffConfig,
     pub maps: PinnedMaps,
-    pub apps: Vec<EngineApp>,
+    pub apps: EngineApps,
     pub observations: Vec<Observations>,
     pub metrics: Vec<WorkerMetrics>,
 }
@@ -106,7 +109,7 @@ impl Engine {
     /// Runs the engine on its own thread; returns the live status table.
     pub fn spawn(mut self) -> anyhow::Result<PlacementStatus> {
         let status = PlacementStatus::default();
-        for app in &self.apps {
+        for app in lock(&self.apps).iter() {
             lock(&status).insert(app.name.clone(), "analyzing".into());
         }
         let shared = status.clone();
@@ -118,8 +121,10 @@ impl Engine {
                 loop {
                     std::thread::sleep(self.cfg.tick);
                     self.probe_peers();
-                    for i in 0..self.apps.len() {
-                        let app = self.apps[i].clone();
+                    let apps = lock(&self.apps).clone();
+                    // Apps a reload removed leave the status table.
+                    lock(&shared).retain(|name, _| apps.iter().any(|a| &a.name == name));
+                    for app in apps {
                         let name = app.name.clone();
                         let decided = match app.goal {
                             Some(goal) => self.decide(&name, app.id, goal, &mut reverted),

@@ -1,18 +1,21 @@
 //! Starts the workers: one per CPU, each with its SO_REUSEPORT listener registered in
 //! WORKER_SOCKETS, `select_worker` attached to the group, and its own wasm runtime.
 
-use std::{collections::HashMap, net::SocketAddr, os::fd::AsFd as _, rc::Rc, sync::Arc};
+use std::{
+    cell::RefCell, collections::HashMap, net::SocketAddr, os::fd::AsFd as _, rc::Rc, sync::Arc,
+};
 
 use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
     client::ConnPool,
     handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
+    live::{Generation, LivePublisher},
     router::{
-        EdgeService, PlacementSource, Routes, StaticResponse, WorkerMetrics,
+        EdgeService, PlacementSource, WorkerMetrics,
         region::{Popularity, RegionPolicy},
     },
-    wasm::{AppRuntime, AppSpec, CodeCache, EpochTicker, Observations, Residency, build_engine},
+    wasm::{AppRuntime, AppSpec, EpochTicker, Observations, Residency, build_engine},
     worker::{
         Service, ServiceFactory, WorkerCounters, WorkerOptions, WorkerStats,
         supervisor::{OptionsFactory, Register, Supervisor, SupervisorStats},
@@ -22,18 +25,23 @@ use tracing::{info, warn};
 
 use crate::{PinnedMaps, config::EdgedConfig, loader::Dataplane, maps::PlacementTable};
 
-/// PLACEMENT as a worker reads it: app name -> id (fixed at start) -> the map's entry.
+/// PLACEMENT as a worker reads it: app name -> id (replaced by a reload) -> the map's entry.
 struct MapPlacement {
-    ids: HashMap<String, u32>,
+    ids: RefCell<HashMap<String, u32>>,
     reader: PlacementTable,
 }
 
 impl PlacementSource for MapPlacement {
     fn placement(&self, app: &str) -> Placement {
         self.ids
+            .borrow()
             .get(app)
             .map(|id| self.reader.get(*id))
             .unwrap_or_default()
+    }
+
+    fn set_ids(&self, ids: &HashMap<String, u32>) {
+        self.ids.borrow_mut().clone_from(ids);
     }
 }
 
@@ -90,7 +98,28 @@ pub struct Workers {
     pub handoff: Option<HandoffConfig>,
     /// Each worker's counters of rare events (panics, accept errors, refusals).
     pub counters: Vec<Arc<WorkerCounters>>,
+    /// What the workers serve, and where a reload publishes the next.
+    pub live: Arc<LivePublisher>,
     supervisor: Option<Supervisor>,
+}
+
+/// The apps as the workers serve them: generation `number` of `cfg`.
+pub fn generation(
+    number: u64,
+    cfg: &EdgedConfig,
+    specs: Vec<AppSpec>,
+    maps: &PinnedMaps,
+) -> anyhow::Result<Generation> {
+    Ok(Generation {
+        number,
+        specs,
+        routes: crate::reload::routes(cfg),
+        app_ids: maps
+            .app_names()?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect(),
+    })
 }
 
 impl Workers {
@@ -113,91 +142,27 @@ impl Workers {
     }
 }
 
-fn app_specs(cfg: &EdgedConfig) -> Vec<AppSpec> {
-    cfg.apps
-        .iter()
-        .filter_map(|a| {
-            Some(AppSpec {
-                name: a.name.clone(),
-                component: a.component.clone()?,
-                env: a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                allowed_backends: a.allowed_backends.clone(),
-                split_app: a.split_app.clone(),
-                limits: a.limits,
-            })
-        })
-        .collect()
-}
-
-fn routes(cfg: &EdgedConfig) -> Routes {
-    let mut routes = Routes::default();
-    for app in cfg.apps.iter() {
-        if let Some(body) = &app.static_body {
-            for h in &app.hosts {
-                routes.statics.insert(
-                    h.to_ascii_lowercase(),
-                    StaticResponse {
-                        app: app.name.clone(),
-                        status: 200,
-                        headers: vec![
-                            ("content-type".into(), "text/plain; charset=utf-8".into()),
-                            ("x-edge-placement".into(), "local".into()),
-                        ],
-                        body: body.clone().into_bytes(),
-                    },
-                );
-            }
-        }
-    }
-    let served: Vec<_> = cfg.apps.iter().filter(|a| a.component.is_some()).collect();
-    for app in &served {
-        for h in &app.hosts {
-            routes
-                .hosts
-                .insert(h.to_ascii_lowercase(), app.name.clone());
-        }
-        if app.default {
-            routes.default = Some(app.name.clone());
-        }
-    }
-    // A lone app that names no hosts serves every host; one that names hosts serves only those.
-    if routes.default.is_none() && served.len() == 1 && served[0].hosts.is_empty() {
-        routes.default = Some(served[0].name.clone());
-    }
-    routes
-}
-
 /// Starts `count` workers on CPUs `0..count`; returns None when no app has a component.
 pub fn start(
     cfg: &EdgedConfig,
     dp: &Dataplane,
     maps: &PinnedMaps,
     count: u32,
+    specs: Vec<AppSpec>,
 ) -> anyhow::Result<Option<Workers>> {
     let Some(listen) = cfg.listen_addr()? else {
         return Ok(None);
     };
-    let specs = app_specs(cfg);
-    // Compile every component once, here, so the workers load artifacts from disk instead of
-    // each compiling the same code at the same time.
-    let engine = build_engine(&cfg.runtime.engine)?;
-    let mut cache = CodeCache::<()>::new(engine, &cfg.runtime.cache_dir, cfg.runtime.cache)?;
-    for spec in &specs {
-        cache
-            .get_or_load(&spec.name, &spec.component, |_| Ok(()))
-            .with_context(|| format!("app {}", spec.name))?;
-    }
     let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
-    let routes = routes(cfg);
+    let app_count = specs.len();
+    let live = Arc::new(LivePublisher::new(
+        generation(1, cfg, specs, maps)?,
+        count as usize,
+    ));
     let handoff = handoff_config(cfg, listen)?;
     if let Some((h, region)) = &handoff {
         info!(self_id = h.self_id, peers = ?h.peers.iter().map(|p| (&p.name, p.addr)).collect::<Vec<_>>(), ?region, "handoff enabled");
     }
-    let app_ids: HashMap<String, u32> = maps
-        .app_names()?
-        .into_iter()
-        .map(|(id, name)| (name, id))
-        .collect();
     let mut workers = Workers {
         listen,
         metrics: vec![],
@@ -205,6 +170,7 @@ pub fn start(
         residency: vec![],
         handoff: handoff.as_ref().map(|(h, _)| h.clone()),
         counters: (0..count).map(|_| Arc::default()).collect(),
+        live: live.clone(),
         supervisor: None,
     };
     let mut factories = HashMap::new();
@@ -222,8 +188,8 @@ pub fn start(
             cfg.runtime.cache,
             cfg.runtime.max_in_flight,
         );
-        let (specs, routes, ticker) = (specs.clone(), routes.clone(), ticker.clone());
-        let (handoff, app_ids, worker_maps) = (handoff.clone(), app_ids.clone(), maps.clone());
+        let (live, ticker) = (live.clone(), ticker.clone());
+        let (handoff, worker_maps) = (handoff.clone(), maps.clone());
         let (debug_headers, admin_addr) = (cfg.server.debug_headers, cfg.server.admin);
         let functions_via = if listen.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], listen.port()))
@@ -242,6 +208,9 @@ pub fn start(
             _ => 0,
         };
         let factory: ServiceFactory = Arc::new(move |cpu| {
+            // Built from the generation in effect: a worker restarted after a reload serves it.
+            let mut subscriber = live.subscribe(cpu as usize);
+            let current = subscriber.current();
             let engine = build_engine(&engine_cfg)?;
             ticker.register(&engine);
             let runtime = Rc::new(
@@ -249,7 +218,7 @@ pub fn start(
                     engine,
                     &cache_dir,
                     budget,
-                    specs.clone(),
+                    current.specs.clone(),
                     observations.clone(),
                     engine_cfg.epoch_tick,
                     max_in_flight,
@@ -259,7 +228,7 @@ pub fn start(
             runtime.publish_residency_to(residency.clone());
             runtime.route_functions_via(functions_via);
             runtime.protect_admin(admin_addr);
-            for spec in &specs {
+            for spec in &current.specs {
                 if let Err(e) = runtime.preload(&spec.name) {
                     warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
                 }
@@ -269,14 +238,15 @@ pub fn start(
                     Some(Rc::new(Handoff::new(h.clone(), runtime.pool().clone()))),
                     *region,
                     Some(Box::new(MapPlacement {
-                        ids: app_ids.clone(),
+                        ids: RefCell::new(current.app_ids.clone()),
                         reader: worker_maps.placement_reader()?,
                     }) as Box<dyn PlacementSource>),
                 ),
                 None => (None, None, None),
             };
+            subscriber.applied(current.number);
             Ok(Rc::new(EdgeService {
-                routes: routes.clone(),
+                routes: RefCell::new(Rc::new(current.routes.clone())),
                 runtime,
                 metrics: metrics.clone(),
                 debug_headers,
@@ -290,6 +260,7 @@ pub fn start(
                 popularity: Popularity::new(std::time::Duration::from_secs(10)),
                 holdout_every,
                 holdout_seen: Default::default(),
+                live: Some(RefCell::new(subscriber)),
             }) as Rc<dyn Service>)
         });
         factories.insert(cpu, factory);
@@ -327,6 +298,6 @@ pub fn start(
         options,
         register,
     )?);
-    info!(%listen, workers = count, apps = specs.len(), "workers started");
+    info!(%listen, workers = count, apps = app_count, "workers started");
     Ok(Some(workers))
 }

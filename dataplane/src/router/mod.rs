@@ -119,7 +119,8 @@ fn ewma(avg: &mut f64, sample_us: f64) {
 pub type WorkerMetrics = Arc<Mutex<BTreeMap<String, AppCounters>>>;
 
 pub struct EdgeService {
-    pub routes: Routes,
+    /// Replaced by a reload (`maintain`); a request routes on the table it found.
+    pub routes: std::cell::RefCell<Rc<Routes>>,
     pub runtime: Rc<AppRuntime>,
     pub metrics: WorkerMetrics,
     /// Adds `x-edge-worker` to responses (tests and debugging).
@@ -134,6 +135,8 @@ pub struct EdgeService {
     /// placement is judged against (0: none).
     pub holdout_every: u64,
     pub holdout_seen: std::cell::RefCell<HashMap<String, u64>>,
+    /// Reloads published by the daemon (None: the apps are fixed for the worker's life).
+    pub live: Option<std::cell::RefCell<crate::live::LiveSubscriber>>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -147,9 +150,38 @@ fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
 /// Where the placement engine runs an app, read per request (the PLACEMENT map).
 pub trait PlacementSource {
     fn placement(&self, app: &str) -> Placement;
+    /// A reload's app ids (app name -> PLACEMENT index).
+    fn set_ids(&self, _ids: &HashMap<String, u32>) {}
 }
 
 impl EdgeService {
+    /// Switches to a generation the daemon published since the last look, and says so.
+    fn apply_reload(&self) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let Some(generation) = live.borrow_mut().take_new() else {
+            return;
+        };
+        let changes = self.runtime.apply(generation.specs.clone());
+        *self.routes.borrow_mut() = Rc::new(generation.routes.clone());
+        if let Some(p) = &self.placement {
+            p.set_ids(&generation.app_ids);
+        }
+        let present: Vec<_> = generation.app_ids.keys().collect();
+        self.holdout_seen
+            .borrow_mut()
+            .retain(|app, _| present.contains(&app));
+        live.borrow().applied(generation.number);
+        tracing::info!(
+            generation = generation.number,
+            added = ?changes.added,
+            changed = ?changes.changed,
+            removed = ?changes.removed,
+            "worker serves the reloaded configuration"
+        );
+    }
+
     /// Checks a request's handoff signature (and that it is not a replay).
     fn verify_handoff(&self, req: &Request) -> Result<(), String> {
         match &self.handoff {
@@ -291,7 +323,8 @@ impl Service for EdgeService {
             Admission::Probe { dest, http } => return Reply::Later(Box::pin(probe(dest, http))),
             Admission::Refuse(resp) => return Reply::Now(resp),
         }
-        let app = match admit::route(&self.routes, &req) {
+        let routes = self.routes.borrow().clone();
+        let app = match admit::route(&routes, &req) {
             Route::App(app) => app,
             Route::Static(fixed) => {
                 count(&self.metrics, &fixed.app, |c| {
@@ -332,5 +365,9 @@ impl Service for EdgeService {
             body: ctx.take_body(),
         };
         Reply::Later(Box::pin(run.execute(req)))
+    }
+
+    fn maintain(&self) {
+        self.apply_reload();
     }
 }

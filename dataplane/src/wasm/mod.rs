@@ -20,10 +20,13 @@ pub use observe::{DestinationStats, Observations};
 pub use runtime::AppRuntime;
 
 /// What the runtime needs to know about one app.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppSpec {
     pub name: String,
     pub component: PathBuf,
+    /// The component's content hash (sha256, hex), which names its version; empty when the
+    /// caller did not compute it (a reload then compares paths only).
+    pub digest: String,
     /// Environment variables the guest sees (wasi:cli/environment).
     pub env: Vec<(String, String)>,
     /// `host:port` authorities the app may call; empty means none.
@@ -34,7 +37,7 @@ pub struct AppSpec {
     pub split_app: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppLimits {
     /// CPU time a request may use before it is interrupted (epoch deadline).

@@ -59,7 +59,8 @@ pub struct AppRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     cache: RefCell<CodeCache<ProxyPre<HostState>>>,
-    apps: HashMap<String, Rc<App>>,
+    /// Replaced whole by `apply`; a request holds its app's `Rc` (its version) until it ends.
+    apps: RefCell<HashMap<String, Rc<App>>>,
     observations: Observations,
     epoch_tick: Duration,
     in_flight: Cell<u32>,
@@ -77,6 +78,25 @@ pub struct AppRuntime {
 
 use std::rc::Rc;
 
+impl App {
+    fn new(spec: AppSpec) -> Self {
+        Self {
+            name: spec.name.as_str().into(),
+            allowed: spec.allowed_backends.clone().into(),
+            warm: RefCell::new(Vec::new()),
+            spec,
+        }
+    }
+}
+
+/// What `AppRuntime::apply` changed, by app name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 impl AppRuntime {
     pub fn new(
         engine: Engine,
@@ -91,18 +111,11 @@ impl AppRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let cache = RefCell::new(CodeCache::new(engine.clone(), cache_dir, budget)?);
-        let apps = apps
-            .into_iter()
-            .map(|spec| {
-                let app = App {
-                    name: spec.name.as_str().into(),
-                    allowed: spec.allowed_backends.clone().into(),
-                    warm: RefCell::new(Vec::new()),
-                    spec,
-                };
-                (app.spec.name.clone(), Rc::new(app))
-            })
-            .collect();
+        let apps = RefCell::new(
+            apps.into_iter()
+                .map(|spec| (spec.name.clone(), Rc::new(App::new(spec))))
+                .collect(),
+        );
         Ok(Self {
             engine,
             linker,
@@ -154,7 +167,62 @@ impl AppRuntime {
     }
 
     pub fn has_app(&self, app: &str) -> bool {
-        self.apps.contains_key(app)
+        self.apps.borrow().contains_key(app)
+    }
+
+    /// Serves `specs` from now on. An app whose spec changed (its component's digest, env,
+    /// limits, backends) becomes a new version: its compiled code and warm instances are
+    /// dropped, and requests already running finish on the version they started with. Added
+    /// and changed apps are loaded here (from the code cache on disk, where edged compiled them
+    /// before publishing), so their first request does not pay for it.
+    pub fn apply(&self, specs: Vec<AppSpec>) -> AppChanges {
+        let mut changes = AppChanges::default();
+        let mut old = std::mem::take(&mut *self.apps.borrow_mut());
+        let mut apps = HashMap::with_capacity(specs.len());
+        for spec in specs {
+            let name = spec.name.clone();
+            match old.remove(&name) {
+                Some(app) if app.spec == spec => {
+                    apps.insert(name, app);
+                }
+                Some(app) => {
+                    self.retire(&app);
+                    changes.changed.push(name.clone());
+                    apps.insert(name, Rc::new(App::new(spec)));
+                }
+                None => {
+                    changes.added.push(name.clone());
+                    apps.insert(name, Rc::new(App::new(spec)));
+                }
+            }
+        }
+        for (name, app) in old {
+            self.retire(&app);
+            changes.removed.push(name);
+        }
+        *self.apps.borrow_mut() = apps;
+        for name in changes.added.iter().chain(&changes.changed) {
+            if let Err(e) = self.preload(name) {
+                tracing::warn!(app = %name, error = %e, "loading the new version failed; will retry on first request");
+            }
+        }
+        changes
+    }
+
+    /// Drops an old version's compiled code and parked instances.
+    fn retire(&self, app: &App) {
+        self.cache.borrow_mut().evict(&app.spec.name);
+        let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
+        self.idle_warm
+            .set(self.idle_warm.get().saturating_sub(parked));
+    }
+
+    /// Whether `app` is the version now served (not one a reload replaced).
+    fn is_current(&self, app: &Rc<App>) -> bool {
+        self.apps
+            .borrow()
+            .get(&app.spec.name)
+            .is_some_and(|current| Rc::ptr_eq(current, app))
     }
 
     pub fn is_resident(&self, app: &str) -> bool {
@@ -189,9 +257,11 @@ impl AppRuntime {
     pub fn preload(&self, app: &str) -> Result<(), HandleError> {
         let app = self
             .apps
+            .borrow()
             .get(app)
+            .cloned()
             .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
-        self.pre(app).map(|_| ())
+        self.pre(&app).map(|_| ())
     }
 
     /// Creates a store and instantiates `app` without serving a request: what every request in
@@ -199,10 +269,12 @@ impl AppRuntime {
     pub async fn instantiate(&self, app: &str) -> Result<(), HandleError> {
         let app = self
             .apps
+            .borrow()
             .get(app)
+            .cloned()
             .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
-        let pre = self.pre(app)?;
-        let mut store = self.new_store(app);
+        let pre = self.pre(&app)?;
+        let mut store = self.new_store(&app);
         pre.instantiate_async(&mut store)
             .await
             .map_err(|error| HandleError::Load {
@@ -240,6 +312,7 @@ impl AppRuntime {
     ) -> Result<Response, HandleError> {
         let app = self
             .apps
+            .borrow()
             .get(app)
             .cloned()
             .ok_or_else(|| HandleError::UnknownApp(app.to_owned()))?;
@@ -268,8 +341,11 @@ impl AppRuntime {
     /// Keeps an instance that finished cleanly for the app's next request, while it has uses
     /// left and the worker's warm instances are under their cap (a trapped one never comes here:
     /// it may be broken).
-    fn park(&self, app: &App, store: Store<HostState>, proxy: Proxy, served: u32) {
-        if served < app.spec.limits.instance_reuse && self.idle_warm.get() < self.max_in_flight {
+    fn park(&self, app: &Rc<App>, store: Store<HostState>, proxy: Proxy, served: u32) {
+        if served < app.spec.limits.instance_reuse
+            && self.idle_warm.get() < self.max_in_flight
+            && self.is_current(app)
+        {
             app.warm.borrow_mut().push(WarmInstance {
                 store,
                 proxy,

@@ -66,6 +66,9 @@ impl RequestContext {
 /// Turns requests into replies; one instance per worker, never shared across threads.
 pub trait Service {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply;
+    /// Called between requests every tick (100 ms), on the worker's thread: where a service
+    /// picks up a reload.
+    fn maintain(&self) {}
 }
 
 /// Builds each worker's service on the worker's own thread.

@@ -168,6 +168,7 @@ pub fn spec(name: &str, component: PathBuf) -> AppSpec {
     AppSpec {
         name: name.into(),
         component,
+        digest: String::new(),
         env: vec![],
         allowed_backends: vec![],
         split_app: None,

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edgeplane::{
@@ -61,6 +61,10 @@ enum Command {
     Workers(WorkersCmd),
     /// Per-app rates and drop counts, summed over CPUs.
     Stats(StatsArgs),
+    /// Make edged re-read its configuration file and apply the difference while serving (as
+    /// SIGHUP does); a configuration that does not validate is refused and the running one
+    /// stays.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,9 @@ enum AppCmd {
         name: String,
     },
     List,
+    /// The component version (content hash) each app serves, and the configuration
+    /// generation each worker serves.
+    Versions,
 }
 
 #[derive(Subcommand)]
@@ -349,9 +356,81 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// `edgectl reload` and `edgectl app versions`: asked of the running edged, not the maps.
+fn ask_daemon(admin: std::net::SocketAddr, command: &Command, as_json: bool) -> anyhow::Result<()> {
+    use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
+    match command {
+        Command::Reload => {
+            let mut ask = Once::get("/reload", "edgectl", 1 << 20)?;
+            ask.method = http::Method::POST;
+            // Compiling a changed component can take a while.
+            let answer = send_blocking(admin, ask, Duration::from_secs(300))
+                .with_context(|| format!("asking edged at {admin} to reload"))?;
+            let text = String::from_utf8_lossy(&answer.body);
+            if answer.status != 200 {
+                bail!("{}", text.trim_end());
+            }
+            let report: serde_json::Value = serde_json::from_slice(&answer.body)?;
+            if as_json {
+                return print_json(&report);
+            }
+            println!("reloaded: generation {}", report["generation"]);
+            for key in ["added", "changed", "removed"] {
+                let names: Vec<String> = report[key]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !names.is_empty() {
+                    println!("  {key}: {}", names.join(", "));
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            let ask = Once::get("/apps", "edgectl", 1 << 20)?;
+            let answer = send_blocking(admin, ask, Duration::from_secs(5))
+                .with_context(|| format!("asking edged at {admin} for its apps"))?;
+            anyhow::ensure!(
+                answer.status == 200,
+                "edged answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body).trim_end()
+            );
+            let versions: edgeplane::admin::Versions = serde_json::from_slice(&answer.body)?;
+            if as_json {
+                return print_json(&versions);
+            }
+            let mut t = table(&["app", "version (sha256)", "component"]);
+            for app in &versions.apps {
+                t.add_row(vec![
+                    app.name.clone(),
+                    app.digest.get(..16).unwrap_or(&app.digest).to_owned(),
+                    app.component.clone(),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "generation {}; workers serve {:?}",
+                versions.generation, versions.workers
+            );
+            Ok(())
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let maps = PinnedMaps::open(&cli.pin_dir)?;
     let as_json = cli.json;
+    if matches!(
+        cli.command,
+        Command::Reload | Command::App(AppCmd::Versions)
+    ) {
+        return ask_daemon(cli.admin, &cli.command, as_json);
+    }
+    let maps = PinnedMaps::open(&cli.pin_dir)?;
     match cli.command {
         Command::App(AppCmd::Add {
             name,
@@ -611,6 +690,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             maps.set_worker_config(cfg)?;
         }
         Command::Stats(args) => stats(&maps, &args, as_json)?,
+        Command::Reload | Command::App(AppCmd::Versions) => unreachable!("asked of edged above"),
     }
     Ok(())
 }

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use edgeplane::{
     Dataplane, LoadOptions, PinnedMaps, XdpAttachMode,
-    addr::{Cidr, Vip},
-    admin::{self, AdminState},
+    admin::{self, AdminState, ReloadRequest},
     config::EdgedConfig,
-    server,
+    daemon::{self, Daemon},
+    placement::EngineApps,
+    reconcile, reload, server,
 };
-use edgeplane_abi::{RateLimitConfig, app_flags, rate_limit_flags};
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(name = "edged", version, about = "edgeplane data plane daemon")]
@@ -37,133 +37,23 @@ struct Cli {
     unpin_on_exit: bool,
 }
 
-/// Writes the configuration into the maps; returns the worker count.
-fn apply(maps: &PinnedMaps, cfg: &EdgedConfig) -> anyhow::Result<u32> {
-    let online = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    let count = if cfg.workers.count == 0 {
-        online
-    } else {
-        cfg.workers.count.min(online)
-    };
-    let w = &cfg.workers;
-    maps.configure_workers(count, w.load_threshold, w.steer, w.cpumap_queue_size)?;
-    let rl = &cfg.rate_limit;
-    maps.set_rate_limit(RateLimitConfig {
-        pps: rl.pps,
-        burst: rl.burst,
-        flags: if rl.enabled {
-            rate_limit_flags::ENABLED
-        } else {
-            0
-        },
-        v4_prefix: rl.v4_prefix.unwrap_or(0),
-        v6_prefix: rl.v6_prefix.unwrap_or(0),
-        _pad: 0,
-    })?;
-    for cidr in &cfg.blocklist {
-        maps.block_add(cidr.parse::<Cidr>()?)?;
-    }
-    // Pins from an older edged may hold a blocklist without its IPv4 summary.
-    maps.sync_block_v4()?;
-    for app in &cfg.apps {
-        let vips = app
-            .vips
-            .iter()
-            .map(|v| v.parse::<Vip>())
-            .collect::<Result<Vec<_>, _>>()?;
-        let flags = if app.steer { 0 } else { app_flags::NO_STEER }
-            | if app.rate_limit {
-                0
-            } else {
-                app_flags::NO_RATE_LIMIT
-            };
-        let id = maps
-            .add_app(&app.name, app.id, &vips, flags)
-            .with_context(|| format!("app {}", app.name))?;
-        info!(app = %app.name, id, vips = ?app.vips, "app configured");
-    }
-    info!(
-        workers = count,
-        steer = cfg.workers.steer,
-        "workers configured"
-    );
-    Ok(count)
-}
-
-/// Starts the placement engine for the apps in `smart` mode, when this edged is a datacenter.
+/// Starts the placement engine when this edged is a datacenter; its app list is `apps`, which a
+/// reload replaces.
 fn start_placement_engine(
     cfg: &EdgedConfig,
     maps: &PinnedMaps,
     workers: &server::Workers,
+    apps: &EngineApps,
 ) -> anyhow::Result<Option<edgeplane::placement::PlacementStatus>> {
     let Some(handoff) = workers.handoff.clone() else {
         return Ok(None);
     };
-    use edgeplane::{
-        config::{PlacementGoal, PlacementMode},
-        placement::{EngineApp, Goal},
-    };
-    let mut apps = Vec::new();
-    for a in &cfg.apps {
-        let id = maps.app_id(&a.name)?;
-        let p = &a.placement;
-        let goal = if let Some(backend) = p.hinted_backend() {
-            // A hostname hint is probed over HTTP, by that name.
-            let http_host = p.hostname.as_ref().map(|h| {
-                h.rsplit_once(':')
-                    .map_or(h.as_str(), |(name, _)| name)
-                    .to_owned()
-            });
-            Some(Goal::NearBackend { backend, http_host })
-        } else if p.mode == PlacementMode::Smart {
-            Some(match p.goal {
-                PlacementGoal::Latency => Goal::Latency,
-                PlacementGoal::LocalFirst => Goal::LocalFirst {
-                    min_saving: p.min_saving,
-                },
-            })
-        } else {
-            None
-        };
-        let here = cfg.datacenter.as_ref().map(|d| d.name.as_str());
-        // A region hint naming this datacenter (the same config deployed everywhere) is a no-op.
-        if let Some(dc) = p.region.as_ref().filter(|dc| Some(dc.as_str()) != here) {
-            // A region hint places the app once, at start; pins by hand still win.
-            let target = handoff
-                .peers
-                .iter()
-                .find(|peer| &peer.name == dc)
-                .map(|peer| peer.id)
-                .with_context(|| {
-                    format!(
-                        "app {}: placement region {dc:?} is not a peer of this datacenter",
-                        a.name
-                    )
-                })?;
-            if maps.placement(id)?.flags & edgeplane_abi::placement_flags::PINNED == 0 {
-                maps.set_placement(
-                    id,
-                    edgeplane_abi::Placement {
-                        kind: edgeplane_abi::placement_kind::DATACENTER,
-                        datacenter: target,
-                        ..Default::default()
-                    },
-                )?;
-            }
-        }
-        apps.push(EngineApp {
-            name: a.name.clone(),
-            id,
-            goal,
-        });
-    }
+    *edgeplane_dataplane::lock(apps) = daemon::engine_apps(cfg, maps, &handoff)?;
     let engine = edgeplane::placement::Engine {
         cfg: Default::default(),
         handoff,
         maps: maps.clone(),
-        apps,
+        apps: apps.clone(),
         observations: workers.observations.clone(),
         metrics: workers.metrics.clone(),
     };
@@ -201,11 +91,19 @@ async fn main() -> anyhow::Result<()> {
         pin_dir: cfg.pin_dir.clone(),
     })?;
     let maps = dp.maps()?;
-    let count = apply(&maps, &cfg)?;
+    let count = daemon::worker_count(&cfg);
+    let plan = reconcile::plan(None, &cfg, &maps.list_apps()?)?;
+    reconcile::apply(&maps, &plan, &cfg, count)?;
+    info!(
+        workers = count,
+        steer = cfg.workers.steer,
+        "maps configured"
+    );
     for iface in &cfg.xdp.interfaces {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
-    let mut workers = server::start(&cfg, &dp, &maps, count)?;
+    let reload::Prepared { cfg, specs } = reload::prepare_config(cfg)?;
+    let mut workers = server::start(&cfg, &dp, &maps, count, specs)?;
     let (metrics, observations, residency, counters) = match &workers {
         Some(w) => (
             w.metrics.clone(),
@@ -215,8 +113,9 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => (vec![], vec![], vec![], vec![]),
     };
+    let engine_apps = EngineApps::default();
     let placement = match &workers {
-        Some(w) => start_placement_engine(&cfg, &maps, w)?,
+        Some(w) => start_placement_engine(&cfg, &maps, w, &engine_apps)?,
         None => None,
     };
     let supervisor = workers
@@ -225,8 +124,22 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stopping_flag = stopping.clone();
+    let live = workers.as_ref().map(|w| w.live.clone());
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    let admin_addr = cfg.server.admin;
+    let pin_dir = cfg.pin_dir.clone();
+    let interfaces = cfg.xdp.interfaces.clone();
+    let daemon = Arc::new(std::sync::Mutex::new(Daemon {
+        config_path: cli.config.clone(),
+        cfg,
+        maps: maps.clone(),
+        workers: count,
+        live: live.clone(),
+        handoff: workers.as_ref().and_then(|w| w.handoff.clone()),
+        engine_apps,
+    }));
     let admin = admin::serve(
-        cfg.server.admin,
+        admin_addr,
         Arc::new(AdminState {
             maps: maps.clone(),
             metrics,
@@ -236,9 +149,12 @@ async fn main() -> anyhow::Result<()> {
             workers: supervisor,
             worker_counters: counters,
             stopping: stopping_flag,
+            live,
+            reload: Some(reload_tx),
         }),
     )?;
-    info!(pin_dir = %cfg.pin_dir.display(), interfaces = ?cfg.xdp.interfaces, %admin, "edged ready");
+    info!(pin_dir = %pin_dir.display(), interfaces = ?interfaces, %admin, "edged ready");
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // How soon a worker that stopped is restarted.
@@ -251,6 +167,15 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(w) = &mut workers {
                     w.supervise();
                 }
+            }
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                // The outcome is logged by the reload itself, or here when refused.
+                let _ = run_reload(&daemon).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                let outcome = run_reload(&daemon).await;
+                let _ = reply.send(outcome.map_err(|e| format!("{e:#}")));
             }
         }
     }
@@ -271,9 +196,24 @@ async fn main() -> anyhow::Result<()> {
     dp.detach_all();
     drop(dp);
     if cli.unpin_on_exit {
-        std::fs::remove_dir_all(&cfg.pin_dir)
-            .with_context(|| format!("removing {}", cfg.pin_dir.display()))?;
-        info!(pin_dir = %cfg.pin_dir.display(), "pins removed");
+        std::fs::remove_dir_all(&pin_dir)
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+        info!(pin_dir = %pin_dir.display(), "pins removed");
     }
     Ok(())
+}
+
+/// One reload at a time, off the main task (it compiles and waits for the workers).
+async fn run_reload(
+    daemon: &Arc<std::sync::Mutex<Daemon>>,
+) -> anyhow::Result<daemon::ReloadReport> {
+    let daemon = daemon.clone();
+    let outcome = tokio::task::spawn_blocking(move || edgeplane_dataplane::lock(&daemon).reload())
+        .await
+        .map_err(|e| anyhow::anyhow!("reload task: {e}"))
+        .and_then(|r| r);
+    if let Err(e) = &outcome {
+        warn!(error = %format!("{e:#}"), "reload refused; the configuration in effect stays");
+    }
+    outcome
 }

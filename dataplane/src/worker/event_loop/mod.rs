@@ -351,6 +351,7 @@ impl Worker {
     }
 
     fn on_tick(&mut self) {
+        self.service.maintain();
         let now = Instant::now();
         self.resume_accepting(now);
         if now.duration_since(self.date_at) >= Duration::from_millis(500) {

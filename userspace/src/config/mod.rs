@@ -1,5 +1,9 @@
 //! `edged`'s configuration file (TOML). Every field has a default, so an empty file is valid.
 
+mod locate;
+
+pub use locate::Invalid;
+
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -248,6 +252,9 @@ pub struct AppConfig {
     /// Set for a split app and its functions when the config is read.
     #[serde(skip)]
     pub split_app: Option<String>,
+    /// Where the app is in the file (`apps[2]`, `apps[2].functions[0]`), for errors.
+    #[serde(skip)]
+    pub at: String,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -313,19 +320,21 @@ impl AppPlacement {
         })
     }
 
-    fn check(&self, app: &str) -> anyhow::Result<()> {
+    fn check(&self, app: &str) -> Result<(), String> {
         let hints = [&self.region, &self.host, &self.hostname]
             .iter()
             .filter(|h| h.is_some())
             .count();
-        anyhow::ensure!(
-            hints <= 1,
-            "app {app}: placement takes one hint (region, host or hostname), not {hints}"
-        );
-        anyhow::ensure!(
-            hints == 0 || self.mode == PlacementMode::Local,
-            "app {app}: a placement hint replaces mode = \"smart\"; give one or the other"
-        );
+        if hints > 1 {
+            return Err(format!(
+                "app {app}: placement takes one hint (region, host or hostname), not {hints}"
+            ));
+        }
+        if hints == 1 && self.mode != PlacementMode::Local {
+            return Err(format!(
+                "app {app}: a placement hint replaces mode = \"smart\"; give one or the other"
+            ));
+        }
         Ok(())
     }
 }
@@ -336,9 +345,14 @@ fn yes() -> bool {
 
 impl EdgedConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::read(path).map(|(cfg, _)| cfg)
+    }
+
+    /// The config at `path` and its text. An error says where: `file:line: field: why`.
+    pub fn read(path: &Path) -> anyhow::Result<(Self, String)> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut cfg = Self::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let mut cfg = Self::parse(&text).map_err(|e| located(path, &text, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(dc) = &mut cfg.datacenter
             && dc.topology.is_relative()
@@ -353,7 +367,7 @@ impl EdgedConfig {
                 app.component = Some(base.join(c));
             }
         }
-        Ok(cfg)
+        Ok((cfg, text))
     }
 
     /// The workers' listen address: configured, or 0.0.0.0 on the port all TCP VIPs share.
@@ -391,45 +405,63 @@ impl EdgedConfig {
     fn flatten_functions(&mut self) -> anyhow::Result<()> {
         use edgeplane_dataplane::functions;
         let mut flattened = Vec::new();
-        for app in &mut self.apps {
-            for h in &app.hosts {
-                anyhow::ensure!(
-                    !functions::is_internal(h),
-                    "app {}: host {h:?} is in the domain reserved for function calls ({})",
-                    app.name,
-                    functions::DOMAIN
-                );
+        for (i, app) in self.apps.iter_mut().enumerate() {
+            app.at = format!("apps[{i}]");
+            for (k, h) in app.hosts.iter().enumerate() {
+                if functions::is_internal(h) {
+                    return Err(Invalid::error(
+                        format!("{}.hosts[{k}]", app.at),
+                        format!(
+                            "app {}: host {h:?} is in the domain reserved for function calls ({})",
+                            app.name,
+                            functions::DOMAIN
+                        ),
+                    ));
+                }
             }
             if app.functions.is_empty() {
                 continue;
             }
             app.split_app = Some(app.name.clone());
-            for mut f in std::mem::take(&mut app.functions) {
-                anyhow::ensure!(
-                    !f.name.is_empty()
-                        && f.name
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-                    "app {}: function name {:?} must be a DNS label (a-z, 0-9, -)",
-                    app.name,
-                    f.name
-                );
-                anyhow::ensure!(
-                    f.vips.is_empty()
-                        && f.hosts.is_empty()
-                        && !f.default
-                        && f.static_body.is_none()
-                        && f.functions.is_empty(),
-                    "app {}: function {} is reached only through its app: it takes no vips, hosts, default, static_body or functions",
-                    app.name,
-                    f.name
-                );
-                anyhow::ensure!(
-                    f.component.is_some(),
-                    "app {}: function {} needs a component",
-                    app.name,
-                    f.name
-                );
+            for (j, mut f) in std::mem::take(&mut app.functions).into_iter().enumerate() {
+                f.at = format!("{}.functions[{j}]", app.at);
+                let invalid = |field: &str, why: String| {
+                    Invalid::error(format!("{}.functions[{j}]{field}", app.at), why)
+                };
+                if f.name.is_empty()
+                    || !f
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(invalid(
+                        ".name",
+                        format!(
+                            "app {}: function name {:?} must be a DNS label (a-z, 0-9, -)",
+                            app.name, f.name
+                        ),
+                    ));
+                }
+                if !(f.vips.is_empty()
+                    && f.hosts.is_empty()
+                    && !f.default
+                    && f.static_body.is_none()
+                    && f.functions.is_empty())
+                {
+                    return Err(invalid(
+                        "",
+                        format!(
+                            "app {}: function {} is reached only through its app: it takes no vips, hosts, default, static_body or functions",
+                            app.name, f.name
+                        ),
+                    ));
+                }
+                if f.component.is_none() {
+                    return Err(invalid(
+                        ".component",
+                        format!("app {}: function {} needs a component", app.name, f.name),
+                    ));
+                }
                 f.hosts = vec![functions::internal_host(&app.name, &f.name)];
                 f.name = functions::app_name(&app.name, &f.name);
                 f.split_app = app.split_app.clone();
@@ -440,38 +472,84 @@ impl EdgedConfig {
         Ok(())
     }
 
-    /// Parses and checks addresses up front, so a typo fails at start-up rather than half-applied.
+    /// Parses and checks addresses up front, so a typo fails at start-up (or a reload is
+    /// refused) rather than half-applied. A check that fails is an [`Invalid`] naming its field.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut cfg: Self = toml::from_str(text)?;
         cfg.flatten_functions()?;
         // In-flight instances plus as many parked warm ones (instance reuse) must fit the pool.
-        anyhow::ensure!(
-            cfg.runtime.max_in_flight.saturating_mul(2) <= cfg.runtime.engine.max_instances,
-            "runtime.max_in_flight ({}) may be at most half of runtime.engine.max_instances ({})",
-            cfg.runtime.max_in_flight,
-            cfg.runtime.engine.max_instances
-        );
-        for cidr in &cfg.blocklist {
-            cidr.parse::<Cidr>()?;
+        if cfg.runtime.max_in_flight.saturating_mul(2) > cfg.runtime.engine.max_instances {
+            return Err(Invalid::error(
+                "runtime.max_in_flight",
+                format!(
+                    "runtime.max_in_flight ({}) may be at most half of runtime.engine.max_instances ({})",
+                    cfg.runtime.max_in_flight, cfg.runtime.engine.max_instances
+                ),
+            ));
+        }
+        for (i, cidr) in cfg.blocklist.iter().enumerate() {
+            if let Err(e) = cidr.parse::<Cidr>() {
+                return Err(Invalid::error(format!("blocklist[{i}]"), e));
+            }
         }
         let rl = &cfg.rate_limit;
-        anyhow::ensure!(
-            rl.v4_prefix.is_none_or(|p| (1..=32).contains(&p)),
-            "rate_limit.v4_prefix must be 1..=32"
-        );
-        anyhow::ensure!(
-            rl.v6_prefix.is_none_or(|p| (1..=128).contains(&p)),
-            "rate_limit.v6_prefix must be 1..=128"
-        );
+        if !rl.v4_prefix.is_none_or(|p| (1..=32).contains(&p)) {
+            return Err(Invalid::error(
+                "rate_limit.v4_prefix",
+                "rate_limit.v4_prefix must be 1..=32",
+            ));
+        }
+        if !rl.v6_prefix.is_none_or(|p| (1..=128).contains(&p)) {
+            return Err(Invalid::error(
+                "rate_limit.v6_prefix",
+                "rate_limit.v6_prefix must be 1..=128",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
         for app in &cfg.apps {
-            app.placement.check(&app.name)?;
-            for vip in &app.vips {
-                vip.parse::<Vip>()
-                    .with_context(|| format!("app {}", app.name))?;
+            if !names.insert(app.name.as_str()) {
+                return Err(Invalid::error(
+                    format!("{}.name", app.at),
+                    format!("a second app named {:?}", app.name),
+                ));
+            }
+            app.placement
+                .check(&app.name)
+                .map_err(|why| Invalid::error(format!("{}.placement", app.at), why))?;
+            for (k, vip) in app.vips.iter().enumerate() {
+                if let Err(e) = vip.parse::<Vip>() {
+                    return Err(Invalid::error(
+                        format!("{}.vips[{k}]", app.at),
+                        format!("app {}: {e}", app.name),
+                    ));
+                }
             }
         }
         Ok(cfg)
     }
+}
+
+/// `error` about the config at `path` (text `text`), told with its file and line.
+pub fn located(path: &Path, text: &str, error: anyhow::Error) -> anyhow::Error {
+    let file = path.display();
+    if let Some(invalid) = error.downcast_ref::<Invalid>() {
+        return match locate::line_of_field(text, &invalid.field) {
+            Some(line) => anyhow::anyhow!("{file}:{line}: {invalid}"),
+            None => anyhow::anyhow!("{file}: {invalid}"),
+        };
+    }
+    if let Some(de) = error.downcast_ref::<toml::de::Error>() {
+        let line = de.span().map(|s| locate::line_of(text, s.start));
+        let source = line
+            .and_then(|l| text.lines().nth(l - 1))
+            .map(|l| format!(" (in `{}`)", l.trim()))
+            .unwrap_or_default();
+        return match line {
+            Some(line) => anyhow::anyhow!("{file}:{line}: {}{source}", de.message().trim()),
+            None => anyhow::anyhow!("{file}: {}", de.message().trim()),
+        };
+    }
+    error.context(format!("in {file}"))
 }
 
 #[cfg(test)]
@@ -502,7 +580,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_config_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;
         let len = readme[start..].find("```").expect("closed block");
         let cfg = EdgedConfig::parse(&readme[start..start + len]).unwrap();

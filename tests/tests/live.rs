@@ -1,0 +1,245 @@
+//! Live reconfiguration of a running edged under load: a component replaced, an app added,
+//! another removed, a blocklist entry added, by `edgectl reload`, while the project's load
+//! generator keeps many keep-alive connections busy. No request fails; the new version answers
+//! as soon as the reload returns; a bad config is refused with its file, line and field, and
+//! the running one keeps serving.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod apps;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use edgeplane::{PinnedMaps, addr::Vip};
+use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
+use edgeplane_tests::{
+    TestPins, TwoHosts, edgeplane_binary,
+    http::{get, header},
+    require_root,
+};
+
+const ADMIN: &str = "127.0.0.1:9911";
+
+struct World<'a> {
+    pins: &'a Path,
+    cache: &'a Path,
+}
+
+impl World<'_> {
+    fn config(&self, apps: &str, blocklist: &[&str]) -> String {
+        format!(
+            r#"pin_dir = "{pins}"
+blocklist = [{blocked}]
+[xdp]
+interfaces = ["{iface}"]
+[workers]
+count = 2
+[server]
+admin = "{ADMIN}"
+listen = "0.0.0.0:8080"
+[runtime]
+cache_dir = "{cache}"
+{apps}"#,
+            pins = self.pins.display(),
+            iface = TwoHosts::SERVER_IF,
+            cache = self.cache.display(),
+            blocked = blocklist
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+}
+
+fn app(name: &str, host: &str, vip_port: Option<u16>, component: &Path) -> String {
+    let vips = vip_port
+        .map(|p| format!("\"{}:{p}/tcp\"", TwoHosts::SERVER_V4))
+        .unwrap_or_default();
+    format!(
+        "[[apps]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nvips = [{vips}]\ncomponent = \"{}\"\n",
+        component.display()
+    )
+}
+
+/// `edgectl <args>` against the edged in the server namespace: (success, stdout + stderr).
+fn edgectl(hosts: &TwoHosts, args: &[&str]) -> (bool, String) {
+    let out = hosts
+        .server
+        .command(edgeplane_binary("edgectl").to_str().unwrap())
+        .args(["--admin", ADMIN])
+        .args(args)
+        .output()
+        .expect("running edgectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Status, headers and body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One GET from the client namespace on a new connection from `source`.
+fn fetch(hosts: &TwoHosts, source: &str, host: &str) -> anyhow::Result<Answer> {
+    let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
+    let source = source.to_owned();
+    let host = host.to_owned();
+    hosts.client.run(move || -> anyhow::Result<_> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::new(source.parse()?, 0).into())?;
+        sock.connect_timeout(&server.into(), Duration::from_secs(1))?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(get(&mut s, &host, "/"))
+    })?
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() -> anyhow::Result<()>
+{
+    if !require_root("reload_under_load") {
+        return Ok(());
+    }
+    // hello.test is served by hello (v1), then by echo (v2, which says x-echo-method).
+    let (hello, echo, wstd) = (
+        apps::app("hello"),
+        apps::app("echo"),
+        apps::app("hello-wstd"),
+    );
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("live-reload");
+    let cache = apps::tempdir("live-reload-cache");
+    let world = World {
+        pins: pins.dir(),
+        cache: &cache,
+    };
+    std::fs::create_dir_all(&cache)?;
+    let config = cache.join("edged.toml");
+    let before = [
+        app("hello", "hello.test", Some(8080), &hello),
+        app("gone", "gone.test", Some(8081), &hello),
+    ]
+    .concat();
+    std::fs::write(&config, world.config(&before, &[]))?;
+    let admin: SocketAddr = ADMIN.parse()?;
+    let _edged = hosts.start_edged(&config, admin)?;
+
+    let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT2_V4, "hello.test")?;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-echo-method"), None, "v1 is hello");
+    assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "gone.test")?.0, 200);
+
+    // Open-loop load from the client's first address for the whole test.
+    let spec = LoadSpec {
+        addr: format!("{}:8080", TwoHosts::SERVER_V4).parse()?,
+        host: "hello.test".into(),
+        path: "/".into(),
+        connections: 32,
+        duration: Duration::from_secs(8),
+        arrival: Arrival::Open { rate: 800.0 },
+    };
+    let load = std::thread::scope(|scope| -> anyhow::Result<loadgen::LoadReport> {
+        let running = scope.spawn(|| hosts.client.run(|| loadgen::run("reload", &spec)));
+        std::thread::sleep(Duration::from_secs(2));
+
+        let after = [
+            app("hello", "hello.test", Some(8080), &echo),
+            app("new", "new.test", None, &wstd),
+        ]
+        .concat();
+        std::fs::write(&config, world.config(&after, &["10.77.0.3/32"]))?;
+        let (ok, out) = edgectl(&hosts, &["reload"]);
+        assert!(ok, "reload failed: {out}");
+        assert!(out.contains("changed: hello"), "{out}");
+        assert!(out.contains("added: new"), "{out}");
+        assert!(out.contains("removed: gone"), "{out}");
+
+        // The reload returned once every worker serves it: the new version answers now.
+        let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT_V4, "hello.test")?;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "x-echo-method"),
+            Some("GET"),
+            "hello still answers with v1 after the reload"
+        );
+        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "new.test")?.0, 200);
+        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "gone.test")?.0, 404);
+        // The blocked address gets no connection at all (XDP drops its SYN).
+        assert!(
+            fetch(&hosts, TwoHosts::CLIENT2_V4, "hello.test").is_err(),
+            "a blocklisted source was served"
+        );
+        // The maps follow the config: gone's VIP is gone, the blocklist has the prefix.
+        let maps = PinnedMaps::open(pins.dir())?;
+        let vips: Vec<String> = maps.list_apps()?.into_iter().flat_map(|a| a.vips).collect();
+        let gone_vip: Vip = format!("{}:8081/tcp", TwoHosts::SERVER_V4).parse()?;
+        assert!(!vips.contains(&gone_vip.to_string()), "{vips:?}");
+        assert!(maps.app_id("gone").is_err());
+        assert_eq!(maps.block_list()?.len(), 1);
+
+        // Versions: hello serves echo's bytes, on every worker.
+        let (ok, out) = edgectl(&hosts, &["--json", "app", "versions"]);
+        assert!(ok, "{out}");
+        let versions: serde_json::Value = serde_json::from_str(&out)?;
+        let hello_version = versions["apps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == "hello"))
+            .map(|v| v["digest"].as_str().unwrap_or_default().to_owned());
+        assert_eq!(hello_version, Some(sha256_hex(&echo)));
+        assert_eq!(versions["workers"], serde_json::json!([2, 2]), "{out}");
+
+        // A bad config (a VIP that is not one, on line `bad_line`) is refused whole.
+        let bad = [
+            app("hello", "hello.test", Some(8080), &hello),
+            "[[apps]]\nname = \"broken\"\nhosts = [\"broken.test\"]\nvips = [\"10.0.0.1/tcp\"]\n"
+                .to_owned(),
+        ]
+        .concat();
+        let bad_text = world.config(&bad, &[]);
+        let bad_line = bad_text
+            .lines()
+            .position(|l| l.contains("10.0.0.1/tcp"))
+            .unwrap()
+            + 1;
+        std::fs::write(&config, &bad_text)?;
+        let (ok, out) = edgectl(&hosts, &["reload"]);
+        assert!(!ok, "a bad config was accepted: {out}");
+        let place = format!("{}:{bad_line}: apps[1].vips[0]", config.display());
+        assert!(
+            out.contains(&place),
+            "the error does not say {place:?}: {out}"
+        );
+        // Still the reloaded configuration: v2, no blocklist change, broken unknown.
+        let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT_V4, "hello.test")?;
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "x-echo-method"), Some("GET"));
+        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "broken.test")?.0, 404);
+        assert_eq!(maps.block_list()?.len(), 1);
+
+        running
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??
+    })?;
+    eprintln!(
+        "reload under load: {} requests, {} failed, p99 {:.2} ms, max {:.2} ms",
+        load.completed, load.errors, load.p99_ms, load.max_ms
+    );
+    assert_eq!(load.errors, 0, "requests failed across the reloads");
+    assert!(
+        load.completed > 3000,
+        "{} requests completed",
+        load.completed
+    );
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! What edged keeps while it runs, between start and reloads: the configuration in effect, the
+//! maps, the workers' live generation, and the placement engine's app list. `reload` applies a
+//! new configuration file while serving, or refuses it whole.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use edgeplane_abi::{Placement, placement_flags, placement_kind};
+use edgeplane_dataplane::{handoff::HandoffConfig, live::LivePublisher};
+use tracing::info;
+
+use crate::{
+    PinnedMaps,
+    config::{EdgedConfig, PlacementGoal, PlacementMode},
+    placement::{EngineApp, EngineApps, Goal},
+    reconcile,
+    reload::{self, Prepared},
+};
+
+/// Workers for `cfg`: its count, at most one per online CPU.
+pub fn worker_count(cfg: &EdgedConfig) -> u32 {
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    if cfg.workers.count == 0 {
+        online
+    } else {
+        cfg.workers.count.min(online)
+    }
+}
+
+/// The placement engine's view of `cfg`'s apps. A region hint places its app now (unless it
+/// is pinned by hand), so requests go there without waiting for the engine.
+pub fn engine_apps(
+    cfg: &EdgedConfig,
+    maps: &PinnedMaps,
+    handoff: &HandoffConfig,
+) -> anyhow::Result<Vec<EngineApp>> {
+    let here = cfg.datacenter.as_ref().map(|d| d.name.as_str());
+    let mut apps = Vec::new();
+    for a in &cfg.apps {
+        let id = maps.app_id(&a.name)?;
+        let p = &a.placement;
+        let goal = if let Some(backend) = p.hinted_backend() {
+            // A hostname hint is probed over HTTP, by that name.
+            let http_host = p.hostname.as_ref().map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h.as_str(), |(name, _)| name)
+                    .to_owned()
+            });
+            Some(Goal::NearBackend { backend, http_host })
+        } else if p.mode == PlacementMode::Smart {
+            Some(match p.goal {
+                PlacementGoal::Latency => Goal::Latency,
+                PlacementGoal::LocalFirst => Goal::LocalFirst {
+                    min_saving: p.min_saving,
+                },
+            })
+        } else {
+            None
+        };
+        // A region hint naming this datacenter (the same config deployed everywhere) is a no-op.
+        if let Some(dc) = p.region.as_ref().filter(|dc| Some(dc.as_str()) != here) {
+            let target = handoff
+                .peers
+                .iter()
+                .find(|peer| &peer.name == dc)
+                .map(|peer| peer.id)
+                .with_context(|| {
+                    format!(
+                        "app {}: placement region {dc:?} is not a peer of this datacenter",
+                        a.name
+                    )
+                })?;
+            if maps.placement(id)?.flags & placement_flags::PINNED == 0 {
+                maps.set_placement(
+                    id,
+                    Placement {
+                        kind: placement_kind::DATACENTER,
+                        datacenter: target,
+                        ..Default::default()
+                    },
+                )?;
+            }
+        }
+        apps.push(EngineApp {
+            name: a.name.clone(),
+            id,
+            goal,
+        });
+    }
+    Ok(apps)
+}
+
+/// What a reload did, for the log and for `edgectl reload`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Workers that had not switched within the wait (restarting ones switch when they start).
+    pub workers_behind: Vec<usize>,
+}
+
+/// How long a reload waits for every worker to serve the new generation.
+const SWITCH_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Daemon {
+    /// The file reloads read (None: embedded defaults, nothing to reload).
+    pub config_path: Option<PathBuf>,
+    pub cfg: EdgedConfig,
+    pub maps: PinnedMaps,
+    pub workers: u32,
+    pub live: Option<Arc<LivePublisher>>,
+    pub handoff: Option<HandoffConfig>,
+    pub engine_apps: EngineApps,
+}
+
+impl Daemon {
+    /// Re-reads the configuration file and applies what changed, or refuses it whole (the
+    /// configuration in effect stays). Blocking: compiles components and waits for workers.
+    pub fn reload(&mut self) -> anyhow::Result<ReloadReport> {
+        let path = self
+            .config_path
+            .clone()
+            .context("edged runs on embedded defaults: there is no configuration file to reload")?;
+        let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg)?;
+        let plan = reconcile::plan(Some(&self.cfg), &cfg, &self.maps.list_apps()?)?;
+        reconcile::apply(&self.maps, &plan, &cfg, self.workers)?;
+        let mut report = ReloadReport {
+            generation: 0,
+            added: vec![],
+            changed: vec![],
+            removed: plan.remove_apps.clone(),
+            workers_behind: vec![],
+        };
+        if let Some(live) = &self.live {
+            let before = live.current();
+            for spec in &specs {
+                match before.specs.iter().find(|s| s.name == spec.name) {
+                    None => report.added.push(spec.name.clone()),
+                    Some(old) if old != spec => report.changed.push(spec.name.clone()),
+                    Some(_) => {}
+                }
+            }
+            let next = crate::server::generation(before.number + 1, &cfg, specs, &self.maps)?;
+            report.generation = next.number;
+            live.publish(next);
+            report.workers_behind = live.wait_applied(report.generation, SWITCH_WAIT);
+        }
+        if let Some(handoff) = &self.handoff {
+            let apps = engine_apps(&cfg, &self.maps, handoff)?;
+            *edgeplane_dataplane::lock(&self.engine_apps) = apps;
+        }
+        self.cfg = cfg;
+        info!(
+            generation = report.generation,
+            added = ?report.added,
+            changed = ?report.changed,
+            removed = ?report.removed,
+            behind = ?report.workers_behind,
+            "configuration reloaded"
+        );
+        Ok(report)
+    }
+}
