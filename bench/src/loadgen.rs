@@ -50,6 +50,8 @@ pub struct LoadReport {
     pub requests_per_sec: f64,
     pub completed: u64,
     pub errors: u64,
+    /// Errors that were a connection reset by the server.
+    pub resets: u64,
     /// The run's planned length.
     pub duration_s: f64,
     pub p50_ms: f64,
@@ -68,6 +70,7 @@ pub struct LoadReport {
 struct Tally {
     histogram: Histogram<u64>,
     errors: u64,
+    resets: u64,
     per_second: Vec<u64>,
     started: Instant,
 }
@@ -99,6 +102,7 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     let tally = Rc::new(RefCell::new(Tally {
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         errors: 0,
+        resets: 0,
         per_second: Vec::new(),
         started,
     }));
@@ -170,6 +174,7 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         requests_per_sec: h.len() as f64 / elapsed,
         completed: h.len(),
         errors: tally.errors,
+        resets: tally.resets,
         duration_s: spec.duration.as_secs_f64(),
         p50_ms: ms(h.value_at_quantile(0.50)),
         p90_ms: ms(h.value_at_quantile(0.90)),
@@ -266,7 +271,14 @@ async fn connection(
                 }
             }
             Err(e) => {
-                tally.borrow_mut().errors += 1;
+                let reset = e
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+                {
+                    let mut t = tally.borrow_mut();
+                    t.errors += 1;
+                    t.resets += u64::from(reset);
+                }
                 stream = None;
                 last_error = Some(e);
                 // Do not spin on a refused connection.

@@ -160,6 +160,7 @@ mod tests {
             requests_per_sec: 0.0,
             completed: 0,
             errors: 0,
+            resets: 0,
             duration_s: 2.0,
             p50_ms: 0.0,
             p90_ms: 0.0,

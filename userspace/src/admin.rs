@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use anyhow::Context as _;
 use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
     client::TokioIo,
@@ -37,6 +38,28 @@ pub struct AdminState {
     pub live: Option<Arc<edgeplane_dataplane::live::LivePublisher>>,
     /// Where `POST /reload` asks the daemon to reload (None: not offered).
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    /// Where `POST /upgrade` asks the daemon to start its successor.
+    pub upgrade: Option<tokio::sync::mpsc::Sender<UpgradeRequest>>,
+}
+
+/// An upgrade asked for over the admin endpoint, and where its outcome goes.
+pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<crate::upgrade::Upgraded, String>>;
+
+/// `POST /upgrade`: the daemon starts the binary at its path, which takes over; 200 with both
+/// pids once it serves, 500 when it failed (this edged then still serves).
+async fn upgrade(state: &AdminState) -> Response {
+    let Some(tx) = &state.upgrade else {
+        return Response::text(404, "this edged does not upgrade\n");
+    };
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if tx.send(reply).await.is_err() {
+        return Response::text(503, "edged is shutting down\n");
+    }
+    match outcome.await {
+        Ok(Ok(done)) => json(&done),
+        Ok(Err(why)) => Response::text(500, format!("upgrade failed: {why}\n")),
+        Err(_) => Response::text(503, "edged is shutting down\n"),
+    }
 }
 
 /// A reload asked for over the admin endpoint, and where its outcome goes.
@@ -124,9 +147,38 @@ const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long one admin connection may take to send its request and read the answer.
 const ADMIN_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<Admin> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("admin endpoint {addr}"))?;
+    serve_on(listener, state)
+}
+
+/// The admin endpoint while it runs: its address, its listener (for the next process), and
+/// how to stop it accepting.
+pub struct Admin {
+    pub addr: SocketAddr,
+    listener: TcpListener,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Admin {
+    /// A duplicate of the listening socket, for the next process.
+    pub fn listener(&self) -> anyhow::Result<std::os::fd::OwnedFd> {
+        crate::upgrade::dup(std::os::fd::AsFd::as_fd(&self.listener))
+    }
+
+    /// Stops accepting (the socket stays open while the next process holds it).
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Serves the admin endpoint on `listener` (bound here, or received from the edged this one
+/// takes over from).
+pub fn serve_on(listener: TcpListener, state: Arc<AdminState>) -> anyhow::Result<Admin> {
     let bound = listener.local_addr()?;
+    let kept = listener.try_clone()?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
     listener.set_nonblocking(true)?;
     info!(%bound, "admin endpoint");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -140,10 +192,20 @@ pub fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
                     Ok(l) => l,
                     Err(e) => return warn!(error = %e, "admin: cannot listen"),
                 };
-                accept_loop(listener, state).await;
+                tokio::select! {
+                    _ = accept_loop(listener, state) => {}
+                    _ = stopped.notified() => info!("admin endpoint handed over"),
+                }
+                // Answers still being written (the upgrade's own) finish; the process's exit
+                // ends this thread.
+                std::future::pending::<()>().await;
             })
         })?;
-    Ok(bound)
+    Ok(Admin {
+        addr: bound,
+        listener: kept,
+        stop,
+    })
 }
 
 /// Each connection is a task of its own, bounded in number and in time: a slow or silent
@@ -179,6 +241,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) 
                         {
                             reloading.store(true, std::sync::atomic::Ordering::Relaxed);
                             reload(&state).await
+                        } else if req.method() == http::Method::POST
+                            && req.uri().path() == "/upgrade"
+                        {
+                            reloading.store(true, std::sync::atomic::Ordering::Relaxed);
+                            upgrade(&state).await
                         } else if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                             Response::text(
                                 405,
@@ -251,6 +318,7 @@ fn route(state: &AdminState, path: &str) -> Response {
                 .unwrap_or_default();
             json(&table)
         }
+        "/process" => json(&serde_json::json!({ "pid": std::process::id() })),
         "/apps" => match &state.live {
             Some(live) => json(&versions(live)),
             None => Response::text(404, "this edged serves no components\n"),

@@ -14,6 +14,7 @@ pub mod reload;
 pub mod root_gate;
 pub mod server;
 pub mod topology;
+pub mod upgrade;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
 pub use maps::{MapsError, PinnedMaps};

@@ -10,7 +10,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SkReuseport, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        SkReuseport, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use edgeplane_abi::program_names;
 use tracing::{info, warn};
@@ -59,11 +63,21 @@ impl Default for LoadOptions {
     }
 }
 
-/// The loaded programs. Dropping it detaches XDP from every interface it was attached to.
+/// The loaded programs. Dropping it detaches XDP from every interface it was attached to,
+/// unless `leave_attached` handed the links to the next process.
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    attached: Vec<(String, XdpLinkId)>,
+    attached: Vec<(String, Attachment)>,
+}
+
+/// How `classify` is attached to one interface.
+enum Attachment {
+    /// A BPF link pinned at the path: it outlives this process, and the next edged replaces
+    /// the program on it atomically (`BPF_LINK_UPDATE`), so no packet sees no program.
+    Pinned(FdLink, PathBuf),
+    /// A link the kernel could not make a BPF link of (netlink): detached with the program.
+    Managed(XdpLinkId),
 }
 
 impl Dataplane {
@@ -118,19 +132,79 @@ impl Dataplane {
             .expect("classify is loaded by Dataplane::load")
     }
 
-    /// Attaches `classify` to an interface in the calling thread's network namespace.
+    /// Where the link of `classify` on `iface` is pinned.
+    fn link_pin(&self, iface: &str) -> PathBuf {
+        self.pin_dir.join(format!("link_xdp_{iface}"))
+    }
+
+    /// Attaches `classify` to an interface in the calling thread's network namespace. When an
+    /// earlier edged left its link pinned (an upgrade), the program on that link is replaced
+    /// atomically instead.
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpAttachMode) -> anyhow::Result<()> {
+        let pin = self.link_pin(iface);
         let classify: &mut Xdp = self
             .ebpf
             .program_mut(program_names::CLASSIFY)
             .context("classify program missing")?
             .try_into()?;
-        let link = classify
+        if pin.exists() {
+            let replaced = PinnedLink::from_pin(&pin)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| Ok(XdpLink::try_from(FdLink::from(p))?))
+                .and_then(|link| Ok(classify.attach_to_link(link)?))
+                .and_then(|id| Ok(FdLink::try_from(classify.take_link(id)?)?));
+            match replaced {
+                Ok(link) => {
+                    info!(iface, "XDP classify replaced on the pinned link");
+                    self.attached
+                        .push((iface.to_owned(), Attachment::Pinned(link, pin)));
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(iface, error = %format!("{e:#}"), "a stale pinned XDP link; attaching anew");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = classify
             .attach(iface, mode.aya_mode())
             .with_context(|| format!("attaching classify to {iface} in {mode:?} mode"))?;
+        let pinned = classify
+            .take_link(id)
+            .map_err(anyhow::Error::from)
+            .and_then(|link| Ok(FdLink::try_from(link)?))
+            .and_then(|link| Ok(link.pin(&pin)?))
+            .map(FdLink::from);
+        let attachment = match pinned {
+            Ok(link) => Attachment::Pinned(link, pin),
+            Err(e) => {
+                // Netlink-attached (no BPF link): still attached, but an upgrade re-attaches.
+                warn!(iface, error = %format!("{e:#}"), "XDP link not pinned");
+                let classify: &mut Xdp = self
+                    .ebpf
+                    .program_mut(program_names::CLASSIFY)
+                    .context("classify program missing")?
+                    .try_into()?;
+                Attachment::Managed(
+                    classify
+                        .attach(iface, mode.aya_mode())
+                        .with_context(|| format!("attaching classify to {iface}"))?,
+                )
+            }
+        };
         info!(iface, ?mode, "XDP classify attached");
-        self.attached.push((iface.to_owned(), link));
+        self.attached.push((iface.to_owned(), attachment));
         Ok(())
+    }
+
+    /// Leaves XDP attached through the pinned links when this process exits: the next edged
+    /// has replaced the program on them.
+    pub fn leave_attached(&mut self) {
+        for (iface, attachment) in self.attached.drain(..) {
+            if let Attachment::Pinned(..) = attachment {
+                info!(iface, "XDP link left to the next edged");
+            }
+        }
     }
 
     pub fn attached_interfaces(&self) -> impl Iterator<Item = &str> {
@@ -157,17 +231,29 @@ impl Dataplane {
     }
 
     pub fn detach_all(&mut self) {
-        let Some(Ok(classify)) = self
-            .ebpf
-            .program_mut(program_names::CLASSIFY)
-            .map(<&mut Xdp>::try_from)
-        else {
-            return;
-        };
-        for (iface, link) in self.attached.drain(..) {
-            match classify.detach(link) {
-                Ok(()) => info!(iface, "XDP classify detached"),
-                Err(e) => warn!(iface, error = %e, "detaching XDP failed"),
+        for (iface, attachment) in self.attached.drain(..) {
+            match attachment {
+                Attachment::Pinned(link, pin) => {
+                    // The link goes when its pin and its last fd do.
+                    if let Err(e) = std::fs::remove_file(&pin) {
+                        warn!(iface, error = %e, "removing the XDP link pin failed");
+                    }
+                    drop(link);
+                    info!(iface, "XDP classify detached");
+                }
+                Attachment::Managed(id) => {
+                    let Some(Ok(classify)) = self
+                        .ebpf
+                        .program_mut(program_names::CLASSIFY)
+                        .map(<&mut Xdp>::try_from)
+                    else {
+                        return;
+                    };
+                    match classify.detach(id) {
+                        Ok(()) => info!(iface, "XDP classify detached"),
+                        Err(e) => warn!(iface, error = %e, "detaching XDP failed"),
+                    }
+                }
             }
         }
     }

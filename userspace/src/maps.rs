@@ -515,8 +515,16 @@ impl PinnedMaps {
         let mut arr: ReusePortSockArray<MapData> =
             ReusePortSockArray::try_from(self.map(map_names::WORKER_SOCKETS)?)
                 .map_err(map_err("open", map_names::WORKER_SOCKETS))?;
-        arr.set(worker, socket, 0)
-            .map_err(map_err("update", map_names::WORKER_SOCKETS))
+        match arr.set(worker, socket, 0) {
+            // The kernel refuses a socket that already is in a socket array: one an edged
+            // handed over, in the slot it registered it in.
+            Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(map_err("update", map_names::WORKER_SOCKETS)),
+        }
     }
 }
 

@@ -128,6 +128,24 @@ impl Workers {
         self.supervisor.map(Supervisor::stop).unwrap_or_default()
     }
 
+    /// Hands the listeners to another process: workers stop accepting, drain, and stop.
+    pub fn hand_over(self) -> Vec<anyhow::Result<WorkerStats>> {
+        self.supervisor
+            .map(Supervisor::hand_over)
+            .unwrap_or_default()
+    }
+
+    /// Each worker's CPU and a duplicate of its listener, for the next process.
+    pub fn listeners(&self) -> anyhow::Result<Vec<(u32, std::os::fd::OwnedFd)>> {
+        let Some(s) = &self.supervisor else {
+            return Ok(vec![]);
+        };
+        s.listeners()
+            .into_iter()
+            .map(|(cpu, fd)| Ok((cpu, crate::upgrade::dup(fd)?)))
+            .collect()
+    }
+
     /// Restarts workers that stopped; returns how many are still down.
     pub fn supervise(&mut self) -> usize {
         self.supervisor.as_mut().map_or(0, Supervisor::check)
@@ -149,6 +167,7 @@ pub fn start(
     maps: &PinnedMaps,
     count: u32,
     specs: Vec<AppSpec>,
+    inherited: Option<Vec<(u32, std::net::TcpListener)>>,
 ) -> anyhow::Result<Option<Workers>> {
     let Some(listen) = cfg.listen_addr()? else {
         return Ok(None);
@@ -291,13 +310,24 @@ pub fn start(
         register_maps.set_worker_socket(cpu, listener)?;
         crate::loader::attach_reuseport_program(listener.as_fd(), select_worker.as_fd())
     });
-    workers.supervisor = Some(Supervisor::start(
-        listen,
-        0..count,
-        factory,
-        options,
-        register,
-    )?);
+    workers.supervisor = Some(match inherited {
+        Some(listeners) => {
+            let cpus: Vec<u32> = listeners.iter().map(|(cpu, _)| *cpu).collect();
+            anyhow::ensure!(
+                cpus == (0..count).collect::<Vec<_>>(),
+                "the running edged has workers on CPUs {cpus:?}; this configuration wants {count}: change the worker count with a restart, not an upgrade"
+            );
+            for (_, l) in &listeners {
+                let at = l.local_addr()?;
+                anyhow::ensure!(
+                    at == listen,
+                    "the running edged listens on {at}; this configuration on {listen}"
+                );
+            }
+            Supervisor::adopt(listen, listeners, factory, options, register)?
+        }
+        None => Supervisor::start(listen, 0..count, factory, options, register)?,
+    });
     info!(%listen, workers = count, apps = app_count, "workers started");
     Ok(Some(workers))
 }

@@ -92,6 +92,9 @@ pub struct WorkerOptions {
     /// How long a draining worker waits for in-flight requests.
     pub drain_timeout: Duration,
     pub counters: Arc<WorkerCounters>,
+    /// Set before stopping when the listener is handed to another process (see
+    /// `supervisor::Supervisor::hand_over`).
+    pub handover: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorkerOptions {
@@ -107,6 +110,7 @@ impl WorkerOptions {
             recv_buffer_size: 4096,
             drain_timeout: Duration::from_secs(10),
             counters: Arc::default(),
+            handover: Arc::default(),
         }
     }
 }

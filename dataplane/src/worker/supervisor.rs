@@ -1,7 +1,9 @@
 //! Keeps every worker running. A worker that stops while it should be serving (a panic outside
 //! any one request, a ring error, a service that failed to build) is joined, its cause logged and
-//! counted, and a new one started on the same CPU with a new listener, which `register` puts in
-//! the worker's slot of the SK_REUSEPORT socket array before it accepts.
+//! counted, and a new one started on the same CPU. The supervisor owns each CPU's listening
+//! socket and lends the worker a duplicate: a restarted worker accepts from the same socket (the
+//! connections queued meanwhile are not lost), and an upgrade hands the sockets to the next
+//! process (`listeners`, `hand_over`).
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -35,6 +37,7 @@ pub struct SupervisorStats {
 
 struct Slot {
     cpu: u32,
+    listener: TcpListener,
     handle: Option<JoinHandle<anyhow::Result<WorkerStats>>>,
     /// When the last start failed, the next try is not before this.
     retry_at: Option<Instant>,
@@ -42,15 +45,17 @@ struct Slot {
 
 pub struct Supervisor {
     listen: SocketAddr,
-    backlog: i32,
     factory: ServiceFactory,
     options: OptionsFactory,
     register: Register,
     stop: tokio::sync::watch::Sender<bool>,
+    handover: Arc<std::sync::atomic::AtomicBool>,
     slots: Vec<Slot>,
     pub stats: Arc<SupervisorStats>,
 }
 
+/// Connections a worker's listener queues before it accepts them.
+const BACKLOG: i32 = 1024;
 /// How long after a failed start the next is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -63,21 +68,42 @@ impl Supervisor {
         options: OptionsFactory,
         register: Register,
     ) -> anyhow::Result<Self> {
+        let listeners = cpus
+            .into_iter()
+            .map(|cpu| {
+                reuseport_listener(listen, BACKLOG)
+                    .with_context(|| format!("worker {cpu} listener"))
+                    .map(|l| (cpu, l))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::adopt(listen, listeners, factory, options, register)
+    }
+
+    /// Starts one worker per (CPU, listener): listeners made here, or received from the
+    /// process this one takes over from.
+    pub fn adopt(
+        listen: SocketAddr,
+        listeners: Vec<(u32, TcpListener)>,
+        factory: ServiceFactory,
+        options: OptionsFactory,
+        register: Register,
+    ) -> anyhow::Result<Self> {
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut me = Self {
             listen,
-            backlog: 1024,
             factory,
             options,
             register,
             stop,
+            handover: Arc::default(),
             slots: Vec::new(),
             stats: Arc::default(),
         };
-        for cpu in cpus {
-            let handle = me.start_one(cpu)?;
+        for (cpu, listener) in listeners {
+            let handle = me.start_one(cpu, &listener)?;
             me.slots.push(Slot {
                 cpu,
+                listener,
                 handle: Some(handle),
                 retry_at: None,
             });
@@ -85,11 +111,31 @@ impl Supervisor {
         Ok(me)
     }
 
-    fn start_one(&self, cpu: u32) -> anyhow::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
-        let listener = reuseport_listener(self.listen, self.backlog)
-            .with_context(|| format!("worker {cpu} listener"))?;
-        (self.register)(cpu, &listener).with_context(|| format!("registering worker {cpu}"))?;
-        let opts = (self.options)(cpu, listener)?;
+    /// The address the workers listen on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Each worker's CPU and listening socket, to pass to the next process.
+    pub fn listeners(&self) -> Vec<(u32, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd as _;
+        self.slots
+            .iter()
+            .map(|s| (s.cpu, s.listener.as_fd()))
+            .collect()
+    }
+
+    fn start_one(
+        &self,
+        cpu: u32,
+        listener: &TcpListener,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<WorkerStats>>> {
+        (self.register)(cpu, listener).with_context(|| format!("registering worker {cpu}"))?;
+        let lent = listener
+            .try_clone()
+            .with_context(|| format!("duplicating worker {cpu}'s listener"))?;
+        let mut opts = (self.options)(cpu, lent)?;
+        opts.handover = self.handover.clone();
         spawn(opts, self.factory.clone(), self.stop.subscribe())
             .with_context(|| format!("starting worker {cpu}"))
     }
@@ -115,7 +161,7 @@ impl Supervisor {
             if slot.handle.is_some() || slot.retry_at.is_some_and(|t| now < t) {
                 continue;
             }
-            match self.start_one(cpu) {
+            match self.start_one(cpu, &self.slots[i].listener) {
                 Ok(h) => {
                     let slot = &mut self.slots[i];
                     slot.handle = Some(h);
@@ -132,6 +178,14 @@ impl Supervisor {
         let down = self.slots.iter().filter(|s| s.handle.is_none()).count();
         self.stats.down.store(down as u64, Ordering::Relaxed);
         down
+    }
+
+    /// Drains every worker after another process took their listeners over: they stop
+    /// accepting (the sockets stay open for the new process), finish what they have, and close.
+    pub fn hand_over(self) -> Vec<anyhow::Result<WorkerStats>> {
+        self.handover
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop()
     }
 
     /// Drains every worker (in-flight requests finish) and waits for them.

@@ -65,6 +65,9 @@ enum Command {
     /// SIGHUP does); a configuration that does not validate is refused and the running one
     /// stays.
     Reload,
+    /// Start the edged binary installed at the running edged's path, which takes the listening
+    /// sockets, XDP links and maps over while the running one drains (as SIGUSR2 does).
+    Upgrade,
 }
 
 #[derive(Subcommand)]
@@ -360,6 +363,24 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
 fn ask_daemon(admin: std::net::SocketAddr, command: &Command, as_json: bool) -> anyhow::Result<()> {
     use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
     match command {
+        Command::Upgrade => {
+            let mut ask = Once::get("/upgrade", "edgectl", 1 << 20)?;
+            ask.method = http::Method::POST;
+            let answer = send_blocking(admin, ask, Duration::from_secs(300))
+                .with_context(|| format!("asking edged at {admin} to upgrade"))?;
+            if answer.status != 200 {
+                bail!("{}", String::from_utf8_lossy(&answer.body).trim_end());
+            }
+            let done: edgeplane::upgrade::Upgraded = serde_json::from_slice(&answer.body)?;
+            if as_json {
+                return print_json(&done);
+            }
+            println!(
+                "upgraded: pid {} serves; pid {} drains and exits",
+                done.new_pid, done.old_pid
+            );
+            Ok(())
+        }
         Command::Reload => {
             let mut ask = Once::get("/reload", "edgectl", 1 << 20)?;
             ask.method = http::Method::POST;
@@ -426,7 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let as_json = cli.json;
     if matches!(
         cli.command,
-        Command::Reload | Command::App(AppCmd::Versions)
+        Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions)
     ) {
         return ask_daemon(cli.admin, &cli.command, as_json);
     }
@@ -690,7 +711,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             maps.set_worker_config(cfg)?;
         }
         Command::Stats(args) => stats(&maps, &args, as_json)?,
-        Command::Reload | Command::App(AppCmd::Versions) => unreachable!("asked of edged above"),
+        Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions) => {
+            unreachable!("asked of edged above")
+        }
     }
     Ok(())
 }

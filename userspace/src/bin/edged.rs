@@ -1,5 +1,8 @@
 //! edged: one datacenter's data plane daemon. Loads the kernel programs, pins their maps, applies
-//! the configuration, attaches XDP, and detaches cleanly on SIGTERM/SIGINT.
+//! the configuration, attaches XDP, and detaches cleanly on SIGTERM/SIGINT. SIGHUP (or `edgectl
+//! reload`) reloads the configuration while serving; SIGUSR2 (or `edgectl upgrade`) starts the
+//! binary at edged's path again, which takes the listeners over (`--takeover`) while this one
+//! drains and exits.
 
 use std::path::PathBuf;
 
@@ -9,11 +12,12 @@ use std::sync::Arc;
 
 use edgeplane::{
     Dataplane, LoadOptions, PinnedMaps, XdpAttachMode,
-    admin::{self, AdminState, ReloadRequest},
+    admin::{self, AdminState, ReloadRequest, UpgradeRequest},
     config::EdgedConfig,
     daemon::{self, Daemon},
     placement::EngineApps,
     reconcile, reload, server,
+    upgrade::{self, Handover},
 };
 use tracing::{info, warn};
 
@@ -35,6 +39,10 @@ struct Cli {
     /// Remove the pinned maps on exit (default: keep them, so counters survive a restart).
     #[arg(long)]
     unpin_on_exit: bool,
+    /// Take over from the edged running with this configuration's `server.upgrade_socket`:
+    /// its listening sockets, XDP links and pinned maps, without dropping a connection.
+    #[arg(long)]
+    takeover: bool,
 }
 
 /// Starts the placement engine when this edged is a datacenter; its app list is `apps`, which a
@@ -69,6 +77,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    upgrade::record_invocation();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -87,6 +96,19 @@ async fn main() -> anyhow::Result<()> {
         cfg.pin_dir = dir.clone();
     }
 
+    // Taking over: the old edged's listeners first, so nothing here binds what it holds.
+    let mut inherited = match cli.takeover {
+        true => Some(upgrade::take_over(&cfg.upgrade_socket())?),
+        false => None,
+    };
+    let handover = Handover::bind(&match &inherited {
+        // Renamed over the old one's path once this edged serves.
+        Some(_) => cfg
+            .upgrade_socket()
+            .with_extension(format!("{}", std::process::id())),
+        None => cfg.upgrade_socket(),
+    })?;
+
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: cfg.pin_dir.clone(),
     })?;
@@ -99,11 +121,13 @@ async fn main() -> anyhow::Result<()> {
         steer = cfg.workers.steer,
         "maps configured"
     );
+    // Compiled (or loaded from the code cache) before XDP changes hands.
+    let reload::Prepared { cfg, specs } = reload::prepare_config(cfg)?;
     for iface in &cfg.xdp.interfaces {
         dp.attach_xdp(iface, cfg.xdp.mode)?;
     }
-    let reload::Prepared { cfg, specs } = reload::prepare_config(cfg)?;
-    let mut workers = server::start(&cfg, &dp, &maps, count, specs)?;
+    let listeners = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners));
+    let mut workers = server::start(&cfg, &dp, &maps, count, specs, listeners)?;
     let (metrics, observations, residency, counters) = match &workers {
         Some(w) => (
             w.metrics.clone(),
@@ -123,49 +147,99 @@ async fn main() -> anyhow::Result<()> {
         .map(|w| w.supervisor_stats())
         .unwrap_or_default();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping_flag = stopping.clone();
     let live = workers.as_ref().map(|w| w.live.clone());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
-    let admin_addr = cfg.server.admin;
+    let (upgrade_tx, mut upgrade_rx) = tokio::sync::mpsc::channel::<UpgradeRequest>(4);
+    let admin_state = Arc::new(AdminState {
+        maps: maps.clone(),
+        metrics,
+        observations,
+        residency,
+        placement,
+        workers: supervisor,
+        worker_counters: counters,
+        stopping: stopping.clone(),
+        live: live.clone(),
+        reload: Some(reload_tx),
+        upgrade: Some(upgrade_tx),
+    });
+    let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
+        Some(listener) => admin::serve_on(listener, admin_state)?,
+        None => admin::serve(cfg.server.admin, admin_state)?,
+    };
     let pin_dir = cfg.pin_dir.clone();
-    let interfaces = cfg.xdp.interfaces.clone();
+    let upgrade_socket = cfg.upgrade_socket();
+    info!(pin_dir = %pin_dir.display(), interfaces = ?cfg.xdp.interfaces, admin = %admin.addr, "edged ready");
     let daemon = Arc::new(std::sync::Mutex::new(Daemon {
         config_path: cli.config.clone(),
         cfg,
         maps: maps.clone(),
         workers: count,
-        live: live.clone(),
+        live,
         handoff: workers.as_ref().and_then(|w| w.handoff.clone()),
         engine_apps,
     }));
-    let admin = admin::serve(
-        admin_addr,
-        Arc::new(AdminState {
-            maps: maps.clone(),
-            metrics,
-            observations,
-            residency,
-            placement,
-            workers: supervisor,
-            worker_counters: counters,
-            stopping: stopping_flag,
-            live,
-            reload: Some(reload_tx),
-        }),
+
+    // Successors take the listeners from here.
+    let (handed_tx, mut handed_rx) = tokio::sync::mpsc::channel::<u32>(1);
+    let offered = workers
+        .as_ref()
+        .map(|w| w.listeners())
+        .transpose()?
+        .unwrap_or_default();
+    let listen = workers.as_ref().map(|w| w.listen);
+    let admin_fd = admin.listener()?;
+    if let Some(inherited) = inherited {
+        let from = inherited.offer.pid;
+        inherited.ready()?;
+        std::fs::rename(handover.path(), &upgrade_socket)
+            .with_context(|| format!("taking over {}", upgrade_socket.display()))?;
+        info!(from, "took over; the old edged drains");
+    }
+    upgrade::notify_systemd_ready();
+    handover.serve(
+        move || {
+            let mut fds = Vec::new();
+            let mut cpus = Vec::new();
+            for (cpu, fd) in &offered {
+                cpus.push(*cpu);
+                fds.push(upgrade::dup(std::os::fd::AsFd::as_fd(fd))?);
+            }
+            fds.push(upgrade::dup(std::os::fd::AsFd::as_fd(&admin_fd))?);
+            let offer = upgrade::Offer {
+                pid: std::process::id(),
+                listen: listen.context("this edged runs no workers: nothing to take over")?,
+                cpus,
+                admin: true,
+            };
+            Ok((offer, fds))
+        },
+        handed_tx,
     )?;
-    info!(pin_dir = %pin_dir.display(), interfaces = ?interfaces, %admin, "edged ready");
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     // How soon a worker that stopped is restarted.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
+    let mut successor: Option<upgrade::Successor> = None;
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<upgrade::Upgraded, String>>> = vec![];
+    let handed_to = loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: draining"); break }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: draining"); break }
+            _ = term.recv() => { info!("SIGTERM: draining"); break None }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: draining"); break None }
             _ = tick.tick() => {
                 if let Some(w) = &mut workers {
                     w.supervise();
+                }
+                if let Some(s) = &mut successor
+                    && let Some(why) = s.failed()
+                {
+                    warn!(error = %why, "upgrade failed; still serving");
+                    for reply in waiting.drain(..) {
+                        let _ = reply.send(Err(why.clone()));
+                    }
+                    successor = None;
                 }
             }
             _ = hangup.recv() => {
@@ -177,11 +251,36 @@ async fn main() -> anyhow::Result<()> {
                 let outcome = run_reload(&daemon).await;
                 let _ = reply.send(outcome.map_err(|e| format!("{e:#}")));
             }
+            _ = usr2.recv() => {
+                info!("SIGUSR2: upgrading");
+                start_successor(&mut successor);
+            }
+            Some(reply) = upgrade_rx.recv() => {
+                if start_successor(&mut successor) {
+                    waiting.push(reply);
+                } else {
+                    let _ = reply.send(Err("could not start the new edged; see its log".into()));
+                }
+            }
+            Some(pid) = handed_rx.recv() => break Some(pid),
         }
-    }
+    };
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(pid) = handed_to {
+        for reply in waiting.drain(..) {
+            let _ = reply.send(Ok(upgrade::Upgraded {
+                old_pid: std::process::id(),
+                new_pid: pid,
+            }));
+        }
+        admin.stop();
+    }
     if let Some(w) = workers {
-        for (i, r) in w.stop().into_iter().enumerate() {
+        let results = match handed_to {
+            Some(_) => w.hand_over(),
+            None => w.stop(),
+        };
+        for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(s) => info!(
                     worker = i,
@@ -193,14 +292,38 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if handed_to.is_some() {
+        // The links, pins and the upgrade socket's path are the successor's now.
+        dp.leave_attached();
+        info!("handed over; exiting");
+        return Ok(());
+    }
     dp.detach_all();
     drop(dp);
+    let _ = std::fs::remove_file(&upgrade_socket);
     if cli.unpin_on_exit {
         std::fs::remove_dir_all(&pin_dir)
             .with_context(|| format!("removing {}", pin_dir.display()))?;
         info!(pin_dir = %pin_dir.display(), "pins removed");
     }
     Ok(())
+}
+
+/// Starts the successor unless one is starting; whether one is starting now.
+fn start_successor(successor: &mut Option<upgrade::Successor>) -> bool {
+    if successor.is_some() {
+        return true;
+    }
+    match upgrade::Successor::spawn() {
+        Ok(s) => {
+            *successor = Some(s);
+            true
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "could not start the new edged");
+            false
+        }
+    }
 }
 
 /// One reload at a time, off the main task (it compiles and waits for the workers).

@@ -106,6 +106,9 @@ pub struct ServerConfig {
     pub debug_headers: bool,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Where a new edged takes the listening sockets over from this one (`edged --takeover`).
+    /// Default: `/run/edgeplane/<pin_dir>.sock`, one per set of pins.
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +118,7 @@ impl Default for ServerConfig {
             admin: "127.0.0.1:9901".parse().expect("valid address"),
             debug_headers: false,
             drain_timeout: Duration::from_secs(10),
+            upgrade_socket: None,
         }
     }
 }
@@ -368,6 +372,20 @@ impl EdgedConfig {
             }
         }
         Ok((cfg, text))
+    }
+
+    /// Where successors take this edged's listeners over (see `ServerConfig::upgrade_socket`).
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.server.upgrade_socket.clone().unwrap_or_else(|| {
+            let name: String = self
+                .pin_dir
+                .to_string_lossy()
+                .trim_matches('/')
+                .chars()
+                .map(|c| if c == '/' { '-' } else { c })
+                .collect();
+            PathBuf::from(format!("/run/edgeplane/{name}.sock"))
+        })
     }
 
     /// The workers' listen address: configured, or 0.0.0.0 on the port all TCP VIPs share.

@@ -68,12 +68,10 @@ impl Worker {
         }
     }
 
+    /// A connection accepted while draining is still served (its responses say `connection:
+    /// close`): in a handover the listener lives on in the next process, and a connection the
+    /// kernel gave this one is this one's to answer.
     fn on_accept(&mut self, fd: RawFd) {
-        if self.draining.is_some() {
-            // SAFETY: a socket we own and will not use.
-            unsafe { libc::close(fd) };
-            return;
-        }
         let one: libc::c_int = 1;
         // SAFETY: setting an int option on our own socket.
         unsafe {

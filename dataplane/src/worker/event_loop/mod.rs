@@ -39,6 +39,9 @@ const TOKIO_PASS: Duration = Duration::from_millis(20);
 /// Rounds of completions and woken replies one `pump` handles before the loop moves on, so a
 /// reply that keeps waking itself cannot keep the worker from its timers and tokio.
 const PUMP_ROUNDS: usize = 64;
+/// While draining, a keep-alive connection idle this long is closed. Busier ones close after
+/// their next response (which says `connection: close`), so no request races the close.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// How long accepting pauses after it failed for want of descriptors or memory.
 pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -65,6 +68,9 @@ pub(super) struct Worker {
     date_at: Instant,
     draining: Option<Instant>,
     drain_timeout: Duration,
+    /// Set when the listener goes on in another process (an upgrade): draining then stops
+    /// accepting without shutting the listening socket down.
+    handover: Arc<std::sync::atomic::AtomicBool>,
     accept_armed: bool,
     /// Accepting is paused until then: the last accept failed for want of descriptors or
     /// memory, and re-arming at once would spin on the same error.
@@ -116,6 +122,7 @@ impl Worker {
             date_at: Instant::now(),
             draining: None,
             drain_timeout: opts.drain_timeout,
+            handover: opts.handover.clone(),
             accept_armed: false,
             accept_paused_until: None,
             counters: opts.counters,
@@ -380,8 +387,12 @@ impl Worker {
                         self.fail(idx, HttpError::Timeout);
                         self.flush(idx);
                     } else if conn.is_idle()
-                        && (self.draining.is_some()
-                            || now.duration_since(conn.last_activity) > self.limits.idle_timeout)
+                        && now.duration_since(conn.last_activity)
+                            > if self.draining.is_some() {
+                                DRAIN_IDLE_GRACE.min(self.limits.idle_timeout)
+                            } else {
+                                self.limits.idle_timeout
+                            }
                     {
                         self.close(idx);
                     }
@@ -393,19 +404,22 @@ impl Worker {
     }
 
     fn start_drain(&mut self) {
-        info!(worker = self.ctx.worker, "draining");
+        let handover = self.handover.load(std::sync::atomic::Ordering::Acquire);
+        info!(worker = self.ctx.worker, handover, "draining");
         self.draining = Some(Instant::now());
-        // Stop accepting: closing our listener removes it from the reuseport group, and the
-        // armed multishot accept completes with an error.
-        // SAFETY: shutting down our own listening socket.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        for idx in 0..self.conns.len() {
-            if self.conns[idx]
-                .as_ref()
-                .is_some_and(|c| c.phase == Phase::Open && c.is_idle())
-            {
-                self.close(idx);
+        if handover {
+            // The next process accepts from this same socket: only stop our own accepts.
+            if self.accept_armed {
+                let entry = opcode::AsyncCancel::new(user_data(Op::Accept, 0, 0))
+                    .build()
+                    .user_data(user_data(Op::CancelRecv, 0, 0));
+                self.ring.push(entry);
             }
+        } else {
+            // Stop accepting: shutting our listener down removes it from the reuseport group,
+            // and the armed multishot accept completes with an error.
+            // SAFETY: shutting down our own listening socket.
+            unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
 }
