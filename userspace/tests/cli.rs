@@ -409,3 +409,54 @@ fn edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm() {
     assert!(!ns.xdp_attached("eth1"));
     let _ = std::fs::remove_file(&config);
 }
+
+/// The systemd unit README tells operators to install: systemd's own checker accepts it with
+/// this build's edged as its ExecStart, edged accepts its arguments, and it reloads with SIGHUP
+/// and lets the upgraded process become the main one.
+#[test]
+fn the_systemd_unit_verifies_and_runs_this_edged() {
+    let unit = include_str!("../systemd/edged.service");
+    for line in [
+        "Type=notify",
+        "NotifyAccess=all",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    let edged = env!("CARGO_BIN_EXE_edged");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    // edged takes the unit's arguments (--help stops before the config is read).
+    let help = Command::new(edged)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    let Ok(analyze) = Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is missing: install systemd to check the unit");
+    };
+    assert!(analyze.status.success());
+    let dir = std::env::temp_dir().join(format!("edgeplane-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edged.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/edged", edged)).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze: {said}"
+    );
+}
