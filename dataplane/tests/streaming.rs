@@ -77,6 +77,7 @@ fn start() -> Running {
             holdout_every: 0,
             holdout_seen: Default::default(),
             live: None,
+            access_log: None,
         }) as Rc<dyn Service>)
     });
     let thread = worker::spawn(opts, factory, rx).unwrap();

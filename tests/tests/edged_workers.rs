@@ -42,6 +42,9 @@ admin = "127.0.0.1:9901"
 debug_headers = true
 [runtime]
 cache_dir = "{cache}"
+[access_log]
+enabled = true
+path = "{cache}.access.log"
 [[apps]]
 name = "hello"
 vips = ["{server}:8080/tcp"]
@@ -115,6 +118,74 @@ static_body = "static hi\n"
         xdp_packets >= 80,
         "XDP counted {xdp_packets} packets for hello"
     );
+    // A standard parser reads every family, each declared once, and the latency of hello's
+    // 80 requests is a histogram of 80, all of them served here.
+    let families = edgeplane_tests::parse_openmetrics(&metrics);
+    let families = families.as_array().expect("a list of families");
+    let mut names: Vec<&str> = families.iter().filter_map(|f| f["name"].as_str()).collect();
+    let declared = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), declared, "a family declared twice: {names:?}");
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no family {name} in {metrics}"))
+    };
+    assert_eq!(family("edgeplane_xdp_packets")["type"], "counter");
+    let latency = family("edgeplane_request_duration_seconds");
+    assert_eq!(latency["type"], "histogram");
+    let sample = |name: &str, le: Option<&str>| {
+        latency["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["name"] == name
+                    && s["labels"]["app"] == "hello"
+                    && s["labels"]["target"] == "local"
+                    && le.is_none_or(|le| s["labels"]["le"] == le)
+            })
+            .and_then(|s| s["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {name} for hello/local: {latency}"))
+    };
+    assert_eq!(
+        sample("edgeplane_request_duration_seconds_count", None),
+        80.0
+    );
+    assert_eq!(
+        sample("edgeplane_request_duration_seconds_bucket", Some("+Inf")),
+        80.0
+    );
+    assert!(sample("edgeplane_request_duration_seconds_sum", None) > 0.0);
+
+    // The access log has a JSON line for each of hello's requests, saying where it ran.
+    let access = std::path::PathBuf::from(format!("{}.access.log", cache.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .filter(|v: &serde_json::Value| v["app"] == "hello")
+            .collect();
+        if lines.len() >= 80 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 80, "access log lines for hello");
+    for l in &lines {
+        assert_eq!(
+            (l["target"].as_str(), l["status"].as_u64()),
+            (Some("local"), Some(200))
+        );
+        assert_eq!(l["bytes"], 16, "{l}");
+        assert!(l["duration_us"].as_u64().is_some() && l["ts_ms"].as_u64().is_some());
+    }
+    let _ = std::fs::remove_file(&access);
+
     // Every worker preloaded hello, so each reports it resident in its code cache.
     let (status, residency) = scrape("/cache").expect("cache");
     assert_eq!(status, 200);

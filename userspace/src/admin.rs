@@ -3,13 +3,11 @@
 //! Off the request path, on its own thread.
 
 use std::{
-    fmt::Write as _,
     net::{SocketAddr, TcpListener},
     sync::Arc,
 };
 
 use anyhow::Context as _;
-use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
     client::TokioIo,
     http::Response,
@@ -40,6 +38,8 @@ pub struct AdminState {
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     /// Where `POST /upgrade` asks the daemon to start its successor.
     pub upgrade: Option<tokio::sync::mpsc::Sender<UpgradeRequest>>,
+    /// Access log lines dropped (None: no access log).
+    pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// An upgrade asked for over the admin endpoint, and where its outcome goes.
@@ -296,9 +296,9 @@ fn to_hyper(resp: Response) -> hyper::Response<http_body_util::Full<bytes::Bytes
 fn route(state: &AdminState, path: &str) -> Response {
     match path {
         "/healthz" => state.health(),
-        "/metrics" => match metrics(state) {
+        "/metrics" => match crate::metrics::render(state) {
             Ok(text) => {
-                Response::new(200, text).header("content-type", "text/plain; version=0.0.4")
+                Response::new(200, text).header("content-type", crate::metrics::CONTENT_TYPE)
             }
             Err(e) => Response::text(500, format!("{e:#}\n")),
         },
@@ -337,218 +337,6 @@ fn route(state: &AdminState, path: &str) -> Response {
 fn json(value: &impl serde::Serialize) -> Response {
     Response::new(200, serde_json::to_vec_pretty(value).unwrap_or_default())
         .header("content-type", "application/json")
-}
-
-/// Picks one counter out of a worker's counters.
-type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
-
-fn metrics(state: &AdminState) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let names = state.maps.app_names()?;
-    let name = |id: u32| {
-        names.get(&id).cloned().unwrap_or_else(|| {
-            if id == 0 {
-                "(unclassified)".into()
-            } else {
-                id.to_string()
-            }
-        })
-    };
-    out.push_str(
-        "# TYPE edgeplane_xdp_packets_total counter\n# TYPE edgeplane_xdp_bytes_total counter\n",
-    );
-    out.push_str(
-        "# TYPE edgeplane_xdp_new_flows_total counter\n# TYPE edgeplane_xdp_drops_total counter\n",
-    );
-    for (id, s) in state.maps.stats_reader()?.all()? {
-        let app = name(id);
-        writeln!(
-            out,
-            "edgeplane_xdp_packets_total{{app=\"{app}\"}} {}",
-            s.packets
-        )?;
-        writeln!(
-            out,
-            "edgeplane_xdp_bytes_total{{app=\"{app}\"}} {}",
-            s.bytes
-        )?;
-        writeln!(
-            out,
-            "edgeplane_xdp_new_flows_total{{app=\"{app}\"}} {}",
-            s.new_flows
-        )?;
-        for r in DropReason::ALL {
-            writeln!(
-                out,
-                "edgeplane_xdp_drops_total{{app=\"{app}\",reason=\"{}\"}} {}",
-                r.name(),
-                s.drops[r as usize]
-            )?;
-        }
-    }
-    let (restarts, down) = (
-        state
-            .workers
-            .restarts
-            .load(std::sync::atomic::Ordering::Relaxed),
-        state
-            .workers
-            .down
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
-    writeln!(
-        out,
-        "# TYPE edgeplane_worker_restarts_total counter\nedgeplane_worker_restarts_total {restarts}"
-    )?;
-    writeln!(
-        out,
-        "# TYPE edgeplane_workers_down gauge\nedgeplane_workers_down {down}"
-    )?;
-    let families: [(&str, &str, CounterOf); 4] = [
-        (
-            "edgeplane_worker_panics_total",
-            "requests whose handling panicked (answered 500)",
-            |c| &c.panics,
-        ),
-        (
-            "edgeplane_worker_accept_errors_total",
-            "accepts that failed for want of descriptors or memory (accepting paused)",
-            |c| &c.accept_errors,
-        ),
-        (
-            "edgeplane_worker_connections_refused_total",
-            "connections closed at once at the worker's max_connections",
-            |c| &c.connections_refused,
-        ),
-        (
-            "edgeplane_worker_slow_readers_total",
-            "connections closed after send_timeout without the client reading",
-            |c| &c.slow_readers,
-        ),
-    ];
-    for (name, help, field) in families {
-        writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter")?;
-        for (w, c) in state.worker_counters.iter().enumerate() {
-            writeln!(
-                out,
-                "{name}{{worker=\"{w}\"}} {}",
-                field(c).load(std::sync::atomic::Ordering::Relaxed)
-            )?;
-        }
-    }
-    let workers = state.maps.worker_config()?.n_workers;
-    out.push_str(
-        "# TYPE edgeplane_worker_in_flight gauge\n# TYPE edgeplane_worker_served_total counter\n",
-    );
-    for (w, load) in state.maps.worker_loads(workers)?.iter().enumerate() {
-        writeln!(
-            out,
-            "edgeplane_worker_in_flight{{worker=\"{w}\"}} {}",
-            load.in_flight
-        )?;
-        writeln!(
-            out,
-            "edgeplane_worker_served_total{{worker=\"{w}\"}} {}",
-            load.served
-        )?;
-    }
-    out.push_str("# TYPE edgeplane_app_requests_total counter\n# TYPE edgeplane_app_responses_total counter\n");
-    out.push_str(
-        "# TYPE edgeplane_app_traps_total counter\n# TYPE edgeplane_app_deadlines_total counter\n# TYPE edgeplane_app_handoffs_total counter\n",
-    );
-    for (w, m) in state.metrics.iter().enumerate() {
-        let m = edgeplane_dataplane::lock(m);
-        for (app, c) in m.iter() {
-            writeln!(
-                out,
-                "edgeplane_app_requests_total{{app=\"{app}\",worker=\"{w}\"}} {}",
-                c.requests
-            )?;
-            for (class, n) in [
-                ("2xx", c.responses_2xx),
-                ("3xx", c.responses_3xx),
-                ("4xx", c.responses_4xx),
-                ("5xx", c.responses_5xx),
-            ] {
-                writeln!(
-                    out,
-                    "edgeplane_app_responses_total{{app=\"{app}\",worker=\"{w}\",class=\"{class}\"}} {n}"
-                )?;
-            }
-            writeln!(
-                out,
-                "edgeplane_app_traps_total{{app=\"{app}\",worker=\"{w}\"}} {}",
-                c.traps
-            )?;
-            writeln!(
-                out,
-                "edgeplane_app_deadlines_total{{app=\"{app}\",worker=\"{w}\"}} {}",
-                c.deadlines
-            )?;
-            for (outcome, n) in [
-                ("sent", c.handed_off),
-                ("failed", c.handoff_failures),
-                ("received", c.handoffs_received),
-                ("rejected", c.handoffs_rejected),
-                ("holdout", c.holdouts),
-                ("skipped", c.handoffs_skipped),
-                ("region-saturated", c.region_saturated),
-                ("region-cold", c.region_cold),
-            ] {
-                writeln!(
-                    out,
-                    "edgeplane_app_handoffs_total{{app=\"{app}\",worker=\"{w}\",outcome=\"{outcome}\"}} {n}"
-                )?;
-            }
-        }
-    }
-    out.push_str(
-        "# TYPE edgeplane_code_cache_resident_apps gauge\n# TYPE edgeplane_code_cache_bytes gauge\n",
-    );
-    for (w, r) in state.residency.iter().enumerate() {
-        let s = r.snapshot();
-        writeln!(
-            out,
-            "edgeplane_code_cache_resident_apps{{worker=\"{w}\"}} {}",
-            s.apps.len()
-        )?;
-        writeln!(
-            out,
-            "edgeplane_code_cache_bytes{{worker=\"{w}\"}} {}",
-            s.bytes
-        )?;
-        writeln!(
-            out,
-            "edgeplane_code_cache_evictions_total{{worker=\"{w}\"}} {}",
-            s.evicted
-        )?;
-    }
-    out.push_str("# TYPE edgeplane_subrequests_total counter\n# TYPE edgeplane_subrequest_latency_us gauge\n");
-    for o in state.observations.iter().flat_map(|o| o.snapshot()) {
-        let labels = format!("app=\"{}\",destination=\"{}\"", o.app, o.destination);
-        writeln!(out, "edgeplane_subrequests_total{{{labels}}} {}", o.count)?;
-        writeln!(
-            out,
-            "edgeplane_subrequest_failures_total{{{labels}}} {}",
-            o.failures
-        )?;
-        writeln!(
-            out,
-            "edgeplane_subrequest_denied_total{{{labels}}} {}",
-            o.denied
-        )?;
-        writeln!(
-            out,
-            "edgeplane_subrequest_latency_us{{{labels},quantile=\"0.5\"}} {}",
-            o.p50_us
-        )?;
-        writeln!(
-            out,
-            "edgeplane_subrequest_latency_us{{{labels},quantile=\"0.99\"}} {}",
-            o.p99_us
-        )?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -173,6 +173,7 @@ pub fn restart_only_change(a: &EdgedConfig, b: &EdgedConfig) -> Option<&'static 
         ("http", same(&a.http, &b.http)),
         ("runtime", same(&a.runtime, &b.runtime)),
         ("datacenter", same(&a.datacenter, &b.datacenter)),
+        ("access_log", same(&a.access_log, &b.access_log)),
     ]
     .into_iter()
     .find_map(|(field, same)| (!same).then_some(field))

@@ -13,6 +13,7 @@ use edgeplane_dataplane::{
     live::{Generation, LivePublisher},
     router::{
         EdgeService, PlacementSource, WorkerMetrics,
+        access_log::AccessLog,
         region::{Popularity, RegionPolicy},
     },
     wasm::{AppRuntime, AppSpec, EpochTicker, Observations, Residency, build_engine},
@@ -100,6 +101,8 @@ pub struct Workers {
     pub counters: Vec<Arc<WorkerCounters>>,
     /// What the workers serve, and where a reload publishes the next.
     pub live: Arc<LivePublisher>,
+    /// Access log lines dropped because the writer was behind (None: no access log).
+    pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
     supervisor: Option<Supervisor>,
 }
 
@@ -174,6 +177,7 @@ pub fn start(
     };
     let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
     let app_count = specs.len();
+    let access_log = AccessLog::start(&cfg.access_log).context("opening the access log")?;
     let live = Arc::new(LivePublisher::new(
         generation(1, cfg, specs, maps)?,
         count as usize,
@@ -189,6 +193,7 @@ pub fn start(
         residency: vec![],
         handoff: handoff.as_ref().map(|(h, _)| h.clone()),
         counters: (0..count).map(|_| Arc::default()).collect(),
+        access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
         live: live.clone(),
         supervisor: None,
     };
@@ -207,7 +212,7 @@ pub fn start(
             cfg.runtime.cache,
             cfg.runtime.max_in_flight,
         );
-        let (live, ticker) = (live.clone(), ticker.clone());
+        let (live, ticker, access_log) = (live.clone(), ticker.clone(), access_log.clone());
         let (handoff, worker_maps) = (handoff.clone(), maps.clone());
         let (debug_headers, admin_addr) = (cfg.server.debug_headers, cfg.server.admin);
         let functions_via = if listen.ip().is_unspecified() {
@@ -280,6 +285,7 @@ pub fn start(
                 holdout_every,
                 holdout_seen: Default::default(),
                 live: Some(RefCell::new(subscriber)),
+                access_log: access_log.clone(),
             }) as Rc<dyn Service>)
         });
         factories.insert(cpu, factory);

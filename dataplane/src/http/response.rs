@@ -18,6 +18,14 @@ pub struct Response {
 }
 
 impl Response {
+    /// Body bytes as known at the head: the whole body's, or a stream's declared length.
+    pub fn body_length(&self) -> Option<u64> {
+        match &self.stream {
+            None => Some(self.body.len() as u64),
+            Some(stream) => stream.length,
+        }
+    }
+
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
         Self {
             status,

@@ -6,8 +6,11 @@ use std::{net::SocketAddr, rc::Rc, time::Instant};
 use tracing::warn;
 
 use super::{
-    AppCounters, WorkerMetrics, count, ewma, is_platform_header, new_request_id,
-    region::RegionReason, target::Target,
+    AppCounters, WorkerMetrics,
+    access_log::{AccessLog, AccessRecord},
+    count, ewma, is_platform_header, new_request_id,
+    region::RegionReason,
+    target::Target,
 };
 use crate::{
     handoff::{Handoff, SERVICE_TIME_HEADER, is_idempotent},
@@ -49,6 +52,7 @@ pub struct Run {
     pub debug_headers: bool,
     /// The request's body, when it streams in.
     pub body: Option<RequestBody>,
+    pub access_log: Option<AccessLog>,
 }
 
 /// What happened elsewhere: the response when a peer or the region served it (or must not be
@@ -85,7 +89,7 @@ impl Elsewhere {
 
 impl Run {
     pub async fn execute(mut self, req: Request) -> Response {
-        let started = self.plan.timed().then(Instant::now);
+        let started = Instant::now();
         let req = match self.whole_body_if_leaving(req).await {
             Ok(req) => req,
             Err(resp) => return resp,
@@ -227,17 +231,37 @@ impl Run {
         resp: Response,
         elsewhere: Elsewhere,
         remote_served: bool,
-        started: Option<Instant>,
+        started: Instant,
     ) -> Response {
+        let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let outcome = Outcome {
             placement: elsewhere.placement,
             reason: elsewhere.reason.filter(|_| remote_served),
             remote_served,
-            took_us: started.map(|s| s.elapsed().as_micros() as u64),
+            took_us: self.plan.timed().then_some(took_us),
         };
         count(&self.metrics, &self.app, |c| {
-            tally(c, resp.status, &outcome, &self.plan)
+            tally(c, resp.status, &outcome, &self.plan);
+            match c.latency.get_mut(&outcome.placement) {
+                Some(h) => h.record(took_us),
+                None => c
+                    .latency
+                    .entry(outcome.placement.clone())
+                    .or_default()
+                    .record(took_us),
+            }
         });
+        if let Some(log) = &self.access_log {
+            log.record(AccessRecord {
+                app: &self.app,
+                target: &outcome.placement,
+                reason: outcome.reason.map(|r| r.as_str()),
+                status: resp.status,
+                bytes: resp.body_length(),
+                duration_us: took_us,
+                worker: self.worker,
+            });
+        }
         let worker = self.debug_headers.then_some(self.worker);
         label(resp, outcome, &self.plan, worker)
     }

@@ -4,8 +4,10 @@
 //! here, then finish and count (`flow::Run`). Each phase is a function of its own, with its own
 //! tests; this file wires them to the worker's state.
 
+pub mod access_log;
 mod admit;
 mod flow;
+pub mod latency;
 pub mod region;
 mod target;
 
@@ -103,6 +105,8 @@ pub struct AppCounters {
     /// compares with its baseline.
     pub remote_ewma_us: f64,
     pub holdout_ewma_us: f64,
+    /// Time to the response head, by placement target (`local`, `remote-dc2`, ...).
+    pub latency: BTreeMap<String, latency::LatencyHistogram>,
 }
 
 /// Weight of the newest request in the moving averages.
@@ -137,6 +141,7 @@ pub struct EdgeService {
     pub holdout_seen: std::cell::RefCell<HashMap<String, u64>>,
     /// Reloads published by the daemon (None: the apps are fixed for the worker's life).
     pub live: Option<std::cell::RefCell<crate::live::LiveSubscriber>>,
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -363,6 +368,7 @@ impl Service for EdgeService {
             worker: ctx.worker,
             debug_headers: self.debug_headers,
             body: ctx.take_body(),
+            access_log: self.access_log.clone(),
         };
         Reply::Later(Box::pin(run.execute(req)))
     }

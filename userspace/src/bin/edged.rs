@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         live: live.clone(),
         reload: Some(reload_tx),
         upgrade: Some(upgrade_tx),
+        access_log_dropped: workers.as_ref().and_then(|w| w.access_log_dropped.clone()),
     });
     let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
         Some(listener) => admin::serve_on(listener, admin_state)?,

@@ -14,6 +14,7 @@ use std::{
 use edgeplane_dataplane::{
     client::PoolConfig,
     http::HttpLimits,
+    router::access_log::AccessLogConfig,
     wasm::{AppLimits, CacheBudget, EngineConfig},
 };
 
@@ -38,6 +39,8 @@ pub struct EdgedConfig {
     pub runtime: RuntimeConfig,
     /// This edged as one datacenter of a topology (handoffs to and from its peers).
     pub datacenter: Option<DatacenterConfig>,
+    /// JSON lines, one per request (sampled): app, target, reason, status, bytes, duration.
+    pub access_log: AccessLogConfig,
     pub apps: Vec<AppConfig>,
 }
 
@@ -160,6 +163,7 @@ impl Default for EdgedConfig {
             http: HttpLimits::default(),
             runtime: RuntimeConfig::default(),
             datacenter: None,
+            access_log: AccessLogConfig::default(),
             apps: Vec::new(),
         }
     }

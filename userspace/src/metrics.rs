@@ -1,0 +1,434 @@
+//! `/metrics`: what edged counts, as OpenMetrics text from the `prometheus-client` crate. Each
+//! scrape reads the maps and the workers' tables once into a [`Snapshot`], then encodes it
+//! family by family: one `# TYPE` per family, its samples together, request latency as real
+//! histograms per app and per placement target (summed over workers).
+
+use std::{collections::BTreeMap, fmt, sync::atomic::Ordering::Relaxed};
+
+use edgeplane_abi::DropReason;
+use edgeplane_dataplane::{router::latency::LatencyHistogram, worker::WorkerCounters};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::admin::AdminState;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One family's samples.
+#[derive(Debug)]
+enum Samples {
+    Counter(Vec<(Labels, u64)>),
+    Gauge(Vec<(Labels, f64)>),
+    Histogram(Vec<(Labels, LatencyHistogram)>),
+}
+
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Samples,
+}
+
+/// Everything one scrape reports, read before any of it is encoded.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    families: Vec<Family>,
+}
+
+impl Snapshot {
+    fn counter(&mut self, name: &'static str, help: &'static str, rows: Vec<(Labels, u64)>) {
+        self.families.push(Family {
+            name,
+            help,
+            samples: Samples::Counter(rows),
+        });
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, rows: Vec<(Labels, f64)>) {
+        self.families.push(Family {
+            name,
+            help,
+            samples: Samples::Gauge(rows),
+        });
+    }
+
+    /// Reads what `state` knows now.
+    pub fn gather(state: &AdminState) -> anyhow::Result<Self> {
+        let mut s = Self::default();
+        s.xdp(state)?;
+        s.workers(state)?;
+        s.apps(state);
+        s.cache_and_subrequests(state);
+        if let Some(live) = &state.live {
+            s.gauge(
+                "edgeplane_config_generation",
+                "configuration generation published (1 at start, one more per reload)",
+                vec![(vec![], live.current().number as f64)],
+            );
+        }
+        Ok(s)
+    }
+
+    fn xdp(&mut self, state: &AdminState) -> anyhow::Result<()> {
+        let names = state.maps.app_names()?;
+        let name = |id: u32| {
+            names.get(&id).cloned().unwrap_or_else(|| {
+                if id == 0 {
+                    "(unclassified)".into()
+                } else {
+                    id.to_string()
+                }
+            })
+        };
+        let stats = state.maps.stats_reader()?.all()?;
+        let per_app = |f: fn(&edgeplane_abi::AppStats) -> u64| {
+            stats
+                .iter()
+                .map(|(id, s)| (vec![("app", name(*id))], f(s)))
+                .collect::<Vec<_>>()
+        };
+        self.counter(
+            "edgeplane_xdp_packets",
+            "packets XDP classified, per app",
+            per_app(|s| s.packets),
+        );
+        self.counter(
+            "edgeplane_xdp_bytes",
+            "bytes XDP classified, per app",
+            per_app(|s| s.bytes),
+        );
+        self.counter(
+            "edgeplane_xdp_new_flows",
+            "new flows XDP saw, per app",
+            per_app(|s| s.new_flows),
+        );
+        let mut drops = Vec::new();
+        for (id, s) in &stats {
+            for r in DropReason::ALL {
+                drops.push((
+                    vec![("app", name(*id)), ("reason", r.name().to_owned())],
+                    s.drops[r as usize],
+                ));
+            }
+        }
+        self.counter(
+            "edgeplane_xdp_drops",
+            "packets XDP dropped, per app and reason",
+            drops,
+        );
+        Ok(())
+    }
+
+    fn workers(&mut self, state: &AdminState) -> anyhow::Result<()> {
+        self.counter(
+            "edgeplane_worker_restarts",
+            "workers restarted after they stopped",
+            vec![(vec![], state.workers.restarts.load(Relaxed))],
+        );
+        self.gauge(
+            "edgeplane_workers_down",
+            "workers not running now",
+            vec![(vec![], state.workers.down.load(Relaxed) as f64)],
+        );
+        type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
+        let families: [(&str, &str, CounterOf); 4] = [
+            (
+                "edgeplane_worker_panics",
+                "requests whose handling panicked (answered 500)",
+                |c| &c.panics,
+            ),
+            (
+                "edgeplane_worker_accept_errors",
+                "accepts that failed for want of descriptors or memory (accepting paused)",
+                |c| &c.accept_errors,
+            ),
+            (
+                "edgeplane_worker_connections_refused",
+                "connections closed at once at the worker's max_connections",
+                |c| &c.connections_refused,
+            ),
+            (
+                "edgeplane_worker_slow_readers",
+                "connections closed after send_timeout without the client reading",
+                |c| &c.slow_readers,
+            ),
+        ];
+        for (name, help, field) in families {
+            let rows = state
+                .worker_counters
+                .iter()
+                .enumerate()
+                .map(|(w, c)| (vec![("worker", w.to_string())], field(c).load(Relaxed)))
+                .collect();
+            self.counter(name, help, rows);
+        }
+        let n = state.maps.worker_config()?.n_workers;
+        let loads = state.maps.worker_loads(n)?;
+        self.gauge(
+            "edgeplane_worker_in_flight",
+            "requests a worker is serving now",
+            loads
+                .iter()
+                .enumerate()
+                .map(|(w, l)| (vec![("worker", w.to_string())], l.in_flight as f64))
+                .collect(),
+        );
+        self.counter(
+            "edgeplane_worker_served",
+            "requests a worker answered",
+            loads
+                .iter()
+                .enumerate()
+                .map(|(w, l)| (vec![("worker", w.to_string())], l.served))
+                .collect(),
+        );
+        if let Some(dropped) = &state.access_log_dropped {
+            self.counter(
+                "edgeplane_access_log_dropped",
+                "access log lines dropped because the writer was behind",
+                vec![(vec![], dropped.load(Relaxed))],
+            );
+        }
+        Ok(())
+    }
+
+    /// Per-app request counters and latency, summed over workers.
+    fn apps(&mut self, state: &AdminState) {
+        let mut sum: BTreeMap<String, edgeplane_dataplane::router::AppCounters> = BTreeMap::new();
+        for m in &state.metrics {
+            for (app, c) in edgeplane_dataplane::lock(m).iter() {
+                let into = sum.entry(app.clone()).or_default();
+                into.requests += c.requests;
+                into.responses_2xx += c.responses_2xx;
+                into.responses_3xx += c.responses_3xx;
+                into.responses_4xx += c.responses_4xx;
+                into.responses_5xx += c.responses_5xx;
+                into.traps += c.traps;
+                into.deadlines += c.deadlines;
+                into.overloaded += c.overloaded;
+                for (outcome, n) in handoff_outcomes(c) {
+                    *handoff_field(into, outcome) += n;
+                }
+                for (target, h) in &c.latency {
+                    into.latency.entry(target.clone()).or_default().merge(h);
+                }
+            }
+        }
+        let app = |a: &String| vec![("app", a.clone())];
+        self.counter(
+            "edgeplane_app_requests",
+            "requests routed to an app",
+            sum.iter().map(|(a, c)| (app(a), c.requests)).collect(),
+        );
+        let mut responses = Vec::new();
+        for (a, c) in &sum {
+            for (class, n) in [
+                ("2xx", c.responses_2xx),
+                ("3xx", c.responses_3xx),
+                ("4xx", c.responses_4xx),
+                ("5xx", c.responses_5xx),
+            ] {
+                responses.push((vec![("app", a.clone()), ("class", class.to_owned())], n));
+            }
+        }
+        self.counter(
+            "edgeplane_app_responses",
+            "responses per app and status class",
+            responses,
+        );
+        self.counter(
+            "edgeplane_app_traps",
+            "requests whose guest trapped",
+            sum.iter().map(|(a, c)| (app(a), c.traps)).collect(),
+        );
+        self.counter(
+            "edgeplane_app_deadlines",
+            "requests stopped at their CPU or wall deadline",
+            sum.iter().map(|(a, c)| (app(a), c.deadlines)).collect(),
+        );
+        self.counter(
+            "edgeplane_app_overloaded",
+            "requests refused because the worker ran max_in_flight instances",
+            sum.iter().map(|(a, c)| (app(a), c.overloaded)).collect(),
+        );
+        let mut handoffs = Vec::new();
+        for (a, c) in &sum {
+            for (outcome, n) in handoff_outcomes(c) {
+                handoffs.push((vec![("app", a.clone()), ("outcome", outcome.to_owned())], n));
+            }
+        }
+        self.counter(
+            "edgeplane_app_handoffs",
+            "handoffs per app and outcome",
+            handoffs,
+        );
+        let mut latency = Vec::new();
+        for (a, c) in &sum {
+            for (target, h) in &c.latency {
+                latency.push((
+                    vec![("app", a.clone()), ("target", target.clone())],
+                    h.clone(),
+                ));
+            }
+        }
+        self.families.push(Family {
+            name: "edgeplane_request_duration_seconds",
+            help: "time from a request's dispatch to its response head, per app and placement target",
+            samples: Samples::Histogram(latency),
+        });
+    }
+
+    fn cache_and_subrequests(&mut self, state: &AdminState) {
+        let cache: Vec<_> = state.residency.iter().map(|r| r.snapshot()).collect();
+        let worker = |w: usize| vec![("worker", w.to_string())];
+        self.gauge(
+            "edgeplane_code_cache_resident_apps",
+            "apps whose compiled code a worker holds",
+            cache
+                .iter()
+                .enumerate()
+                .map(|(w, s)| (worker(w), s.apps.len() as f64))
+                .collect(),
+        );
+        self.gauge(
+            "edgeplane_code_cache_bytes",
+            "compiled code a worker holds",
+            cache
+                .iter()
+                .enumerate()
+                .map(|(w, s)| (worker(w), s.bytes as f64))
+                .collect(),
+        );
+        self.counter(
+            "edgeplane_code_cache_evictions",
+            "apps evicted from a worker's code cache",
+            cache
+                .iter()
+                .enumerate()
+                .map(|(w, s)| (worker(w), s.evicted))
+                .collect(),
+        );
+        let obs: Vec<_> = state
+            .observations
+            .iter()
+            .flat_map(|o| o.snapshot())
+            .collect();
+        let labels = |o: &edgeplane_dataplane::wasm::DestinationStats| {
+            vec![
+                ("app", o.app.clone()),
+                ("destination", o.destination.clone()),
+            ]
+        };
+        self.counter(
+            "edgeplane_subrequests",
+            "guests' subrequests per destination",
+            obs.iter().map(|o| (labels(o), o.count)).collect(),
+        );
+        self.counter(
+            "edgeplane_subrequest_failures",
+            "guests' subrequests that failed",
+            obs.iter().map(|o| (labels(o), o.failures)).collect(),
+        );
+        self.counter(
+            "edgeplane_subrequest_denied",
+            "guests' subrequests refused (destination not allowed)",
+            obs.iter().map(|o| (labels(o), o.denied)).collect(),
+        );
+        self.gauge(
+            "edgeplane_subrequest_latency_p50_seconds",
+            "median exchange time of recent subrequests (what the placement engine reads)",
+            obs.iter()
+                .map(|o| (labels(o), o.p50_us as f64 / 1e6))
+                .collect(),
+        );
+        self.gauge(
+            "edgeplane_subrequest_latency_p99_seconds",
+            "99th percentile exchange time of recent subrequests",
+            obs.iter()
+                .map(|o| (labels(o), o.p99_us as f64 / 1e6))
+                .collect(),
+        );
+    }
+}
+
+fn handoff_outcomes(c: &edgeplane_dataplane::router::AppCounters) -> [(&'static str, u64); 8] {
+    [
+        ("sent", c.handed_off),
+        ("failed", c.handoff_failures),
+        ("received", c.handoffs_received),
+        ("rejected", c.handoffs_rejected),
+        ("holdout", c.holdouts),
+        ("skipped", c.handoffs_skipped),
+        ("region-saturated", c.region_saturated),
+        ("region-cold", c.region_cold),
+    ]
+}
+
+fn handoff_field<'a>(
+    c: &'a mut edgeplane_dataplane::router::AppCounters,
+    outcome: &str,
+) -> &'a mut u64 {
+    match outcome {
+        "sent" => &mut c.handed_off,
+        "failed" => &mut c.handoff_failures,
+        "received" => &mut c.handoffs_received,
+        "rejected" => &mut c.handoffs_rejected,
+        "holdout" => &mut c.holdouts,
+        "skipped" => &mut c.handoffs_skipped,
+        "region-saturated" => &mut c.region_saturated,
+        _ => &mut c.region_cold,
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        for f in &self.families {
+            match &f.samples {
+                Samples::Counter(rows) => {
+                    let mut m =
+                        encoder.encode_descriptor(f.name, f.help, None, MetricType::Counter)?;
+                    for (labels, v) in rows {
+                        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+                    }
+                }
+                Samples::Gauge(rows) => {
+                    let mut m =
+                        encoder.encode_descriptor(f.name, f.help, None, MetricType::Gauge)?;
+                    for (labels, v) in rows {
+                        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+                    }
+                }
+                Samples::Histogram(rows) => {
+                    let mut m =
+                        encoder.encode_descriptor(f.name, f.help, None, MetricType::Histogram)?;
+                    for (labels, h) in rows {
+                        m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                            h.sum_us as f64 / 1e6,
+                            h.count(),
+                            &h.buckets_seconds(),
+                            None,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `/metrics`' body: OpenMetrics text.
+pub fn render(state: &AdminState) -> anyhow::Result<String> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot::gather(state)?));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .map_err(|_| anyhow::anyhow!("encoding the metrics"))?;
+    Ok(out)
+}
