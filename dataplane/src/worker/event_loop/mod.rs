@@ -39,8 +39,8 @@ const TOKIO_PASS: Duration = Duration::from_millis(20);
 /// Rounds of completions and woken replies one `pump` handles before the loop moves on, so a
 /// reply that keeps waking itself cannot keep the worker from its timers and tokio.
 const PUMP_ROUNDS: usize = 64;
-/// While draining, a keep-alive connection idle this long is closed. Busier ones close after
-/// their next response (which says `connection: close`), so no request races the close.
+/// While handing over, a keep-alive connection idle this long is closed. Busier ones close
+/// after their next response (which says `connection: close`), so no request races the close.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// How long accepting pauses after it failed for want of descriptors or memory.
 pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -387,12 +387,7 @@ impl Worker {
                         self.fail(idx, HttpError::Timeout);
                         self.flush(idx);
                     } else if conn.is_idle()
-                        && now.duration_since(conn.last_activity)
-                            > if self.draining.is_some() {
-                                DRAIN_IDLE_GRACE.min(self.limits.idle_timeout)
-                            } else {
-                                self.limits.idle_timeout
-                            }
+                        && now.duration_since(conn.last_activity) > self.idle_limit()
                     {
                         self.close(idx);
                     }
@@ -400,6 +395,19 @@ impl Worker {
                 Phase::Lingering { until } if now > until => self.close(idx),
                 _ => {}
             }
+        }
+    }
+
+    /// How long an idle connection stays open: while handing over, a keep-alive connection
+    /// idle for `DRAIN_IDLE_GRACE` (a busy one closes after its next response); while stopping,
+    /// none (its client has nowhere else to go on this host, and waiting only delays the stop).
+    fn idle_limit(&self) -> Duration {
+        match self.draining {
+            None => self.limits.idle_timeout,
+            Some(_) if self.handover.load(std::sync::atomic::Ordering::Relaxed) => {
+                DRAIN_IDLE_GRACE.min(self.limits.idle_timeout)
+            }
+            Some(_) => Duration::ZERO,
         }
     }
 
@@ -420,6 +428,14 @@ impl Worker {
             // and the armed multishot accept completes with an error.
             // SAFETY: shutting down our own listening socket.
             unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+            for idx in 0..self.conns.len() {
+                if self.conns[idx]
+                    .as_ref()
+                    .is_some_and(|c| c.phase == Phase::Open && c.is_idle())
+                {
+                    self.close(idx);
+                }
+            }
         }
     }
 }
