@@ -81,6 +81,16 @@ fn clock_ticks_per_sec() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
+/// Pins the calling thread to `cpu` (a load generator on its own core, apart from the server).
+pub fn pin_current_thread(cpu: u32) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,12 +63,17 @@ pub struct LoadReport {
     pub per_second: Vec<u64>,
     /// (latency ms, fraction of requests at or below it), for CDF plots.
     pub cdf: Vec<(f64, f64)>,
+    /// Every completed request: (when it was due or sent, s from the start; latency ms), for
+    /// latency over time.
+    #[serde(skip)]
+    pub timeline: Vec<(f32, f32)>,
     #[serde(skip)]
     pub histogram: Histogram<u64>,
 }
 
 struct Tally {
     histogram: Histogram<u64>,
+    timeline: Vec<(f32, f32)>,
     errors: u64,
     resets: u64,
     per_second: Vec<u64>,
@@ -79,6 +84,9 @@ impl Tally {
     fn record(&mut self, latency: Duration) {
         let us = latency.as_micros().clamp(1, u64::MAX as u128) as u64;
         self.histogram.saturating_record(us);
+        let sent = self.started.elapsed().saturating_sub(latency);
+        self.timeline
+            .push((sent.as_secs_f32(), latency.as_secs_f32() * 1000.0));
         let second = self.started.elapsed().as_secs() as usize;
         if self.per_second.len() <= second {
             self.per_second.resize(second + 1, 0);
@@ -101,6 +109,7 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     let started = Instant::now();
     let tally = Rc::new(RefCell::new(Tally {
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        timeline: Vec::new(),
         errors: 0,
         resets: 0,
         per_second: Vec::new(),
@@ -183,6 +192,7 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         max_ms: ms(h.max()),
         per_second: tally.per_second,
         cdf,
+        timeline: tally.timeline,
         histogram: h,
     })
 }

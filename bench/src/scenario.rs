@@ -161,6 +161,7 @@ mod tests {
             completed: 0,
             errors: 0,
             resets: 0,
+            timeline: vec![],
             duration_s: 2.0,
             p50_ms: 0.0,
             p90_ms: 0.0,

@@ -55,6 +55,8 @@ enum Scenario {
     Attack,
     /// A saturated POP: overflow to the region vs refusing.
     Saturation,
+    /// Latency over time across a reload and an upgrade of edged under load.
+    Upgrade,
     /// The multi-datacenter canonical scenario: the main job's full run.
     Canonical,
 }
@@ -138,6 +140,10 @@ fn test() -> anyhow::Result<()> {
     run_bin("http-bench", &["--smoke"])?;
     run_bin("handoff-bench", &["--smoke"])?;
     run_bin("stream-bench", &["--smoke"])?;
+    run_bin(
+        "upgrade-bench",
+        &["--smoke", "--out", &format!("{smoke}/upgrade")],
+    )?;
     run_bin(
         "attack-bench",
         &["--smoke", "--out", &format!("{smoke}/attack")],
@@ -288,6 +294,7 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
             Scenario::Handoff => run_bin("handoff-bench", &["--json", &json("handoff-bench")])?,
             Scenario::Attack => run_bin("attack-bench", &["--out", &folder("attack")])?,
             Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
+            Scenario::Upgrade => run_bin("upgrade-bench", &["--out", &folder("upgrade")])?,
             Scenario::Instantiate => cargo(&[
                 "bench",
                 "--locked",

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         None if args.smoke => None,
         None => anyhow::bail!("the wasmtime CLI is missing (./x setup installs it)"),
     };
-    pin_to_cpu(CLIENT_CPU);
+    edgeplane_bench::cpu::pin_current_thread(CLIENT_CPU);
     for (case, path) in CASES {
         let ours = measure(EDGED_PORT, path, requests)?;
         let theirs = match &reference {
@@ -220,13 +220,4 @@ component = "{component}"
         edged_bin,
         SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),
     )
-}
-
-fn pin_to_cpu(cpu: u32) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
 }
