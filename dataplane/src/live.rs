@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{router::Routes, wasm::AppSpec};
+use crate::{router::routes::Routes, wasm::AppSpec};
 
 /// Everything a worker serves that a reload may change.
 #[derive(Clone, Debug, Default)]

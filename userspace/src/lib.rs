@@ -8,7 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod loader;
 pub mod maps;
-pub mod metrics;
+
 pub mod placement;
 pub mod reconcile;
 pub mod reload;

@@ -9,6 +9,7 @@ mod admit;
 mod flow;
 pub mod latency;
 pub mod region;
+pub mod routes;
 mod target;
 
 use std::{
@@ -29,51 +30,9 @@ use crate::{
 };
 use admit::{Admission, Gate, Route};
 use flow::{Plan, Run};
+use routes::lookup_host;
+pub use routes::{Routes, StaticResponse};
 pub use target::Target;
-
-/// Which app serves which Host; `default` serves unmatched hosts (404 when None).
-#[derive(Clone, Debug, Default)]
-pub struct Routes {
-    pub hosts: HashMap<String, String>,
-    pub default: Option<String>,
-    /// Fixed responses served without wasm, by host.
-    pub statics: HashMap<String, StaticResponse>,
-}
-
-/// A fixed response an app serves without wasm, headers included.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StaticResponse {
-    pub app: String,
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl StaticResponse {
-    pub fn response(&self) -> Response {
-        let mut resp = Response::new(self.status, self.body.clone());
-        resp.headers.clone_from(&self.headers);
-        resp
-    }
-}
-
-impl Routes {
-    pub fn app_for(&self, req: &Request) -> Option<&str> {
-        req.host()
-            .and_then(|h| lookup_host(&self.hosts, h))
-            .or(self.default.as_ref())
-            .map(String::as_str)
-    }
-}
-
-/// Host names are keyed lower-case; most clients send them so, which needs no copy.
-fn lookup_host<'a, V>(map: &'a HashMap<String, V>, host: &str) -> Option<&'a V> {
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        map.get(&host.to_ascii_lowercase())
-    } else {
-        map.get(host)
-    }
-}
 
 /// Per-app request counters of one worker. Only this worker writes; the admin endpoint reads.
 #[derive(Clone, Debug, Default, serde::Serialize)]

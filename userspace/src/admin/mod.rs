@@ -1,6 +1,11 @@
-//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text), `/observations` and `/cache`
-//! (JSON).
+//! The admin endpoint: `/healthz`, `/metrics` (OpenMetrics text), `/apps`, `/observations`,
+//! `/cache`, `/placement` and `/process` (JSON); `POST /reload` and `POST /upgrade`.
 //! Off the request path, on its own thread.
+
+mod metrics;
+mod state;
+
+pub use state::{AdminState, ReloadRequest, UpgradeRequest};
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -8,62 +13,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use edgeplane_dataplane::{
-    client::TokioIo,
-    http::Response,
-    router::WorkerMetrics,
-    wasm::{Observations, Residency},
-    worker::{WorkerCounters, supervisor::SupervisorStats},
-};
+use edgeplane_dataplane::{client::TokioIo, http::Response};
 use tracing::{info, warn};
-
-use crate::PinnedMaps;
-
-pub struct AdminState {
-    pub maps: PinnedMaps,
-    pub metrics: Vec<WorkerMetrics>,
-    pub observations: Vec<Observations>,
-    pub residency: Vec<Residency>,
-    /// The placement engine's status per app, when it runs.
-    pub placement: Option<crate::placement::PlacementStatus>,
-    /// Worker restarts, and how many workers are down now.
-    pub workers: Arc<SupervisorStats>,
-    /// Each worker's counters of rare events.
-    pub worker_counters: Vec<Arc<WorkerCounters>>,
-    /// Set once edged is shutting down.
-    pub stopping: Arc<std::sync::atomic::AtomicBool>,
-    /// What the workers serve (None: no workers).
-    pub live: Option<Arc<edgeplane_dataplane::live::LivePublisher>>,
-    /// Where `POST /reload` asks the daemon to reload (None: not offered).
-    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
-    /// Where `POST /upgrade` asks the daemon to start its successor.
-    pub upgrade: Option<tokio::sync::mpsc::Sender<UpgradeRequest>>,
-    /// Access log lines dropped (None: no access log).
-    pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
-}
-
-/// An upgrade asked for over the admin endpoint, and where its outcome goes.
-pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<crate::upgrade::Upgraded, String>>;
-
-/// `POST /upgrade`: the daemon starts the binary at its path, which takes over; 200 with both
-/// pids once it serves, 500 when it failed (this edged then still serves).
-async fn upgrade(state: &AdminState) -> Response {
-    let Some(tx) = &state.upgrade else {
-        return Response::text(404, "this edged does not upgrade\n");
-    };
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    if tx.send(reply).await.is_err() {
-        return Response::text(503, "edged is shutting down\n");
-    }
-    match outcome.await {
-        Ok(Ok(done)) => json(&done),
-        Ok(Err(why)) => Response::text(500, format!("upgrade failed: {why}\n")),
-        Err(_) => Response::text(503, "edged is shutting down\n"),
-    }
-}
-
-/// A reload asked for over the admin endpoint, and where its outcome goes.
-pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<crate::daemon::ReloadReport, String>>;
 
 /// One app as `/apps` shows it: the version (component digest) the workers serve.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -100,11 +51,15 @@ fn versions(live: &edgeplane_dataplane::live::LivePublisher) -> Versions {
     }
 }
 
-/// `POST /reload`: the daemon re-reads its configuration; 200 with what changed, or 409 with
-/// why it was refused (the configuration in effect stays).
-async fn reload(state: &AdminState) -> Response {
-    let Some(tx) = &state.reload else {
-        return Response::text(404, "this edged does not reload\n");
+/// Asks the daemon's main loop for a reload or an upgrade and answers with its outcome: 200
+/// with the report, or `refused` with why (the daemon then goes on as it was).
+async fn ask_daemon<T: serde::Serialize>(
+    tx: Option<&tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<T, String>>>>,
+    refused: u16,
+    what: &str,
+) -> Response {
+    let Some(tx) = tx else {
+        return Response::text(404, format!("this edged does not {what}\n"));
     };
     let (reply, outcome) = tokio::sync::oneshot::channel();
     if tx.send(reply).await.is_err() {
@@ -112,29 +67,8 @@ async fn reload(state: &AdminState) -> Response {
     }
     match outcome.await {
         Ok(Ok(report)) => json(&report),
-        Ok(Err(why)) => Response::text(409, format!("reload refused: {why}\n")),
+        Ok(Err(why)) => Response::text(refused, format!("{what} refused: {why}\n")),
         Err(_) => Response::text(503, "edged is shutting down\n"),
-    }
-}
-
-impl AdminState {
-    fn health(&self) -> Response {
-        use std::sync::atomic::Ordering::Relaxed;
-        health(self.stopping.load(Relaxed), self.workers.down.load(Relaxed))
-    }
-}
-
-/// `/healthz`: 200 while every worker serves, 503 with the reason otherwise.
-fn health(stopping: bool, workers_down: u64) -> Response {
-    if stopping {
-        return Response::text(503, "shutting down\n");
-    }
-    match workers_down {
-        0 => Response::text(200, "ok\n"),
-        n => Response::text(
-            503,
-            format!("degraded: {n} worker(s) down, being restarted\n"),
-        ),
     }
 }
 
@@ -240,12 +174,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<AdminState>) 
                             && req.uri().path() == "/reload"
                         {
                             reloading.store(true, std::sync::atomic::Ordering::Relaxed);
-                            reload(&state).await
+                            // POST /reload: 409 when the configuration is refused.
+                            ask_daemon(state.reload.as_ref(), 409, "reload").await
                         } else if req.method() == http::Method::POST
                             && req.uri().path() == "/upgrade"
                         {
                             reloading.store(true, std::sync::atomic::Ordering::Relaxed);
-                            upgrade(&state).await
+                            // POST /upgrade: 500 when the new edged did not take over.
+                            ask_daemon(state.upgrade.as_ref(), 500, "upgrade").await
                         } else if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
                             Response::text(
                                 405,
@@ -296,10 +232,8 @@ fn to_hyper(resp: Response) -> hyper::Response<http_body_util::Full<bytes::Bytes
 fn route(state: &AdminState, path: &str) -> Response {
     match path {
         "/healthz" => state.health(),
-        "/metrics" => match crate::metrics::render(state) {
-            Ok(text) => {
-                Response::new(200, text).header("content-type", crate::metrics::CONTENT_TYPE)
-            }
+        "/metrics" => match metrics::render(state) {
+            Ok(text) => Response::new(200, text).header("content-type", metrics::CONTENT_TYPE),
             Err(e) => Response::text(500, format!("{e:#}\n")),
         },
         "/observations" => {
@@ -341,7 +275,7 @@ fn json(value: &impl serde::Serialize) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::state::health;
 
     #[test]
     fn health_is_degraded_while_a_worker_is_down_and_while_stopping() {

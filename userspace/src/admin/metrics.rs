@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::admin::AdminState;
+use super::AdminState;
 
 type Labels = Vec<(&'static str, String)>;
 
