@@ -22,10 +22,13 @@ use edgeplane_tests::{
 };
 
 const ADMIN: &str = "127.0.0.1:9911";
+/// The second test's edged (tests of one binary run at once, each in its own namespaces).
+const ADMIN_2: &str = "127.0.0.1:9913";
 
 struct World<'a> {
     pins: &'a Path,
     cache: &'a Path,
+    admin: &'a str,
 }
 
 impl World<'_> {
@@ -38,12 +41,13 @@ interfaces = ["{iface}"]
 [workers]
 count = 2
 [server]
-admin = "{ADMIN}"
+admin = "{admin}"
 listen = "0.0.0.0:8080"
 [runtime]
 cache_dir = "{cache}"
 {apps}"#,
             pins = self.pins.display(),
+            admin = self.admin,
             iface = TwoHosts::SERVER_IF,
             cache = self.cache.display(),
             blocked = blocklist
@@ -67,10 +71,14 @@ fn app(name: &str, host: &str, vip_port: Option<u16>, component: &Path) -> Strin
 
 /// `edgectl <args>` against the edged in the server namespace: (success, stdout + stderr).
 fn edgectl(hosts: &TwoHosts, args: &[&str]) -> (bool, String) {
+    edgectl_at(hosts, ADMIN, args)
+}
+
+fn edgectl_at(hosts: &TwoHosts, admin: &str, args: &[&str]) -> (bool, String) {
     let out = hosts
         .server
         .command(edgeplane_binary("edgectl").to_str().unwrap())
-        .args(["--admin", ADMIN])
+        .args(["--admin", admin])
         .args(args)
         .output()
         .expect("running edgectl");
@@ -123,6 +131,7 @@ fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() ->
     let world = World {
         pins: pins.dir(),
         cache: &cache,
+        admin: ADMIN,
     };
     std::fs::create_dir_all(&cache)?;
     let config = cache.join("edged.toml");
@@ -241,5 +250,71 @@ fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() ->
         "{} requests completed",
         load.completed
     );
+    Ok(())
+}
+
+/// A request running when its app's component is replaced finishes on the version it started
+/// with (its instance is not cut short), while the next request gets the new version.
+#[test]
+fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow::Result<()> {
+    if !require_root("a_request_running_across_a_component_swap") {
+        return Ok(());
+    }
+    let (stream, echo) = (apps::app("stream"), apps::app("echo"));
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("live-inflight");
+    let cache = apps::tempdir("live-inflight-cache");
+    std::fs::create_dir_all(&cache)?;
+    let world = World {
+        pins: pins.dir(),
+        cache: &cache,
+        admin: ADMIN_2,
+    };
+    let config = cache.join("edged.toml");
+    std::fs::write(
+        &config,
+        world.config(&app("slow", "slow.test", None, &stream), &[]),
+    )?;
+    let _edged = hosts.start_edged(&config, ADMIN_2.parse()?)?;
+    let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
+    let received = std::thread::scope(|scope| -> anyhow::Result<apps::Received> {
+        // Ten lines 200 ms apart: two seconds of a v1 instance at work.
+        let running = scope.spawn(|| {
+            hosts.client.run(|| -> anyhow::Result<apps::Received> {
+                let mut s = TcpStream::connect(server)?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                std::io::Write::write_all(
+                    &mut s,
+                    b"GET /?lines=10&ms=200 HTTP/1.1\r\nHost: slow.test\r\n\r\n",
+                )?;
+                Ok(apps::read_response(&mut s, false))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(
+            &config,
+            world.config(&app("slow", "slow.test", None, &echo), &[]),
+        )?;
+        let (ok, out) = edgectl_at(&hosts, ADMIN_2, &["reload"]);
+        assert!(ok && out.contains("changed: slow"), "{out}");
+        // New requests get v2 at once, while the v1 request still streams.
+        let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT_V4, "slow.test")?;
+        assert_eq!(
+            (status, header(&headers, "x-echo-method")),
+            (200, Some("GET"))
+        );
+        running
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+    })?;
+    assert_eq!(received.status, 200);
+    assert!(received.complete, "the v1 stream was cut: {received:?}");
+    let body: Vec<u8> = received
+        .pieces
+        .iter()
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    let expected: String = (0..10).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&body), expected);
     Ok(())
 }
