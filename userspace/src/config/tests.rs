@@ -1,0 +1,100 @@
+//! The config's parsing and validation, case by case.
+
+use super::*;
+
+#[test]
+fn rate_limit_prefixes_out_of_range_are_refused_with_their_name() {
+    for (key, value) in [
+        ("v4_prefix", 0),
+        ("v4_prefix", 33),
+        ("v6_prefix", 0),
+        ("v6_prefix", 129),
+    ] {
+        let e = EdgedConfig::parse(&format!("[rate_limit]\n{key} = {value}\n"))
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+        assert!(format!("{e:#}").contains(key), "{key} = {value}: {e:#}");
+    }
+    // Past u8 the TOML type refuses it.
+    assert!(EdgedConfig::parse("[rate_limit]\nv6_prefix = 18446744073709551615\n").is_err());
+    let ok = EdgedConfig::parse("[rate_limit]\nv4_prefix = 24\nv6_prefix = 48\n").unwrap();
+    assert_eq!(
+        (ok.rate_limit.v4_prefix, ok.rate_limit.v6_prefix),
+        (Some(24), Some(48))
+    );
+}
+
+#[test]
+fn the_readme_example_config_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;
+    let len = readme[start..].find("```").expect("closed block");
+    let cfg = EdgedConfig::parse(&readme[start..start + len]).unwrap();
+    assert_eq!(cfg.apps.len(), 2);
+    assert_eq!(cfg.apps[0].allowed_backends, ["db.internal:8080"]);
+    assert_eq!(cfg.apps[1].static_body.as_deref(), Some("ok\n"));
+}
+
+#[test]
+fn split_app_functions_become_apps_at_internal_hosts() {
+    let cfg = EdgedConfig::parse(
+        r#"
+        [[apps]]
+        name = "shop"
+        hosts = ["shop.example"]
+        component = "entry.wasm"
+        [[apps.functions]]
+        name = "db"
+        component = "fetcher.wasm"
+        placement = { mode = "smart" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.apps.len(), 2);
+    assert_eq!(cfg.apps[0].split_app.as_deref(), Some("shop"));
+    let f = &cfg.apps[1];
+    assert_eq!(f.name, "shop.db");
+    assert_eq!(f.hosts, ["db.shop.fn.internal"]);
+    assert_eq!(f.split_app.as_deref(), Some("shop"));
+    assert_eq!(f.placement.mode, PlacementMode::Smart);
+}
+
+#[test]
+fn empty_config_is_all_defaults() {
+    let cfg = EdgedConfig::parse("").unwrap();
+    assert_eq!(cfg.pin_dir, PathBuf::from(crate::DEFAULT_PIN_DIR));
+    assert!(cfg.workers.steer);
+    assert_eq!(cfg.xdp.mode, XdpAttachMode::Native);
+}
+
+#[test]
+fn full_config_and_clear_errors() {
+    let cfg = EdgedConfig::parse(
+        r#"
+        blocklist = ["203.0.113.0/24"]
+        [xdp]
+        interfaces = ["eth0"]
+        mode = "generic"
+        [rate_limit]
+        enabled = true
+        pps = 1000
+        burst = 2000
+        [[apps]]
+        name = "hello"
+        vips = ["10.0.0.1:80/tcp"]
+        steer = false
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cfg.xdp.mode, XdpAttachMode::Generic);
+    assert!(!cfg.apps[0].steer && cfg.apps[0].rate_limit);
+    let err = EdgedConfig::parse("[[apps]]\nname = \"x\"\nvips = [\"10.0.0.1/tcp\"]").unwrap_err();
+    assert!(format!("{err:#}").contains("bad VIP"), "{err:#}");
+    let err = EdgedConfig::parse(
+        "[[apps]]\nname = \"shop\"\ncomponent = \"a.wasm\"\n[[apps.functions]]\nname = \"DB\"\ncomponent = \"b.wasm\"",
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("DNS label"), "{err:#}");
+    let err = EdgedConfig::parse("[xdp]\nmdoe = \"native\"").unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+}
