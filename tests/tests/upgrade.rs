@@ -42,13 +42,21 @@ fn admin_pid(hosts: &TwoHosts) -> anyhow::Result<u32> {
     Ok(v["pid"].as_u64().unwrap_or_default() as u32)
 }
 
-/// `edgectl upgrade`: (old pid, new pid).
-fn upgrade(hosts: &TwoHosts) -> anyhow::Result<(u32, u32)> {
-    let out = hosts
-        .server
-        .command(edgeplane_binary("edgectl").to_str().unwrap())
-        .args(["--admin", ADMIN, "--json", "upgrade"])
-        .output()?;
+/// `edgectl upgrade`, or `edged upgrade` (the same request): (old pid, new pid).
+fn upgrade(hosts: &TwoHosts, with_edged: bool) -> anyhow::Result<(u32, u32)> {
+    let out = if with_edged {
+        hosts
+            .server
+            .command(edgeplane_binary("edged").to_str().unwrap())
+            .args(["upgrade", "--admin", ADMIN])
+            .output()?
+    } else {
+        hosts
+            .server
+            .command(edgeplane_binary("edgectl").to_str().unwrap())
+            .args(["--admin", ADMIN, "--json", "upgrade"])
+            .output()?
+    };
     anyhow::ensure!(
         out.status.success(),
         "upgrade failed: {}{}",
@@ -152,7 +160,8 @@ component = "{hello}"
         std::thread::sleep(Duration::from_secs(2));
         let mut counted = vec![packets()?];
         for round in 0..2 {
-            let (old, new) = upgrade(&hosts).inspect_err(|_| {
+            // The first by edgectl, the second by `edged upgrade`.
+            let (old, new) = upgrade(&hosts, round == 1).inspect_err(|_| {
                 // A successor that took over but whose answer was lost is still found here.
                 if let Ok(pid) = admin_pid(&hosts) {
                     started.0.push(pid);

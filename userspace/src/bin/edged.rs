@@ -43,6 +43,34 @@ struct Cli {
     /// its listening sockets, XDP links and pinned maps, without dropping a connection.
     #[arg(long)]
     takeover: bool,
+    #[command(subcommand)]
+    command: Option<EdgedCmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum EdgedCmd {
+    /// Ask the running edged to start the binary installed at its path, which takes its
+    /// listening sockets, XDP links and maps over while it drains; waits until the new one
+    /// serves (as `edgectl upgrade` and SIGUSR2 do).
+    Upgrade {
+        /// The running edged's admin endpoint (default: the configuration's `server.admin`).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+}
+
+/// `edged upgrade`: `POST /upgrade` on the running edged's admin endpoint.
+async fn ask_upgrade(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    use edgeplane_dataplane::client::oneshot::{Once, send};
+    let mut ask = Once::get("/upgrade", "edged", 1 << 16)?;
+    ask.method = http::Method::POST;
+    let answer = send(admin, ask, std::time::Duration::from_secs(300))
+        .await
+        .with_context(|| format!("asking the edged at {admin} to upgrade"))?;
+    let body = String::from_utf8_lossy(&answer.body);
+    anyhow::ensure!(answer.status == 200, "{}", body.trim_end());
+    println!("{}", body.trim_end());
+    Ok(())
 }
 
 /// Starts the placement engine when this edged is a datacenter; its app list is `apps`, which a
@@ -94,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = &cli.pin_dir {
         cfg.pin_dir = dir.clone();
+    }
+    if let Some(EdgedCmd::Upgrade { admin }) = cli.command {
+        return ask_upgrade(admin.unwrap_or(cfg.server.admin)).await;
     }
 
     // Taking over: the old edged's listeners first, so nothing here binds what it holds.
