@@ -13,6 +13,11 @@
 //! a peer that does not answer is marked down (workers stop handing off to it and apps placed
 //! there come back here) until a probe sees it back. Entries pinned by hand are left alone.
 
+mod decide;
+
+pub use decide::Verdict;
+use decide::{Decision, Facts, Next};
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -238,116 +243,110 @@ impl Engine {
         reverted: &mut HashMap<String, Instant>,
     ) -> anyhow::Result<String> {
         let current = self.maps.placement(id)?;
-        if current.flags & placement_flags::PINNED != 0 {
-            return Ok("pinned".into());
-        }
-        let here = Placement {
-            flags: placement_flags::SMART,
-            ..Default::default()
-        };
-        if reverted
-            .get(app)
-            .is_some_and(|until| Instant::now() < *until)
-        {
-            if current != here {
-                self.maps.set_placement(id, here)?;
-            }
-            return Ok("reverted".into());
-        }
-        let placed = current.kind != placement_kind::LOCAL;
-        if current.kind == placement_kind::DATACENTER
-            && self.handoff.health.is_down(current.datacenter)
-        {
-            // Its datacenter is down: back here at once (no cooldown); placed again when a
-            // probe sees it back and it still wins.
-            self.maps.set_placement(id, here)?;
-            return Ok(format!("local:{}-down", self.dc_name(current.datacenter)));
-        }
-        if let Goal::NearBackend { backend, http_host } = &goal {
-            return self.place_near(id, backend, http_host.as_deref(), current);
-        }
-        // Measured, not estimated: handed-off requests slower than the holdout kept here.
         let (remote_us, holdout_us) = self.measured(app);
-        if placed && remote_us > 0.0 && holdout_us > 0.0 && remote_us > holdout_us {
-            warn!(
-                app,
-                remote_us, holdout_us, "placed app slower than its holdout: reverting"
-            );
-            self.maps.set_placement(id, here)?;
-            reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
-            return Ok("reverted".into());
-        }
         let (requests, handed_off) = self.requests(app);
-        if requests < self.cfg.min_requests {
-            return Ok("insufficient-traffic".into());
-        }
-        let served_here = requests.saturating_sub(handed_off).max(1) as f64;
-        let dests: Vec<Destination> = self.destinations(app, served_here);
-        let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
-        let mut best: Option<(u32, String, f64)> = None;
-        let peers = if dests.is_empty() {
-            Vec::new()
-        } else {
-            self.up_peers()
+        let facts = Facts {
+            current,
+            cooling_down: reverted
+                .get(app)
+                .is_some_and(|until| Instant::now() < *until),
+            placed_at_down_peer: (current.kind == placement_kind::DATACENTER
+                && self.handoff.health.is_down(current.datacenter))
+            .then(|| self.dc_name(current.datacenter)),
+            hinted: matches!(goal, Goal::NearBackend { .. }),
+            remote_us,
+            holdout_us,
+            requests,
+            min_requests: self.cfg.min_requests,
         };
-        if !peers.is_empty() {
-            match round_trips(&dests) {
-                Ok(trips) => {
-                    for peer in peers {
-                        match self.estimate_at(&peer, &dests, &trips) {
-                            Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
-                                best = Some((peer.id, peer.name.clone(), us))
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate")
-                            }
-                        }
-                    }
+        let decision = match decide::first_look(&facts) {
+            Next::Decided(d) => d,
+            Next::PlaceNearBackend => match &goal {
+                Goal::NearBackend { backend, http_host } => {
+                    self.place_near(backend, http_host.as_deref(), current)?
                 }
-                Err(e) => warn!(app, error = %format!("{e:#}"), "probing destinations from here"),
-            }
-        }
-        let min_saving_us = match goal {
-            Goal::Latency | Goal::NearBackend { .. } => 0.0,
-            Goal::LocalFirst { min_saving } => min_saving.as_micros() as f64,
-        };
-        let (placement, status) = match best {
-            Some((dc, name, us))
-                if us < here_us * (1.0 - self.cfg.margin) && here_us - us >= min_saving_us =>
-            {
-                (
-                    Placement {
-                        kind: placement_kind::DATACENTER,
-                        datacenter: dc,
-                        flags: placement_flags::SMART,
-                        ..Default::default()
-                    },
-                    format!("placed:{name}"),
+                _ => unreachable!("only a hinted app is placed near its backend"),
+            },
+            Next::Estimate => {
+                let served_here = requests.saturating_sub(handed_off).max(1) as f64;
+                let dests = self.destinations(app, served_here);
+                let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
+                let best = self.best_peer(app, &dests);
+                let min_saving_us = match goal {
+                    Goal::Latency | Goal::NearBackend { .. } => 0.0,
+                    Goal::LocalFirst { min_saving } => min_saving.as_micros() as f64,
+                };
+                decide::choose(
+                    current,
+                    here_us,
+                    best.as_ref()
+                        .map(|(dc, name, us)| (*dc, name.as_str(), *us)),
+                    self.cfg.margin,
+                    min_saving_us,
+                    true,
                 )
             }
-            // Estimated slower now than here: a placed app comes back, as a revert.
-            _ if placed => {
-                reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
-                (here, "reverted".to_owned())
-            }
-            _ => (here, "local".to_owned()),
         };
-        if current != placement {
-            self.maps.set_placement(id, placement)?;
+        if decision.cool_down {
+            if decision.verdict == Verdict::Reverted && remote_us > holdout_us && holdout_us > 0.0 {
+                warn!(
+                    app,
+                    remote_us, holdout_us, "placed app slower than its holdout: reverting"
+                );
+            }
+            reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
         }
-        Ok(status)
+        self.write(id, current, &decision)?;
+        Ok(decision.verdict.to_string())
+    }
+
+    /// Writes a decision's entry when it differs from the map's.
+    fn write(&self, id: u32, current: Placement, decision: &Decision) -> anyhow::Result<()> {
+        if let Some(p) = decision.placement
+            && p != current
+        {
+            self.maps.set_placement(id, p)?;
+        }
+        Ok(())
+    }
+
+    /// The peer with the fastest estimate for `app`'s destinations, probing them.
+    fn best_peer(&self, app: &str, dests: &[Destination]) -> Option<(u32, String, f64)> {
+        if dests.is_empty() {
+            return None;
+        }
+        let peers = self.up_peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let trips = match round_trips(dests) {
+            Ok(trips) => trips,
+            Err(e) => {
+                warn!(app, error = %format!("{e:#}"), "probing destinations from here");
+                return None;
+            }
+        };
+        let mut best: Option<(u32, String, f64)> = None;
+        for peer in peers {
+            match self.estimate_at(&peer, dests, &trips) {
+                Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
+                    best = Some((peer.id, peer.name.clone(), us))
+                }
+                Ok(_) => {}
+                Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate"),
+            }
+        }
+        best
     }
 
     /// Places a hinted app at the datacenter with the shortest RTT to its backend (here, unless
     /// a peer beats here by the margin).
     fn place_near(
         &self,
-        id: u32,
         backend: &str,
         http_host: Option<&str>,
         current: Placement,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Decision> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(backend)
             .with_context(|| format!("resolving {backend}"))?
             .next()
@@ -364,28 +363,15 @@ impl Engine {
                 Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer probe"),
             }
         }
-        let (placement, status) = match best {
-            Some((dc, name, us)) if us < here * (1.0 - self.cfg.margin) => (
-                Placement {
-                    kind: placement_kind::DATACENTER,
-                    datacenter: dc,
-                    flags: placement_flags::SMART,
-                    ..Default::default()
-                },
-                format!("placed:{name}"),
-            ),
-            _ => (
-                Placement {
-                    flags: placement_flags::SMART,
-                    ..Default::default()
-                },
-                "local".to_owned(),
-            ),
-        };
-        if current != placement {
-            self.maps.set_placement(id, placement)?;
-        }
-        Ok(status)
+        Ok(decide::choose(
+            current,
+            here,
+            best.as_ref()
+                .map(|(dc, name, us)| (*dc, name.as_str(), *us)),
+            self.cfg.margin,
+            0.0,
+            false,
+        ))
     }
 
     /// (handed-off, held-out) moving averages of request time, the slowest worker's.
