@@ -138,11 +138,12 @@ impl Handover {
         })
     }
 
-    /// Serves successors on a thread of its own; each that says `ready` is reported on `tx`
-    /// (with its pid), after which this process must hand over.
+    /// Serves successors on a thread of its own: each gets `offer` (None: this edged has no
+    /// listeners to give, and says so); the first that says `ready` is reported on `tx` (with
+    /// its pid), after which this process must hand over.
     pub fn serve(
         self,
-        offer: impl Fn() -> anyhow::Result<(Offer, Vec<OwnedFd>)> + Send + 'static,
+        offer: Option<(Offer, Vec<OwnedFd>)>,
         tx: tokio::sync::mpsc::Sender<u32>,
     ) -> anyhow::Result<()> {
         std::thread::Builder::new()
@@ -150,7 +151,13 @@ impl Handover {
             .spawn(move || {
                 for stream in self.listener.incoming() {
                     let Ok(stream) = stream else { continue };
-                    match hand(stream, &offer) {
+                    let outcome = match &offer {
+                        Some((offer, fds)) => hand(stream, offer, fds),
+                        None => Err(anyhow::anyhow!(
+                            "this edged runs no workers: nothing to take over"
+                        )),
+                    };
+                    match outcome {
                         Ok(pid) => {
                             let _ = tx.blocking_send(pid);
                             return;
@@ -167,11 +174,12 @@ impl Handover {
     }
 }
 
+/// Longest exchange a successor sends (`takeover\n`, then `ready\n`): a peer that sends more
+/// is cut off, not buffered.
+const MAX_REQUEST: u64 = 64;
+
 /// One takeover: the request, the offer, and the successor's `ready` (its pid as the peer's).
-fn hand(
-    stream: UnixStream,
-    offer: &impl Fn() -> anyhow::Result<(Offer, Vec<OwnedFd>)>,
-) -> anyhow::Result<u32> {
+fn hand(stream: UnixStream, offer: &Offer, fds: &[OwnedFd]) -> anyhow::Result<u32> {
     // Setting up (loading programs, compiling from the cache) takes a while; a successor that
     // dies meanwhile closes the socket and is seen at once.
     stream.set_read_timeout(Some(Duration::from_secs(300)))?;
@@ -182,12 +190,11 @@ fn hand(
         "a takeover from uid {} refused",
         peer.uid()
     );
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut reader = BufReader::new(std::io::Read::take(stream.try_clone()?, MAX_REQUEST));
     let mut line = String::new();
     reader.read_line(&mut line)?;
     anyhow::ensure!(line == "takeover\n", "unexpected request {line:?}");
-    let (offer, fds) = offer()?;
-    let json = serde_json::to_vec(&offer)?;
+    let json = serde_json::to_vec(offer)?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     sendmsg::<()>(
         stream.as_raw_fd(),
@@ -299,5 +306,55 @@ pub fn notify_systemd_ready() {
     })();
     if let Err(e) = sent {
         warn!(error = %e, "could not notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that sends endless bytes (or a wrong request) is refused after a bounded read,
+    /// and the handover goes on serving: the next, well-formed successor gets the listeners.
+    #[test]
+    fn a_bad_takeover_is_refused_after_a_bounded_read_and_a_good_one_gets_the_listeners() {
+        let path =
+            std::env::temp_dir().join(format!("edgeplane-upgrade-{}.sock", std::process::id()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        let offer = Offer {
+            pid: std::process::id(),
+            listen,
+            cpus: vec![0],
+            admin: false,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        Handover::bind(&path)
+            .unwrap()
+            .serve(Some((offer, vec![OwnedFd::from(listener)])), tx)
+            .unwrap();
+
+        // 4 MiB without a newline, then a request that is not one.
+        let mut junk = UnixStream::connect(&path).unwrap();
+        let flood = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..64 {
+                if junk.write_all(&chunk).is_err() {
+                    return true; // cut off
+                }
+            }
+            false
+        });
+        assert!(flood.join().unwrap(), "the handover read 4 MiB of junk");
+        let mut wrong = UnixStream::connect(&path).unwrap();
+        wrong.write_all("tãkeover ✓\n".as_bytes()).unwrap();
+
+        // A successor that speaks the protocol still gets the worker listener.
+        let inherited = take_over(&path).unwrap();
+        assert_eq!(inherited.listeners.len(), 1);
+        assert_eq!(inherited.listeners[0].1.local_addr().unwrap(), listen);
+        assert!(inherited.admin.is_none());
+        inherited.ready().unwrap();
+        assert_eq!(rx.blocking_recv(), Some(std::process::id()));
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -214,13 +214,22 @@ async fn main() -> anyhow::Result<()> {
 
     // Successors take the listeners from here.
     let (handed_tx, mut handed_rx) = tokio::sync::mpsc::channel::<u32>(1);
-    let offered = workers
-        .as_ref()
-        .map(|w| w.listeners())
-        .transpose()?
-        .unwrap_or_default();
-    let listen = workers.as_ref().map(|w| w.listen);
-    let admin_fd = admin.listener()?;
+    // What a successor receives: each worker's listener, then the admin listener (none
+    // without workers: there is nothing to take over).
+    let offer = match &workers {
+        Some(w) => {
+            let (cpus, mut fds): (Vec<u32>, Vec<_>) = w.listeners()?.into_iter().unzip();
+            fds.push(admin.listener()?);
+            let offer = upgrade::Offer {
+                pid: std::process::id(),
+                listen: w.listen,
+                cpus,
+                admin: true,
+            };
+            Some((offer, fds))
+        }
+        None => None,
+    };
     if let Some(inherited) = inherited {
         let from = inherited.offer.pid;
         inherited.ready()?;
@@ -229,25 +238,7 @@ async fn main() -> anyhow::Result<()> {
         info!(from, "took over; the old edged drains");
     }
     upgrade::notify_systemd_ready();
-    handover.serve(
-        move || {
-            let mut fds = Vec::new();
-            let mut cpus = Vec::new();
-            for (cpu, fd) in &offered {
-                cpus.push(*cpu);
-                fds.push(upgrade::dup(std::os::fd::AsFd::as_fd(fd))?);
-            }
-            fds.push(upgrade::dup(std::os::fd::AsFd::as_fd(&admin_fd))?);
-            let offer = upgrade::Offer {
-                pid: std::process::id(),
-                listen: listen.context("this edged runs no workers: nothing to take over")?,
-                cpus,
-                admin: true,
-            };
-            Ok((offer, fds))
-        },
-        handed_tx,
-    )?;
+    handover.serve(offer, handed_tx)?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
