@@ -68,6 +68,37 @@ pub struct AppCounters {
     pub latency: BTreeMap<String, latency::LatencyHistogram>,
 }
 
+impl AppCounters {
+    /// Adds another worker's counts and latency histograms (the moving averages are per
+    /// worker and are not summed).
+    pub fn add(&mut self, other: &AppCounters) {
+        let counts = [
+            (&mut self.requests, other.requests),
+            (&mut self.responses_2xx, other.responses_2xx),
+            (&mut self.responses_3xx, other.responses_3xx),
+            (&mut self.responses_4xx, other.responses_4xx),
+            (&mut self.responses_5xx, other.responses_5xx),
+            (&mut self.traps, other.traps),
+            (&mut self.deadlines, other.deadlines),
+            (&mut self.overloaded, other.overloaded),
+            (&mut self.handed_off, other.handed_off),
+            (&mut self.handoff_failures, other.handoff_failures),
+            (&mut self.handoffs_received, other.handoffs_received),
+            (&mut self.handoffs_rejected, other.handoffs_rejected),
+            (&mut self.holdouts, other.holdouts),
+            (&mut self.handoffs_skipped, other.handoffs_skipped),
+            (&mut self.region_saturated, other.region_saturated),
+            (&mut self.region_cold, other.region_cold),
+        ];
+        for (into, n) in counts {
+            *into = into.saturating_add(n);
+        }
+        for (target, h) in &other.latency {
+            self.latency.entry(target.clone()).or_default().merge(h);
+        }
+    }
+}
+
 /// Weight of the newest request in the moving averages.
 const EWMA_ALPHA: f64 = 0.3;
 

@@ -201,21 +201,7 @@ impl Snapshot {
         let mut sum: BTreeMap<String, edgeplane_dataplane::router::AppCounters> = BTreeMap::new();
         for m in &state.metrics {
             for (app, c) in edgeplane_dataplane::lock(m).iter() {
-                let into = sum.entry(app.clone()).or_default();
-                into.requests += c.requests;
-                into.responses_2xx += c.responses_2xx;
-                into.responses_3xx += c.responses_3xx;
-                into.responses_4xx += c.responses_4xx;
-                into.responses_5xx += c.responses_5xx;
-                into.traps += c.traps;
-                into.deadlines += c.deadlines;
-                into.overloaded += c.overloaded;
-                for (outcome, n) in handoff_outcomes(c) {
-                    *handoff_field(into, outcome) += n;
-                }
-                for (target, h) in &c.latency {
-                    into.latency.entry(target.clone()).or_default().merge(h);
-                }
+                sum.entry(app.clone()).or_default().add(c);
             }
         }
         let app = |a: &String| vec![("app", a.clone())];
@@ -366,22 +352,6 @@ fn handoff_outcomes(c: &edgeplane_dataplane::router::AppCounters) -> [(&'static 
         ("region-saturated", c.region_saturated),
         ("region-cold", c.region_cold),
     ]
-}
-
-fn handoff_field<'a>(
-    c: &'a mut edgeplane_dataplane::router::AppCounters,
-    outcome: &str,
-) -> &'a mut u64 {
-    match outcome {
-        "sent" => &mut c.handed_off,
-        "failed" => &mut c.handoff_failures,
-        "received" => &mut c.handoffs_received,
-        "rejected" => &mut c.handoffs_rejected,
-        "holdout" => &mut c.holdouts,
-        "skipped" => &mut c.handoffs_skipped,
-        "region-saturated" => &mut c.region_saturated,
-        _ => &mut c.region_cold,
-    }
 }
 
 impl Collector for Snapshot {
