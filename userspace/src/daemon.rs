@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
-use edgeplane_dataplane::{handoff::HandoffConfig, live::LivePublisher};
+use edgeplane_dataplane::{handoff::HandoffConfig, live::LivePublisher, wasm::AppChanges};
 use tracing::info;
 
 use crate::{
@@ -125,7 +125,12 @@ impl Daemon {
             .config_path
             .clone()
             .context("edged runs on embedded defaults: there is no configuration file to reload")?;
-        let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg)?;
+        let served = self
+            .live
+            .as_ref()
+            .map(|l| l.current().specs.clone())
+            .unwrap_or_default();
+        let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg, &served)?;
         let plan = reconcile::plan(Some(&self.cfg), &cfg, &self.maps.list_apps()?)?;
         reconcile::apply(&self.maps, &plan, &cfg, self.workers)?;
         let mut report = ReloadReport {
@@ -137,13 +142,8 @@ impl Daemon {
         };
         if let Some(live) = &self.live {
             let before = live.current();
-            for spec in &specs {
-                match before.specs.iter().find(|s| s.name == spec.name) {
-                    None => report.added.push(spec.name.clone()),
-                    Some(old) if old != spec => report.changed.push(spec.name.clone()),
-                    Some(_) => {}
-                }
-            }
+            let changes = AppChanges::between(&before.specs, &specs);
+            (report.added, report.changed) = (changes.added, changes.changed);
             let next = crate::server::generation(before.number + 1, &cfg, specs, &self.maps)?;
             report.generation = next.number;
             live.publish(next);

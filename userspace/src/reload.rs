@@ -132,10 +132,15 @@ pub fn prepare_config(cfg: EdgedConfig) -> anyhow::Result<Prepared> {
     Ok(Prepared { cfg, specs })
 }
 
-/// Reads the configuration at `path` for a reload of an edged running `running`: parsed,
-/// validated, only reloadable settings changed, every component staged and compiled. Any
+/// Reads the configuration at `path` for a reload of an edged running `running` and serving
+/// `served`: parsed, validated, only reloadable settings changed, every component staged, and
+/// those not served already (by digest: their artifacts are in the code cache) compiled. Any
 /// failure refuses it whole, saying which file, line and field.
-pub fn prepare_reload(path: &Path, running: &EdgedConfig) -> anyhow::Result<Prepared> {
+pub fn prepare_reload(
+    path: &Path,
+    running: &EdgedConfig,
+    served: &[AppSpec],
+) -> anyhow::Result<Prepared> {
     let (mut cfg, text) = EdgedConfig::read(path)?;
     cfg.xdp.interfaces.clone_from(&running.xdp.interfaces);
     cfg.xdp.mode = running.xdp.mode;
@@ -151,7 +156,12 @@ pub fn prepare_reload(path: &Path, running: &EdgedConfig) -> anyhow::Result<Prep
         ));
     }
     let specs = app_specs(&cfg).map_err(|e| located(path, &text, e))?;
-    compile(&cfg, &specs).map_err(|e| located(path, &text, e))?;
+    let new: Vec<AppSpec> = specs
+        .iter()
+        .filter(|s| !served.iter().any(|old| old.digest == s.digest))
+        .cloned()
+        .collect();
+    compile(&cfg, &new).map_err(|e| located(path, &text, e))?;
     Ok(Prepared { cfg, specs })
 }
 

@@ -17,7 +17,7 @@ pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
 pub use engine::{EngineConfig, EpochTicker, build_engine};
 pub use error::HandleError;
 pub use observe::{DestinationStats, Observations};
-pub use runtime::AppRuntime;
+pub use runtime::{AppChanges, AppRuntime};
 
 /// What the runtime needs to know about one app.
 #[derive(Clone, Debug, PartialEq)]

@@ -97,6 +97,30 @@ pub struct AppChanges {
     pub removed: Vec<String>,
 }
 
+impl AppChanges {
+    /// The apps `new` adds to `old`, changes (any field of the spec, its digest included) and
+    /// drops, by name, in `new`'s order (removed: `old`'s).
+    pub fn between<'a>(old: impl IntoIterator<Item = &'a AppSpec>, new: &[AppSpec]) -> Self {
+        let old: HashMap<&str, &AppSpec> = old.into_iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut changes = Self::default();
+        for spec in new {
+            match old.get(spec.name.as_str()) {
+                None => changes.added.push(spec.name.clone()),
+                Some(before) if *before != spec => changes.changed.push(spec.name.clone()),
+                Some(_) => {}
+            }
+        }
+        let mut removed: Vec<String> = old
+            .keys()
+            .filter(|name| !new.iter().any(|s| s.name == **name))
+            .map(|name| (*name).to_owned())
+            .collect();
+        removed.sort();
+        changes.removed = removed;
+        changes
+    }
+}
+
 impl AppRuntime {
     pub fn new(
         engine: Engine,
@@ -176,29 +200,20 @@ impl AppRuntime {
     /// and changed apps are loaded here (from the code cache on disk, where edged compiled them
     /// before publishing), so their first request does not pay for it.
     pub fn apply(&self, specs: Vec<AppSpec>) -> AppChanges {
-        let mut changes = AppChanges::default();
-        let mut old = std::mem::take(&mut *self.apps.borrow_mut());
-        let mut apps = HashMap::with_capacity(specs.len());
-        for spec in specs {
-            let name = spec.name.clone();
-            match old.remove(&name) {
-                Some(app) if app.spec == spec => {
-                    apps.insert(name, app);
-                }
-                Some(app) => {
-                    self.retire(&app);
-                    changes.changed.push(name.clone());
-                    apps.insert(name, Rc::new(App::new(spec)));
-                }
-                None => {
-                    changes.added.push(name.clone());
-                    apps.insert(name, Rc::new(App::new(spec)));
-                }
+        let old = std::mem::take(&mut *self.apps.borrow_mut());
+        let changes = AppChanges::between(old.values().map(|a| &a.spec), &specs);
+        let apps: HashMap<String, Rc<App>> = specs
+            .into_iter()
+            .map(|spec| {
+                let kept = old.get(&spec.name).filter(|a| a.spec == spec).cloned();
+                let app = kept.unwrap_or_else(|| Rc::new(App::new(spec)));
+                (app.spec.name.clone(), app)
+            })
+            .collect();
+        for (name, app) in &old {
+            if !apps.get(name).is_some_and(|now| Rc::ptr_eq(now, app)) {
+                self.retire(app);
             }
-        }
-        for (name, app) in old {
-            self.retire(&app);
-            changes.removed.push(name);
         }
         *self.apps.borrow_mut() = apps;
         for name in changes.added.iter().chain(&changes.changed) {
@@ -595,4 +610,40 @@ fn to_hyper(
     *hyper_req.uri_mut() = uri;
     *hyper_req.headers_mut() = headers;
     Ok(hyper_req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, digest: &str) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            component: format!("/c/{digest}.wasm").into(),
+            digest: digest.into(),
+            env: vec![],
+            allowed_backends: vec![],
+            limits: Default::default(),
+            split_app: None,
+        }
+    }
+
+    #[test]
+    fn changes_between_two_sets_of_apps_by_name_and_by_any_field() {
+        let old = [spec("a", "1"), spec("b", "1"), spec("gone", "1")];
+        let mut env_changed = spec("b", "1");
+        env_changed.env.push(("K".into(), "v".into()));
+        let new = [spec("a", "1"), env_changed, spec("new", "2")];
+        let c = AppChanges::between(&old, &new);
+        assert_eq!(
+            (c.added, c.changed, c.removed),
+            (
+                vec!["new".to_owned()],
+                vec!["b".to_owned()],
+                vec!["gone".to_owned()]
+            )
+        );
+        let same = AppChanges::between(&old, &old);
+        assert_eq!(same, AppChanges::default());
+    }
 }
