@@ -260,6 +260,14 @@ impl Engine {
             min_requests: self.cfg.min_requests,
         };
         let decision = match decide::first_look(&facts) {
+            // The facts' only cool-down is a placement measured slower than its holdout.
+            Next::Decided(d) if d.cool_down => {
+                warn!(
+                    app,
+                    remote_us, holdout_us, "placed app slower than its holdout: reverting"
+                );
+                d
+            }
             Next::Decided(d) => d,
             Next::PlaceNearBackend => match &goal {
                 Goal::NearBackend { backend, http_host } => {
@@ -288,12 +296,6 @@ impl Engine {
             }
         };
         if decision.cool_down {
-            if decision.verdict == Verdict::Reverted && remote_us > holdout_us && holdout_us > 0.0 {
-                warn!(
-                    app,
-                    remote_us, holdout_us, "placed app slower than its holdout: reverting"
-                );
-            }
             reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
         }
         self.write(id, current, &decision)?;
