@@ -106,6 +106,37 @@ pub fn start_with(
     start_in(world.ns(name), name, config, edged_bin, addr)
 }
 
+/// The config of an edged outside any world for a benchmark: one pinned worker on CPU 0 on
+/// 127.0.0.1:`port`, its admin endpoint on `admin_port`, pins and code cache of its own, one app.
+pub fn one_worker_config(
+    bench: &str,
+    port: u16,
+    admin_port: u16,
+    cache: &Path,
+    app: &str,
+    component: &Path,
+) -> String {
+    format!(
+        r#"pin_dir = "/sys/fs/bpf/edgeplane-{bench}-{pid}"
+[workers]
+steer = false
+pin = true
+count = 1
+[server]
+listen = "127.0.0.1:{port}"
+admin = "127.0.0.1:{admin_port}"
+[runtime]
+cache_dir = "{cache}"
+[[apps]]
+name = "{app}"
+component = "{component}"
+"#,
+        pid = std::process::id(),
+        cache = cache.display(),
+        component = component.display(),
+    )
+}
+
 /// Starts `edged` with `config` in this namespace and waits until its workers listen on
 /// `addr` (two minutes: a fresh code cache compiles every component). Its pins go with it.
 pub fn start_local(config: &Path, edged_bin: &Path, addr: SocketAddr) -> anyhow::Result<Server> {

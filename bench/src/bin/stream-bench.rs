@@ -193,26 +193,13 @@ fn start_edged(
     let config = scratch.join("edged.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-pin_dir = "/sys/fs/bpf/edgeplane-stream-bench-{pid}"
-[workers]
-steer = false
-pin = true
-count = 1
-[server]
-listen = "127.0.0.1:{EDGED_PORT}"
-admin = "127.0.0.1:{admin}"
-[runtime]
-cache_dir = "{cache}"
-[[apps]]
-name = "stream"
-component = "{component}"
-"#,
-            pid = std::process::id(),
-            admin = EDGED_PORT + 1000,
-            cache = scratch.join("cache").display(),
-            component = component.display(),
+        edgeplane_bench::edged::one_worker_config(
+            "stream-bench",
+            EDGED_PORT,
+            EDGED_PORT + 1000,
+            &scratch.join("cache"),
+            "stream",
+            component,
         ),
     )?;
     edgeplane_bench::edged::start_local(

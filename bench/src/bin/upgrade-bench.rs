@@ -51,24 +51,13 @@ struct Switch {
 }
 
 fn config(scratch: &std::path::Path, component: &std::path::Path) -> String {
-    format!(
-        r#"pin_dir = "/sys/fs/bpf/edgeplane-upgrade-bench-{pid}"
-[workers]
-steer = false
-pin = true
-count = 1
-[server]
-listen = "127.0.0.1:{PORT}"
-admin = "127.0.0.1:{ADMIN_PORT}"
-[runtime]
-cache_dir = "{cache}"
-[[apps]]
-name = "hello"
-component = "{component}"
-"#,
-        pid = std::process::id(),
-        cache = scratch.join("cache").display(),
-        component = component.display(),
+    edgeplane_bench::edged::one_worker_config(
+        "upgrade-bench",
+        PORT,
+        ADMIN_PORT,
+        &scratch.join("cache"),
+        "hello",
+        component,
     )
 }
 
@@ -98,7 +87,7 @@ fn serving_pid() -> anyhow::Result<u32> {
     v["pid"].as_u64().map(|p| p as u32).context("no pid")
 }
 
-/// p99 and max (ms) of the requests sent in `[from, to)` seconds.
+/// p99, max (ms) and count of the requests whose send time (s from the start) `keep` accepts.
 fn tail(timeline: &[(f32, f32)], keep: impl Fn(f32) -> bool) -> (f64, f64, usize) {
     let mut v: Vec<f32> = timeline
         .iter()
