@@ -10,12 +10,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use edgeplane::topology::Topology;
+use edgeplane::placement::{AppStatus, StatusTable};
 
 use crate::{
     backend::serve_pong,
     edged::{DatacenterSpec, WORKER_PORT},
     http::Server,
+    plan::Plan,
     world::World,
 };
 
@@ -38,7 +39,7 @@ impl Drop for Pins {
 }
 
 pub struct Canonical {
-    pub topology: Topology,
+    pub plan: Plan,
     pub backend: Ipv4Addr,
     /// Requests the backend served.
     pub backend_served: Arc<AtomicU64>,
@@ -62,9 +63,9 @@ impl Canonical {
         apps: impl Fn(&str, &str) -> String,
         tuning: impl Fn(&str) -> Tuning,
     ) -> anyhow::Result<Self> {
-        let topology = Topology::canonical();
-        let world = World::build(&topology)?;
-        let backend = topology
+        let plan = Plan::canonical();
+        let world = World::build(&plan)?;
+        let backend = plan
             .hosts
             .iter()
             .find(|h| h.name == "backend")
@@ -81,7 +82,7 @@ impl Canonical {
             &format!("{backend}:{BACKEND_PORT}"),
         );
         let mut world = Self {
-            topology,
+            plan,
             backend,
             backend_served,
             servers: Vec::new(),
@@ -99,7 +100,6 @@ impl Canonical {
             let tune = tuning(dc);
             let server = DatacenterSpec {
                 name: dc,
-                topology: "canonical",
                 pin_dir: pins.0.clone(),
                 scratch: &world.scratch,
                 apps: &apps,
@@ -197,6 +197,26 @@ impl Canonical {
             .unwrap()
     }
 
+    /// Asks `dc`'s edged to reload its configuration (admin `POST /reload`): status and body.
+    pub fn reload(&self, dc: &str) -> (u16, String) {
+        let admin: SocketAddr = "127.0.0.1:9901".parse().expect("valid address");
+        self.world
+            .ns(dc)
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let (status, _, body) =
+                    crate::http::request(&mut s, "POST", "admin", "/reload", b"");
+                (status, String::from_utf8_lossy(&body).into_owned())
+            })
+            .unwrap()
+    }
+
+    /// `dc`'s handoff keys file (what its edged's `[datacenter] keys` names).
+    pub fn keys_path(&self, dc: &str) -> PathBuf {
+        crate::edged::keys_path(&self.scratch, dc)
+    }
+
     /// The sum of a Prometheus counter at `dc` over the series whose labels contain every one
     /// of `labels` (each `key="value"`).
     pub fn metric(&self, dc: &str, name: &str, labels: &[&str]) -> u64 {
@@ -213,26 +233,26 @@ impl Canonical {
     pub fn wait_status(
         &self,
         app: &str,
-        needle: &str,
+        what: &str,
+        wanted: impl Fn(&AppStatus) -> bool,
         timeout: Duration,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<AppStatus> {
         let started = Instant::now();
         loop {
             let table = self.placement_status();
-            let s = table[app].as_str().unwrap_or("").to_owned();
-            if s.contains(needle) {
-                return Ok(s);
+            if let Some(status) = table.get(app).filter(|s| wanted(s)) {
+                return Ok(status.clone());
             }
             anyhow::ensure!(
                 started.elapsed() < timeout,
-                "{app}: no {needle:?} within {timeout:?}: {table}"
+                "{app}: not {what} within {timeout:?}: {table:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// The POP's placement engine's verdict per app.
-    pub fn placement_status(&self) -> serde_json::Value {
+    pub fn placement_status(&self) -> StatusTable {
         serde_json::from_str(&self.admin("pop", "/placement")).unwrap_or_default()
     }
 }

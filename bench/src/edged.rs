@@ -20,8 +20,6 @@ pub const WORKER_PORT: u16 = 8080;
 /// One datacenter's edged: its pins, its config and what it serves.
 pub struct DatacenterSpec<'a> {
     pub name: &'a str,
-    /// "canonical" or a topology file.
-    pub topology: &'a str,
     pub pin_dir: PathBuf,
     pub scratch: &'a Path,
     /// `[[apps]]` tables, as TOML.
@@ -52,6 +50,7 @@ cache_dir = "{cache}"
 [datacenter]
 name = "{name}"
 topology = "{topology}"
+keys = "{keys}"
 holdout = {holdout}
 {datacenter_extra}
 {apps}
@@ -60,7 +59,8 @@ holdout = {holdout}
             workers = self.workers,
             cache = self.scratch.join("cache").display(),
             name = self.name,
-            topology = self.topology,
+            topology = self.topology_path().display(),
+            keys = self.keys_path().display(),
             holdout = self.holdout,
             apps = self.apps,
             runtime_extra = self.runtime_extra,
@@ -68,8 +68,20 @@ holdout = {holdout}
         )
     }
 
+    /// The world's topology file (every datacenter's addresses), shared by its datacenters.
+    pub fn topology_path(&self) -> PathBuf {
+        self.scratch.join("topology.toml")
+    }
+
+    /// This datacenter's handoff keys.
+    pub fn keys_path(&self) -> PathBuf {
+        keys_path(self.scratch, self.name)
+    }
+
     /// Starts `edged` inside the datacenter's namespace and waits until its workers listen.
     pub fn start(&self, world: &World, edged_bin: &Path) -> anyhow::Result<Server> {
+        std::fs::write(self.topology_path(), world.fleet_toml(WORKER_PORT))?;
+        world.keys.write(self.name, &self.keys_path())?;
         let config = self.scratch.join(format!("{}.toml", self.name));
         std::fs::write(&config, self.config())?;
         start_with(world, self.name, &config, edged_bin)
@@ -86,12 +98,12 @@ pub fn start_with(
 ) -> anyhow::Result<Server> {
     let addr = SocketAddr::from((
         world
-            .topology
+            .plan
             .links
             .iter()
             .enumerate()
             .find_map(|(i, l)| {
-                let (a, b) = edgeplane::topology::Topology::link_addrs(i);
+                let (a, b) = crate::plan::Plan::link_addrs(i);
                 if l.between[0] == name {
                     Some(a)
                 } else if l.between[1] == name {
@@ -104,6 +116,11 @@ pub fn start_with(
         WORKER_PORT,
     ));
     start_in(world.ns(name), name, config, edged_bin, addr)
+}
+
+/// Where a world's datacenter `dc` keeps its handoff keys, under `scratch`.
+pub fn keys_path(scratch: &Path, dc: &str) -> PathBuf {
+    scratch.join(format!("{dc}.keys.toml"))
 }
 
 /// The config of an edged outside any world for a benchmark: one pinned worker on CPU 0 on

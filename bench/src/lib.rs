@@ -12,6 +12,7 @@ pub mod http;
 pub mod loadgen;
 pub mod netns;
 pub mod packets;
+pub mod plan;
 pub mod plot;
 pub mod scenario;
 pub mod wan;

@@ -1,20 +1,26 @@
-//! A multi-datacenter world on one host, built from a [`Topology`]: a network namespace per node
-//! (datacenter or host), a veth pair per link with its own /24, the link's RTT emulated on both
-//! ends, and each host's service address routed over every link to it. Torn down on drop:
-//! delays first, then the namespaces (which take their veths with them).
+//! A multi-datacenter world on one host, built from a [`Plan`]: a network namespace per node
+//! (datacenter or host), a veth pair per link with its own /24 and IPv6 /64, the link's RTT
+//! emulated on both ends, and each datacenter's own addresses and each host's service address
+//! routed over every link to it. Torn down on drop: delays first, then the namespaces (which take
+//! their veths with them).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::Context as _;
-use edgeplane::topology::Topology;
 
 use crate::{
     netns::{LinkEnd, Netns, veth_pair},
+    plan::{Plan, TestKeys},
     wan::WanDelay,
 };
 
 pub struct World {
-    pub topology: Topology,
+    pub plan: Plan,
+    /// This world's handoff keys, drawn at build.
+    pub keys: TestKeys,
     // Field order is drop order: delays go before their namespaces.
     /// (link index, the delayer at one of its ends).
     delays: Vec<(usize, WanDelay)>,
@@ -27,31 +33,34 @@ pub fn iface(to: &str) -> String {
 }
 
 impl World {
-    pub fn build(topology: &Topology) -> anyhow::Result<Self> {
+    pub fn build(plan: &Plan) -> anyhow::Result<Self> {
         let mut namespaces = BTreeMap::new();
-        for name in topology.node_names() {
+        for name in plan.node_names() {
             namespaces.insert(name.to_owned(), Netns::new(name)?);
         }
         let mut world = Self {
-            topology: topology.clone(),
+            plan: plan.clone(),
+            keys: TestKeys::draw(plan),
             delays: Vec::new(),
             namespaces,
         };
-        for (i, link) in topology.links.iter().enumerate() {
+        for (i, link) in plan.links.iter().enumerate() {
             let [a, b] = &link.between;
-            let (addr_a, addr_b) = Topology::link_addrs(i);
+            let (addr_a, addr_b) = Plan::link_addrs(i);
+            let (v6_a, v6_b) = Plan::link_addrs_v6(i);
             let (cidr_a, cidr_b) = (format!("{addr_a}/24"), format!("{addr_b}/24"));
+            let (cidr6_a, cidr6_b) = (format!("{v6_a}/64"), format!("{v6_b}/64"));
             let (if_a, if_b) = (iface(b), iface(a));
             veth_pair(
                 &LinkEnd {
                     ns: world.ns(a),
                     iface: &if_a,
-                    addrs: &[&cidr_a],
+                    addrs: &[&cidr_a, &cidr6_a],
                 },
                 &LinkEnd {
                     ns: world.ns(b),
                     iface: &if_b,
-                    addrs: &[&cidr_b],
+                    addrs: &[&cidr_b, &cidr6_b],
                 },
             )
             .with_context(|| format!("link {a} - {b}"))?;
@@ -68,39 +77,61 @@ impl World {
             let delay_b = WanDelay::start(world.ns(b), &if_b, queue + 1, one_way)?;
             world.delays.push((i, delay_b));
         }
-        for host in &topology.hosts {
-            let Some(service) = host.service_addr else {
-                continue;
-            };
-            world
-                .ns(&host.name)
-                .ip(&["addr", "add", &format!("{service}/32"), "dev", "lo"])?;
-            for link in &topology.links {
-                let peer = match &link.between {
-                    [a, b] if *a == host.name => b,
-                    [a, b] if *b == host.name => a,
-                    _ => continue,
-                };
-                let via = topology
-                    .addr_of(peer, &host.name)
-                    .expect("linked nodes have link addresses");
-                world.ns(peer).ip(&[
-                    "route",
-                    "add",
-                    &format!("{service}/32"),
-                    "via",
-                    &via.to_string(),
-                ])?;
+        let own: Vec<(String, Vec<IpAddr>)> = plan
+            .datacenters
+            .iter()
+            .map(|dc| (dc.name.clone(), plan.datacenter_addrs(dc)))
+            .chain(plan.hosts.iter().filter_map(|h| {
+                h.service_addr
+                    .map(|a| (h.name.clone(), vec![IpAddr::V4(a)]))
+            }))
+            .collect();
+        for (node, addrs) in &own {
+            for addr in addrs {
+                world.route_own_addr(node, *addr)?;
             }
         }
         Ok(world)
+    }
+
+    /// Puts `addr` on `node`'s loopback and routes it from every node linked to `node`.
+    fn route_own_addr(&self, node: &str, addr: IpAddr) -> anyhow::Result<()> {
+        let (family, host_len) = if addr.is_ipv4() {
+            ("-4", 32)
+        } else {
+            ("-6", 128)
+        };
+        let cidr = format!("{addr}/{host_len}");
+        self.ns(node)
+            .ip(&[family, "addr", "add", &cidr, "dev", "lo"])?;
+        for link in &self.plan.links {
+            let peer = match &link.between {
+                [a, b] if a == node => b,
+                [a, b] if b == node => a,
+                _ => continue,
+            };
+            let via = if addr.is_ipv4() {
+                self.plan.addr_of(peer, node).map(IpAddr::V4)
+            } else {
+                self.plan.addr_of_v6(peer, node).map(IpAddr::V6)
+            }
+            .expect("linked nodes have link addresses");
+            self.ns(peer)
+                .ip(&[family, "route", "add", &cidr, "via", &via.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// The topology file every edged of this world reads, with its workers on `port`.
+    pub fn fleet_toml(&self, port: u16) -> String {
+        self.plan.fleet(port).to_toml()
     }
 
     /// Changes a link's RTT while the world runs (a path getting slower). Links built with a
     /// zero RTT have no delayer to change.
     pub fn set_rtt(&self, a: &str, b: &str, rtt: std::time::Duration) -> anyhow::Result<()> {
         let (index, _) = self
-            .topology
+            .plan
             .link(a, b)
             .with_context(|| format!("no link {a} - {b}"))?;
         let mut found = false;
@@ -120,8 +151,8 @@ impl World {
 
     /// Where `from` reaches `to` directly (their link), or `to`'s service address.
     pub fn addr_of(&self, from: &str, to: &str) -> Option<Ipv4Addr> {
-        self.topology.addr_of(from, to).or_else(|| {
-            self.topology
+        self.plan.addr_of(from, to).or_else(|| {
+            self.plan
                 .hosts
                 .iter()
                 .find(|h| h.name == to)

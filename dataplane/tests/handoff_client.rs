@@ -14,7 +14,10 @@ use std::{
 
 use edgeplane_dataplane::{
     client::{ConnPool, PoolConfig},
-    handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
+    handoff::{
+        Handoff, HandoffConfig, KeyRing, LiveKeys, Peer, PeerHealth, PeerKeys, ReplayGuard,
+        SecretKey,
+    },
     http::{HttpLimits, ParseOutcome, Request, Response, parse_request},
 };
 
@@ -24,11 +27,24 @@ fn handoff(addr: SocketAddr) -> Handoff {
     Handoff::new(
         HandoffConfig {
             self_id: 1,
-            key: b"test key, 32 bytes long.........".to_vec(),
+            keys: Arc::new(LiveKeys::new(KeyRing::new(
+                [(
+                    PEER,
+                    PeerKeys {
+                        sign: Some(SecretKey {
+                            id: 1,
+                            secret: b"test key, 32 bytes long.........".to_vec(),
+                        }),
+                        accept: Vec::new(),
+                    },
+                )]
+                .into(),
+            ))),
             peers: vec![Peer {
                 id: PEER,
                 name: "dc2".into(),
-                addr,
+                handoff: vec![addr],
+                probe: vec![addr],
             }],
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use edgeplane::placement::{AppStatus, Verdict};
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::edged;
 use edgeplane_tests::{
@@ -55,7 +56,7 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
         return;
     }
     let world = canonical::start("canonical", &["pop", "dc2"], 0.01, fetcher_apps("local"));
-    let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
+    let pop_to_backend = world.plan.rtt("pop", "backend").unwrap();
     let (placement, local) = fetch(&world);
     assert_eq!(placement, "local");
     // Five subrequests, each at least one round trip over the 80 ms link.
@@ -66,7 +67,7 @@ fn fetcher_placed_by_hand_near_its_backend_beats_serving_it_at_the_pop() {
         "fetcher",
         Placement {
             kind: placement_kind::DATACENTER,
-            datacenter: world.topology.datacenter("dc2").unwrap().id,
+            datacenter: world.plan.datacenter("dc2").unwrap().id,
             ..Default::default()
         },
     )
@@ -110,15 +111,14 @@ fn the_placement_engine_moves_fetcher_to_dc2_keeps_a_holdout_and_reverts_when_dc
     );
     // Give the engine a tick to judge hello too, then check both verdicts.
     std::thread::sleep(Duration::from_secs(2));
-    let status: serde_json::Value =
-        serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-    assert_eq!(status["fetcher"], "placed:dc2", "{status}");
-    assert_eq!(status["hello"], "local", "{status}");
+    let status = world.placement_status();
+    assert_eq!(status["fetcher"].placed_at(), Some("dc2"), "{status:?}");
+    assert_eq!(status["hello"].verdict, Verdict::Local, "{status:?}");
     let (_, headers, ..) = world.through_pop("hello.test", "/");
     assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
 
     // With a 25% holdout, every 4th request of the placed app stays at the POP as the baseline.
-    let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
+    let pop_to_backend = world.plan.rtt("pop", "backend").unwrap();
     let mut labels = Vec::new();
     for _ in 0..8 {
         let (placement, took) = fetch(&world);
@@ -143,14 +143,13 @@ fn the_placement_engine_moves_fetcher_to_dc2_keeps_a_holdout_and_reverts_when_dc
         .unwrap();
     let started = Instant::now();
     loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-        if status["fetcher"] == "reverted" {
+        let status = world.placement_status();
+        if status["fetcher"].verdict == Verdict::Reverted {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "no revert: {status}"
+            "no revert: {status:?}"
         );
         let _ = fetch(&world);
     }
@@ -190,18 +189,17 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
     });
     let started = Instant::now();
     let status = loop {
-        let status: serde_json::Value =
-            serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-        if status["hinted"] == "placed:dc2" {
+        let status = world.placement_status();
+        if status.get("hinted").and_then(|s| s.placed_at()) == Some("dc2") {
             break status;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "host hint not applied: {status}"
+            "host hint not applied: {status:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(status["regional"], "placed:dc2", "{status}");
+    assert_eq!(status["regional"].placed_at(), Some("dc2"), "{status:?}");
     assert_eq!(
         world.backend_served.load(Ordering::Relaxed),
         0,
@@ -222,9 +220,8 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
         assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let status: serde_json::Value =
-        serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-    assert_eq!(status["frugal"], "local", "{status}");
+    let status = world.placement_status();
+    assert_eq!(status["frugal"].verdict, Verdict::Local, "{status:?}");
 
     // edgectl shows the engine's verdicts beside the map's entries.
     let out = world
@@ -253,6 +250,8 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
             .cloned()
             .unwrap()
     };
-    assert_eq!(row("hinted")["status"], "placed:dc2", "{list}");
-    assert_eq!(row("frugal")["status"], "local", "{list}");
+    let status =
+        |app: &str| -> AppStatus { serde_json::from_value(row(app)["status"].clone()).unwrap() };
+    assert_eq!(status("hinted").placed_at(), Some("dc2"), "{list}");
+    assert_eq!(status("frugal").verdict, Verdict::Local, "{list}");
 }

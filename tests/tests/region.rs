@@ -26,10 +26,15 @@ fn fetcher_and_hello(url: &str, authority: &str) -> String {
     )
 }
 
-fn wait_status(world: &Canonical, app: &str, needle: &str) -> String {
+fn wait_status(
+    world: &Canonical,
+    app: &str,
+    what: &str,
+    wanted: impl Fn(&edgeplane::placement::AppStatus) -> bool,
+) {
     world
-        .wait_status(app, needle, Duration::from_secs(5))
-        .unwrap()
+        .wait_status(app, what, wanted, Duration::from_secs(5))
+        .unwrap();
 }
 
 #[test]
@@ -85,7 +90,9 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
     eprintln!(
         "6 concurrent requests at a POP running 1 instance: {local} local, {overflowed} to the region"
     );
-    wait_status(&world, "fetcher", "+region:saturated");
+    wait_status(&world, "fetcher", "sent on to the region saturated", |s| {
+        s.region_saturated
+    });
 
     // Cold: `rare` was preloaded first and evicted by the two apps after it (two fit), and
     // it has had no requests: it goes to the region, which leaves the POP's cache alone.
@@ -98,7 +105,9 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&headers, "x-edge-placement"), Some("remote-region"));
     assert_eq!(header(&headers, "x-edge-placement-reason"), Some("cold"));
-    wait_status(&world, "rare", "+region:cold");
+    wait_status(&world, "rare", "sent on to the region cold", |s| {
+        s.region_cold
+    });
     let cache: serde_json::Value = serde_json::from_str(&world.admin("pop", "/cache")).unwrap();
     assert!(
         !cache.to_string().contains("\"rare\""),

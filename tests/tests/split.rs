@@ -9,6 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use edgeplane::placement::Verdict;
+
 use edgeplane_tests::{
     canonical::{self, Canonical},
     http::header,
@@ -73,7 +75,7 @@ fn a_split_apps_functions_are_placed_separately_and_combined() {
         return;
     }
     let world = canonical::start("split", &["pop", "dc2"], 0.0, split_app);
-    let pop_to_backend = world.topology.rtt("pop", "backend").unwrap();
+    let pop_to_backend = world.plan.rtt("pop", "backend").unwrap();
 
     let (db, greet, took) = shop(&world);
     assert_eq!((db.as_str(), greet.as_str()), ("local", "local"));
@@ -104,11 +106,10 @@ fn a_split_apps_functions_are_placed_separately_and_combined() {
     );
     assert!(took < pop_to_backend * 3, "db at dc2 is faster: {took:?}");
     std::thread::sleep(Duration::from_secs(2));
-    let status: serde_json::Value =
-        serde_json::from_str(&world.admin("pop", "/placement")).unwrap();
-    assert_eq!(status["shop.db"], "placed:dc2", "{status}");
-    assert_eq!(status["shop.greet"], "local", "{status}");
-    assert_eq!(status["shop"], "local", "{status}");
+    let status = world.placement_status();
+    assert_eq!(status["shop.db"].placed_at(), Some("dc2"), "{status:?}");
+    assert_eq!(status["shop.greet"].verdict, Verdict::Local, "{status:?}");
+    assert_eq!(status["shop"].verdict, Verdict::Local, "{status:?}");
 
     // Functions answer their app only: a client naming a function's host is refused.
     let (status, _, body, _) = world.through_pop("db.shop.fn.internal", "/");

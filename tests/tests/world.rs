@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use edgeplane::topology::Topology;
+use edgeplane_bench::plan::Plan;
 use edgeplane_bench::{wan::median_connect_time, world::World};
 use edgeplane_tests::require_root;
 
@@ -16,7 +16,7 @@ fn the_canonical_world_gives_each_link_its_rtt() {
     if !require_root("the_canonical_world_gives_each_link_its_rtt") {
         return;
     }
-    let topology = Topology::canonical();
+    let topology = Plan::canonical();
     let world = World::build(&topology).unwrap();
     let service = topology
         .hosts
@@ -24,10 +24,18 @@ fn the_canonical_world_gives_each_link_its_rtt() {
         .find(|h| h.name == "backend")
         .and_then(|h| h.service_addr)
         .unwrap();
+    // dc2's own address, as the topology edged reads names it: every peer reaches it over
+    // its own link to dc2.
+    let dc2_own = match world.plan.fleet(8080).datacenter("dc2").unwrap().handoff[0].ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("{other}"),
+    };
     // (from, to, address from uses): each link, and the backend's service address, which
     // every datacenter reaches over its own link to the backend.
     let paths = [
         ("pop", "dc2", world.addr_of("pop", "dc2").unwrap()),
+        ("pop", "dc2", dc2_own),
+        ("region", "dc2", dc2_own),
         ("pop", "region", world.addr_of("pop", "region").unwrap()),
         ("pop", "backend", service),
         ("dc2", "backend", service),

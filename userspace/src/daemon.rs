@@ -2,16 +2,24 @@
 //! maps, the workers' live generation, and the placement engine's app list. `reload` applies a
 //! new configuration file while serving, or refuses it whole.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
-use edgeplane_dataplane::{handoff::HandoffConfig, live::LivePublisher, wasm::AppChanges};
+use edgeplane_dataplane::{
+    handoff::{HandoffConfig, KeyRing, Peer},
+    live::LivePublisher,
+    wasm::AppChanges,
+};
 use tracing::info;
 
 use crate::{
     PinnedMaps,
     config::{EdgedConfig, PlacementGoal, PlacementMode},
+    fleet::{
+        Pin,
+        agent::{FleetHandle, apply_pins},
+    },
     placement::{EngineApp, EngineApps, Goal},
     reconcile,
     reload::{self, Prepared},
@@ -92,6 +100,14 @@ pub fn engine_apps(
     Ok(apps)
 }
 
+/// A peer as the workers hand off to it, for comparing topologies.
+fn peer_view(peers: &[Peer]) -> Vec<(u32, &str, &[SocketAddr], &[SocketAddr])> {
+    peers
+        .iter()
+        .map(|p| (p.id, p.name.as_str(), &p.handoff[..], &p.probe[..]))
+        .collect()
+}
+
 /// What a reload did, for the log and for `edgectl reload`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReloadReport {
@@ -115,9 +131,41 @@ pub struct Daemon {
     pub live: Option<Arc<LivePublisher>>,
     pub handoff: Option<HandoffConfig>,
     pub engine_apps: EngineApps,
+    /// The fleet's state to compose with the file, when `[control]` is set.
+    pub fleet: Option<Arc<FleetHandle>>,
+    /// The fleet's pins in effect.
+    pub fleet_pins: BTreeMap<String, Pin>,
 }
 
 impl Daemon {
+    /// Writes the fleet's pins (what changed since the last call) into PLACEMENT.
+    pub fn apply_fleet_pins(&mut self) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let pins = edgeplane_dataplane::lock(&fleet.wanted).pins.clone();
+        let peers = self.handoff.as_ref().map_or(&[][..], |h| &h.peers[..]);
+        let me = self.cfg.datacenter.as_ref().map(|d| d.name.as_str());
+        apply_pins(&self.maps, &pins, &self.fleet_pins, peers, me);
+        self.fleet_pins = pins;
+    }
+
+    /// The handoff keys `cfg` names, read again (a rotation is a reload). Refused when the
+    /// topology file changed: peers and their addresses change at the next upgrade.
+    fn reload_keys(&self, cfg: &EdgedConfig) -> anyhow::Result<Option<KeyRing>> {
+        let (Some(dc), Some(handoff)) = (&cfg.datacenter, &self.handoff) else {
+            return Ok(None);
+        };
+        let topology = dc.load_topology()?;
+        if peer_view(&topology.peers_of(&dc.name)) != peer_view(&handoff.peers) {
+            anyhow::bail!(
+                "{}: datacenter.topology: its datacenters or their addresses changed; that takes effect at `edged upgrade` or a restart",
+                dc.topology.display()
+            );
+        }
+        dc.load_keys(&topology).map(Some)
+    }
+
     /// Re-reads the configuration file and applies what changed, or refuses it whole (the
     /// configuration in effect stays). Blocking: compiles components and waits for workers.
     pub fn reload(&mut self) -> anyhow::Result<ReloadReport> {
@@ -130,7 +178,12 @@ impl Daemon {
             .as_ref()
             .map(|l| l.current().specs.clone())
             .unwrap_or_default();
+        let path = match &self.fleet {
+            Some(fleet) => fleet.compose_from(&path)?,
+            None => path,
+        };
         let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg, &served)?;
+        let keys = self.reload_keys(&cfg)?;
         let plan = reconcile::plan(Some(&self.cfg), &cfg, &self.maps.list_apps()?)?;
         reconcile::apply(&self.maps, &plan, &cfg, self.workers)?;
         let mut report = ReloadReport {
@@ -152,8 +205,12 @@ impl Daemon {
         if let Some(handoff) = &self.handoff {
             let apps = engine_apps(&cfg, &self.maps, handoff)?;
             *edgeplane_dataplane::lock(&self.engine_apps) = apps;
+            if let Some(keys) = keys {
+                handoff.keys.replace(keys);
+            }
         }
         self.cfg = cfg;
+        self.apply_fleet_pins();
         info!(
             generation = report.generation,
             added = ?report.added,

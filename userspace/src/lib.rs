@@ -6,6 +6,8 @@ pub mod admin;
 pub mod blocklist;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
+pub mod keys;
 pub mod loader;
 pub mod maps;
 

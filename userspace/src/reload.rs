@@ -20,13 +20,19 @@ use crate::config::{EdgedConfig, Invalid, located};
 /// worker loads are the bytes that were checked, whatever happens to the operator's file later.
 fn stage_component(source: &Path, cache_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     let wasm = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-    let digest = hex::encode(Sha256::digest(&wasm));
+    stage_bytes(&wasm, cache_dir)
+}
+
+/// `wasm` staged under its digest in `<cache_dir>/components` (a component from a file or from
+/// the fleet's object store): its path and digest.
+pub fn stage_bytes(wasm: &[u8], cache_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let digest = hex::encode(Sha256::digest(wasm));
     let dir = cache_dir.join("components");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let staged = dir.join(format!("{digest}.wasm"));
     if !staged.exists() {
         let tmp = staged.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &wasm)
+        std::fs::write(&tmp, wasm)
             .and_then(|()| std::fs::rename(&tmp, &staged))
             .with_context(|| format!("staging {}", staged.display()))?;
     }
@@ -184,6 +190,7 @@ pub fn restart_only_change(a: &EdgedConfig, b: &EdgedConfig) -> Option<&'static 
         ("runtime", same(&a.runtime, &b.runtime)),
         ("datacenter", same(&a.datacenter, &b.datacenter)),
         ("access_log", same(&a.access_log, &b.access_log)),
+        ("control", same(&a.control, &b.control)),
     ]
     .into_iter()
     .find_map(|(field, same)| (!same).then_some(field))

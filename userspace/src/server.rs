@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use edgeplane_abi::Placement;
 use edgeplane_dataplane::{
     client::ConnPool,
-    handoff::{Handoff, HandoffConfig, Peer, PeerHealth, ReplayGuard},
+    handoff::{Handoff, HandoffConfig, HealthPolicy, LiveKeys, PeerHealth, ReplayGuard},
     live::{Generation, LivePublisher},
     router::{
         EdgeService, PlacementSource, WorkerMetrics,
@@ -46,12 +46,9 @@ impl PlacementSource for MapPlacement {
     }
 }
 
-/// This datacenter's handoff settings from its topology: its peers are the datacenters it has a
-/// link to, reached at their end of that link.
-fn handoff_config(
-    cfg: &EdgedConfig,
-    listen: SocketAddr,
-) -> anyhow::Result<Option<(HandoffConfig, Option<u32>)>> {
+/// This datacenter's handoff settings from its topology and keys: every other datacenter is a
+/// peer, reached at the addresses the topology names.
+fn handoff_config(cfg: &EdgedConfig) -> anyhow::Result<Option<(HandoffConfig, Option<u32>)>> {
     let Some(dc) = &cfg.datacenter else {
         return Ok(None);
     };
@@ -59,26 +56,21 @@ fn handoff_config(
     let me = topology
         .datacenter(&dc.name)
         .with_context(|| format!("datacenter {:?} is not in the topology", dc.name))?;
-    let port = dc.peer_port.unwrap_or(listen.port());
-    let peers: Vec<Peer> = topology
-        .datacenters
-        .iter()
-        .filter(|p| p.name != me.name)
-        .filter_map(|p| {
-            let ip = topology.addr_of(&me.name, &p.name)?;
-            Some(Peer {
-                id: p.id,
-                name: p.name.clone(),
-                addr: SocketAddr::from((ip, port)),
-            })
-        })
-        .collect();
+    let peers = topology.peers_of(&me.name);
+    let keys = dc.load_keys(&topology)?;
+    for peer in peers.iter().filter(|p| keys.signing(p.id).is_none()) {
+        warn!(peer = %peer.name, "no handoff key shared with this peer: nothing is handed to it");
+    }
     let region = topology.region().map(|r| r.id).filter(|id| *id != me.id);
+    let policy = HealthPolicy {
+        down_after: dc.peer_down_after,
+        up_after: dc.peer_up_after,
+    };
     Ok(Some((
         HandoffConfig {
             self_id: me.id,
-            key: topology.handoff_key_bytes()?,
-            health: Arc::new(PeerHealth::new(peers.iter().map(|p| p.id))),
+            keys: Arc::new(LiveKeys::new(keys)),
+            health: Arc::new(PeerHealth::with_policy(peers.iter().map(|p| p.id), policy)),
             replay: Arc::new(ReplayGuard::default()),
             peers,
             connect_timeout: dc.connect_timeout,
@@ -182,9 +174,9 @@ pub fn start(
         generation(1, cfg, specs, maps)?,
         count as usize,
     ));
-    let handoff = handoff_config(cfg, listen)?;
+    let handoff = handoff_config(cfg)?;
     if let Some((h, region)) = &handoff {
-        info!(self_id = h.self_id, peers = ?h.peers.iter().map(|p| (&p.name, p.addr)).collect::<Vec<_>>(), ?region, "handoff enabled");
+        info!(self_id = h.self_id, peers = ?h.peers.iter().map(|p| (&p.name, &p.handoff)).collect::<Vec<_>>(), ?region, "handoff enabled");
     }
     let mut workers = Workers {
         listen,

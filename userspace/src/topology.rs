@@ -1,29 +1,22 @@
-//! The multi-datacenter topology: datacenters (each one `edged`), other hosts (clients,
-//! backends), the links between them with their round-trip times, and the key datacenters
-//! authenticate handoffs with. One TOML file describes both the test world built from network
-//! namespaces and what each `edged` knows of its peers.
+//! The fleet's topology as edged knows it: each datacenter's name, id, whether it is the region,
+//! and the addresses its peers reach it at, named explicitly (IPv4 or IPv6, one per host of the
+//! datacenter). edged never derives an address: a test world writes the addresses of its
+//! namespaces into a topology like any operator does for real hosts. The same schema is a file
+//! (`[datacenter] topology = "..."`) or the control plane's topology entry.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, ensure};
-use serde::Deserialize;
+use edgeplane_dataplane::handoff::Peer;
+use serde::{Deserialize, Serialize};
 
-/// The canonical world of the placement scenario (see the file's header).
-pub const CANONICAL: &str = include_str!("../topologies/canonical.toml");
-
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
-    /// HMAC-SHA256 key for handoffs between datacenters, hex (at least 16 bytes).
-    pub handoff_key: String,
     pub datacenters: Vec<Datacenter>,
-    #[serde(default)]
-    pub hosts: Vec<Host>,
-    #[serde(default)]
-    pub links: Vec<Link>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Datacenter {
     pub name: String,
@@ -32,90 +25,76 @@ pub struct Datacenter {
     /// The region holds every app and takes what a POP forwards.
     #[serde(default)]
     pub region: bool,
+    /// Its hosts' workers, where peers hand requests off (and ask for probes).
+    pub handoff: Vec<SocketAddr>,
+    /// Where peers measure their RTT to it (default: `handoff`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe: Vec<SocketAddr>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Host {
-    pub name: String,
-    /// An address this host serves on, reachable from every node linked to it.
-    #[serde(default)]
-    pub service_addr: Option<Ipv4Addr>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Link {
-    pub between: [String; 2],
-    #[serde(with = "humantime_serde")]
-    pub rtt: Duration,
-}
+/// Addresses one datacenter may list (hosts behind one name).
+pub const MAX_ADDRESSES: usize = 64;
+/// Datacenters one topology may list.
+pub const MAX_DATACENTERS: usize = 4096;
 
 impl Topology {
-    pub fn canonical() -> Self {
-        Self::parse(CANONICAL).expect("the embedded canonical topology is valid")
-    }
-
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    /// Parses and checks names, ids, links and the key, so a typo fails before anything starts.
+    /// Parses and checks names, ids and addresses, so a typo fails before anything starts.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let t: Self = toml::from_str(text)?;
-        let mut names = BTreeSet::new();
-        for name in t.node_names() {
-            ensure!(
-                !name.is_empty()
-                    && name.len() <= 8
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric()),
-                "node name {name:?}: 1-8 letters or digits (it names interfaces)"
-            );
-            ensure!(names.insert(name), "node {name:?} is defined twice");
-        }
-        let mut ids = BTreeSet::new();
-        for dc in &t.datacenters {
-            ensure!(dc.id != 0, "datacenter {}: id 0 means local", dc.name);
-            ensure!(ids.insert(dc.id), "datacenter id {} is used twice", dc.id);
-        }
-        ensure!(
-            t.datacenters.iter().filter(|d| d.region).count() <= 1,
-            "at most one datacenter is the region"
-        );
-        let mut pairs = BTreeSet::new();
-        for link in &t.links {
-            let [a, b] = &link.between;
-            for end in [a, b] {
-                ensure!(
-                    names.contains(end.as_str()),
-                    "link {a} - {b}: no node named {end:?}"
-                );
-            }
-            ensure!(a != b, "link {a} - {b}: a node cannot link to itself");
-            let pair = if a < b { (a, b) } else { (b, a) };
-            ensure!(pairs.insert(pair), "link {a} - {b} is defined twice");
-        }
-        ensure!(
-            t.links.len() < 250,
-            "at most 249 links (one /24 each under 10.201.0.0/16)"
-        );
-        let key = t.handoff_key_bytes()?;
-        ensure!(key.len() >= 16, "handoff_key: at least 16 bytes");
+        t.check()?;
         Ok(t)
     }
 
-    pub fn handoff_key_bytes(&self) -> anyhow::Result<Vec<u8>> {
-        hex::decode(&self.handoff_key).context("handoff_key is not hex")
+    pub fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.datacenters.len() <= MAX_DATACENTERS,
+            "at most {MAX_DATACENTERS} datacenters"
+        );
+        let mut names = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for dc in &self.datacenters {
+            let name = &dc.name;
+            ensure!(
+                !name.is_empty()
+                    && name.len() <= 63
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "datacenter name {name:?}: 1-63 of a-z, 0-9 and -"
+            );
+            ensure!(names.insert(name), "datacenter {name:?} is defined twice");
+            ensure!(dc.id != 0, "datacenter {name}: id 0 means local");
+            ensure!(ids.insert(dc.id), "datacenter id {} is used twice", dc.id);
+            ensure!(
+                !dc.handoff.is_empty(),
+                "datacenter {name}: give at least one handoff address"
+            );
+            ensure!(
+                dc.handoff.len() <= MAX_ADDRESSES && dc.probe.len() <= MAX_ADDRESSES,
+                "datacenter {name}: at most {MAX_ADDRESSES} addresses of each kind"
+            );
+            for addr in dc.handoff.iter().chain(&dc.probe) {
+                ensure!(
+                    !addr.ip().is_unspecified() && addr.port() != 0,
+                    "datacenter {name}: {addr}: peers cannot reach an unspecified address or port 0"
+                );
+            }
+        }
+        ensure!(
+            self.datacenters.iter().filter(|d| d.region).count() <= 1,
+            "at most one datacenter is the region"
+        );
+        Ok(())
     }
 
-    /// Datacenters, then hosts.
-    pub fn node_names(&self) -> impl Iterator<Item = &str> {
-        self.datacenters
-            .iter()
-            .map(|d| d.name.as_str())
-            .chain(self.hosts.iter().map(|h| h.name.as_str()))
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a topology serializes")
     }
 
     pub fn datacenter(&self, name: &str) -> Option<&Datacenter> {
@@ -126,28 +105,22 @@ impl Topology {
         self.datacenters.iter().find(|d| d.region)
     }
 
-    /// The link between `a` and `b` (either order) and its index.
-    pub fn link(&self, a: &str, b: &str) -> Option<(usize, &Link)> {
-        self.links.iter().enumerate().find(|(_, l)| {
-            (l.between[0] == a && l.between[1] == b) || (l.between[0] == b && l.between[1] == a)
-        })
-    }
-
-    /// Link `index`'s addresses: its own 10.201.<index>.0/24, the first end .1, the second .2.
-    pub fn link_addrs(index: usize) -> (Ipv4Addr, Ipv4Addr) {
-        let i = index as u8;
-        (Ipv4Addr::new(10, 201, i, 1), Ipv4Addr::new(10, 201, i, 2))
-    }
-
-    /// `to`'s address on its link with `from`: where `from` reaches it directly.
-    pub fn addr_of(&self, from: &str, to: &str) -> Option<Ipv4Addr> {
-        let (i, link) = self.link(from, to)?;
-        let (first, second) = Self::link_addrs(i);
-        Some(if link.between[0] == to { first } else { second })
-    }
-
-    pub fn rtt(&self, a: &str, b: &str) -> Option<Duration> {
-        self.link(a, b).map(|(_, l)| l.rtt)
+    /// Every datacenter but `me`, as a handoff peer.
+    pub fn peers_of(&self, me: &str) -> Vec<Peer> {
+        self.datacenters
+            .iter()
+            .filter(|d| d.name != me)
+            .map(|d| Peer {
+                id: d.id,
+                name: d.name.clone(),
+                handoff: d.handoff.clone(),
+                probe: if d.probe.is_empty() {
+                    d.handoff.clone()
+                } else {
+                    d.probe.clone()
+                },
+            })
+            .collect()
     }
 }
 
@@ -155,52 +128,54 @@ impl Topology {
 mod tests {
     use super::*;
 
+    const TWO: &str = r#"
+[[datacenters]]
+name = "ams"
+id = 1
+handoff = ["[fd00:5:7::9]:8443", "192.0.2.17:8080"]
+
+[[datacenters]]
+name = "fra-2"
+id = 7
+region = true
+handoff = ["198.51.100.3:80"]
+probe = ["198.51.100.4:7"]
+"#;
+
     #[test]
-    fn the_canonical_world_has_the_scenario_rtts() {
-        let t = Topology::canonical();
-        assert_eq!(t.rtt("pop", "dc2"), Some(Duration::from_millis(30)));
-        assert_eq!(t.rtt("backend", "pop"), Some(Duration::from_millis(80)));
-        assert_eq!(t.rtt("dc2", "backend"), Some(Duration::from_millis(5)));
-        assert_eq!(t.region().map(|r| r.name.as_str()), Some("region"));
-        assert_eq!(t.datacenter("dc2").map(|d| d.id), Some(2));
-        let (i, _) = t.link("pop", "dc2").unwrap();
-        let (pop_side, dc2_side) = Topology::link_addrs(i);
-        assert_eq!(t.addr_of("pop", "dc2"), Some(dc2_side));
-        assert_eq!(t.addr_of("dc2", "pop"), Some(pop_side));
-        assert_eq!(t.addr_of("client", "dc2"), None);
+    fn peers_are_reached_at_the_addresses_named() {
+        let t = Topology::parse(TWO).unwrap();
+        let peers = t.peers_of("ams");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(
+            (peers[0].id, peers[0].name.as_str()),
+            (7, "fra-2"),
+            "{peers:?}"
+        );
+        assert_eq!(peers[0].probe, vec!["198.51.100.4:7".parse().unwrap()]);
+        let back = t.peers_of("fra-2");
+        assert_eq!(back[0].handoff.len(), 2, "every host of ams");
+        assert_eq!(back[0].probe, back[0].handoff, "probe defaults to handoff");
+        assert_eq!(t.region().map(|r| r.id), Some(7));
+        assert_eq!(Topology::parse(&t.to_toml()).unwrap(), t, "round trip");
     }
 
     #[test]
     fn mistakes_are_named() {
-        let base = "handoff_key = \"00112233445566778899aabbccddeeff\"\n\
-                    [[datacenters]]\nname = \"pop\"\nid = 1\n[[hosts]]\nname = \"client\"\n";
-        let err = |extra: &str| {
-            format!(
-                "{:#}",
-                Topology::parse(&format!("{base}{extra}")).unwrap_err()
-            )
-        };
+        let err = |text: &str| format!("{:#}", Topology::parse(text).unwrap_err());
+        assert!(err(&TWO.replace("id = 7", "id = 1")).contains("id 1 is used twice"));
+        assert!(err(&TWO.replace("fra-2", "ams")).contains("defined twice"));
+        assert!(err(&TWO.replace("fra-2", "Fra_2")).contains("a-z, 0-9"));
+        assert!(err(&TWO.replace("id = 7", "id = 0")).contains("id 0"));
         assert!(
-            err("[[links]]\nbetween = [\"pop\", \"nowhere\"]\nrtt = \"1ms\"\n")
-                .contains("no node named \"nowhere\"")
+            err(&TWO.replace("handoff = [\"198.51.100.3:80\"]", "handoff = []"))
+                .contains("at least one handoff address")
         );
+        assert!(err(&TWO.replace("198.51.100.3:80", "0.0.0.0:80")).contains("cannot reach"));
+        assert!(err(&TWO.replace("198.51.100.3:80", "198.51.100.3")).contains("invalid"));
         assert!(
-            err(
-                "[[links]]\nbetween = [\"pop\", \"client\"]\nrtt = \"1ms\"\n\
-                 [[links]]\nbetween = [\"client\", \"pop\"]\nrtt = \"2ms\"\n"
-            )
-            .contains("defined twice")
+            err(&TWO.replace("name = \"ams\"\n", "name = \"ams\"\nregion = true\n"))
+                .contains("at most one")
         );
-        let e = err("[[datacenters]]\nname = \"pop\"\nid = 2\n");
-        assert!(e.contains("defined twice"), "{e}");
-        assert!(err("[[datacenters]]\nname = \"dc9\"\nid = 1\n").contains("id 1 is used twice"));
-        assert!(
-            format!(
-                "{:#}",
-                Topology::parse(&base.replace("00112233", "zz112233")).unwrap_err()
-            )
-            .contains("not hex")
-        );
-        assert!(Topology::parse(base).is_ok());
     }
 }

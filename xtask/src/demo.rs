@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use edgeplane::placement::Verdict;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_bench::{
     canonical::{Canonical, Tuning},
@@ -196,11 +197,12 @@ fn converge(world: &Canonical, app: &DemoApp) -> anyhow::Result<Converged> {
         let (status, _, body, took) = world.through_pop(app.host, app.path);
         anyhow::ensure!(status == 200, "{}: {status} {body}", app.name);
         samples.push((started.elapsed().as_secs_f64(), took.as_secs_f64() * 1e3));
-        let verdict = world.placement_status()[app.unit]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if verdict.starts_with("placed:") || (verdict == "local" && samples.len() >= 6) {
+        let status = world.placement_status().remove(app.unit);
+        let verdict = status.as_ref().map(|s| &s.verdict);
+        let settled = matches!(verdict, Some(Verdict::Placed(_)))
+            || (verdict == Some(&Verdict::Local) && samples.len() >= 6);
+        let verdict = verdict.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        if settled {
             return Ok((verdict, started.elapsed().as_secs_f64(), samples));
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -210,7 +212,7 @@ fn converge(world: &Canonical, app: &DemoApp) -> anyhow::Result<Converged> {
 }
 
 fn measure(world: &Canonical, app: &DemoApp, secs: u64) -> anyhow::Result<AppResult> {
-    let dc2 = world.topology.datacenter("dc2").context("dc2")?.id;
+    let dc2 = world.plan.datacenter("dc2").context("dc2")?.id;
     step(&format!(
         "{}: always-local (pinned at the POP), {secs} s",
         app.name
@@ -319,7 +321,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         |_| Tuning::default(),
     )?;
     for (a, b) in [("pop", "backend"), ("dc2", "backend"), ("pop", "dc2")] {
-        if let Some(rtt) = world.topology.rtt(a, b) {
+        if let Some(rtt) = world.plan.rtt(a, b) {
             step(&format!("link {a}-{b}: {} ms RTT", rtt.as_millis()));
         }
     }

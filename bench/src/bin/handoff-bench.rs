@@ -7,11 +7,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use edgeplane::topology::Topology;
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::{
     edged::{DatacenterSpec, WORKER_PORT, place},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
+    plan::Plan,
     world::World,
 };
 
@@ -28,8 +28,7 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const TOPOLOGY: &str = r#"
-handoff_key = "68616e646f66662d62656e63682d6b65792d303132333435363738396162636465"
+const PLAN: &str = r#"
 [[datacenters]]
 name = "pop"
 id = 1
@@ -57,17 +56,14 @@ fn main() -> anyhow::Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("edgeplane-handoff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let topology_path = scratch.join("topology.toml");
-    std::fs::write(&topology_path, TOPOLOGY)?;
-    let topology = Topology::parse(TOPOLOGY)?;
-    let world = World::build(&topology)?;
+    let plan = Plan::parse(PLAN)?;
+    let world = World::build(&plan)?;
     let apps = format!(
         "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
         hello.display()
     );
     let spec = |name: &'static str| DatacenterSpec {
         name,
-        topology: topology_path.to_str().expect("utf-8 path"),
         pin_dir: PathBuf::from(format!(
             "/sys/fs/bpf/edgeplane-handoff-bench-{}-{name}",
             std::process::id()
@@ -89,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         "hello",
         Placement {
             kind: placement_kind::DATACENTER,
-            datacenter: topology.datacenter("dc2").context("dc2")?.id,
+            datacenter: plan.datacenter("dc2").context("dc2")?.id,
             ..Default::default()
         },
     )?;

@@ -1,5 +1,5 @@
-//! Authentication of handed-off requests: an HMAC-SHA256, under the key the datacenters share,
-//! over the request's method, target, every header the receiver sees (the handoff's own among
+//! Authentication of handed-off requests: an HMAC-SHA256, under the key the two datacenters share
+//! (named by `x-edge-key`, see `keys`), over the request's method, target, every header the receiver sees (the handoff's own among
 //! them) and a digest of its body. A peer accepts a handoff only when the MAC checks, its
 //! timestamp is recent and its nonce was not seen before (`ReplayGuard`), so neither a client nor
 //! anyone on the path can make a datacenter serve a forged, altered or replayed handoff.
@@ -12,6 +12,7 @@ use std::{
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
 
+use super::keys::{KeyRing, SecretKey};
 use crate::http::{Request, is_hop_by_hop};
 
 pub const HOP: &str = "x-edge-hop";
@@ -19,10 +20,11 @@ pub const FROM: &str = "x-edge-from";
 pub const CLIENT: &str = "x-edge-client";
 pub const TIME: &str = "x-edge-time";
 pub const NONCE: &str = "x-edge-nonce";
+pub const KEY_ID: &str = "x-edge-key";
 pub const AUTH: &str = "x-edge-auth";
 
 /// The headers a handoff carries; a client request carrying any of them is refused.
-pub const HEADERS: [&str; 6] = [HOP, FROM, CLIENT, TIME, NONCE, AUTH];
+pub const HEADERS: [&str; 7] = [HOP, FROM, CLIENT, TIME, NONCE, KEY_ID, AUTH];
 
 /// How far a handoff's timestamp may be from the receiver's clock.
 pub const MAX_SKEW_SECS: u64 = 60;
@@ -45,6 +47,8 @@ pub enum AuthError {
     Header(&'static str),
     #[error("handoff timestamp is {0} s away from this datacenter's clock")]
     Stale(u64),
+    #[error("handoff from datacenter {from} names key {id}, which is not one shared with it")]
+    UnknownKey { from: u32, id: u32 },
     #[error("handoff signature does not verify")]
     BadSignature,
     #[error("handoff already served (a replay)")]
@@ -76,7 +80,7 @@ fn mac(key: &[u8], req: &Request) -> Hmac<Sha256> {
 }
 
 /// Adds the handoff headers to `req` (replacing any it had), with a fresh nonce.
-pub fn sign(key: &[u8], req: &mut Request, from: u32, client: &str, hop: u32, time: u64) {
+pub fn sign(key: &SecretKey, req: &mut Request, from: u32, client: &str, hop: u32, time: u64) {
     req.headers
         .retain(|(name, _)| !HEADERS.contains(&name.as_str()));
     let nonce: u128 = rand::random();
@@ -86,10 +90,11 @@ pub fn sign(key: &[u8], req: &mut Request, from: u32, client: &str, hop: u32, ti
         (CLIENT, client.to_owned()),
         (TIME, time.to_string()),
         (NONCE, format!("{nonce:032x}")),
+        (KEY_ID, key.id.to_string()),
     ] {
         req.headers.push((name.to_owned(), value.into_bytes()));
     }
-    let tag = hex::encode(mac(key, req).finalize().into_bytes());
+    let tag = hex::encode(mac(&key.secret, req).finalize().into_bytes());
     req.headers.push((AUTH.to_owned(), tag.into_bytes()));
 }
 
@@ -100,9 +105,10 @@ pub fn claims_handoff(req: &Request) -> bool {
         .any(|(name, _)| HEADERS.contains(&name.as_str()))
 }
 
-/// Checks a handoff's headers against its content; `now` is the receiver's Unix time. Replays
-/// are the caller's to refuse (`ReplayGuard`), with the nonce this returns.
-pub fn verify(key: &[u8], req: &Request, now: u64) -> Result<HandoffMeta, AuthError> {
+/// Checks a handoff's headers against its content, under the key its sender names if `keys`
+/// accepts it from that sender; `now` is the receiver's Unix time. Replays are the caller's to
+/// refuse (`ReplayGuard`), with the nonce this returns.
+pub fn verify(keys: &KeyRing, req: &Request, now: u64) -> Result<HandoffMeta, AuthError> {
     let text = |name: &'static str| {
         req.header(name)
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -118,7 +124,11 @@ pub fn verify(key: &[u8], req: &Request, now: u64) -> Result<HandoffMeta, AuthEr
     let time = number(TIME)?;
     let nonce = u128::from_str_radix(text(NONCE)?, 16).map_err(|_| AuthError::Header(NONCE))?;
     let client = text(CLIENT)?.to_owned();
+    let key_id = u32::try_from(number(KEY_ID)?).map_err(|_| AuthError::Header(KEY_ID))?;
     let tag = hex::decode(text(AUTH)?).map_err(|_| AuthError::Header(AUTH))?;
+    let key = keys
+        .accepted(from, key_id)
+        .ok_or(AuthError::UnknownKey { from, id: key_id })?;
     mac(key, req)
         .verify_slice(&tag)
         .map_err(|_| AuthError::BadSignature)?;
@@ -215,79 +225,141 @@ mod tests {
         }
     }
 
-    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn key() -> SecretKey {
+        SecretKey {
+            id: 1,
+            secret: SECRET.to_vec(),
+        }
+    }
+
+    /// Accepts key 1 from datacenters 1 and 2 with `secret`.
+    fn ring_with(secret: &[u8]) -> KeyRing {
+        let keys = super::super::keys::PeerKeys {
+            sign: None,
+            accept: vec![SecretKey {
+                id: 1,
+                secret: secret.to_vec(),
+            }],
+        };
+        KeyRing::new([(1, keys.clone()), (2, keys)].into())
+    }
+
+    fn ring() -> KeyRing {
+        ring_with(SECRET)
+    }
 
     #[test]
     fn a_signed_request_verifies_and_any_change_breaks_it() {
         let mut req =
             request("POST /x?y=1 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\nbody");
-        sign(KEY, &mut req, 1, "10.0.0.9:41000", 1, 1_000);
+        sign(&key(), &mut req, 1, "10.0.0.9:41000", 1, 1_000);
         assert!(claims_handoff(&req));
-        let meta = verify(KEY, &req, 1_010).unwrap();
+        let meta = verify(&ring(), &req, 1_010).unwrap();
         assert_eq!(
             (meta.from, meta.client.as_str(), meta.hop, meta.time),
             (1, "10.0.0.9:41000", 1, 1_000)
         );
         assert_eq!(
-            verify(b"another key", &req, 1_010),
+            verify(&ring_with(b"another key"), &req, 1_010),
             Err(AuthError::BadSignature)
         );
-        assert_eq!(verify(KEY, &req, 2_000), Err(AuthError::Stale(1_000)));
+        assert_eq!(verify(&ring(), &req, 2_000), Err(AuthError::Stale(1_000)));
+        // Signed by datacenter 1 under a key it does not share with this one.
+        let mut other = req.clone();
+        sign(
+            &SecretKey {
+                id: 9,
+                secret: SECRET.to_vec(),
+            },
+            &mut other,
+            1,
+            "10.0.0.9:41000",
+            1,
+            1_000,
+        );
+        assert_eq!(
+            verify(&ring(), &other, 1_010),
+            Err(AuthError::UnknownKey { from: 1, id: 9 })
+        );
+        // A sender that is not a peer has no key here.
+        let mut stranger = req.clone();
+        sign(&key(), &mut stranger, 5, "10.0.0.9:41000", 1, 1_000);
+        assert_eq!(
+            verify(&ring(), &stranger, 1_010),
+            Err(AuthError::UnknownKey { from: 5, id: 1 })
+        );
 
         let mut tampered = req.clone();
         tampered.body = b"evil".to_vec();
-        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&ring(), &tampered, 1_010),
+            Err(AuthError::BadSignature)
+        );
         let mut tampered = req.clone();
         tampered.target = "/admin".into();
-        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&ring(), &tampered, 1_010),
+            Err(AuthError::BadSignature)
+        );
         let mut tampered = req.clone();
         for (name, value) in tampered.headers.iter_mut() {
             if name == HOP {
                 *value = b"0".to_vec();
             }
         }
-        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&ring(), &tampered, 1_010),
+            Err(AuthError::BadSignature)
+        );
         // Every header the peer's app sees is covered, not only the handoff's own.
         let mut tampered = req.clone();
         tampered.headers.push(("x-user".into(), b"admin".to_vec()));
-        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&ring(), &tampered, 1_010),
+            Err(AuthError::BadSignature)
+        );
         let mut tampered = req.clone();
         for (name, value) in tampered.headers.iter_mut() {
             if name == NONCE {
                 *value = format!("{:032x}", 7).into_bytes();
             }
         }
-        assert_eq!(verify(KEY, &tampered, 1_010), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&ring(), &tampered, 1_010),
+            Err(AuthError::BadSignature)
+        );
         // What a hop writes for itself (framing) is not part of the signature.
         let mut reframed = req.clone();
         reframed
             .headers
             .push(("content-length".into(), b"4".to_vec()));
-        assert!(verify(KEY, &reframed, 1_010).is_ok());
+        assert!(verify(&ring(), &reframed, 1_010).is_ok());
     }
 
     #[test]
     fn a_replayed_handoff_is_refused_within_its_window_and_forgotten_after() {
         let mut req = request("POST /pay HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\n\r\nx");
-        sign(KEY, &mut req, 2, "10.0.0.9:41000", 1, 1_000);
+        sign(&key(), &mut req, 2, "10.0.0.9:41000", 1, 1_000);
         let guard = ReplayGuard::with_capacity(2);
-        let meta = verify(KEY, &req, 1_000).unwrap();
+        let meta = verify(&ring(), &req, 1_000).unwrap();
         assert_eq!(guard.admit(&meta, 1_000), Ok(()));
         assert_eq!(guard.admit(&meta, 1_030), Err(AuthError::Replayed));
         // The same request signed again is a new handoff (a new nonce).
         let mut again = req.clone();
-        sign(KEY, &mut again, 2, "10.0.0.9:41000", 1, 1_001);
-        let second = verify(KEY, &again, 1_001).unwrap();
+        sign(&key(), &mut again, 2, "10.0.0.9:41000", 1, 1_001);
+        let second = verify(&ring(), &again, 1_001).unwrap();
         assert_ne!(second.nonce, meta.nonce);
         assert_eq!(guard.admit(&second, 1_001), Ok(()));
         // Full: refused rather than forgetting something still fresh.
         let mut third = req.clone();
-        sign(KEY, &mut third, 2, "10.0.0.9:41000", 1, 1_002);
-        let third = verify(KEY, &third, 1_002).unwrap();
+        sign(&key(), &mut third, 2, "10.0.0.9:41000", 1, 1_002);
+        let third = verify(&ring(), &third, 1_002).unwrap();
         assert_eq!(guard.admit(&third, 1_002), Err(AuthError::ReplayCacheFull));
         // Past the window the old entries go (a replay of them is stale by then).
         assert_eq!(guard.admit(&third, 1_062), Ok(()));
-        assert_eq!(verify(KEY, &req, 1_062), Err(AuthError::Stale(62)));
+        assert_eq!(verify(&ring(), &req, 1_062), Err(AuthError::Stale(62)));
     }
 
     #[test]
@@ -298,6 +370,7 @@ mod tests {
             ("x-edge-client", "1.2.3.4:5"),
             ("x-edge-time", "100"),
             ("x-edge-nonce", "ff"),
+            ("x-edge-key", "1"),
             ("x-edge-auth", "00"),
         ];
         let worst = [
@@ -308,6 +381,8 @@ mod tests {
             ("x-edge-nonce", "1ffffffffffffffffffffffffffffffff"),
             ("x-edge-nonce", "\u{e9}\u{e9}"),
             ("x-edge-client", "\u{1F600}"),
+            ("x-edge-key", "4294967296"),
+            ("x-edge-key", ""),
             ("x-edge-auth", "zz\u{e9}"),
         ];
         for (name, value) in worst {
@@ -316,7 +391,7 @@ mod tests {
                 raw.push_str(&format!("{n}: {}\r\n", if n == name { value } else { v }));
             }
             raw.push_str("\r\n");
-            let got = verify(KEY, &request(&raw), 100);
+            let got = verify(&ring(), &request(&raw), 100);
             // The client header is free text (only the MAC can refuse it); the others are
             // refused for being malformed.
             let want = if name == CLIENT {
@@ -334,12 +409,12 @@ mod tests {
     fn a_client_cannot_pass_for_a_datacenter() {
         let plain = request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(!claims_handoff(&plain));
-        assert_eq!(verify(KEY, &plain, 0), Err(AuthError::Header(HOP)));
+        assert_eq!(verify(&ring(), &plain, 0), Err(AuthError::Header(HOP)));
         let forged = request(
             "GET / HTTP/1.1\r\nHost: a\r\nx-edge-hop: 1\r\nx-edge-from: 2\r\nx-edge-client: 1.2.3.4:5\r\n\
-             x-edge-time: 100\r\nx-edge-nonce: 1\r\nx-edge-auth: 00ff\r\n\r\n",
+             x-edge-time: 100\r\nx-edge-nonce: 1\r\nx-edge-key: 1\r\nx-edge-auth: 00ff\r\n\r\n",
         );
         assert!(claims_handoff(&forged));
-        assert_eq!(verify(KEY, &forged, 100), Err(AuthError::BadSignature));
+        assert_eq!(verify(&ring(), &forged, 100), Err(AuthError::BadSignature));
     }
 }

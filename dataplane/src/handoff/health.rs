@@ -1,18 +1,39 @@
 //! What a datacenter knows of its peers' health and distance, shared by its workers and its
-//! placement engine. Workers mark a peer down when a handoff to it fails (requests for it are
-//! then served here at once instead of each waiting on a dead peer) and time every handoff; the
-//! engine probes every peer each tick, marks it down when the probe fails, and is the only one
-//! that marks a down peer up again: a peer is back when a probe sees it back.
+//! placement engine's measurements. A failed handoff or probe counts against a peer, and
+//! `down_after` failures in a row mark it down (requests for it are then served here at once
+//! instead of each waiting on a dead peer); while down, only probes reach it, and `up_after`
+//! answers in a row bring it back. One lost packet does not move traffic, and a peer that answers
+//! one probe in three does not flap. Workers also time every handoff (the RTT on its connection).
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+/// How many failures in a row mark a peer down, and answers in a row bring it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub down_after: u32,
+    pub up_after: u32,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            down_after: 3,
+            up_after: 2,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct PeerState {
     down: AtomicBool,
+    /// Failures since the last answer.
+    failures: AtomicU32,
+    /// Answers since the last failure (counted while down).
+    answers: AtomicU32,
     /// Moving average of the RTT measured on handoff connections (us; 0: none yet).
     handoff_rtt_us: AtomicU64,
     /// When the last handoff RTT sample came (ms since the epoch).
@@ -24,6 +45,7 @@ struct PeerState {
 #[derive(Debug, Default)]
 pub struct PeerHealth {
     peers: HashMap<u32, PeerState>,
+    policy: HealthPolicy,
 }
 
 fn now_ms() -> u64 {
@@ -34,12 +56,21 @@ fn now_ms() -> u64 {
 
 impl PeerHealth {
     pub fn new(ids: impl IntoIterator<Item = u32>) -> Self {
+        Self::with_policy(ids, HealthPolicy::default())
+    }
+
+    pub fn with_policy(ids: impl IntoIterator<Item = u32>, policy: HealthPolicy) -> Self {
         Self {
             peers: ids
                 .into_iter()
                 .map(|id| (id, PeerState::default()))
                 .collect(),
+            policy,
         }
+    }
+
+    pub fn policy(&self) -> HealthPolicy {
+        self.policy
     }
 
     pub fn is_down(&self, id: u32) -> bool {
@@ -48,18 +79,34 @@ impl PeerHealth {
             .is_some_and(|p| p.down.load(Ordering::Relaxed))
     }
 
-    /// Marks `id` down; true when it was up.
-    pub fn mark_down(&self, id: u32) -> bool {
-        self.peers
-            .get(&id)
-            .is_some_and(|p| !p.down.swap(true, Ordering::Relaxed))
+    /// A handoff or probe to `id` failed; true when this failure marks it down.
+    pub fn failed(&self, id: u32) -> bool {
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        p.answers.store(0, Ordering::Relaxed);
+        let failures = p.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        failures >= self.policy.down_after.max(1) && !p.down.swap(true, Ordering::Relaxed)
     }
 
-    /// Marks `id` up; true when it was down.
-    pub fn mark_up(&self, id: u32) -> bool {
-        self.peers
-            .get(&id)
-            .is_some_and(|p| p.down.swap(false, Ordering::Relaxed))
+    /// `id` answered a handoff or probe; true when this answer brings it back up.
+    pub fn answered(&self, id: u32) -> bool {
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        // The handoff path calls this per request: write only when something changes.
+        if p.failures.load(Ordering::Relaxed) != 0 {
+            p.failures.store(0, Ordering::Relaxed);
+        }
+        if !p.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let answers = p.answers.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if answers >= self.policy.up_after.max(1) && p.down.swap(false, Ordering::Relaxed) {
+            p.answers.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// One RTT to `id` measured on a handoff connection: the exchange's time less the time the
@@ -80,13 +127,15 @@ impl PeerHealth {
         p.handoff_rtt_at_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// A probe reached `id` in `rtt`: it is up.  True when it was down.
+    /// A probe reached `id` in `rtt`; true when this answer brings it back up.
     pub fn probe_answered(&self, id: u32, rtt: Duration) -> bool {
         if let Some(p) = self.peers.get(&id) {
-            p.probe_rtt_us
-                .store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+            p.probe_rtt_us.store(
+                u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1),
+                Ordering::Relaxed,
+            );
         }
-        self.mark_up(id)
+        self.answered(id)
     }
 
     /// The RTT to `id`: measured on handoff connections when one came within `max_age`, else
@@ -115,23 +164,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn down_until_marked_up_and_rtt_averaged_while_fresh() {
-        let h = PeerHealth::new([2, 3]);
-        assert!(!h.is_down(2));
-        assert!(h.mark_down(2));
-        assert!(!h.mark_down(2), "already down");
-        assert!(h.is_down(2) && !h.is_down(3));
-        assert!(h.mark_up(2));
-        assert!(!h.is_down(2));
-        assert!(!h.mark_down(9), "not a peer");
-
-        assert_eq!(h.rtt(3, Duration::from_secs(10)), None);
-        assert!(h.mark_down(3));
-        assert!(
-            h.probe_answered(3, Duration::from_micros(31_000)),
-            "a probe brings it back"
+    fn down_after_n_failures_in_a_row_and_up_after_m_answers_in_a_row() {
+        let h = PeerHealth::with_policy(
+            [2, 3],
+            HealthPolicy {
+                down_after: 3,
+                up_after: 2,
+            },
         );
-        assert!(!h.is_down(3));
+        assert!(!h.is_down(2));
+        assert!(!h.failed(2) && !h.failed(2), "two failures are not enough");
+        assert!(!h.answered(2), "an answer while up changes nothing");
+        assert!(!h.failed(2) && !h.failed(2), "the streak started again");
+        assert!(h.failed(2), "the third in a row marks it down");
+        assert!(!h.failed(2), "already down");
+        assert!(h.is_down(2) && !h.is_down(3));
+        assert!(!h.probe_answered(2, Duration::from_millis(1)));
+        assert!(!h.failed(2), "a failure between answers starts them again");
+        assert!(!h.probe_answered(2, Duration::from_millis(1)));
+        assert!(h.is_down(2));
+        assert!(
+            h.probe_answered(2, Duration::from_millis(1)),
+            "two in a row"
+        );
+        assert!(!h.is_down(2));
+        assert!(!h.failed(9), "not a peer");
+        assert!(!h.answered(9));
+    }
+
+    #[test]
+    fn rtt_from_handoffs_while_fresh_else_the_last_probe() {
+        let h = PeerHealth::new([3]);
+        assert_eq!(h.rtt(3, Duration::from_secs(10)), None);
+        h.probe_answered(3, Duration::from_micros(31_000));
         assert_eq!(
             h.rtt(3, Duration::from_secs(10)),
             Some(Duration::from_micros(31_000))

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod health;
+pub mod keys;
 
 use std::{
     collections::HashMap,
@@ -27,7 +28,8 @@ use crate::{
     },
 };
 pub use auth::{AuthError, HandoffMeta, ReplayGuard};
-pub use health::PeerHealth;
+pub use health::{HealthPolicy, PeerHealth};
+pub use keys::{KeyRing, LiveKeys, PeerKeys, SecretKey};
 
 /// The response header a datacenter serving a handoff puts its serving time in (us), so the
 /// sender can tell the network's share of the exchange: the RTT on the handoff connection.
@@ -38,15 +40,20 @@ pub const SERVICE_TIME_HEADER: &str = "x-edge-service-us";
 pub struct Peer {
     pub id: u32,
     pub name: String,
-    /// Its workers' listener, as reached from here.
-    pub addr: SocketAddr,
+    /// Its hosts' workers, as its topology entry names them (never empty): handoffs take them in
+    /// turn, and a host that cannot be reached is skipped for the next one.
+    pub handoff: Vec<SocketAddr>,
+    /// Where the placement engine measures the RTT to it (its topology's `probe`, else
+    /// `handoff`).
+    pub probe: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
 pub struct HandoffConfig {
     /// This datacenter's id (what `x-edge-from` says).
     pub self_id: u32,
-    pub key: Vec<u8>,
+    /// The keys shared with each peer; a reload replaces them.
+    pub keys: Arc<LiveKeys>,
     pub peers: Vec<Peer>,
     pub connect_timeout: Duration,
     /// For the whole exchange with the peer, its app's run included.
@@ -74,6 +81,8 @@ pub enum HandoffError {
     BadResponse { peer: String, detail: String },
     #[error("request not fit to hand to {peer}: {detail}")]
     BadRequest { peer: String, detail: String },
+    #[error("no key to sign handoffs to {peer} with")]
+    NoKey { peer: String },
 }
 
 impl HandoffError {
@@ -84,6 +93,7 @@ impl HandoffError {
             HandoffError::UnknownPeer(_)
                 | HandoffError::Unreachable { .. }
                 | HandoffError::BadRequest { .. }
+                | HandoffError::NoKey { .. }
         )
     }
 
@@ -111,6 +121,8 @@ pub struct Handoff {
     peers: HashMap<u32, Peer>,
     /// The worker's connections (its guests' subrequests share it).
     conns: Arc<ConnPool>,
+    /// Which of a peer's addresses the next handoff takes (they go in turn).
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 fn unix_now() -> u64 {
@@ -123,7 +135,12 @@ impl Handoff {
     /// Hands off over `conns`, the worker's pool.
     pub fn new(cfg: HandoffConfig, conns: Arc<ConnPool>) -> Self {
         let peers = cfg.peers.iter().map(|p| (p.id, p.clone())).collect();
-        Self { cfg, peers, conns }
+        Self {
+            cfg,
+            peers,
+            conns,
+            turn: Default::default(),
+        }
     }
 
     /// Whether `dc` is marked down (a handoff or a probe failed, and no probe has seen it since).
@@ -148,7 +165,7 @@ impl Handoff {
     /// Checks an incoming request's handoff headers, and that it is not one served before.
     pub fn verify(&self, req: &Request) -> Result<HandoffMeta, AuthError> {
         let now = unix_now();
-        let meta = auth::verify(&self.cfg.key, req, now)?;
+        let meta = auth::verify(&self.cfg.keys.current(), req, now)?;
         self.cfg.replay.admit(&meta, now)?;
         Ok(meta)
     }
@@ -164,20 +181,25 @@ impl Handoff {
     ) -> Result<Response, HandoffError> {
         let peer = self.peers.get(&dc).ok_or(HandoffError::UnknownPeer(dc))?;
         let name = &peer.name;
-        auth::sign(
-            &self.cfg.key,
-            &mut req,
-            self.cfg.self_id,
-            client,
-            1,
-            unix_now(),
-        );
+        let keys = self.cfg.keys.current();
+        let key = keys
+            .signing(dc)
+            .ok_or_else(|| HandoffError::NoKey { peer: name.clone() })?;
+        auth::sign(key, &mut req, self.cfg.self_id, client, 1, unix_now());
         let (head, body) = outgoing(req).map_err(|detail| HandoffError::BadRequest {
             peer: name.clone(),
             detail,
         })?;
         let timeout = self.cfg.request_timeout;
-        let key = PoolKey::new(HANDOFF_POOL_OWNER, peer.addr);
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = *peer
+            .handoff
+            .get(turn % peer.handoff.len().max(1))
+            .ok_or_else(|| HandoffError::Unreachable {
+                peer: name.clone(),
+                error: "it has no handoff address".into(),
+            })?;
+        let key = PoolKey::new(HANDOFF_POOL_OWNER, addr);
         let send = crate::client::send(&self.conns, key, head, body, self.cfg.connect_timeout);
         let result = match tokio::time::timeout(timeout, send).await {
             Ok(Ok(sent)) => self.relay(dc, sent).await,
@@ -187,10 +209,14 @@ impl Handoff {
                 timeout,
             }),
         };
-        if let Err(e) = &result
-            && self.cfg.health.mark_down(dc)
-        {
-            tracing::warn!(peer = %name, error = %e, "peer marked down until a probe sees it back");
+        match &result {
+            Err(e) if self.cfg.health.failed(dc) => {
+                tracing::warn!(peer = %name, %addr, error = %e, "peer marked down until probes see it back");
+            }
+            Err(e) => tracing::debug!(peer = %name, %addr, error = %e, "handoff failed"),
+            Ok(_) => {
+                self.cfg.health.answered(dc);
+            }
         }
         result
     }

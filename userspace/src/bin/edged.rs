@@ -15,6 +15,7 @@ use edgeplane::{
     admin::{self, AdminState, ReloadRequest, UpgradeRequest},
     config::EdgedConfig,
     daemon::{self, Daemon},
+    fleet::agent::{Agent, FleetHandle},
     placement::EngineApps,
     reconcile, reload, server,
     upgrade::{self, Handover},
@@ -116,6 +117,16 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => EdgedConfig::load(path)?,
         None => EdgedConfig::default(),
     };
+    // On the fleet: the file composed with the fleet's last state applied (the snapshot), so
+    // edged serves what it served before even when NATS is away.
+    let fleet = match (&cfg.control, &cli.config) {
+        (Some(control), Some(path)) => {
+            let handle = FleetHandle::open(control, &cfg.runtime.cache_dir)?;
+            cfg = EdgedConfig::load(&handle.compose_from(path)?)?;
+            Some(Arc::new(handle))
+        }
+        _ => None,
+    };
     cfg.xdp.interfaces.extend(cli.interfaces.iter().cloned());
     if let Some(mode) = cli.xdp_mode {
         cfg.xdp.mode = mode;
@@ -186,12 +197,12 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         observations,
         residency,
-        placement,
+        placement: placement.clone(),
         workers: supervisor,
         worker_counters: counters,
         stopping: stopping.clone(),
         live: live.clone(),
-        reload: Some(reload_tx),
+        reload: Some(reload_tx.clone()),
         upgrade: Some(upgrade_tx),
         access_log_dropped: workers.as_ref().and_then(|w| w.access_log_dropped.clone()),
     });
@@ -202,7 +213,23 @@ async fn main() -> anyhow::Result<()> {
     let pin_dir = cfg.pin_dir.clone();
     let upgrade_socket = cfg.upgrade_socket();
     info!(pin_dir = %pin_dir.display(), interfaces = ?cfg.xdp.interfaces, admin = %admin.addr, "edged ready");
-    let daemon = Arc::new(std::sync::Mutex::new(Daemon {
+    let agent = match (&fleet, &cfg.control) {
+        (Some(handle), Some(control)) => Some(Agent {
+            control: control.clone(),
+            datacenter: cfg
+                .datacenter
+                .as_ref()
+                .map_or_else(|| "standalone".to_owned(), |d| d.name.clone()),
+            handle: handle.clone(),
+            cache_dir: cfg.runtime.cache_dir.clone(),
+            reload: reload_tx.clone(),
+            status: placement.clone(),
+            applied: edgeplane_dataplane::lock(&handle.wanted).clone(),
+            last_error: None,
+        }),
+        _ => None,
+    };
+    let mut daemon = Daemon {
         config_path: cli.config.clone(),
         cfg,
         maps: maps.clone(),
@@ -210,7 +237,14 @@ async fn main() -> anyhow::Result<()> {
         live,
         handoff: workers.as_ref().and_then(|w| w.handoff.clone()),
         engine_apps,
-    }));
+        fleet,
+        fleet_pins: Default::default(),
+    };
+    daemon.apply_fleet_pins();
+    let daemon = Arc::new(std::sync::Mutex::new(daemon));
+    if let Some(agent) = agent {
+        tokio::spawn(agent.run());
+    }
 
     // Successors take the listeners from here.
     let (handed_tx, mut handed_rx) = tokio::sync::mpsc::channel::<u32>(1);

@@ -41,6 +41,8 @@ pub struct EdgedConfig {
     pub datacenter: Option<DatacenterConfig>,
     /// JSON lines, one per request (sampled): app, target, reason, status, bytes, duration.
     pub access_log: AccessLogConfig,
+    /// Take apps, blocklist, rate limit and pins from the fleet's control plane (NATS).
+    pub control: Option<crate::fleet::ControlConfig>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -49,12 +51,17 @@ pub struct EdgedConfig {
 pub struct DatacenterConfig {
     /// This datacenter's name in the topology.
     pub name: String,
-    /// The topology file (relative paths are relative to the config file); "canonical" is the
-    /// embedded canonical world.
+    /// The topology file: every datacenter with its addresses (see `topology`). Relative paths
+    /// here and in `keys` are relative to the config file.
     pub topology: PathBuf,
-    /// The port peers' workers listen on (default: this edged's own workers' port).
-    #[serde(default)]
-    pub peer_port: Option<u16>,
+    /// The handoff keys this datacenter shares with each peer (see `keys`); mode 600.
+    pub keys: PathBuf,
+    /// Handoff or probe failures in a row that mark a peer down.
+    #[serde(default = "default_down_after")]
+    pub peer_down_after: u32,
+    /// Probe answers in a row that bring a down peer back.
+    #[serde(default = "default_up_after")]
+    pub peer_up_after: u32,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(default = "default_handoff_timeout", with = "humantime_serde")]
@@ -70,6 +77,14 @@ pub struct DatacenterConfig {
     /// app gets fewer than this many requests per second at a worker (0: never).
     #[serde(default = "default_popular_rps")]
     pub popular_rps: f64,
+}
+
+fn default_down_after() -> u32 {
+    edgeplane_dataplane::handoff::HealthPolicy::default().down_after
+}
+
+fn default_up_after() -> u32 {
+    edgeplane_dataplane::handoff::HealthPolicy::default().up_after
 }
 
 fn default_popular_rps() -> f64 {
@@ -90,10 +105,15 @@ fn default_handoff_timeout() -> Duration {
 
 impl DatacenterConfig {
     pub fn load_topology(&self) -> anyhow::Result<crate::topology::Topology> {
-        if self.topology.as_os_str() == "canonical" {
-            return Ok(crate::topology::Topology::canonical());
-        }
         crate::topology::Topology::load(&self.topology)
+    }
+
+    /// The keys shared with each peer of `topology`.
+    pub fn load_keys(
+        &self,
+        topology: &crate::topology::Topology,
+    ) -> anyhow::Result<edgeplane_dataplane::handoff::KeyRing> {
+        crate::keys::load(&self.keys, topology, &self.name)
     }
 }
 
@@ -164,6 +184,7 @@ impl Default for EdgedConfig {
             runtime: RuntimeConfig::default(),
             datacenter: None,
             access_log: AccessLogConfig::default(),
+            control: None,
             apps: Vec::new(),
         }
     }
@@ -362,11 +383,12 @@ impl EdgedConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut cfg = Self::parse(&text).map_err(|e| located(path, &text, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(dc) = &mut cfg.datacenter
-            && dc.topology.is_relative()
-            && dc.topology.as_os_str() != "canonical"
-        {
-            dc.topology = base.join(&dc.topology);
+        if let Some(dc) = &mut cfg.datacenter {
+            for path in [&mut dc.topology, &mut dc.keys] {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
         }
         for app in &mut cfg.apps {
             if let Some(c) = &app.component

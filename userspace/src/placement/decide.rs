@@ -8,9 +8,14 @@ use std::fmt;
 
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 
-/// What the engine concluded for an app this tick (shown by `/placement` and edgectl).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the engine concluded for an app this tick. `/placement` serves it as JSON
+/// (`{"verdict": "placed", "datacenter": "dc2"}`), and edgectl and the tests read it back into
+/// this type: no reader parses the text `Display` gives for people.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "verdict", content = "datacenter", rename_all = "kebab-case")]
 pub enum Verdict {
+    /// Not judged yet (edged just started, or the app was just added).
+    Analyzing,
     /// Pinned by hand: left alone.
     Pinned,
     /// Back here, cooling down after a placement elsewhere did not pay.
@@ -27,6 +32,7 @@ pub enum Verdict {
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Analyzing => f.write_str("analyzing"),
             Self::Pinned => f.write_str("pinned"),
             Self::Reverted => f.write_str("reverted"),
             Self::LocalPeerDown(dc) => write!(f, "local:{dc}-down"),
@@ -127,6 +133,23 @@ pub fn first_look(f: &Facts) -> Next {
     Next::Estimate
 }
 
+/// An app placed at a peer that did not answer this tick's estimate stays there, unwritten,
+/// until the peer's health marks it down (then `first_look` brings it back): one lost probe
+/// does not move an app, as it does not move handoffs. `unanswered`: (id, name) of the peers.
+pub fn hold_while_unanswered(current: Placement, unanswered: &[(u32, String)]) -> Option<Decision> {
+    if current.kind != placement_kind::DATACENTER {
+        return None;
+    }
+    let (_, name) = unanswered
+        .iter()
+        .find(|(id, _)| *id == current.datacenter)?;
+    Some(Decision {
+        placement: None,
+        verdict: Verdict::Placed(name.clone()),
+        cool_down: false,
+    })
+}
+
 /// The best of the estimates: a peer that beats `here_us` by `margin` (and by `min_saving_us`)
 /// gets the app; otherwise it is here, and an app that was placed elsewhere comes back as a
 /// revert when `revert` (the traffic-driven goals; a hint just follows its probes).
@@ -163,6 +186,22 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_placement_holds_while_its_peer_misses_estimates_short_of_being_down() {
+        let dc2 = vec![(2, "dc2".to_owned())];
+        assert_eq!(
+            hold_while_unanswered(at(2), &dc2),
+            Some(Decision {
+                placement: None,
+                verdict: Verdict::Placed("dc2".into()),
+                cool_down: false,
+            })
+        );
+        assert_eq!(hold_while_unanswered(at(3), &dc2), None, "another peer");
+        assert_eq!(hold_while_unanswered(here(), &dc2), None, "not placed");
+        assert_eq!(hold_while_unanswered(at(2), &[]), None, "it answered");
+    }
 
     fn facts() -> Facts {
         Facts {

@@ -9,39 +9,37 @@
 //! fresh connection per subrequest), so from the peer it is k x the peer's RTT, which the peer
 //! measures on request (a signed probe on its worker port). The RTT to a peer is the one measured
 //! on the handoff connections (workers time every handoff, less the peer's serving time) while
-//! there is handoff traffic, else the engine's own probe. Each tick the engine probes every peer:
-//! a peer that does not answer is marked down (workers stop handing off to it and apps placed
-//! there come back here) until a probe sees it back. Entries pinned by hand are left alone.
+//! there is handoff traffic, else the last probe's (`measure`: every peer is probed each tick on
+//! a thread of its own; a peer that stops answering is marked down, workers stop handing off to
+//! it and apps placed there come back here, until probes see it back). Entries pinned by hand are
+//! left alone. What to do with the figures is decided by pure functions (`decide`).
 
 mod decide;
+pub mod measure;
+pub mod status;
 
-pub use decide::Verdict;
 use decide::{Decision, Facts, Next};
+pub use status::{AppStatus, PlacementStatus, StatusTable, Verdict};
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_dataplane::{
-    client::oneshot::{self, Once},
-    handoff::{HandoffConfig, Peer, auth},
-    http::Request,
+    handoff::{HandoffConfig, Peer},
     lock,
     probe::{self, ProbeKind},
-    router::{AppCounters, PROBE_PATH, WorkerMetrics},
+    router::{AppCounters, WorkerMetrics},
     wasm::Observations,
 };
 use tracing::{info, warn};
 
 use crate::PinnedMaps;
-
-/// Per app: `analyzing`, `insufficient-traffic`, `local`, `placed:<dc>`, `pinned`.
-pub type PlacementStatus = Arc<Mutex<BTreeMap<String, String>>>;
 
 pub struct EngineConfig {
     pub tick: Duration,
@@ -115,9 +113,10 @@ impl Engine {
     pub fn spawn(mut self) -> anyhow::Result<PlacementStatus> {
         let status = PlacementStatus::default();
         for app in lock(&self.apps).iter() {
-            lock(&status).insert(app.name.clone(), "analyzing".into());
+            lock(&status).insert(app.name.clone(), AppStatus::new(Verdict::Analyzing));
         }
         let shared = status.clone();
+        measure::spawn_peer_prober(self.handoff.clone(), self.cfg.tick)?;
         std::thread::Builder::new()
             .name("placement".into())
             .spawn(move || {
@@ -125,7 +124,6 @@ impl Engine {
                 let mut region_seen: HashMap<String, (u64, u64)> = HashMap::new();
                 loop {
                     std::thread::sleep(self.cfg.tick);
-                    self.probe_peers();
                     let apps = lock(&self.apps).clone();
                     // Apps a reload removed leave the status table.
                     lock(&shared).retain(|name, _| apps.iter().any(|a| &a.name == name));
@@ -136,7 +134,7 @@ impl Engine {
                             None => self.report(app.id),
                         };
                         let mut s = match decided {
-                            Ok(s) => s,
+                            Ok(verdict) => AppStatus::new(verdict),
                             Err(e) => {
                                 warn!(app = %name, error = %format!("{e:#}"), "placement");
                                 continue;
@@ -145,12 +143,8 @@ impl Engine {
                         // Requests sent on to the region since the last tick show beside it.
                         let now = self.region_forwards(&name);
                         let before = region_seen.insert(name.clone(), now).unwrap_or_default();
-                        if now.0 > before.0 {
-                            s.push_str(" +region:saturated");
-                        }
-                        if now.1 > before.1 {
-                            s.push_str(" +region:cold");
-                        }
+                        s.region_saturated = now.0 > before.0;
+                        s.region_cold = now.1 > before.1;
                         let mut table = lock(&shared);
                         if table.get(&name) != Some(&s) {
                             info!(app = %name, status = %s, "placement");
@@ -162,44 +156,19 @@ impl Engine {
         Ok(status)
     }
 
-    /// Where an app the engine does not place runs: `local`, `placed:<dc>` (by config or
-    /// `edgectl placement set`), or `pinned`.
-    fn report(&self, id: u32) -> anyhow::Result<String> {
+    /// Where an app the engine does not place runs: here, placed (by config or `edgectl
+    /// placement set`), or pinned.
+    fn report(&self, id: u32) -> anyhow::Result<Verdict> {
         let current = self.maps.placement(id)?;
         Ok(if current.flags & placement_flags::PINNED != 0 {
-            "pinned".into()
+            Verdict::Pinned
         } else {
             match current.kind {
-                placement_kind::DATACENTER => {
-                    format!("placed:{}", self.dc_name(current.datacenter))
-                }
-                placement_kind::REGION => "placed:region".into(),
-                _ => "local".into(),
+                placement_kind::DATACENTER => Verdict::Placed(self.dc_name(current.datacenter)),
+                placement_kind::REGION => Verdict::Placed("region".into()),
+                _ => Verdict::Local,
             }
         })
-    }
-
-    /// Probes every peer: one that does not answer is marked down, one that answers is up.
-    fn probe_peers(&self) {
-        let health = &self.handoff.health;
-        for peer in &self.handoff.peers {
-            match probe::measure_blocking(
-                peer.addr,
-                &ProbeKind::Connect,
-                self.handoff.connect_timeout,
-            ) {
-                Ok(rtt) => {
-                    if health.probe_answered(peer.id, rtt) {
-                        info!(peer = %peer.name, rtt_us = rtt.as_micros() as u64, "peer answers probes again: up");
-                    }
-                }
-                Err(e) => {
-                    if health.mark_down(peer.id) {
-                        warn!(peer = %peer.name, error = %e, "peer does not answer probes: down");
-                    }
-                }
-            }
-        }
     }
 
     fn dc_name(&self, id: u32) -> String {
@@ -241,7 +210,7 @@ impl Engine {
         id: u32,
         goal: Goal,
         reverted: &mut HashMap<String, Instant>,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Verdict> {
         let current = self.maps.placement(id)?;
         let (remote_us, holdout_us) = self.measured(app);
         let (requests, handed_off) = self.requests(app);
@@ -279,27 +248,28 @@ impl Engine {
                 let served_here = requests.saturating_sub(handed_off).max(1) as f64;
                 let dests = self.destinations(app, served_here);
                 let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
-                let best = self.best_peer(app, &dests);
+                let estimates = self.best_peer(app, &dests);
                 let min_saving_us = match goal {
                     Goal::Latency | Goal::NearBackend { .. } => 0.0,
                     Goal::LocalFirst { min_saving } => min_saving.as_micros() as f64,
                 };
-                decide::choose(
-                    current,
-                    here_us,
-                    best.as_ref()
-                        .map(|(dc, name, us)| (*dc, name.as_str(), *us)),
-                    self.cfg.margin,
-                    min_saving_us,
-                    true,
-                )
+                decide::hold_while_unanswered(current, &estimates.unanswered).unwrap_or_else(|| {
+                    decide::choose(
+                        current,
+                        here_us,
+                        estimates.best(),
+                        self.cfg.margin,
+                        min_saving_us,
+                        true,
+                    )
+                })
             }
         };
         if decision.cool_down {
             reverted.insert(app.to_owned(), Instant::now() + self.cfg.cooldown);
         }
         self.write(id, current, &decision)?;
-        Ok(decision.verdict.to_string())
+        Ok(decision.verdict)
     }
 
     /// Writes a decision's entry when it differs from the map's.
@@ -313,32 +283,27 @@ impl Engine {
     }
 
     /// The peer with the fastest estimate for `app`'s destinations, probing them.
-    fn best_peer(&self, app: &str, dests: &[Destination]) -> Option<(u32, String, f64)> {
+    fn best_peer(&self, app: &str, dests: &[Destination]) -> Estimates {
+        let mut out = Estimates::default();
         if dests.is_empty() {
-            return None;
+            return out;
         }
-        let peers = self.up_peers();
+        let peers = self.up_peers(&mut out);
         if peers.is_empty() {
-            return None;
+            return out;
         }
         let trips = match round_trips(dests) {
             Ok(trips) => trips,
             Err(e) => {
                 warn!(app, error = %format!("{e:#}"), "probing destinations from here");
-                return None;
+                return out;
             }
         };
-        let mut best: Option<(u32, String, f64)> = None;
         for peer in peers {
-            match self.estimate_at(&peer, dests, &trips) {
-                Ok(us) if best.as_ref().is_none_or(|b| us < b.2) => {
-                    best = Some((peer.id, peer.name.clone(), us))
-                }
-                Ok(_) => {}
-                Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer estimate"),
-            }
+            let estimate = self.estimate_at(&peer, dests, &trips);
+            out.add(&peer, estimate, "peer estimate");
         }
-        best
+        out
     }
 
     /// Places a hinted app at the datacenter with the shortest RTT to its backend (here, unless
@@ -355,25 +320,16 @@ impl Engine {
             .with_context(|| format!("{backend} resolves to no address"))?;
         let kind = http_host.map_or(ProbeKind::Connect, |h| ProbeKind::Http(h.to_owned()));
         let here = probe_time(&addr, &kind)?.as_micros() as f64;
-        let mut best: Option<(u32, String, f64)> = None;
-        for peer in self.up_peers() {
-            match self.peer_probe(&peer.addr, &addr.to_string(), &kind) {
-                Ok(us) if best.as_ref().is_none_or(|b| (us as f64) < b.2) => {
-                    best = Some((peer.id, peer.name.clone(), us as f64))
-                }
-                Ok(_) => {}
-                Err(e) => warn!(peer = %peer.name, error = %format!("{e:#}"), "peer probe"),
-            }
+        let mut estimates = Estimates::default();
+        for peer in self.up_peers(&mut estimates) {
+            let probe = measure::ask_peer(&self.handoff, &peer, &addr.to_string(), &kind);
+            estimates.add(&peer, probe.map(|us| us as f64), "peer probe");
         }
-        Ok(decide::choose(
-            current,
-            here,
-            best.as_ref()
-                .map(|(dc, name, us)| (*dc, name.as_str(), *us)),
-            self.cfg.margin,
-            0.0,
-            false,
-        ))
+        Ok(
+            decide::hold_while_unanswered(current, &estimates.unanswered).unwrap_or_else(|| {
+                decide::choose(current, here, estimates.best(), self.cfg.margin, 0.0, false)
+            }),
+        )
     }
 
     /// (handed-off, held-out) moving averages of request time, the slowest worker's.
@@ -423,15 +379,19 @@ impl Engine {
             .collect()
     }
 
-    /// Peers not marked down.
-    fn up_peers(&self) -> Vec<Peer> {
+    /// Peers not marked down; those marked down (perhaps since this tick's facts were taken)
+    /// go into `estimates` as unanswered.
+    fn up_peers(&self, estimates: &mut Estimates) -> Vec<Peer> {
         let health = &self.handoff.health;
-        self.handoff
+        let (down, up): (Vec<&Peer>, Vec<&Peer>) = self
+            .handoff
             .peers
             .iter()
-            .filter(|p| !health.is_down(p.id))
-            .cloned()
-            .collect()
+            .partition(|p| health.is_down(p.id));
+        estimates
+            .unanswered
+            .extend(down.into_iter().map(|p| (p.id, p.name.clone())));
+        up.into_iter().cloned().collect()
     }
 
     /// Estimated request time at `peer`, in microseconds; `round_trips[i]`: RTTs per
@@ -450,66 +410,39 @@ impl Engine {
             .with_context(|| format!("no RTT to {} yet", peer.name))?;
         let mut us = rtt.as_micros() as f64;
         for (d, trips) in dests.iter().zip(round_trips) {
-            let there_rtt = self.peer_probe(&peer.addr, &d.name, &ProbeKind::Connect)? as f64;
+            let there_rtt =
+                measure::ask_peer(&self.handoff, peer, &d.name, &ProbeKind::Connect)? as f64;
             us += d.per_request * trips * there_rtt;
         }
         Ok(us)
     }
+}
 
-    /// The peer's probe of `dest`, in microseconds (a signed request to its workers).
-    fn peer_probe(&self, peer: &SocketAddr, dest: &str, kind: &ProbeKind) -> anyhow::Result<u64> {
-        let target = match kind {
-            ProbeKind::Connect => format!("{PROBE_PATH}?dest={dest}"),
-            ProbeKind::Http(host) => format!("{PROBE_PATH}?dest={dest}&http={host}"),
-        };
-        let mut req = Request {
-            method: "GET".into(),
-            target,
-            minor_version: 1,
-            headers: vec![("host".into(), b"edgeplane".to_vec())],
-            body: Vec::new(),
-            trailers: Vec::new(),
-            takes_trailers: false,
-            keep_alive: false,
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        auth::sign(
-            &self.handoff.key,
-            &mut req,
-            self.handoff.self_id,
-            "placement-engine",
-            1,
-            now,
-        );
-        let mut headers = Vec::with_capacity(req.headers.len());
-        for (name, value) in &req.headers {
-            headers.push((
-                http::HeaderName::from_bytes(name.as_bytes())?,
-                http::HeaderValue::from_bytes(value)?,
-            ));
+/// What the up peers answered this tick: the fastest estimate, and who did not answer.
+#[derive(Default)]
+struct Estimates {
+    best: Option<(u32, String, f64)>,
+    unanswered: Vec<(u32, String)>,
+}
+
+impl Estimates {
+    fn add(&mut self, peer: &Peer, estimate: anyhow::Result<f64>, what: &str) {
+        match estimate {
+            Ok(us) if self.best.as_ref().is_none_or(|b| us < b.2) => {
+                self.best = Some((peer.id, peer.name.clone(), us))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(peer = %peer.name, error = %format!("{e:#}"), "{what}");
+                self.unanswered.push((peer.id, peer.name.clone()));
+            }
         }
-        let once = Once {
-            method: http::Method::GET,
-            target: &req.target,
-            headers,
-            body: Default::default(),
-            read_body: Some(1 << 16),
-        };
-        let resp = oneshot::send_blocking(*peer, once, Duration::from_secs(5))
-            .with_context(|| format!("asking peer {peer} to probe {dest}"))?;
-        if resp.status != http::StatusCode::OK {
-            bail!(
-                "peer {peer} probe of {dest}: {} {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
-        v["probe_us"]
-            .as_u64()
-            .context("probe answer without probe_us")
+    }
+
+    fn best(&self) -> Option<(u32, &str, f64)> {
+        self.best
+            .as_ref()
+            .map(|(dc, name, us)| (*dc, name.as_str(), *us))
     }
 }
 

@@ -238,7 +238,7 @@ fn placement_text(p: &Placement) -> String {
 
 /// The placement engine's verdict per app, from edged's admin endpoint (None when it does not
 /// answer: edged stopped, or not part of a topology).
-fn engine_status(admin: std::net::SocketAddr) -> Option<BTreeMap<String, String>> {
+fn engine_status(admin: std::net::SocketAddr) -> Option<edgeplane::placement::StatusTable> {
     use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
     let ask = Once::get("/placement", "edgectl", 1 << 20).ok()?;
     let answer = send_blocking(admin, ask, Duration::from_secs(2)).ok()?;
@@ -560,7 +560,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|(id, n, p)| {
                         let mut j = placement_json(n, *id, p);
-                        j["status"] = status_of(n).into();
+                        j["status"] = serde_json::to_value(status_of(n)).unwrap_or_default();
                         j
                     })
                     .collect();
@@ -568,7 +568,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut t = table(&["app", "id", "placement", "status"]);
             for (id, n, p) in rows {
-                let st = status_of(&n).unwrap_or_else(|| "-".into());
+                let st = status_of(&n).map_or_else(|| "-".into(), |s| s.to_string());
                 t.add_row(vec![n, id.to_string(), placement_text(&p), st]);
             }
             println!("{t}");
