@@ -16,6 +16,7 @@ use crate::{
     backend::serve_pong,
     edged::{DatacenterSpec, WORKER_PORT},
     http::Server,
+    nats::Nats,
     plan::Plan,
     world::World,
 };
@@ -27,6 +28,15 @@ pub const BACKEND_PORT: u16 = 9000;
 pub struct Tuning {
     pub runtime: String,
     pub datacenter: String,
+}
+
+/// How the world's edged get their apps.
+enum Apps {
+    /// `[[apps]]` tables in each datacenter's file (`apps(backend_url, backend_authority)`).
+    Files(String),
+    /// From the fleet's control plane: a nats-server in the `nats` namespace, and every edged
+    /// with `[control]`.
+    Fleet,
 }
 
 /// A BPF pin directory, removed on drop.
@@ -43,9 +53,11 @@ pub struct Canonical {
     pub backend: Ipv4Addr,
     /// Requests the backend served.
     pub backend_served: Arc<AtomicU64>,
-    // Drop order: edged processes, their pins, then the world.
+    // Drop order: edged processes, their pins, the control plane, then the world.
     pub servers: Vec<Server>,
     pins: Vec<(String, Pins)>,
+    /// The fleet's NATS, for a world started with `start_fleet`.
+    pub nats: Option<Nats>,
     pub world: World,
     scratch: PathBuf,
     edged: PathBuf,
@@ -63,6 +75,45 @@ impl Canonical {
         apps: impl Fn(&str, &str) -> String,
         tuning: impl Fn(&str) -> Tuning,
     ) -> anyhow::Result<Self> {
+        let (url, authority) = Self::backend_urls()?;
+        let apps = Apps::Files(apps(&url, &authority));
+        Self::start_with(name, datacenters, holdout, edged, apps, tuning)
+    }
+
+    /// As `start`, with no apps in any file: a nats-server runs in the `nats` namespace and
+    /// every edged takes its apps from it (`[control]`); deploy with `edgectl --nats`.
+    pub fn start_fleet(
+        name: &str,
+        datacenters: &[&'static str],
+        holdout: f64,
+        edged: &Path,
+        tuning: impl Fn(&str) -> Tuning,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(name, datacenters, holdout, edged, Apps::Fleet, tuning)
+    }
+
+    /// The backend's URL and authority, as apps call it.
+    pub fn backend_urls() -> anyhow::Result<(String, String)> {
+        let backend = Plan::canonical()
+            .hosts
+            .iter()
+            .find(|h| h.name == "backend")
+            .and_then(|h| h.service_addr)
+            .context("the canonical plan has a backend with a service address")?;
+        Ok((
+            format!("http://{backend}:{BACKEND_PORT}/"),
+            format!("{backend}:{BACKEND_PORT}"),
+        ))
+    }
+
+    fn start_with(
+        name: &str,
+        datacenters: &[&'static str],
+        holdout: f64,
+        edged: &Path,
+        apps: Apps,
+        tuning: impl Fn(&str) -> Tuning,
+    ) -> anyhow::Result<Self> {
         let plan = Plan::canonical();
         let world = World::build(&plan)?;
         let backend = plan
@@ -77,16 +128,25 @@ impl Canonical {
         let backend_served = serve_pong(listener);
         let scratch = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
-        let apps = apps(
-            &format!("http://{backend}:{BACKEND_PORT}/"),
-            &format!("{backend}:{BACKEND_PORT}"),
-        );
+        let nats = match apps {
+            Apps::Fleet => {
+                let ip = plan
+                    .hosts
+                    .iter()
+                    .find(|h| h.name == "nats")
+                    .and_then(|h| h.service_addr)
+                    .context("the canonical plan has a nats host")?;
+                Some(Nats::start(world.ns("nats"), ip, &scratch.join("nats"))?)
+            }
+            Apps::Files(_) => None,
+        };
         let mut world = Self {
             plan,
             backend,
             backend_served,
             servers: Vec::new(),
             pins: Vec::new(),
+            nats,
             world,
             scratch,
             edged: edged.to_path_buf(),
@@ -98,11 +158,24 @@ impl Canonical {
             )));
             let _ = std::fs::remove_dir_all(&pins.0);
             let tune = tuning(dc);
+            let (apps, control) = match (&apps, &world.nats) {
+                (Apps::Files(apps), _) => (apps.as_str(), String::new()),
+                (Apps::Fleet, Some(nats)) => (
+                    "",
+                    format!(
+                        "[control]\nnats = \"{}\"\nsnapshot = \"{}\"\n",
+                        nats.url(),
+                        world.scratch.join(format!("{dc}-fleet.json")).display()
+                    ),
+                ),
+                (Apps::Fleet, None) => unreachable!("a fleet world starts its nats"),
+            };
             let server = DatacenterSpec {
                 name: dc,
                 pin_dir: pins.0.clone(),
                 scratch: &world.scratch,
-                apps: &apps,
+                apps,
+                control: &control,
                 workers: 1,
                 holdout,
                 runtime_extra: &tune.runtime,

@@ -24,6 +24,8 @@ pub struct DatacenterSpec<'a> {
     pub scratch: &'a Path,
     /// `[[apps]]` tables, as TOML.
     pub apps: &'a str,
+    /// A `[control]` table (the fleet's NATS), or nothing.
+    pub control: &'a str,
     pub workers: u32,
     /// Share of engine-placed requests kept here as the baseline.
     pub holdout: f64,
@@ -53,6 +55,7 @@ topology = "{topology}"
 keys = "{keys}"
 holdout = {holdout}
 {datacenter_extra}
+{control}
 {apps}
 "#,
             pins = self.pin_dir.display(),
@@ -65,6 +68,7 @@ holdout = {holdout}
             apps = self.apps,
             runtime_extra = self.runtime_extra,
             datacenter_extra = self.datacenter_extra,
+            control = self.control,
         )
     }
 

@@ -10,6 +10,7 @@ pub mod edged;
 pub mod guest_apps;
 pub mod http;
 pub mod loadgen;
+pub mod nats;
 pub mod netns;
 pub mod packets;
 pub mod plan;

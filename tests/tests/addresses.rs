@@ -96,6 +96,7 @@ fn datacenters_at_ipv6_addresses_of_the_tests_choosing_hand_off_both_ways() {
             )),
             scratch: &scratch,
             apps: &apps,
+            control: "",
             workers: 1,
             holdout: 0.0,
             runtime_extra: "",

@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         )),
         scratch: &scratch,
         apps: &apps,
+        control: "",
         workers: 1,
         holdout: 0.0,
         runtime_extra: "",

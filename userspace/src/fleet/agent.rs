@@ -336,15 +336,10 @@ async fn read_state(
     let mut state = FleetState::default();
     // Each bucket's last sequence, read first: deletes count, and a change made while this
     // reads shows as a later revision than the one recorded.
-    for (name, store) in [
-        (super::APPS, apps),
-        (super::PLACEMENT, placement),
-        (super::GUARD, guard),
-    ] {
-        let status = store.status().await.context("bucket status")?;
+    for name in [super::APPS, super::PLACEMENT, super::GUARD] {
         state
             .revisions
-            .insert(name.to_owned(), status.info.state.last_sequence);
+            .insert(name.to_owned(), client.revision(name).await?);
     }
     for key in keys(apps).await? {
         let Some(bytes) = value(apps, &key).await? else {

@@ -64,6 +64,16 @@ impl FleetClient {
             .with_context(|| format!("creating the KV bucket {bucket}"))
     }
 
+    /// A bucket's revision now: its stream's last sequence (deletes count).
+    pub async fn revision(&self, bucket: &str) -> anyhow::Result<u64> {
+        let mut stream = self
+            .js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .with_context(|| format!("bucket {bucket}"))?;
+        Ok(stream.info().await?.state.last_sequence)
+    }
+
     pub async fn apps(&self) -> anyhow::Result<kv::Store> {
         self.kv(APPS).await
     }

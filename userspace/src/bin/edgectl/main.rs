@@ -1,9 +1,10 @@
 //! edgectl: read and tune a running edgeplane through its pinned BPF maps.
 
 mod daemon;
+mod fleet;
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edgeplane::{
@@ -39,6 +40,10 @@ struct Cli {
         env = "EDGEPLANE_ADMIN"
     )]
     admin: std::net::SocketAddr,
+    /// The fleet's NATS (`nats://host:4222`): `app rm`, `placement pin|unpin` and `block
+    /// add|rm` then go fleet-wide, to every datacenter, instead of to this host's maps.
+    #[arg(long, global = true, env = "EDGEPLANE_NATS")]
+    nats: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +74,24 @@ enum Command {
     /// Start the edged binary installed at the running edged's path, which takes the listening
     /// sockets, XDP links and maps over while the running one drains (as SIGUSR2 does).
     Upgrade,
+    /// Publish an app to the fleet (needs --nats): its `[[apps]]` table as a file of its own,
+    /// its components uploaded once, by content hash. Every datacenter applies it live.
+    Deploy {
+        /// The app's table (`name = ...`, `component = ...`, ...).
+        file: PathBuf,
+        /// The app's component (overrides the file's).
+        #[arg(long)]
+        component: Option<PathBuf>,
+    },
+    /// The fleet (needs --nats).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Each datacenter's last heartbeat, the revision it serves, and its apps' placement.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -138,10 +161,11 @@ enum PlacementCmd {
         #[arg(long)]
         pin: bool,
     },
-    /// Pin an app by hand (`set --pin`): the placement engine leaves it alone.
+    /// Pin an app by hand (`set --pin`): the placement engine leaves it alone. With --nats,
+    /// at every datacenter: the target is `local`, `region` or a datacenter's name.
     Pin {
         app: String,
-        target: PlacementTarget,
+        target: String,
     },
     /// Hand a pinned app back to the placement engine (it stays where it is until the engine
     /// decides).
@@ -360,7 +384,34 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// The fleet-wide verbs, when `--nats` is given (or needed); None: not a fleet verb.
+fn run_fleet(cli: &Cli) -> Option<anyhow::Result<()>> {
+    let url = cli.nats.as_deref();
+    let need = || url.context("this verb needs the fleet's NATS: give --nats or EDGEPLANE_NATS");
+    Some(match (&cli.command, url) {
+        (Command::Deploy { file, component }, _) => {
+            need().and_then(|u| fleet::deploy(u, file, component.as_deref(), cli.json))
+        }
+        (Command::Fleet(FleetCmd::Status), _) => need().and_then(|u| fleet::status(u, cli.json)),
+        (Command::App(AppCmd::Rm { name }), Some(u)) => fleet::app_rm(u, name),
+        (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => {
+            fleet::pin(u, app, target)
+        }
+        (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => fleet::unpin(u, app),
+        (Command::Block(BlockCmd::Add { cidr }), Some(u)) => {
+            fleet::block(u, &cidr.to_string(), true)
+        }
+        (Command::Block(BlockCmd::Rm { cidr }), Some(u)) => {
+            fleet::block(u, &cidr.to_string(), false)
+        }
+        _ => return None,
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(outcome) = run_fleet(&cli) {
+        return outcome;
+    }
     let as_json = cli.json;
     if matches!(
         cli.command,
@@ -509,7 +560,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Placement(cmd @ (PlacementCmd::Set { .. } | PlacementCmd::Pin { .. })) => {
             let (app, target, pin) = match cmd {
                 PlacementCmd::Set { app, target, pin } => (app, target, pin),
-                PlacementCmd::Pin { app, target } => (app, target, true),
+                PlacementCmd::Pin { app, target } => (
+                    app,
+                    target
+                        .parse::<PlacementTarget>()
+                        .map_err(anyhow::Error::msg)?,
+                    true,
+                ),
                 _ => unreachable!("matched above"),
             };
             let id = maps.app_id(&app)?;
@@ -631,6 +688,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions) => {
             unreachable!("asked of edged above")
         }
+        Command::Deploy { .. } | Command::Fleet(_) => unreachable!("fleet verbs above"),
     }
     Ok(())
 }

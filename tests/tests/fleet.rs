@@ -1,0 +1,297 @@
+//! The fleet on NATS JetStream: the canonical world with a nats-server, and the POP's and dc2's
+//! edged taking their apps from it. An app deployed with `edgectl deploy` serves at both, an
+//! update under load fails no request, a fleet-wide pin holds at both, a removal is a 404 at both;
+//! with NATS gone both serve their snapshot (a restarted edged too), and a change made while a
+//! datacenter could not reach NATS is applied when it can again.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod common;
+
+use std::{
+    net::TcpStream,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use edgeplane_abi::{placement_flags, placement_kind};
+use edgeplane_bench::{
+    edged::WORKER_PORT,
+    loadgen::{self, Arrival, LoadSpec},
+};
+use edgeplane_tests::{
+    canonical::{Canonical, Tuning},
+    edgeplane_binary,
+    http::header,
+    require_root,
+};
+
+fn start(name: &str) -> Canonical {
+    Canonical::start_fleet(
+        name,
+        &["pop", "dc2"],
+        0.0,
+        &edgeplane_binary("edged"),
+        |_| Tuning::default(),
+    )
+    .unwrap()
+}
+
+/// `edgectl --nats <the world's> args...` from the POP's namespace: success and output.
+fn edgectl(world: &Canonical, args: &[&str]) -> (bool, String) {
+    let url = world.nats.as_ref().unwrap().url();
+    let out = world
+        .world
+        .ns("pop")
+        .command(edgeplane_binary("edgectl").to_str().unwrap())
+        .arg("--nats")
+        .arg(&url)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn deploy(world: &Canonical, table: &Path) {
+    let (ok, out) = edgectl(world, &["deploy", table.to_str().unwrap()]);
+    assert!(ok, "deploy failed: {out}");
+}
+
+/// Writes hello's table with `component` under `dir`; its path.
+fn hello_table(dir: &Path, file: &str, component: &Path) -> std::path::PathBuf {
+    let path = dir.join(file);
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
+            component.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Status, headers, body.
+type Answer = (u16, Vec<(String, String)>, String);
+
+/// A GET of hello.test at datacenter `dc`'s workers, from its own namespace: status, headers,
+/// body (None: no connection).
+fn at(world: &Canonical, dc: &str) -> Option<Answer> {
+    let ip = world
+        .plan
+        .fleet(WORKER_PORT)
+        .datacenter(dc)
+        .unwrap()
+        .handoff[0];
+    world
+        .world
+        .ns(dc)
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&ip, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (status, headers, body) = edgeplane_bench::http::get(&mut s, "hello.test", "/");
+            Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
+        })
+        .unwrap()
+}
+
+/// Waits until `check` holds of hello at both datacenters; how long that took.
+fn everywhere(
+    world: &Canonical,
+    what: &str,
+    check: impl Fn(&Answer) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    for dc in ["pop", "dc2"] {
+        loop {
+            let got = at(world, dc);
+            if got.as_ref().is_some_and(&check) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "{dc}: not {what} after {:?}: {got:?}",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    started.elapsed()
+}
+
+fn is_hello(r: &Answer) -> bool {
+    r.0 == 200 && r.2 == "hello from wasm\n"
+}
+
+fn is_echo(r: &Answer) -> bool {
+    r.0 == 200 && header(&r.1, "x-echo-method") == Some("GET")
+}
+
+#[test]
+fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_goes() {
+    if !require_root("fleet-deploy") {
+        return;
+    }
+    let world = start("fleet");
+    let dir = tempdir("fleet-deploy");
+    let v1 = hello_table(&dir, "hello.toml", &common::app("hello"));
+    let v2 = hello_table(&dir, "hello-v2.toml", &common::app("echo"));
+
+    deploy(&world, &v1);
+    let took = everywhere(&world, "serving hello", is_hello);
+    eprintln!(
+        "deployed: hello answered at both datacenters {took:?} after edgectl deploy returned"
+    );
+
+    // Update under open-loop load through the POP.
+    let spec = LoadSpec {
+        addr: world.pop_addr(),
+        host: "hello.test".into(),
+        path: "/".into(),
+        connections: 16,
+        duration: Duration::from_secs(6),
+        arrival: Arrival::Open { rate: 400.0 },
+    };
+    let load = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            world
+                .world
+                .ns("client")
+                .run(|| loadgen::run("fleet", &spec))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        deploy(&world, &v2);
+        let took = everywhere(&world, "serving the new version", is_echo);
+        eprintln!("updated: the new version answered at both {took:?} after deploy returned");
+        running.join().unwrap().unwrap().unwrap()
+    });
+    assert!(load.completed > 1000, "{load:?}");
+    assert_eq!((load.errors, load.resets), (0, 0), "{load:?}");
+
+    // Every datacenter says it serves the fleet's revision.
+    let (ok, out) = edgectl(&world, &["--json", "fleet", "status"]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for dc in ["pop", "dc2"] {
+        let beat = &status["datacenters"][dc];
+        assert_eq!(beat["revision"], status["revision"], "{status}");
+        assert!(beat["error"].is_null(), "{status}");
+    }
+
+    // A pin set fleet-wide holds at every datacenter: the POP hands hello to dc2, dc2 serves
+    // it itself, and each map entry is pinned (the engine leaves it).
+    let (ok, out) = edgectl(&world, &["placement", "pin", "hello", "dc2"]);
+    assert!(ok, "{out}");
+    let dc2_id = world.plan.datacenter("dc2").unwrap().id;
+    let pinned = |dc: &str| {
+        let maps = edgeplane::PinnedMaps::open(world.pins(dc)).unwrap();
+        maps.placement(maps.app_id("hello").unwrap()).unwrap()
+    };
+    let started = Instant::now();
+    while pinned("pop").flags & placement_flags::PINNED == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pin not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (pop, dc2) = (pinned("pop"), pinned("dc2"));
+    assert_eq!(
+        (pop.kind, pop.datacenter),
+        (placement_kind::DATACENTER, dc2_id)
+    );
+    assert_eq!(dc2.kind, placement_kind::LOCAL);
+    assert_ne!(dc2.flags & placement_flags::PINNED, 0);
+    let (_, headers, _, _) = world.through_pop("hello.test", "/");
+    assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
+    let (ok, out) = edgectl(&world, &["placement", "unpin", "hello"]);
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    while pinned("pop").flags & placement_flags::PINNED != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "unpin not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, headers, _, _) = world.through_pop("hello.test", "/");
+    assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+
+    let (ok, out) = edgectl(&world, &["app", "rm", "hello"]);
+    assert!(ok, "{out}");
+    let took = everywhere(&world, "gone", |r| r.0 == 404);
+    eprintln!("removed: 404 at both {took:?} after edgectl app rm returned");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn without_nats_every_edged_serves_its_snapshot_and_catches_up_after() {
+    if !require_root("fleet-snapshot") {
+        return;
+    }
+    let mut world = start("fleetsnap");
+    let dir = tempdir("fleet-snapshot");
+    deploy(
+        &world,
+        &hello_table(&dir, "hello.toml", &common::app("hello")),
+    );
+    everywhere(&world, "serving hello", is_hello);
+
+    // NATS dies: both keep serving; dc2's edged restarted meanwhile serves from its snapshot.
+    world.nats.as_mut().unwrap().kill();
+    everywhere(&world, "serving hello without NATS", is_hello);
+    world.servers.retain(|s| !s.name.contains("dc2"));
+    world.restart("dc2").unwrap();
+    everywhere(&world, "serving hello from the snapshot", is_hello);
+
+    // NATS is back, but dc2 cannot reach it: a change made now reaches the POP only...
+    let nats_ns = world.world.ns("nats");
+    world.nats.as_mut().unwrap().restart(nats_ns).unwrap();
+    let link = |up: &str| {
+        world
+            .world
+            .ns("dc2")
+            .ip(&["link", "set", "to-nats", up])
+            .unwrap()
+    };
+    link("down");
+    deploy(
+        &world,
+        &hello_table(&dir, "hello-v2.toml", &common::app("echo")),
+    );
+    let started = Instant::now();
+    while !at(&world, "pop").as_ref().is_some_and(is_echo) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the POP did not update"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        at(&world, "dc2").as_ref().is_some_and(is_hello),
+        "dc2 serves what it had"
+    );
+    // ... and dc2 applies it once it can reach NATS again (the link's route to NATS's
+    // address went with the link: put back).
+    link("up");
+    let nats_ip = world.nats.as_ref().unwrap().addr.ip().to_string();
+    let via = world.plan.addr_of("dc2", "nats").unwrap().to_string();
+    world
+        .world
+        .ns("dc2")
+        .ip(&["route", "replace", &format!("{nats_ip}/32"), "via", &via])
+        .unwrap();
+    let took = everywhere(&world, "serving the change made meanwhile", is_echo);
+    eprintln!("dc2 caught up {took:?} after its link to NATS came back");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
