@@ -100,11 +100,7 @@ fn at(world: &Canonical, dc: &str) -> Option<Answer> {
 }
 
 /// Waits until `check` holds of hello at both datacenters; how long that took.
-fn everywhere(
-    world: &Canonical,
-    what: &str,
-    check: impl Fn(&Answer) -> bool,
-) -> Duration {
+fn everywhere(world: &Canonical, what: &str, check: impl Fn(&Answer) -> bool) -> Duration {
     let started = Instant::now();
     for dc in ["pop", "dc2"] {
         loop {
@@ -294,4 +290,74 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_dc2() {
+    if !require_root("fleet-measurements") {
+        return;
+    }
+    let world = start("fleetmeas");
+    let dir = tempdir("fleet-measurements");
+    let (url, authority) = Canonical::backend_urls().unwrap();
+    let table = dir.join("fetcher.toml");
+    std::fs::write(
+        &table,
+        format!(
+            "name = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
+             env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
+             placement = {{ mode = \"smart\" }}\n",
+            common::app("fetcher").display()
+        ),
+    )
+    .unwrap();
+    deploy(&world, &table);
+
+    // dc2 measures the backend the fleet's apps call, and its figure reaches the POP through
+    // the stream.
+    let started = Instant::now();
+    let dc2_backend_us = loop {
+        let view: serde_json::Value =
+            serde_json::from_str(&world.admin("pop", "/measurements")).unwrap();
+        if let Some(us) = view["dc2"]["backends_us"][&authority].as_u64() {
+            break us;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no measurements from dc2 at the POP: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let backend_rtt = world.plan.rtt("dc2", "backend").unwrap();
+    eprintln!("dc2 -> backend: {dc2_backend_us} us measured at dc2 (link {backend_rtt:?})");
+    assert!(
+        Duration::from_micros(dc2_backend_us) >= backend_rtt.mul_f64(0.9),
+        "{dc2_backend_us} us"
+    );
+
+    // Traffic through the POP: the engine places fetcher at dc2 with dc2's figure.
+    let started = Instant::now();
+    let mut requests = 0;
+    loop {
+        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=5");
+        assert_eq!(status, 200, "{body}");
+        requests += 1;
+        if header(&headers, "x-edge-placement") == Some("remote-dc2") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fetcher not placed at dc2 after {requests} requests"
+        );
+    }
+    eprintln!(
+        "placed at dc2 after {requests} requests, {:?} of traffic, from streamed measurements",
+        started.elapsed()
+    );
+    assert_eq!(
+        world.metric("pop", "edgeplane_placement_peer_probes_total", &[]),
+        0,
+        "the POP asked dc2 for a probe"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -134,6 +134,11 @@ impl Snapshot {
             "workers not running now",
             vec![(vec![], state.workers.down.load(Relaxed) as f64)],
         );
+        self.counter(
+            "edgeplane_placement_peer_probes",
+            "probes the placement engine asked of peers on demand (the fleet's measurements stream spares them)",
+            vec![(vec![], state.peer_asks.load(Relaxed))],
+        );
         type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
         let families: [(&str, &str, CounterOf); 4] = [
             (

@@ -253,6 +253,10 @@ fn route(state: &AdminState, path: &str) -> Response {
             json(&table)
         }
         "/process" => json(&serde_json::json!({ "pid": std::process::id() })),
+        "/measurements" => match &state.fleet_view {
+            Some(view) => json(&*edgeplane_dataplane::lock(view)),
+            None => Response::text(404, "this edged is not on a fleet\n"),
+        },
         "/apps" => match &state.live {
             Some(live) => json(&versions(live)),
             None => Response::text(404, "this edged serves no components\n"),
@@ -263,7 +267,7 @@ fn route(state: &AdminState, path: &str) -> Response {
         }
         _ => Response::text(
             404,
-            "try /healthz, /metrics, /apps, /observations, /cache or /placement\n",
+            "try /healthz, /metrics, /apps, /observations, /cache, /placement or /measurements\n",
         ),
     }
 }

@@ -32,6 +32,10 @@ pub struct AdminState {
     pub upgrade: Option<tokio::sync::mpsc::Sender<UpgradeRequest>>,
     /// Access log lines dropped (None: no access log).
     pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Probes the placement engine asked of peers on demand.
+    pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
+    /// Peers' latest measurements from the fleet's stream (None: not on a fleet).
+    pub fleet_view: Option<crate::fleet::PeerMeasurements>,
 }
 
 /// An upgrade asked for over the admin endpoint, and where its outcome goes.

@@ -15,7 +15,10 @@ use edgeplane::{
     admin::{self, AdminState, ReloadRequest, UpgradeRequest},
     config::EdgedConfig,
     daemon::{self, Daemon},
-    fleet::agent::{Agent, FleetHandle},
+    fleet::{
+        PeerMeasurements,
+        agent::{Agent, FleetHandle},
+    },
     placement::EngineApps,
     reconcile, reload, server,
     upgrade::{self, Handover},
@@ -81,6 +84,8 @@ fn start_placement_engine(
     maps: &PinnedMaps,
     workers: &server::Workers,
     apps: &EngineApps,
+    fleet_view: Option<PeerMeasurements>,
+    peer_asks: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Option<edgeplane::placement::PlacementStatus>> {
     let Some(handoff) = workers.handoff.clone() else {
         return Ok(None);
@@ -93,6 +98,8 @@ fn start_placement_engine(
         apps: apps.clone(),
         observations: workers.observations.clone(),
         metrics: workers.metrics.clone(),
+        fleet_view,
+        peer_asks,
     };
     Ok(Some(engine.spawn()?))
 }
@@ -180,8 +187,17 @@ async fn main() -> anyhow::Result<()> {
         None => (vec![], vec![], vec![], vec![]),
     };
     let engine_apps = EngineApps::default();
+    let fleet_view = fleet.as_ref().map(|_| PeerMeasurements::default());
+    let peer_asks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let placement = match &workers {
-        Some(w) => start_placement_engine(&cfg, &maps, w, &engine_apps)?,
+        Some(w) => start_placement_engine(
+            &cfg,
+            &maps,
+            w,
+            &engine_apps,
+            fleet_view.clone(),
+            peer_asks.clone(),
+        )?,
         None => None,
     };
     let supervisor = workers
@@ -205,6 +221,8 @@ async fn main() -> anyhow::Result<()> {
         reload: Some(reload_tx.clone()),
         upgrade: Some(upgrade_tx),
         access_log_dropped: workers.as_ref().and_then(|w| w.access_log_dropped.clone()),
+        peer_asks,
+        fleet_view: fleet_view.clone(),
     });
     let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
         Some(listener) => admin::serve_on(listener, admin_state)?,
@@ -226,6 +244,14 @@ async fn main() -> anyhow::Result<()> {
             status: placement.clone(),
             applied: edgeplane_dataplane::lock(&handle.wanted).clone(),
             last_error: None,
+            handoff: workers.as_ref().and_then(|w| w.handoff.clone()),
+            metrics: workers
+                .as_ref()
+                .map(|w| w.metrics.clone())
+                .unwrap_or_default(),
+            view: fleet_view.clone().unwrap_or_default(),
+            requests_seen: Default::default(),
+            maps: maps.clone(),
         }),
         _ => None,
     };

@@ -252,6 +252,58 @@ pub struct Measurements {
     pub popularity: BTreeMap<String, u64>,
 }
 
+/// The latest measurements of each peer (by name), read from the stream by the agent and used
+/// by the placement engine instead of probing the peer on demand.
+pub type PeerMeasurements = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Measurements>>>;
+
+/// Measurements older than this are not used (the peer stopped publishing; ask it instead).
+pub const MEASUREMENTS_MAX_AGE_MS: u64 = 10_000;
+
+/// `peer`'s RTT to `backend` (us) from its latest measurements, if they are fresh at `now_ms`.
+pub fn peer_backend_us(
+    view: &BTreeMap<String, Measurements>,
+    peer: &str,
+    backend: &str,
+    now_ms: u64,
+) -> Option<u64> {
+    let m = view.get(peer)?;
+    (now_ms.saturating_sub(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
+        .then(|| m.backends_us.get(backend).copied())
+        .flatten()
+}
+
+/// The backends `state`'s apps may call (`allowed_backends`, `host` hints), as `ip:port`:
+/// what each datacenter measures for its peers.
+pub fn backends_of(state: &FleetState) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut one = |t: &toml::Table| {
+        if let Some(toml::Value::Array(list)) = t.get("allowed_backends") {
+            out.extend(
+                list.iter()
+                    .filter_map(toml::Value::as_str)
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(host) = t
+            .get("placement")
+            .and_then(toml::Value::as_table)
+            .and_then(|p| p.get("host"))
+            .and_then(toml::Value::as_str)
+        {
+            out.insert(host.to_owned());
+        }
+    };
+    for app in state.apps.values() {
+        one(app);
+        if let Some(toml::Value::Array(fs)) = app.get("functions") {
+            fs.iter()
+                .filter_map(toml::Value::as_table)
+                .for_each(&mut one);
+        }
+    }
+    out.into_iter().collect()
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -286,6 +338,38 @@ mod tests {
             Some(Path::new("/cache/ab12.wasm"))
         );
         assert_eq!(cfg.blocklist, ["192.0.2.0/24"]);
+    }
+
+    #[test]
+    fn a_peers_measurement_is_used_while_fresh_and_backends_come_from_the_apps() {
+        let m = Measurements {
+            datacenter: "dc2".into(),
+            at_ms: 100_000,
+            backends_us: [("10.0.0.1:80".into(), 5_000)].into(),
+            ..Default::default()
+        };
+        let view = [("dc2".to_owned(), m)].into();
+        assert_eq!(
+            peer_backend_us(&view, "dc2", "10.0.0.1:80", 105_000),
+            Some(5_000)
+        );
+        assert_eq!(
+            peer_backend_us(&view, "dc2", "10.0.0.1:80", 111_000),
+            None,
+            "stale"
+        );
+        assert_eq!(peer_backend_us(&view, "dc2", "10.0.0.2:80", 105_000), None);
+        assert_eq!(peer_backend_us(&view, "dc3", "10.0.0.1:80", 105_000), None);
+        let (name, app) = parse_app(
+            "name = \"a\"\nallowed_backends = [\"10.0.0.1:80\"]\n\
+             [[functions]]\nname = \"f\"\ncomponent = \"x\"\nplacement = { host = \"10.0.0.7:5432\" }\n",
+        )
+        .unwrap();
+        let state = FleetState {
+            apps: [(name, app)].into(),
+            ..Default::default()
+        };
+        assert_eq!(backends_of(&state), ["10.0.0.1:80", "10.0.0.7:5432"]);
     }
 
     #[test]

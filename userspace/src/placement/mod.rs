@@ -99,6 +99,11 @@ pub struct Engine {
     pub apps: EngineApps,
     pub observations: Vec<Observations>,
     pub metrics: Vec<WorkerMetrics>,
+    /// Peers' latest measurements from the fleet's stream (None: not on a fleet): used
+    /// instead of asking a peer to probe a backend.
+    pub fleet_view: Option<crate::fleet::PeerMeasurements>,
+    /// Probes asked of peers on demand (what the stream saves).
+    pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One destination as this datacenter sees it, per request of the app.
@@ -322,7 +327,14 @@ impl Engine {
         let here = probe_time(&addr, &kind)?.as_micros() as f64;
         let mut estimates = Estimates::default();
         for peer in self.up_peers(&mut estimates) {
-            let probe = measure::ask_peer(&self.handoff, &peer, &addr.to_string(), &kind);
+            let probe = match kind {
+                ProbeKind::Connect => self.peer_backend_us(&peer, &addr.to_string()),
+                ProbeKind::Http(_) => {
+                    self.peer_asks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    measure::ask_peer(&self.handoff, &peer, &addr.to_string(), &kind)
+                }
+            };
             estimates.add(&peer, probe.map(|us| us as f64), "peer probe");
         }
         Ok(
@@ -394,6 +406,24 @@ impl Engine {
         up.into_iter().cloned().collect()
     }
 
+    /// `peer`'s RTT to `backend` (us): from its latest measurements on the fleet's stream
+    /// when they are fresh, else asked of it now (a signed probe request).
+    fn peer_backend_us(&self, peer: &Peer, backend: &str) -> anyhow::Result<u64> {
+        if let Some(view) = &self.fleet_view
+            && let Some(us) = crate::fleet::peer_backend_us(
+                &lock(view),
+                &peer.name,
+                backend,
+                crate::fleet::unix_ms(),
+            )
+        {
+            return Ok(us);
+        }
+        self.peer_asks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        measure::ask_peer(&self.handoff, peer, backend, &ProbeKind::Connect)
+    }
+
     /// Estimated request time at `peer`, in microseconds; `round_trips[i]`: RTTs per
     /// subrequest to `dests[i]` (see `round_trips`).
     fn estimate_at(
@@ -410,8 +440,7 @@ impl Engine {
             .with_context(|| format!("no RTT to {} yet", peer.name))?;
         let mut us = rtt.as_micros() as f64;
         for (d, trips) in dests.iter().zip(round_trips) {
-            let there_rtt =
-                measure::ask_peer(&self.handoff, peer, &d.name, &ProbeKind::Connect)? as f64;
+            let there_rtt = self.peer_backend_us(peer, &d.name)? as f64;
             us += d.per_request * trips * there_rtt;
         }
         Ok(us)
