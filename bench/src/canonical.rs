@@ -151,6 +151,9 @@ impl Canonical {
             scratch,
             edged: edged.to_path_buf(),
         };
+        if let Some(nats) = &world.nats {
+            world.publish_topology(&nats.url())?;
+        }
         for dc in datacenters {
             let pins = Pins(PathBuf::from(format!(
                 "/sys/fs/bpf/edgeplane-{name}-{dc}-{}",
@@ -176,6 +179,7 @@ impl Canonical {
                 scratch: &world.scratch,
                 apps,
                 control: &control,
+                fleet_topology: world.nats.is_some(),
                 workers: 1,
                 holdout,
                 runtime_extra: &tune.runtime,
@@ -187,6 +191,27 @@ impl Canonical {
             world.servers.push(server);
         }
         Ok(world)
+    }
+
+    /// Publishes this world's topology to the fleet (`edgectl fleet topology`, from the POP's
+    /// namespace): its datacenters' edged read it there, not from a file.
+    fn publish_topology(&self, url: &str) -> anyhow::Result<()> {
+        let file = self.scratch.join("fleet-topology.toml");
+        std::fs::write(&file, self.world.fleet_toml(WORKER_PORT))?;
+        let edgectl = self.edged.with_file_name("edgectl");
+        let done = self
+            .world
+            .ns("pop")
+            .command(edgectl.to_str().context("utf-8 path")?)
+            .args(["--nats", url, "fleet", "topology"])
+            .arg(&file)
+            .output()?;
+        anyhow::ensure!(
+            done.status.success(),
+            "edgectl fleet topology: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        Ok(())
     }
 
     /// Starts `dc`'s edged again with the same config (after `Server::kill`, say): its maps

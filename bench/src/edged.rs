@@ -26,6 +26,9 @@ pub struct DatacenterSpec<'a> {
     pub apps: &'a str,
     /// A `[control]` table (the fleet's NATS), or nothing.
     pub control: &'a str,
+    /// Leave the topology out of the file: the fleet's (published with `edgectl fleet
+    /// topology`) is used.
+    pub fleet_topology: bool,
     pub workers: u32,
     /// Share of engine-placed requests kept here as the baseline.
     pub holdout: f64,
@@ -51,7 +54,7 @@ cache_dir = "{cache}"
 {runtime_extra}
 [datacenter]
 name = "{name}"
-topology = "{topology}"
+{topology}
 keys = "{keys}"
 holdout = {holdout}
 {datacenter_extra}
@@ -62,7 +65,11 @@ holdout = {holdout}
             workers = self.workers,
             cache = self.scratch.join("cache").display(),
             name = self.name,
-            topology = self.topology_path().display(),
+            topology = if self.fleet_topology {
+                String::new()
+            } else {
+                format!("topology = \"{}\"", self.topology_path().display())
+            },
             keys = self.keys_path().display(),
             holdout = self.holdout,
             apps = self.apps,

@@ -97,6 +97,7 @@ fn datacenters_at_ipv6_addresses_of_the_tests_choosing_hand_off_both_ways() {
             scratch: &scratch,
             apps: &apps,
             control: "",
+            fleet_topology: false,
             workers: 1,
             holdout: 0.0,
             runtime_extra: "",

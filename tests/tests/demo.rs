@@ -10,7 +10,32 @@ fn the_demo_places_apps_and_writes_its_plots() {
     if !require_root("demo") {
         return;
     }
-    let out = std::env::temp_dir().join(format!("edgeplane-demo-{}", std::process::id()));
+    check_demo(&[]);
+}
+
+/// `./x demo --fleet`: the same, with every app deployed through NATS by `edgectl deploy`.
+#[test]
+fn the_demo_on_the_fleet_deploys_every_app_through_nats_and_places_them_alike() {
+    if !require_root("demo-fleet") {
+        return;
+    }
+    let stdout = check_demo(&["--fleet"]);
+    for app in ["fetcher", "hello", "shop"] {
+        assert!(
+            stdout.contains(&format!("deployed {app} (revision")),
+            "{stdout}"
+        );
+    }
+}
+
+/// Runs the short demo with `extra` arguments, checks its table, summary and plots; its output
+/// (stdout, then stderr).
+fn check_demo(extra: &[&str]) -> String {
+    let out = std::env::temp_dir().join(format!(
+        "edgeplane-demo-{}{}",
+        std::process::id(),
+        extra.concat()
+    ));
     let _ = std::fs::remove_dir_all(&out);
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -21,6 +46,7 @@ fn the_demo_places_apps_and_writes_its_plots() {
             "run", "--locked", "-q", "-p", "xtask", "--", "demo", "--short", "--out",
         ])
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -64,4 +90,5 @@ fn the_demo_places_apps_and_writes_its_plots() {
         );
     }
     std::fs::remove_dir_all(&out).unwrap();
+    format!("{stdout}\n{stderr}")
 }

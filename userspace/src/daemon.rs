@@ -160,7 +160,10 @@ impl Daemon {
         if peer_view(&topology.peers_of(&dc.name)) != peer_view(&handoff.peers) {
             anyhow::bail!(
                 "{}: datacenter.topology: its datacenters or their addresses changed; that takes effect at `edged upgrade` or a restart",
-                dc.topology.display()
+                dc.topology
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("(the fleet's)"))
+                    .display()
             );
         }
         dc.load_keys(&topology).map(Some)

@@ -34,6 +34,10 @@ pub struct DemoArgs {
     /// Where to write results (default: results/demo).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run the datacenters on the fleet's control plane: a nats-server in its own namespace,
+    /// and every app deployed with `edgectl deploy` instead of written in a file.
+    #[arg(long)]
+    fleet: bool,
 }
 
 impl DemoArgs {
@@ -42,6 +46,7 @@ impl DemoArgs {
         Self {
             short: false,
             out: Some(out),
+            fleet: false,
         }
     }
 }
@@ -283,6 +288,66 @@ fn print_table(results: &[AppResult]) {
     );
 }
 
+/// Deploys the demo's apps with `edgectl --nats ... deploy` (from the POP's namespace), each
+/// from a table file of its own, and waits until every datacenter serves them.
+fn deploy_to_fleet(world: &Canonical, out: &std::path::Path) -> anyhow::Result<()> {
+    let url = world.nats.as_ref().context("a fleet world has NATS")?.url();
+    let (backend_url, authority) = Canonical::backend_urls()?;
+    let doc: toml::Table = toml::from_str(&apps_toml(&backend_url, &authority))?;
+    let dir = out.join("fleet");
+    std::fs::create_dir_all(&dir)?;
+    let edgectl = target_dir().join("release/edgectl");
+    let started = Instant::now();
+    for app in doc
+        .get("apps")
+        .and_then(toml::Value::as_array)
+        .context("apps")?
+        .iter()
+        .filter_map(toml::Value::as_table)
+    {
+        let name = app
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .context("name")?;
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, toml::to_string(app)?)?;
+        let done = world
+            .world
+            .ns("pop")
+            .command(edgectl.to_str().context("utf-8 path")?)
+            .args(["--nats", &url, "deploy"])
+            .arg(&file)
+            .output()?;
+        anyhow::ensure!(
+            done.status.success(),
+            "edgectl deploy {name}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        step(String::from_utf8_lossy(&done.stdout).trim());
+    }
+    for app in &APPS {
+        loop {
+            check_interrupted()?;
+            let (status, ..) = world.through_pop(app.host, "/");
+            if status == 200 {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "{}: not served {:?} after deploying ({status})",
+                app.name,
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    step(&format!(
+        "every app deployed through NATS answers at the POP {:.1} s after the first deploy",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: cleaning up");
@@ -312,14 +377,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "building the canonical world: client, pop, dc2, region, backend; starting edged at pop, dc2, region",
     );
-    let world = Canonical::start(
-        "demo",
-        &["pop", "dc2", "region"],
-        0.01,
-        &target_dir().join("release/edged"),
-        apps_toml,
-        |_| Tuning::default(),
-    )?;
+    let edged = target_dir().join("release/edged");
+    let world = if args.fleet {
+        let world =
+            Canonical::start_fleet("demo", &["pop", "dc2", "region"], 0.01, &edged, |_| {
+                Tuning::default()
+            })?;
+        deploy_to_fleet(&world, &out)?;
+        world
+    } else {
+        Canonical::start(
+            "demo",
+            &["pop", "dc2", "region"],
+            0.01,
+            &edged,
+            apps_toml,
+            |_| Tuning::default(),
+        )?
+    };
     for (a, b) in [("pop", "backend"), ("dc2", "backend"), ("pop", "dc2")] {
         if let Some(rtt) = world.plan.rtt(a, b) {
             step(&format!("link {a}-{b}: {} ms RTT", rtt.as_millis()));

@@ -57,6 +57,8 @@ enum Scenario {
     Saturation,
     /// Latency over time across a reload and an upgrade of edged under load.
     Upgrade,
+    /// The fleet on NATS: deploy-to-everywhere time, placement from streamed measurements.
+    Fleet,
     /// The multi-datacenter canonical scenario: the main job's full run.
     Canonical,
 }
@@ -147,6 +149,10 @@ fn test() -> anyhow::Result<()> {
     run_bin(
         "attack-bench",
         &["--smoke", "--out", &format!("{smoke}/attack")],
+    )?;
+    run_bin(
+        "fleet-bench",
+        &["--smoke", "--out", &format!("{smoke}/fleet")],
     )?;
     run_bin(
         "saturation-bench",
@@ -295,6 +301,7 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
             Scenario::Attack => run_bin("attack-bench", &["--out", &folder("attack")])?,
             Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
             Scenario::Upgrade => run_bin("upgrade-bench", &["--out", &folder("upgrade")])?,
+            Scenario::Fleet => run_bin("fleet-bench", &["--out", &folder("fleet")])?,
             Scenario::Instantiate => cargo(&[
                 "bench",
                 "--locked",

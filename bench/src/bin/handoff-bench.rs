@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         scratch: &scratch,
         apps: &apps,
         control: "",
+        fleet_topology: false,
         workers: 1,
         holdout: 0.0,
         runtime_extra: "",

@@ -129,6 +129,16 @@ async fn main() -> anyhow::Result<()> {
     let fleet = match (&cfg.control, &cli.config) {
         (Some(control), Some(path)) => {
             let handle = FleetHandle::open(control, &cfg.runtime.cache_dir)?;
+            if !handle.snapshot.exists()
+                && let Some(state) = edgeplane::fleet::agent::first_state(
+                    control,
+                    &cfg.runtime.cache_dir,
+                    std::time::Duration::from_secs(5),
+                )
+                .await
+            {
+                *edgeplane_dataplane::lock(&handle.wanted) = state;
+            }
             cfg = EdgedConfig::load(&handle.compose_from(path)?)?;
             Some(Arc::new(handle))
         }

@@ -52,8 +52,10 @@ pub struct DatacenterConfig {
     /// This datacenter's name in the topology.
     pub name: String,
     /// The topology file: every datacenter with its addresses (see `topology`). Relative paths
-    /// here and in `keys` are relative to the config file.
-    pub topology: PathBuf,
+    /// here and in `keys` are relative to the config file. On the fleet (`[control]`) it may be
+    /// left out: the control plane's topology is used.
+    #[serde(default)]
+    pub topology: Option<PathBuf>,
     /// The handoff keys this datacenter shares with each peer (see `keys`); mode 600.
     pub keys: PathBuf,
     /// Handoff or probe failures in a row that mark a peer down.
@@ -105,7 +107,13 @@ fn default_handoff_timeout() -> Duration {
 
 impl DatacenterConfig {
     pub fn load_topology(&self) -> anyhow::Result<crate::topology::Topology> {
-        crate::topology::Topology::load(&self.topology)
+        let path = self.topology.as_ref().with_context(|| {
+            format!(
+                "datacenter {}: no topology: set [datacenter] topology, or run on the fleet ([control]) after `edgectl fleet topology`",
+                self.name
+            )
+        })?;
+        crate::topology::Topology::load(path)
     }
 
     /// The keys shared with each peer of `topology`.
@@ -384,7 +392,7 @@ impl EdgedConfig {
         let mut cfg = Self::parse(&text).map_err(|e| located(path, &text, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(dc) = &mut cfg.datacenter {
-            for path in [&mut dc.topology, &mut dc.keys] {
+            for path in dc.topology.iter_mut().chain([&mut dc.keys]) {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }

@@ -56,7 +56,16 @@ impl FleetHandle {
     pub fn compose_from(&self, base: &Path) -> anyhow::Result<PathBuf> {
         let text =
             std::fs::read_to_string(base).with_context(|| format!("reading {}", base.display()))?;
-        let composed = compose(&text, &lock(&self.wanted))
+        let state = lock(&self.wanted).clone();
+        let topology = self.effective.with_extension("topology.toml");
+        if let Some(t) = &state.topology {
+            if let Some(dir) = topology.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&topology, t)
+                .with_context(|| format!("writing {}", topology.display()))?;
+        }
+        let composed = compose(&text, &state, &topology)
             .with_context(|| format!("composing {} with the fleet", base.display()))?;
         // Relative paths in the file stay relative to it: the effective file sits beside the
         // snapshot, so they are made absolute here.
@@ -162,6 +171,32 @@ pub fn apply_pins(
     }
 }
 
+/// The fleet's state read once at start, within `timeout`, for an edged that has no snapshot
+/// yet (its first start): it then starts with the fleet's apps and topology. None when NATS does
+/// not answer in time (it starts from the file, and the agent catches up).
+pub async fn first_state(
+    control: &ControlConfig,
+    cache_dir: &Path,
+    timeout: Duration,
+) -> Option<FleetState> {
+    let read = async {
+        let client = FleetClient::connect(&control.nats, timeout).await?;
+        let buckets = buckets(&client).await?;
+        read_state(&client, &buckets, cache_dir).await
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(state)) => Some(state),
+        Ok(Err(e)) => {
+            warn!(error = %format!("{e:#}"), "fleet not read at start; starting from the file");
+            None
+        }
+        Err(_) => {
+            warn!("fleet not read within {timeout:?} at start; starting from the file");
+            None
+        }
+    }
+}
+
 /// The control task of one edged.
 pub struct Agent {
     pub control: ControlConfig,
@@ -189,6 +224,13 @@ pub struct Agent {
 impl Agent {
     /// Runs forever: connects, syncs, watches; on any failure waits a second and starts over.
     pub async fn run(mut self) {
+        // Started from the fleet read at start (no snapshot yet): that is the snapshot now.
+        if !self.handle.snapshot.exists()
+            && self.applied != FleetState::default()
+            && let Err(e) = self.applied.save(&self.handle.snapshot)
+        {
+            warn!(error = %format!("{e:#}"), "fleet snapshot not written");
+        }
         let mut quiet = false;
         loop {
             match FleetClient::connect(&self.control.nats, Duration::from_secs(2)).await {
@@ -209,11 +251,7 @@ impl Agent {
     }
 
     async fn session(&mut self, client: &FleetClient) -> anyhow::Result<()> {
-        let buckets = [
-            client.apps().await?,
-            client.placement().await?,
-            client.guard().await?,
-        ];
+        let buckets = buckets(client).await?;
         let mut watches = Vec::new();
         for b in &buckets {
             watches.push(b.watch_all().await?);
@@ -245,7 +283,7 @@ impl Agent {
     }
 
     /// Reads the buckets whole and applies what differs from what is applied.
-    async fn sync(&mut self, client: &FleetClient, buckets: &[kv::Store; 3]) {
+    async fn sync(&mut self, client: &FleetClient, buckets: &[kv::Store; 4]) {
         let state = match read_state(client, buckets, &self.cache_dir).await {
             Ok(s) => s,
             Err(e) => {
@@ -348,15 +386,15 @@ impl Agent {
         if let Ok(cfg) = self.maps.worker_config()
             && let Ok(loads) = self.maps.worker_loads(cfg.n_workers)
         {
-            m.in_flight = loads.iter().map(|l| u64::from(l.in_flight)).sum();
+            m.in_flight = loads.iter().map(|l| l.in_flight).sum();
         }
         m.at_ms = super::unix_ms();
         client.publish_measurements(&m).await?;
         for peer in &handoff.peers {
-            if let Some(theirs) = client.latest_measurements(&peer.name).await? {
-                if theirs.datacenter == peer.name {
-                    lock(&self.view).insert(peer.name.clone(), theirs);
-                }
+            if let Some(theirs) = client.latest_measurements(&peer.name).await?
+                && theirs.datacenter == peer.name
+            {
+                lock(&self.view).insert(peer.name.clone(), theirs);
             }
         }
         Ok(())
@@ -384,6 +422,16 @@ impl Agent {
     }
 }
 
+/// The buckets edged reads, in `read_state`'s order.
+async fn buckets(client: &FleetClient) -> anyhow::Result<[kv::Store; 4]> {
+    Ok([
+        client.apps().await?,
+        client.placement().await?,
+        client.guard().await?,
+        client.topology().await?,
+    ])
+}
+
 /// The value of `key`, if it is set (not deleted).
 async fn value(store: &kv::Store, key: &str) -> anyhow::Result<Option<bytes::Bytes>> {
     Ok(store
@@ -406,15 +454,15 @@ async fn keys(store: &kv::Store) -> anyhow::Result<Vec<String>> {
 }
 
 /// The fleet as the buckets hold it now, every component it names staged in the code cache.
-async fn read_state(
+pub async fn read_state(
     client: &FleetClient,
-    [apps, placement, guard]: &[kv::Store; 3],
+    [apps, placement, guard, topology]: &[kv::Store; 4],
     cache_dir: &Path,
 ) -> anyhow::Result<FleetState> {
     let mut state = FleetState::default();
     // Each bucket's last sequence, read first: deletes count, and a change made while this
     // reads shows as a later revision than the one recorded.
-    for name in [super::APPS, super::PLACEMENT, super::GUARD] {
+    for name in [super::APPS, super::PLACEMENT, super::GUARD, super::TOPOLOGY] {
         state
             .revisions
             .insert(name.to_owned(), client.revision(name).await?);
@@ -447,6 +495,11 @@ async fn read_state(
     }
     if let Some(bytes) = value(guard, BLOCKLIST_KEY).await? {
         state.blocklist = Some(serde_json::from_slice(&bytes).context("the fleet's blocklist")?);
+    }
+    if let Some(bytes) = value(topology, super::TOPOLOGY_KEY).await? {
+        let text = std::str::from_utf8(&bytes).context("the fleet's topology: not UTF-8")?;
+        crate::topology::Topology::parse(text).context("the fleet's topology")?;
+        state.topology = Some(text.to_owned());
     }
     if let Some(bytes) = value(guard, RATE_LIMIT_KEY).await? {
         state.rate_limit = Some(serde_json::from_slice(&bytes).context("the fleet's rate limit")?);

@@ -39,6 +39,8 @@ pub const MEASUREMENTS_SUBJECT: &str = "edgeplane.measurements";
 /// Keys of the guard bucket.
 pub const BLOCKLIST_KEY: &str = "blocklist";
 pub const RATE_LIMIT_KEY: &str = "rate_limit";
+/// The topology bucket's key.
+pub const TOPOLOGY_KEY: &str = "topology";
 
 /// What a component reference in the apps bucket starts with.
 pub const COMPONENT_PREFIX: &str = "sha256:";
@@ -85,6 +87,9 @@ pub struct FleetState {
     pub pins: BTreeMap<String, Pin>,
     pub blocklist: Option<Vec<String>>,
     pub rate_limit: Option<toml::Table>,
+    /// The fleet's topology (TOML), used when the file names none.
+    #[serde(default)]
+    pub topology: Option<String>,
     /// Each bucket's last revision seen.
     pub revisions: BTreeMap<String, u64>,
 }
@@ -118,9 +123,22 @@ impl FleetState {
 }
 
 /// The configuration this edged runs: the file's text with the fleet's apps added to its
-/// `[[apps]]`, and the fleet's blocklist and rate limit in place of the file's when set.
-pub fn compose(file_text: &str, state: &FleetState) -> anyhow::Result<String> {
+/// `[[apps]]`, and the fleet's blocklist and rate limit in place of the file's when set; a
+/// `[datacenter]` that names no topology gets `fleet_topology`, where the fleet's is written.
+pub fn compose(
+    file_text: &str,
+    state: &FleetState,
+    fleet_topology: &Path,
+) -> anyhow::Result<String> {
     let mut doc: toml::Table = toml::from_str(file_text).context("the configuration file")?;
+    if let (Some(toml::Value::Table(dc)), Some(_)) = (doc.get_mut("datacenter"), &state.topology)
+        && !dc.contains_key("topology")
+    {
+        dc.insert(
+            "topology".into(),
+            toml::Value::String(fleet_topology.display().to_string()),
+        );
+    }
     let apps = doc
         .entry("apps")
         .or_insert_with(|| toml::Value::Array(Vec::new()));
@@ -329,7 +347,7 @@ mod tests {
             blocklist: Some(vec!["192.0.2.0/24".into()]),
             ..Default::default()
         };
-        let text = compose(file, &state).unwrap();
+        let text = compose(file, &state, Path::new("/t.toml")).unwrap();
         let cfg = crate::config::EdgedConfig::parse(&text).unwrap();
         let names: Vec<_> = cfg.apps.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["local", "shop", "shop.db"]);

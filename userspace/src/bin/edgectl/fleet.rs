@@ -85,6 +85,25 @@ pub fn deploy(
     })
 }
 
+/// `edgectl --nats URL fleet topology <file>`: checked, then published.
+pub fn topology(url: &str, file: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let topology = edgeplane::topology::Topology::parse(&text)
+        .with_context(|| format!("in {}", file.display()))?;
+    runtime()?.block_on(async {
+        let store = connect(url).await?.topology().await?;
+        let revision = store
+            .put(fleet::TOPOLOGY_KEY, topology.to_toml().into())
+            .await?;
+        println!(
+            "topology published (revision {revision}; {} datacenters)",
+            topology.datacenters.len()
+        );
+        Ok(())
+    })
+}
+
 /// `edgectl --nats URL app rm <name>`.
 pub fn app_rm(url: &str, name: &str) -> anyhow::Result<()> {
     fleet::check_key(name)?;
@@ -169,7 +188,7 @@ pub fn status(url: &str, as_json: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = connect(url).await?;
         let mut current = 0;
-        for bucket in [APPS, PLACEMENT, GUARD] {
+        for bucket in [APPS, PLACEMENT, GUARD, fleet::TOPOLOGY] {
             client.kv(bucket).await?;
             current = current.max(client.revision(bucket).await?);
         }

@@ -92,6 +92,9 @@ enum Command {
 enum FleetCmd {
     /// Each datacenter's last heartbeat, the revision it serves, and its apps' placement.
     Status,
+    /// Publish the topology (every datacenter and its addresses) that datacenters whose file
+    /// names none use; it takes effect at their next start or upgrade.
+    Topology { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -393,6 +396,9 @@ fn run_fleet(cli: &Cli) -> Option<anyhow::Result<()>> {
             need().and_then(|u| fleet::deploy(u, file, component.as_deref(), cli.json))
         }
         (Command::Fleet(FleetCmd::Status), _) => need().and_then(|u| fleet::status(u, cli.json)),
+        (Command::Fleet(FleetCmd::Topology { file }), _) => {
+            need().and_then(|u| fleet::topology(u, file))
+        }
         (Command::App(AppCmd::Rm { name }), Some(u)) => fleet::app_rm(u, name),
         (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => {
             fleet::pin(u, app, target)
