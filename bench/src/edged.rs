@@ -37,7 +37,27 @@ pub struct DatacenterSpec<'a> {
     pub datacenter_extra: &'a str,
 }
 
-impl DatacenterSpec<'_> {
+impl<'a> DatacenterSpec<'a> {
+    /// One worker, no holdout, apps from the file, the topology from the world's file: a
+    /// datacenter as the handoff benchmark and the address tests run it.
+    pub fn plain(name: &'a str, bench: &str, scratch: &'a Path, apps: &'a str) -> Self {
+        Self {
+            name,
+            pin_dir: PathBuf::from(format!(
+                "/sys/fs/bpf/edgeplane-{bench}-{}-{name}",
+                std::process::id()
+            )),
+            scratch,
+            apps,
+            control: "",
+            fleet_topology: false,
+            workers: 1,
+            holdout: 0.0,
+            runtime_extra: "",
+            datacenter_extra: "",
+        }
+    }
+
     pub fn config(&self) -> String {
         format!(
             r#"

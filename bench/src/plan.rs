@@ -64,13 +64,7 @@ impl Plan {
         Self::parse(CANONICAL).expect("the canonical plan is valid")
     }
 
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
-    }
-
-    /// Parses and checks names, ids, links and the key, so a typo fails before anything starts.
+    /// Parses and checks names, ids and links, so a typo fails before anything starts.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let t: Self = toml::from_str(text)?;
         let mut names = BTreeSet::new();

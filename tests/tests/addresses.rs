@@ -88,21 +88,7 @@ fn datacenters_at_ipv6_addresses_of_the_tests_choosing_hand_off_both_ways() {
     let mut servers: Vec<Server> = Vec::new();
     let mut pins: Vec<PathBuf> = Vec::new();
     for dc in ["ams", "fra"] {
-        let spec = DatacenterSpec {
-            name: dc,
-            pin_dir: PathBuf::from(format!(
-                "/sys/fs/bpf/edgeplane-addresses-{}-{dc}",
-                std::process::id()
-            )),
-            scratch: &scratch,
-            apps: &apps,
-            control: "",
-            fleet_topology: false,
-            workers: 1,
-            holdout: 0.0,
-            runtime_extra: "",
-            datacenter_extra: "",
-        };
+        let spec = DatacenterSpec::plain(dc, "addresses", &scratch, &apps);
         std::fs::write(spec.topology_path(), world.fleet_toml(WORKER_PORT)).unwrap();
         world.keys.write(dc, &spec.keys_path()).unwrap();
         // IPv6 only: an IPv4 address anywhere on the path would fail the handoff.

@@ -217,6 +217,42 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
     let (_, headers, _, _) = world.through_pop("hello.test", "/");
     assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
 
+    // The blocklist and the rate limit, fleet-wide: in both datacenters' maps.
+    let (ok, out) = edgectl(&world, &["block", "add", "203.0.113.0/24"]);
+    assert!(ok, "{out}");
+    let (ok, out) = edgectl(
+        &world,
+        &["ratelimit", "set", "--pps", "5000", "--burst", "200"],
+    );
+    assert!(ok, "{out}");
+    let guarded = |dc: &str| {
+        let maps = edgeplane::PinnedMaps::open(world.pins(dc)).unwrap();
+        let blocked = maps.block_list().unwrap().len() == 1;
+        let rl = maps.rate_limit().unwrap();
+        blocked && rl.pps == 5000 && rl.burst == 200
+    };
+    let started = Instant::now();
+    while !(guarded("pop") && guarded("dc2")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "guard not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, out) = edgectl(&world, &["block", "rm", "203.0.113.0/24"]);
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    for dc in ["pop", "dc2"] {
+        let maps = edgeplane::PinnedMaps::open(world.pins(dc)).unwrap();
+        while !maps.block_list().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "unblock not applied at {dc}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     let (ok, out) = edgectl(&world, &["app", "rm", "hello"]);
     assert!(ok, "{out}");
     let took = everywhere(&world, "gone", |r| r.0 == 404);

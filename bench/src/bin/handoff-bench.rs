@@ -62,21 +62,7 @@ fn main() -> anyhow::Result<()> {
         "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
         hello.display()
     );
-    let spec = |name: &'static str| DatacenterSpec {
-        name,
-        pin_dir: PathBuf::from(format!(
-            "/sys/fs/bpf/edgeplane-handoff-bench-{}-{name}",
-            std::process::id()
-        )),
-        scratch: &scratch,
-        apps: &apps,
-        control: "",
-        fleet_topology: false,
-        workers: 1,
-        holdout: 0.0,
-        runtime_extra: "",
-        datacenter_extra: "",
-    };
+    let spec = |name: &'static str| DatacenterSpec::plain(name, "handoff-bench", &scratch, &apps);
     let (pop, dc2) = (spec("pop"), spec("dc2"));
     let servers = [
         pop.start(&world, &edged_bin)?,

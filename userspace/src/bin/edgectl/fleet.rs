@@ -182,6 +182,26 @@ pub fn block(url: &str, cidr: &str, add: bool) -> anyhow::Result<()> {
     })
 }
 
+/// `edgectl --nats URL ratelimit set ...`: the fleet's `[rate_limit]`, checked as a config
+/// file's would be before it is published.
+pub fn rate_limit(url: &str, table: &serde_json::Value) -> anyhow::Result<()> {
+    let as_toml: toml::Table = serde_json::from_value(table.clone())?;
+    edgeplane::config::EdgedConfig::parse(&toml::to_string(
+        &[("rate_limit".to_owned(), toml::Value::Table(as_toml))]
+            .into_iter()
+            .collect::<toml::Table>(),
+    )?)
+    .context("the rate limit")?;
+    runtime()?.block_on(async {
+        let guard = connect(url).await?.guard().await?;
+        guard
+            .put(fleet::RATE_LIMIT_KEY, serde_json::to_vec(table)?.into())
+            .await?;
+        println!("fleet rate limit: {table}");
+        Ok(())
+    })
+}
+
 /// `edgectl --nats URL fleet status`: each datacenter's last heartbeat, the revision it serves
 /// against the fleet's, and its apps' placement verdicts.
 pub fn status(url: &str, as_json: bool) -> anyhow::Result<()> {

@@ -53,10 +53,10 @@ enum Command {
     /// Apps and the VIPs that route to them.
     #[command(subcommand)]
     App(AppCmd),
-    /// Source prefixes dropped at XDP.
+    /// Source prefixes dropped at XDP (fleet-wide with --nats).
     #[command(subcommand)]
     Block(BlockCmd),
-    /// The per-source token bucket.
+    /// The per-source token bucket (fleet-wide with --nats).
     #[command(subcommand)]
     Ratelimit(RateLimitCmd),
     /// Where each app runs.
@@ -404,6 +404,30 @@ fn run_fleet(cli: &Cli) -> Option<anyhow::Result<()>> {
             fleet::pin(u, app, target)
         }
         (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => fleet::unpin(u, app),
+        (
+            Command::Ratelimit(RateLimitCmd::Set {
+                pps,
+                burst,
+                v4_prefix,
+                v6_prefix,
+                off,
+            }),
+            Some(u),
+        ) => {
+            let mut table = serde_json::Map::new();
+            table.insert("enabled".into(), json!(!off));
+            for (key, value) in [
+                ("pps", *pps),
+                ("burst", *burst),
+                ("v4_prefix", v4_prefix.map(u64::from)),
+                ("v6_prefix", v6_prefix.map(u64::from)),
+            ] {
+                if let Some(v) = value.filter(|_| !off) {
+                    table.insert(key.into(), json!(v));
+                }
+            }
+            fleet::rate_limit(u, &serde_json::Value::Object(table))
+        }
         (Command::Block(BlockCmd::Add { cidr }), Some(u)) => {
             fleet::block(u, &cidr.to_string(), true)
         }
