@@ -35,7 +35,7 @@ pub struct AdminState {
     /// Probes the placement engine asked of peers on demand.
     pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
     /// Peers' latest measurements from the fleet's stream (None: not on a fleet).
-    pub fleet_view: Option<crate::fleet::PeerMeasurements>,
+    pub fleet_view: Option<crate::placement::measure::PeerMeasurements>,
 }
 
 /// An upgrade asked for over the admin endpoint, and where its outcome goes.

@@ -42,8 +42,27 @@ pub struct EdgedConfig {
     /// JSON lines, one per request (sampled): app, target, reason, status, bytes, duration.
     pub access_log: AccessLogConfig,
     /// Take apps, blocklist, rate limit and pins from the fleet's control plane (NATS).
-    pub control: Option<crate::fleet::ControlConfig>,
+    pub control: Option<ControlConfig>,
     pub apps: Vec<AppConfig>,
+}
+
+/// `[control]`: this edged takes its apps, blocklist, rate limit and pins from the fleet.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The NATS server (`nats://host:4222`).
+    pub nats: String,
+    /// Where the last-known-good fleet state is kept (default:
+    /// `<runtime.cache_dir>/fleet-snapshot.json`).
+    #[serde(default)]
+    pub snapshot: Option<PathBuf>,
+    /// How often this datacenter publishes its heartbeat and measurements.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: std::time::Duration,
+}
+
+fn default_heartbeat() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
 }
 
 #[derive(Debug, Deserialize)]

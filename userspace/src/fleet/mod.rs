@@ -53,24 +53,7 @@ pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
 /// Apps the fleet may hold.
 pub const MAX_APPS: usize = 4096;
 
-/// `[control]`: this edged takes its apps, blocklist, rate limit and pins from the fleet.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlConfig {
-    /// The NATS server (`nats://host:4222`).
-    pub nats: String,
-    /// Where the last-known-good fleet state is kept (default:
-    /// `<runtime.cache_dir>/fleet-snapshot.json`).
-    #[serde(default)]
-    pub snapshot: Option<PathBuf>,
-    /// How often this datacenter publishes its heartbeat and measurements.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat: std::time::Duration,
-}
-
-fn default_heartbeat() -> std::time::Duration {
-    std::time::Duration::from_secs(1)
-}
+pub use crate::config::ControlConfig;
 
 /// Where an app is pinned fleet-wide.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,78 +237,15 @@ pub struct Heartbeat {
     pub apps: crate::placement::StatusTable,
 }
 
-/// What a datacenter measured, for its peers' placement engines (instead of probing it on
-/// demand).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Measurements {
-    pub datacenter: String,
-    pub at_ms: u64,
-    /// RTT to each peer (us), by peer name.
-    pub peers_us: BTreeMap<String, u64>,
-    /// RTT to each backend the fleet's apps may call (`host:port` -> us), from here.
-    pub backends_us: BTreeMap<String, u64>,
-    /// Requests in flight over all workers.
-    pub in_flight: u64,
-    /// Requests per app since the last measurement.
-    pub popularity: BTreeMap<String, u64>,
-}
-
-/// The latest measurements of each peer (by name), read from the stream by the agent and used
-/// by the placement engine instead of probing the peer on demand.
-pub type PeerMeasurements = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Measurements>>>;
-
-/// Measurements older than this are not used (the peer stopped publishing; ask it instead).
-pub const MEASUREMENTS_MAX_AGE_MS: u64 = 10_000;
-
-/// `peer`'s RTT to `backend` (us) from its latest measurements, if they are fresh at `now_ms`.
-pub fn peer_backend_us(
-    view: &BTreeMap<String, Measurements>,
-    peer: &str,
-    backend: &str,
-    now_ms: u64,
-) -> Option<u64> {
-    let m = view.get(peer)?;
-    (now_ms.saturating_sub(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
-        .then(|| m.backends_us.get(backend).copied())
-        .flatten()
-}
+pub use crate::placement::measure::{
+    MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, backends_of_tables, peer_backend_us,
+    unix_ms,
+};
 
 /// The backends `state`'s apps may call (`allowed_backends`, `host` hints), as `ip:port`:
 /// what each datacenter measures for its peers.
 pub fn backends_of(state: &FleetState) -> Vec<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut one = |t: &toml::Table| {
-        if let Some(toml::Value::Array(list)) = t.get("allowed_backends") {
-            out.extend(
-                list.iter()
-                    .filter_map(toml::Value::as_str)
-                    .map(str::to_owned),
-            );
-        }
-        if let Some(host) = t
-            .get("placement")
-            .and_then(toml::Value::as_table)
-            .and_then(|p| p.get("host"))
-            .and_then(toml::Value::as_str)
-        {
-            out.insert(host.to_owned());
-        }
-    };
-    for app in state.apps.values() {
-        one(app);
-        if let Some(toml::Value::Array(fs)) = app.get("functions") {
-            fs.iter()
-                .filter_map(toml::Value::as_table)
-                .for_each(&mut one);
-        }
-    }
-    out.into_iter().collect()
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    backends_of_tables(state.apps.values())
 }
 
 #[cfg(test)]

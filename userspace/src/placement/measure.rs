@@ -3,9 +3,12 @@
 //! nothing), and a peer's view of a destination (a signed probe request to its workers).
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use serde::{Deserialize, Serialize};
 
 use anyhow::{Context as _, bail};
 use edgeplane_dataplane::{
@@ -138,4 +141,78 @@ fn ask_peer_at(
     v["probe_us"]
         .as_u64()
         .context("probe answer without probe_us")
+}
+
+/// What a datacenter measured, for its peers' placement engines (instead of probing it on
+/// demand).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measurements {
+    pub datacenter: String,
+    pub at_ms: u64,
+    /// RTT to each peer (us), by peer name.
+    pub peers_us: BTreeMap<String, u64>,
+    /// RTT to each backend the fleet's apps may call (`host:port` -> us), from here.
+    pub backends_us: BTreeMap<String, u64>,
+    /// Requests in flight over all workers.
+    pub in_flight: u64,
+    /// Requests per app since the last measurement.
+    pub popularity: BTreeMap<String, u64>,
+}
+
+/// The latest measurements of each peer (by name), read from the stream by the agent and used
+/// by the placement engine instead of probing the peer on demand.
+pub type PeerMeasurements = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Measurements>>>;
+
+/// Measurements older than this are not used (the peer stopped publishing; ask it instead).
+pub const MEASUREMENTS_MAX_AGE_MS: u64 = 10_000;
+
+/// `peer`'s RTT to `backend` (us) from its latest measurements, if they are fresh at `now_ms`.
+pub fn peer_backend_us(
+    view: &BTreeMap<String, Measurements>,
+    peer: &str,
+    backend: &str,
+    now_ms: u64,
+) -> Option<u64> {
+    let m = view.get(peer)?;
+    (now_ms.saturating_sub(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
+        .then(|| m.backends_us.get(backend).copied())
+        .flatten()
+}
+
+/// The backends apps (their `[[apps]]` tables) may call (`allowed_backends`, `host` hints), as
+/// `ip:port`: what each datacenter measures for its peers.
+pub fn backends_of_tables<'a>(apps: impl IntoIterator<Item = &'a toml::Table>) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut one = |t: &toml::Table| {
+        if let Some(toml::Value::Array(list)) = t.get("allowed_backends") {
+            out.extend(
+                list.iter()
+                    .filter_map(toml::Value::as_str)
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(host) = t
+            .get("placement")
+            .and_then(toml::Value::as_table)
+            .and_then(|p| p.get("host"))
+            .and_then(toml::Value::as_str)
+        {
+            out.insert(host.to_owned());
+        }
+    };
+    for app in apps {
+        one(app);
+        if let Some(toml::Value::Array(fs)) = app.get("functions") {
+            fs.iter()
+                .filter_map(toml::Value::as_table)
+                .for_each(&mut one);
+        }
+    }
+    out.into_iter().collect()
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

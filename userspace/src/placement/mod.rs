@@ -101,7 +101,7 @@ pub struct Engine {
     pub metrics: Vec<WorkerMetrics>,
     /// Peers' latest measurements from the fleet's stream (None: not on a fleet): used
     /// instead of asking a peer to probe a backend.
-    pub fleet_view: Option<crate::fleet::PeerMeasurements>,
+    pub fleet_view: Option<measure::PeerMeasurements>,
     /// Probes asked of peers on demand (what the stream saves).
     pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -410,12 +410,8 @@ impl Engine {
     /// when they are fresh, else asked of it now (a signed probe request).
     fn peer_backend_us(&self, peer: &Peer, backend: &str) -> anyhow::Result<u64> {
         if let Some(view) = &self.fleet_view
-            && let Some(us) = crate::fleet::peer_backend_us(
-                &lock(view),
-                &peer.name,
-                backend,
-                crate::fleet::unix_ms(),
-            )
+            && let Some(us) =
+                measure::peer_backend_us(&lock(view), &peer.name, backend, measure::unix_ms())
         {
             return Ok(us);
         }

@@ -12,7 +12,52 @@ use edgeplane::fleet::{
 use futures_util::StreamExt as _;
 use serde_json::json;
 
-use crate::{print_json, table};
+use crate::{
+    AppCmd, BlockCmd, Cli, Command, FleetCmd, PlacementCmd, RateLimitCmd, print_json, table,
+};
+
+/// The fleet-wide verbs, when `--nats` is given (or needed); None: not a fleet verb.
+pub(crate) fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
+    let url = cli.nats.as_deref();
+    let need = || url.context("this verb needs the fleet's NATS: give --nats or EDGEPLANE_NATS");
+    Some(match (&cli.command, url) {
+        (Command::Deploy { file, component }, _) => {
+            need().and_then(|u| deploy(u, file, component.as_deref(), cli.json))
+        }
+        (Command::Fleet(FleetCmd::Status), _) => need().and_then(|u| status(u, cli.json)),
+        (Command::Fleet(FleetCmd::Topology { file }), _) => need().and_then(|u| topology(u, file)),
+        (Command::App(AppCmd::Rm { name }), Some(u)) => app_rm(u, name),
+        (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => pin(u, app, target),
+        (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => unpin(u, app),
+        (
+            Command::Ratelimit(RateLimitCmd::Set {
+                pps,
+                burst,
+                v4_prefix,
+                v6_prefix,
+                off,
+            }),
+            Some(u),
+        ) => {
+            let mut table = serde_json::Map::new();
+            table.insert("enabled".into(), json!(!off));
+            for (key, value) in [
+                ("pps", *pps),
+                ("burst", *burst),
+                ("v4_prefix", v4_prefix.map(u64::from)),
+                ("v6_prefix", v6_prefix.map(u64::from)),
+            ] {
+                if let Some(v) = value.filter(|_| !off) {
+                    table.insert(key.into(), json!(v));
+                }
+            }
+            rate_limit(u, &serde_json::Value::Object(table))
+        }
+        (Command::Block(BlockCmd::Add { cidr }), Some(u)) => block(u, &cidr.to_string(), true),
+        (Command::Block(BlockCmd::Rm { cidr }), Some(u)) => block(u, &cidr.to_string(), false),
+        _ => return None,
+    })
+}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -4,7 +4,7 @@ mod daemon;
 mod fleet;
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use edgeplane::{
@@ -387,59 +387,8 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-/// The fleet-wide verbs, when `--nats` is given (or needed); None: not a fleet verb.
-fn run_fleet(cli: &Cli) -> Option<anyhow::Result<()>> {
-    let url = cli.nats.as_deref();
-    let need = || url.context("this verb needs the fleet's NATS: give --nats or EDGEPLANE_NATS");
-    Some(match (&cli.command, url) {
-        (Command::Deploy { file, component }, _) => {
-            need().and_then(|u| fleet::deploy(u, file, component.as_deref(), cli.json))
-        }
-        (Command::Fleet(FleetCmd::Status), _) => need().and_then(|u| fleet::status(u, cli.json)),
-        (Command::Fleet(FleetCmd::Topology { file }), _) => {
-            need().and_then(|u| fleet::topology(u, file))
-        }
-        (Command::App(AppCmd::Rm { name }), Some(u)) => fleet::app_rm(u, name),
-        (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => {
-            fleet::pin(u, app, target)
-        }
-        (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => fleet::unpin(u, app),
-        (
-            Command::Ratelimit(RateLimitCmd::Set {
-                pps,
-                burst,
-                v4_prefix,
-                v6_prefix,
-                off,
-            }),
-            Some(u),
-        ) => {
-            let mut table = serde_json::Map::new();
-            table.insert("enabled".into(), json!(!off));
-            for (key, value) in [
-                ("pps", *pps),
-                ("burst", *burst),
-                ("v4_prefix", v4_prefix.map(u64::from)),
-                ("v6_prefix", v6_prefix.map(u64::from)),
-            ] {
-                if let Some(v) = value.filter(|_| !off) {
-                    table.insert(key.into(), json!(v));
-                }
-            }
-            fleet::rate_limit(u, &serde_json::Value::Object(table))
-        }
-        (Command::Block(BlockCmd::Add { cidr }), Some(u)) => {
-            fleet::block(u, &cidr.to_string(), true)
-        }
-        (Command::Block(BlockCmd::Rm { cidr }), Some(u)) => {
-            fleet::block(u, &cidr.to_string(), false)
-        }
-        _ => return None,
-    })
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(outcome) = run_fleet(&cli) {
+    if let Some(outcome) = fleet::run(&cli) {
         return outcome;
     }
     let as_json = cli.json;
