@@ -168,6 +168,19 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
     assert!(load.completed > 1000, "{load:?}");
     assert_eq!((load.errors, load.resets), (0, 0), "{load:?}");
 
+    // A table edged would refuse is refused before it is published, saying why.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "name = \"bad\"\nvips = [\"not-an-address\"]\ncomponent = \"{}\"\n",
+            common::app("hello").display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = edgectl(&world, &["deploy", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("vips[0]"), "{out}");
+
     // Every datacenter says it serves the fleet's revision.
     let (ok, out) = edgectl(&world, &["--json", "fleet", "status"]);
     assert!(ok, "{out}");
@@ -390,6 +403,26 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
         "placed at dc2 after {requests} requests, {:?} of traffic, from streamed measurements",
         started.elapsed()
     );
+    // A hostname hint is placed from dc2's HTTP probe of that backend, from the stream too.
+    let hinted = dir.join("hinted.toml");
+    std::fs::write(
+        &hinted,
+        format!(
+            "name = \"hinted\"\nhosts = [\"hinted.test\"]\ncomponent = \"{}\"\n\
+             placement = {{ hostname = \"{authority}\" }}\n",
+            common::app("hello").display()
+        ),
+    )
+    .unwrap();
+    deploy(&world, &hinted);
+    world
+        .wait_status(
+            "hinted",
+            "placed at dc2",
+            |s| s.placed_at() == Some("dc2"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
     assert_eq!(
         world.metric("pop", "edgeplane_placement_peer_probes_total", &[]),
         0,

@@ -18,6 +18,7 @@ use edgeplane::{
     fleet::{
         PeerMeasurements,
         agent::{Agent, FleetHandle},
+        measurer::Measurer,
     },
     placement::EngineApps,
     reconcile, reload, server,
@@ -241,6 +242,35 @@ async fn main() -> anyhow::Result<()> {
     let pin_dir = cfg.pin_dir.clone();
     let upgrade_socket = cfg.upgrade_socket();
     info!(pin_dir = %pin_dir.display(), interfaces = ?cfg.xdp.interfaces, admin = %admin.addr, "edged ready");
+    let targets = Arc::new(std::sync::Mutex::new(
+        fleet
+            .as_ref()
+            .map(|h| edgeplane::fleet::backends_of(&edgeplane_dataplane::lock(&h.wanted)))
+            .unwrap_or_default(),
+    ));
+    let measurer = match (
+        &cfg.control,
+        workers.as_ref().and_then(|w| w.handoff.clone()),
+    ) {
+        (Some(control), Some(handoff)) => Some(Measurer {
+            nats: control.nats.clone(),
+            datacenter: cfg
+                .datacenter
+                .as_ref()
+                .map_or_else(|| "standalone".to_owned(), |d| d.name.clone()),
+            every: control.heartbeat,
+            handoff,
+            metrics: workers
+                .as_ref()
+                .map(|w| w.metrics.clone())
+                .unwrap_or_default(),
+            maps: maps.clone(),
+            targets: targets.clone(),
+            view: fleet_view.clone().unwrap_or_default(),
+            requests_seen: Default::default(),
+        }),
+        _ => None,
+    };
     let agent = match (&fleet, &cfg.control) {
         (Some(handle), Some(control)) => Some(Agent {
             control: control.clone(),
@@ -254,14 +284,8 @@ async fn main() -> anyhow::Result<()> {
             status: placement.clone(),
             applied: edgeplane_dataplane::lock(&handle.wanted).clone(),
             last_error: None,
-            handoff: workers.as_ref().and_then(|w| w.handoff.clone()),
-            metrics: workers
-                .as_ref()
-                .map(|w| w.metrics.clone())
-                .unwrap_or_default(),
-            view: fleet_view.clone().unwrap_or_default(),
-            requests_seen: Default::default(),
-            maps: maps.clone(),
+            targets: targets.clone(),
+            refused: None,
         }),
         _ => None,
     };
@@ -280,6 +304,9 @@ async fn main() -> anyhow::Result<()> {
     let daemon = Arc::new(std::sync::Mutex::new(daemon));
     if let Some(agent) = agent {
         tokio::spawn(agent.run());
+    }
+    if let Some(measurer) = measurer {
+        tokio::spawn(measurer.run());
     }
 
     // Successors take the listeners from here.

@@ -209,16 +209,10 @@ pub struct Agent {
     /// What was applied last (the snapshot's content).
     pub applied: FleetState,
     pub last_error: Option<String>,
-    /// This datacenter's peers and their health (None: not part of a topology).
-    pub handoff: Option<edgeplane_dataplane::handoff::HandoffConfig>,
-    /// The workers' per-app counters (popularity).
-    pub metrics: Vec<edgeplane_dataplane::router::WorkerMetrics>,
-    /// Where the peers' latest measurements go, for the placement engine.
-    pub view: super::PeerMeasurements,
-    /// Requests per app at the last measurement.
-    pub requests_seen: BTreeMap<String, u64>,
-    /// The maps (the workers' load).
-    pub maps: PinnedMaps,
+    /// What the measurer probes: the backends of the apps applied.
+    pub targets: Arc<Mutex<super::Targets>>,
+    /// The last state refused, not tried again until the fleet changes.
+    pub refused: Option<FleetState>,
 }
 
 impl Agent {
@@ -274,10 +268,7 @@ impl Agent {
                     None => bail!("the fleet's watches ended"),
                 },
                 _ = resync.tick() => self.sync(client, &buckets).await,
-                _ = beat.tick() => {
-                    self.heartbeat(client).await?;
-                    self.exchange_measurements(client).await?;
-                }
+                _ = beat.tick() => self.heartbeat(client).await?,
             }
         }
     }
@@ -299,6 +290,9 @@ impl Agent {
             revisions: BTreeMap::new(),
             ..self.applied.clone()
         };
+        if self.refused.as_ref() == Some(&state) {
+            return;
+        }
         if same_content {
             if state.revisions != self.applied.revisions {
                 self.applied.revisions = state.revisions;
@@ -323,6 +317,8 @@ impl Agent {
                 );
                 self.applied = state;
                 self.last_error = None;
+                self.refused = None;
+                *lock(&self.targets) = super::backends_of(&self.applied);
                 if let Err(e) = self.applied.save(&self.handle.snapshot) {
                     warn!(error = %format!("{e:#}"), "fleet snapshot not written");
                 }
@@ -331,73 +327,9 @@ impl Agent {
                 warn!(error = %e, revision = state.revision(), "fleet change refused; the configuration in effect stays");
                 *lock(&self.handle.wanted) = self.applied.clone();
                 self.last_error = Some(e);
+                self.refused = Some(state);
             }
         }
-    }
-
-    /// Publishes what this datacenter measured, and takes its peers' latest.
-    async fn exchange_measurements(&mut self, client: &FleetClient) -> anyhow::Result<()> {
-        let Some(handoff) = &self.handoff else {
-            return Ok(());
-        };
-        let mut m = super::Measurements {
-            datacenter: self.datacenter.clone(),
-            ..Default::default()
-        };
-        for peer in &handoff.peers {
-            if let Some(rtt) = handoff.health.rtt(peer.id, Duration::from_secs(30)) {
-                m.peers_us.insert(
-                    peer.name.clone(),
-                    u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
-                );
-            }
-        }
-        for backend in super::backends_of(&self.applied) {
-            let Ok(addr) = backend.parse::<std::net::SocketAddr>() else {
-                continue;
-            };
-            let kind = edgeplane_dataplane::probe::ProbeKind::Connect;
-            // The fastest of two: one slow handshake does not move an app.
-            let mut best: Option<Duration> = None;
-            for _ in 0..2 {
-                if let Ok(rtt) =
-                    edgeplane_dataplane::probe::measure(addr, &kind, Duration::from_secs(2)).await
-                {
-                    best = Some(best.map_or(rtt, |b| b.min(rtt)));
-                }
-            }
-            if let Some(rtt) = best {
-                m.backends_us
-                    .insert(backend, u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
-            }
-        }
-        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-        for w in &self.metrics {
-            for (app, c) in lock(w).iter() {
-                *totals.entry(app.clone()).or_default() += c.requests;
-            }
-        }
-        for (app, total) in &totals {
-            let before = self.requests_seen.get(app).copied().unwrap_or(0);
-            m.popularity
-                .insert(app.clone(), total.saturating_sub(before));
-        }
-        self.requests_seen = totals;
-        if let Ok(cfg) = self.maps.worker_config()
-            && let Ok(loads) = self.maps.worker_loads(cfg.n_workers)
-        {
-            m.in_flight = loads.iter().map(|l| l.in_flight).sum();
-        }
-        m.at_ms = super::unix_ms();
-        client.publish_measurements(&m).await?;
-        for peer in &handoff.peers {
-            if let Some(theirs) = client.latest_measurements(&peer.name).await?
-                && theirs.datacenter == peer.name
-            {
-                lock(&self.view).insert(peer.name.clone(), theirs);
-            }
-        }
-        Ok(())
     }
 
     async fn heartbeat(&self, client: &FleetClient) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod measurer;
 
 use std::{
     collections::BTreeMap,
@@ -175,6 +176,30 @@ pub fn parse_app(text: &str) -> anyhow::Result<(String, toml::Table)> {
     // The same checks a config file's [[apps]] gets.
     let probe: crate::config::AppConfig = table.clone().try_into().context("app table")?;
     ensure!(probe.name == name);
+    // A component in the fleet is named by its hash, never by a path: a path would make every
+    // datacenter load whatever file it names, and a digest is also where it is staged.
+    let check = |t: &toml::Table| -> anyhow::Result<()> {
+        if let Some(c) = t.get("component") {
+            let digest = c
+                .as_str()
+                .and_then(|c| c.strip_prefix(COMPONENT_PREFIX))
+                .unwrap_or_default();
+            ensure!(
+                digest.len() == 64
+                    && digest
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "app {name}: a component in the fleet is \"{COMPONENT_PREFIX}<64 hex digits>\" (edgectl deploy uploads it), not {c}"
+            );
+        }
+        Ok(())
+    };
+    check(&table)?;
+    if let Some(toml::Value::Array(fs)) = table.get("functions") {
+        for f in fs.iter().filter_map(toml::Value::as_table) {
+            check(f)?;
+        }
+    }
     Ok((name, table))
 }
 
@@ -238,13 +263,12 @@ pub struct Heartbeat {
 }
 
 pub use crate::placement::measure::{
-    MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, backends_of_tables, peer_backend_us,
-    unix_ms,
+    MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, Targets, backends_of_tables,
+    peer_backend_us, unix_ms,
 };
 
-/// The backends `state`'s apps may call (`allowed_backends`, `host` hints), as `ip:port`:
-/// what each datacenter measures for its peers.
-pub fn backends_of(state: &FleetState) -> Vec<String> {
+/// What each datacenter measures for its peers: the backends `state`'s apps call.
+pub fn backends_of(state: &FleetState) -> Targets {
     backends_of_tables(state.apps.values())
 }
 
@@ -255,12 +279,17 @@ mod tests {
     #[test]
     fn the_fleets_apps_join_the_files_and_its_guard_replaces_the_files() {
         let file = "pin_dir = \"/x\"\nblocklist = [\"10.0.0.0/8\"]\n[[apps]]\nname = \"local\"\nstatic_body = \"hi\"\n";
-        let (name, table) = parse_app(
-            "name = \"shop\"\nhosts = [\"shop.test\"]\ncomponent = \"sha256:ab12\"\n\
-             [[functions]]\nname = \"db\"\ncomponent = \"sha256:cd34\"\n",
-        )
+        let (name, table) = parse_app(&format!(
+            "name = \"shop\"\nhosts = [\"shop.test\"]\ncomponent = \"sha256:{}\"\n\
+                 [[functions]]\nname = \"db\"\ncomponent = \"sha256:{}\"\n",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        ))
         .unwrap();
-        assert_eq!(component_refs(&table), vec!["ab12", "cd34"]);
+        assert_eq!(
+            component_refs(&table),
+            vec!["ab".repeat(32), "cd".repeat(32)]
+        );
         let table = localize_components(table, |h| PathBuf::from(format!("/cache/{h}.wasm")));
         let state = FleetState {
             apps: [(name, table)].into(),
@@ -273,7 +302,7 @@ mod tests {
         assert_eq!(names, ["local", "shop", "shop.db"]);
         assert_eq!(
             cfg.apps[1].component.as_deref(),
-            Some(Path::new("/cache/ab12.wasm"))
+            Some(Path::new(&format!("/cache/{}.wasm", "ab".repeat(32))))
         );
         assert_eq!(cfg.blocklist, ["192.0.2.0/24"]);
     }
@@ -287,27 +316,31 @@ mod tests {
             ..Default::default()
         };
         let view = [("dc2".to_owned(), m)].into();
+        let at = |peer, backend, http, now| peer_backend_us(&view, peer, backend, http, now);
+        assert_eq!(at("dc2", "10.0.0.1:80", false, 105_000), Some(5_000));
         assert_eq!(
-            peer_backend_us(&view, "dc2", "10.0.0.1:80", 105_000),
-            Some(5_000)
-        );
-        assert_eq!(
-            peer_backend_us(&view, "dc2", "10.0.0.1:80", 111_000),
+            at("dc2", "10.0.0.1:80", true, 105_000),
             None,
-            "stale"
+            "not an HTTP probe"
         );
-        assert_eq!(peer_backend_us(&view, "dc2", "10.0.0.2:80", 105_000), None);
-        assert_eq!(peer_backend_us(&view, "dc3", "10.0.0.1:80", 105_000), None);
-        let (name, app) = parse_app(
+        assert_eq!(at("dc2", "10.0.0.1:80", false, 111_000), None, "stale");
+        assert_eq!(at("dc2", "10.0.0.2:80", false, 105_000), None);
+        assert_eq!(at("dc3", "10.0.0.1:80", false, 105_000), None);
+        let (name, app) = parse_app(&format!(
             "name = \"a\"\nallowed_backends = [\"10.0.0.1:80\"]\n\
-             [[functions]]\nname = \"f\"\ncomponent = \"x\"\nplacement = { host = \"10.0.0.7:5432\" }\n",
-        )
+             placement = {{ hostname = \"api.example\" }}\n\
+             [[functions]]\nname = \"f\"\ncomponent = \"sha256:{}\"\n\
+             placement = {{ host = \"10.0.0.7:5432\" }}\n",
+            "0".repeat(64)
+        ))
         .unwrap();
         let state = FleetState {
             apps: [(name, app)].into(),
             ..Default::default()
         };
-        assert_eq!(backends_of(&state), ["10.0.0.1:80", "10.0.0.7:5432"]);
+        let targets = backends_of(&state);
+        assert_eq!(targets.connect, ["10.0.0.1:80", "10.0.0.7:5432"]);
+        assert_eq!(targets.http, ["api.example:80"]);
     }
 
     #[test]
@@ -319,6 +352,18 @@ mod tests {
             "unknown field"
         );
         assert!(parse_app(&"#".repeat(MAX_VALUE_BYTES + 1)).is_err());
+        // Components by hash only: a path, or a "digest" that walks out of the cache, is refused.
+        for c in [
+            "/etc/evil.wasm",
+            "sha256:../../tmp/x",
+            "sha256:ABCD",
+            "sha256:",
+        ] {
+            let e = parse_app(&format!("name = \"x\"\ncomponent = \"{c}\"")).unwrap_err();
+            assert!(format!("{e:#}").contains("64 hex digits"), "{c}: {e:#}");
+        }
+        let f = "name = \"x\"\n[[functions]]\nname = \"f\"\ncomponent = \"./f.wasm\"";
+        assert!(parse_app(f).is_err(), "a function's component too");
         assert!(check_key("shop.db").is_ok());
         assert!(check_key(".x").is_err() && check_key("é").is_err());
     }

@@ -153,6 +153,10 @@ pub struct Measurements {
     pub peers_us: BTreeMap<String, u64>,
     /// RTT to each backend the fleet's apps may call (`host:port` -> us), from here.
     pub backends_us: BTreeMap<String, u64>,
+    /// Time to an HTTP `HEAD /`'s response head for each `hostname` hint (`name:port` as the
+    /// hint gives it -> us), from here.
+    #[serde(default)]
+    pub backends_http_us: BTreeMap<String, u64>,
     /// Requests in flight over all workers.
     pub in_flight: u64,
     /// Requests per app since the last measurement.
@@ -166,24 +170,51 @@ pub type PeerMeasurements = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Mea
 /// Measurements older than this are not used (the peer stopped publishing; ask it instead).
 pub const MEASUREMENTS_MAX_AGE_MS: u64 = 10_000;
 
-/// `peer`'s RTT to `backend` (us) from its latest measurements, if they are fresh at `now_ms`.
+/// `peer`'s time to `backend` (us) from its latest measurements, if they are fresh at
+/// `now_ms`: its TCP connect RTT, or with `http` its HTTP probe of a `hostname` hint.
 pub fn peer_backend_us(
     view: &BTreeMap<String, Measurements>,
     peer: &str,
     backend: &str,
+    http: bool,
     now_ms: u64,
 ) -> Option<u64> {
     let m = view.get(peer)?;
+    let table = if http {
+        &m.backends_http_us
+    } else {
+        &m.backends_us
+    };
     (now_ms.saturating_sub(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
-        .then(|| m.backends_us.get(backend).copied())
+        .then(|| table.get(backend).copied())
         .flatten()
 }
 
-/// The backends apps (their `[[apps]]` tables) may call (`allowed_backends`, `host` hints), as
-/// `ip:port`: what each datacenter measures for its peers.
-pub fn backends_of_tables<'a>(apps: impl IntoIterator<Item = &'a toml::Table>) -> Vec<String> {
+/// What a datacenter measures for its peers: `ip:port` backends (`allowed_backends`, `host`
+/// hints) by TCP connect, and `hostname` hints (as `name:port`, port 80 unless given) over HTTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub connect: Vec<String>,
+    pub http: Vec<String>,
+}
+
+/// The targets apps (their `[[apps]]` tables) call.
+pub fn backends_of_tables<'a>(apps: impl IntoIterator<Item = &'a toml::Table>) -> Targets {
     let mut out = std::collections::BTreeSet::new();
+    let mut http = std::collections::BTreeSet::new();
     let mut one = |t: &toml::Table| {
+        if let Some(name) = t
+            .get("placement")
+            .and_then(toml::Value::as_table)
+            .and_then(|p| p.get("hostname"))
+            .and_then(toml::Value::as_str)
+        {
+            http.insert(if name.contains(':') {
+                name.to_owned()
+            } else {
+                format!("{name}:80")
+            });
+        }
         if let Some(toml::Value::Array(list)) = t.get("allowed_backends") {
             out.extend(
                 list.iter()
@@ -208,7 +239,10 @@ pub fn backends_of_tables<'a>(apps: impl IntoIterator<Item = &'a toml::Table>) -
                 .for_each(&mut one);
         }
     }
-    out.into_iter().collect()
+    Targets {
+        connect: out.into_iter().collect(),
+        http: http.into_iter().collect(),
+    }
 }
 
 pub fn unix_ms() -> u64 {

@@ -327,14 +327,12 @@ impl Engine {
         let here = probe_time(&addr, &kind)?.as_micros() as f64;
         let mut estimates = Estimates::default();
         for peer in self.up_peers(&mut estimates) {
-            let probe = match kind {
-                ProbeKind::Connect => self.peer_backend_us(&peer, &addr.to_string()),
-                ProbeKind::Http(_) => {
-                    self.peer_asks
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    measure::ask_peer(&self.handoff, &peer, &addr.to_string(), &kind)
-                }
+            // The stream keys an HTTP probe by the hint as written (its name and port).
+            let key = match &kind {
+                ProbeKind::Connect => addr.to_string(),
+                ProbeKind::Http(_) => backend.to_owned(),
             };
+            let probe = self.peer_backend_us(&peer, &key, &addr.to_string(), &kind);
             estimates.add(&peer, probe.map(|us| us as f64), "peer probe");
         }
         Ok(
@@ -406,18 +404,31 @@ impl Engine {
         up.into_iter().cloned().collect()
     }
 
-    /// `peer`'s RTT to `backend` (us): from its latest measurements on the fleet's stream
-    /// when they are fresh, else asked of it now (a signed probe request).
-    fn peer_backend_us(&self, peer: &Peer, backend: &str) -> anyhow::Result<u64> {
+    /// `peer`'s time to `dest` (`ip:port`; us): from its latest measurements on the fleet's
+    /// stream when they are fresh (where an HTTP probe is keyed by the hint as written,
+    /// `stream_key`), else asked of it now (a signed probe request).
+    fn peer_backend_us(
+        &self,
+        peer: &Peer,
+        stream_key: &str,
+        dest: &str,
+        kind: &ProbeKind,
+    ) -> anyhow::Result<u64> {
+        let http = matches!(kind, ProbeKind::Http(_));
         if let Some(view) = &self.fleet_view
-            && let Some(us) =
-                measure::peer_backend_us(&lock(view), &peer.name, backend, measure::unix_ms())
+            && let Some(us) = measure::peer_backend_us(
+                &lock(view),
+                &peer.name,
+                stream_key,
+                http,
+                measure::unix_ms(),
+            )
         {
             return Ok(us);
         }
         self.peer_asks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        measure::ask_peer(&self.handoff, peer, backend, &ProbeKind::Connect)
+        measure::ask_peer(&self.handoff, peer, dest, kind)
     }
 
     /// Estimated request time at `peer`, in microseconds; `round_trips[i]`: RTTs per
@@ -436,7 +447,8 @@ impl Engine {
             .with_context(|| format!("no RTT to {} yet", peer.name))?;
         let mut us = rtt.as_micros() as f64;
         for (d, trips) in dests.iter().zip(round_trips) {
-            let there_rtt = self.peer_backend_us(peer, &d.name)? as f64;
+            let there_rtt =
+                self.peer_backend_us(peer, &d.name, &d.name, &ProbeKind::Connect)? as f64;
             us += d.per_request * trips * there_rtt;
         }
         Ok(us)

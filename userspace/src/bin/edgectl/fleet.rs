@@ -88,6 +88,15 @@ pub fn deploy(
             toml::Value::String(c.display().to_string()),
         );
     }
+    // Checked as edged will check it (VIPs, hints, functions) before anything is uploaded.
+    let alone: toml::Table = [(
+        "apps".to_owned(),
+        toml::Value::Array(vec![toml::Value::Table(table.clone())]),
+    )]
+    .into_iter()
+    .collect();
+    edgeplane::config::EdgedConfig::parse(&toml::to_string(&alone)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new("."));
     runtime()?.block_on(async {
         let client = connect(url).await?;
