@@ -46,11 +46,14 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// SHA-256 of secrets that are public: the keys this repository's test worlds and benchmarks
 /// used before worlds drew their own, and the examples in its documentation.
-const PUBLIC_SECRETS_SHA256: [&str; 2] = [
+const PUBLIC_SECRETS_SHA256: [&str; 4] = [
     // The canonical world's former shared key ("edgepane-canonical-testbed-key-1").
     "6d01a5be0b6098afec8f5216f3a9c667da72f5bd43b22d752e1c2ee6915e7a3d",
     // handoff-bench's former key.
     "2603e03eabcf3cf7562a7ae67c1527b376446671bf62ad1dda53b8ba26ee52b5",
+    // The fleet_control fuzz target's seed (fuzz/corpus/fleet_control/keys.toml).
+    "e27c13b6eaeb26e57310bb945467c71f0767a2fef4cca6ff9a1d95c2aef72e60",
+    "fbab9909e2f25b3bcfbc2a72d771ef757a994b0baa3707c0423d4dd724e7a67c",
 ];
 
 /// Why `secret` must not be used, if it must not.

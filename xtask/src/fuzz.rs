@@ -10,12 +10,13 @@ use anyhow::{Context as _, bail};
 use crate::{target_dir, workspace_root};
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "http_request",
     "chunked",
     "request_stream",
     "handoff_verify",
     "config_toml",
+    "fleet_control",
 ];
 
 #[derive(clap::Args)]
