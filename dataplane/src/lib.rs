@@ -10,6 +10,7 @@ pub mod live;
 pub mod probe;
 pub mod router;
 pub mod shared_map;
+pub mod tls;
 pub mod wasm;
 pub mod worker;
 
