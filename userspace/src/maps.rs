@@ -81,6 +81,24 @@ pub struct PinnedMaps {
     dir: PathBuf,
 }
 
+/// Whether the XDP program can run with `cfg`: an enabled limit needs a burst of 1..=MAX_BURST
+/// and at most MAX_RATE_PPS. The config is checked with this before anything is applied.
+pub fn check_rate_limit(cfg: &RateLimitConfig) -> Result<(), MapsError> {
+    if cfg.flags & rate_limit_flags::ENABLED != 0 {
+        if cfg.burst == 0 || cfg.burst > MAX_BURST {
+            return Err(MapsError::BadRateLimit(format!(
+                "burst must be 1..={MAX_BURST}"
+            )));
+        }
+        if cfg.pps > MAX_RATE_PPS {
+            return Err(MapsError::BadRateLimit(format!(
+                "pps must be at most {MAX_RATE_PPS}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl PinnedMaps {
     /// Fails with a clear message when nothing is pinned there.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, MapsError> {
@@ -329,18 +347,7 @@ impl PinnedMaps {
     }
 
     pub fn set_rate_limit(&self, cfg: RateLimitConfig) -> Result<(), MapsError> {
-        if cfg.flags & rate_limit_flags::ENABLED != 0 {
-            if cfg.burst == 0 || cfg.burst > MAX_BURST {
-                return Err(MapsError::BadRateLimit(format!(
-                    "burst must be 1..={MAX_BURST}"
-                )));
-            }
-            if cfg.pps > MAX_RATE_PPS {
-                return Err(MapsError::BadRateLimit(format!(
-                    "pps must be at most {MAX_RATE_PPS}"
-                )));
-            }
-        }
+        check_rate_limit(&cfg)?;
         let mut arr: Array<MapData, RateLimitConfig> =
             Array::try_from(self.map(map_names::RATE_LIMIT_CFG)?)
                 .map_err(map_err("open", map_names::RATE_LIMIT_CFG))?;

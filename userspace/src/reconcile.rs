@@ -5,7 +5,7 @@
 //! dropped is removed.
 
 use anyhow::Context as _;
-use edgeplane_abi::{RateLimitConfig, app_flags, rate_limit_flags};
+use edgeplane_abi::app_flags;
 
 use crate::{
     PinnedMaps,
@@ -138,19 +138,7 @@ pub fn apply(
     maps.sync_block_v4()?;
     let w = &cfg.workers;
     maps.configure_workers(workers, w.load_threshold, w.steer, w.cpumap_queue_size)?;
-    let rl = &cfg.rate_limit;
-    maps.set_rate_limit(RateLimitConfig {
-        pps: rl.pps,
-        burst: rl.burst,
-        flags: if rl.enabled {
-            rate_limit_flags::ENABLED
-        } else {
-            0
-        },
-        v4_prefix: rl.v4_prefix.unwrap_or(0),
-        v6_prefix: rl.v6_prefix.unwrap_or(0),
-        _pad: 0,
-    })?;
+    maps.set_rate_limit(cfg.rate_limit.map_entry())?;
     Ok(())
 }
 

@@ -252,7 +252,7 @@ impl Default for WorkersConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSection {
     pub enabled: bool,
@@ -260,8 +260,28 @@ pub struct RateLimitSection {
     pub burst: u64,
     /// Sources share a bucket per IPv4 /n (default 32) and per IPv6 /n (default 64: a host that
     /// rotates its address within its /64 is still one source).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub v4_prefix: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub v6_prefix: Option<u8>,
+}
+
+impl RateLimitSection {
+    /// The RATE_LIMIT_CFG entry this section sets (the config's, edgectl's and the fleet's).
+    pub fn map_entry(&self) -> edgeplane_abi::RateLimitConfig {
+        edgeplane_abi::RateLimitConfig {
+            pps: self.pps,
+            burst: self.burst,
+            flags: if self.enabled {
+                edgeplane_abi::rate_limit_flags::ENABLED
+            } else {
+                0
+            },
+            v4_prefix: self.v4_prefix.unwrap_or(0),
+            v6_prefix: self.v6_prefix.unwrap_or(0),
+            _pad: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -575,6 +595,10 @@ impl EdgedConfig {
                 "rate_limit.v6_prefix",
                 "rate_limit.v6_prefix must be 1..=128",
             ));
+        }
+        // What the map would refuse is refused here, before any of a reload is applied.
+        if let Err(e) = crate::maps::check_rate_limit(&rl.map_entry()) {
+            return Err(Invalid::error("rate_limit", format!("rate_limit: {e}")));
         }
         let mut names = std::collections::HashSet::new();
         for app in &cfg.apps {

@@ -15,6 +15,14 @@ fn rate_limit_prefixes_out_of_range_are_refused_with_their_name() {
             .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
         assert!(format!("{e:#}").contains(key), "{key} = {value}: {e:#}");
     }
+    // What the XDP program cannot run with is refused at parse, before any of a reload applies.
+    for bad in [
+        "burst = 0\npps = 10",
+        "burst = 10\npps = 9223372036854775807",
+    ] {
+        let e = EdgedConfig::parse(&format!("[rate_limit]\nenabled = true\n{bad}\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("rate_limit"), "{bad}: {e:#}");
+    }
     // Past u8 the TOML type refuses it.
     assert!(EdgedConfig::parse("[rate_limit]\nv6_prefix = 18446744073709551615\n").is_err());
     let ok = EdgedConfig::parse("[rate_limit]\nv4_prefix = 24\nv6_prefix = 48\n").unwrap();

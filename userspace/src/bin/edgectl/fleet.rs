@@ -29,29 +29,8 @@ pub(crate) fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
         (Command::App(AppCmd::Rm { name }), Some(u)) => app_rm(u, name),
         (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => pin(u, app, target),
         (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => unpin(u, app),
-        (
-            Command::Ratelimit(RateLimitCmd::Set {
-                pps,
-                burst,
-                v4_prefix,
-                v6_prefix,
-                off,
-            }),
-            Some(u),
-        ) => {
-            let mut table = serde_json::Map::new();
-            table.insert("enabled".into(), json!(!off));
-            for (key, value) in [
-                ("pps", *pps),
-                ("burst", *burst),
-                ("v4_prefix", v4_prefix.map(u64::from)),
-                ("v6_prefix", v6_prefix.map(u64::from)),
-            ] {
-                if let Some(v) = value.filter(|_| !off) {
-                    table.insert(key.into(), json!(v));
-                }
-            }
-            rate_limit(u, &serde_json::Value::Object(table))
+        (Command::Ratelimit(cmd @ RateLimitCmd::Set { .. }), Some(u)) => {
+            rate_limit(u, &crate::rate_limit_section(cmd))
         }
         (Command::Block(BlockCmd::Add { cidr }), Some(u)) => block(u, &cidr.to_string(), true),
         (Command::Block(BlockCmd::Rm { cidr }), Some(u)) => block(u, &cidr.to_string(), false),
@@ -238,7 +217,8 @@ pub fn block(url: &str, cidr: &str, add: bool) -> anyhow::Result<()> {
 
 /// `edgectl --nats URL ratelimit set ...`: the fleet's `[rate_limit]`, checked as a config
 /// file's would be before it is published.
-pub fn rate_limit(url: &str, table: &serde_json::Value) -> anyhow::Result<()> {
+pub fn rate_limit(url: &str, section: &edgeplane::config::RateLimitSection) -> anyhow::Result<()> {
+    let table = serde_json::to_value(section)?;
     let as_toml: toml::Table = serde_json::from_value(table.clone())?;
     edgeplane::config::EdgedConfig::parse(&toml::to_string(
         &[("rate_limit".to_owned(), toml::Value::Table(as_toml))]
@@ -249,7 +229,7 @@ pub fn rate_limit(url: &str, table: &serde_json::Value) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let guard = connect(url).await?.guard().await?;
         guard
-            .put(fleet::RATE_LIMIT_KEY, serde_json::to_vec(table)?.into())
+            .put(fleet::RATE_LIMIT_KEY, serde_json::to_vec(section)?.into())
             .await?;
         println!("fleet rate limit: {table}");
         Ok(())

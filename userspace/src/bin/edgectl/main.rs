@@ -12,8 +12,8 @@ use edgeplane::{
     addr::{Cidr, Vip},
 };
 use edgeplane_abi::{
-    AppStats, DropReason, MAX_RATE_PPS, Placement, RateLimitConfig, UNCLASSIFIED_APP, WorkerConfig,
-    app_flags, placement_flags, placement_kind, rate_limit_flags, worker_flags,
+    AppStats, DropReason, MAX_RATE_PPS, Placement, UNCLASSIFIED_APP, WorkerConfig, app_flags,
+    placement_flags, placement_kind, rate_limit_flags, worker_flags,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -387,6 +387,27 @@ fn stats(maps: &PinnedMaps, args: &StatsArgs, as_json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// `ratelimit set`'s arguments as the config's `[rate_limit]` (for this host's maps or the
+/// fleet's guard bucket alike).
+fn rate_limit_section(cmd: &RateLimitCmd) -> edgeplane::config::RateLimitSection {
+    match *cmd {
+        RateLimitCmd::Set {
+            pps,
+            burst,
+            v4_prefix,
+            v6_prefix,
+            off: false,
+        } => edgeplane::config::RateLimitSection {
+            enabled: true,
+            pps: pps.unwrap_or(0),
+            burst: burst.unwrap_or(0),
+            v4_prefix,
+            v6_prefix,
+        },
+        _ => edgeplane::config::RateLimitSection::default(),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(outcome) = fleet::run(&cli) {
         return outcome;
@@ -476,29 +497,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{t}");
         }
-        Command::Ratelimit(RateLimitCmd::Set {
-            pps,
-            burst,
-            v4_prefix,
-            v6_prefix,
-            off,
-        }) => {
-            let cfg = if off {
-                RateLimitConfig::default()
-            } else {
-                let (pps, burst) = (pps.unwrap_or(0), burst.unwrap_or(0));
-                if pps > MAX_RATE_PPS {
-                    bail!("--pps must be at most {MAX_RATE_PPS}");
-                }
-                RateLimitConfig {
-                    pps,
-                    burst,
-                    flags: rate_limit_flags::ENABLED,
-                    v4_prefix: v4_prefix.unwrap_or(0),
-                    v6_prefix: v6_prefix.unwrap_or(0),
-                    _pad: 0,
-                }
-            };
+        Command::Ratelimit(cmd @ RateLimitCmd::Set { .. }) => {
+            let section = rate_limit_section(&cmd);
+            if section.pps > MAX_RATE_PPS {
+                bail!("--pps must be at most {MAX_RATE_PPS}");
+            }
+            let off = !section.enabled;
+            let cfg = section.map_entry();
             maps.set_rate_limit(cfg)?;
             if !as_json {
                 println!(
