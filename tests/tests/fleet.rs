@@ -201,7 +201,11 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         maps.placement(maps.app_id("hello").unwrap()).unwrap()
     };
     let started = Instant::now();
-    while pinned("pop").flags & placement_flags::PINNED == 0 {
+    // Each datacenter applies the pin on its own: wait for both.
+    while ["pop", "dc2"]
+        .iter()
+        .any(|dc| pinned(dc).flags & placement_flags::PINNED == 0)
+    {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "pin not applied"
