@@ -382,7 +382,9 @@ mod tests {
             ("x-edge-nonce", "\u{e9}\u{e9}"),
             ("x-edge-client", "\u{1F600}"),
             ("x-edge-key", "4294967296"),
+            ("x-edge-key", "18446744073709551616"),
             ("x-edge-key", ""),
+            ("x-edge-key", "\u{e9}1"),
             ("x-edge-auth", "zz\u{e9}"),
         ];
         for (name, value) in worst {

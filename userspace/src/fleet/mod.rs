@@ -326,6 +326,19 @@ mod tests {
         assert_eq!(at("dc2", "10.0.0.1:80", false, 111_000), None, "stale");
         assert_eq!(at("dc2", "10.0.0.2:80", false, 105_000), None);
         assert_eq!(at("dc3", "10.0.0.1:80", false, 105_000), None);
+        // A peer's figures stamped far ahead (a hostile or broken clock) are not fresh either.
+        for at_ms in [u64::MAX, 200_000] {
+            let future = Measurements {
+                at_ms,
+                ..view["dc2"].clone()
+            };
+            let v = [("dc2".to_owned(), future)].into();
+            assert_eq!(
+                peer_backend_us(&v, "dc2", "10.0.0.1:80", false, 105_000),
+                None,
+                "{at_ms}"
+            );
+        }
         let (name, app) = parse_app(&format!(
             "name = \"a\"\nallowed_backends = [\"10.0.0.1:80\"]\n\
              placement = {{ hostname = \"api.example\" }}\n\

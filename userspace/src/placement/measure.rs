@@ -185,7 +185,9 @@ pub fn peer_backend_us(
     } else {
         &m.backends_us
     };
-    (now_ms.saturating_sub(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
+    // Either way: a peer's clock ahead (or a peer stamping u64::MAX) must not make its figures
+    // fresh for ever.
+    (now_ms.abs_diff(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
         .then(|| table.get(backend).copied())
         .flatten()
 }
