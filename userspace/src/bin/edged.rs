@@ -99,7 +99,14 @@ fn start_placement_engine(
         apps: apps.clone(),
         observations: workers.observations.clone(),
         metrics: workers.metrics.clone(),
-        fleet_view,
+        fleet: fleet_view.map(|view| {
+            edgeplane::placement::StreamedMeasurements::new(
+                view,
+                cfg.control
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(1), |c| c.heartbeat),
+            )
+        }),
         peer_asks,
     };
     Ok(Some(engine.spawn()?))

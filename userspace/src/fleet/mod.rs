@@ -263,8 +263,8 @@ pub struct Heartbeat {
 }
 
 pub use crate::placement::measure::{
-    MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, Targets, backends_of_tables,
-    peer_backend_us, unix_ms,
+    MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, Streamed, Targets, ask_after_waiting,
+    backends_of_tables, peer_backend_us, unix_ms,
 };
 
 /// What each datacenter measures for its peers: the backends `state`'s apps call.
@@ -275,6 +275,8 @@ pub fn backends_of(state: &FleetState) -> Targets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Streamed::{Fresh, NotYet, Silent};
+    use std::time::Duration;
 
     #[test]
     fn the_fleets_apps_join_the_files_and_its_guard_replaces_the_files() {
@@ -317,15 +319,15 @@ mod tests {
         };
         let view = [("dc2".to_owned(), m)].into();
         let at = |peer, backend, http, now| peer_backend_us(&view, peer, backend, http, now);
-        assert_eq!(at("dc2", "10.0.0.1:80", false, 105_000), Some(5_000));
+        assert_eq!(at("dc2", "10.0.0.1:80", false, 105_000), Fresh(5_000));
         assert_eq!(
             at("dc2", "10.0.0.1:80", true, 105_000),
-            None,
+            NotYet,
             "not an HTTP probe"
         );
-        assert_eq!(at("dc2", "10.0.0.1:80", false, 111_000), None, "stale");
-        assert_eq!(at("dc2", "10.0.0.2:80", false, 105_000), None);
-        assert_eq!(at("dc3", "10.0.0.1:80", false, 105_000), None);
+        assert_eq!(at("dc2", "10.0.0.1:80", false, 111_000), Silent, "stale");
+        assert_eq!(at("dc2", "10.0.0.2:80", false, 105_000), NotYet);
+        assert_eq!(at("dc3", "10.0.0.1:80", false, 105_000), Silent);
         // A peer's figures stamped far ahead (a hostile or broken clock) are not fresh either.
         for at_ms in [u64::MAX, 200_000] {
             let future = Measurements {
@@ -335,10 +337,20 @@ mod tests {
             let v = [("dc2".to_owned(), future)].into();
             assert_eq!(
                 peer_backend_us(&v, "dc2", "10.0.0.1:80", false, 105_000),
-                None,
+                Silent,
                 "{at_ms}"
             );
         }
+        // A backend the peer has not measured yet (its app just arrived) is waited for, a few
+        // publications, before the peer is asked; a silent peer is asked at once.
+        let grace = Duration::from_secs(3);
+        let ask =
+            |figure, waited_ms| ask_after_waiting(figure, Duration::from_millis(waited_ms), grace);
+        assert!(!ask(NotYet, 0));
+        assert!(!ask(NotYet, 2_999));
+        assert!(ask(NotYet, 3_000));
+        assert!(ask(Silent, 0));
+        assert!(!ask(Fresh(1), 10_000));
         let (name, app) = parse_app(&format!(
             "name = \"a\"\nallowed_backends = [\"10.0.0.1:80\"]\n\
              placement = {{ hostname = \"api.example\" }}\n\

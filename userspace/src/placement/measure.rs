@@ -170,6 +170,18 @@ pub type PeerMeasurements = std::sync::Arc<std::sync::Mutex<BTreeMap<String, Mea
 /// Measurements older than this are not used (the peer stopped publishing; ask it instead).
 pub const MEASUREMENTS_MAX_AGE_MS: u64 = 10_000;
 
+/// What a peer's latest measurements say of one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streamed {
+    /// Its time to the backend (us), from fresh measurements.
+    Fresh(u64),
+    /// It publishes, but had not measured this backend yet (an app that calls it arrived
+    /// since its last publication).
+    NotYet,
+    /// No fresh measurements from it: ask it.
+    Silent,
+}
+
 /// `peer`'s time to `backend` (us) from its latest measurements, if they are fresh at
 /// `now_ms`: its TCP connect RTT, or with `http` its HTTP probe of a `hostname` hint.
 pub fn peer_backend_us(
@@ -178,18 +190,38 @@ pub fn peer_backend_us(
     backend: &str,
     http: bool,
     now_ms: u64,
-) -> Option<u64> {
-    let m = view.get(peer)?;
+) -> Streamed {
+    let Some(m) = view.get(peer) else {
+        return Streamed::Silent;
+    };
+    // Either way: a peer's clock ahead (or a peer stamping u64::MAX) must not make its figures
+    // fresh for ever.
+    if now_ms.abs_diff(m.at_ms) > MEASUREMENTS_MAX_AGE_MS {
+        return Streamed::Silent;
+    }
     let table = if http {
         &m.backends_http_us
     } else {
         &m.backends_us
     };
-    // Either way: a peer's clock ahead (or a peer stamping u64::MAX) must not make its figures
-    // fresh for ever.
-    (now_ms.abs_diff(m.at_ms) <= MEASUREMENTS_MAX_AGE_MS)
-        .then(|| table.get(backend).copied())
-        .flatten()
+    table
+        .get(backend)
+        .map_or(Streamed::NotYet, |us| Streamed::Fresh(*us))
+}
+
+/// Whether to ask a peer that publishes but lacks a backend's figure, `waited` after the engine
+/// first wanted it: not before `grace` (a few of its publications), so an app deployed
+/// fleet-wide is measured once, by its peers, rather than asked of each.
+pub fn ask_after_waiting(
+    figure: Streamed,
+    waited: std::time::Duration,
+    grace: std::time::Duration,
+) -> bool {
+    match figure {
+        Streamed::Fresh(_) => false,
+        Streamed::NotYet => waited >= grace,
+        Streamed::Silent => true,
+    }
 }
 
 /// What a datacenter measures for its peers: `ip:port` backends (`allowed_backends`, `host`

@@ -101,9 +101,30 @@ pub struct Engine {
     pub metrics: Vec<WorkerMetrics>,
     /// Peers' latest measurements from the fleet's stream (None: not on a fleet): used
     /// instead of asking a peer to probe a backend.
-    pub fleet_view: Option<measure::PeerMeasurements>,
+    pub fleet: Option<StreamedMeasurements>,
     /// Probes asked of peers on demand (what the stream saves).
     pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The fleet's stream of measurements, as the engine reads it.
+pub struct StreamedMeasurements {
+    /// Each peer's latest.
+    pub view: measure::PeerMeasurements,
+    /// How long to wait for a peer that publishes to measure a backend new to it (a few of
+    /// its publications) before asking it.
+    pub grace: Duration,
+    /// Since when each (peer, backend, over HTTP) figure has been wanted and not published.
+    waiting: Mutex<HashMap<(u32, String, bool), Instant>>,
+}
+
+impl StreamedMeasurements {
+    pub fn new(view: measure::PeerMeasurements, publish_every: Duration) -> Self {
+        Self {
+            view,
+            grace: publish_every.saturating_mul(3),
+            waiting: Mutex::default(),
+        }
+    }
 }
 
 /// One destination as this datacenter sees it, per request of the app.
@@ -415,16 +436,37 @@ impl Engine {
         kind: &ProbeKind,
     ) -> anyhow::Result<u64> {
         let http = matches!(kind, ProbeKind::Http(_));
-        if let Some(view) = &self.fleet_view
-            && let Some(us) = measure::peer_backend_us(
-                &lock(view),
+        if let Some(fleet) = &self.fleet {
+            let figure = measure::peer_backend_us(
+                &lock(&fleet.view),
                 &peer.name,
                 stream_key,
                 http,
                 measure::unix_ms(),
-            )
-        {
-            return Ok(us);
+            );
+            if let measure::Streamed::Fresh(us) = figure {
+                lock(&fleet.waiting).remove(&(peer.id, stream_key.to_owned(), http));
+                return Ok(us);
+            }
+            let waited = {
+                let mut waiting = lock(&fleet.waiting);
+                // Keys come from this datacenter's own apps and leave when answered; those of
+                // apps since removed leave once long past the grace.
+                if waiting.len() >= 1024 {
+                    let stale = fleet.grace.saturating_mul(10);
+                    waiting.retain(|_, since| since.elapsed() < stale);
+                }
+                waiting
+                    .entry((peer.id, stream_key.to_owned(), http))
+                    .or_insert_with(Instant::now)
+                    .elapsed()
+            };
+            if !measure::ask_after_waiting(figure, waited, fleet.grace) {
+                anyhow::bail!(
+                    "{} has not published its time to {stream_key} yet (waited {waited:?})",
+                    peer.name
+                );
+            }
         }
         self.peer_asks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
