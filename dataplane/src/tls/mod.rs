@@ -1,9 +1,12 @@
-//! HTTPS at the edge (issue J), the part that does not depend on the worker's ring: each app's
-//! certificate chosen by SNI (an exact name, then a wildcard one level up, then the default),
-//! and the server configuration the workers terminate TLS with: TLS 1.3 and 1.2, ALPN
-//! `http/1.1` (room for `h2`), session resumption by rotating tickets and a bounded cache. The
-//! store is immutable: a reload builds a new one, so a handshake in progress keeps the one it
-//! started with.
+//! HTTPS at the edge: each app's certificate chosen by SNI (an exact name, then a wildcard one
+//! level up, then the default), and the server configuration the workers terminate TLS with:
+//! TLS 1.3 and 1.2, ALPN `http/1.1` (room for `h2`), session resumption by rotating tickets and
+//! a bounded cache. The store is immutable: a reload builds a new one, so a handshake in
+//! progress keeps the one it started with. `session` is one connection's TLS over the worker's
+//! own buffers (rustls' unbuffered API); `counters` what `/metrics` says of handshakes.
+
+pub mod counters;
+pub mod session;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -105,21 +108,20 @@ pub fn server_config(store: Arc<CertStore>) -> anyhow::Result<Arc<ServerConfig>>
     Ok(Arc::new(cfg))
 }
 
+/// A test CA (rcgen), for the handshake tests here and in `session`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use rustls::{
-        ClientConfig, ClientConnection, RootCertStore, ServerConnection, pki_types::ServerName,
-    };
+    use rustls::{ClientConfig, RootCertStore};
 
     /// A CA and a way to issue certificates for names under it, as PEM.
-    struct Ca {
+    pub struct Ca {
         cert: rcgen::Certificate,
         key: rcgen::KeyPair,
     }
 
     impl Ca {
-        fn new() -> Self {
+        pub fn new() -> Self {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -127,7 +129,7 @@ mod tests {
             Self { cert, key }
         }
 
-        fn issue(&self, names: &[&str]) -> (Arc<CertifiedKey>, Vec<u8>) {
+        pub fn issue(&self, names: &[&str]) -> (Arc<CertifiedKey>, Vec<u8>) {
             let key = rcgen::KeyPair::generate().unwrap();
             let params = rcgen::CertificateParams::new(
                 names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
@@ -139,7 +141,7 @@ mod tests {
             (certified, cert.der().to_vec())
         }
 
-        fn client(&self) -> Arc<ClientConfig> {
+        pub fn client(&self) -> Arc<ClientConfig> {
             let mut roots = RootCertStore::empty();
             roots.add(self.cert.der().clone()).unwrap();
             let mut cfg = ClientConfig::builder_with_provider(provider())
@@ -151,6 +153,12 @@ mod tests {
             Arc::new(cfg)
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::Ca, *};
+    use rustls::{ClientConfig, ClientConnection, ServerConnection, pki_types::ServerName};
 
     /// A real handshake over memory: the certificate the server presented (DER) and ALPN.
     fn handshake(
