@@ -3,7 +3,7 @@
 //! (fresh instance per request, and instance reuse), and a static route vs nginx.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -312,28 +312,46 @@ pub fn find_wasmtime() -> Option<PathBuf> {
         })
 }
 
+/// A response: status, headers (names lower-cased), body.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Plain HTTP/1.1 from the client side, written independently of the code under test: sends
 /// a GET on `s` and reads the whole (Content-Length) response: status, headers (names
 /// lower-cased), body.
-pub fn get(s: &mut TcpStream, host: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub fn get(
+    s: &mut (impl Read + Write),
+    host: &str,
+    path: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     request(s, "GET", host, path, b"")
 }
 
 /// As `get`, with any method and a Content-Length body.
 pub fn request(
-    s: &mut TcpStream,
+    s: &mut (impl Read + Write),
     method: &str,
     host: &str,
     path: &str,
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    try_request(s, method, host, path, body).unwrap()
+}
+
+/// As `request`, saying what went wrong instead of panicking (for loops that count failures).
+pub fn try_request(
+    s: &mut (impl Read + Write),
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<Answer> {
     let mut wire = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
     wire.extend_from_slice(body);
-    s.write_all(&wire).unwrap();
+    s.write_all(&wire)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -342,12 +360,9 @@ pub fn request(
             let mut lines = head.split("\r\n");
             let status = lines
                 .next()
-                .unwrap()
-                .split(' ')
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("no status line in {head:?}"))?;
             let headers: Vec<(String, String)> = lines
                 .filter_map(|l| l.split_once(": "))
                 .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
@@ -355,17 +370,17 @@ pub fn request(
             let len: usize = headers
                 .iter()
                 .find(|(n, _)| n == "content-length")
-                .map(|(_, v)| v.parse().unwrap())
-                .unwrap();
+                .and_then(|(_, v)| v.parse().ok())
+                .context("no content-length")?;
             while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).unwrap();
-                assert!(n > 0, "connection closed mid-response");
+                let n = s.read(&mut chunk)?;
+                anyhow::ensure!(n > 0, "connection closed mid-response");
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return (status, headers, buf[end + 4..end + 4 + len].to_vec());
+            return Ok((status, headers, buf[end + 4..end + 4 + len].to_vec()));
         }
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed before a response");
+        let n = s.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "connection closed before a response");
         buf.extend_from_slice(&chunk[..n]);
     }
 }

@@ -16,6 +16,7 @@ pub mod packets;
 pub mod plan;
 pub mod plot;
 pub mod scenario;
+pub mod tls;
 pub mod wan;
 pub mod world;
 pub mod xdp;

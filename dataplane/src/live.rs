@@ -23,6 +23,8 @@ pub struct Generation {
     pub routes: Routes,
     /// App name -> its id (its PLACEMENT index).
     pub app_ids: HashMap<String, u32>,
+    /// What new HTTPS connections get (None: plain HTTP only); connections open keep theirs.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The daemon's side: publishes generations and sees which each worker serves.

@@ -78,6 +78,7 @@ fn start() -> Running {
             holdout_seen: Default::default(),
             live: None,
             access_log: None,
+            tls: Default::default(),
         }) as Rc<dyn Service>)
     });
     let thread = worker::spawn(opts, factory, rx).unwrap();

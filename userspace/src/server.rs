@@ -105,9 +105,11 @@ pub fn generation(
     specs: Vec<AppSpec>,
     maps: &PinnedMaps,
 ) -> anyhow::Result<Generation> {
+    let (tls, _) = crate::config::tls::workers_tls(cfg)?;
     Ok(Generation {
         number,
         specs,
+        tls,
         routes: crate::reload::routes(cfg),
         app_ids: maps
             .app_names()?
@@ -278,6 +280,7 @@ pub fn start(
                 holdout_seen: Default::default(),
                 live: Some(RefCell::new(subscriber)),
                 access_log: access_log.clone(),
+                tls: RefCell::new(current.tls.clone()),
             }) as Rc<dyn Service>)
         });
         factories.insert(cpu, factory);

@@ -38,6 +38,9 @@ pub struct HttpLimits {
     pub send_timeout: Duration,
     /// Connections one worker keeps open; past it, new ones are closed at once (and counted).
     pub max_connections: usize,
+    /// An HTTPS connection must finish its TLS handshake within this long of its accept.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -50,6 +53,7 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             max_connections: 16384,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -132,6 +132,8 @@ pub struct EdgeService {
     /// Reloads published by the daemon (None: the apps are fixed for the worker's life).
     pub live: Option<std::cell::RefCell<crate::live::LiveSubscriber>>,
     pub access_log: Option<access_log::AccessLog>,
+    /// The current generation's TLS configuration, for connections accepted from now on.
+    pub tls: std::cell::RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -160,6 +162,7 @@ impl EdgeService {
         };
         let changes = self.runtime.apply(generation.specs.clone());
         *self.routes.borrow_mut() = Rc::new(generation.routes.clone());
+        *self.tls.borrow_mut() = generation.tls.clone();
         if let Some(p) = &self.placement {
             p.set_ids(&generation.app_ids);
         }
@@ -365,5 +368,9 @@ impl Service for EdgeService {
 
     fn maintain(&self) {
         self.apply_reload();
+    }
+
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.borrow().clone()
     }
 }

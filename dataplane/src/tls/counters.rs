@@ -17,17 +17,20 @@ pub enum Failure {
     Alert,
     /// The handshake did not finish within the handshake timeout.
     Timeout,
+    /// The client closed the connection before its handshake was over.
+    Closed,
     Other,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 8] = [
         Failure::Malformed,
         Failure::Incompatible,
         Failure::NoCertificate,
         Failure::PeerCertificate,
         Failure::Alert,
         Failure::Timeout,
+        Failure::Closed,
         Failure::Other,
     ];
 
@@ -39,6 +42,7 @@ impl Failure {
             Failure::PeerCertificate => "peer_certificate",
             Failure::Alert => "alert",
             Failure::Timeout => "timeout",
+            Failure::Closed => "closed",
             Failure::Other => "other",
         }
     }

@@ -8,6 +8,9 @@
 pub mod counters;
 pub mod session;
 
+/// The one rustls the workers, the handoff client and userspace share.
+pub use rustls;
+
 use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context as _, bail};

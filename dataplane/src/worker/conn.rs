@@ -9,6 +9,7 @@ use std::{
     time::Instant,
 };
 
+use super::transport::Transport;
 use crate::http::{
     RequestDecoder, Response, ResponseMode,
     stream::{ActiveStream, Pumped},
@@ -85,6 +86,12 @@ pub struct Conn {
     /// The body being streamed to the client (its head is sent); the responses in `pending`
     /// wait behind it.
     pub streaming: Option<Streaming>,
+    /// Plain HTTP, or TLS (`out` is then plaintext, sealed into `sending`).
+    pub transport: Transport,
+    /// TLS records to send before what `out` holds (handshake, alerts).
+    pub tls_out: Vec<u8>,
+    /// The TLS handshake must be over by then (None: not an HTTPS-capable connection, or done).
+    pub handshake_deadline: Option<Instant>,
 }
 
 /// A response whose head went out and whose body is still being produced.
@@ -129,6 +136,9 @@ impl Conn {
             close_after_body: false,
             waker: None,
             streaming: None,
+            transport: Transport::Plain,
+            tls_out: Vec::new(),
+            handshake_deadline: None,
         }
     }
 
@@ -214,7 +224,7 @@ impl Conn {
     /// should read no more of its requests for now.
     pub fn backlogged(&self) -> bool {
         self.pending.len() >= MAX_PIPELINED
-            || self.out.len() + self.sending.len() - self.sent >= MAX_UNSENT
+            || self.out.len() + self.tls_out.len() + self.sending.len() - self.sent >= MAX_UNSENT
     }
 
     /// Whether nothing is queued, in flight or half-received.
@@ -224,6 +234,7 @@ impl Conn {
             && self.pending.is_empty()
             && self.streaming.is_none()
             && self.out.is_empty()
+            && self.tls_out.is_empty()
             && !self.send_in_flight
     }
 

@@ -19,6 +19,7 @@ mod event_loop;
 pub mod load;
 mod ring;
 pub mod supervisor;
+mod transport;
 mod wake;
 
 use std::{
@@ -69,6 +70,11 @@ pub trait Service {
     /// Called between requests every tick (100 ms), on the worker's thread: where a service
     /// picks up a reload.
     fn maintain(&self) {}
+    /// The TLS configuration new connections get (None: plain HTTP only). Asked once per
+    /// connection, at accept.
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
 }
 
 /// Builds each worker's service on the worker's own thread.
@@ -128,6 +134,7 @@ pub struct WorkerCounters {
     pub connections_refused: AtomicU64,
     /// Connections closed because the client read none of its responses for `send_timeout`.
     pub slow_readers: AtomicU64,
+    pub tls: crate::tls::counters::TlsCounters,
 }
 
 impl WorkerCounters {

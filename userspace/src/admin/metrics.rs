@@ -6,7 +6,11 @@
 use std::{collections::BTreeMap, fmt, sync::atomic::Ordering::Relaxed};
 
 use edgeplane_abi::DropReason;
-use edgeplane_dataplane::{router::latency::LatencyHistogram, worker::WorkerCounters};
+use edgeplane_dataplane::{
+    router::latency::LatencyHistogram,
+    tls::counters::{Failure, TlsCounters},
+    worker::WorkerCounters,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
@@ -123,6 +127,36 @@ impl Snapshot {
         Ok(())
     }
 
+    /// HTTPS on the workers: handshakes, resumptions, failures by reason (summed over workers).
+    fn tls(&mut self, state: &AdminState) {
+        let sum = |f: &dyn Fn(&TlsCounters) -> u64| -> u64 {
+            state.worker_counters.iter().map(|c| f(&c.tls)).sum()
+        };
+        self.counter(
+            "edgeplane_tls_handshakes",
+            "TLS handshakes the workers completed, resumed ones included",
+            vec![(vec![], sum(&|c| c.handshakes.load(Relaxed)))],
+        );
+        self.counter(
+            "edgeplane_tls_resumed",
+            "TLS handshakes that resumed a session (ticket or session id)",
+            vec![(vec![], sum(&|c| c.resumed.load(Relaxed)))],
+        );
+        self.counter(
+            "edgeplane_tls_failures",
+            "TLS connections that failed, by reason",
+            Failure::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        vec![("reason", r.label().to_owned())],
+                        sum(&|c| c.failures(*r)),
+                    )
+                })
+                .collect(),
+        );
+    }
+
     fn workers(&mut self, state: &AdminState) -> anyhow::Result<()> {
         self.counter(
             "edgeplane_worker_restarts",
@@ -171,6 +205,7 @@ impl Snapshot {
                 .collect();
             self.counter(name, help, rows);
         }
+        self.tls(state);
         let n = state.maps.worker_config()?.n_workers;
         let loads = state.maps.worker_loads(n)?;
         self.gauge(

@@ -1,6 +1,7 @@
 //! `edged`'s configuration file (TOML). Every field has a default, so an empty file is valid.
 
 mod locate;
+pub mod tls;
 
 pub use locate::Invalid;
 
@@ -43,6 +44,8 @@ pub struct EdgedConfig {
     pub access_log: AccessLogConfig,
     /// Take apps, blocklist, rate limit and pins from the fleet's control plane (NATS).
     pub control: Option<ControlConfig>,
+    /// HTTPS on the workers' port: the certificate for names no app's certificate covers.
+    pub tls: Option<tls::CertFiles>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -212,6 +215,7 @@ impl Default for EdgedConfig {
             datacenter: None,
             access_log: AccessLogConfig::default(),
             control: None,
+            tls: None,
             apps: Vec::new(),
         }
     }
@@ -325,6 +329,9 @@ pub struct AppConfig {
     /// `<app>.<function>` (see `edgeplane_dataplane::functions`).
     #[serde(default)]
     pub functions: Vec<AppConfig>,
+    /// The certificate served for this app's `hosts` (by SNI) over HTTPS.
+    #[serde(default)]
+    pub tls: Option<tls::CertFiles>,
     /// Set for a split app and its functions when the config is read.
     #[serde(skip)]
     pub split_app: Option<String>,
@@ -443,6 +450,12 @@ impl EdgedConfig {
             {
                 app.component = Some(base.join(c));
             }
+            if let Some(tls) = &mut app.tls {
+                tls.resolve_against(base);
+            }
+        }
+        if let Some(tls) = &mut cfg.tls {
+            tls.resolve_against(base);
         }
         Ok((cfg, text))
     }

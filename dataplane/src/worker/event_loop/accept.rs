@@ -15,6 +15,7 @@ use crate::worker::{
     WorkerCounters,
     conn::Conn,
     ring::{Op, user_data},
+    transport::Transport,
 };
 
 impl Worker {
@@ -98,6 +99,10 @@ impl Worker {
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0xff_ffff;
         let mut conn = Conn::new(fd, generation, self.now);
+        if let Some(tls) = self.service.tls() {
+            conn.transport = Transport::Undecided(tls);
+            conn.handshake_deadline = Some(self.now + self.limits.handshake_timeout);
+        }
         // SAFETY: fd is the socket just accepted, open for this call.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         conn.peer = socket2::SockRef::from(&borrowed)

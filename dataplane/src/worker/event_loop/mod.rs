@@ -22,9 +22,13 @@ use super::{
     conn::{Conn, Phase, SlotResponse},
     load::LoadPublisher,
     ring::{Op, Ring, split_user_data, user_data},
+    transport::{Taken, Transport},
     wake::{WokenConns, poll_reply},
 };
-use crate::http::{HttpError, HttpLimits};
+use crate::{
+    http::{HttpError, HttpLimits},
+    tls::counters::Failure,
+};
 
 mod accept;
 mod input;
@@ -305,11 +309,21 @@ impl Worker {
             .get_mut(idx)
             .and_then(Option::as_mut)
             .filter(|c| c.generation == generation);
+        let mut taken = Taken::Data;
         if let (Some(conn), Some(bid)) = (live, bid) {
-            // Straight from the ring's buffer into the connection's input: one copy.
+            // Straight from the ring's buffer into the connection's input (one copy), or
+            // through its TLS session.
             if received && conn.phase == Phase::Open {
-                conn.input
-                    .extend_from_slice(self.bufs.data(bid, res as usize));
+                let data = self.bufs.data(bid, res as usize);
+                taken = conn.transport.take(
+                    data,
+                    &mut conn.input,
+                    &mut conn.tls_out,
+                    &self.counters.tls,
+                );
+                if !conn.transport.handshaking() {
+                    conn.handshake_deadline = None;
+                }
             }
         }
         if let Some(bid) = bid {
@@ -322,6 +336,22 @@ impl Worker {
         if !more {
             conn.recv_armed = false;
         }
+        match taken {
+            Taken::Data => {}
+            Taken::PeerClosed => {
+                self.on_peer_closed(idx);
+                self.maybe_free(idx);
+                return;
+            }
+            Taken::Failed => {
+                self.on_tls_failed(idx);
+                self.maybe_free(idx);
+                return;
+            }
+        }
+        let Some(conn) = self.conn_mut(idx, generation) else {
+            return;
+        };
         match (res, received) {
             (_, true) => {
                 conn.last_activity = now;
@@ -342,19 +372,47 @@ impl Worker {
                 self.arm_recv(idx);
             }
             (0, false) => {
-                // EOF. A body still streaming will not be whole: its reader is told.
-                conn.decoder
-                    .abandon("the client closed before its body ended");
-                // A half-closed client still gets the responses it asked for.
-                if conn.pending.is_empty() && conn.out.is_empty() && !conn.send_in_flight {
-                    self.close(idx);
-                } else if conn.phase == Phase::Open {
-                    conn.phase = Phase::CloseAfterFlush;
+                if matches!(&conn.transport, Transport::Tls(s) if !s.is_established()) {
+                    // Gone mid-handshake (or before a byte): a client that gave up on us.
+                    self.counters.tls.failed(Failure::Closed);
                 }
+                self.on_peer_closed(idx);
             }
             _ => self.close(idx),
         }
         self.maybe_free(idx);
+    }
+
+    /// EOF, or TLS's close_notify. A body still streaming will not be whole: its reader is
+    /// told. A half-closed client still gets the responses it asked for.
+    fn on_peer_closed(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        conn.decoder
+            .abandon("the client closed before its body ended");
+        if conn.pending.is_empty() && conn.out.is_empty() && !conn.send_in_flight {
+            self.close(idx);
+        } else if conn.phase == Phase::Open {
+            conn.phase = Phase::CloseAfterFlush;
+        }
+    }
+
+    /// The connection's TLS failed (counted by reason in `Transport::take`). Mid-handshake
+    /// nothing was asked yet: the alert goes out, then the connection closes. Past it, requests
+    /// may be running: closed at once, as for a reset.
+    fn on_tls_failed(&mut self, idx: usize) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        conn.handshake_deadline = None;
+        if conn.pending.is_empty() && conn.streaming.is_none() && conn.out.is_empty() {
+            conn.input.clear();
+            conn.phase = Phase::CloseAfterFlush;
+            self.flush(idx);
+        } else {
+            self.close(idx);
+        }
     }
 
     fn on_tick(&mut self) {
@@ -375,6 +433,14 @@ impl Worker {
             {
                 debug!(worker = self.ctx.worker, peer = ?conn.peer, "client read nothing for the send timeout; closing");
                 WorkerCounters::bump(&self.counters.slow_readers);
+                self.close(idx);
+                continue;
+            }
+            if let Some(deadline) = conn.handshake_deadline
+                && now > deadline
+            {
+                debug!(worker = self.ctx.worker, peer = ?conn.peer, "TLS handshake timed out; closing");
+                self.counters.tls.failed(Failure::Timeout);
                 self.close(idx);
                 continue;
             }

@@ -9,6 +9,7 @@ use super::{LINGER, Worker};
 use crate::worker::{
     conn::Phase,
     ring::{Op, user_data},
+    transport::Transport,
 };
 
 impl Worker {
@@ -62,18 +63,36 @@ impl Worker {
         conn.waker = Some(waker);
         self.in_flight -= (done.settled + done.dropped) as u64;
         self.stats.served += done.answered as u64;
-        if conn.send_in_flight || conn.out.is_empty() {
-            if conn.phase == Phase::CloseAfterFlush
-                && conn.pending.is_empty()
-                && conn.streaming.is_none()
-                && !conn.send_in_flight
-            {
+        let last_sent = conn.phase == Phase::CloseAfterFlush
+            && conn.pending.is_empty()
+            && conn.streaming.is_none()
+            && conn.out.is_empty()
+            && conn.tls_out.is_empty();
+        if last_sent && !conn.send_in_flight {
+            // A TLS client is told the end is on purpose before the FIN.
+            let mut notify = std::mem::take(&mut conn.tls_out);
+            let notified = conn.transport.close_notify(&mut notify);
+            conn.tls_out = notify;
+            if !notified {
                 self.linger(idx);
+                return;
             }
+        }
+        if conn.send_in_flight || (conn.out.is_empty() && conn.tls_out.is_empty()) {
             return;
         }
-        std::mem::swap(&mut conn.sending, &mut conn.out);
-        conn.out.clear();
+        if conn.tls_out.is_empty() && matches!(conn.transport, Transport::Plain) {
+            // Plain HTTP: the queue becomes what is sent, no copy.
+            std::mem::swap(&mut conn.sending, &mut conn.out);
+            conn.out.clear();
+        } else {
+            conn.sending.clear();
+            std::mem::swap(&mut conn.sending, &mut conn.tls_out);
+            if !conn.transport.seal(&mut conn.out, &mut conn.sending) {
+                self.close(idx);
+                return;
+            }
+        }
         conn.sent = 0;
         self.send_rest(idx);
     }

@@ -1,0 +1,148 @@
+//! What a connection's bytes are: plain HTTP, or TLS the worker terminates. A worker with
+//! certificates tells them apart by the first byte a client sends (a TLS record starts with
+//! 0x16, which no HTTP method does), so one listener, one port and one steering program serve
+//! both, and TLS begins after XDP and `select_worker` placed the connection.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+};
+
+use rustls::ServerConfig;
+use tracing::debug;
+
+use crate::tls::{
+    counters::{Failure, TlsCounters},
+    session::TlsSession,
+};
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub enum Transport {
+    Plain,
+    /// Nothing received yet, and the worker serves HTTPS with this configuration (the one at
+    /// accept: a reload meanwhile applies to the next connection).
+    Undecided(Arc<ServerConfig>),
+    Tls(Box<TlsSession>),
+    /// The TLS session is over (it failed, or close_notify went out): only what is already
+    /// queued still goes.
+    Done,
+}
+
+/// What `take` made of received bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Plaintext (if any) is in the input, and records to send (if any) in `to_send`.
+    Data,
+    /// The peer sent close_notify: as an EOF.
+    PeerClosed,
+    /// The connection's TLS failed: send `to_send` (the alert) and close.
+    Failed,
+}
+
+impl Transport {
+    /// Takes `data` from the peer: plaintext into `input`, what TLS answers into `to_send`.
+    pub fn take(
+        &mut self,
+        data: &[u8],
+        input: &mut Vec<u8>,
+        to_send: &mut Vec<u8>,
+        counters: &TlsCounters,
+    ) -> Taken {
+        if let Transport::Undecided(config) = self {
+            *self = if data.first() == Some(&TLS_HANDSHAKE) {
+                match TlsSession::new(config.clone()) {
+                    Ok(session) => Transport::Tls(Box::new(session)),
+                    Err(e) => {
+                        debug!(error = %e, "no TLS session");
+                        counters.failed(Failure::Other);
+                        return Taken::Failed;
+                    }
+                }
+            } else {
+                Transport::Plain
+            };
+        }
+        let session = match self {
+            Transport::Plain => {
+                input.extend_from_slice(data);
+                return Taken::Data;
+            }
+            Transport::Tls(session) => session,
+            Transport::Undecided(_) | Transport::Done => return Taken::Failed,
+        };
+        // rustls parses what any client sends: a bug there must cost this connection only.
+        let received = catch_unwind(AssertUnwindSafe(|| session.receive(data, input, to_send)));
+        match received {
+            Ok(Ok(r)) => {
+                if let Some(resumed) = r.established {
+                    counters.completed(resumed);
+                }
+                if r.peer_closed {
+                    Taken::PeerClosed
+                } else {
+                    Taken::Data
+                }
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS failed");
+                counters.failed(Failure::of(&e));
+                *self = Transport::Done;
+                Taken::Failed
+            }
+            Err(panic) => {
+                tracing::error!(
+                    panic = crate::panic_text(&*panic),
+                    "TLS processing panicked; closing the connection"
+                );
+                counters.failed(Failure::Other);
+                *self = Transport::Done;
+                Taken::Failed
+            }
+        }
+    }
+
+    /// Moves `plain` (emptied) into `sending` as what goes on the wire. False: the session
+    /// cannot send (it failed), and the connection closes.
+    pub fn seal(&mut self, plain: &mut Vec<u8>, sending: &mut Vec<u8>) -> bool {
+        match self {
+            Transport::Plain | Transport::Undecided(_) => {
+                sending.append(plain);
+                true
+            }
+            Transport::Tls(session) => {
+                let sealed = plain.is_empty() || session.encrypt(plain, sending).is_ok();
+                plain.clear();
+                sealed
+            }
+            Transport::Done => {
+                plain.clear();
+                true
+            }
+        }
+    }
+
+    /// Whether the connection is still to prove it can talk (a TLS handshake in progress, or
+    /// nothing received yet on a worker that serves HTTPS): the handshake timeout applies.
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Transport::Undecided(_) => true,
+            Transport::Tls(session) => !session.is_established(),
+            Transport::Plain | Transport::Done => false,
+        }
+    }
+
+    /// Appends a close_notify to `to_send`, once, on a TLS connection past its handshake.
+    pub fn close_notify(&mut self, to_send: &mut Vec<u8>) -> bool {
+        match self {
+            Transport::Tls(session) if session.is_established() => {
+                session.close_notify(to_send);
+                // Nothing goes out after it.
+                *self = Transport::Done;
+                !to_send.is_empty()
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! HTTPS on the workers, as deployed: XDP on the server's link, pinned workers, real TLS
+//! clients (rustls and curl) from another namespace. SNI picks the app's certificate, other
+//! names get the default, sessions resume, hostile or slow handshakes cost only their own
+//! connection, and a certificate replaced by a reload under load fails no request.
+
+#[path = "../../dataplane/tests/common/mod.rs"]
+mod apps;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use edgeplane_bench::{
+    http::try_request,
+    tls::{Https, Issued, TestCa},
+};
+use edgeplane_tests::{
+    TestPins, TwoHosts, edgeplane_binary, http::get, parse_openmetrics, require_root,
+};
+
+const ADMIN: &str = "127.0.0.1:9941";
+const ADMIN_RELOAD: &str = "127.0.0.1:9942";
+
+fn server() -> SocketAddr {
+    format!("{}:8443", TwoHosts::SERVER_V4).parse().unwrap()
+}
+
+fn config(pins: &Path, cache: &Path, admin: &str, default: &Issued, shop: &Issued) -> String {
+    format!(
+        r#"pin_dir = "{pins}"
+[xdp]
+interfaces = ["{iface}"]
+[workers]
+count = 2
+[server]
+admin = "{admin}"
+listen = "0.0.0.0:8443"
+[http]
+handshake_timeout = "1s"
+[runtime]
+cache_dir = "{cache}"
+[tls]
+cert = "{dcert}"
+key = "{dkey}"
+[[apps]]
+name = "shop"
+vips = ["{server}:8443/tcp"]
+hosts = ["shop.example.test"]
+static_body = "shop\n"
+tls = {{ cert = "{scert}", key = "{skey}" }}
+[[apps]]
+name = "hello"
+hosts = ["hello.example.test"]
+component = "{hello}"
+"#,
+        pins = pins.display(),
+        iface = TwoHosts::SERVER_IF,
+        cache = cache.display(),
+        server = TwoHosts::SERVER_V4,
+        dcert = default.cert.display(),
+        dkey = default.key.display(),
+        scert = shop.cert.display(),
+        skey = shop.key.display(),
+        hello = apps::app("hello").display(),
+    )
+}
+
+fn tcp() -> anyhow::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&server(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// A counter family's value at `admin`, summed over its samples (those of `reason` only).
+fn metric(hosts: &TwoHosts, admin: SocketAddr, name: &str, reason: Option<&str>) -> u64 {
+    let (_, text) = hosts.admin(admin, "/metrics").expect("metrics");
+    let families = parse_openmetrics(&text);
+    let family = families
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"));
+    family["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| reason.is_none_or(|want| s["labels"]["reason"] == want))
+        .map(|s| s["value"].as_f64().unwrap_or(0.0) as u64)
+        .sum()
+}
+
+#[test]
+fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_themselves()
+-> anyhow::Result<()> {
+    if !require_root("tls_workers") {
+        return Ok(());
+    }
+    let dir = apps::tempdir("tls-workers");
+    let ca = TestCa::new(&dir)?;
+    let default = ca.issue("default", &["*.example.test"], 30)?;
+    let shop = ca.issue("shop", &["shop.example.test"], 30)?;
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("tls-workers");
+    let file = dir.join("edged.toml");
+    std::fs::write(
+        &file,
+        config(pins.dir(), &dir.join("cache"), ADMIN, &default, &shop),
+    )?;
+    let admin: SocketAddr = ADMIN.parse()?;
+    let _edged = hosts.start_edged(&file, admin)?;
+    let client = ca.client();
+
+    hosts.client.run(|| -> anyhow::Result<()> {
+        // SNI picks the app's own certificate; the request routes by Host as ever.
+        let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+        assert_eq!(s.presented(), shop.der, "shop's certificate");
+        assert_eq!(s.alpn().as_deref(), Some(&b"http/1.1"[..]));
+        assert!(!s.resumed(), "a first connection is a full handshake");
+        for _ in 0..3 {
+            let (status, _, body) = get(&mut s, "shop.example.test", "/");
+            assert_eq!((status, body.as_slice()), (200, &b"shop\n"[..]));
+        }
+        // A name no app's certificate covers gets the default, and a component answers.
+        let mut s = Https::connect(tcp()?, &client, "hello.example.test")?;
+        assert_eq!(s.presented(), default.der, "the default certificate");
+        let (status, _, body) = get(&mut s, "hello.example.test", "/");
+        assert_eq!((status, body.as_slice()), (200, &b"hello from wasm\n"[..]));
+        // The client kept its ticket: the next connection resumes.
+        let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+        assert!(s.resumed(), "the session resumed");
+        assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
+        // Plain HTTP still works on the same port.
+        let mut plain = tcp()?;
+        assert_eq!(get(&mut plain, "shop.example.test", "/").0, 200);
+        Ok(())
+    })??;
+
+    // curl, verifying against the CA, by name.
+    let resolve = format!("shop.example.test:8443:{}", TwoHosts::SERVER_V4);
+    let out = hosts
+        .client
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca.pem_path())
+        .args(["--resolve", &resolve, "https://shop.example.test:8443/"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"shop\n");
+    // curl with a name whose certificate does not match what it asked for refuses.
+    let resolve = format!("other.test:8443:{}", TwoHosts::SERVER_V4);
+    let out = hosts
+        .client
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca.pem_path())
+        .args(["--resolve", &resolve, "https://other.test:8443/"])
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "a name the default does not cover is refused by curl"
+    );
+
+    // Hostile and slow handshakes: each costs its own connection, the worker serves on.
+    let malformed_before = metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed"));
+    let timeouts_before = metric(&hosts, admin, "edgeplane_tls_failures", Some("timeout"));
+    hosts.client.run(|| -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        // Half a ClientHello, then silence: held open until the handshake timeout, meanwhile
+        // others are served.
+        let mut slow: Vec<TcpStream> = Vec::new();
+        for _ in 0..8 {
+            let mut s = tcp()?;
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])?;
+            slow.push(s);
+        }
+        for garbage in [
+            &b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\xde\xad\xbe\xef"[..],
+            &b"\x16\x03\x01\xff\xff"[..],
+            &b"\x16\x16\x16\x16\x16\x16\x16\x16\x16\x16"[..],
+        ] {
+            let mut s = tcp()?;
+            s.write_all(garbage)?;
+            let mut back = Vec::new();
+            let _ = s.read_to_end(&mut back);
+            assert!(
+                back.is_empty() || back[0] == 0x15,
+                "an alert or nothing: {back:?}"
+            );
+        }
+        let started = Instant::now();
+        for _ in 0..20 {
+            let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+            assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
+        }
+        eprintln!(
+            "20 handshakes beside 8 stalled ones: {:?}",
+            started.elapsed()
+        );
+        // The stalled ones are closed by the server after the handshake timeout (1 s).
+        for mut s in slow {
+            let mut buf = [0u8; 64];
+            let closed_at = Instant::now();
+            let n = s.read(&mut buf).unwrap_or(0);
+            assert!(n == 0 || buf[0] == 0x15, "closed, not answered");
+            assert!(closed_at.elapsed() < Duration::from_secs(4));
+        }
+        Ok(())
+    })??;
+    assert!(
+        metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed")) >= malformed_before + 2,
+        "malformed handshakes are counted"
+    );
+    assert!(
+        metric(&hosts, admin, "edgeplane_tls_failures", Some("timeout")) >= timeouts_before + 8,
+        "timed-out handshakes are counted"
+    );
+    let handshakes = metric(&hosts, admin, "edgeplane_tls_handshakes", None);
+    let resumed = metric(&hosts, admin, "edgeplane_tls_resumed", None);
+    assert!(handshakes >= 24, "{handshakes} handshakes");
+    assert!(resumed >= 20, "{resumed} resumed");
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[test]
+fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::Result<()> {
+    if !require_root("tls_reload") {
+        return Ok(());
+    }
+    let dir = apps::tempdir("tls-reload");
+    let ca = TestCa::new(&dir)?;
+    let default = ca.issue("default", &["*.example.test"], 30)?;
+    let shop = ca.issue("shop", &["shop.example.test"], 30)?;
+    let hosts = TwoHosts::new()?;
+    let pins = TestPins::new("tls-reload");
+    let file = dir.join("edged.toml");
+    let text = config(
+        pins.dir(),
+        &dir.join("cache"),
+        ADMIN_RELOAD,
+        &default,
+        &shop,
+    );
+    std::fs::write(&file, text)?;
+    let admin: SocketAddr = ADMIN_RELOAD.parse()?;
+    let _edged = hosts.start_edged(&file, admin)?;
+    let client = ca.client();
+
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let renewed = std::thread::scope(|scope| -> anyhow::Result<Issued> {
+        // New connections (full and resumed handshakes) and a keep-alive one, all the while.
+        for keep_alive in [false, false, true] {
+            let (client, stop, ok, failed, hosts) = (&client, &stop, &ok, &failed, &hosts);
+            scope.spawn(move || {
+                hosts
+                    .client
+                    .run(|| {
+                        let mut kept: Option<Https> = None;
+                        while !stop.load(Relaxed) {
+                            let conn = match kept.take() {
+                                Some(c) => Ok(c),
+                                None => tcp()
+                                    .and_then(|t| Https::connect(t, client, "shop.example.test")),
+                            };
+                            let result = conn.and_then(|mut c| {
+                                let (status, _, _) =
+                                    try_request(&mut c, "GET", "shop.example.test", "/", b"")?;
+                                anyhow::ensure!(status == 200, "status {status}");
+                                Ok(c)
+                            });
+                            match result {
+                                Ok(c) => {
+                                    ok.fetch_add(1, Relaxed);
+                                    if keep_alive {
+                                        kept = Some(c);
+                                    }
+                                }
+                                Err(e) => {
+                                    eprintln!("failed: {e:#}");
+                                    failed.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                    })
+                    .unwrap();
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // The renewal: new files in place, then a reload.
+        let renewed = ca.issue("shop", &["shop.example.test"], 90)?;
+        let out = hosts
+            .server
+            .command(edgeplane_binary("edgectl").to_str().unwrap())
+            .args(["--admin", ADMIN_RELOAD, "reload"])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "reload: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Relaxed);
+        Ok(renewed)
+    })?;
+    let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
+    eprintln!("{ok} requests over TLS across the certificate reload, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 50, "{ok} requests");
+    hosts.client.run(|| -> anyhow::Result<()> {
+        let s = Https::connect(tcp()?, &ca.client(), "shop.example.test")?;
+        assert_eq!(
+            s.presented(),
+            renewed.der,
+            "the renewed certificate after the reload"
+        );
+        assert_ne!(renewed.der, shop.der);
+        Ok(())
+    })??;
+
+    // A reload naming a key that is not the certificate's is refused; the old one serves on.
+    let wrong = ca.issue("wrong", &["shop.example.test"], 30)?;
+    let text = config(
+        pins.dir(),
+        &dir.join("cache"),
+        ADMIN_RELOAD,
+        &default,
+        &Issued {
+            key: wrong.key.clone(),
+            ..renewed.clone()
+        },
+    );
+    std::fs::write(&file, text)?;
+    let out = hosts
+        .server
+        .command(edgeplane_binary("edgectl").to_str().unwrap())
+        .args(["--admin", ADMIN_RELOAD, "reload"])
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "a mismatched key was accepted: {said}"
+    );
+    assert!(said.contains("shop"), "the refusal names the app: {said}");
+    hosts.client.run(|| -> anyhow::Result<()> {
+        let mut s = Https::connect(tcp()?, &ca.client(), "shop.example.test")?;
+        assert_eq!(s.presented(), renewed.der);
+        assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
+        Ok(())
+    })??;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! HTTPS settings: `[tls]` (the default certificate) and each app's `tls = { cert, key }`.
+//! Files are read when a generation is built (at start and on every reload), so renewing a
+//! certificate is replacing its files and reloading.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use edgeplane_dataplane::tls::{CertStore, certified_key, rustls, server_config};
+use serde::Deserialize;
+
+use super::EdgedConfig;
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    pub fn resolve_against(&mut self, base: &Path) {
+        for path in [&mut self.cert, &mut self.key] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    pub fn read(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let cert = std::fs::read(&self.cert)
+            .with_context(|| format!("reading {}", self.cert.display()))?;
+        let key =
+            std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
+        Ok((cert, key))
+    }
+}
+
+/// One certificate the workers serve: whose, for which names, and its chain (DER, leaf first).
+#[derive(Clone, Debug)]
+pub struct ServedCert {
+    /// The app's name, or `None` for `[tls]`'s default.
+    pub app: Option<String>,
+    pub names: Vec<String>,
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// The workers' TLS configuration from `cfg`'s certificates (None: no `[tls]` and no app
+/// with `tls`, so plain HTTP only), and what each certificate is.
+pub fn workers_tls(
+    cfg: &EdgedConfig,
+) -> anyhow::Result<(Option<Arc<rustls::ServerConfig>>, Vec<ServedCert>)> {
+    let mut store = CertStore::default();
+    let mut served = Vec::new();
+    if let Some(files) = &cfg.tls {
+        let key = load(files).context("tls: the default certificate")?;
+        served.push(ServedCert {
+            app: None,
+            names: Vec::new(),
+            chain: key.cert.iter().map(|c| c.to_vec()).collect(),
+        });
+        store.set_default(key);
+    }
+    for app in &cfg.apps {
+        let Some(files) = &app.tls else { continue };
+        let key = load(files).with_context(|| format!("app {}: tls", app.name))?;
+        anyhow::ensure!(
+            !app.hosts.is_empty(),
+            "app {}: tls needs hosts (the names its certificate is chosen by)",
+            app.name
+        );
+        store
+            .add(&app.hosts, key.clone())
+            .with_context(|| format!("app {}: tls", app.name))?;
+        served.push(ServedCert {
+            app: Some(app.name.clone()),
+            names: app.hosts.clone(),
+            chain: key.cert.iter().map(|c| c.to_vec()).collect(),
+        });
+    }
+    if served.is_empty() {
+        return Ok((None, served));
+    }
+    Ok((Some(server_config(Arc::new(store))?), served))
+}
+
+fn load(files: &CertFiles) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let (cert, key) = files.read()?;
+    certified_key(&cert, &key)
+        .with_context(|| format!("{} and {}", files.cert.display(), files.key.display()))
+}
