@@ -17,6 +17,7 @@ pub mod plan;
 pub mod plot;
 pub mod scenario;
 pub mod tls;
+pub mod tls_load;
 pub mod wan;
 pub mod world;
 pub mod xdp;

@@ -59,6 +59,8 @@ enum Scenario {
     Upgrade,
     /// The fleet on NATS: deploy-to-everywhere time, placement from streamed measurements.
     Fleet,
+    /// HTTPS on the workers vs nginx with the same certificate, one core each.
+    Tls,
     /// The multi-datacenter canonical scenario: the main job's full run.
     Canonical,
 }
@@ -142,6 +144,7 @@ fn test() -> anyhow::Result<()> {
     run_bin("http-bench", &["--smoke"])?;
     run_bin("handoff-bench", &["--smoke"])?;
     run_bin("stream-bench", &["--smoke"])?;
+    run_bin("tls-bench", &["--smoke", "--rounds", "1"])?;
     run_bin(
         "upgrade-bench",
         &["--smoke", "--out", &format!("{smoke}/upgrade")],
@@ -302,6 +305,7 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
             Scenario::Saturation => run_bin("saturation-bench", &["--out", &folder("saturation")])?,
             Scenario::Upgrade => run_bin("upgrade-bench", &["--out", &folder("upgrade")])?,
             Scenario::Fleet => run_bin("fleet-bench", &["--out", &folder("fleet")])?,
+            Scenario::Tls => run_bin("tls-bench", &["--json", &json("tls-bench")])?,
             Scenario::Instantiate => cargo(&[
                 "bench",
                 "--locked",

@@ -22,9 +22,24 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-/// The one crypto provider (ring: what wasmtime-wasi-http's rustls already links).
+/// The one crypto provider (ring: what wasmtime-wasi-http's rustls already links), with the
+/// AES-128-GCM suites first: SHA-256 for their key schedule, not ring's SHA-384/512, which was
+/// 6% of a resumed-connection workload's CPU (bench/README.md, issue J).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+    let mut provider = default_provider();
+    provider.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
 }
 
 /// A certificate chain and its key from PEM, checked to belong together.
@@ -105,6 +120,8 @@ pub fn server_config(store: Arc<CertStore>) -> anyhow::Result<Arc<ServerConfig>>
         .with_no_client_auth()
         .with_cert_resolver(store);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The suites in `provider`'s order, whatever the client lists first.
+    cfg.ignore_client_order = true;
     // Ticket keys rotate on their own (every 6 hours, the previous one still accepted).
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().context("session tickets")?;
     cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
