@@ -24,7 +24,7 @@ pub struct Generation {
     /// App name -> its id (its PLACEMENT index).
     pub app_ids: HashMap<String, u32>,
     /// What new HTTPS connections get (None: plain HTTP only); connections open keep theirs.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<crate::tls::peer::WorkerTls>>,
 }
 
 /// The daemon's side: publishes generations and sees which each worker serves.

@@ -51,6 +51,7 @@ fn handoff(addr: SocketAddr) -> Handoff {
             max_response_bytes: 1 << 20,
             health: Arc::new(PeerHealth::new([PEER])),
             replay: Arc::new(ReplayGuard::default()),
+            tls: None,
         },
         Arc::new(ConnPool::new(PoolConfig::default())),
     )

@@ -187,6 +187,14 @@ impl Daemon {
         };
         let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg, &served)?;
         let keys = self.reload_keys(&cfg)?;
+        // Certificates are re-read (a renewal is a reload); turning mutual TLS on or off
+        // changes what every peer must do at once, so it waits for an upgrade.
+        let peer_tls = crate::config::tls::peer_tls(&cfg)?;
+        let live_peer_tls = self.handoff.as_ref().and_then(|h| h.tls.clone());
+        anyhow::ensure!(
+            peer_tls.is_some() == live_peer_tls.is_some(),
+            "datacenter.tls: turning mutual TLS with the peers on or off takes an upgrade (edged upgrade)"
+        );
         let plan = reconcile::plan(Some(&self.cfg), &cfg, &self.maps.list_apps()?)?;
         reconcile::apply(&self.maps, &plan, &cfg, self.workers)?;
         let mut report = ReloadReport {
@@ -200,7 +208,13 @@ impl Daemon {
             let before = live.current();
             let changes = AppChanges::between(&before.specs, &specs);
             (report.added, report.changed) = (changes.added, changes.changed);
-            let next = crate::server::generation(before.number + 1, &cfg, specs, &self.maps)?;
+            let next = crate::server::generation(
+                before.number + 1,
+                &cfg,
+                specs,
+                &self.maps,
+                peer_tls.as_ref(),
+            )?;
             report.generation = next.number;
             live.publish(next);
             report.workers_behind = live.wait_applied(report.generation, SWITCH_WAIT);
@@ -210,6 +224,9 @@ impl Daemon {
             *edgeplane_dataplane::lock(&self.engine_apps) = apps;
             if let Some(keys) = keys {
                 handoff.keys.replace(keys);
+            }
+            if let (Some(live), Some(tls)) = (&live_peer_tls, peer_tls) {
+                live.replace(tls);
             }
         }
         self.cfg = cfg;

@@ -16,6 +16,7 @@ use edgeplane_dataplane::{
         access_log::AccessLog,
         region::{Popularity, RegionPolicy},
     },
+    tls::peer::{LivePeerTls, PeerTls},
     wasm::{AppRuntime, AppSpec, EpochTicker, Observations, Residency, build_engine},
     worker::{
         Service, ServiceFactory, WorkerCounters, WorkerOptions, WorkerStats,
@@ -48,7 +49,10 @@ impl PlacementSource for MapPlacement {
 
 /// This datacenter's handoff settings from its topology and keys: every other datacenter is a
 /// peer, reached at the addresses the topology names.
-fn handoff_config(cfg: &EdgedConfig) -> anyhow::Result<Option<(HandoffConfig, Option<u32>)>> {
+fn handoff_config(
+    cfg: &EdgedConfig,
+    tls: Option<PeerTls>,
+) -> anyhow::Result<Option<(HandoffConfig, Option<u32>)>> {
     let Some(dc) = &cfg.datacenter else {
         return Ok(None);
     };
@@ -72,6 +76,7 @@ fn handoff_config(cfg: &EdgedConfig) -> anyhow::Result<Option<(HandoffConfig, Op
             keys: Arc::new(LiveKeys::new(keys)),
             health: Arc::new(PeerHealth::with_policy(peers.iter().map(|p| p.id), policy)),
             replay: Arc::new(ReplayGuard::default()),
+            tls: tls.map(|t| Arc::new(LivePeerTls::new(t))),
             peers,
             connect_timeout: dc.connect_timeout,
             request_timeout: dc.request_timeout,
@@ -104,8 +109,9 @@ pub fn generation(
     cfg: &EdgedConfig,
     specs: Vec<AppSpec>,
     maps: &PinnedMaps,
+    peer_tls: Option<&PeerTls>,
 ) -> anyhow::Result<Generation> {
-    let (tls, _) = crate::config::tls::workers_tls(cfg)?;
+    let tls = crate::config::tls::worker_tls(cfg, peer_tls)?;
     Ok(Generation {
         number,
         specs,
@@ -172,11 +178,12 @@ pub fn start(
     let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
     let app_count = specs.len();
     let access_log = AccessLog::start(&cfg.access_log).context("opening the access log")?;
+    let peer_tls = crate::config::tls::peer_tls(cfg)?;
     let live = Arc::new(LivePublisher::new(
-        generation(1, cfg, specs, maps)?,
+        generation(1, cfg, specs, maps, peer_tls.as_ref())?,
         count as usize,
     ));
-    let handoff = handoff_config(cfg)?;
+    let handoff = handoff_config(cfg, peer_tls)?;
     if let Some((h, region)) = &handoff {
         info!(self_id = h.self_id, peers = ?h.peers.iter().map(|p| (&p.name, &p.handoff)).collect::<Vec<_>>(), ?region, "handoff enabled");
     }

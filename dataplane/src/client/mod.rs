@@ -58,8 +58,67 @@ pub struct Timing {
     pub exchange: Duration,
 }
 
+/// TLS toward the other side of a connection: the client configuration, and the name to ask
+/// for (SNI) and to find in its certificate.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A new connection to `addr` (with TLS when `tls` says so), its HTTP/1.1 handshake done and
+/// its I/O running as a task of its own: it outlives this request in the pool.
+async fn open<B>(addr: SocketAddr, tls: Option<&ClientTls>) -> Result<SendRequest<B>, ClientError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|error| ClientError::Connect { addr, error })?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => handshake(stream, addr).await,
+        Some(tls) => {
+            let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.name.clone(), stream)
+                .await
+                .map_err(|error| ClientError::Tls { addr, error })?;
+            handshake(stream, addr).await
+        }
+    }
+}
+
+async fn handshake<T, B>(io: T, addr: SocketAddr) -> Result<SendRequest<B>, ClientError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|error| ClientError::Exchange {
+            addr,
+            error,
+            maybe_written: false,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("TLS with {addr}: {error}")]
+    Tls {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("connecting to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
@@ -122,6 +181,7 @@ pub async fn send(
     head: Head,
     body: Outgoing,
     connect_timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<Sent, ClientError> {
     let addr = key.addr;
     let replay = match &body {
@@ -155,33 +215,16 @@ pub async fn send(
         }
     }
     let connect_started = Instant::now();
-    let stream =
-        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ClientError::Connect { addr, error }),
-            Err(_) => {
-                return Err(ClientError::ConnectTimeout {
-                    addr,
-                    timeout: connect_timeout,
-                });
-            }
-        };
-    let connect = connect_started.elapsed();
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
-            .await
-            .map_err(|error| ClientError::Exchange {
+    let mut sender = match tokio::time::timeout(connect_timeout, open(addr, tls)).await {
+        Ok(opened) => opened?,
+        Err(_) => {
+            return Err(ClientError::ConnectTimeout {
                 addr,
-                error,
-                maybe_written: false,
-            })?;
-    // The connection's I/O runs as a task of its own: it outlives this request in the pool.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "pooled connection ended");
+                timeout: connect_timeout,
+            });
         }
-    });
+    };
+    let connect = connect_started.elapsed();
     let started = Instant::now();
     match sender.try_send_request(req).await {
         Ok(resp) => Ok(sent(pool, key, sender, resp, Some(connect), started)),

@@ -45,7 +45,17 @@ impl<'a> Once<'a> {
 
 /// Sends `req` to `addr` on a new connection, all within `timeout`.
 pub async fn send(addr: SocketAddr, req: Once<'_>, timeout: Duration) -> anyhow::Result<Answer> {
-    match tokio::time::timeout(timeout, exchange(addr, req)).await {
+    send_over(addr, None, req, timeout).await
+}
+
+/// As `send`, over TLS when `tls` says so.
+pub async fn send_over(
+    addr: SocketAddr,
+    tls: Option<&super::ClientTls>,
+    req: Once<'_>,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
+    match tokio::time::timeout(timeout, exchange(addr, tls, req)).await {
         Ok(answer) => answer,
         Err(_) => Err(anyhow::Error::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -54,16 +64,14 @@ pub async fn send(addr: SocketAddr, req: Once<'_>, timeout: Duration) -> anyhow:
     }
 }
 
-async fn exchange(addr: SocketAddr, req: Once<'_>) -> anyhow::Result<Answer> {
+async fn exchange(
+    addr: SocketAddr,
+    tls: Option<&super::ClientTls>,
+    req: Once<'_>,
+) -> anyhow::Result<Answer> {
     let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-        _,
-        http_body_util::Either<Full<Bytes>, Empty<Bytes>>,
-    >(wasmtime_wasi_http::io::TokioIo::new(stream))
-    .await?;
-    let conn = tokio::spawn(conn);
+    let mut sender =
+        super::open::<http_body_util::Either<Full<Bytes>, Empty<Bytes>>>(addr, tls).await?;
     let mut request = http::Request::new(if req.body.is_empty() {
         http_body_util::Either::Right(Empty::new())
     } else {
@@ -90,8 +98,8 @@ async fn exchange(addr: SocketAddr, req: Once<'_>) -> anyhow::Result<Answer> {
             .to_bytes(),
         None => Bytes::new(),
     };
+    // Dropping the sender ends the connection's task (the request said `connection: close`).
     drop(sender);
-    conn.abort();
     Ok(Answer {
         status: parts.status,
         headers: parts.headers,
@@ -103,6 +111,16 @@ async fn exchange(addr: SocketAddr, req: Once<'_>) -> anyhow::Result<Answer> {
 /// `send` from a thread outside any tokio runtime (the placement engine's, edgectl).
 pub fn send_blocking(addr: SocketAddr, req: Once<'_>, timeout: Duration) -> anyhow::Result<Answer> {
     block_on(send(addr, req, timeout))?
+}
+
+/// `send_over` from a thread outside any tokio runtime.
+pub fn send_blocking_over(
+    addr: SocketAddr,
+    tls: Option<&super::ClientTls>,
+    req: Once<'_>,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
+    block_on(send_over(addr, tls, req, timeout))?
 }
 
 /// Runs `fut` to completion from a thread outside any tokio runtime, on a runtime of the

@@ -65,6 +65,9 @@ pub struct HandoffConfig {
     pub health: Arc<PeerHealth>,
     /// Handoffs this datacenter served lately, shared by its workers: replays are refused.
     pub replay: Arc<ReplayGuard>,
+    /// Mutual TLS with the peers (None: plain TCP). When set, handoffs go over it and only
+    /// handoffs that came over it are taken.
+    pub tls: Option<Arc<crate::tls::peer::LivePeerTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,11 @@ impl Handoff {
         self.cfg.health.is_down(dc)
     }
 
+    /// Whether handoffs (and probe asks) travel over mutual TLS.
+    pub fn requires_tls(&self) -> bool {
+        self.cfg.tls.is_some()
+    }
+
     pub fn self_id(&self) -> u32 {
         self.cfg.self_id
     }
@@ -200,7 +208,21 @@ impl Handoff {
                 error: "it has no handoff address".into(),
             })?;
         let key = PoolKey::new(HANDOFF_POOL_OWNER, addr);
-        let send = crate::client::send(&self.conns, key, head, body, self.cfg.connect_timeout);
+        let tls = match &self.cfg.tls {
+            Some(tls) => Some(tls.client_to(name).map_err(|e| HandoffError::Unreachable {
+                peer: name.clone(),
+                error: format!("{e:#}"),
+            })?),
+            None => None,
+        };
+        let send = crate::client::send(
+            &self.conns,
+            key,
+            head,
+            body,
+            self.cfg.connect_timeout,
+            tls.as_ref(),
+        );
         let result = match tokio::time::timeout(timeout, send).await {
             Ok(Ok(sent)) => self.relay(dc, sent).await,
             Ok(Err(e)) => Err(HandoffError::from_client(name, e)),

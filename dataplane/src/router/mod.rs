@@ -133,7 +133,7 @@ pub struct EdgeService {
     pub live: Option<std::cell::RefCell<crate::live::LiveSubscriber>>,
     pub access_log: Option<access_log::AccessLog>,
     /// The current generation's TLS configuration, for connections accepted from now on.
-    pub tls: std::cell::RefCell<Option<Arc<rustls::ServerConfig>>>,
+    pub tls: std::cell::RefCell<Option<Arc<crate::tls::peer::WorkerTls>>>,
 }
 
 fn count(metrics: &WorkerMetrics, app: &str, f: impl FnOnce(&mut AppCounters)) {
@@ -181,8 +181,13 @@ impl EdgeService {
     }
 
     /// Checks a request's handoff signature (and that it is not a replay).
-    fn verify_handoff(&self, req: &Request) -> Result<(), String> {
+    fn verify_handoff(&self, req: &Request, over_peer_tls: bool) -> Result<(), String> {
         match &self.handoff {
+            // The HMAC alone would do; the connection must be a peer's too, so that no handoff
+            // (or its answer) crosses the WAN in the clear.
+            Some(h) if h.requires_tls() && !over_peer_tls => {
+                Err("this datacenter takes handoffs over mutual TLS only".to_owned())
+            }
             Some(h) => h.verify(req).map(|_| ()).map_err(|e| e.to_string()),
             None => Err("this datacenter has no peers".to_owned()),
         }
@@ -310,7 +315,7 @@ fn query_param(target: &str, name: &str) -> Option<String> {
 
 impl Service for EdgeService {
     fn call(&self, req: Request, ctx: &RequestContext) -> Reply {
-        let verify = |r: &Request| self.verify_handoff(r);
+        let verify = |r: &Request| self.verify_handoff(r, ctx.peer_tls);
         let gate = Gate {
             peer: ctx.peer,
             functions_via: self.runtime.functions_via(),
@@ -370,7 +375,7 @@ impl Service for EdgeService {
         self.apply_reload();
     }
 
-    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+    fn tls(&self) -> Option<Arc<crate::tls::peer::WorkerTls>> {
         self.tls.borrow().clone()
     }
 }

@@ -6,6 +6,7 @@
 //! own buffers (rustls' unbuffered API); `counters` what `/metrics` says of handshakes.
 
 pub mod counters;
+pub mod peer;
 pub mod session;
 
 /// The one rustls the workers, the handoff client and userspace share.

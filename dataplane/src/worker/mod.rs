@@ -51,6 +51,9 @@ pub struct RequestContext {
     pub worker: u32,
     /// The client's address (the connection's peer).
     pub peer: Option<std::net::SocketAddr>,
+    /// The connection is a peer datacenter's over mutual TLS (its certificate verified
+    /// against the fleet's CA).
+    pub peer_tls: bool,
     /// The body of a request that went on before its body arrived (`take_body`): `req.body`
     /// is then empty.
     pub body: std::cell::Cell<Option<RequestBody>>,
@@ -72,7 +75,7 @@ pub trait Service {
     fn maintain(&self) {}
     /// The TLS configuration new connections get (None: plain HTTP only). Asked once per
     /// connection, at accept.
-    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+    fn tls(&self) -> Option<Arc<crate::tls::peer::WorkerTls>> {
         None
     }
 }

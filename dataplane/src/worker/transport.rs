@@ -13,7 +13,8 @@ use tracing::debug;
 
 use crate::tls::{
     counters::{Failure, TlsCounters},
-    session::TlsSession,
+    peer::{Hello, HelloReader, WorkerTls},
+    session::{MAX_BUFFERED, TlsSession},
 };
 
 /// The first byte of a TLS handshake record.
@@ -21,10 +22,21 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 pub enum Transport {
     Plain,
-    /// Nothing received yet, and the worker serves HTTPS with this configuration (the one at
-    /// accept: a reload meanwhile applies to the next connection).
-    Undecided(Arc<ServerConfig>),
-    Tls(Box<TlsSession>),
+    /// Nothing received yet, and the worker serves HTTPS with these configurations (the ones
+    /// at accept: a reload meanwhile applies to the next connection).
+    Undecided(Arc<WorkerTls>),
+    /// A ClientHello arriving on a worker that also takes its peers' mutual TLS: read for its
+    /// name, which picks the configuration; `seen` is replayed into the session.
+    Hello {
+        tls: Arc<WorkerTls>,
+        reader: Box<HelloReader>,
+        seen: Vec<u8>,
+    },
+    Tls {
+        session: Box<TlsSession>,
+        /// A peer datacenter, its certificate verified against the fleet's CA.
+        peer: bool,
+    },
     /// The TLS session is over (it failed, or close_notify went out): only what is already
     /// queued still goes.
     Done,
@@ -50,27 +62,61 @@ impl Transport {
         to_send: &mut Vec<u8>,
         counters: &TlsCounters,
     ) -> Taken {
-        if let Transport::Undecided(config) = self {
-            *self = if data.first() == Some(&TLS_HANDSHAKE) {
-                match TlsSession::new(config.clone()) {
-                    Ok(session) => Transport::Tls(Box::new(session)),
-                    Err(e) => {
-                        debug!(error = %e, "no TLS session");
-                        counters.failed(Failure::Other);
-                        return Taken::Failed;
-                    }
+        if let Transport::Undecided(tls) = self {
+            *self = if data.first() != Some(&TLS_HANDSHAKE) {
+                Transport::Plain
+            } else if tls.peers.is_some() {
+                Transport::Hello {
+                    tls: tls.clone(),
+                    reader: Box::default(),
+                    seen: Vec::new(),
                 }
             } else {
-                Transport::Plain
+                start(tls.public.clone(), false, counters).unwrap_or(Transport::Done)
             };
         }
+        let mut replay = None;
+        if let Transport::Hello { tls, reader, seen } = self {
+            if seen.len().saturating_add(data.len()) > MAX_BUFFERED {
+                counters.failed(Failure::Malformed);
+                *self = Transport::Done;
+                return Taken::Failed;
+            }
+            seen.extend_from_slice(data);
+            let hello = catch_unwind(AssertUnwindSafe(|| reader.read(data)));
+            let sni = match hello {
+                Ok(Hello::Partial) => return Taken::Data,
+                Ok(Hello::Name(sni)) => sni,
+                Ok(Hello::Invalid(e)) => {
+                    debug!(error = %e, "not a ClientHello");
+                    counters.failed(Failure::of(&e));
+                    *self = Transport::Done;
+                    return Taken::Failed;
+                }
+                Err(_) => {
+                    counters.failed(Failure::Other);
+                    *self = Transport::Done;
+                    return Taken::Failed;
+                }
+            };
+            let peer = tls.peers.as_ref().is_some_and(|p| {
+                sni.as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&p.name))
+            });
+            let config = tls.pick(sni.as_deref());
+            replay = Some(std::mem::take(seen));
+            *self = start(config, peer, counters).unwrap_or(Transport::Done);
+        }
+        let data = replay.as_deref().unwrap_or(data);
         let session = match self {
             Transport::Plain => {
                 input.extend_from_slice(data);
                 return Taken::Data;
             }
-            Transport::Tls(session) => session,
-            Transport::Undecided(_) | Transport::Done => return Taken::Failed,
+            Transport::Tls { session, .. } => session,
+            Transport::Undecided(_) | Transport::Hello { .. } | Transport::Done => {
+                return Taken::Failed;
+            }
         };
         // rustls parses what any client sends: a bug there must cost this connection only.
         let received = catch_unwind(AssertUnwindSafe(|| session.receive(data, input, to_send)));
@@ -103,15 +149,20 @@ impl Transport {
         }
     }
 
+    /// Whether the connection is a peer datacenter's, over mutual TLS.
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Transport::Tls { peer: true, .. })
+    }
+
     /// Moves `plain` (emptied) into `sending` as what goes on the wire. False: the session
     /// cannot send (it failed), and the connection closes.
     pub fn seal(&mut self, plain: &mut Vec<u8>, sending: &mut Vec<u8>) -> bool {
         match self {
-            Transport::Plain | Transport::Undecided(_) => {
+            Transport::Plain | Transport::Undecided(_) | Transport::Hello { .. } => {
                 sending.append(plain);
                 true
             }
-            Transport::Tls(session) => {
+            Transport::Tls { session, .. } => {
                 let sealed = plain.is_empty() || session.encrypt(plain, sending).is_ok();
                 plain.clear();
                 sealed
@@ -127,8 +178,8 @@ impl Transport {
     /// nothing received yet on a worker that serves HTTPS): the handshake timeout applies.
     pub fn handshaking(&self) -> bool {
         match self {
-            Transport::Undecided(_) => true,
-            Transport::Tls(session) => !session.is_established(),
+            Transport::Undecided(_) | Transport::Hello { .. } => true,
+            Transport::Tls { session, .. } => !session.is_established(),
             Transport::Plain | Transport::Done => false,
         }
     }
@@ -136,13 +187,36 @@ impl Transport {
     /// Appends a close_notify to `to_send`, once, on a TLS connection past its handshake.
     pub fn close_notify(&mut self, to_send: &mut Vec<u8>) -> bool {
         match self {
-            Transport::Tls(session) if session.is_established() => {
+            Transport::Tls { session, .. } if session.is_established() => {
                 session.close_notify(to_send);
                 // Nothing goes out after it.
                 *self = Transport::Done;
                 !to_send.is_empty()
             }
             _ => false,
+        }
+    }
+}
+
+/// A session with `config`, or why not (counted): no configuration serves the name asked for.
+fn start(
+    config: Option<Arc<ServerConfig>>,
+    peer: bool,
+    counters: &TlsCounters,
+) -> Option<Transport> {
+    let Some(config) = config else {
+        counters.failed(Failure::NoCertificate);
+        return None;
+    };
+    match TlsSession::new(config) {
+        Ok(session) => Some(Transport::Tls {
+            session: Box::new(session),
+            peer,
+        }),
+        Err(e) => {
+            debug!(error = %e, "no TLS session");
+            counters.failed(Failure::Other);
+            None
         }
     }
 }

@@ -101,6 +101,11 @@ pub struct DatacenterConfig {
     /// app gets fewer than this many requests per second at a worker (0: never).
     #[serde(default = "default_popular_rps")]
     pub popular_rps: f64,
+    /// Mutual TLS with the peers: this datacenter's certificate (naming it) and key, and the
+    /// fleet's CA its peers' certificates must come from. Without it, handoffs go over plain
+    /// TCP, authenticated by their HMAC only.
+    #[serde(default)]
+    pub tls: Option<tls::PeerFiles>,
 }
 
 fn default_down_after() -> u32 {
@@ -442,6 +447,9 @@ impl EdgedConfig {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }
+            }
+            if let Some(tls) = &mut dc.tls {
+                tls.resolve_against(base);
             }
         }
         for app in &mut cfg.apps {

@@ -8,7 +8,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use edgeplane_dataplane::tls::{CertStore, certified_key, rustls, server_config};
+use edgeplane_dataplane::tls::{
+    CertStore, certified_key,
+    peer::{PeerServer, PeerTls, WorkerTls},
+    rustls, server_config,
+};
 use serde::Deserialize;
 
 use super::EdgedConfig;
@@ -37,6 +41,66 @@ impl CertFiles {
             std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
         Ok((cert, key))
     }
+}
+
+/// `[datacenter] tls`: this datacenter's certificate and key, and the fleet's CA.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl PeerFiles {
+    pub fn resolve_against(&mut self, base: &Path) {
+        for path in [&mut self.cert, &mut self.key, &mut self.ca] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// The datacenter `name`'s peer TLS from these files.
+    pub fn load(&self, name: &str) -> anyhow::Result<PeerTls> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        PeerTls::new(
+            name,
+            &read(&self.cert)?,
+            &read(&self.key)?,
+            &read(&self.ca)?,
+        )
+        .with_context(|| format!("datacenter.tls ({})", self.cert.display()))
+    }
+}
+
+/// This datacenter's peer TLS, when `[datacenter] tls` is set.
+pub fn peer_tls(cfg: &EdgedConfig) -> anyhow::Result<Option<PeerTls>> {
+    match &cfg.datacenter {
+        Some(dc) => dc
+            .tls
+            .as_ref()
+            .map(|files| files.load(&dc.name))
+            .transpose(),
+        None => Ok(None),
+    }
+}
+
+/// What the workers terminate TLS with: the apps' certificates and, with peers over mutual
+/// TLS, the peers' configuration (None: plain HTTP only).
+pub fn worker_tls(
+    cfg: &EdgedConfig,
+    peer: Option<&PeerTls>,
+) -> anyhow::Result<Option<Arc<WorkerTls>>> {
+    let (public, _) = workers_tls(cfg)?;
+    let peers = peer.map(|p| PeerServer {
+        name: p.name.clone(),
+        config: p.server.clone(),
+    });
+    if public.is_none() && peers.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(WorkerTls { public, peers })))
 }
 
 /// One certificate the workers serve: whose, for which names, and its chain (DER, leaf first).

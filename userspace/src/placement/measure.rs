@@ -127,7 +127,11 @@ fn ask_peer_at(
         body: Default::default(),
         read_body: Some(1 << 16),
     };
-    let resp = oneshot::send_blocking(addr, once, Duration::from_secs(5))
+    let tls = match &handoff.tls {
+        Some(tls) => Some(tls.client_to(&peer.name)?),
+        None => None,
+    };
+    let resp = oneshot::send_blocking_over(addr, tls.as_ref(), once, Duration::from_secs(5))
         .with_context(|| format!("asking {} at {addr} to probe {dest}", peer.name))?;
     if resp.status != http::StatusCode::OK {
         bail!(

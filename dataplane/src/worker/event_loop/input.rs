@@ -171,6 +171,9 @@ impl Worker {
         let trailers = req.takes_trailers;
         self.in_flight += 1;
         self.ctx.peer = self.conns[idx].as_ref().and_then(|c| c.peer);
+        self.ctx.peer_tls = self.conns[idx]
+            .as_ref()
+            .is_some_and(|c| c.transport.is_peer());
         // A bug the request reaches must cost that request, not the worker's other connections.
         self.ctx.body.set(body);
         let (service, ctx) = (&self.service, &self.ctx);

@@ -110,6 +110,7 @@ impl Worker {
             ctx: RequestContext {
                 worker: opts.cpu,
                 peer: None,
+                peer_tls: false,
                 body: Default::default(),
             },
             limits: opts.limits,
@@ -372,7 +373,8 @@ impl Worker {
                 self.arm_recv(idx);
             }
             (0, false) => {
-                if matches!(&conn.transport, Transport::Tls(s) if !s.is_established()) {
+                if matches!(&conn.transport, Transport::Tls { session, .. } if !session.is_established())
+                {
                     // Gone mid-handshake (or before a byte): a client that gave up on us.
                     self.counters.tls.failed(Failure::Closed);
                 }

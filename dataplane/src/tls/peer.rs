@@ -1,0 +1,171 @@
+//! Mutual TLS between datacenters. Each datacenter has a certificate naming it (its name in
+//! the topology) from the fleet's CA. Peers reach it on its workers' port with that name as
+//! SNI: those handshakes get the peer configuration, which presents the datacenter's own
+//! certificate and requires the peer's, verified against the fleet's CA (expiry included).
+//! Public clients never see a certificate request. Handoffs keep their HMAC as well: it binds
+//! each request to the pair's key and its replay window, whatever carried it.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
+    server::{Acceptor, ServerSessionMemoryCache, WebPkiClientVerifier},
+};
+
+use super::{SESSION_CACHE, provider};
+
+/// A datacenter's TLS toward its peers: as a client (handoffs, probe asks) and as a server.
+#[derive(Debug)]
+pub struct PeerTls {
+    /// This datacenter's name: the SNI its peers reach it with.
+    pub name: String,
+    pub client: Arc<ClientConfig>,
+    pub server: Arc<ServerConfig>,
+}
+
+impl PeerTls {
+    /// From PEM: this datacenter's certificate chain and key, and the fleet's CA.
+    pub fn new(name: &str, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .context("reading the datacenter's certificate (PEM)")?;
+        if chain.is_empty() {
+            bail!("no certificate in the datacenter's PEM");
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the datacenter's key")?;
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem) {
+            roots
+                .add(ca.context("reading the fleet's CA (PEM)")?)
+                .context("the fleet's CA")?;
+        }
+        if roots.is_empty() {
+            bail!("no certificate in the fleet's CA file");
+        }
+        ServerName::try_from(name.to_owned())
+            .with_context(|| format!("{name:?} is not a name a certificate can carry"))?;
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .context("the peer certificate verifier")?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .context("the datacenter's certificate and key do not belong together")?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        server.ticketer = rustls::crypto::ring::Ticketer::new().context("session tickets")?;
+        server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+        let mut client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS versions")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("the datacenter's client certificate")?;
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            name: name.to_owned(),
+            client: Arc::new(client),
+            server: Arc::new(server),
+        })
+    }
+
+    /// The name a handshake to `peer` asks for (and its certificate must carry).
+    pub fn server_name(peer: &str) -> anyhow::Result<ServerName<'static>> {
+        ServerName::try_from(peer.to_owned())
+            .with_context(|| format!("{peer:?} is not a name a certificate can carry"))
+    }
+}
+
+/// A datacenter's peer TLS, replaced whole by a reload (new certificates): a connection opened
+/// before keeps what it was opened with.
+#[derive(Debug)]
+pub struct LivePeerTls(std::sync::Mutex<Arc<PeerTls>>);
+
+impl LivePeerTls {
+    pub fn new(tls: PeerTls) -> Self {
+        Self(std::sync::Mutex::new(Arc::new(tls)))
+    }
+
+    pub fn current(&self) -> Arc<PeerTls> {
+        crate::lock(&self.0).clone()
+    }
+
+    pub fn replace(&self, tls: PeerTls) {
+        *crate::lock(&self.0) = Arc::new(tls);
+    }
+
+    /// TLS toward `peer` (by its name in the topology).
+    pub fn client_to(&self, peer: &str) -> anyhow::Result<crate::client::ClientTls> {
+        Ok(crate::client::ClientTls {
+            config: self.current().client.clone(),
+            name: PeerTls::server_name(peer)?,
+        })
+    }
+}
+
+/// The configurations a worker terminates TLS with: its apps' (public clients), and, on a
+/// datacenter with peers over mutual TLS, the peers'.
+#[derive(Debug, Default)]
+pub struct WorkerTls {
+    pub public: Option<Arc<ServerConfig>>,
+    pub peers: Option<PeerServer>,
+}
+
+/// The peers' side of a worker: the SNI they use and what their handshakes get.
+#[derive(Debug)]
+pub struct PeerServer {
+    pub name: String,
+    pub config: Arc<ServerConfig>,
+}
+
+/// What a ClientHello read so far says.
+pub enum Hello {
+    /// Not all of it yet.
+    Partial,
+    /// The name it asks for (SNI), if any.
+    Name(Option<String>),
+    /// Not a ClientHello.
+    Invalid(rustls::Error),
+}
+
+/// Reads a ClientHello as it arrives, for its SNI (which configuration the handshake gets);
+/// the bytes are then replayed into the session.
+#[derive(Default)]
+pub struct HelloReader {
+    acceptor: Acceptor,
+}
+
+impl HelloReader {
+    pub fn read(&mut self, mut data: &[u8]) -> Hello {
+        while !data.is_empty() {
+            match self.acceptor.read_tls(&mut data) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Hello::Invalid(rustls::Error::General(e.to_string())),
+            }
+        }
+        match self.acceptor.accept() {
+            Ok(None) => Hello::Partial,
+            Ok(Some(accepted)) => {
+                Hello::Name(accepted.client_hello().server_name().map(str::to_owned))
+            }
+            Err((e, _)) => Hello::Invalid(e),
+        }
+    }
+}
+
+impl WorkerTls {
+    /// The configuration a handshake asking for `sni` gets (None: none serves it).
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        match &self.peers {
+            Some(p) if sni.is_some_and(|s| s.eq_ignore_ascii_case(&p.name)) => {
+                Some(p.config.clone())
+            }
+            _ => self.public.clone(),
+        }
+    }
+}
