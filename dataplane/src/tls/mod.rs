@@ -162,6 +162,28 @@ pub(crate) mod testing {
             (certified, cert.der().to_vec())
         }
 
+        /// PEM of a certificate for `names` and its key; `expired`: its validity ended
+        /// yesterday.
+        pub fn issue_pem(&self, names: &[&str], expired: bool) -> (Vec<u8>, Vec<u8>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            if expired {
+                let day = std::time::Duration::from_secs(86_400);
+                let now = std::time::SystemTime::now();
+                params.not_before = (now - day * 10).into();
+                params.not_after = (now - day).into();
+            }
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+        }
+
+        pub fn pem(&self) -> Vec<u8> {
+            self.cert.pem().into_bytes()
+        }
+
         pub fn client(&self) -> Arc<ClientConfig> {
             let mut roots = RootCertStore::empty();
             roots.add(self.cert.der().clone()).unwrap();

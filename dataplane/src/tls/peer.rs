@@ -169,3 +169,134 @@ impl WorkerTls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::testing::Ca;
+    use rustls::{ClientConnection, ServerConnection};
+
+    fn peer(ca: &Ca, name: &str, expired: bool, trust: &Ca) -> PeerTls {
+        let (cert, key) = ca.issue_pem(&[name], expired);
+        PeerTls::new(name, &cert, &key, &trust.pem()).unwrap()
+    }
+
+    /// A real handshake over memory, from `from` to the datacenter `to` (by name).
+    fn handshake(from: &PeerTls, to_server: &Arc<ServerConfig>, to: &str) -> Result<(), rustls::Error> {
+        let mut c = ClientConnection::new(from.client.clone(), PeerTls::server_name(to).unwrap())?;
+        let mut s = ServerConnection::new(to_server.clone())?;
+        for _ in 0..20 {
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut &wire[..]).unwrap();
+            s.process_new_packets()?;
+            let mut back = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut back).unwrap();
+            }
+            c.read_tls(&mut &back[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("no handshake in 20 flights");
+    }
+
+    #[test]
+    fn peers_of_one_fleet_handshake_and_strangers_or_expired_certificates_are_refused() {
+        let fleet = Ca::new();
+        let pop = peer(&fleet, "pop", false, &fleet);
+        let dc2 = peer(&fleet, "dc2", false, &fleet);
+        handshake(&pop, &dc2.server, "dc2").expect("two datacenters of one fleet");
+        // The name asked for must be the one the certificate carries.
+        assert!(handshake(&pop, &dc2.server, "dc3").is_err());
+
+        // A certificate from another CA, either way.
+        let other = Ca::new();
+        let stranger = peer(&other, "pop", false, &fleet);
+        let e = handshake(&stranger, &dc2.server, "dc2").unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+        let fake_dc2 = peer(&other, "dc2", false, &fleet);
+        let e = handshake(&pop, &fake_dc2.server, "dc2").unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+
+        // An expired certificate, either way.
+        let old_pop = peer(&fleet, "pop", true, &fleet);
+        let e = handshake(&old_pop, &dc2.server, "dc2").unwrap_err();
+        assert!(
+            matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. })),
+            "{e:?}"
+        );
+        let old_dc2 = peer(&fleet, "dc2", true, &fleet);
+        let e = handshake(&pop, &old_dc2.server, "dc2").unwrap_err();
+        assert!(
+            matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. })),
+            "{e:?}"
+        );
+        // A client without a certificate gets no peer handshake.
+        let anonymous = fleet.client();
+        let mut c = ClientConnection::new(anonymous, PeerTls::server_name("dc2").unwrap()).unwrap();
+        let mut s = ServerConnection::new(dc2.server.clone()).unwrap();
+        let mut failed = false;
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut &wire[..]).unwrap();
+            if s.process_new_packets().is_err() {
+                failed = true;
+                break;
+            }
+            let mut back = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut back).unwrap();
+            }
+            c.read_tls(&mut &back[..]).unwrap();
+            if c.process_new_packets().is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a client without a certificate was let in");
+    }
+
+    #[test]
+    fn the_hello_s_name_picks_the_peer_configuration_and_others_get_the_public_one() {
+        let fleet = Ca::new();
+        let dc2 = peer(&fleet, "dc2", false, &fleet);
+        let (public_key, _) = fleet.issue(&["shop.example.test"]);
+        let mut store = crate::tls::CertStore::default();
+        store.set_default(public_key);
+        let public = crate::tls::server_config(Arc::new(store)).unwrap();
+        let worker = WorkerTls {
+            public: Some(public.clone()),
+            peers: Some(PeerServer {
+                name: "dc2".into(),
+                config: dc2.server.clone(),
+            }),
+        };
+        for (sni, peer_config) in [("dc2", true), ("DC2", true), ("shop.example.test", false)] {
+            let mut c = ClientConnection::new(fleet.client(), PeerTls::server_name(sni).unwrap()).unwrap();
+            let mut hello = Vec::new();
+            c.write_tls(&mut hello).unwrap();
+            // A byte at a time: partial until the whole ClientHello is there.
+            let mut reader = HelloReader::default();
+            let (last, rest) = hello.split_last().unwrap();
+            for b in rest {
+                assert!(matches!(reader.read(std::slice::from_ref(b)), Hello::Partial));
+            }
+            let Hello::Name(name) = reader.read(std::slice::from_ref(last)) else {
+                panic!("no name read");
+            };
+            let picked = worker.pick(name.as_deref()).unwrap();
+            assert_eq!(Arc::ptr_eq(&picked, &dc2.server), peer_config, "{sni}");
+            assert_eq!(Arc::ptr_eq(&picked, &public), !peer_config, "{sni}");
+        }
+        let mut reader = HelloReader::default();
+        assert!(matches!(reader.read(b"GET / HTTP/1.1\r\n\r\n"), Hello::Invalid(_)));
+    }
+}
