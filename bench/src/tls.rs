@@ -84,6 +84,18 @@ impl TestCa {
         Ok(issued)
     }
 
+    /// `[datacenter]`'s `tls = {...}` line for datacenter `dc`: a certificate naming it from
+    /// this CA (valid `days`; negative: expired), its key, and this CA as the fleet's.
+    pub fn datacenter_tls(&self, dc: &str, days: i64) -> anyhow::Result<String> {
+        let issued = self.issue(&format!("dc-{dc}"), &[dc], days)?;
+        Ok(format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
+            issued.cert.display(),
+            issued.key.display(),
+            self.pem_path().display()
+        ))
+    }
+
     /// A client trusting this CA only, offering ALPN http/1.1, keeping session tickets.
     pub fn client(&self) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();

@@ -1,7 +1,9 @@
 //! HTTPS on the workers, as deployed: XDP on the server's link, pinned workers, real TLS
 //! clients (rustls and curl) from another namespace. SNI picks the app's certificate, other
 //! names get the default, sessions resume, hostile or slow handshakes cost only their own
-//! connection, and a certificate replaced by a reload under load fails no request.
+//! connection, and a certificate replaced by a reload under load fails no request. Between
+//! datacenters, handoffs cross mutual TLS, and strangers, expired certificates and plain TCP
+//! are refused.
 
 #[path = "../../dataplane/tests/common/mod.rs"]
 mod apps;
@@ -13,12 +15,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::{
+    edged::{WORKER_PORT, place},
     http::try_request,
     tls::{Https, Issued, TestCa},
 };
+use edgeplane_dataplane::tls::peer::PeerTls;
 use edgeplane_tests::{
-    TestPins, TwoHosts, edgeplane_binary, http::get, parse_openmetrics, require_root,
+    TestPins, TwoHosts,
+    canonical::{self, Tuning},
+    edgeplane_binary,
+    http::{get, header},
+    parse_openmetrics, require_root,
 };
 
 const ADMIN: &str = "127.0.0.1:9941";
@@ -359,6 +368,137 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
         assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
         Ok(())
     })??;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[test]
+fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_are_refused()
+-> anyhow::Result<()> {
+    if !require_root("tls_peers") {
+        return Ok(());
+    }
+    let dir = apps::tempdir("tls-peers");
+    let fleet = TestCa::new(&dir.join("fleet"))?;
+    let lines: Vec<(String, String)> = ["pop", "dc2"]
+        .iter()
+        .map(|dc| Ok((dc.to_string(), fleet.datacenter_tls(dc, 30)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let hello = apps::app("hello");
+    let world = canonical::start_tuned(
+        "tls-peers",
+        &["pop", "dc2"],
+        0.0,
+        |_, _| {
+            format!(
+                "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
+                hello.display()
+            )
+        },
+        |dc| Tuning {
+            datacenter: lines
+                .iter()
+                .find(|(name, _)| name == dc)
+                .map(|(_, line)| line.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        },
+    );
+    let dc2_id = world.plan.datacenter("dc2").unwrap().id;
+    place(
+        world.pins("pop"),
+        "hello",
+        Placement {
+            kind: placement_kind::DATACENTER,
+            datacenter: dc2_id,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..5 {
+        let (status, headers, body, _) = world.through_pop("hello.test", "/");
+        assert_eq!((status, body.as_str()), (200, "hello from wasm\n"));
+        assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
+    }
+    // The handoffs rode one pooled mutual-TLS connection (or a few): dc2 counts the handshakes.
+    let handshakes = world.metric("dc2", "edgeplane_tls_handshakes_total", &[]);
+    assert!(
+        (1..=5).contains(&handshakes),
+        "{handshakes} handshakes at dc2"
+    );
+    assert_eq!(
+        world.metric("pop", "edgeplane_app_handoffs_total", &["outcome=\"sent\""]),
+        5
+    );
+    assert_eq!(
+        world.metric("dc2", "edgeplane_app_handoffs_total", &["outcome=\"received\""]),
+        5
+    );
+
+    let dc2 = SocketAddr::from((world.world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
+    let peer_failures = || {
+        world.metric(
+            "dc2",
+            "edgeplane_tls_failures_total",
+            &["reason=\"peer_certificate\""],
+        )
+    };
+    let before = peer_failures();
+    world.world.ns("pop").run(|| -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        // A handoff over plain TCP is refused, signed or not: it would cross the WAN in clear.
+        let mut s = TcpStream::connect_timeout(&dc2, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-edge-hop: 1\r\nx-edge-from: 1\r\n\
+              x-edge-client: 10.0.0.1:1\r\nx-edge-time: 0\r\nx-edge-auth: 00\r\n\r\n",
+        )?;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(answer.contains("mutual TLS"), "{answer}");
+
+        // A certificate from another CA, or an expired one from the fleet's, gets no handshake.
+        let stranger_ca = TestCa::new(&dir.join("stranger"))?;
+        let expired = fleet.issue("pop-expired", &["pop"], -1)?;
+        let stranger = stranger_ca.issue("pop-stranger", &["pop"], 30)?;
+        for (what, cert) in [("another CA's", &stranger), ("an expired", &expired)] {
+            let tls = PeerTls::new(
+                "pop",
+                &std::fs::read(&cert.cert)?,
+                &std::fs::read(&cert.key)?,
+                &std::fs::read(fleet.pem_path())?,
+            )?;
+            let tcp = TcpStream::connect_timeout(&dc2, Duration::from_secs(5))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let refused = Https::connect(tcp, &tls.client, "dc2").and_then(|mut c| {
+                // TLS 1.3: the server's verdict on the client's certificate comes after the
+                // client's last flight, so the first read says it.
+                Ok(try_request(&mut c, "GET", "hello.test", "/", b"")?)
+            });
+            assert!(
+                refused.is_err(),
+                "{what} certificate was let in: {refused:?}"
+            );
+        }
+        // dc2's own certificate checks out against the fleet's CA under its name.
+        let pop_tls = PeerTls::new(
+            "pop",
+            &std::fs::read(fleet.issue("pop-again", &["pop"], 30)?.cert)?,
+            &std::fs::read(dir.join("fleet").join("pop-again.key"))?,
+            &std::fs::read(fleet.pem_path())?,
+        )?;
+        let tcp = TcpStream::connect_timeout(&dc2, Duration::from_secs(5))?;
+        let mut c = Https::connect(tcp, &pop_tls.client, "dc2")?;
+        // Without a handoff's signature, the connection is a peer's yet the request is not
+        // a handoff: it is served as any request.
+        let (status, _, _) = try_request(&mut c, "GET", "hello.test", "/", b"")?;
+        assert_eq!(status, 200);
+        Ok(())
+    })??;
+    assert!(
+        peer_failures() >= before + 2,
+        "refused peer certificates are counted"
+    );
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

@@ -142,7 +142,7 @@ fn test() -> anyhow::Result<()> {
     let smoke = smoke.to_str().context("utf-8 temp dir")?;
     run_bin("xdp-bench", &["--smoke"])?;
     run_bin("http-bench", &["--smoke"])?;
-    run_bin("handoff-bench", &["--smoke"])?;
+    run_bin("handoff-bench", &["--smoke", "--rounds", "1"])?;
     run_bin("stream-bench", &["--smoke"])?;
     run_bin("tls-bench", &["--smoke", "--rounds", "1"])?;
     run_bin(

@@ -1,6 +1,7 @@
 //! `handoff-bench`: what a handoff costs beyond the link. Two datacenters and a client joined
 //! by zero-delay veths; the same hello requests go straight to dc2, and through the POP, whose
-//! PLACEMENT hands them to dc2. The difference is the POP's handoff overhead (target: 150 us).
+//! PLACEMENT hands them to dc2. The difference is the POP's handoff overhead (target: 150 us),
+//! over plain TCP and over mutual TLS (target: within 20 us of plain), worlds alternating.
 //! Run as root: `./x bench`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -12,6 +13,7 @@ use edgeplane_bench::{
     edged::{DatacenterSpec, WORKER_PORT, place},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     plan::Plan,
+    tls::TestCa,
     world::World,
 };
 
@@ -26,6 +28,9 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Rounds of plain and mutual-TLS worlds, alternating (medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 const PLAN: &str = r#"
@@ -62,63 +67,109 @@ fn main() -> anyhow::Result<()> {
         "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
         hello.display()
     );
-    let spec = |name: &'static str| DatacenterSpec::plain(name, "handoff-bench", &scratch, &apps);
-    let (pop, dc2) = (spec("pop"), spec("dc2"));
-    let servers = [
-        pop.start(&world, &edged_bin)?,
-        dc2.start(&world, &edged_bin)?,
-    ];
-    place(
-        &pop.pin_dir,
-        "hello",
-        Placement {
-            kind: placement_kind::DATACENTER,
-            datacenter: plan.datacenter("dc2").context("dc2")?.id,
-            ..Default::default()
-        },
-    )?;
-
+    let ca = TestCa::new(&scratch.join("fleet-ca"))?;
+    let tls_of = |dc: &str| ca.datacenter_tls(dc, 30);
+    let (pop_tls, dc2_tls) = (tls_of("pop")?, tls_of("dc2")?);
     let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
-    let run = |name: &str, to: &str, connections: usize| -> anyhow::Result<LoadReport> {
-        let addr = SocketAddr::from((world.addr_of("client", to).context("link")?, WORKER_PORT));
-        let spec = LoadSpec {
-            addr,
-            host: "hello.test".into(),
-            path: "/".into(),
-            connections,
-            duration,
-            arrival: Arrival::Closed,
-        };
-        world.ns("client").run(|| loadgen::run(name, &spec))?
-    };
-    let reports = vec![
-        run("straight to dc2, 1 connection", "dc2", 1)?,
-        run("through the POP (handoff), 1 connection", "pop", 1)?,
-        run("straight to dc2, 16 connections", "dc2", 16)?,
-        run("through the POP (handoff), 16 connections", "pop", 16)?,
-    ];
+    let mut reports: Vec<LoadReport> = Vec::new();
+    let mut overheads: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds.max(1) {
+        for mutual_tls in [false, true] {
+            let mode = if mutual_tls {
+                "mutual TLS"
+            } else {
+                "plain TCP"
+            };
+            let mut pop = DatacenterSpec::plain("pop", "handoff-bench", &scratch, &apps);
+            let mut dc2 = DatacenterSpec::plain("dc2", "handoff-bench", &scratch, &apps);
+            if mutual_tls {
+                pop.datacenter_extra = &pop_tls;
+                dc2.datacenter_extra = &dc2_tls;
+            }
+            let servers = [
+                pop.start(&world, &edged_bin)?,
+                dc2.start(&world, &edged_bin)?,
+            ];
+            place(
+                &pop.pin_dir,
+                "hello",
+                Placement {
+                    kind: placement_kind::DATACENTER,
+                    datacenter: plan.datacenter("dc2").context("dc2")?.id,
+                    ..Default::default()
+                },
+            )?;
+            let run = |name: &str, to: &str, connections: usize| -> anyhow::Result<LoadReport> {
+                let addr =
+                    SocketAddr::from((world.addr_of("client", to).context("link")?, WORKER_PORT));
+                let spec = LoadSpec {
+                    addr,
+                    host: "hello.test".into(),
+                    path: "/".into(),
+                    connections,
+                    duration,
+                    arrival: Arrival::Closed,
+                };
+                world.ns("client").run(|| loadgen::run(name, &spec))?
+            };
+            let round_reports = vec![
+                run(
+                    &format!("straight to dc2, 1 connection ({mode}, round {round})"),
+                    "dc2",
+                    1,
+                )?,
+                run(
+                    &format!("through the POP, 1 connection ({mode}, round {round})"),
+                    "pop",
+                    1,
+                )?,
+                run(
+                    &format!("straight to dc2, 16 connections ({mode}, round {round})"),
+                    "dc2",
+                    16,
+                )?,
+                run(
+                    &format!("through the POP, 16 connections ({mode}, round {round})"),
+                    "pop",
+                    16,
+                )?,
+            ];
+            overheads[usize::from(mutual_tls)]
+                .push((round_reports[1].p50_ms - round_reports[0].p50_ms) * 1000.0);
+            reports.extend(round_reports);
+            drop(servers);
+        }
+    }
     println!(
-        "\nHandoff overhead: closed loop, {}s each, zero-delay veths",
+        "\nHandoff overhead: closed loop, {}s each, zero-delay veths, handoffs on pooled connections",
         duration.as_secs()
     );
     println!(
-        "{:<44} {:>10} {:>9} {:>9} {:>7}",
+        "{:<60} {:>10} {:>9} {:>9} {:>7}",
         "path", "req/s", "p50 ms", "p99 ms", "errors"
     );
     for r in &reports {
         println!(
-            "{:<44} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            "{:<60} {:>10.0} {:>9.3} {:>9.3} {:>7}",
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
-    let overhead_us = (reports[1].p50_ms - reports[0].p50_ms) * 1000.0;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, mtls) = (median(&overheads[0]), median(&overheads[1]));
     println!(
-        "handoff overhead at p50, one request at a time: {overhead_us:.0} us (target <= 150 us)"
+        "handoff overhead at p50, one request at a time (median of {} rounds): plain {plain:.0} us {:?}, mutual TLS {mtls:.0} us {:?}: {:+.0} us (targets: <= 150 us; mutual TLS within 20 us of plain)",
+        overheads[0].len(),
+        overheads[0].iter().map(|o| o.round()).collect::<Vec<_>>(),
+        overheads[1].iter().map(|o| o.round()).collect::<Vec<_>>(),
+        mtls - plain
     );
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
     }
-    drop(servers);
     drop(world);
     let _ = std::fs::remove_dir_all(&scratch);
     anyhow::ensure!(

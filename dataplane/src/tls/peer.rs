@@ -182,7 +182,11 @@ mod tests {
     }
 
     /// A real handshake over memory, from `from` to the datacenter `to` (by name).
-    fn handshake(from: &PeerTls, to_server: &Arc<ServerConfig>, to: &str) -> Result<(), rustls::Error> {
+    fn handshake(
+        from: &PeerTls,
+        to_server: &Arc<ServerConfig>,
+        to: &str,
+    ) -> Result<(), rustls::Error> {
         let mut c = ClientConnection::new(from.client.clone(), PeerTls::server_name(to).unwrap())?;
         let mut s = ServerConnection::new(to_server.clone())?;
         for _ in 0..20 {
@@ -227,13 +231,25 @@ mod tests {
         let old_pop = peer(&fleet, "pop", true, &fleet);
         let e = handshake(&old_pop, &dc2.server, "dc2").unwrap_err();
         assert!(
-            matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. })),
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                )
+            ),
             "{e:?}"
         );
         let old_dc2 = peer(&fleet, "dc2", true, &fleet);
         let e = handshake(&pop, &old_dc2.server, "dc2").unwrap_err();
         assert!(
-            matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. })),
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Expired
+                        | rustls::CertificateError::ExpiredContext { .. }
+                )
+            ),
             "{e:?}"
         );
         // A client without a certificate gets no peer handshake.
@@ -280,14 +296,18 @@ mod tests {
             }),
         };
         for (sni, peer_config) in [("dc2", true), ("DC2", true), ("shop.example.test", false)] {
-            let mut c = ClientConnection::new(fleet.client(), PeerTls::server_name(sni).unwrap()).unwrap();
+            let mut c =
+                ClientConnection::new(fleet.client(), PeerTls::server_name(sni).unwrap()).unwrap();
             let mut hello = Vec::new();
             c.write_tls(&mut hello).unwrap();
             // A byte at a time: partial until the whole ClientHello is there.
             let mut reader = HelloReader::default();
             let (last, rest) = hello.split_last().unwrap();
             for b in rest {
-                assert!(matches!(reader.read(std::slice::from_ref(b)), Hello::Partial));
+                assert!(matches!(
+                    reader.read(std::slice::from_ref(b)),
+                    Hello::Partial
+                ));
             }
             let Hello::Name(name) = reader.read(std::slice::from_ref(last)) else {
                 panic!("no name read");
@@ -297,6 +317,9 @@ mod tests {
             assert_eq!(Arc::ptr_eq(&picked, &public), !peer_config, "{sni}");
         }
         let mut reader = HelloReader::default();
-        assert!(matches!(reader.read(b"GET / HTTP/1.1\r\n\r\n"), Hello::Invalid(_)));
+        assert!(matches!(
+            reader.read(b"GET / HTTP/1.1\r\n\r\n"),
+            Hello::Invalid(_)
+        ));
     }
 }
