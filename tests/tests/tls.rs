@@ -108,8 +108,8 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     }
     let dir = apps::tempdir("tls-workers");
     let ca = TestCa::new(&dir)?;
-    let default = ca.issue("default", &["*.example.test"], 30)?;
-    let shop = ca.issue("shop", &["shop.example.test"], 30)?;
+    let default = ca.issue("default", &["*.example.test"], 20)?;
+    let shop = ca.issue("shop", &["shop.example.test"], 90)?;
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("tls-workers");
     let file = dir.join("edged.toml");
@@ -229,6 +229,46 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         metric(&hosts, admin, "edgeplane_tls_failures", Some("timeout")) >= timeouts_before + 8,
         "timed-out handshakes are counted"
     );
+    // edgectl shows each certificate, and warns of the one inside its window.
+    let edgectl = |args: &[&str]| {
+        let out = hosts
+            .server
+            .command(edgeplane_binary("edgectl").to_str().unwrap())
+            .args(["--admin", ADMIN, "certs"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, warnings) = edgectl(&[]);
+    assert!(ok, "{table}{warnings}");
+    assert!(
+        table.contains("app shop") && table.contains("CN=shop.example.test"),
+        "{table}"
+    );
+    assert!(
+        table.contains("default") && table.contains("edgeplane test CA"),
+        "{table}"
+    );
+    assert!(
+        warnings.contains("default's certificate") && warnings.contains("expires in 1"),
+        "a certificate 20 days from its end is warned of: {warnings}"
+    );
+    assert!(!warnings.contains("app shop"), "{warnings}");
+    assert!(!edgectl(&["--check"]).0, "--check fails with a warning");
+    let (ok, _, warnings) = edgectl(&["--check", "--warn-days", "10"]);
+    assert!(ok && warnings.is_empty(), "{warnings}");
+    let expiry = metric(
+        &hosts,
+        admin,
+        "edgeplane_tls_certificate_expiry_timestamp_seconds",
+        None,
+    );
+    assert!(expiry > 0, "the expiry metric");
     let handshakes = metric(&hosts, admin, "edgeplane_tls_handshakes", None);
     let resumed = metric(&hosts, admin, "edgeplane_tls_resumed", None);
     assert!(handshakes >= 24, "{handshakes} handshakes");

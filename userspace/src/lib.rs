@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod admin;
 pub mod blocklist;
+pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod fleet;

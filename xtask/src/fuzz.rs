@@ -10,13 +10,14 @@ use anyhow::{Context as _, bail};
 use crate::{target_dir, workspace_root};
 
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "http_request",
     "chunked",
     "request_stream",
     "handoff_verify",
     "config_toml",
     "fleet_control",
+    "tls_hello",
 ];
 
 #[derive(clap::Args)]

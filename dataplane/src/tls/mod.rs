@@ -57,6 +57,26 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<Cert
     Ok(Arc::new(certified))
 }
 
+/// Whose a served certificate is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "role", content = "app", rename_all = "snake_case")]
+pub enum CertRole {
+    /// `[tls]`: names no app's certificate covers.
+    Default,
+    /// An app's, for its hosts.
+    App(String),
+    /// This datacenter's own, toward its peers.
+    Datacenter,
+}
+
+/// A certificate the workers present: whose, for which names, its chain (DER, leaf first).
+#[derive(Clone, Debug)]
+pub struct ServedCert {
+    pub role: CertRole,
+    pub names: Vec<String>,
+    pub chain: Vec<Vec<u8>>,
+}
+
 /// Certificates by the names they serve; what a handshake's SNI picks.
 #[derive(Debug, Default)]
 pub struct CertStore {

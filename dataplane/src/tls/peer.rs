@@ -21,6 +21,8 @@ use super::{SESSION_CACHE, provider};
 pub struct PeerTls {
     /// This datacenter's name: the SNI its peers reach it with.
     pub name: String,
+    /// Its certificate chain (DER, leaf first).
+    pub chain: Vec<Vec<u8>>,
     pub client: Arc<ClientConfig>,
     pub server: Arc<ServerConfig>,
 }
@@ -63,11 +65,12 @@ impl PeerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("TLS versions")?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
+            .with_client_auth_cert(chain.clone(), key)
             .context("the datacenter's client certificate")?;
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             name: name.to_owned(),
+            chain: chain.iter().map(|c| c.to_vec()).collect(),
             client: Arc::new(client),
             server: Arc::new(server),
         })
@@ -113,6 +116,8 @@ impl LivePeerTls {
 pub struct WorkerTls {
     pub public: Option<Arc<ServerConfig>>,
     pub peers: Option<PeerServer>,
+    /// What these present (for `edgectl certs` and the expiry metric).
+    pub certificates: Vec<super::ServedCert>,
 }
 
 /// The peers' side of a worker: the SNI they use and what their handshakes get.
@@ -289,6 +294,7 @@ mod tests {
         store.set_default(public_key);
         let public = crate::tls::server_config(Arc::new(store)).unwrap();
         let worker = WorkerTls {
+            certificates: Vec::new(),
             public: Some(public.clone()),
             peers: Some(PeerServer {
                 name: "dc2".into(),

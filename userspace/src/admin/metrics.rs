@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, fmt, sync::atomic::Ordering::Relaxed};
 use edgeplane_abi::DropReason;
 use edgeplane_dataplane::{
     router::latency::LatencyHistogram,
-    tls::counters::{Failure, TlsCounters},
+    tls::{
+        CertRole,
+        counters::{Failure, TlsCounters},
+    },
     worker::WorkerCounters,
 };
 use prometheus_client::{
@@ -141,6 +144,25 @@ impl Snapshot {
             "edgeplane_tls_resumed",
             "TLS handshakes that resumed a session (ticket or session id)",
             vec![(vec![], sum(&|c| c.resumed.load(Relaxed)))],
+        );
+        self.gauge(
+            "edgeplane_tls_certificate_expiry_timestamp_seconds",
+            "when each certificate the workers serve expires (unix seconds)",
+            state
+                .certificates()
+                .iter()
+                .map(|c| {
+                    let (role, app) = match &c.role {
+                        CertRole::Default => ("default", String::new()),
+                        CertRole::App(app) => ("app", app.clone()),
+                        CertRole::Datacenter => ("datacenter", c.names.join(",")),
+                    };
+                    (
+                        vec![("role", role.to_owned()), ("name", app)],
+                        c.not_after as f64,
+                    )
+                })
+                .collect(),
         );
         self.counter(
             "edgeplane_tls_failures",

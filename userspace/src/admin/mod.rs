@@ -257,6 +257,7 @@ fn route(state: &AdminState, path: &str) -> Response {
             Some(view) => json(&*edgeplane_dataplane::lock(view)),
             None => Response::text(404, "this edged is not on a fleet\n"),
         },
+        "/certificates" => json(&state.certificates()),
         "/apps" => match &state.live {
             Some(live) => json(&versions(live)),
             None => Response::text(404, "this edged serves no components\n"),

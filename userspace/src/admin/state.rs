@@ -45,6 +45,25 @@ pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<crate::upgrade::Up
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<crate::daemon::ReloadReport, String>>;
 
 impl AdminState {
+    /// The certificates the workers serve now (the current generation's), read. One that
+    /// cannot be read is left out with a warning: rustls loaded it, so this is unlikely.
+    pub fn certificates(&self) -> Vec<crate::certs::CertInfo> {
+        let Some(live) = &self.live else {
+            return Vec::new();
+        };
+        let Some(tls) = live.current().tls.clone() else {
+            return Vec::new();
+        };
+        tls.certificates
+            .iter()
+            .filter_map(|c| {
+                crate::certs::CertInfo::of(c)
+                    .inspect_err(|e| tracing::warn!(names = ?c.names, error = %format!("{e:#}"), "a served certificate does not read"))
+                    .ok()
+            })
+            .collect()
+    }
+
     pub(super) fn health(&self) -> Response {
         use std::sync::atomic::Ordering::Relaxed;
         health(self.stopping.load(Relaxed), self.workers.down.load(Relaxed))

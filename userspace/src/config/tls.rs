@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use edgeplane_dataplane::tls::{
-    CertStore, certified_key,
+    CertRole, CertStore, ServedCert, certified_key,
     peer::{PeerServer, PeerTls, WorkerTls},
     rustls, server_config,
 };
@@ -92,29 +92,31 @@ pub fn worker_tls(
     cfg: &EdgedConfig,
     peer: Option<&PeerTls>,
 ) -> anyhow::Result<Option<Arc<WorkerTls>>> {
-    let (public, _) = workers_tls(cfg)?;
-    let peers = peer.map(|p| PeerServer {
-        name: p.name.clone(),
-        config: p.server.clone(),
+    let (public, mut certificates) = public_tls(cfg)?;
+    let peers = peer.map(|p| {
+        certificates.push(ServedCert {
+            role: CertRole::Datacenter,
+            names: vec![p.name.clone()],
+            chain: p.chain.clone(),
+        });
+        PeerServer {
+            name: p.name.clone(),
+            config: p.server.clone(),
+        }
     });
     if public.is_none() && peers.is_none() {
         return Ok(None);
     }
-    Ok(Some(Arc::new(WorkerTls { public, peers })))
+    Ok(Some(Arc::new(WorkerTls {
+        public,
+        peers,
+        certificates,
+    })))
 }
 
-/// One certificate the workers serve: whose, for which names, and its chain (DER, leaf first).
-#[derive(Clone, Debug)]
-pub struct ServedCert {
-    /// The app's name, or `None` for `[tls]`'s default.
-    pub app: Option<String>,
-    pub names: Vec<String>,
-    pub chain: Vec<Vec<u8>>,
-}
-
-/// The workers' TLS configuration from `cfg`'s certificates (None: no `[tls]` and no app
-/// with `tls`, so plain HTTP only), and what each certificate is.
-pub fn workers_tls(
+/// The configuration public clients' handshakes get, from `cfg`'s certificates (None: no
+/// `[tls]` and no app with `tls`), and what each certificate is.
+fn public_tls(
     cfg: &EdgedConfig,
 ) -> anyhow::Result<(Option<Arc<rustls::ServerConfig>>, Vec<ServedCert>)> {
     let mut store = CertStore::default();
@@ -122,7 +124,7 @@ pub fn workers_tls(
     if let Some(files) = &cfg.tls {
         let key = load(files).context("tls: the default certificate")?;
         served.push(ServedCert {
-            app: None,
+            role: CertRole::Default,
             names: Vec::new(),
             chain: key.cert.iter().map(|c| c.to_vec()).collect(),
         });
@@ -140,7 +142,7 @@ pub fn workers_tls(
             .add(&app.hosts, key.clone())
             .with_context(|| format!("app {}: tls", app.name))?;
         served.push(ServedCert {
-            app: Some(app.name.clone()),
+            role: CertRole::App(app.name.clone()),
             names: app.hosts.clone(),
             chain: key.cert.iter().map(|c| c.to_vec()).collect(),
         });

@@ -1,5 +1,5 @@
 //! The verbs the running edged answers over its admin endpoint (not the pinned maps): reload,
-//! upgrade, and the app versions it serves.
+//! upgrade, the app versions and the certificates it serves.
 
 use std::time::Duration;
 
@@ -7,7 +7,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{Command, print_json, table};
 
-/// `edgectl reload`, `upgrade` and `app versions`: asked of the running edged, not the maps.
+/// `edgectl reload`, `upgrade`, `app versions` and `certs`: asked of the running edged, not the
+/// maps.
 pub(crate) fn ask(
     admin: std::net::SocketAddr,
     command: &Command,
@@ -33,6 +34,7 @@ pub(crate) fn ask(
             );
             Ok(())
         }
+        Command::Certs { warn_days, check } => certs(admin, *warn_days, *check, as_json),
         Command::Reload => {
             let mut ask = Once::get("/reload", "edgectl", 1 << 20)?;
             ask.method = http::Method::POST;
@@ -93,4 +95,87 @@ pub(crate) fn ask(
             Ok(())
         }
     }
+}
+
+/// `edgectl certs`: the served certificates, and a warning for each close to its end.
+fn certs(
+    admin: std::net::SocketAddr,
+    warn_days: u64,
+    check: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use edgeplane::certs::{CertInfo, Expiry, expiry};
+    use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
+    let ask = Once::get("/certificates", "edgectl", 1 << 20)?;
+    let answer = send_blocking(admin, ask, Duration::from_secs(5))
+        .with_context(|| format!("asking edged at {admin} for its certificates"))?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "edged answered {}: {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body).trim_end()
+    );
+    let certs: Vec<CertInfo> = serde_json::from_slice(&answer.body)?;
+    if as_json {
+        return print_json(&certs);
+    }
+    if certs.is_empty() {
+        println!("edged serves no certificate (plain HTTP only)");
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let warn = Duration::from_secs(warn_days.saturating_mul(86_400));
+    let mut t = table(&["whose", "names", "subject", "issuer", "expires", "left"]);
+    let mut warnings = Vec::new();
+    for c in &certs {
+        let state = expiry(c, now, warn);
+        let until = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(c.not_after).unwrap_or(0)),
+        );
+        let left = match state {
+            Expiry::Valid { days_left } => format!("{days_left} days"),
+            Expiry::Soon { days_left } => {
+                warnings.push(format!(
+                    "{}'s certificate ({}) expires in {days_left} days, {until}",
+                    c.whose(),
+                    c.subject
+                ));
+                format!("{days_left} days (soon)")
+            }
+            Expiry::Expired { days_ago } => {
+                warnings.push(format!(
+                    "{}'s certificate ({}) EXPIRED {days_ago} days ago, {until}",
+                    c.whose(),
+                    c.subject
+                ));
+                "EXPIRED".to_owned()
+            }
+            Expiry::NotYet => {
+                warnings.push(format!(
+                    "{}'s certificate ({}) is not valid yet",
+                    c.whose(),
+                    c.subject
+                ));
+                "not yet valid".to_owned()
+            }
+        };
+        t.add_row(vec![
+            c.whose(),
+            c.names.join(", "),
+            c.subject.clone(),
+            c.issuer.clone(),
+            until,
+            left,
+        ]);
+    }
+    println!("{t}");
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if check && !warnings.is_empty() {
+        bail!("{} certificate(s) need attention", warnings.len());
+    }
+    Ok(())
 }

@@ -74,6 +74,16 @@ enum Command {
     /// Start the edged binary installed at the running edged's path, which takes the listening
     /// sockets, XDP links and maps over while the running one drains (as SIGUSR2 does).
     Upgrade,
+    /// The certificates edged serves (each app's, the default, the datacenter's own toward its
+    /// peers): subject, issuer, expiry, with a warning for each within --warn-days of its end.
+    Certs {
+        #[arg(long, default_value_t = 30)]
+        warn_days: u64,
+        /// Exit with status 1 when a certificate is expired or within the warning window
+        /// (for a monitoring check).
+        #[arg(long)]
+        check: bool,
+    },
     /// Publish an app to the fleet (needs --nats): its `[[apps]]` table as a file of its own,
     /// its components uploaded once, by content hash. Every datacenter applies it live.
     Deploy {
@@ -415,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let as_json = cli.json;
     if matches!(
         cli.command,
-        Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions)
+        Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions) | Command::Certs { .. }
     ) {
         return daemon::ask(cli.admin, &cli.command, as_json);
     }
@@ -669,7 +679,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             maps.set_worker_config(cfg)?;
         }
         Command::Stats(args) => stats(&maps, &args, as_json)?,
-        Command::Reload | Command::Upgrade | Command::App(AppCmd::Versions) => {
+        Command::Reload
+        | Command::Upgrade
+        | Command::App(AppCmd::Versions)
+        | Command::Certs { .. } => {
             unreachable!("asked of edged above")
         }
         Command::Deploy { .. } | Command::Fleet(_) => unreachable!("fleet verbs above"),
