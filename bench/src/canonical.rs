@@ -16,8 +16,9 @@ use crate::{
     backend::serve_pong,
     edged::{DatacenterSpec, WORKER_PORT},
     http::Server,
-    nats::Nats,
+    nats::{Nats, NatsTls},
     plan::Plan,
+    tls::TestCa,
     world::World,
 };
 
@@ -35,8 +36,8 @@ enum Apps {
     /// `[[apps]]` tables in each datacenter's file (`apps(backend_url, backend_authority)`).
     Files(String),
     /// From the fleet's control plane: a nats-server in the `nats` namespace, and every edged
-    /// with `[control]`.
-    Fleet,
+    /// with `[control]`; with `true`, over mutual TLS from a CA of the world's.
+    Fleet(bool),
 }
 
 /// A BPF pin directory, removed on drop.
@@ -89,7 +90,26 @@ impl Canonical {
         edged: &Path,
         tuning: impl Fn(&str) -> Tuning,
     ) -> anyhow::Result<Self> {
-        Self::start_with(name, datacenters, holdout, edged, Apps::Fleet, tuning)
+        Self::start_with(
+            name,
+            datacenters,
+            holdout,
+            edged,
+            Apps::Fleet(false),
+            tuning,
+        )
+    }
+
+    /// As `start_fleet`, the fleet's NATS requiring mutual TLS: its certificate, every
+    /// datacenter's and edgectl's come from a CA of the world's (`Nats::tls`).
+    pub fn start_fleet_tls(
+        name: &str,
+        datacenters: &[&'static str],
+        holdout: f64,
+        edged: &Path,
+        tuning: impl Fn(&str) -> Tuning,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(name, datacenters, holdout, edged, Apps::Fleet(true), tuning)
     }
 
     /// The backend's URL and authority, as apps call it.
@@ -129,14 +149,23 @@ impl Canonical {
         let scratch = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
         let nats = match apps {
-            Apps::Fleet => {
+            Apps::Fleet(tls) => {
                 let ip = plan
                     .hosts
                     .iter()
                     .find(|h| h.name == "nats")
                     .and_then(|h| h.service_addr)
                     .context("the canonical plan has a nats host")?;
-                Some(Nats::start(world.ns("nats"), ip, &scratch.join("nats"))?)
+                let tls = match tls {
+                    true => Some(NatsTls::issue(TestCa::new(&scratch.join("fleet-ca"))?, ip)?),
+                    false => None,
+                };
+                Some(Nats::start_with(
+                    world.ns("nats"),
+                    ip,
+                    &scratch.join("nats"),
+                    tls,
+                )?)
             }
             Apps::Files(_) => None,
         };
@@ -163,15 +192,16 @@ impl Canonical {
             let tune = tuning(dc);
             let (apps, control) = match (&apps, &world.nats) {
                 (Apps::Files(apps), _) => (apps.as_str(), String::new()),
-                (Apps::Fleet, Some(nats)) => (
+                (Apps::Fleet(_), Some(nats)) => (
                     "",
                     format!(
-                        "[control]\nnats = \"{}\"\nsnapshot = \"{}\"\n",
+                        "[control]\nnats = \"{}\"\nsnapshot = \"{}\"\n{}",
                         nats.url(),
-                        world.scratch.join(format!("{dc}-fleet.json")).display()
+                        world.scratch.join(format!("{dc}-fleet.json")).display(),
+                        control_tls(nats, dc)?
                     ),
                 ),
-                (Apps::Fleet, None) => unreachable!("a fleet world starts its nats"),
+                (Apps::Fleet(_), None) => unreachable!("a fleet world starts its nats"),
             };
             let server = DatacenterSpec {
                 name: dc,
@@ -199,10 +229,14 @@ impl Canonical {
         let file = self.scratch.join("fleet-topology.toml");
         std::fs::write(&file, self.world.fleet_toml(WORKER_PORT))?;
         let edgectl = self.edged.with_file_name("edgectl");
-        let done = self
+        let mut cmd = self
             .world
             .ns("pop")
-            .command(edgectl.to_str().context("utf-8 path")?)
+            .command(edgectl.to_str().context("utf-8 path")?);
+        if let Some(tls) = self.nats.as_ref().and_then(|n| n.tls.as_ref()) {
+            cmd.envs(tls.edgectl_env());
+        }
+        let done = cmd
             .args(["--nats", url, "fleet", "topology"])
             .arg(&file)
             .output()?;
@@ -360,4 +394,21 @@ impl Drop for Canonical {
         self.servers.clear();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
+}
+
+/// `[control]`'s `tls = {...}` line for datacenter `dc` when the fleet's NATS requires mutual
+/// TLS: a certificate naming `dc` from the world's CA (nothing for a plain NATS).
+fn control_tls(nats: &Nats, dc: &str) -> anyhow::Result<String> {
+    let Some(tls) = &nats.tls else {
+        return Ok(String::new());
+    };
+    let issued = tls
+        .authority
+        .issue(&format!("nats-client-{dc}"), &[dc], 30)?;
+    Ok(format!(
+        "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}\n",
+        issued.cert.display(),
+        issued.key.display(),
+        tls.ca.display()
+    ))
 }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::{
     http::{Server, spawn, wait_listening},
     netns::Netns,
+    tls::{Issued, TestCa},
 };
 
 pub const NATS_PORT: u16 = 4222;
@@ -35,15 +36,60 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 pub struct Nats {
     pub addr: SocketAddr,
     pub store: PathBuf,
+    /// Mutual TLS (None: plain TCP).
+    pub tls: Option<NatsTls>,
     server: Option<Server>,
+}
+
+/// A nats-server's mutual TLS: its certificate (naming its address), and the CA every client's
+/// certificate must come from; an operator's certificate for edgectl.
+pub struct NatsTls {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// Issues the datacenters' certificates.
+    pub authority: TestCa,
+    pub server: Issued,
+    pub operator: Issued,
+}
+
+impl NatsTls {
+    /// The server's and an operator's certificates from `authority`.
+    pub fn issue(authority: TestCa, ip: Ipv4Addr) -> anyhow::Result<Self> {
+        Ok(Self {
+            ca: authority.pem_path(),
+            server: authority.issue("nats-server", &[&ip.to_string()], 30)?,
+            operator: authority.issue("nats-operator", &["operator"], 30)?,
+            authority,
+        })
+    }
+
+    /// `edgectl`'s environment for this server (`EDGEPLANE_NATS_CA`, `_CERT`, `_KEY`).
+    pub fn edgectl_env(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("EDGEPLANE_NATS_CA", &self.ca),
+            ("EDGEPLANE_NATS_CERT", &self.operator.cert),
+            ("EDGEPLANE_NATS_KEY", &self.operator.key),
+        ]
+    }
 }
 
 impl Nats {
     /// Starts nats-server in `ns` on `ip`:4222, storing JetStream data under `store`.
     pub fn start(ns: &Netns, ip: Ipv4Addr, store: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ns, ip, store, None)
+    }
+
+    /// As `start`, requiring mutual TLS of every client when `tls` says so.
+    pub fn start_with(
+        ns: &Netns,
+        ip: Ipv4Addr,
+        store: &Path,
+        tls: Option<NatsTls>,
+    ) -> anyhow::Result<Self> {
         let mut nats = Self {
             addr: SocketAddr::from((ip, NATS_PORT)),
             store: store.to_path_buf(),
+            tls,
             server: None,
         };
         nats.restart(ns)?;
@@ -66,18 +112,26 @@ impl Nats {
         self.kill();
         std::fs::create_dir_all(&self.store)?;
         let bin = server_binary()?;
-        let mut server = spawn(
-            "nats-server",
-            ns.command(bin.to_str().context("utf-8 path")?).args([
-                "-js",
-                "-sd",
-                self.store.to_str().context("utf-8 path")?,
-                "-a",
-                &self.addr.ip().to_string(),
-                "-p",
-                &NATS_PORT.to_string(),
-            ]),
-        )?;
+        let mut cmd = ns.command(bin.to_str().context("utf-8 path")?);
+        cmd.args([
+            "-js",
+            "-sd",
+            self.store.to_str().context("utf-8 path")?,
+            "-a",
+            &self.addr.ip().to_string(),
+            "-p",
+            &NATS_PORT.to_string(),
+        ]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tlsverify")
+                .arg("--tlscert")
+                .arg(&tls.server.cert)
+                .arg("--tlskey")
+                .arg(&tls.server.key)
+                .arg("--tlscacert")
+                .arg(&tls.ca);
+        }
+        let mut server = spawn("nats-server", &mut cmd)?;
         ns.run(|| wait_listening(&mut server, self.addr, Duration::from_secs(30)))??;
         self.server = Some(server);
         Ok(())

@@ -36,18 +36,19 @@ fn start(name: &str) -> Canonical {
     .unwrap()
 }
 
-/// `edgectl --nats <the world's> args...` from the POP's namespace: success and output.
+/// `edgectl --nats <the world's> args...` from the POP's namespace (with the operator's
+/// certificate when the world's NATS takes mutual TLS): success and output.
 fn edgectl(world: &Canonical, args: &[&str]) -> (bool, String) {
-    let url = world.nats.as_ref().unwrap().url();
-    let out = world
+    let nats = world.nats.as_ref().unwrap();
+    let url = nats.url();
+    let mut cmd = world
         .world
         .ns("pop")
-        .command(edgeplane_binary("edgectl").to_str().unwrap())
-        .arg("--nats")
-        .arg(&url)
-        .args(args)
-        .output()
-        .unwrap();
+        .command(edgeplane_binary("edgectl").to_str().unwrap());
+    if let Some(tls) = &nats.tls {
+        cmd.envs(tls.edgectl_env());
+    }
+    let out = cmd.arg("--nats").arg(&url).args(args).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -432,5 +433,85 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
         0,
         "the POP asked dc2 for a probe"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn over_mutual_tls_the_fleet_deploys_and_streams_measurements_and_refuses_strangers() {
+    if !require_root("fleet-tls") {
+        return;
+    }
+    let world = Canonical::start_fleet_tls(
+        "fleettls",
+        &["pop", "dc2"],
+        0.0,
+        &edgeplane_binary("edged"),
+        |_| Tuning::default(),
+    )
+    .unwrap();
+    let dir = tempdir("fleet-tls");
+    deploy(
+        &world,
+        &hello_table(&dir, "hello.toml", &common::app("hello")),
+    );
+    let started = Instant::now();
+    for dc in ["pop", "dc2"] {
+        while !world.admin(dc, "/apps").contains("\"hello\"") {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "hello never reached {dc} over the TLS control plane"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (status, _, body, _) = world.through_pop("hello.test", "/");
+    assert_eq!((status, body.as_str()), (200, "hello from wasm\n"));
+    // dc2's measurements reach the POP through the stream, over the same TLS.
+    let started = Instant::now();
+    loop {
+        let view: serde_json::Value =
+            serde_json::from_str(&world.admin("pop", "/measurements")).unwrap();
+        if view["dc2"]["at_ms"].as_u64().is_some_and(|at| at > 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no measurements from dc2 at the POP: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without a certificate, or with another CA's, NATS lets no one in.
+    let nats = world.nats.as_ref().unwrap();
+    let url = nats.url();
+    let plain = world
+        .world
+        .ns("pop")
+        .command(edgeplane_binary("edgectl").to_str().unwrap())
+        .args(["--nats", &url, "fleet", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "edgectl without a certificate got in"
+    );
+    let stranger = edgeplane_bench::tls::TestCa::new(&dir.join("stranger")).unwrap();
+    let forged = stranger.issue("operator", &["operator"], 30).unwrap();
+    let tls = nats.tls.as_ref().unwrap();
+    let refused = world
+        .world
+        .ns("pop")
+        .command(edgeplane_binary("edgectl").to_str().unwrap())
+        .env("EDGEPLANE_NATS_CA", &tls.ca)
+        .env("EDGEPLANE_NATS_CERT", &forged.cert)
+        .env("EDGEPLANE_NATS_KEY", &forged.key)
+        .args(["--nats", &url, "fleet", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a certificate from another CA got in"
+    );
+    let (ok, status) = edgectl(&world, &["fleet", "status"]);
+    assert!(ok && status.contains("dc2"), "{status}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -216,24 +216,16 @@ pub(crate) mod testing {
             Arc::new(cfg)
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::{testing::Ca, *};
-    use rustls::{ClientConfig, ClientConnection, ServerConnection, pki_types::ServerName};
-
-    /// A real handshake over memory: the certificate the server presented (DER) and ALPN.
-    fn handshake(
+    /// A real handshake over memory between `client` (asking for `name`) and `server`; the
+    /// client's side, done.
+    pub fn handshake(
         server: &Arc<ServerConfig>,
         client: &Arc<ClientConfig>,
-        sni: &str,
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>), rustls::Error> {
-        let mut s = ServerConnection::new(server.clone())?;
-        let mut c = ClientConnection::new(
-            client.clone(),
-            ServerName::try_from(sni.to_owned()).unwrap(),
-        )?;
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let mut s = rustls::ServerConnection::new(server.clone())?;
+        let mut c = rustls::ClientConnection::new(client.clone(), name)?;
         for _ in 0..20 {
             let mut wire = Vec::new();
             while c.wants_write() {
@@ -248,11 +240,31 @@ mod tests {
             c.read_tls(&mut &back[..]).unwrap();
             c.process_new_packets()?;
             if !c.is_handshaking() && !s.is_handshaking() {
-                let presented = c.peer_certificates().unwrap()[0].to_vec();
-                return Ok((presented, c.alpn_protocol().map(<[u8]>::to_vec)));
+                return Ok(c);
             }
         }
         panic!("no handshake in 20 flights");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::Ca, *};
+    use rustls::{ClientConfig, pki_types::ServerName};
+
+    /// A real handshake over memory: the certificate the server presented (DER) and ALPN.
+    fn handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+        sni: &str,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), rustls::Error> {
+        let c = testing::handshake(
+            server,
+            client,
+            ServerName::try_from(sni.to_owned()).unwrap(),
+        )?;
+        let presented = c.peer_certificates().unwrap()[0].to_vec();
+        Ok((presented, c.alpn_protocol().map(<[u8]>::to_vec)))
     }
 
     #[test]

@@ -30,25 +30,10 @@ pub struct PeerTls {
 impl PeerTls {
     /// From PEM: this datacenter's certificate chain and key, and the fleet's CA.
     pub fn new(name: &str, cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<Self> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<_, _>>()
-            .context("reading the datacenter's certificate (PEM)")?;
-        if chain.is_empty() {
-            bail!("no certificate in the datacenter's PEM");
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the datacenter's key")?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(ca_pem) {
-            roots
-                .add(ca.context("reading the fleet's CA (PEM)")?)
-                .context("the fleet's CA")?;
-        }
-        if roots.is_empty() {
-            bail!("no certificate in the fleet's CA file");
-        }
+        let (chain, key) = identity(cert_pem, key_pem)?;
+        let roots = roots(ca_pem)?;
         ServerName::try_from(name.to_owned())
             .with_context(|| format!("{name:?} is not a name a certificate can carry"))?;
-        let roots = Arc::new(roots);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .context("the peer certificate verifier")?;
@@ -61,12 +46,7 @@ impl PeerTls {
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         server.ticketer = rustls::crypto::ring::Ticketer::new().context("session tickets")?;
         server.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let mut client = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("TLS versions")?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain.clone(), key)
-            .context("the datacenter's client certificate")?;
+        let mut client = mutual_client(roots, chain.clone(), key)?;
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             name: name.to_owned(),
@@ -81,6 +61,56 @@ impl PeerTls {
         ServerName::try_from(peer.to_owned())
             .with_context(|| format!("{peer:?} is not a name a certificate can carry"))
     }
+}
+
+/// A certificate chain (leaf first) and its key, from PEM.
+fn identity(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .context("reading the certificate (PEM)")?;
+    if chain.is_empty() {
+        bail!("no certificate in the PEM");
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the key (PEM)")?;
+    Ok((chain, key))
+}
+
+/// The CA certificates in `ca_pem`, the only ones trusted.
+fn roots(ca_pem: &[u8]) -> anyhow::Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(ca.context("reading the CA (PEM)")?)
+            .context("the CA")?;
+    }
+    if roots.is_empty() {
+        bail!("no certificate in the CA file");
+    }
+    Ok(Arc::new(roots))
+}
+
+/// TLS 1.3 trusting `roots` only, presenting `chain`.
+fn mutual_client(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<ClientConfig> {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate and key do not belong together")
+}
+
+/// A client for the fleet's NATS: trusting the CA in `ca_pem` only, presenting the certificate
+/// and key in `cert_pem`, `key_pem` (the datacenter's, or an operator's for edgectl).
+pub fn nats_client(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<ClientConfig> {
+    let (chain, key) = identity(cert_pem, key_pem)?;
+    mutual_client(roots(ca_pem)?, chain, key)
 }
 
 /// A datacenter's peer TLS, replaced whole by a reload (new certificates): a connection opened
@@ -179,7 +209,7 @@ impl WorkerTls {
 mod tests {
     use super::*;
     use crate::tls::testing::Ca;
-    use rustls::{ClientConnection, ServerConnection};
+    use rustls::ClientConnection;
 
     fn peer(ca: &Ca, name: &str, expired: bool, trust: &Ca) -> PeerTls {
         let (cert, key) = ca.issue_pem(&[name], expired);
@@ -192,26 +222,19 @@ mod tests {
         to_server: &Arc<ServerConfig>,
         to: &str,
     ) -> Result<(), rustls::Error> {
-        let mut c = ClientConnection::new(from.client.clone(), PeerTls::server_name(to).unwrap())?;
-        let mut s = ServerConnection::new(to_server.clone())?;
-        for _ in 0..20 {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            s.read_tls(&mut &wire[..]).unwrap();
-            s.process_new_packets()?;
-            let mut back = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut back).unwrap();
-            }
-            c.read_tls(&mut &back[..]).unwrap();
-            c.process_new_packets()?;
-            if !c.is_handshaking() && !s.is_handshaking() {
-                return Ok(());
-            }
-        }
-        panic!("no handshake in 20 flights");
+        crate::tls::testing::handshake(to_server, &from.client, PeerTls::server_name(to).unwrap())
+            .map(drop)
+    }
+
+    fn assert_expired(e: rustls::Error) {
+        use rustls::CertificateError::{Expired, ExpiredContext};
+        assert!(
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(Expired | ExpiredContext { .. })
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -234,55 +257,20 @@ mod tests {
 
         // An expired certificate, either way.
         let old_pop = peer(&fleet, "pop", true, &fleet);
-        let e = handshake(&old_pop, &dc2.server, "dc2").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Expired
-                        | rustls::CertificateError::ExpiredContext { .. }
-                )
-            ),
-            "{e:?}"
-        );
+        assert_expired(handshake(&old_pop, &dc2.server, "dc2").unwrap_err());
         let old_dc2 = peer(&fleet, "dc2", true, &fleet);
-        let e = handshake(&pop, &old_dc2.server, "dc2").unwrap_err();
-        assert!(
-            matches!(
-                e,
-                rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Expired
-                        | rustls::CertificateError::ExpiredContext { .. }
-                )
-            ),
-            "{e:?}"
-        );
+        assert_expired(handshake(&pop, &old_dc2.server, "dc2").unwrap_err());
         // A client without a certificate gets no peer handshake.
         let anonymous = fleet.client();
-        let mut c = ClientConnection::new(anonymous, PeerTls::server_name("dc2").unwrap()).unwrap();
-        let mut s = ServerConnection::new(dc2.server.clone()).unwrap();
-        let mut failed = false;
-        for _ in 0..10 {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            s.read_tls(&mut &wire[..]).unwrap();
-            if s.process_new_packets().is_err() {
-                failed = true;
-                break;
-            }
-            let mut back = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut back).unwrap();
-            }
-            c.read_tls(&mut &back[..]).unwrap();
-            if c.process_new_packets().is_err() {
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed, "a client without a certificate was let in");
+        assert!(
+            crate::tls::testing::handshake(
+                &dc2.server,
+                &anonymous,
+                PeerTls::server_name("dc2").unwrap()
+            )
+            .is_err(),
+            "a client without a certificate was let in"
+        );
     }
 
     #[test]

@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         workers.as_ref().and_then(|w| w.handoff.clone()),
     ) {
         (Some(control), Some(handoff)) => Some(Measurer {
-            nats: control.nats.clone(),
+            nats: control.target()?,
             datacenter: cfg
                 .datacenter
                 .as_ref()

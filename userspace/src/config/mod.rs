@@ -62,6 +62,22 @@ pub struct ControlConfig {
     /// How often this datacenter publishes its heartbeat and measurements.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat: std::time::Duration,
+    /// Mutual TLS with NATS: this datacenter's certificate and key, and the CA the server's
+    /// certificate must come from (without it: plain TCP).
+    #[serde(default)]
+    pub tls: Option<tls::IdentityFiles>,
+}
+
+impl ControlConfig {
+    /// Where NATS is and how to reach it (the TLS files are read now: a renewal takes effect
+    /// at the next connection).
+    pub fn target(&self) -> anyhow::Result<crate::fleet::client::NatsTarget> {
+        use crate::fleet::client::NatsTarget;
+        match &self.tls {
+            Some(files) => NatsTarget::with_tls(&self.nats, files),
+            None => Ok(NatsTarget::plain(&self.nats)),
+        }
+    }
 }
 
 fn default_heartbeat() -> std::time::Duration {
@@ -105,7 +121,7 @@ pub struct DatacenterConfig {
     /// fleet's CA its peers' certificates must come from. Without it, handoffs go over plain
     /// TCP, authenticated by their HMAC only.
     #[serde(default)]
-    pub tls: Option<tls::PeerFiles>,
+    pub tls: Option<tls::IdentityFiles>,
 }
 
 fn default_down_after() -> u32 {
@@ -451,6 +467,9 @@ impl EdgedConfig {
             if let Some(tls) = &mut dc.tls {
                 tls.resolve_against(base);
             }
+        }
+        if let Some(tls) = cfg.control.as_mut().and_then(|c| c.tls.as_mut()) {
+            tls.resolve_against(base);
         }
         for app in &mut cfg.apps {
             if let Some(c) = &app.component

@@ -43,22 +43,33 @@ impl CertFiles {
     }
 }
 
-/// `[datacenter] tls`: this datacenter's certificate and key, and the fleet's CA.
+/// `[datacenter] tls` and `[control] tls`: this datacenter's certificate and key, and the
+/// fleet's CA (what its peers' and its NATS server's certificates must come from).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerFiles {
+pub struct IdentityFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
 }
 
-impl PeerFiles {
+impl IdentityFiles {
     pub fn resolve_against(&mut self, base: &Path) {
         for path in [&mut self.cert, &mut self.key, &mut self.ca] {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
         }
+    }
+
+    /// A client of the fleet's NATS with these files.
+    pub fn nats_client(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        edgeplane_dataplane::tls::peer::nats_client(
+            &read(&self.cert)?,
+            &read(&self.key)?,
+            &read(&self.ca)?,
+        )
     }
 
     /// The datacenter `name`'s peer TLS from these files.

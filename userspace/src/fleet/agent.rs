@@ -180,7 +180,7 @@ pub async fn first_state(
     timeout: Duration,
 ) -> Option<FleetState> {
     let read = async {
-        let client = FleetClient::connect(&control.nats, timeout).await?;
+        let client = FleetClient::connect(&control.target()?, timeout).await?;
         let buckets = buckets(&client).await?;
         read_state(&client, &buckets, cache_dir).await
     };
@@ -227,7 +227,12 @@ impl Agent {
         }
         let mut quiet = false;
         loop {
-            match FleetClient::connect(&self.control.nats, Duration::from_secs(2)).await {
+            let target = self.control.target();
+            let connected = match target {
+                Ok(target) => FleetClient::connect(&target, Duration::from_secs(2)).await,
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(client) => {
                     quiet = false;
                     if let Err(e) = self.session(&client).await {

@@ -14,6 +14,30 @@ use super::{
     MEASUREMENTS_SUBJECT, Measurements, PLACEMENT, TOPOLOGY,
 };
 
+/// Where the fleet's NATS is, and the TLS to reach it with (None: plain TCP).
+#[derive(Clone, Debug)]
+pub struct NatsTarget {
+    pub url: String,
+    pub tls: Option<edgeplane_dataplane::tls::rustls::ClientConfig>,
+}
+
+impl NatsTarget {
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            tls: None,
+        }
+    }
+
+    /// `url` over mutual TLS with the certificate, key and CA in `files`.
+    pub fn with_tls(url: &str, files: &crate::config::tls::IdentityFiles) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: url.to_owned(),
+            tls: Some(files.nats_client().context("TLS to the fleet's NATS")?),
+        })
+    }
+}
+
 /// A connection to the fleet's NATS.
 #[derive(Clone)]
 pub struct FleetClient {
@@ -27,17 +51,18 @@ const HISTORY: i64 = 5;
 impl FleetClient {
     /// Connects within `timeout` (a first connection; afterwards the client reconnects on its
     /// own, forever).
-    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let nats = tokio::time::timeout(
-            timeout,
-            async_nats::ConnectOptions::new()
-                .connection_timeout(timeout)
-                .max_reconnects(None)
-                .connect(url),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {timeout:?}"))?
-        .with_context(|| format!("connecting to NATS at {url}"))?;
+    pub async fn connect(target: &NatsTarget, timeout: Duration) -> anyhow::Result<Self> {
+        let url = &target.url;
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .max_reconnects(None);
+        if let Some(tls) = &target.tls {
+            options = options.require_tls(true).tls_client_config(tls.clone());
+        }
+        let nats = tokio::time::timeout(timeout, options.connect(url))
+            .await
+            .map_err(|_| anyhow::anyhow!("NATS at {url} did not answer within {timeout:?}"))?
+            .with_context(|| format!("connecting to NATS at {url}"))?;
         let js = jetstream::new(nats.clone());
         Ok(Self { nats, js })
     }

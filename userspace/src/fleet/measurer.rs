@@ -16,7 +16,8 @@ use super::{PeerMeasurements, Targets, client::FleetClient};
 use crate::PinnedMaps;
 
 pub struct Measurer {
-    pub nats: String,
+    /// The fleet's NATS, on a connection of the measurer's own.
+    pub nats: super::client::NatsTarget,
     pub datacenter: String,
     pub every: Duration,
     /// This datacenter's peers and their health.

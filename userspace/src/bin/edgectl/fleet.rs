@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::kv;
 use edgeplane::fleet::{
     self, APPS, BLOCKLIST_KEY, COMPONENT_PREFIX, GUARD, Heartbeat, PLACEMENT, Pin,
-    client::FleetClient,
+    client::{FleetClient, NatsTarget},
 };
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -18,24 +18,55 @@ use crate::{
 
 /// The fleet-wide verbs, when `--nats` is given (or needed); None: not a fleet verb.
 pub(crate) fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
-    let url = cli.nats.as_deref();
-    let need = || url.context("this verb needs the fleet's NATS: give --nats or EDGEPLANE_NATS");
-    Some(match (&cli.command, url) {
+    let target = cli.nats.as_deref().map(|url| nats_target(cli, url));
+    let need = || -> anyhow::Result<&NatsTarget> {
+        match &target {
+            Some(Ok(t)) => Ok(t),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+            None => bail!("this verb needs the fleet's NATS: give --nats or EDGEPLANE_NATS"),
+        }
+    };
+    let given = target.is_some();
+    Some(match (&cli.command, given) {
         (Command::Deploy { file, component }, _) => {
             need().and_then(|u| deploy(u, file, component.as_deref(), cli.json))
         }
         (Command::Fleet(FleetCmd::Status), _) => need().and_then(|u| status(u, cli.json)),
         (Command::Fleet(FleetCmd::Topology { file }), _) => need().and_then(|u| topology(u, file)),
-        (Command::App(AppCmd::Rm { name }), Some(u)) => app_rm(u, name),
-        (Command::Placement(PlacementCmd::Pin { app, target }), Some(u)) => pin(u, app, target),
-        (Command::Placement(PlacementCmd::Unpin { app }), Some(u)) => unpin(u, app),
-        (Command::Ratelimit(cmd @ RateLimitCmd::Set { .. }), Some(u)) => {
-            rate_limit(u, &crate::rate_limit_section(cmd))
+        (Command::App(AppCmd::Rm { name }), true) => need().and_then(|u| app_rm(u, name)),
+        (Command::Placement(PlacementCmd::Pin { app, target }), true) => {
+            need().and_then(|u| pin(u, app, target))
         }
-        (Command::Block(BlockCmd::Add { cidr }), Some(u)) => block(u, &cidr.to_string(), true),
-        (Command::Block(BlockCmd::Rm { cidr }), Some(u)) => block(u, &cidr.to_string(), false),
+        (Command::Placement(PlacementCmd::Unpin { app }), true) => {
+            need().and_then(|u| unpin(u, app))
+        }
+        (Command::Ratelimit(cmd @ RateLimitCmd::Set { .. }), true) => {
+            need().and_then(|u| rate_limit(u, &crate::rate_limit_section(cmd)))
+        }
+        (Command::Block(BlockCmd::Add { cidr }), true) => {
+            need().and_then(|u| block(u, &cidr.to_string(), true))
+        }
+        (Command::Block(BlockCmd::Rm { cidr }), true) => {
+            need().and_then(|u| block(u, &cidr.to_string(), false))
+        }
         _ => return None,
     })
+}
+
+/// `--nats`, over mutual TLS when `--nats-ca` (with `--nats-cert` and `--nats-key`) is given.
+fn nats_target(cli: &Cli, url: &str) -> anyhow::Result<NatsTarget> {
+    match (&cli.nats_ca, &cli.nats_cert, &cli.nats_key) {
+        (Some(ca), Some(cert), Some(key)) => NatsTarget::with_tls(
+            url,
+            &edgeplane::config::tls::IdentityFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+        ),
+        (None, None, None) => Ok(NatsTarget::plain(url)),
+        _ => bail!("--nats-ca, --nats-cert and --nats-key go together"),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -45,14 +76,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting a runtime")
 }
 
-async fn connect(url: &str) -> anyhow::Result<FleetClient> {
-    FleetClient::connect(url, Duration::from_secs(5)).await
+async fn connect(nats: &NatsTarget) -> anyhow::Result<FleetClient> {
+    FleetClient::connect(nats, Duration::from_secs(5)).await
 }
 
 /// `edgectl deploy <app.toml> [--component x.wasm]`: uploads the app's components (once: the
 /// object store keys them by hash) and publishes its table.
 pub fn deploy(
-    url: &str,
+    nats: &NatsTarget,
     file: &Path,
     component: Option<&Path>,
     as_json: bool,
@@ -78,7 +109,7 @@ pub fn deploy(
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new("."));
     runtime()?.block_on(async {
-        let client = connect(url).await?;
+        let client = connect(nats).await?;
         let mut uploaded = Vec::new();
         let mut upload = async |t: &mut toml::Table| -> anyhow::Result<()> {
             let Some(path) = t.get("component").and_then(toml::Value::as_str) else {
@@ -119,13 +150,13 @@ pub fn deploy(
 }
 
 /// `edgectl --nats URL fleet topology <file>`: checked, then published.
-pub fn topology(url: &str, file: &Path) -> anyhow::Result<()> {
+pub fn topology(nats: &NatsTarget, file: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let topology = edgeplane::topology::Topology::parse(&text)
         .with_context(|| format!("in {}", file.display()))?;
     runtime()?.block_on(async {
-        let store = connect(url).await?.topology().await?;
+        let store = connect(nats).await?.topology().await?;
         let revision = store
             .put(fleet::TOPOLOGY_KEY, topology.to_toml().into())
             .await?;
@@ -138,10 +169,10 @@ pub fn topology(url: &str, file: &Path) -> anyhow::Result<()> {
 }
 
 /// `edgectl --nats URL app rm <name>`.
-pub fn app_rm(url: &str, name: &str) -> anyhow::Result<()> {
+pub fn app_rm(nats: &NatsTarget, name: &str) -> anyhow::Result<()> {
     fleet::check_key(name)?;
     runtime()?.block_on(async {
-        let apps = connect(url).await?.apps().await?;
+        let apps = connect(nats).await?.apps().await?;
         if apps.get(name).await?.is_none() {
             bail!("no app {name:?} in the fleet");
         }
@@ -152,10 +183,10 @@ pub fn app_rm(url: &str, name: &str) -> anyhow::Result<()> {
 }
 
 /// `edgectl --nats URL placement pin <app> <datacenter|local|region>`.
-pub fn pin(url: &str, app: &str, target: &str) -> anyhow::Result<()> {
+pub fn pin(nats: &NatsTarget, app: &str, target: &str) -> anyhow::Result<()> {
     fleet::check_key(app)?;
     runtime()?.block_on(async {
-        let pins = connect(url).await?.placement().await?;
+        let pins = connect(nats).await?.placement().await?;
         let pin = Pin {
             pin: target.to_owned(),
         };
@@ -166,10 +197,10 @@ pub fn pin(url: &str, app: &str, target: &str) -> anyhow::Result<()> {
 }
 
 /// `edgectl --nats URL placement unpin <app>`.
-pub fn unpin(url: &str, app: &str) -> anyhow::Result<()> {
+pub fn unpin(nats: &NatsTarget, app: &str) -> anyhow::Result<()> {
     fleet::check_key(app)?;
     runtime()?.block_on(async {
-        connect(url).await?.placement().await?.delete(app).await?;
+        connect(nats).await?.placement().await?.delete(app).await?;
         println!("{app} unpinned fleet-wide");
         Ok(())
     })
@@ -177,9 +208,9 @@ pub fn unpin(url: &str, app: &str) -> anyhow::Result<()> {
 
 /// `edgectl --nats URL block add|rm <cidr>`: the fleet's blocklist, changed by
 /// compare-and-set so two operators at once lose nothing.
-pub fn block(url: &str, cidr: &str, add: bool) -> anyhow::Result<()> {
+pub fn block(nats: &NatsTarget, cidr: &str, add: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let guard = connect(url).await?.guard().await?;
+        let guard = connect(nats).await?.guard().await?;
         for _ in 0..10 {
             let entry = guard
                 .entry(BLOCKLIST_KEY)
@@ -217,7 +248,10 @@ pub fn block(url: &str, cidr: &str, add: bool) -> anyhow::Result<()> {
 
 /// `edgectl --nats URL ratelimit set ...`: the fleet's `[rate_limit]`, checked as a config
 /// file's would be before it is published.
-pub fn rate_limit(url: &str, section: &edgeplane::config::RateLimitSection) -> anyhow::Result<()> {
+pub fn rate_limit(
+    nats: &NatsTarget,
+    section: &edgeplane::config::RateLimitSection,
+) -> anyhow::Result<()> {
     let table = serde_json::to_value(section)?;
     let as_toml: toml::Table = serde_json::from_value(table.clone())?;
     edgeplane::config::EdgedConfig::parse(&toml::to_string(
@@ -227,7 +261,7 @@ pub fn rate_limit(url: &str, section: &edgeplane::config::RateLimitSection) -> a
     )?)
     .context("the rate limit")?;
     runtime()?.block_on(async {
-        let guard = connect(url).await?.guard().await?;
+        let guard = connect(nats).await?.guard().await?;
         guard
             .put(fleet::RATE_LIMIT_KEY, serde_json::to_vec(section)?.into())
             .await?;
@@ -238,9 +272,9 @@ pub fn rate_limit(url: &str, section: &edgeplane::config::RateLimitSection) -> a
 
 /// `edgectl --nats URL fleet status`: each datacenter's last heartbeat, the revision it serves
 /// against the fleet's, and its apps' placement verdicts.
-pub fn status(url: &str, as_json: bool) -> anyhow::Result<()> {
+pub fn status(nats: &NatsTarget, as_json: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let client = connect(url).await?;
+        let client = connect(nats).await?;
         let mut current = 0;
         for bucket in [APPS, PLACEMENT, GUARD, fleet::TOPOLOGY] {
             client.kv(bucket).await?;

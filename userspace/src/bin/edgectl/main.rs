@@ -44,6 +44,14 @@ struct Cli {
     /// add|rm` then go fleet-wide, to every datacenter, instead of to this host's maps.
     #[arg(long, global = true, env = "EDGEPLANE_NATS")]
     nats: Option<String>,
+    /// Mutual TLS with NATS: the CA its certificate must come from, and this operator's
+    /// certificate and key (all three, or none: plain TCP).
+    #[arg(long, global = true, env = "EDGEPLANE_NATS_CA", requires_all = ["nats_cert", "nats_key"])]
+    nats_ca: Option<PathBuf>,
+    #[arg(long, global = true, env = "EDGEPLANE_NATS_CERT", requires = "nats_ca")]
+    nats_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "EDGEPLANE_NATS_KEY", requires = "nats_ca")]
+    nats_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
