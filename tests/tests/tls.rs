@@ -146,21 +146,31 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         Ok(())
     })??;
 
-    // curl, verifying against the CA, by name.
+    // curl (OpenSSL), verifying against the CA, by name: over TLS 1.3, and held to TLS 1.2.
     let resolve = format!("shop.example.test:8443:{}", TwoHosts::SERVER_V4);
-    let out = hosts
-        .client
-        .command("curl")
-        .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(ca.pem_path())
-        .args(["--resolve", &resolve, "https://shop.example.test:8443/"])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"shop\n");
+    for version in [["--tlsv1.3"].as_slice(), &["--tlsv1.2", "--tls-max", "1.2"]] {
+        let out = hosts
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "%{ssl_verify_result}",
+                "--cacert",
+            ])
+            .arg(ca.pem_path())
+            .args(version)
+            .args(["--resolve", &resolve, "https://shop.example.test:8443/"])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "curl {version:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"shop\n0", "{version:?}");
+    }
     // curl with a name whose certificate does not match what it asked for refuses.
     let resolve = format!("other.test:8443:{}", TwoHosts::SERVER_V4);
     let out = hosts

@@ -179,6 +179,12 @@ pub fn parse_app(text: &str) -> anyhow::Result<(String, toml::Table)> {
     // A component in the fleet is named by its hash, never by a path: a path would make every
     // datacenter load whatever file it names, and a digest is also where it is staged.
     let check = |t: &toml::Table| -> anyhow::Result<()> {
+        // The same for certificates: a path would have every datacenter read whatever file it
+        // names. They stay in each datacenter's own file for now.
+        ensure!(
+            !t.contains_key("tls"),
+            "app {name}: certificates (tls) are not taken from the fleet; give them in each datacenter's file"
+        );
         if let Some(c) = t.get("component") {
             let digest = c
                 .as_str()
@@ -389,6 +395,15 @@ mod tests {
         }
         let f = "name = \"x\"\n[[functions]]\nname = \"f\"\ncomponent = \"./f.wasm\"";
         assert!(parse_app(f).is_err(), "a function's component too");
+        // Nor a certificate's files: every datacenter would read whatever the paths name.
+        let e = parse_app(
+            "name = \"x\"\nhosts = [\"x.test\"]\ntls = { cert = \"/etc/shadow\", key = \"/etc/shadow\" }",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not taken from the fleet"),
+            "{e:#}"
+        );
         assert!(check_key("shop.db").is_ok());
         assert!(check_key(".x").is_err() && check_key("é").is_err());
     }
