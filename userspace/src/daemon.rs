@@ -2,7 +2,13 @@
 //! maps, the workers' live generation, and the placement engine's app list. `reload` applies a
 //! new configuration file while serving, or refuses it whole.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
@@ -181,11 +187,12 @@ impl Daemon {
             .as_ref()
             .map(|l| l.current().specs.clone())
             .unwrap_or_default();
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let path = match &self.fleet {
             Some(fleet) => fleet.compose_from(&path)?,
             None => path,
         };
-        let Prepared { cfg, specs } = reload::prepare_reload(&path, &self.cfg, &served)?;
+        let Prepared { cfg, specs } = reload::prepare_reload(&path, &base, &self.cfg, &served)?;
         let keys = self.reload_keys(&cfg)?;
         // Certificates are re-read (a renewal is a reload); turning mutual TLS on or off
         // changes what every peer must do at once, so it waits for an upgrade.

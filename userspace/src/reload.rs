@@ -138,16 +138,17 @@ pub fn prepare_config(cfg: EdgedConfig) -> anyhow::Result<Prepared> {
     Ok(Prepared { cfg, specs })
 }
 
-/// Reads the configuration at `path` for a reload of an edged running `running` and serving
-/// `served`: parsed, validated, only reloadable settings changed, every component staged, and
+/// Reads the configuration at `path` (its relative paths from `base`) for a reload of an edged
+/// running `running` and serving `served`: parsed, validated, only reloadable settings changed, every component staged, and
 /// those not served already (by digest: their artifacts are in the code cache) compiled. Any
 /// failure refuses it whole, saying which file, line and field.
 pub fn prepare_reload(
     path: &Path,
+    base: &Path,
     running: &EdgedConfig,
     served: &[AppSpec],
 ) -> anyhow::Result<Prepared> {
-    let (mut cfg, text) = EdgedConfig::read(path)?;
+    let (mut cfg, text) = EdgedConfig::read_relative_to(path, base)?;
     cfg.xdp.interfaces.clone_from(&running.xdp.interfaces);
     cfg.xdp.mode = running.xdp.mode;
     cfg.pin_dir.clone_from(&running.pin_dir);

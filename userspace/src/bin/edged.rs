@@ -147,7 +147,8 @@ async fn main() -> anyhow::Result<()> {
             {
                 *edgeplane_dataplane::lock(&handle.wanted) = state;
             }
-            cfg = EdgedConfig::load(&handle.compose_from(path)?)?;
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            cfg = EdgedConfig::read_relative_to(&handle.compose_from(path)?, base)?.0;
             Some(Arc::new(handle))
         }
         _ => None,

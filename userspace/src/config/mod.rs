@@ -454,37 +454,61 @@ impl EdgedConfig {
 
     /// The config at `path` and its text. An error says where: `file:line: field: why`.
     pub fn read(path: &Path) -> anyhow::Result<(Self, String)> {
+        Self::read_relative_to(path, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// As `read`, its relative paths taken from `base`: the operator's file's directory, also
+    /// for the copy composed with the fleet's state, which sits beside the snapshot.
+    pub fn read_relative_to(path: &Path, base: &Path) -> anyhow::Result<(Self, String)> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut cfg = Self::parse(&text).map_err(|e| located(path, &text, e))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(dc) = &mut cfg.datacenter {
-            for path in dc.topology.iter_mut().chain([&mut dc.keys]) {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
+        for file in cfg.file_paths_mut() {
+            if file.is_relative() {
+                *file = base.join(&*file);
             }
-            if let Some(tls) = &mut dc.tls {
-                tls.resolve_against(base);
-            }
-        }
-        if let Some(tls) = cfg.control.as_mut().and_then(|c| c.tls.as_mut()) {
-            tls.resolve_against(base);
-        }
-        for app in &mut cfg.apps {
-            if let Some(c) = &app.component
-                && c.is_relative()
-            {
-                app.component = Some(base.join(c));
-            }
-            if let Some(tls) = &mut app.tls {
-                tls.resolve_against(base);
-            }
-        }
-        if let Some(tls) = &mut cfg.tls {
-            tls.resolve_against(base);
         }
         Ok((cfg, text))
+    }
+
+    /// Every file the configuration names (relative ones are relative to its file).
+    fn file_paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut files: Vec<&mut PathBuf> = Vec::new();
+        if let Some(dc) = &mut self.datacenter {
+            files.extend(dc.topology.as_mut());
+            files.push(&mut dc.keys);
+            files.extend(
+                dc.tls
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(tls::IdentityFiles::paths_mut),
+            );
+        }
+        if let Some(control) = &mut self.control {
+            files.extend(
+                control
+                    .tls
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(tls::IdentityFiles::paths_mut),
+            );
+        }
+        files.extend(
+            self.tls
+                .as_mut()
+                .into_iter()
+                .flat_map(tls::CertFiles::paths_mut),
+        );
+        for app in &mut self.apps {
+            files.extend(app.component.as_mut());
+            files.extend(
+                app.tls
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(tls::CertFiles::paths_mut),
+            );
+        }
+        files
     }
 
     /// Where successors take this edged's listeners over (see `ServerConfig::upgrade_socket`).

@@ -106,3 +106,53 @@ fn full_config_and_clear_errors() {
     let err = EdgedConfig::parse("[xdp]\nmdoe = \"native\"").unwrap_err();
     assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
 }
+
+#[test]
+fn every_file_a_config_names_is_taken_relative_to_its_base_even_from_a_composed_copy() {
+    let dir = std::env::temp_dir().join(format!("edgeplane-config-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The fleet's composed copy sits elsewhere (beside the snapshot); the operator's file's
+    // directory is the base.
+    let copy = dir.join("composed.toml");
+    std::fs::write(
+        &copy,
+        "[tls]\ncert = \"d.pem\"\nkey = \"d.key\"\n\
+         [datacenter]\nname = \"pop\"\ntopology = \"t.toml\"\nkeys = \"k.toml\"\n\
+         tls = { cert = \"dc.pem\", key = \"dc.key\", ca = \"ca.pem\" }\n\
+         [control]\nnats = \"nats://127.0.0.1:4222\"\n\
+         tls = { cert = \"n.pem\", key = \"n.key\", ca = \"nca.pem\" }\n\
+         [[apps]]\nname = \"a\"\nhosts = [\"a.test\"]\ncomponent = \"a.wasm\"\n\
+         tls = { cert = \"a.pem\", key = \"/etc/abs.key\" }\n",
+    )
+    .unwrap();
+    let base = Path::new("/srv/edge");
+    let (mut cfg, _) = EdgedConfig::read_relative_to(&copy, base).unwrap();
+    let files: Vec<PathBuf> = cfg
+        .file_paths_mut()
+        .into_iter()
+        .map(|p| p.clone())
+        .collect();
+    let names: Vec<&str> = files.iter().filter_map(|p| p.to_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "/srv/edge/t.toml",
+            "/srv/edge/k.toml",
+            "/srv/edge/dc.pem",
+            "/srv/edge/dc.key",
+            "/srv/edge/ca.pem",
+            "/srv/edge/n.pem",
+            "/srv/edge/n.key",
+            "/srv/edge/nca.pem",
+            "/srv/edge/d.pem",
+            "/srv/edge/d.key",
+            "/srv/edge/a.wasm",
+            "/srv/edge/a.pem",
+            "/etc/abs.key",
+        ]
+    );
+    // `read` takes the file's own directory.
+    let (cfg, _) = EdgedConfig::read(&copy).unwrap();
+    assert_eq!(cfg.tls.unwrap().cert, dir.join("d.pem"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -26,21 +26,17 @@ pub struct CertFiles {
 }
 
 impl CertFiles {
-    pub fn resolve_against(&mut self, base: &Path) {
-        for path in [&mut self.cert, &mut self.key] {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
+    pub fn paths_mut(&mut self) -> [&mut PathBuf; 2] {
+        [&mut self.cert, &mut self.key]
     }
 
     pub fn read(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-        let cert = std::fs::read(&self.cert)
-            .with_context(|| format!("reading {}", self.cert.display()))?;
-        let key =
-            std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
-        Ok((cert, key))
+        Ok((read(&self.cert)?, read(&self.key)?))
     }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// `[datacenter] tls` and `[control] tls`: this datacenter's certificate and key, and the
@@ -54,17 +50,12 @@ pub struct IdentityFiles {
 }
 
 impl IdentityFiles {
-    pub fn resolve_against(&mut self, base: &Path) {
-        for path in [&mut self.cert, &mut self.key, &mut self.ca] {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
+    pub fn paths_mut(&mut self) -> [&mut PathBuf; 3] {
+        [&mut self.cert, &mut self.key, &mut self.ca]
     }
 
     /// A client of the fleet's NATS with these files.
     pub fn nats_client(&self) -> anyhow::Result<rustls::ClientConfig> {
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         edgeplane_dataplane::tls::peer::nats_client(
             &read(&self.cert)?,
             &read(&self.key)?,
@@ -74,7 +65,6 @@ impl IdentityFiles {
 
     /// The datacenter `name`'s peer TLS from these files.
     pub fn load(&self, name: &str) -> anyhow::Result<PeerTls> {
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         PeerTls::new(
             name,
             &read(&self.cert)?,

@@ -65,11 +65,10 @@ impl FleetHandle {
             std::fs::write(&topology, t)
                 .with_context(|| format!("writing {}", topology.display()))?;
         }
+        // Relative paths stay relative to the operator's file: the effective one is read with
+        // `EdgedConfig::read_relative_to` that file's directory.
         let composed = compose(&text, &state, &topology)
             .with_context(|| format!("composing {} with the fleet", base.display()))?;
-        // Relative paths in the file stay relative to it: the effective file sits beside the
-        // snapshot, so they are made absolute here.
-        let composed = absolutize(&composed, base.parent().unwrap_or(Path::new(".")))?;
         if let Some(dir) = self.effective.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -77,40 +76,6 @@ impl FleetHandle {
             .with_context(|| format!("writing {}", self.effective.display()))?;
         Ok(self.effective.clone())
     }
-}
-
-/// `text` with the file-relative paths it may hold made absolute against `base`.
-fn absolutize(text: &str, base: &Path) -> anyhow::Result<String> {
-    let mut doc: toml::Table = toml::from_str(text)?;
-    let fix = |v: &mut toml::Value| {
-        if let toml::Value::String(s) = v
-            && Path::new(s.as_str()).is_relative()
-        {
-            *s = base.join(&*s).display().to_string();
-        }
-    };
-    if let Some(toml::Value::Table(dc)) = doc.get_mut("datacenter") {
-        for key in ["topology", "keys"] {
-            if let Some(v) = dc.get_mut(key) {
-                fix(v);
-            }
-        }
-    }
-    if let Some(toml::Value::Array(apps)) = doc.get_mut("apps") {
-        for app in apps.iter_mut().filter_map(toml::Value::as_table_mut) {
-            if let Some(v) = app.get_mut("component") {
-                fix(v);
-            }
-            if let Some(toml::Value::Array(fs)) = app.get_mut("functions") {
-                for f in fs.iter_mut().filter_map(toml::Value::as_table_mut) {
-                    if let Some(v) = f.get_mut("component") {
-                        fix(v);
-                    }
-                }
-            }
-        }
-    }
-    Ok(toml::to_string(&doc)?)
 }
 
 /// Writes the fleet's pins into PLACEMENT (pinned: the engine leaves them), and hands apps whose
