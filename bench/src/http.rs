@@ -401,12 +401,15 @@ pub fn try_request(
                 .find(|(n, _)| n == "content-length")
                 .and_then(|(_, v)| v.parse().ok())
                 .context("no content-length")?;
-            while buf.len() < end + 4 + len {
+            let whole = (end + 4)
+                .checked_add(len)
+                .with_context(|| format!("content-length {len} past any response"))?;
+            while buf.len() < whole {
                 let n = s.read(&mut chunk)?;
                 anyhow::ensure!(n > 0, "connection closed mid-response");
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return Ok((status, headers, buf[end + 4..end + 4 + len].to_vec()));
+            return Ok((status, headers, buf[end + 4..whole].to_vec()));
         }
         let n = s.read(&mut chunk)?;
         anyhow::ensure!(n > 0, "connection closed before a response");

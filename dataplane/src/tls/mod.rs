@@ -43,8 +43,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// A certificate chain and its key from PEM, checked to belong together.
-pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+/// A certificate chain (leaf first) and its key, from PEM.
+fn identity(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .context("reading the certificate chain (PEM)")?;
@@ -52,6 +55,12 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<Cert
         bail!("no certificate in the PEM");
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the private key (PEM)")?;
+    Ok((chain, key))
+}
+
+/// A certificate chain and its key from PEM, checked to belong together.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let (chain, key) = identity(cert_pem, key_pem)?;
     let certified = CertifiedKey::from_der(chain, key, &provider())
         .context("the certificate and the key do not belong together")?;
     Ok(Arc::new(certified))

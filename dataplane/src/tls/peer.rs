@@ -14,7 +14,7 @@ use rustls::{
     server::{Acceptor, ServerSessionMemoryCache, WebPkiClientVerifier},
 };
 
-use super::{SESSION_CACHE, provider};
+use super::{SESSION_CACHE, identity, provider};
 
 /// A datacenter's TLS toward its peers: as a client (handoffs, probe asks) and as a server.
 #[derive(Debug)]
@@ -61,21 +61,6 @@ impl PeerTls {
         ServerName::try_from(peer.to_owned())
             .with_context(|| format!("{peer:?} is not a name a certificate can carry"))
     }
-}
-
-/// A certificate chain (leaf first) and its key, from PEM.
-fn identity(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .context("reading the certificate (PEM)")?;
-    if chain.is_empty() {
-        bail!("no certificate in the PEM");
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the key (PEM)")?;
-    Ok((chain, key))
 }
 
 /// The CA certificates in `ca_pem`, the only ones trusted.
@@ -194,13 +179,14 @@ impl HelloReader {
 }
 
 impl WorkerTls {
-    /// The configuration a handshake asking for `sni` gets (None: none serves it).
-    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+    /// The configuration a handshake asking for `sni` gets (None: none serves it), and whether
+    /// it is the peers' (a datacenter's certificate, required and verified).
+    pub fn pick(&self, sni: Option<&str>) -> (Option<Arc<ServerConfig>>, bool) {
         match &self.peers {
             Some(p) if sni.is_some_and(|s| s.eq_ignore_ascii_case(&p.name)) => {
-                Some(p.config.clone())
+                (Some(p.config.clone()), true)
             }
-            _ => self.public.clone(),
+            _ => (self.public.clone(), false),
         }
     }
 }
@@ -306,7 +292,9 @@ mod tests {
             let Hello::Name(name) = reader.read(std::slice::from_ref(last)) else {
                 panic!("no name read");
             };
-            let picked = worker.pick(name.as_deref()).unwrap();
+            let (picked, is_peer) = worker.pick(name.as_deref());
+            let picked = picked.unwrap();
+            assert_eq!(is_peer, peer_config, "{sni}");
             assert_eq!(Arc::ptr_eq(&picked, &dc2.server), peer_config, "{sni}");
             assert_eq!(Arc::ptr_eq(&picked, &public), !peer_config, "{sni}");
         }

@@ -90,7 +90,7 @@ pub struct Conn {
     pub transport: Transport,
     /// TLS records to send before what `out` holds (handshake, alerts).
     pub tls_out: Vec<u8>,
-    /// The TLS handshake must be over by then (None: not an HTTPS-capable connection, or done).
+    /// While `transport` is handshaking, it must be done by then (None: a plain-only worker).
     pub handshake_deadline: Option<Instant>,
 }
 

@@ -78,32 +78,19 @@ impl Transport {
         let mut replay = None;
         if let Transport::Hello { tls, reader, seen } = self {
             if seen.len().saturating_add(data.len()) > MAX_BUFFERED {
-                counters.failed(Failure::Malformed);
-                *self = Transport::Done;
-                return Taken::Failed;
+                return self.fail(counters, Failure::Malformed);
             }
             seen.extend_from_slice(data);
-            let hello = catch_unwind(AssertUnwindSafe(|| reader.read(data)));
-            let sni = match hello {
+            let sni = match catch_unwind(AssertUnwindSafe(|| reader.read(data))) {
                 Ok(Hello::Partial) => return Taken::Data,
                 Ok(Hello::Name(sni)) => sni,
                 Ok(Hello::Invalid(e)) => {
                     debug!(error = %e, "not a ClientHello");
-                    counters.failed(Failure::of(&e));
-                    *self = Transport::Done;
-                    return Taken::Failed;
+                    return self.fail(counters, Failure::of(&e));
                 }
-                Err(_) => {
-                    counters.failed(Failure::Other);
-                    *self = Transport::Done;
-                    return Taken::Failed;
-                }
+                Err(panic) => return self.panicked(counters, &*panic),
             };
-            let peer = tls.peers.as_ref().is_some_and(|p| {
-                sni.as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case(&p.name))
-            });
-            let config = tls.pick(sni.as_deref());
+            let (config, peer) = tls.pick(sni.as_deref());
             replay = Some(std::mem::take(seen));
             *self = start(config, peer, counters).unwrap_or(Transport::Done);
         }
@@ -119,8 +106,7 @@ impl Transport {
             }
         };
         // rustls parses what any client sends: a bug there must cost this connection only.
-        let received = catch_unwind(AssertUnwindSafe(|| session.receive(data, input, to_send)));
-        match received {
+        match catch_unwind(AssertUnwindSafe(|| session.receive(data, input, to_send))) {
             Ok(Ok(r)) => {
                 if let Some(resumed) = r.established {
                     counters.completed(resumed);
@@ -133,20 +119,25 @@ impl Transport {
             }
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS failed");
-                counters.failed(Failure::of(&e));
-                *self = Transport::Done;
-                Taken::Failed
+                self.fail(counters, Failure::of(&e))
             }
-            Err(panic) => {
-                tracing::error!(
-                    panic = crate::panic_text(&*panic),
-                    "TLS processing panicked; closing the connection"
-                );
-                counters.failed(Failure::Other);
-                *self = Transport::Done;
-                Taken::Failed
-            }
+            Err(panic) => self.panicked(counters, &*panic),
         }
+    }
+
+    /// The connection's TLS is over, for `why` (counted).
+    fn fail(&mut self, counters: &TlsCounters, why: Failure) -> Taken {
+        counters.failed(why);
+        *self = Transport::Done;
+        Taken::Failed
+    }
+
+    fn panicked(&mut self, counters: &TlsCounters, panic: &(dyn std::any::Any + Send)) -> Taken {
+        tracing::error!(
+            panic = crate::panic_text(panic),
+            "TLS processing panicked; closing the connection"
+        );
+        self.fail(counters, Failure::Other)
     }
 
     /// Whether the connection is a peer datacenter's, over mutual TLS.
@@ -181,6 +172,15 @@ impl Transport {
             Transport::Undecided(_) | Transport::Hello { .. } => true,
             Transport::Tls { session, .. } => !session.is_established(),
             Transport::Plain | Transport::Done => false,
+        }
+    }
+
+    /// Whether a TLS handshake has begun and not finished (a client leaving now gave up on it).
+    pub fn mid_handshake(&self) -> bool {
+        match self {
+            Transport::Hello { .. } => true,
+            Transport::Tls { session, .. } => !session.is_established(),
+            Transport::Plain | Transport::Undecided(_) | Transport::Done => false,
         }
     }
 

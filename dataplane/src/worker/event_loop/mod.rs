@@ -22,7 +22,7 @@ use super::{
     conn::{Conn, Phase, SlotResponse},
     load::LoadPublisher,
     ring::{Op, Ring, split_user_data, user_data},
-    transport::{Taken, Transport},
+    transport::Taken,
     wake::{WokenConns, poll_reply},
 };
 use crate::{
@@ -322,9 +322,6 @@ impl Worker {
                     &mut conn.tls_out,
                     &self.counters.tls,
                 );
-                if !conn.transport.handshaking() {
-                    conn.handshake_deadline = None;
-                }
             }
         }
         if let Some(bid) = bid {
@@ -373,9 +370,8 @@ impl Worker {
                 self.arm_recv(idx);
             }
             (0, false) => {
-                if matches!(&conn.transport, Transport::Tls { session, .. } if !session.is_established())
-                {
-                    // Gone mid-handshake (or before a byte): a client that gave up on us.
+                if conn.transport.mid_handshake() {
+                    // A client that gave up on its handshake.
                     self.counters.tls.failed(Failure::Closed);
                 }
                 self.on_peer_closed(idx);
@@ -407,7 +403,6 @@ impl Worker {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        conn.handshake_deadline = None;
         if conn.pending.is_empty() && conn.streaming.is_none() && conn.out.is_empty() {
             conn.input.clear();
             conn.phase = Phase::CloseAfterFlush;
@@ -440,6 +435,7 @@ impl Worker {
             }
             if let Some(deadline) = conn.handshake_deadline
                 && now > deadline
+                && conn.transport.handshaking()
             {
                 debug!(worker = self.ctx.worker, peer = ?conn.peer, "TLS handshake timed out; closing");
                 self.counters.tls.failed(Failure::Timeout);

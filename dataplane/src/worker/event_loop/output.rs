@@ -70,10 +70,7 @@ impl Worker {
             && conn.tls_out.is_empty();
         if last_sent && !conn.send_in_flight {
             // A TLS client is told the end is on purpose before the FIN.
-            let mut notify = std::mem::take(&mut conn.tls_out);
-            let notified = conn.transport.close_notify(&mut notify);
-            conn.tls_out = notify;
-            if !notified {
+            if !conn.transport.close_notify(&mut conn.tls_out) {
                 self.linger(idx);
                 return;
             }
