@@ -198,13 +198,20 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
             s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])?;
             slow.push(s);
         }
+        // An endless ClientHello: a 16 MiB handshake message, record after record, past what
+        // a worker holds for one.
+        let mut endless = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+        endless.resize(5 + 0x4000, 0x41);
+        let endless = endless.repeat(6);
         for garbage in [
             &b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\xde\xad\xbe\xef"[..],
             &b"\x16\x03\x01\xff\xff"[..],
             &b"\x16\x16\x16\x16\x16\x16\x16\x16\x16\x16"[..],
+            &endless,
         ] {
             let mut s = tcp()?;
-            s.write_all(garbage)?;
+            // The worker may close before all of it is written.
+            let _ = s.write_all(garbage);
             let mut back = Vec::new();
             let _ = s.read_to_end(&mut back);
             assert!(
@@ -232,7 +239,7 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         Ok(())
     })??;
     assert!(
-        metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed")) >= malformed_before + 2,
+        metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed")) >= malformed_before + 3,
         "malformed handshakes are counted"
     );
     assert!(
@@ -552,6 +559,49 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
     assert!(
         peer_failures() >= before + 2,
         "refused peer certificates are counted"
+    );
+
+    // The ClientHello reader that tells peers apart, on a worker that takes them: an endless
+    // ClientHello (a 16 MiB handshake message, record after record) and bytes that only look
+    // like records are closed, counted, and the handoffs go on.
+    let malformed = || {
+        world.metric(
+            "dc2",
+            "edgeplane_tls_failures_total",
+            &["reason=\"malformed\""],
+        )
+    };
+    let malformed_before = malformed();
+    world.world.ns("pop").run(|| -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        let mut endless = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+        endless.resize(5 + 0x4000, 0x41);
+        for hostile in [endless.repeat(6), vec![0x16; 70_000]] {
+            let mut s = TcpStream::connect_timeout(&dc2, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let started = Instant::now();
+            // The worker may close before all of it is written.
+            let _ = s.write_all(&hostile);
+            let mut back = Vec::new();
+            let _ = s.read_to_end(&mut back);
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "held open, not closed"
+            );
+            assert!(back.is_empty() || back[0] == 0x15, "an alert or nothing");
+        }
+        Ok(())
+    })??;
+    assert!(
+        malformed() >= malformed_before + 2,
+        "counted as malformed: {} then {}",
+        malformed_before,
+        malformed()
+    );
+    let (status, headers, _, _) = world.through_pop("hello.test", "/");
+    assert_eq!(
+        (status, header(&headers, "x-edge-placement")),
+        (200, Some("remote-dc2"))
     );
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
