@@ -66,16 +66,7 @@ pub(crate) fn ask(
             Ok(())
         }
         _ => {
-            let ask = Once::get("/apps", "edgectl", 1 << 20)?;
-            let answer = send_blocking(admin, ask, Duration::from_secs(5))
-                .with_context(|| format!("asking edged at {admin} for its apps"))?;
-            anyhow::ensure!(
-                answer.status == 200,
-                "edged answered {}: {}",
-                answer.status,
-                String::from_utf8_lossy(&answer.body).trim_end()
-            );
-            let versions: edgeplane::admin::Versions = serde_json::from_slice(&answer.body)?;
+            let versions: edgeplane::admin::Versions = get_json(admin, "/apps", "its apps")?;
             if as_json {
                 return print_json(&versions);
             }
@@ -105,17 +96,7 @@ fn certs(
     as_json: bool,
 ) -> anyhow::Result<()> {
     use edgeplane::certs::{CertInfo, Expiry, expiry};
-    use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
-    let ask = Once::get("/certificates", "edgectl", 1 << 20)?;
-    let answer = send_blocking(admin, ask, Duration::from_secs(5))
-        .with_context(|| format!("asking edged at {admin} for its certificates"))?;
-    anyhow::ensure!(
-        answer.status == 200,
-        "edged answered {}: {}",
-        answer.status,
-        String::from_utf8_lossy(&answer.body).trim_end()
-    );
-    let certs: Vec<CertInfo> = serde_json::from_slice(&answer.body)?;
+    let certs: Vec<CertInfo> = get_json(admin, "/certificates", "its certificates")?;
     if as_json {
         return print_json(&certs);
     }
@@ -178,4 +159,26 @@ fn certs(
         bail!("{} certificate(s) need attention", warnings.len());
     }
     Ok(())
+}
+
+/// GET `path` of edged's admin endpoint, as JSON; `what` says what was asked for in errors.
+fn get_json<T: serde::de::DeserializeOwned>(
+    admin: std::net::SocketAddr,
+    path: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
+    let answer = send_blocking(
+        admin,
+        Once::get(path, "edgectl", 1 << 20)?,
+        Duration::from_secs(5),
+    )
+    .with_context(|| format!("asking edged at {admin} for {what}"))?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "edged answered {}: {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body).trim_end()
+    );
+    Ok(serde_json::from_slice(&answer.body)?)
 }
