@@ -256,12 +256,16 @@ async fn main() -> anyhow::Result<()> {
             .map(|h| edgeplane::fleet::backends_of(&edgeplane_dataplane::lock(&h.wanted)))
             .unwrap_or_default(),
     ));
+    if let Some(control) = &cfg.control {
+        // TLS files that do not read stop the start here, rather than every reconnect later.
+        control.target().context("[control] tls")?;
+    }
     let measurer = match (
         &cfg.control,
         workers.as_ref().and_then(|w| w.handoff.clone()),
     ) {
         (Some(control), Some(handoff)) => Some(Measurer {
-            nats: control.target()?,
+            control: control.clone(),
             datacenter: cfg
                 .datacenter
                 .as_ref()

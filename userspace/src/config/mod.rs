@@ -69,8 +69,7 @@ pub struct ControlConfig {
 }
 
 impl ControlConfig {
-    /// Where NATS is and how to reach it (the TLS files are read now: a renewal takes effect
-    /// at the next connection).
+    /// Where NATS is and how to reach it, the TLS files read now.
     pub fn target(&self) -> anyhow::Result<crate::fleet::client::NatsTarget> {
         use crate::fleet::client::NatsTarget;
         match &self.tls {

@@ -145,7 +145,7 @@ pub async fn first_state(
     timeout: Duration,
 ) -> Option<FleetState> {
     let read = async {
-        let client = FleetClient::connect(&control.target()?, timeout).await?;
+        let client = FleetClient::connect_as(control, timeout).await?;
         let buckets = buckets(&client).await?;
         read_state(&client, &buckets, cache_dir).await
     };
@@ -192,12 +192,7 @@ impl Agent {
         }
         let mut quiet = false;
         loop {
-            let target = self.control.target();
-            let connected = match target {
-                Ok(target) => FleetClient::connect(&target, Duration::from_secs(2)).await,
-                Err(e) => Err(e),
-            };
-            match connected {
+            match FleetClient::connect_as(&self.control, Duration::from_secs(2)).await {
                 Ok(client) => {
                     quiet = false;
                     if let Err(e) = self.session(&client).await {

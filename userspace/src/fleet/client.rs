@@ -49,6 +49,15 @@ pub struct FleetClient {
 const HISTORY: i64 = 5;
 
 impl FleetClient {
+    /// Connects as `[control]` says, its TLS files read now: a renewal takes effect at the
+    /// next connection.
+    pub async fn connect_as(
+        control: &crate::config::ControlConfig,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::connect(&control.target()?, timeout).await
+    }
+
     /// Connects within `timeout` (a first connection; afterwards the client reconnects on its
     /// own, forever).
     pub async fn connect(target: &NatsTarget, timeout: Duration) -> anyhow::Result<Self> {

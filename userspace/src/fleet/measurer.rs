@@ -17,7 +17,7 @@ use crate::PinnedMaps;
 
 pub struct Measurer {
     /// The fleet's NATS, on a connection of the measurer's own.
-    pub nats: super::client::NatsTarget,
+    pub control: crate::config::ControlConfig,
     pub datacenter: String,
     pub every: Duration,
     /// This datacenter's peers and their health.
@@ -38,7 +38,8 @@ impl Measurer {
     /// Runs forever: every `every`, one exchange; on a failure, a new connection.
     pub async fn run(mut self) {
         loop {
-            if let Ok(client) = FleetClient::connect(&self.nats, Duration::from_secs(2)).await {
+            if let Ok(client) = FleetClient::connect_as(&self.control, Duration::from_secs(2)).await
+            {
                 let mut tick = tokio::time::interval(self.every);
                 loop {
                     tick.tick().await;
