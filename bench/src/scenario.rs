@@ -80,6 +80,13 @@ impl Setup {
 }
 
 /// Prints one row per run; ratios are against `runs[baseline]`.
+/// The median of `values` (the upper one of an even count); NaN when there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 pub fn print_table(title: &str, runs: &[&LoadReport], baseline: usize) {
     println!("\n{title}");
     println!(

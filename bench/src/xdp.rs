@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::{
     netns::{LinkEnd, Netns, ifindex, veth_pair},
     packets::FrameSpec,
+    scenario::median,
 };
 
 pub const APP_VIP: &str = "10.88.0.2:53/udp";
@@ -103,11 +104,6 @@ fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
         ..Default::default()
     })?;
     Ok(r.duration.as_nanos() as f64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Debug, Serialize)]

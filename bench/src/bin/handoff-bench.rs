@@ -13,6 +13,7 @@ use edgeplane_bench::{
     edged::{DatacenterSpec, WORKER_PORT, place},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     plan::Plan,
+    scenario::median,
     tls::TestCa,
     world::World,
 };
@@ -154,12 +155,10 @@ fn main() -> anyhow::Result<()> {
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (plain, mtls) = (median(&overheads[0]), median(&overheads[1]));
+    let (plain, mtls) = (
+        median(overheads[0].iter().copied()),
+        median(overheads[1].iter().copied()),
+    );
     println!(
         "handoff overhead at p50, one request at a time (median of {} rounds): plain {plain:.0} us {:?}, mutual TLS {mtls:.0} us {:?}: {:+.0} us (targets: <= 150 us; mutual TLS within 20 us of plain)",
         overheads[0].len(),

@@ -446,9 +446,7 @@ fn versus(
 /// Each figure's median over `runs` of one target (errors: their sum).
 fn median_result(target: &str, runs: &[&LoadResult]) -> LoadResult {
     let median = |f: &dyn Fn(&LoadResult) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        edgeplane_bench::scenario::median(runs.iter().map(|r| f(r)))
     };
     let busy_fraction = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_fraction));
     let busy_seconds = median(&|r| r.server_cpu.map_or(f64::NAN, |c| c.busy_seconds));

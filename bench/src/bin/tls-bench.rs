@@ -10,7 +10,7 @@ use clap::Parser;
 use edgeplane_bench::{
     edged::start_local,
     http::{Server, nginx_with},
-    scenario::Setup,
+    scenario::{Setup, median},
     tls::TestCa,
     tls_load::{TlsLoad, TlsLoadResult},
 };
@@ -172,28 +172,17 @@ static_body = "hello\n"
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Medians per target, each load's first target (nginx) the baseline of its group.
 fn print_table(results: &[(String, Vec<TlsLoadResult>)], group: usize) {
     println!("\n| one server core, HTTPS | req/s | req per CPU-second | vs nginx | errors |");
     println!("|---|---|---|---|---|");
     for chunk in results.chunks(group) {
-        let base = median(
-            chunk[0]
-                .1
-                .iter()
-                .map(|r| r.requests_per_cpu_second)
-                .collect(),
-        );
+        let base = median(chunk[0].1.iter().map(|r| r.requests_per_cpu_second));
         for (name, runs) in chunk {
-            let per_cpu = median(runs.iter().map(|r| r.requests_per_cpu_second).collect());
+            let per_cpu = median(runs.iter().map(|r| r.requests_per_cpu_second));
             println!(
                 "| {name} | {:.0} | {:.0} | {:.2}x | {} |",
-                median(runs.iter().map(|r| r.requests_per_sec).collect()),
+                median(runs.iter().map(|r| r.requests_per_sec)),
                 per_cpu,
                 per_cpu / base.max(1e-9),
                 runs.iter().map(|r| r.errors).sum::<u64>()
