@@ -8,7 +8,9 @@ use std::sync::Arc;
 use rustls::{
     HandshakeKind, ServerConfig,
     server::UnbufferedServerConnection,
-    unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic},
+    unbuffered::{
+        ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
+    },
 };
 
 /// Received bytes held while they do not make a whole record (a record is at most ~16.6 KB; a
@@ -81,11 +83,7 @@ impl TlsSession {
         }
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::WriteTraffic(mut write)) = state {
-            let _ = fill(to_send, 64, |buf| match write.queue_close_notify(buf) {
-                Ok(n) => Ok(n),
-                Err(EncryptError::InsufficientSize(s)) => Err(s.required_size),
-                Err(_) => Ok(usize::MAX),
-            });
+            let _ = fill(to_send, 64, |buf| encrypted(write.queue_close_notify(buf)));
         }
     }
 
@@ -125,13 +123,7 @@ impl TlsSession {
                         discard += record?.discard;
                     }
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    fill(to_send, 4096, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(s)) => Err(s.required_size),
-                        Err(EncodeError::AlreadyEncoded) => Ok(0),
-                    })?;
-                }
+                ConnectionState::EncodeTlsData(mut encode) => encode_into(&mut encode, to_send)?,
                 // What was encoded is in `to_send`, which the worker sends in order.
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::WriteTraffic(mut write) => {
@@ -160,13 +152,37 @@ impl TlsSession {
     fn take_alert(&mut self, to_send: &mut Vec<u8>) {
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-            let _ = fill(to_send, 64, |buf| match encode.encode(buf) {
-                Ok(n) => Ok(n),
-                Err(EncodeError::InsufficientSize(s)) => Err(s.required_size),
-                Err(EncodeError::AlreadyEncoded) => Ok(0),
-            });
+            let _ = encode_into(&mut encode, to_send);
         }
     }
+}
+
+/// What one attempt to write into a buffer came to.
+enum Wrote {
+    Bytes(usize),
+    /// The buffer must hold this many bytes.
+    NeedsRoom(usize),
+    Failed,
+}
+
+fn encrypted(result: Result<usize, EncryptError>) -> Wrote {
+    match result {
+        Ok(n) => Wrote::Bytes(n),
+        Err(EncryptError::InsufficientSize(s)) => Wrote::NeedsRoom(s.required_size),
+        Err(_) => Wrote::Failed,
+    }
+}
+
+/// Appends the handshake record `encode` holds to `to_send`.
+fn encode_into(
+    encode: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    to_send: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    fill(to_send, 4096, |buf| match encode.encode(buf) {
+        Ok(n) => Wrote::Bytes(n),
+        Err(EncodeError::InsufficientSize(s)) => Wrote::NeedsRoom(s.required_size),
+        Err(EncodeError::AlreadyEncoded) => Wrote::Bytes(0),
+    })
 }
 
 fn encrypt_into(
@@ -175,32 +191,33 @@ fn encrypt_into(
     to_send: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
     // A record's overhead is under 64 bytes, one record per 16 KB.
-    let guess = data.len() + (data.len() / 16_384 + 1) * 64;
-    fill(to_send, guess, |buf| match write.encrypt(data, buf) {
-        Ok(n) => Ok(n),
-        Err(EncryptError::InsufficientSize(s)) => Err(s.required_size),
-        Err(_) => Ok(usize::MAX),
-    })
+    let guess = data
+        .len()
+        .saturating_add((data.len() / 16_384 + 1).saturating_mul(64));
+    fill(to_send, guess, |buf| encrypted(write.encrypt(data, buf)))
 }
 
 /// Appends to `out` what `write` puts into a buffer of `guess` bytes, or of the size it asks
-/// for (`Err(size)`); `Ok(usize::MAX)` is its failure.
+/// for.
 fn fill(
     out: &mut Vec<u8>,
     guess: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, usize>,
+    mut write: impl FnMut(&mut [u8]) -> Wrote,
 ) -> Result<(), rustls::Error> {
     let start = out.len();
     let mut size = guess;
     for _ in 0..2 {
-        out.resize(start + size, 0);
+        let Some(end) = start.checked_add(size) else {
+            break;
+        };
+        out.resize(end, 0);
         match write(&mut out[start..]) {
-            Ok(n) if n <= size => {
+            Wrote::Bytes(n) if n <= size => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Ok(_) => break,
-            Err(needed) => size = needed,
+            Wrote::Bytes(_) | Wrote::Failed => break,
+            Wrote::NeedsRoom(needed) => size = needed,
         }
     }
     out.truncate(start);
