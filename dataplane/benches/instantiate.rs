@@ -30,12 +30,9 @@ use edgeplane_dataplane::{
 };
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    component::{Component, Linker, ResourceTable},
+    component::Component,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{
-    WasiHttpCtx, WasiHttpCtxView, WasiHttpView, default_hooks, p2::bindings::ProxyPre,
-};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 // What edged runs with (userspace/src/bin/edged.rs).
 #[global_allocator]
@@ -86,34 +83,8 @@ fn runtime() -> Rc<AppRuntime> {
     )
 }
 
-/// A store as plain as `wasmtime serve`'s: WASI, wasi:http, the resource table.
-struct PlainState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for PlainState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for PlainState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: default_hooks(),
-        }
-    }
-}
-
 /// The same component on wasmtime's pooling allocator, default settings.
-fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<PlainState>) {
+fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<common::PlainState>) {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -122,11 +93,7 @@ fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<PlainState>) {
         ));
     let engine = Engine::new(&config).expect("engine");
     let component = Component::from_file(&engine, common::app(component)).expect("compiles");
-    let mut linker = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
-    let pre = linker.instantiate_pre(&component).expect("links");
-    (engine, ProxyPre::new(pre).expect("is a proxy"))
+    (engine.clone(), common::plain_pre(&engine, &component))
 }
 
 fn bench(c: &mut Criterion) {
@@ -187,12 +154,7 @@ fn bench(c: &mut Criterion) {
                     let took = timed(iters, &|| {
                         let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
                         Box::pin(async move {
-                            let state = PlainState {
-                                wasi: WasiCtxBuilder::new().inherit_stderr().build(),
-                                http: WasiHttpCtx::new(),
-                                table: ResourceTable::new(),
-                            };
-                            let mut store = Store::new(&engine, state);
+                            let mut store = Store::new(&engine, common::PlainState::new());
                             pre.instantiate_async(&mut store)
                                 .await
                                 .expect("instantiate");

@@ -39,3 +39,41 @@ pub fn build(cargo: &str, apps: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// apps/ballast built with a memory image of `mib` MiB (the default build, `component(apps,
+/// "ballast")`, has 16), left at apps/target/ballast/ballast-<mib>mib.wasm. Each size is its own
+/// build of the one small crate (its dependencies are built once); a size already built is not
+/// built again.
+pub fn ballast(cargo: &str, apps: &Path, mib: u32) -> Result<PathBuf, String> {
+    let out = apps
+        .join("target/ballast")
+        .join(format!("ballast-{mib}mib.wasm"));
+    if out.exists() {
+        return Ok(out);
+    }
+    let target = apps.join("target/ballast/build");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "ballast",
+        ])
+        .arg("--manifest-path")
+        .arg(apps.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env("BALLAST_MIB", mib.to_string())
+        .status()
+        .map_err(|e| format!("running {cargo} for apps/ballast: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building apps/ballast with {mib} MiB failed ({status})"
+        ));
+    }
+    std::fs::copy(target.join("wasm32-wasip2/release/ballast.wasm"), &out)
+        .map_err(|e| format!("copying the {mib} MiB ballast: {e}"))?;
+    Ok(out)
+}

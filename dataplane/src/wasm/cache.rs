@@ -208,6 +208,13 @@ impl<T: Clone> CodeCache<T> {
             &self.engine.precompile_compatibility_hash(),
             &mut HashWriter(&mut hasher),
         );
+        // Whether an artifact maps its memory image or copies it is decided when it is compiled,
+        // and the compatibility hash leaves this setting out.
+        hasher.update(
+            self.engine
+                .get_memory_guaranteed_dense_image_size()
+                .to_le_bytes(),
+        );
         let key = hex::encode(hasher.finalize());
         let artifact = self.dir.join(format!("{key}.cwasm"));
         // Read, not mmap: a mapped artifact truncated by anyone else would SIGBUS the worker.

@@ -38,6 +38,11 @@ impl Default for EngineConfig {
 
 /// One Engine per worker, so each worker's instance churn stays in its own pool.
 pub fn build_engine(cfg: &EngineConfig) -> anyhow::Result<Engine> {
+    Ok(Engine::new(&wasmtime_config(cfg))?)
+}
+
+/// The wasmtime configuration `build_engine` uses (benchmarks vary it).
+pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(cfg.max_instances)
         .total_core_instances(cfg.max_instances * 4)
@@ -54,8 +59,13 @@ pub fn build_engine(cfg: &EngineConfig) -> anyhow::Result<Engine> {
         .epoch_interruption(true)
         .max_wasm_stack(cfg.max_wasm_stack)
         .async_stack_size(cfg.max_wasm_stack + (256 << 10))
+        // Every memory image gets a copy-on-write mapping, however sparse its data: past 16 MiB
+        // wasmtime's default keeps one only for images at least half full, and a component
+        // without one copies its whole data into every fresh instance (TUNING.md, "Large
+        // components"). No memory is larger than `max_memory_bytes`, nor is its image.
+        .memory_guaranteed_dense_image_size(cfg.max_memory_bytes as u64)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Ok(Engine::new(&config)?)
+    config
 }
 
 /// One thread that advances every registered engine's epoch: CPU deadlines without a timer

@@ -14,7 +14,7 @@ mod runtime;
 use std::{path::PathBuf, time::Duration};
 
 pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
-pub use engine::{EngineConfig, EpochTicker, build_engine};
+pub use engine::{EngineConfig, EpochTicker, build_engine, wasmtime_config};
 pub use error::HandleError;
 pub use observe::{DestinationStats, Observations};
 pub use runtime::{AppChanges, AppRuntime};
