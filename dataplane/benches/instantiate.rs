@@ -13,6 +13,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::{
     cell::Cell,
@@ -84,7 +85,7 @@ fn runtime() -> Rc<AppRuntime> {
 }
 
 /// The same component on wasmtime's pooling allocator, default settings.
-fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<common::PlainState>) {
+fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<support::PlainState>) {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -93,7 +94,7 @@ fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<common::PlainState>) 
         ));
     let engine = Engine::new(&config).expect("engine");
     let component = Component::from_file(&engine, common::app(component)).expect("compiles");
-    (engine.clone(), common::plain_pre(&engine, &component))
+    (engine.clone(), support::plain_pre(&engine, &component))
 }
 
 fn bench(c: &mut Criterion) {
@@ -154,7 +155,7 @@ fn bench(c: &mut Criterion) {
                     let took = timed(iters, &|| {
                         let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
                         Box::pin(async move {
-                            let mut store = Store::new(&engine, common::PlainState::new());
+                            let mut store = Store::new(&engine, support::PlainState::new());
                             pre.instantiate_async(&mut store)
                                 .await
                                 .expect("instantiate");

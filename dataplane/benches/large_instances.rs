@@ -16,6 +16,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::{
     cell::Cell,
@@ -119,13 +120,13 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
     let component = unsafe { Component::deserialize(engine, &compiled) }.expect("loads");
     let load = start.elapsed();
     let start = Instant::now();
-    let pre = common::plain_pre(engine, &component);
+    let pre = support::plain_pre(engine, &component);
     let link = start.elapsed();
 
     let (mut instantiate, mut first, mut drop_store, mut reused) = Default::default();
     for _ in 0..iters {
         let at = mark();
-        let mut store = Store::new(engine, common::PlainState::new());
+        let mut store = Store::new(engine, support::PlainState::new());
         store.set_epoch_deadline(1 << 40);
         let proxy = pre
             .instantiate_async(&mut store)
@@ -133,7 +134,7 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
             .expect("instantiates");
         Phase::add(&mut instantiate, at);
         let at = mark();
-        let (status, ..) = common::plain_get(&mut store, &proxy).await;
+        let (status, ..) = support::plain_get(&mut store, &proxy).await;
         assert_eq!(status, 200);
         Phase::add(&mut first, at);
         let at = mark();
@@ -141,16 +142,16 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
         Phase::add(&mut drop_store, at);
     }
     if reusable {
-        let mut store = Store::new(engine, common::PlainState::new());
+        let mut store = Store::new(engine, support::PlainState::new());
         store.set_epoch_deadline(1 << 40);
         let proxy = pre
             .instantiate_async(&mut store)
             .await
             .expect("instantiates");
-        common::plain_get(&mut store, &proxy).await;
+        support::plain_get(&mut store, &proxy).await;
         for _ in 0..iters {
             let at = mark();
-            let (status, ..) = common::plain_get(&mut store, &proxy).await;
+            let (status, ..) = support::plain_get(&mut store, &proxy).await;
             assert_eq!(status, 200);
             Phase::add(&mut reused, at);
         }
@@ -295,7 +296,7 @@ fn bench(c: &mut Criterion) {
         rt.preload(&app).expect("ballast compiles");
         let component =
             Component::from_file(&baseline, common::ballast(mib)).expect("ballast compiles");
-        let pre = common::plain_pre(&baseline, &component);
+        let pre = support::plain_pre(&baseline, &component);
         let (ours, theirs) = (
             Cell::new((Duration::ZERO, 0)),
             Cell::new((Duration::ZERO, 0)),
@@ -321,9 +322,9 @@ fn bench(c: &mut Criterion) {
                     let took = timed(iters, &|| {
                         let (engine, pre) = (baseline.clone(), pre.clone());
                         Box::pin(async move {
-                            let mut store = Store::new(&engine, common::PlainState::new());
+                            let mut store = Store::new(&engine, support::PlainState::new());
                             let proxy = pre.instantiate_async(&mut store).await.expect("instance");
-                            let (status, ..) = common::plain_get(&mut store, &proxy).await;
+                            let (status, ..) = support::plain_get(&mut store, &proxy).await;
                             assert_eq!(status, 200);
                         })
                     });

@@ -141,6 +141,29 @@ impl TwoHosts {
             .flatten()
     }
 
+    /// A counter family's value at `admin`, summed over its samples (those whose label `label`
+    /// has the given value, when one is given), as the reference OpenMetrics parser reads it.
+    pub fn metric(
+        &self,
+        admin: std::net::SocketAddr,
+        name: &str,
+        label: Option<(&str, &str)>,
+    ) -> u64 {
+        let (_, text) = self.admin(admin, "/metrics").expect("metrics");
+        let families = parse_openmetrics(&text);
+        let family = families
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"));
+        family["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| label.is_none_or(|(key, want)| s["labels"][key] == want))
+            .map(|s| s["value"].as_f64().unwrap_or(0.0) as u64)
+            .sum()
+    }
+
     /// A connection to `server` from the client's address and `port` (call it in the client's
     /// namespace): the source port picks the worker the flow hash sends it to.
     pub fn connect_from(

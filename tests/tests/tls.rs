@@ -27,7 +27,7 @@ use edgeplane_tests::{
     canonical::{self, Tuning},
     edgeplane_binary,
     http::{get, header},
-    parse_openmetrics, require_root,
+    require_root,
 };
 
 const ADMIN: &str = "127.0.0.1:9941";
@@ -81,23 +81,6 @@ fn tcp() -> anyhow::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&server(), Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     Ok(s)
-}
-
-/// A counter family's value at `admin`, summed over its samples (those of `reason` only).
-fn metric(hosts: &TwoHosts, admin: SocketAddr, name: &str, reason: Option<&str>) -> u64 {
-    let (_, text) = hosts.admin(admin, "/metrics").expect("metrics");
-    let families = parse_openmetrics(&text);
-    let family = families
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"));
-    family["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| reason.is_none_or(|want| s["labels"]["reason"] == want))
-        .map(|s| s["value"].as_f64().unwrap_or(0.0) as u64)
-        .sum()
 }
 
 #[test]
@@ -186,8 +169,13 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     );
 
     // Hostile and slow handshakes: each costs its own connection, the worker serves on.
-    let malformed_before = metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed"));
-    let timeouts_before = metric(&hosts, admin, "edgeplane_tls_failures", Some("timeout"));
+    let malformed_before = hosts.metric(
+        admin,
+        "edgeplane_tls_failures",
+        Some(("reason", "malformed")),
+    );
+    let timeouts_before =
+        hosts.metric(admin, "edgeplane_tls_failures", Some(("reason", "timeout")));
     hosts.client.run(|| -> anyhow::Result<()> {
         use std::io::{Read as _, Write as _};
         // Half a ClientHello, then silence: held open until the handshake timeout, meanwhile
@@ -239,11 +227,16 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         Ok(())
     })??;
     assert!(
-        metric(&hosts, admin, "edgeplane_tls_failures", Some("malformed")) >= malformed_before + 3,
+        hosts.metric(
+            admin,
+            "edgeplane_tls_failures",
+            Some(("reason", "malformed"))
+        ) >= malformed_before + 3,
         "malformed handshakes are counted"
     );
     assert!(
-        metric(&hosts, admin, "edgeplane_tls_failures", Some("timeout")) >= timeouts_before + 8,
+        hosts.metric(admin, "edgeplane_tls_failures", Some(("reason", "timeout")))
+            >= timeouts_before + 8,
         "timed-out handshakes are counted"
     );
     // edgectl shows each certificate, and warns of the one inside its window.
@@ -279,15 +272,14 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     assert!(!edgectl(&["--check"]).0, "--check fails with a warning");
     let (ok, _, warnings) = edgectl(&["--check", "--warn-days", "10"]);
     assert!(ok && warnings.is_empty(), "{warnings}");
-    let expiry = metric(
-        &hosts,
+    let expiry = hosts.metric(
         admin,
         "edgeplane_tls_certificate_expiry_timestamp_seconds",
         None,
     );
     assert!(expiry > 0, "the expiry metric");
-    let handshakes = metric(&hosts, admin, "edgeplane_tls_handshakes", None);
-    let resumed = metric(&hosts, admin, "edgeplane_tls_resumed", None);
+    let handshakes = hosts.metric(admin, "edgeplane_tls_handshakes", None);
+    let resumed = hosts.metric(admin, "edgeplane_tls_resumed", None);
     assert!(handshakes >= 24, "{handshakes} handshakes");
     assert!(resumed >= 20, "{resumed} resumed");
     let _ = std::fs::remove_dir_all(dir);

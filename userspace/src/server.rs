@@ -207,6 +207,10 @@ pub fn start(
         let residency = Residency::default();
         workers.residency.push(residency.clone());
         let pool_cfg = cfg.runtime.pool;
+        let (prepare_ahead, prepared) = (
+            cfg.runtime.prepare_ahead as usize,
+            workers.counters[cpu as usize].prepared.clone(),
+        );
         let (engine_cfg, cache_dir, budget, max_in_flight) = (
             cfg.runtime.engine.clone(),
             cfg.runtime.cache_dir.clone(),
@@ -248,7 +252,8 @@ pub fn start(
                     engine_cfg.epoch_tick,
                     max_in_flight,
                 )?
-                .with_pool(Arc::new(ConnPool::new(pool_cfg))),
+                .with_pool(Arc::new(ConnPool::new(pool_cfg)))
+                .with_prepare_ahead(prepare_ahead, prepared.clone()),
             );
             runtime.publish_residency_to(residency.clone());
             runtime.route_functions_via(functions_via);

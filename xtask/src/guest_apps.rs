@@ -1,5 +1,6 @@
 //! Building the guest apps in apps/ (their own workspace) for wasm32-wasip2, into apps/target.
-//! Shared by xtask and the test crates (included with `#[path]`), so std only.
+//! Shared by xtask and the test crates (included with `#[path]`), so std only; each uses part.
+#![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},
@@ -76,4 +77,72 @@ pub fn ballast(cargo: &str, apps: &Path, mib: u32) -> Result<PathBuf, String> {
     std::fs::copy(target.join("wasm32-wasip2/release/ballast.wasm"), &out)
         .map_err(|e| format!("copying the {mib} MiB ballast: {e}"))?;
     Ok(out)
+}
+
+/// The JavaScript apps in apps/js-hello, componentized with componentize-js from the npm
+/// registry (the versions its package-lock.json pins), left in apps/target/js-hello:
+/// - `js-hello.wasm`, from app.js: StarlingMonkey's fetch event, as users write one;
+/// - `js-handler.wasm`, from handler.js: the engine exporting wasi:http's incoming-handler itself.
+///   The fetch event answers once per instance (StarlingMonkey issue 247), so this is the
+///   JavaScript app that serves from reused instances too.
+///
+/// The WIT they are built against is wasmtime-wasi-http's with its versions at 0.2.10, which
+/// the engine speaks (apps/js-hello/wit; PLATFORM.md). Rebuilt when a source is newer.
+pub fn javascript(apps: &Path) -> Result<PathBuf, String> {
+    let src = apps.join("js-hello");
+    let dir = apps.join("target/js-hello");
+    let built = [
+        ("app.js", "js-hello.wasm"),
+        ("handler.js", "js-handler.wasm"),
+    ];
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = built.iter().all(|(source, out)| {
+        let out = modified(&dir.join(out));
+        out.is_some() && out >= modified(&src.join(source))
+    });
+    if fresh {
+        return Ok(dir);
+    }
+    let copy = |from: &Path, to: &Path| {
+        std::fs::copy(from, to).map_err(|e| format!("copying {}: {e}", from.display()))
+    };
+    std::fs::create_dir_all(dir.join("wit/deps")).map_err(|e| e.to_string())?;
+    for file in [
+        "package.json",
+        "package-lock.json",
+        "build.mjs",
+        "app.js",
+        "handler.js",
+    ] {
+        copy(&src.join(file), &dir.join(file))?;
+    }
+    copy(&src.join("wit/world.wit"), &dir.join("wit/world.wit"))?;
+    for entry in std::fs::read_dir(src.join("wit/deps")).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if let Some(name) = path.file_name() {
+            copy(&path, &dir.join("wit/deps").join(name))?;
+        }
+    }
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let status = cmd
+            .current_dir(&dir)
+            .status()
+            .map_err(|e| format!("{what}: {e} (Node.js and npm on the machine? ./x setup)"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({status})"))
+        }
+    };
+    run(
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]),
+        "npm ci for apps/js-hello",
+    )?;
+    for (source, out) in built {
+        run(
+            Command::new("node").args(["build.mjs", source, "wit", out]),
+            &format!("componentize-js for {source}"),
+        )?;
+    }
+    Ok(dir)
 }

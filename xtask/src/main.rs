@@ -297,7 +297,26 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
                         "--json",
                         &json("http-bench-hello-wstd"),
                     ],
-                )?
+                )?;
+                // Large components (issue K): JavaScript (handler.js, which serves reused
+                // instances too) and the 16 MiB Rust image.
+                let apps = workspace_root().join("apps");
+                let js = guest_apps::javascript(&apps)
+                    .map_err(anyhow::Error::msg)?
+                    .join("js-handler.wasm");
+                let ballast = guest_apps::component(&apps, "ballast");
+                for (component, name) in [(js, "http-bench-js"), (ballast, "http-bench-ballast")] {
+                    run_bin(
+                        "http-bench",
+                        &[
+                            "--component",
+                            &component.display().to_string(),
+                            "--large",
+                            "--json",
+                            &json(name),
+                        ],
+                    )?;
+                }
             }
             Scenario::Stream => run_bin("stream-bench", &[])?,
             Scenario::Handoff => run_bin("handoff-bench", &["--json", &json("handoff-bench")])?,
@@ -306,17 +325,70 @@ fn bench(scenarios: &[Scenario]) -> anyhow::Result<()> {
             Scenario::Upgrade => run_bin("upgrade-bench", &["--out", &folder("upgrade")])?,
             Scenario::Fleet => run_bin("fleet-bench", &["--out", &folder("fleet")])?,
             Scenario::Tls => run_bin("tls-bench", &["--json", &json("tls-bench")])?,
-            Scenario::Instantiate => cargo(&[
-                "bench",
-                "--locked",
-                "-p",
-                "edgeplane-dataplane",
-                "--bench",
-                "instantiate",
-            ])?,
+            Scenario::Instantiate => {
+                cargo(&[
+                    "bench",
+                    "--locked",
+                    "-p",
+                    "edgeplane-dataplane",
+                    "--bench",
+                    "instantiate",
+                ])?;
+                large_instances(&out)?;
+            }
             Scenario::Canonical => demo::run(demo::DemoArgs::full(out.join("canonical")))?,
         }
     }
+    Ok(())
+}
+
+/// The large-instance breakdown and scaling curve (dataplane/benches/large_instances.rs),
+/// plotted into bench/large-instances.svg.
+fn large_instances(out: &Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Point {
+        image_mib: f64,
+        edgeplane_us: f64,
+        wasmtime_pooling_defaults_us: f64,
+    }
+    let curve = out.join("large-instances.json");
+    let args = [
+        "bench",
+        "--locked",
+        "-p",
+        "edgeplane-dataplane",
+        "--bench",
+        "large_instances",
+    ];
+    eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .env("EDGEPLANE_CURVE_JSON", &curve)
+        .current_dir(workspace_root())
+        .status()
+        .context("running the large_instances bench")?;
+    if !status.success() {
+        bail!("the large_instances bench failed ({status})");
+    }
+    let points: Vec<Point> = serde_json::from_slice(&std::fs::read(&curve)?)?;
+    let series = |label: &str, y: fn(&Point) -> f64| edgeplane_bench::plot::Series {
+        label: label.into(),
+        points: points.iter().map(|p| (p.image_mib, y(p))).collect(),
+    };
+    let svg = workspace_root().join("bench/large-instances.svg");
+    edgeplane_bench::plot::lines(
+        &svg,
+        "Fresh instance: store + instantiate + first request",
+        "memory image (MiB)",
+        "us per request",
+        &[
+            series("edgeplane", |p| p.edgeplane_us),
+            series("wasmtime pooling defaults", |p| {
+                p.wasmtime_pooling_defaults_us
+            }),
+        ],
+    )?;
+    eprintln!("\x1b[1m[xtask]\x1b[0m plotted {}", svg.display());
     Ok(())
 }
 

@@ -33,6 +33,13 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A large component (issue K): only the one-core phase, then the low-load phase (fresh
+    /// instances prepared ahead vs reused vs fresh ones made on the request's path).
+    #[arg(long)]
+    large: bool,
+    /// The low-load phase's open-loop rate (requests per second).
+    #[arg(long, default_value_t = 100.0)]
+    low_rate: f64,
     /// Instead of the baselines: this edged binary against another (an earlier build), one
     /// core each, static / reused hello / fresh hello, rounds interleaved: what a change costs.
     #[arg(long)]
@@ -47,9 +54,12 @@ const NGINX_PINNED_PORT: u16 = 18089;
 const WASMTIME_REUSE_PORT: u16 = 18083;
 const EDGED_ONE_CORE_PORT: u16 = 18085;
 const EDGED_VERSUS_PORT: u16 = 18090;
+const EDGED_UNPREPARED_PORT: u16 = 18091;
 const NGINX_ONE_CORE_PORT: u16 = 18086;
 const WASMTIME_FRESH_ONE_CORE_PORT: u16 = 18087;
 const WASMTIME_REUSE_ONE_CORE_PORT: u16 = 18088;
+/// edged's default: instances prepared ahead for the 4 hottest fresh-instance apps.
+const PREPARE_AHEAD: u32 = 4;
 /// In the one-core phase, the server's CPU and the load generator's.
 const SERVER_CPU: u32 = 0;
 const LOADGEN_CPU: u32 = 1;
@@ -123,6 +133,7 @@ struct Results {
     max_load: Vec<LoadResult>,
     half_load: Vec<LoadReport>,
     one_core: Vec<LoadResult>,
+    low_load: Vec<LoadReport>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -143,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         return versus(&args, &edged_bin, other, &component);
     }
     let duration = Duration::from_secs(if args.smoke { 1 } else { args.seconds });
+    if args.large {
+        return large(&args, &edged_bin, &component, duration);
+    }
     let wrk = Wrk {
         cpu: None,
         threads: 1,
@@ -167,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         EDGED_PINNED_PORT,
         true,
         None,
+        PREPARE_AHEAD,
     )?);
     servers.push(start_edged(
         &edged_bin,
@@ -175,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         EDGED_UNPINNED_PORT,
         false,
         None,
+        PREPARE_AHEAD,
     )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
@@ -262,6 +278,7 @@ fn main() -> anyhow::Result<()> {
         max_load,
         half_load,
         one_core,
+        low_load: Vec::new(),
     };
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
@@ -297,6 +314,7 @@ fn one_core_phase(
         EDGED_ONE_CORE_PORT,
         true,
         Some(1),
+        PREPARE_AHEAD,
     )?];
     // (name, port, Host) of each run, edgeplane's and its baseline's back to back.
     let mut runs: Vec<(&str, u16, &str)> = Vec::new();
@@ -366,6 +384,128 @@ fn one_core_phase(
         .collect())
 }
 
+/// A large component: the one-core phase (edgeplane vs `wasmtime serve` per CPU-second, fresh
+/// and reused), then latency at a low open-loop rate, where a worker is idle between requests:
+/// fresh instances prepared ahead, reused ones, fresh ones made on the request's path (an edged
+/// with `prepare_ahead = 0`), and `wasmtime serve`'s fresh ones. One server core each.
+fn large(
+    args: &Args,
+    edged_bin: &std::path::Path,
+    component: &std::path::Path,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("edgeplane-http-large-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let wrk = Wrk {
+        cpu: None,
+        threads: 1,
+        connections: args.connections,
+        duration,
+    };
+    std::fs::create_dir_all(scratch.join("unprepared"))?;
+    let one_core = one_core_phase(args, &wrk, edged_bin, &scratch, component)?;
+    print_one_core(&one_core);
+
+    let mut servers = vec![
+        start_edged(
+            edged_bin,
+            &scratch,
+            component,
+            EDGED_ONE_CORE_PORT,
+            true,
+            Some(1),
+            PREPARE_AHEAD,
+        )?,
+        start_edged(
+            edged_bin,
+            &scratch.join("unprepared"),
+            component,
+            EDGED_UNPREPARED_PORT,
+            true,
+            Some(1),
+            0,
+        )?,
+    ];
+    let mut targets = vec![
+        (
+            "edgeplane fresh, prepared ahead",
+            EDGED_ONE_CORE_PORT,
+            "hello",
+        ),
+        ("edgeplane reused", EDGED_ONE_CORE_PORT, "reused"),
+        (
+            "edgeplane fresh, made on the path",
+            EDGED_UNPREPARED_PORT,
+            "hello",
+        ),
+    ];
+    if let Some(wasmtime) = find_wasmtime() {
+        servers.push(wasmtime_serve(
+            &wasmtime,
+            component,
+            WASMTIME_FRESH_ONE_CORE_PORT,
+            None,
+            Some(SERVER_CPU),
+        )?);
+        targets.push((
+            "wasmtime serve, fresh",
+            WASMTIME_FRESH_ONE_CORE_PORT,
+            "hello",
+        ));
+    }
+    let mut low_load = Vec::new();
+    for (name, port, host) in &targets {
+        let spec = LoadSpec {
+            addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+            host: (*host).into(),
+            path: "/".into(),
+            connections: 4,
+            duration,
+            arrival: Arrival::Open {
+                rate: args.low_rate,
+            },
+        };
+        low_load.push(loadgen::run(name, &spec)?);
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "\nLow load: {} req/s open loop, 4 connections, one server core",
+        args.low_rate
+    );
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "server", "served/s", "p50 ms", "p90 ms", "p99 ms", "errors"
+    );
+    for r in &low_load {
+        println!(
+            "{:<40} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            r.target, r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.errors
+        );
+    }
+    let p50 = |name: &str| low_load.iter().find(|r| r.target == name).map(|r| r.p50_ms);
+    if let (Some(prepared), Some(reused)) = (
+        p50("edgeplane fresh, prepared ahead"),
+        p50("edgeplane reused"),
+    ) {
+        println!("p50, prepared ahead - reused: {:+.3} ms", prepared - reused);
+    }
+    if let Some(path) = &args.json {
+        let results = Results {
+            max_load: Vec::new(),
+            half_load: Vec::new(),
+            one_core,
+            low_load: low_load.clone(),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    anyhow::ensure!(
+        low_load.iter().all(|r| r.errors == 0),
+        "some requests failed; see the table above"
+    );
+    Ok(())
+}
+
 /// `edged` against `other` on one core each (the one-core phase's setup): static, reused hello
 /// and fresh hello, each pair back to back, `--rounds` times; medians and their ratio.
 fn versus(
@@ -393,6 +533,7 @@ fn versus(
             EDGED_ONE_CORE_PORT,
             true,
             Some(1),
+            PREPARE_AHEAD,
         )?,
         start_edged(
             other,
@@ -401,6 +542,7 @@ fn versus(
             EDGED_VERSUS_PORT,
             true,
             Some(1),
+            PREPARE_AHEAD,
         )?,
     ];
     let mut all: Vec<LoadResult> = Vec::new();
@@ -473,6 +615,7 @@ fn start_edged(
     port: u16,
     pin: bool,
     workers: Option<u32>,
+    prepare_ahead: u32,
 ) -> anyhow::Result<Server> {
     let config = scratch.join(format!("edged-{port}.toml"));
     std::fs::write(
@@ -489,6 +632,7 @@ listen = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin}"
 [runtime]
 cache_dir = "{cache}"
+prepare_ahead = {prepare_ahead}
 [[apps]]
 name = "hello"
 vips = []

@@ -373,6 +373,11 @@ impl Service for EdgeService {
 
     fn maintain(&self) {
         self.apply_reload();
+        self.runtime.age_heat();
+    }
+
+    fn prepare(&self) -> bool {
+        self.runtime.prepare_ahead()
     }
 
     fn tls(&self) -> Option<Arc<crate::tls::peer::WorkerTls>> {

@@ -17,6 +17,8 @@ pub enum HandleError {
     Deadline { app: String, which: &'static str },
     #[error("app {app} answered with an error: {detail}")]
     GuestError { app: String, detail: String },
+    #[error("app {app} returned without setting a response")]
+    NoResponse { app: String },
     #[error("app {app} wrote a response body over its limit of {limit} bytes")]
     ResponseTooLarge { app: String, limit: usize },
 }
@@ -29,6 +31,7 @@ impl HandleError {
             HandleError::Load { .. }
             | HandleError::Trap { .. }
             | HandleError::GuestError { .. }
+            | HandleError::NoResponse { .. }
             | HandleError::ResponseTooLarge { .. } => 500,
             HandleError::Deadline { .. } => 504,
         }
@@ -47,7 +50,7 @@ impl HandleError {
                 ..
             } => "the app did not answer within its time limit",
             HandleError::Deadline { .. } => "the app used up its CPU time",
-            HandleError::GuestError { .. } => "the app failed",
+            HandleError::GuestError { .. } | HandleError::NoResponse { .. } => "the app failed",
             HandleError::ResponseTooLarge { .. } => "the app's response was over its size limit",
         }
     }

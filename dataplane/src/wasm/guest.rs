@@ -132,20 +132,24 @@ impl GuestRun {
             if let Err(e) = self.poll_call(cx) {
                 return Poll::Ready(Err(e));
             }
-            let no_response = |detail: String| HandleError::GuestError {
+            let answered_error = |detail: String| HandleError::GuestError {
                 app: self.app_name(),
                 detail,
             };
             match Pin::new(&mut head).poll(cx) {
                 Poll::Ready(Ok(Ok(resp))) => Poll::Ready(Ok(resp)),
-                Poll::Ready(Ok(Err(code))) => Poll::Ready(Err(no_response(format!("{code:?}")))),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(no_response("no response set".into()))),
+                Poll::Ready(Ok(Err(code))) => Poll::Ready(Err(answered_error(format!("{code:?}")))),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(HandleError::NoResponse {
+                    app: self.app_name(),
+                })),
                 // Returned without setting one. (Asked without tokio's budget: a receiver whose
                 // task spent its budget says Pending even with a value in it.)
                 Poll::Pending if self.call.is_none() => Poll::Ready(match head.try_recv() {
                     Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(code)) => Err(no_response(format!("{code:?}"))),
-                    Err(_) => Err(no_response("no response set".into())),
+                    Ok(Err(code)) => Err(answered_error(format!("{code:?}"))),
+                    Err(_) => Err(HandleError::NoResponse {
+                        app: self.app_name(),
+                    }),
                 }),
                 Poll::Pending => match self.poll_deadline(cx) {
                     Ok(()) => Poll::Pending,

@@ -9,6 +9,7 @@ mod guest;
 mod host;
 mod observe;
 pub mod outbound;
+mod prepared;
 mod runtime;
 
 use std::{path::PathBuf, time::Duration};
@@ -17,6 +18,7 @@ pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
 pub use engine::{EngineConfig, EpochTicker, build_engine, wasmtime_config};
 pub use error::HandleError;
 pub use observe::{DestinationStats, Observations};
+pub use prepared::{Candidate, PreparedCounters, next_to_prepare};
 pub use runtime::{AppChanges, AppRuntime};
 
 /// What the runtime needs to know about one app.

@@ -33,19 +33,26 @@ use super::{
     guest::{CpuDeadline, GuestBody, GuestRun, InstanceHome, WallDeadline},
     host::{CpuMeter, EdgeHooks, HostState},
     observe::Observations,
+    prepared::{Heat, PreparedCounters, PreparedInstance},
 };
 use crate::{
     client::{ConnPool, PoolConfig},
     http::{Request, Response, request_body::RequestBody, stream::BodyStream},
 };
 
-struct App {
-    spec: AppSpec,
+pub(super) struct App {
+    pub(super) spec: AppSpec,
     name: Arc<str>,
     allowed: Arc<[String]>,
     /// Idle instances kept for reuse when `limits.instance_reuse > 1`. A p2 instance serves one
     /// request at a time, so concurrent requests each take their own.
     warm: RefCell<Vec<WarmInstance>>,
+    /// Recent requests, which decides whether an instance is prepared ahead.
+    pub(super) heat: Heat,
+    /// The next fresh instance, made ahead while the worker was idle (`prepared`).
+    pub(super) prepared: RefCell<Option<PreparedInstance>>,
+    /// Its instances turned out unable to serve twice (`refuse_reuse`).
+    reuse_refused: Cell<bool>,
 }
 
 /// An instance that has served `served` requests and may serve more.
@@ -74,6 +81,10 @@ pub struct AppRuntime {
     admin: Cell<Option<std::net::SocketAddr>>,
     /// The worker's keep-alive connections, shared by its instances (and its handoffs).
     pool: Arc<ConnPool>,
+    /// How many of the hottest fresh-instance apps get an instance prepared ahead (0: none).
+    prepare_limit: usize,
+    pub(super) heat_ticks: Cell<u32>,
+    prepared_counters: Arc<PreparedCounters>,
 }
 
 use std::rc::Rc;
@@ -84,8 +95,18 @@ impl App {
             name: spec.name.as_str().into(),
             allowed: spec.allowed_backends.clone().into(),
             warm: RefCell::new(Vec::new()),
+            heat: Heat::default(),
+            prepared: RefCell::new(None),
+            reuse_refused: Cell::new(false),
             spec,
         }
+    }
+}
+
+impl App {
+    /// Whether each request gets an instance of its own (none is kept for reuse).
+    pub(super) fn fresh_instances(&self) -> bool {
+        self.spec.limits.instance_reuse <= 1 || self.reuse_refused.get()
     }
 }
 
@@ -153,7 +174,31 @@ impl AppRuntime {
             functions_via: Cell::new(None),
             admin: Cell::new(None),
             pool: Arc::new(ConnPool::new(PoolConfig::default())),
+            prepare_limit: 0,
+            heat_ticks: Cell::new(0),
+            prepared_counters: Arc::default(),
         })
+    }
+
+    /// Keeps an instance prepared ahead for each of the `limit` hottest fresh-instance apps
+    /// (`prepared`), counting into `counters`.
+    pub fn with_prepare_ahead(mut self, limit: usize, counters: Arc<PreparedCounters>) -> Self {
+        self.prepare_limit = limit;
+        self.prepared_counters = counters;
+        self
+    }
+
+    pub(super) fn prepare_limit(&self) -> usize {
+        self.prepare_limit
+    }
+
+    pub fn prepared_counters(&self) -> &Arc<PreparedCounters> {
+        &self.prepared_counters
+    }
+
+    /// The apps served now (the versions a reload has not replaced).
+    pub(super) fn apps_now(&self) -> Vec<Rc<App>> {
+        self.apps.borrow().values().cloned().collect()
     }
 
     /// Sends guests' subrequests over `pool` (the worker's, which its handoffs share).
@@ -224,9 +269,10 @@ impl AppRuntime {
         changes
     }
 
-    /// Drops an old version's compiled code and parked instances.
+    /// Drops an old version's compiled code, parked instances and prepared instance.
     fn retire(&self, app: &App) {
         self.cache.borrow_mut().evict(&app.spec.name);
+        app.prepared.borrow_mut().take();
         let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
         self.idle_warm
             .set(self.idle_warm.get().saturating_sub(parked));
@@ -299,7 +345,7 @@ impl AppRuntime {
         Ok(())
     }
 
-    fn pre(&self, app: &App) -> Result<ProxyPre<HostState>, HandleError> {
+    pub(super) fn pre(&self, app: &App) -> Result<ProxyPre<HostState>, HandleError> {
         self.cache
             .borrow_mut()
             .get_or_load(&app.spec.name, &app.spec.component, |component| {
@@ -358,6 +404,7 @@ impl AppRuntime {
     /// it may be broken).
     fn park(&self, app: &Rc<App>, store: Store<HostState>, proxy: Proxy, served: u32) {
         if served < app.spec.limits.instance_reuse
+            && !app.reuse_refused.get()
             && self.idle_warm.get() < self.max_in_flight
             && self.is_current(app)
         {
@@ -367,6 +414,39 @@ impl AppRuntime {
                 served,
             });
             self.idle_warm.set(self.idle_warm.get() + 1);
+        }
+    }
+
+    /// An instance for the next request: a warm one (reuse), the one prepared ahead, or a new
+    /// store to instantiate in; with the requests the instance served before.
+    fn take_instance(&self, app: &App) -> (Store<HostState>, Option<Proxy>, u32) {
+        if let Some(mut warm) = app.warm.borrow_mut().pop() {
+            self.idle_warm.set(self.idle_warm.get() - 1);
+            self.arm_cpu_deadline(&mut warm.store, app);
+            return (warm.store, Some(warm.proxy), warm.served);
+        }
+        if app.fresh_instances() && self.prepare_limit > 0 {
+            if let Some(mut ready) = app.prepared.borrow_mut().take() {
+                PreparedCounters::bump(&self.prepared_counters.used);
+                // Its budgets start now, not when it was made.
+                self.arm_cpu_deadline(&mut ready.store, app);
+                return (ready.store, Some(ready.proxy), 0);
+            }
+            PreparedCounters::bump(&self.prepared_counters.missed);
+        }
+        (self.new_store(app), None, 0)
+    }
+
+    /// Stops reusing `app`'s instances (this version's): one served a request, then returned
+    /// from the next without answering it, as StarlingMonkey's fetch event does (its issue
+    /// 247). Instances that cannot serve twice get fresh ones instead of failing every other
+    /// request.
+    fn refuse_reuse(&self, app: &App) {
+        if !app.reuse_refused.replace(true) {
+            tracing::warn!(app = %app.spec.name, "a reused instance returned without answering; this version of the app gets fresh instances from now on");
+            let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
+            self.idle_warm
+                .set(self.idle_warm.get().saturating_sub(parked));
         }
     }
 
@@ -410,7 +490,7 @@ impl AppRuntime {
         ));
     }
 
-    fn new_store(&self, app: &App) -> Store<HostState> {
+    pub(super) fn new_store(&self, app: &App) -> Store<HostState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stderr();
         for (k, v) in &app.spec.env {
@@ -455,17 +535,8 @@ impl AppRuntime {
         let name = &app.spec.name;
         let deadline = Instant::now() + app.spec.limits.wall_deadline;
         let pre = self.pre(&app)?;
-        let warm = app.warm.borrow_mut().pop();
-        if warm.is_some() {
-            self.idle_warm.set(self.idle_warm.get() - 1);
-        }
-        let (mut store, warm_proxy, served) = match warm {
-            Some(mut w) => {
-                self.arm_cpu_deadline(&mut w.store, &app);
-                (w.store, Some(w.proxy), w.served)
-            }
-            None => (self.new_store(&app), None, 0),
-        };
+        app.heat.hit();
+        let (mut store, ready_proxy, served) = self.take_instance(&app);
 
         store.data_mut().hooks.call_depth = crate::functions::call_depth(&req);
         let hyper_req = to_hyper(req, body).map_err(|e| HandleError::GuestError {
@@ -486,7 +557,7 @@ impl AppRuntime {
             error: error.into(),
         })?;
         let call = async move {
-            let proxy = match warm_proxy {
+            let proxy = match ready_proxy {
                 Some(proxy) => proxy,
                 None => pre.instantiate_async(&mut store).await?,
             };
@@ -513,7 +584,16 @@ impl AppRuntime {
             served,
         });
         let mut run = GuestRun::new(Box::pin(call), app.name.clone(), home, deadline);
-        let (parts, body) = run.head(rx).await?.into_parts();
+        let head = match run.head(rx).await {
+            Ok(head) => head,
+            Err(e) => {
+                if served > 0 && matches!(e, HandleError::NoResponse { .. }) {
+                    self.refuse_reuse(&app);
+                }
+                return Err(e);
+            }
+        };
+        let (parts, body) = head.into_parts();
         let length = GuestBody::declared_length(&parts.headers);
         let mut body = GuestBody::new(run, body, limit);
         let mut out = Response::new(parts.status.as_u16(), Vec::new());

@@ -73,6 +73,12 @@ pub trait Service {
     /// Called between requests every tick (100 ms), on the worker's thread: where a service
     /// picks up a reload.
     fn maintain(&self) {}
+    /// Called when the worker has nothing else to do: a service may do work ahead (an instance
+    /// for the next request). Returns whether it did some; the worker then looks at its ring
+    /// before asking again.
+    fn prepare(&self) -> bool {
+        false
+    }
     /// The TLS configuration new connections get (None: plain HTTP only). Asked once per
     /// connection, at accept.
     fn tls(&self) -> Option<Arc<crate::tls::peer::WorkerTls>> {
@@ -138,6 +144,8 @@ pub struct WorkerCounters {
     /// Connections closed because the client read none of its responses for `send_timeout`.
     pub slow_readers: AtomicU64,
     pub tls: crate::tls::counters::TlsCounters,
+    /// Instances prepared ahead by this worker's runtime (`wasm::prepared`).
+    pub prepared: Arc<crate::wasm::PreparedCounters>,
 }
 
 impl WorkerCounters {

@@ -14,7 +14,7 @@ use std::{
 
 use edgeplane_dataplane::wasm::{
     AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
-    build_engine,
+    PreparedCounters, build_engine,
 };
 
 #[path = "../../../xtask/src/guest_apps.rs"]
@@ -69,150 +69,22 @@ pub fn ballast(mib: u32) -> PathBuf {
     guest_apps::ballast(&cargo(), &workspace().join("apps"), mib).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A store as plain as `wasmtime serve`'s: WASI, wasi:http, the resource table. The baselines
-/// of the benchmarks run components in it.
-pub struct PlainState {
-    pub wasi: wasmtime_wasi::WasiCtx,
-    pub http: wasmtime_wasi_http::WasiHttpCtx,
-    pub table: wasmtime::component::ResourceTable,
-}
-
-impl PlainState {
-    pub fn new() -> Self {
-        Self {
-            wasi: wasmtime_wasi::WasiCtxBuilder::new()
-                .inherit_stderr()
-                .build(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            table: wasmtime::component::ResourceTable::new(),
-        }
-    }
-}
-
-impl wasmtime_wasi::WasiView for PlainState {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl wasmtime_wasi_http::WasiHttpView for PlainState {
-    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
-        }
-    }
-}
-
-/// `component` linked for `PlainState` stores on `engine`, as `wasmtime serve` links it.
-pub fn plain_pre(
-    engine: &wasmtime::Engine,
-    component: &wasmtime::component::Component,
-) -> wasmtime_wasi_http::p2::bindings::ProxyPre<PlainState> {
-    let mut linker = wasmtime::component::Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
-    let pre = linker.instantiate_pre(component).expect("links");
-    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).expect("is a proxy")
-}
-
-/// GET / through `proxy`'s handler, as `wasmtime serve` calls it: the status, the response's
-/// headers and its whole body.
-pub async fn plain_get(
-    store: &mut wasmtime::Store<PlainState>,
-    proxy: &wasmtime_wasi_http::p2::bindings::Proxy,
-) -> (u16, http::HeaderMap, bytes::Bytes) {
-    use http_body_util::BodyExt as _;
-    use wasmtime_wasi_http::WasiHttpView as _;
-    let body = http_body_util::Empty::<bytes::Bytes>::new()
-        .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
-        .boxed_unsync();
-    let request = http::Request::builder()
-        .uri("http://localhost/")
-        .body(body)
-        .expect("a request");
-    let incoming = store
-        .data_mut()
-        .http()
-        .new_incoming_request(
-            wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
-            request,
-        )
-        .expect("incoming request");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let out = store
-        .data_mut()
-        .http()
-        .new_response_outparam(tx)
-        .expect("outparam");
-    // The guest's writes wait for the body to be read: both run at once, as under `wasmtime serve`.
-    let call = async {
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut *store, incoming, out)
-            .await
-            .expect("the handler returns")
-    };
-    let read = async {
-        let response = rx.await.expect("a response").expect("not an error");
-        let (parts, body) = response.into_parts();
-        (parts, body.collect().await.expect("the body").to_bytes())
-    };
-    let ((), (parts, body)) = tokio::join!(call, read);
-    (parts.status.as_u16(), parts.headers, body)
-}
-
-/// apps/js-hello, a JavaScript wasi:http component built with componentize-js from the npm
-/// registry (the versions its package-lock.json pins). Its engine speaks wasi:http 0.2.10, so
-/// the WIT it is built against is wasmtime-wasi-http's, versions rewritten to 0.2.10
-/// (PLATFORM.md). Built once; rebuilt when app.js changes.
+/// apps/js-hello's app.js (StarlingMonkey's fetch event), built by `guest_apps::javascript`.
 pub fn js_component() -> PathBuf {
+    js_components().join("js-hello.wasm")
+}
+
+/// apps/js-hello's handler.js (wasi:http's incoming-handler exported itself; serves from reused
+/// instances too), built by `guest_apps::javascript`.
+pub fn js_handler_component() -> PathBuf {
+    js_components().join("js-handler.wasm")
+}
+
+fn js_components() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let src = workspace().join("apps/js-hello");
-            let dir = workspace().join("apps/target/js-hello");
-            let out = dir.join("js-hello.wasm");
-            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            if modified(&out).is_some() && modified(&out) >= modified(&src.join("app.js")) {
-                return out;
-            }
-            std::fs::create_dir_all(dir.join("wit/deps")).unwrap();
-            for file in ["package.json", "package-lock.json", "build.mjs", "app.js"] {
-                std::fs::copy(src.join(file), dir.join(file)).unwrap();
-            }
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--silent"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm (Node.js is on the machine)");
-            assert!(status.success(), "npm ci for apps/js-hello failed");
-            let wit = dependency_dir(&workspace().join("Cargo.toml"), "wasmtime-wasi-http").join("wit/deps");
-            for entry in std::fs::read_dir(&wit).unwrap() {
-                let path = entry.unwrap().path();
-                let text = std::fs::read_to_string(&path)
-                    .unwrap()
-                    .replace("@0.2.12", "@0.2.10")
-                    .replace("version = 0.2.12", "version = 0.2.10")
-                    .replace("version = 0.2.11", "version = 0.2.10");
-                std::fs::write(dir.join("wit/deps").join(path.file_name().unwrap()), text).unwrap();
-            }
-            std::fs::write(
-                dir.join("wit/world.wit"),
-                "package edgeplane:js-hello;\n\nworld app {\n  include wasi:http/proxy@0.2.10;\n}\n",
-            )
-            .unwrap();
-            let status = Command::new("node")
-                .args(["build.mjs", "app.js", "wit", "js-hello.wasm"])
-                .current_dir(&dir)
-                .status()
-                .expect("node");
-            assert!(status.success(), "componentize-js failed");
-            out
+            guest_apps::javascript(&workspace().join("apps")).unwrap_or_else(|e| panic!("{e}"))
         })
         .clone()
 }
@@ -280,24 +152,34 @@ pub fn spec(name: &str, component: PathBuf) -> AppSpec {
 
 /// A runtime as a worker builds one (16 instances at most).
 pub fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
+    runtime_preparing(apps, cache_dir, 0).0
+}
+
+/// `runtime`, keeping an instance prepared ahead for `prepare_ahead` hot apps, with its counters.
+pub fn runtime_preparing(
+    apps: Vec<AppSpec>,
+    cache_dir: &std::path::Path,
+    prepare_ahead: usize,
+) -> (Rc<AppRuntime>, std::sync::Arc<PreparedCounters>) {
     let cfg = EngineConfig {
         max_instances: 16,
         ..Default::default()
     };
     let engine = build_engine(&cfg).unwrap();
     ticker().register(&engine);
-    Rc::new(
-        AppRuntime::new(
-            engine,
-            cache_dir,
-            CacheBudget::default(),
-            apps,
-            Observations::default(),
-            cfg.epoch_tick,
-            16,
-        )
-        .unwrap(),
+    let counters = std::sync::Arc::new(PreparedCounters::default());
+    let runtime = AppRuntime::new(
+        engine,
+        cache_dir,
+        CacheBudget::default(),
+        apps,
+        Observations::default(),
+        cfg.epoch_tick,
+        16,
     )
+    .unwrap()
+    .with_prepare_ahead(prepare_ahead, counters.clone());
+    (Rc::new(runtime), counters)
 }
 
 /// A fresh directory under the system's temporary one, for this test process.

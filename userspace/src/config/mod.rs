@@ -207,6 +207,9 @@ pub struct RuntimeConfig {
     pub max_in_flight: u32,
     /// Each worker's keep-alive connections for subrequests and handoffs.
     pub pool: PoolConfig,
+    /// While idle, each worker keeps the next fresh instance of this many of its hottest
+    /// fresh-instance apps instantiated (0: off). TUNING.md, "Large components".
+    pub prepare_ahead: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -217,6 +220,7 @@ impl Default for RuntimeConfig {
             cache_dir: PathBuf::from("/var/cache/edgeplane/code"),
             max_in_flight: 128,
             pool: PoolConfig::default(),
+            prepare_ahead: 4,
         }
     }
 }

@@ -183,6 +183,11 @@ impl Worker {
                     tokio::task::yield_now().await;
                     tokio_pass = Instant::now();
                 }
+                // Idle: work ahead (an instance for the next request), one piece at a time so
+                // that what arrives meanwhile is looked at first.
+                if self.service.prepare() {
+                    continue;
+                }
                 self.ring.wait(next_tick.saturating_duration_since(now))?;
                 continue;
             }

@@ -1,0 +1,99 @@
+//! What the benchmarks' baselines run components in: a store as `wasmtime serve` makes one.
+#![allow(dead_code)]
+
+/// A store as plain as `wasmtime serve`'s: WASI, wasi:http, the resource table. The baselines
+/// of the benchmarks run components in it.
+pub struct PlainState {
+    pub wasi: wasmtime_wasi::WasiCtx,
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    pub table: wasmtime::component::ResourceTable,
+}
+
+impl PlainState {
+    pub fn new() -> Self {
+        Self {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new()
+                .inherit_stderr()
+                .build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            table: wasmtime::component::ResourceTable::new(),
+        }
+    }
+}
+
+impl wasmtime_wasi::WasiView for PlainState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PlainState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+/// `component` linked for `PlainState` stores on `engine`, as `wasmtime serve` links it.
+pub fn plain_pre(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> wasmtime_wasi_http::p2::bindings::ProxyPre<PlainState> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("wasi:http");
+    let pre = linker.instantiate_pre(component).expect("links");
+    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).expect("is a proxy")
+}
+
+/// GET / through `proxy`'s handler, as `wasmtime serve` calls it: the status, the response's
+/// headers and its whole body.
+pub async fn plain_get(
+    store: &mut wasmtime::Store<PlainState>,
+    proxy: &wasmtime_wasi_http::p2::bindings::Proxy,
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt as _;
+    use wasmtime_wasi_http::WasiHttpView as _;
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
+        .boxed_unsync();
+    let request = http::Request::builder()
+        .uri("http://localhost/")
+        .body(body)
+        .expect("a request");
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(
+            wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+            request,
+        )
+        .expect("incoming request");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(tx)
+        .expect("outparam");
+    // The guest's writes wait for the body to be read: both run at once, as under `wasmtime serve`.
+    let call = async {
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut *store, incoming, out)
+            .await
+            .expect("the handler returns")
+    };
+    let read = async {
+        let response = rx.await.expect("a response").expect("not an error");
+        let (parts, body) = response.into_parts();
+        (parts, body.collect().await.expect("the body").to_bytes())
+    };
+    let ((), (parts, body)) = tokio::join!(call, read);
+    (parts.status.as_u16(), parts.headers, body)
+}

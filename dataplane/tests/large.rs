@@ -1,0 +1,111 @@
+//! Large components in the runtime: a 16 MiB memory image is mapped copy-on-write, not copied,
+//! into each fresh instance; instances prepared ahead are fresh ones and go with their app's
+//! version.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::{runtime_preparing, spec, tempdir};
+use edgeplane_dataplane::{
+    http::{HttpLimits, ParseOutcome, Request, Response, parse_request},
+    wasm::AppRuntime,
+};
+
+fn get() -> Request {
+    match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()).unwrap() {
+        ParseOutcome::Complete(r, _) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+/// Minor page faults of this thread so far.
+fn minor_faults() -> u64 {
+    // SAFETY: getrusage writes the struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage.ru_minflt as u64
+    }
+}
+
+fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// x-instance-requests and x-dirty-seen of a ballast response.
+fn instance_and_marks(rt: &std::rc::Rc<AppRuntime>, app: &str) -> (String, String) {
+    let r = block_on(rt.clone().handle(app, get())).expect("ballast answers");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    (
+        header(&r, "x-instance-requests").unwrap_or("").to_owned(),
+        header(&r, "x-dirty-seen").unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn a_large_memory_image_is_mapped_into_each_fresh_instance_not_copied() {
+    let cache = tempdir("large-cow");
+    let (rt, _) = runtime_preparing(vec![spec("ballast", common::app("ballast"))], &cache, 0);
+    rt.preload("ballast").unwrap();
+    block_on(rt.instantiate("ballast")).unwrap();
+    let before = minor_faults();
+    for _ in 0..10 {
+        block_on(rt.instantiate("ballast")).unwrap();
+    }
+    let per_instance = (minor_faults() - before) / 10;
+    // Copying the 16 MiB image would touch its 4,096 pages; mapping it touches none of them.
+    assert!(
+        per_instance < 64,
+        "{per_instance} page faults per instantiation: the image is copied, not mapped"
+    );
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+#[test]
+fn prepared_instances_are_fresh_are_used_by_the_next_request_and_go_with_their_version() {
+    let cache = tempdir("large-prepared");
+    let ballast = spec("ballast", common::app("ballast"));
+    let (rt, counters) = runtime_preparing(vec![ballast.clone()], &cache, 4);
+    // No demand yet: nothing to prepare.
+    assert!(!rt.prepare_ahead());
+    assert_eq!(instance_and_marks(&rt, "ballast"), ("1".into(), "0".into()));
+    assert_eq!(counters.missed.load(Relaxed), 1);
+    for round in 0..5 {
+        assert!(rt.prepare_ahead(), "round {round}: an instance is prepared");
+        // One per app: the next call finds nothing to do.
+        assert!(!rt.prepare_ahead());
+        // The prepared instance is fresh: it served no one and sees the pristine image,
+        // though the previous request marked its own instance's.
+        assert_eq!(instance_and_marks(&rt, "ballast"), ("1".into(), "0".into()));
+    }
+    assert_eq!(counters.made.load(Relaxed), 5);
+    assert_eq!(counters.used.load(Relaxed), 5);
+    assert_eq!(counters.missed.load(Relaxed), 1);
+
+    // A new version drops the one prepared for the old; the new one has no demand yet.
+    assert!(rt.prepare_ahead());
+    let mut v2 = ballast;
+    v2.env.push(("VERSION".into(), "2".into()));
+    rt.apply(vec![v2]);
+    assert!(!rt.prepare_ahead());
+    assert_eq!(instance_and_marks(&rt, "ballast"), ("1".into(), "0".into()));
+    assert_eq!(
+        counters.used.load(Relaxed),
+        5,
+        "the old version's instance was not used"
+    );
+    assert_eq!(counters.missed.load(Relaxed), 2);
+    let _ = std::fs::remove_dir_all(cache);
+}
