@@ -54,6 +54,16 @@ fn instance_and_marks(rt: &std::rc::Rc<AppRuntime>, app: &str) -> (String, Strin
     )
 }
 
+/// What an idle worker does before it waits: the pieces of work `prepare_ahead` found.
+fn idle(rt: &AppRuntime) -> usize {
+    let mut done = 0;
+    while rt.prepare_ahead() {
+        done += 1;
+        assert!(done < 100, "idle work never ends");
+    }
+    done
+}
+
 #[test]
 fn a_large_memory_image_is_mapped_into_each_fresh_instance_not_copied() {
     let cache = tempdir("large-cow");
@@ -79,13 +89,13 @@ fn prepared_instances_are_fresh_are_used_by_the_next_request_and_go_with_their_v
     let ballast = spec("ballast", common::app("ballast"));
     let (rt, counters) = runtime_preparing(vec![ballast.clone()], &cache, 4);
     // No demand yet: nothing to prepare.
-    assert!(!rt.prepare_ahead());
+    assert_eq!(idle(&rt), 0);
     assert_eq!(instance_and_marks(&rt, "ballast"), ("1".into(), "0".into()));
     assert_eq!(counters.missed.load(Relaxed), 1);
     for round in 0..5 {
-        assert!(rt.prepare_ahead(), "round {round}: an instance is prepared");
-        // One per app: the next call finds nothing to do.
-        assert!(!rt.prepare_ahead());
+        // The finished instance is reset, then one is prepared; then there is nothing to do.
+        assert_eq!(idle(&rt), 2, "round {round}");
+        assert_eq!(counters.made.load(Relaxed), round + 1);
         // The prepared instance is fresh: it served no one and sees the pristine image,
         // though the previous request marked its own instance's.
         assert_eq!(instance_and_marks(&rt, "ballast"), ("1".into(), "0".into()));
@@ -95,7 +105,7 @@ fn prepared_instances_are_fresh_are_used_by_the_next_request_and_go_with_their_v
     assert_eq!(counters.missed.load(Relaxed), 1);
 
     // A new version drops the one prepared for the old; the new one has no demand yet.
-    assert!(rt.prepare_ahead());
+    assert_eq!(idle(&rt), 2);
     let mut v2 = ballast;
     v2.env.push(("VERSION".into(), "2".into()));
     rt.apply(vec![v2]);

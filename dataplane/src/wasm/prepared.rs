@@ -87,7 +87,11 @@ pub fn next_to_prepare<'a>(candidates: &[Candidate<'a>], limit: usize) -> Option
 impl AppRuntime {
     /// Prepares one instance ahead if an app wants one; returns whether it did, so that the
     /// worker looks at its ring again before preparing another.
+    /// First it resets a finished instance, if one waits (`reset_one_finished`).
     pub fn prepare_ahead(&self) -> bool {
+        if self.reset_one_finished() {
+            return true;
+        }
         let limit = self.prepare_limit();
         if limit == 0 {
             return false;
@@ -112,6 +116,10 @@ impl AppRuntime {
             // Loading failed; the next request reports why.
             return false;
         };
+        if !self.hold() {
+            // The worker holds as many idle instances as it may.
+            return false;
+        }
         let mut store = self.new_store(app);
         // Instantiation calls no host function that waits, so it finishes in one poll; one that
         // does not is dropped (a request instantiates on its own path then).
@@ -123,9 +131,13 @@ impl AppRuntime {
             }
             Some(Err(error)) => {
                 tracing::debug!(app = %name, error = %error, "preparing an instance failed");
+                self.release_held(1);
                 false
             }
-            None => false,
+            None => {
+                self.release_held(1);
+                false
+            }
         }
     }
 
@@ -139,8 +151,8 @@ impl AppRuntime {
         }
         for app in self.apps_now() {
             app.heat.cool();
-            if app.heat.get() == 0 {
-                app.prepared.borrow_mut().take();
+            if app.heat.get() == 0 && app.prepared.borrow_mut().take().is_some() {
+                self.release_held(1);
             }
         }
     }

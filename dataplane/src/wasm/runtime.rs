@@ -72,9 +72,14 @@ pub struct AppRuntime {
     epoch_tick: Duration,
     in_flight: Cell<u32>,
     max_in_flight: u32,
-    /// Warm instances parked over all apps. Capped at `max_in_flight`: as many as can be busy at
-    /// once, and with the busy ones no more than the pool holds (sized 2x `max_in_flight`).
-    idle_warm: Cell<u32>,
+    /// Instances held while no request runs in them, over all apps: warm ones parked for reuse,
+    /// ones prepared ahead, and finished ones whose reset waits for the worker to be idle. Capped
+    /// at `max_in_flight`: as many as can be busy at once, and with the busy ones no more than
+    /// the pool holds (sized 2x `max_in_flight`).
+    idle_held: Cell<u32>,
+    /// Finished fresh instances: dropping one resets its memory for the slot's next instance
+    /// (`vendor/README.md`), which waits until the worker is idle (`reset_one_finished`).
+    finished: RefCell<Vec<Store<HostState>>>,
     /// Where split apps' function calls go: this datacenter's workers.
     functions_via: Cell<Option<std::net::SocketAddr>>,
     /// edged's admin endpoint: guests may not call it.
@@ -170,7 +175,8 @@ impl AppRuntime {
             epoch_tick,
             in_flight: Cell::new(0),
             max_in_flight,
-            idle_warm: Cell::new(0),
+            idle_held: Cell::new(0),
+            finished: RefCell::new(Vec::new()),
             functions_via: Cell::new(None),
             admin: Cell::new(None),
             pool: Arc::new(ConnPool::new(PoolConfig::default())),
@@ -272,10 +278,9 @@ impl AppRuntime {
     /// Drops an old version's compiled code, parked instances and prepared instance.
     fn retire(&self, app: &App) {
         self.cache.borrow_mut().evict(&app.spec.name);
-        app.prepared.borrow_mut().take();
+        let prepared = u32::from(app.prepared.borrow_mut().take().is_some());
         let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
-        self.idle_warm
-            .set(self.idle_warm.get().saturating_sub(parked));
+        self.release_held(parked + prepared);
     }
 
     /// Whether `app` is the version now served (not one a reload replaced).
@@ -405,28 +410,56 @@ impl AppRuntime {
     fn park(&self, app: &Rc<App>, store: Store<HostState>, proxy: Proxy, served: u32) {
         if served < app.spec.limits.instance_reuse
             && !app.reuse_refused.get()
-            && self.idle_warm.get() < self.max_in_flight
             && self.is_current(app)
+            && self.hold()
         {
             app.warm.borrow_mut().push(WarmInstance {
                 store,
                 proxy,
                 served,
             });
-            self.idle_warm.set(self.idle_warm.get() + 1);
+        } else if self.hold() {
+            self.finished.borrow_mut().push(store);
         }
+    }
+
+    /// Counts one more idle instance held, if under the cap; at the cap a finished instance
+    /// is reset now to make room (one waiting for reuse or a request matters more).
+    pub(super) fn hold(&self) -> bool {
+        if self.idle_held.get() >= self.max_in_flight && !self.reset_one_finished() {
+            return false;
+        }
+        self.idle_held.set(self.idle_held.get() + 1);
+        true
+    }
+
+    /// Counts one idle instance fewer (taken by a request, or dropped).
+    pub(super) fn release_held(&self, n: u32) {
+        self.idle_held.set(self.idle_held.get().saturating_sub(n));
+    }
+
+    /// Drops one finished instance, resetting its slot; whether there was one. Called while
+    /// the worker is idle, so the reset is not on a request's path.
+    pub(super) fn reset_one_finished(&self) -> bool {
+        let Some(store) = self.finished.borrow_mut().pop() else {
+            return false;
+        };
+        self.release_held(1);
+        drop(store);
+        true
     }
 
     /// An instance for the next request: a warm one (reuse), the one prepared ahead, or a new
     /// store to instantiate in; with the requests the instance served before.
     fn take_instance(&self, app: &App) -> (Store<HostState>, Option<Proxy>, u32) {
         if let Some(mut warm) = app.warm.borrow_mut().pop() {
-            self.idle_warm.set(self.idle_warm.get() - 1);
+            self.release_held(1);
             self.arm_cpu_deadline(&mut warm.store, app);
             return (warm.store, Some(warm.proxy), warm.served);
         }
         if app.fresh_instances() && self.prepare_limit > 0 {
             if let Some(mut ready) = app.prepared.borrow_mut().take() {
+                self.release_held(1);
                 PreparedCounters::bump(&self.prepared_counters.used);
                 // Its budgets start now, not when it was made.
                 self.arm_cpu_deadline(&mut ready.store, app);
@@ -445,8 +478,7 @@ impl AppRuntime {
         if !app.reuse_refused.replace(true) {
             tracing::warn!(app = %app.spec.name, "a reused instance returned without answering; this version of the app gets fresh instances from now on");
             let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
-            self.idle_warm
-                .set(self.idle_warm.get().saturating_sub(parked));
+            self.release_held(parked);
         }
     }
 

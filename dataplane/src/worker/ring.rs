@@ -119,6 +119,11 @@ impl Ring {
     }
 
     /// Hands the queued entries to the kernel without waiting.
+    /// Whether entries wait in the submission queue.
+    pub(super) fn has_queued(&mut self) -> bool {
+        !self.uring.submission().is_empty()
+    }
+
     pub(super) fn submit_pending(&mut self) -> anyhow::Result<()> {
         match self.uring.submit() {
             Ok(_) => Ok(()),

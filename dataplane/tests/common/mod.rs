@@ -150,7 +150,8 @@ pub fn spec(name: &str, component: PathBuf) -> AppSpec {
     }
 }
 
-/// A runtime as a worker builds one (16 instances at most).
+/// A runtime as a worker builds one (16 instances at most, 8 running at once: edged's config
+/// keeps `max_in_flight` at most half the pool, whose other half holds idle instances).
 pub fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
     runtime_preparing(apps, cache_dir, 0).0
 }
@@ -175,7 +176,7 @@ pub fn runtime_preparing(
         apps,
         Observations::default(),
         cfg.epoch_tick,
-        16,
+        8,
     )
     .unwrap()
     .with_prepare_ahead(prepare_ahead, counters.clone());

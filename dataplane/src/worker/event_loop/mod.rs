@@ -184,7 +184,11 @@ impl Worker {
                     tokio_pass = Instant::now();
                 }
                 // Idle: work ahead (an instance for the next request), one piece at a time so
-                // that what arrives meanwhile is looked at first.
+                // that what arrives meanwhile is looked at first, and after the replies queued
+                // so far are on their way.
+                if self.ring.has_queued() {
+                    self.ring.submit_pending()?;
+                }
                 if self.service.prepare() {
                     continue;
                 }
