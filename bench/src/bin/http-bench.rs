@@ -58,6 +58,10 @@ const EDGED_UNPREPARED_PORT: u16 = 18091;
 const NGINX_ONE_CORE_PORT: u16 = 18086;
 const WASMTIME_FRESH_ONE_CORE_PORT: u16 = 18087;
 const WASMTIME_REUSE_ONE_CORE_PORT: u16 = 18088;
+/// How many requests a reused instance serves. A JavaScript instance (StarlingMonkey) reused
+/// without end runs out of its 64 MiB after about 16k requests, so the large runs recycle theirs.
+const REUSE: u32 = 100_000;
+const LARGE_REUSE: u32 = 1_000;
 /// edged's default: instances prepared ahead for the 4 hottest fresh-instance apps.
 const PREPARE_AHEAD: u32 = 4;
 /// In the one-core phase, the server's CPU and the load generator's.
@@ -145,7 +149,8 @@ fn main() -> anyhow::Result<()> {
     let component = match args.component.clone() {
         Some(path) => {
             anyhow::ensure!(path.exists(), "{} is missing", path.display());
-            path
+            // edged reads a config's relative paths against the config's own directory.
+            path.canonicalize()?
         }
         None => setup.app("hello")?,
     };
@@ -182,6 +187,7 @@ fn main() -> anyhow::Result<()> {
         true,
         None,
         PREPARE_AHEAD,
+        REUSE,
     )?);
     servers.push(start_edged(
         &edged_bin,
@@ -191,6 +197,7 @@ fn main() -> anyhow::Result<()> {
         false,
         None,
         PREPARE_AHEAD,
+        REUSE,
     )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
@@ -315,6 +322,7 @@ fn one_core_phase(
         true,
         Some(1),
         PREPARE_AHEAD,
+        if args.large { LARGE_REUSE } else { REUSE },
     )?];
     // (name, port, Host) of each run, edgeplane's and its baseline's back to back.
     let mut runs: Vec<(&str, u16, &str)> = Vec::new();
@@ -415,6 +423,7 @@ fn large(
             true,
             Some(1),
             PREPARE_AHEAD,
+            REUSE,
         )?,
         start_edged(
             edged_bin,
@@ -424,6 +433,7 @@ fn large(
             true,
             Some(1),
             0,
+            REUSE,
         )?,
     ];
     let mut targets = vec![
@@ -534,6 +544,7 @@ fn versus(
             true,
             Some(1),
             PREPARE_AHEAD,
+            LARGE_REUSE,
         )?,
         start_edged(
             other,
@@ -543,6 +554,7 @@ fn versus(
             true,
             Some(1),
             PREPARE_AHEAD,
+            LARGE_REUSE,
         )?,
     ];
     let mut all: Vec<LoadResult> = Vec::new();
@@ -616,6 +628,7 @@ fn start_edged(
     pin: bool,
     workers: Option<u32>,
     prepare_ahead: u32,
+    reuse: u32,
 ) -> anyhow::Result<Server> {
     let config = scratch.join(format!("edged-{port}.toml"));
     std::fs::write(
@@ -632,7 +645,7 @@ listen = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin}"
 [runtime]
 cache_dir = "{cache}"
-prepare_ahead = {prepare_ahead}
+{prepare_ahead}
 [[apps]]
 name = "hello"
 vips = []
@@ -643,7 +656,7 @@ name = "hello-reused"
 vips = []
 hosts = ["reused"]
 component = "{component}"
-limits = {{ instance_reuse = 100000 }}
+limits = {{ instance_reuse = {reuse} }}
 [[apps]]
 name = "static"
 vips = []
@@ -653,6 +666,12 @@ static_body = "hello\n"
             pid = std::process::id(),
             admin = port + 1000,
             count = workers.unwrap_or(0),
+            // Left out at edged's default, so that `--versus` can run an edged older than it.
+            prepare_ahead = if prepare_ahead == PREPARE_AHEAD {
+                String::new()
+            } else {
+                format!("prepare_ahead = {prepare_ahead}")
+            },
             cache = scratch.join("cache").display(),
             component = component.display(),
         ),

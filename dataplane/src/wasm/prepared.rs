@@ -85,15 +85,15 @@ pub fn next_to_prepare<'a>(candidates: &[Candidate<'a>], limit: usize) -> Option
 }
 
 impl AppRuntime {
-    /// Prepares one instance ahead if an app wants one; returns whether it did, so that the
-    /// worker looks at its ring again before preparing another.
-    /// First it resets a finished instance, if one waits (`reset_one_finished`).
+    /// Resets the finished instances waiting for it (`reset_finished`), or else prepares one
+    /// instance ahead if an app wants one; returns whether it did either, so that the worker
+    /// looks at its ring again before doing more.
     pub fn prepare_ahead(&self) -> bool {
-        if self.reset_one_finished() {
+        if self.reset_finished() {
             return true;
         }
         let limit = self.prepare_limit();
-        if limit == 0 {
+        if limit == 0 || !self.any_app_wants_prepared() {
             return false;
         }
         let apps = self.apps_now();
