@@ -142,6 +142,16 @@ fn test() -> anyhow::Result<()> {
     let smoke = smoke.to_str().context("utf-8 temp dir")?;
     run_bin("xdp-bench", &["--smoke"])?;
     run_bin("http-bench", &["--smoke"])?;
+    let ballast = guest_apps::component(&workspace_root().join("apps"), "ballast");
+    run_bin(
+        "http-bench",
+        &[
+            "--smoke",
+            "--large",
+            "--component",
+            &ballast.display().to_string(),
+        ],
+    )?;
     run_bin("handoff-bench", &["--smoke", "--rounds", "1"])?;
     run_bin("stream-bench", &["--smoke"])?;
     run_bin("tls-bench", &["--smoke", "--rounds", "1"])?;
