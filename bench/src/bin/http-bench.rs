@@ -184,20 +184,24 @@ fn main() -> anyhow::Result<()> {
         &scratch,
         &component,
         EDGED_PINNED_PORT,
-        true,
-        None,
-        PREPARE_AHEAD,
-        REUSE,
+        EdgedOptions {
+            pin: true,
+            workers: None,
+            prepare_ahead: PREPARE_AHEAD,
+            reuse: REUSE,
+        },
     )?);
     servers.push(start_edged(
         &edged_bin,
         &scratch,
         &component,
         EDGED_UNPINNED_PORT,
-        false,
-        None,
-        PREPARE_AHEAD,
-        REUSE,
+        EdgedOptions {
+            pin: false,
+            workers: None,
+            prepare_ahead: PREPARE_AHEAD,
+            reuse: REUSE,
+        },
     )?);
     present.extend(pinned.iter().cloned());
     present.extend(unpinned.iter().cloned());
@@ -319,10 +323,12 @@ fn one_core_phase(
         scratch,
         component,
         EDGED_ONE_CORE_PORT,
-        true,
-        Some(1),
-        PREPARE_AHEAD,
-        if args.large { LARGE_REUSE } else { REUSE },
+        EdgedOptions {
+            pin: true,
+            workers: Some(1),
+            prepare_ahead: PREPARE_AHEAD,
+            reuse: if args.large { LARGE_REUSE } else { REUSE },
+        },
     )?];
     // (name, port, Host) of each run, edgeplane's and its baseline's back to back.
     let mut runs: Vec<(&str, u16, &str)> = Vec::new();
@@ -420,20 +426,24 @@ fn large(
             &scratch,
             component,
             EDGED_ONE_CORE_PORT,
-            true,
-            Some(1),
-            PREPARE_AHEAD,
-            REUSE,
+            EdgedOptions {
+                pin: true,
+                workers: Some(1),
+                prepare_ahead: PREPARE_AHEAD,
+                reuse: REUSE,
+            },
         )?,
         start_edged(
             edged_bin,
             &scratch.join("unprepared"),
             component,
             EDGED_UNPREPARED_PORT,
-            true,
-            Some(1),
-            0,
-            REUSE,
+            EdgedOptions {
+                pin: true,
+                workers: Some(1),
+                prepare_ahead: 0,
+                reuse: REUSE,
+            },
         )?,
     ];
     let mut targets = vec![
@@ -541,20 +551,24 @@ fn versus(
             &scratch.join("this"),
             component,
             EDGED_ONE_CORE_PORT,
-            true,
-            Some(1),
-            PREPARE_AHEAD,
-            LARGE_REUSE,
+            EdgedOptions {
+                pin: true,
+                workers: Some(1),
+                prepare_ahead: PREPARE_AHEAD,
+                reuse: LARGE_REUSE,
+            },
         )?,
         start_edged(
             other,
             &scratch.join("other"),
             component,
             EDGED_VERSUS_PORT,
-            true,
-            Some(1),
-            PREPARE_AHEAD,
-            LARGE_REUSE,
+            EdgedOptions {
+                pin: true,
+                workers: Some(1),
+                prepare_ahead: PREPARE_AHEAD,
+                reuse: LARGE_REUSE,
+            },
         )?,
     ];
     let mut all: Vec<LoadResult> = Vec::new();
@@ -620,16 +634,30 @@ fn median_result(target: &str, runs: &[&LoadResult]) -> LoadResult {
     }
 }
 
+/// How `start_edged` runs edged.
+#[derive(Clone, Copy)]
+struct EdgedOptions {
+    pin: bool,
+    /// Workers (None: one per CPU).
+    workers: Option<u32>,
+    prepare_ahead: u32,
+    /// Requests per instance for the `reused` app.
+    reuse: u32,
+}
+
 fn start_edged(
     edged_bin: &std::path::Path,
     scratch: &std::path::Path,
     component: &std::path::Path,
     port: u16,
-    pin: bool,
-    workers: Option<u32>,
-    prepare_ahead: u32,
-    reuse: u32,
+    opts: EdgedOptions,
 ) -> anyhow::Result<Server> {
+    let EdgedOptions {
+        pin,
+        workers,
+        prepare_ahead,
+        reuse,
+    } = opts;
     let config = scratch.join(format!("edged-{port}.toml"));
     std::fs::write(
         &config,
