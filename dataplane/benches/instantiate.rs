@@ -15,11 +15,7 @@
 mod common;
 mod support;
 
-use std::{
-    cell::Cell,
-    rc::Rc,
-    time::{Duration, Instant},
-};
+use std::{rc::Rc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use edgeplane_dataplane::{
@@ -29,10 +25,7 @@ use edgeplane_dataplane::{
         build_engine,
     },
 };
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    component::Component,
-};
+use wasmtime::{Engine, Store, component::Component};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 // What edged runs with (userspace/src/bin/edged.rs).
@@ -86,65 +79,31 @@ fn runtime() -> Rc<AppRuntime> {
 
 /// The same component on wasmtime's pooling allocator, default settings.
 fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<support::PlainState>) {
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(
-            PoolingAllocationConfig::default(),
-        ));
-    let engine = Engine::new(&config).expect("engine");
+    let engine = support::pooling_defaults_engine();
     let component = Component::from_file(&engine, common::app(component)).expect("compiles");
     (engine.clone(), support::plain_pre(&engine, &component))
 }
 
 fn bench(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let local = tokio::task::LocalSet::new();
+    let exec = support::Executor::new();
     let rt = runtime();
     for component in COMPONENTS {
         rt.preload(&format!("{component}/fresh"))
             .expect("hello compiles");
     }
-
-    // Each sample runs its iterations inside one block_on so the executor's entry cost stays out.
-    let timed = |iters: u64, one: &dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()>>>| {
-        local.block_on(&tokio, async {
-            let start = Instant::now();
-            for _ in 0..iters {
-                one().await;
-            }
-            start.elapsed()
-        })
-    };
-    // Mean time per iteration over every sample of a function, for the ratios printed at the end.
-    let tally = |into: &Cell<(Duration, u64)>, iters: u64, took: Duration| {
-        let (sum, n) = into.get();
-        into.set((sum + took, n + iters));
-        took
-    };
-    let mean_us = |of: &Cell<(Duration, u64)>| {
-        let (sum, n) = of.get();
-        sum.as_secs_f64() * 1e6 / n.max(1) as f64
-    };
     let mut summary = Vec::new();
     for component in COMPONENTS {
-        let (ours, baseline) = (
-            Cell::new((Duration::ZERO, 0u64)),
-            Cell::new((Duration::ZERO, 0)),
-        );
+        let (ours, baseline) = (support::Tally::default(), support::Tally::default());
         let mut group = c.benchmark_group(component);
         group.measurement_time(Duration::from_secs(5));
         let fresh = format!("{component}/fresh");
         group.bench_function("store+instantiate", |b| {
             b.iter_custom(|iters| {
-                let took = timed(iters, &|| {
+                let took = exec.timed(iters, &|| {
                     let (rt, app) = (rt.clone(), fresh.clone());
                     Box::pin(async move { rt.instantiate(&app).await.expect("instantiate") })
                 });
-                tally(&ours, iters, took)
+                ours.add(iters, took)
             })
         });
         let (plain_engine, plain_pre) = wasmtime_defaults(component);
@@ -152,7 +111,7 @@ fn bench(c: &mut Criterion) {
             "store+instantiate (baseline: wasmtime pooling defaults)",
             |b| {
                 b.iter_custom(|iters| {
-                    let took = timed(iters, &|| {
+                    let took = exec.timed(iters, &|| {
                         let (engine, pre) = (plain_engine.clone(), plain_pre.clone());
                         Box::pin(async move {
                             let mut store = Store::new(&engine, support::PlainState::new());
@@ -161,7 +120,7 @@ fn bench(c: &mut Criterion) {
                                 .expect("instantiate");
                         })
                     });
-                    tally(&baseline, iters, took)
+                    baseline.add(iters, took)
                 })
             },
         );
@@ -169,7 +128,7 @@ fn bench(c: &mut Criterion) {
             let app = format!("{component}/{mode}");
             group.bench_function(format!("request ({mode} instance)"), |b| {
                 b.iter_custom(|iters| {
-                    timed(iters, &|| {
+                    exec.timed(iters, &|| {
                         let (rt, app) = (rt.clone(), app.clone());
                         Box::pin(async move {
                             let r = rt.handle(&app, request()).await.expect("hello answers");
@@ -180,7 +139,7 @@ fn bench(c: &mut Criterion) {
             });
         }
         group.finish();
-        summary.push((component, mean_us(&ours), mean_us(&baseline)));
+        summary.push((component, ours.mean_us(), baseline.mean_us()));
     }
     for (component, ours, baseline) in summary {
         if ours > 0.0 && baseline > 0.0 {

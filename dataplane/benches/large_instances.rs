@@ -19,7 +19,6 @@ mod common;
 mod support;
 
 use std::{
-    cell::Cell,
     path::{Path, PathBuf},
     rc::Rc,
     time::{Duration, Instant},
@@ -33,10 +32,7 @@ use edgeplane_dataplane::{
         build_engine, wasmtime_config,
     },
 };
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    component::Component,
-};
+use wasmtime::{Engine, Store, component::Component};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,16 +57,6 @@ fn edgeplane_engine(keep_resident: usize, cow: bool) -> Engine {
     };
     let mut config = wasmtime_config(&cfg);
     config.memory_init_cow(cow);
-    Engine::new(&config).expect("engine")
-}
-
-fn wasmtime_pooling_defaults() -> Engine {
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(
-            PoolingAllocationConfig::default(),
-        ));
     Engine::new(&config).expect("engine")
 }
 
@@ -167,7 +153,7 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
     )
 }
 
-fn breakdown(tokio: &tokio::runtime::Runtime) {
+fn breakdown(exec: &support::Executor) {
     // (name, component, whether its instances serve twice). js-hello's do not: StarlingMonkey's
     // fetch event answers once per instance (StarlingMonkey issue 247).
     let components: Vec<(&str, PathBuf, bool)> = vec![
@@ -175,7 +161,10 @@ fn breakdown(tokio: &tokio::runtime::Runtime) {
         ("ballast 16 MiB", common::ballast(16), true),
     ];
     let engines: Vec<(&str, Engine)> = vec![
-        ("wasmtime pooling defaults", wasmtime_pooling_defaults()),
+        (
+            "wasmtime pooling defaults",
+            support::pooling_defaults_engine(),
+        ),
         ("edgeplane, keep 2 MiB", edgeplane_engine(2 << 20, true)),
         (
             "edgeplane, keep 2 MiB, no CoW",
@@ -207,7 +196,7 @@ fn breakdown(tokio: &tokio::runtime::Runtime) {
     );
     for (name, path, reusable) in &components {
         for (label, engine) in &engines {
-            let row = tokio.block_on(phases(engine, path, *reusable, iters));
+            let row = exec.block_on(phases(engine, path, *reusable, iters));
             println!("{name:<16} {label:<30} {row}");
         }
     }
@@ -263,33 +252,10 @@ struct CurvePoint {
 }
 
 fn bench(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
-    breakdown(&tokio);
-
-    let local = tokio::task::LocalSet::new();
+    let exec = support::Executor::new();
+    breakdown(&exec);
     let rt = runtime();
-    let baseline = wasmtime_pooling_defaults();
-    let timed = |iters: u64, one: &dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()>>>| {
-        local.block_on(&tokio, async {
-            let start = Instant::now();
-            for _ in 0..iters {
-                one().await;
-            }
-            start.elapsed()
-        })
-    };
-    let tally = |into: &Cell<(Duration, u64)>, iters: u64, took: Duration| {
-        let (sum, n) = into.get();
-        into.set((sum + took, n + iters));
-        took
-    };
-    let mean_us = |of: &Cell<(Duration, u64)>| {
-        let (sum, n) = of.get();
-        sum.as_secs_f64() * 1e6 / n.max(1) as f64
-    };
+    let baseline = support::pooling_defaults_engine();
     let mut curve = Vec::new();
     for mib in SIZES_MIB {
         let app = mib.to_string();
@@ -297,29 +263,26 @@ fn bench(c: &mut Criterion) {
         let component =
             Component::from_file(&baseline, common::ballast(mib)).expect("ballast compiles");
         let pre = support::plain_pre(&baseline, &component);
-        let (ours, theirs) = (
-            Cell::new((Duration::ZERO, 0)),
-            Cell::new((Duration::ZERO, 0)),
-        );
+        let (ours, theirs) = (support::Tally::default(), support::Tally::default());
         let mut group = c.benchmark_group(format!("fresh instance, {mib} MiB image"));
         group.measurement_time(Duration::from_secs(5));
         group.bench_function("edgeplane: store+instantiate+request", |b| {
             b.iter_custom(|iters| {
-                let took = timed(iters, &|| {
+                let took = exec.timed(iters, &|| {
                     let (rt, app) = (rt.clone(), app.clone());
                     Box::pin(async move {
                         let r = rt.handle(&app, request()).await.expect("ballast answers");
                         assert_eq!(r.status, 200);
                     })
                 });
-                tally(&ours, iters, took)
+                ours.add(iters, took)
             })
         });
         group.bench_function(
             "wasmtime pooling defaults: store+instantiate+request",
             |b| {
                 b.iter_custom(|iters| {
-                    let took = timed(iters, &|| {
+                    let took = exec.timed(iters, &|| {
                         let (engine, pre) = (baseline.clone(), pre.clone());
                         Box::pin(async move {
                             let mut store = Store::new(&engine, support::PlainState::new());
@@ -328,15 +291,15 @@ fn bench(c: &mut Criterion) {
                             assert_eq!(status, 200);
                         })
                     });
-                    tally(&theirs, iters, took)
+                    theirs.add(iters, took)
                 })
             },
         );
         group.finish();
         curve.push(CurvePoint {
             image_mib: mib,
-            edgeplane_us: mean_us(&ours),
-            wasmtime_pooling_defaults_us: mean_us(&theirs),
+            edgeplane_us: ours.mean_us(),
+            wasmtime_pooling_defaults_us: theirs.mean_us(),
         });
     }
     println!("\nstore + instantiate + first request, mean over criterion's samples");

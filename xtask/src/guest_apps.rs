@@ -17,66 +17,59 @@ pub fn component(apps: &Path, name: &str) -> PathBuf {
 /// cargo's feature unification would link std into it; apps/Cargo.toml says more).
 pub fn build(cargo: &str, apps: &Path) -> Result<(), String> {
     for packages in [&[][..], &["-p", "hello"][..]] {
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--locked",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-            ])
-            .args(packages)
-            .arg("--manifest-path")
-            .arg(apps.join("Cargo.toml"))
-            // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
-            .env("CARGO_TARGET_DIR", apps.join("target"))
-            .status()
-            .map_err(|e| format!("running {cargo} for apps/: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "building apps/ {packages:?} for wasm32-wasip2 failed ({status}; rustup target add wasm32-wasip2?)"
-            ));
-        }
+        // Pinned so tools find the components there whatever CARGO_TARGET_DIR says.
+        cargo_build(cargo, apps, packages, &apps.join("target"), None)?;
     }
     Ok(())
 }
 
 /// apps/ballast built with a memory image of `mib` MiB (the default build, `component(apps,
-/// "ballast")`, has 16), left at apps/target/ballast/ballast-<mib>mib.wasm. Each size is its own
-/// build of the one small crate (its dependencies are built once); a size already built is not
-/// built again.
+/// "ballast")`, has 16), left at apps/target/ballast/ballast-<mib>mib.wasm. Each size is a
+/// rebuild of the one small crate; its dependencies are built once.
 pub fn ballast(cargo: &str, apps: &Path, mib: u32) -> Result<PathBuf, String> {
+    let target = apps.join("target/ballast/build");
+    let size = ("BALLAST_MIB", mib.to_string());
+    cargo_build(cargo, apps, &["-p", "ballast"], &target, Some(size))?;
     let out = apps
         .join("target/ballast")
         .join(format!("ballast-{mib}mib.wasm"));
-    if out.exists() {
-        return Ok(out);
-    }
-    let target = apps.join("target/ballast/build");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--locked",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "ballast",
-        ])
-        .arg("--manifest-path")
-        .arg(apps.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env("BALLAST_MIB", mib.to_string())
-        .status()
-        .map_err(|e| format!("running {cargo} for apps/ballast: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "building apps/ballast with {mib} MiB failed ({status})"
-        ));
-    }
     std::fs::copy(target.join("wasm32-wasip2/release/ballast.wasm"), &out)
         .map_err(|e| format!("copying the {mib} MiB ballast: {e}"))?;
     Ok(out)
+}
+
+/// `cargo build` of `packages` in apps/ for wasm32-wasip2 into `target`, with `env` set.
+fn cargo_build(
+    cargo: &str,
+    apps: &Path,
+    packages: &[&str],
+    target: &Path,
+    env: Option<(&str, String)>,
+) -> Result<(), String> {
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--locked",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+    ])
+    .args(packages)
+    .arg("--manifest-path")
+    .arg(apps.join("Cargo.toml"))
+    .env("CARGO_TARGET_DIR", target);
+    if let Some((key, value)) = env {
+        cmd.env(key, value);
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("running {cargo} for apps/: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building apps/ {packages:?} for wasm32-wasip2 failed ({status}; rustup target add wasm32-wasip2?)"
+        ));
+    }
+    Ok(())
 }
 
 /// The JavaScript apps in apps/js-hello, componentized with componentize-js from the npm

@@ -97,3 +97,68 @@ pub async fn plain_get(
     let ((), (parts, body)) = tokio::join!(call, read);
     (parts.status.as_u16(), parts.headers, body)
 }
+
+/// wasmtime's pooling allocator with its default settings (and the component model): the
+/// baseline engine.
+pub fn pooling_defaults_engine() -> wasmtime::Engine {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true).allocation_strategy(
+        wasmtime::InstanceAllocationStrategy::Pooling(wasmtime::PoolingAllocationConfig::default()),
+    );
+    wasmtime::Engine::new(&config).expect("engine")
+}
+
+/// A future criterion times, made afresh for each iteration.
+pub type Iteration<'a> = &'a dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+/// Where the samples run: a current-thread runtime and a LocalSet, as on a worker.
+pub struct Executor {
+    tokio: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+}
+
+impl Executor {
+    pub fn new() -> Self {
+        Self {
+            tokio: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio"),
+            local: tokio::task::LocalSet::new(),
+        }
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.local.block_on(&self.tokio, f)
+    }
+
+    /// `iters` runs of `one` inside one block_on, so the executor's entry cost stays out.
+    pub fn timed(&self, iters: u64, one: Iteration<'_>) -> std::time::Duration {
+        self.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                one().await;
+            }
+            start.elapsed()
+        })
+    }
+}
+
+/// The mean time per iteration over every sample of a function, for the ratios printed at
+/// the end.
+#[derive(Default)]
+pub struct Tally(std::cell::Cell<(std::time::Duration, u64)>);
+
+impl Tally {
+    /// Adds a sample of `iters` iterations that `took`; returns `took` (for criterion).
+    pub fn add(&self, iters: u64, took: std::time::Duration) -> std::time::Duration {
+        let (sum, n) = self.0.get();
+        self.0.set((sum + took, n + iters));
+        took
+    }
+
+    pub fn mean_us(&self) -> f64 {
+        let (sum, n) = self.0.get();
+        sum.as_secs_f64() * 1e6 / n.max(1) as f64
+    }
+}

@@ -3,10 +3,13 @@
 //! every request from a pooling allocator (or, per app, reused for up to N requests).
 
 mod cache;
+mod changes;
 mod engine;
 mod error;
 mod guest;
+mod held;
 mod host;
+mod incoming;
 mod observe;
 pub mod outbound;
 mod prepared;
@@ -15,11 +18,12 @@ mod runtime;
 use std::{path::PathBuf, time::Duration};
 
 pub use cache::{CacheBudget, CodeCache, Residency, ResidencySnapshot};
+pub use changes::AppChanges;
 pub use engine::{EngineConfig, EpochTicker, build_engine, wasmtime_config};
 pub use error::HandleError;
 pub use observe::{DestinationStats, Observations};
 pub use prepared::{Candidate, PreparedCounters, next_to_prepare};
-pub use runtime::{AppChanges, AppRuntime};
+pub use runtime::AppRuntime;
 
 /// What the runtime needs to know about one app.
 #[derive(Clone, Debug, PartialEq)]

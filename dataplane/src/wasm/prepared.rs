@@ -141,6 +141,14 @@ impl AppRuntime {
         }
     }
 
+    /// Whether a hot fresh-instance app has no instance prepared (checked without allocating:
+    /// an idle worker asks often).
+    pub(super) fn any_app_wants_prepared(&self) -> bool {
+        self.apps.borrow().values().any(|app| {
+            app.fresh_instances() && app.heat.get() > 0 && app.prepared.borrow().is_none()
+        })
+    }
+
     /// Ages every app's heat (called every tick) and drops the prepared instances of apps that
     /// went cold, returning their pool slots.
     pub fn age_heat(&self) {

@@ -4,7 +4,6 @@
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
-    convert::Infallible,
     panic::AssertUnwindSafe,
     path::Path,
     sync::Arc,
@@ -12,9 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use tracing::debug;
 use wasmtime::{
     Engine, Store, StoreLimitsBuilder, UpdateDeadline,
@@ -29,9 +26,11 @@ use wasmtime_wasi_http::{
 use super::{
     AppSpec,
     cache::{CacheBudget, CodeCache},
+    changes::AppChanges,
     error::HandleError,
     guest::{CpuDeadline, GuestBody, GuestRun, InstanceHome, WallDeadline},
     host::{CpuMeter, EdgeHooks, HostState},
+    incoming::to_hyper,
     observe::Observations,
     prepared::{Heat, PreparedCounters, PreparedInstance},
 };
@@ -46,20 +45,20 @@ pub(super) struct App {
     allowed: Arc<[String]>,
     /// Idle instances kept for reuse when `limits.instance_reuse > 1`. A p2 instance serves one
     /// request at a time, so concurrent requests each take their own.
-    warm: RefCell<Vec<WarmInstance>>,
+    pub(super) warm: RefCell<Vec<WarmInstance>>,
     /// Recent requests, which decides whether an instance is prepared ahead.
     pub(super) heat: Heat,
     /// The next fresh instance, made ahead while the worker was idle (`prepared`).
     pub(super) prepared: RefCell<Option<PreparedInstance>>,
     /// Its instances turned out unable to serve twice (`refuse_reuse`).
-    reuse_refused: Cell<bool>,
+    pub(super) reuse_refused: Cell<bool>,
 }
 
 /// An instance that has served `served` requests and may serve more.
-struct WarmInstance {
-    store: Store<HostState>,
-    proxy: Proxy,
-    served: u32,
+pub(super) struct WarmInstance {
+    pub(super) store: Store<HostState>,
+    pub(super) proxy: Proxy,
+    pub(super) served: u32,
 }
 
 pub struct AppRuntime {
@@ -67,19 +66,19 @@ pub struct AppRuntime {
     linker: Linker<HostState>,
     cache: RefCell<CodeCache<ProxyPre<HostState>>>,
     /// Replaced whole by `apply`; a request holds its app's `Rc` (its version) until it ends.
-    apps: RefCell<HashMap<String, Rc<App>>>,
+    pub(super) apps: RefCell<HashMap<String, Rc<App>>>,
     observations: Observations,
     epoch_tick: Duration,
     in_flight: Cell<u32>,
-    max_in_flight: u32,
+    pub(super) max_in_flight: u32,
     /// Instances held while no request runs in them, over all apps: warm ones parked for reuse,
     /// ones prepared ahead, and finished ones whose reset waits for the worker to be idle. Capped
     /// at `max_in_flight`: as many as can be busy at once, and with the busy ones no more than
     /// the pool holds (sized 2x `max_in_flight`).
-    idle_held: Cell<u32>,
+    pub(super) idle_held: Cell<u32>,
     /// Finished fresh instances: dropping one resets its memory for the slot's next instance
     /// (`vendor/README.md`), which waits until the worker is idle (`reset_one_finished`).
-    finished: RefCell<Vec<Store<HostState>>>,
+    pub(super) finished: RefCell<Vec<Store<HostState>>>,
     /// Where split apps' function calls go: this datacenter's workers.
     functions_via: Cell<Option<std::net::SocketAddr>>,
     /// edged's admin endpoint: guests may not call it.
@@ -87,9 +86,9 @@ pub struct AppRuntime {
     /// The worker's keep-alive connections, shared by its instances (and its handoffs).
     pool: Arc<ConnPool>,
     /// How many of the hottest fresh-instance apps get an instance prepared ahead (0: none).
-    prepare_limit: usize,
+    pub(super) prepare_limit: usize,
     pub(super) heat_ticks: Cell<u32>,
-    prepared_counters: Arc<PreparedCounters>,
+    pub(super) prepared_counters: Arc<PreparedCounters>,
 }
 
 use std::rc::Rc;
@@ -112,38 +111,6 @@ impl App {
     /// Whether each request gets an instance of its own (none is kept for reuse).
     pub(super) fn fresh_instances(&self) -> bool {
         self.spec.limits.instance_reuse <= 1 || self.reuse_refused.get()
-    }
-}
-
-/// What `AppRuntime::apply` changed, by app name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AppChanges {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-}
-
-impl AppChanges {
-    /// The apps `new` adds to `old`, changes (any field of the spec, its digest included) and
-    /// drops, by name, in `new`'s order (removed: `old`'s).
-    pub fn between<'a>(old: impl IntoIterator<Item = &'a AppSpec>, new: &[AppSpec]) -> Self {
-        let old: HashMap<&str, &AppSpec> = old.into_iter().map(|s| (s.name.as_str(), s)).collect();
-        let mut changes = Self::default();
-        for spec in new {
-            match old.get(spec.name.as_str()) {
-                None => changes.added.push(spec.name.clone()),
-                Some(before) if *before != spec => changes.changed.push(spec.name.clone()),
-                Some(_) => {}
-            }
-        }
-        let mut removed: Vec<String> = old
-            .keys()
-            .filter(|name| !new.iter().any(|s| s.name == **name))
-            .map(|name| (*name).to_owned())
-            .collect();
-        removed.sort();
-        changes.removed = removed;
-        changes
     }
 }
 
@@ -284,7 +251,7 @@ impl AppRuntime {
     }
 
     /// Whether `app` is the version now served (not one a reload replaced).
-    fn is_current(&self, app: &Rc<App>) -> bool {
+    pub(super) fn is_current(&self, app: &Rc<App>) -> bool {
         self.apps
             .borrow()
             .get(&app.spec.name)
@@ -404,99 +371,6 @@ impl AppRuntime {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
     }
 
-    /// Keeps an instance that finished cleanly for the app's next request, while it has uses
-    /// left and the worker's warm instances are under their cap (a trapped one never comes here:
-    /// it may be broken).
-    fn park(&self, app: &Rc<App>, store: Store<HostState>, proxy: Proxy, served: u32) {
-        if served < app.spec.limits.instance_reuse
-            && !app.reuse_refused.get()
-            && self.is_current(app)
-            && self.hold()
-        {
-            app.warm.borrow_mut().push(WarmInstance {
-                store,
-                proxy,
-                served,
-            });
-        } else if self.finished.borrow().len() < MAX_FINISHED && self.hold() {
-            self.finished.borrow_mut().push(store);
-        }
-    }
-
-    /// Counts one more idle instance held, if under the cap; at the cap a finished instance
-    /// is reset now to make room (one waiting for reuse or a request matters more).
-    pub(super) fn hold(&self) -> bool {
-        if self.idle_held.get() >= self.max_in_flight && !self.reset_one_finished() {
-            return false;
-        }
-        self.idle_held.set(self.idle_held.get() + 1);
-        true
-    }
-
-    /// Counts one idle instance fewer (taken by a request, or dropped).
-    pub(super) fn release_held(&self, n: u32) {
-        self.idle_held.set(self.idle_held.get().saturating_sub(n));
-    }
-
-    /// Drops one finished instance, resetting its slot; whether there was one.
-    fn reset_one_finished(&self) -> bool {
-        let Some(store) = self.finished.borrow_mut().pop() else {
-            return false;
-        };
-        self.release_held(1);
-        drop(store);
-        true
-    }
-
-    /// Drops every finished instance, resetting their slots; whether there was any. Called
-    /// while the worker is idle, so the resets are not on a request's path.
-    pub(super) fn reset_finished(&self) -> bool {
-        let finished = std::mem::take(&mut *self.finished.borrow_mut());
-        self.release_held(finished.len() as u32);
-        !finished.is_empty()
-    }
-
-    /// Whether a hot fresh-instance app has no instance prepared (checked without allocating:
-    /// an idle worker asks often).
-    pub(super) fn any_app_wants_prepared(&self) -> bool {
-        self.apps.borrow().values().any(|app| {
-            app.fresh_instances() && app.heat.get() > 0 && app.prepared.borrow().is_none()
-        })
-    }
-
-    /// An instance for the next request: a warm one (reuse), the one prepared ahead, or a new
-    /// store to instantiate in; with the requests the instance served before.
-    fn take_instance(&self, app: &App) -> (Store<HostState>, Option<Proxy>, u32) {
-        if let Some(mut warm) = app.warm.borrow_mut().pop() {
-            self.release_held(1);
-            self.arm_cpu_deadline(&mut warm.store, app);
-            return (warm.store, Some(warm.proxy), warm.served);
-        }
-        if app.fresh_instances() && self.prepare_limit > 0 {
-            if let Some(mut ready) = app.prepared.borrow_mut().take() {
-                self.release_held(1);
-                PreparedCounters::bump(&self.prepared_counters.used);
-                // Its budgets start now, not when it was made.
-                self.arm_cpu_deadline(&mut ready.store, app);
-                return (ready.store, Some(ready.proxy), 0);
-            }
-            PreparedCounters::bump(&self.prepared_counters.missed);
-        }
-        (self.new_store(app), None, 0)
-    }
-
-    /// Stops reusing `app`'s instances (this version's): one served a request, then returned
-    /// from the next without answering it, as StarlingMonkey's fetch event does (its issue
-    /// 247). Instances that cannot serve twice get fresh ones instead of failing every other
-    /// request.
-    fn refuse_reuse(&self, app: &App) {
-        if !app.reuse_refused.replace(true) {
-            tracing::warn!(app = %app.spec.name, "a reused instance returned without answering; this version of the app gets fresh instances from now on");
-            let parked = std::mem::take(&mut *app.warm.borrow_mut()).len() as u32;
-            self.release_held(parked);
-        }
-    }
-
     /// Makes the store's deadline callback, which stays for every request the store serves.
     /// It runs only while wasm runs, so it also ends a guest that spins past its wall deadline
     /// without ever yielding (the wall-deadline timer can only fire when it yields).
@@ -528,7 +402,7 @@ impl AppRuntime {
     }
 
     /// Starts the app's CPU budget for the request `store` is about to serve.
-    fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App) {
+    pub(super) fn arm_cpu_deadline(&self, store: &mut Store<HostState>, app: &App) {
         store.data_mut().meter.restart();
         let limits = &app.spec.limits;
         store.set_epoch_deadline(epoch_ticks(
@@ -664,12 +538,6 @@ impl AppRuntime {
     }
 }
 
-/// Finished fresh instances whose reset may wait for the worker to be idle. Few: under load
-/// each one waiting holds a pool slot of its own, where dropping it at once lets the pool hand
-/// the same, cache-warm slot to the next instance (fresh hello lost 4.5% per CPU-second with
-/// every reset deferred).
-const MAX_FINISHED: usize = 2;
-
 /// A request's hold on the runtime: an in-flight slot, taken when its guest starts, and the
 /// instance's way back to the warm pool.
 struct InstanceSlot {
@@ -692,91 +560,4 @@ impl InstanceHome for InstanceSlot {
 /// `d` in epoch ticks of length `tick`, at least one.
 fn epoch_ticks(d: Duration, tick: Duration) -> u64 {
     (d.as_nanos() / tick.as_nanos().max(1)).max(1) as u64
-}
-
-/// The request as wasi:http sees it. The URI stays in origin form when there is a Host header,
-/// whose value (port included, as `wasmtime serve` passes it) becomes the authority. The body is
-/// the request's own, or the stream it arrives on.
-fn to_hyper(
-    req: Request,
-    streamed: Option<RequestBody>,
-) -> anyhow::Result<http::Request<UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>>> {
-    let has_host = req.header("host").is_some();
-    let mut headers = http::HeaderMap::with_capacity(req.headers.len());
-    for (name, value) in req.headers {
-        headers.append(
-            http::HeaderName::from_bytes(name.as_bytes())?,
-            http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
-        );
-    }
-    let uri = if has_host {
-        http::Uri::try_from(req.target)?
-    } else {
-        http::Uri::try_from(format!("http://localhost{}", req.target))?
-    };
-    let body = match streamed {
-        Some(body) => body
-            .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
-            .boxed_unsync(),
-        None => {
-            let trailers = (!req.trailers.is_empty())
-                .then(|| {
-                    req.trailers
-                        .into_iter()
-                        .map(|(name, value)| {
-                            Ok((
-                                http::HeaderName::from_bytes(name.as_bytes())?,
-                                http::HeaderValue::from_maybe_shared(Bytes::from(value))?,
-                            ))
-                        })
-                        .collect::<anyhow::Result<http::HeaderMap>>()
-                })
-                .transpose()?;
-            Full::new(Bytes::from(req.body))
-                .map_err(|never: Infallible| match never {})
-                .with_trailers(std::future::ready(trailers.map(Ok)))
-                .boxed_unsync()
-        }
-    };
-    let mut hyper_req = http::Request::new(body);
-    *hyper_req.method_mut() = http::Method::from_bytes(req.method.as_bytes())?;
-    *hyper_req.uri_mut() = uri;
-    *hyper_req.headers_mut() = headers;
-    Ok(hyper_req)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(name: &str, digest: &str) -> AppSpec {
-        AppSpec {
-            name: name.into(),
-            component: format!("/c/{digest}.wasm").into(),
-            digest: digest.into(),
-            env: vec![],
-            allowed_backends: vec![],
-            limits: Default::default(),
-            split_app: None,
-        }
-    }
-
-    #[test]
-    fn changes_between_two_sets_of_apps_by_name_and_by_any_field() {
-        let old = [spec("a", "1"), spec("b", "1"), spec("gone", "1")];
-        let mut env_changed = spec("b", "1");
-        env_changed.env.push(("K".into(), "v".into()));
-        let new = [spec("a", "1"), env_changed, spec("new", "2")];
-        let c = AppChanges::between(&old, &new);
-        assert_eq!(
-            (c.added, c.changed, c.removed),
-            (
-                vec!["new".to_owned()],
-                vec!["b".to_owned()],
-                vec!["gone".to_owned()]
-            )
-        );
-        let same = AppChanges::between(&old, &old);
-        assert_eq!(same, AppChanges::default());
-    }
 }

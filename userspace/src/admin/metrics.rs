@@ -196,7 +196,7 @@ impl Snapshot {
             vec![(vec![], state.peer_asks.load(Relaxed))],
         );
         type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
-        let families: [(&str, &str, CounterOf); 4] = [
+        let families: [(&str, &str, CounterOf); 7] = [
             (
                 "edgeplane_worker_panics",
                 "requests whose handling panicked (answered 500)",
@@ -217,6 +217,21 @@ impl Snapshot {
                 "connections closed after send_timeout without the client reading",
                 |c| &c.slow_readers,
             ),
+            (
+                "edgeplane_instances_prepared",
+                "fresh instances made ahead while the worker was idle",
+                |c| &c.prepared.made,
+            ),
+            (
+                "edgeplane_instances_prepared_used",
+                "requests served by an instance made ahead",
+                |c| &c.prepared.used,
+            ),
+            (
+                "edgeplane_instances_prepared_missed",
+                "fresh-instance requests that found none made ahead and instantiated on their path",
+                |c| &c.prepared.missed,
+            ),
         ];
         for (name, help, field) in families {
             let rows = state
@@ -228,39 +243,6 @@ impl Snapshot {
             self.counter(name, help, rows);
         }
         self.tls(state);
-        type PreparedOf =
-            fn(&edgeplane_dataplane::wasm::PreparedCounters) -> &std::sync::atomic::AtomicU64;
-        let prepared: [(&str, &str, PreparedOf); 3] = [
-            (
-                "edgeplane_instances_prepared",
-                "fresh instances made ahead while the worker was idle",
-                |c| &c.made,
-            ),
-            (
-                "edgeplane_instances_prepared_used",
-                "requests served by an instance made ahead",
-                |c| &c.used,
-            ),
-            (
-                "edgeplane_instances_prepared_missed",
-                "fresh-instance requests that found none made ahead and instantiated on their path",
-                |c| &c.missed,
-            ),
-        ];
-        for (name, help, field) in prepared {
-            let rows = state
-                .worker_counters
-                .iter()
-                .enumerate()
-                .map(|(w, c)| {
-                    (
-                        vec![("worker", w.to_string())],
-                        field(&c.prepared).load(Relaxed),
-                    )
-                })
-                .collect();
-            self.counter(name, help, rows);
-        }
         let n = state.maps.worker_config()?.n_workers;
         let loads = state.maps.worker_loads(n)?;
         self.gauge(
