@@ -112,12 +112,7 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
     let (mut instantiate, mut first, mut drop_store, mut reused) = Default::default();
     for _ in 0..iters {
         let at = mark();
-        let mut store = Store::new(engine, support::PlainState::new());
-        store.set_epoch_deadline(1 << 40);
-        let proxy = pre
-            .instantiate_async(&mut store)
-            .await
-            .expect("instantiates");
+        let (mut store, proxy) = support::plain_instance(engine, &pre).await;
         Phase::add(&mut instantiate, at);
         let at = mark();
         let (status, ..) = support::plain_get(&mut store, &proxy).await;
@@ -128,12 +123,7 @@ async fn phases(engine: &Engine, path: &Path, reusable: bool, iters: u32) -> Str
         Phase::add(&mut drop_store, at);
     }
     if reusable {
-        let mut store = Store::new(engine, support::PlainState::new());
-        store.set_epoch_deadline(1 << 40);
-        let proxy = pre
-            .instantiate_async(&mut store)
-            .await
-            .expect("instantiates");
+        let (mut store, proxy) = support::plain_instance(engine, &pre).await;
         support::plain_get(&mut store, &proxy).await;
         for _ in 0..iters {
             let at = mark();

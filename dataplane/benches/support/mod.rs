@@ -52,6 +52,24 @@ pub fn plain_pre(
     wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).expect("is a proxy")
 }
 
+/// A new `PlainState` store on `engine` and `pre` instantiated in it. Its epoch deadline is far
+/// off, for engines that interrupt by epoch (edgeplane's).
+pub async fn plain_instance(
+    engine: &wasmtime::Engine,
+    pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<PlainState>,
+) -> (
+    wasmtime::Store<PlainState>,
+    wasmtime_wasi_http::p2::bindings::Proxy,
+) {
+    let mut store = wasmtime::Store::new(engine, PlainState::new());
+    store.set_epoch_deadline(1 << 40);
+    let proxy = pre
+        .instantiate_async(&mut store)
+        .await
+        .expect("instantiates");
+    (store, proxy)
+}
+
 /// GET / through `proxy`'s handler, as `wasmtime serve` calls it: the status, the response's
 /// headers and its whole body.
 pub async fn plain_get(

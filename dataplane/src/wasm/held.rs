@@ -9,9 +9,9 @@ use wasmtime_wasi_http::p2::bindings::Proxy;
 
 use super::{
     host::HostState,
-    prepared::PreparedCounters,
     runtime::{App, AppRuntime, WarmInstance},
 };
+use crate::worker::WorkerCounters;
 
 /// Finished fresh instances whose reset may wait for the worker to be idle. Few: under load
 /// each one waiting holds a pool slot of its own, where dropping it at once lets the pool hand
@@ -83,12 +83,12 @@ impl AppRuntime {
         if app.fresh_instances() && self.prepare_limit > 0 {
             if let Some(mut ready) = app.prepared.borrow_mut().take() {
                 self.release_held(1);
-                PreparedCounters::bump(&self.prepared_counters.used);
+                WorkerCounters::bump(&self.prepared_counters.used);
                 // Its budgets start now, not when it was made.
                 self.arm_cpu_deadline(&mut ready.store, app);
                 return (ready.store, Some(ready.proxy), 0);
             }
-            PreparedCounters::bump(&self.prepared_counters.missed);
+            WorkerCounters::bump(&self.prepared_counters.missed);
         }
         (self.new_store(app), None, 0)
     }

@@ -1,22 +1,20 @@
 //! Instances prepared ahead: while its ring is idle, a worker instantiates the next fresh
 //! instance of each of its hottest fresh-instance apps, so a request finds one ready and the
 //! set-up (store, instantiation, mapping the memory image) leaves its latency. The CPU is spent
-//! all the same, on an idle worker; at saturation a worker is never idle and nothing is
-//! prepared, so nothing is prepared in vain either.
+//! all the same, on an idle worker; under load a worker is idle only between batches, prepares
+//! there, and the next request uses what it prepared, so nothing is prepared in vain either.
 //!
 //! A prepared instance has served no request: it is as fresh as one made on the request's path.
 //! It is dropped with its app's version (a reload) and when its app goes cold.
 
-use std::{
-    cell::Cell,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{cell::Cell, sync::atomic::AtomicU64};
 
 use futures_util::FutureExt as _;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
 use super::{host::HostState, runtime::AppRuntime};
+use crate::worker::WorkerCounters;
 
 /// An instantiated app waiting for its first request.
 pub(super) struct PreparedInstance {
@@ -33,12 +31,6 @@ pub struct PreparedCounters {
     pub used: AtomicU64,
     /// Requests in fresh-instance mode that found none ready and instantiated on their path.
     pub missed: AtomicU64,
-}
-
-impl PreparedCounters {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// An app's recent demand: requests since the last halving, halved every `AGE_TICKS` ticks.
@@ -92,7 +84,7 @@ impl AppRuntime {
         if self.reset_finished() {
             return true;
         }
-        let limit = self.prepare_limit();
+        let limit = self.prepare_limit;
         if limit == 0 || !self.any_app_wants_prepared() {
             return false;
         }
@@ -126,15 +118,13 @@ impl AppRuntime {
         match pre.instantiate_async(&mut store).now_or_never() {
             Some(Ok(proxy)) => {
                 *app.prepared.borrow_mut() = Some(PreparedInstance { store, proxy });
-                PreparedCounters::bump(&self.prepared_counters().made);
+                WorkerCounters::bump(&self.prepared_counters.made);
                 true
             }
-            Some(Err(error)) => {
-                tracing::debug!(app = %name, error = %error, "preparing an instance failed");
-                self.release_held(1);
-                false
-            }
-            None => {
+            unfinished => {
+                if let Some(Err(error)) = unfinished {
+                    tracing::debug!(app = %name, error = %error, "preparing an instance failed");
+                }
                 self.release_held(1);
                 false
             }

@@ -77,7 +77,7 @@ pub struct AppRuntime {
     /// the pool holds (sized 2x `max_in_flight`).
     pub(super) idle_held: Cell<u32>,
     /// Finished fresh instances: dropping one resets its memory for the slot's next instance
-    /// (`vendor/README.md`), which waits until the worker is idle (`reset_one_finished`).
+    /// (`vendor/README.md`), which waits until the worker is idle (`reset_finished`).
     pub(super) finished: RefCell<Vec<Store<HostState>>>,
     /// Where split apps' function calls go: this datacenter's workers.
     functions_via: Cell<Option<std::net::SocketAddr>>,
@@ -105,9 +105,7 @@ impl App {
             spec,
         }
     }
-}
 
-impl App {
     /// Whether each request gets an instance of its own (none is kept for reuse).
     pub(super) fn fresh_instances(&self) -> bool {
         self.spec.limits.instance_reuse <= 1 || self.reuse_refused.get()
@@ -159,14 +157,6 @@ impl AppRuntime {
         self.prepare_limit = limit;
         self.prepared_counters = counters;
         self
-    }
-
-    pub(super) fn prepare_limit(&self) -> usize {
-        self.prepare_limit
-    }
-
-    pub fn prepared_counters(&self) -> &Arc<PreparedCounters> {
-        &self.prepared_counters
     }
 
     /// The apps served now (the versions a reload has not replaced).

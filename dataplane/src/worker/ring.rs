@@ -118,12 +118,12 @@ impl Ring {
         self.batch = batch;
     }
 
-    /// Hands the queued entries to the kernel without waiting.
     /// Whether entries wait in the submission queue.
     pub(super) fn has_queued(&mut self) -> bool {
         !self.uring.submission().is_empty()
     }
 
+    /// Hands the queued entries to the kernel without waiting.
     pub(super) fn submit_pending(&mut self) -> anyhow::Result<()> {
         match self.uring.submit() {
             Ok(_) => Ok(()),
