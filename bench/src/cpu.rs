@@ -23,11 +23,20 @@ impl CpuTimes {
         Self::parse(&stat, cpu).with_context(|| format!("no cpu{cpu} line in /proc/stat"))
     }
 
+    /// Every CPU's times together (/proc/stat's `cpu` line).
+    pub fn read_all() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        Self::parse_line(&stat, "cpu").context("no cpu line in /proc/stat")
+    }
+
     fn parse(stat: &str, cpu: u32) -> Option<Self> {
-        let label = format!("cpu{cpu}");
+        Self::parse_line(stat, &format!("cpu{cpu}"))
+    }
+
+    fn parse_line(stat: &str, label: &str) -> Option<Self> {
         let line = stat
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(label.as_str()))?;
+            .find(|l| l.split_whitespace().next() == Some(label))?;
         let ticks: Vec<u64> = line
             .split_whitespace()
             .skip(1)

@@ -132,36 +132,16 @@ pub fn insert_ipv6_ext(frame: &mut Vec<u8>, kind: u8, len_units: u8) {
 /// Sends raw frames out of `iface` (in the calling thread's namespace) with an AF_PACKET socket:
 /// malformed frames go out exactly as given.
 pub fn send_raw_frames(iface: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let ifindex = crate::netns::ifindex(iface)?;
-    // SAFETY: plain socket syscalls; the fd is owned right away and results are checked.
-    unsafe {
-        let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+    use std::os::fd::AsRawFd as _;
+    let socket = crate::flood::packet_socket(iface)?;
+    for f in frames {
+        // SAFETY: sending from a live buffer on our own socket.
+        let rc = unsafe { libc::send(socket.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
         anyhow::ensure!(
-            raw >= 0,
-            "AF_PACKET socket: {}",
+            usize::try_from(rc).ok() == Some(f.len()),
+            "send on {iface}: {}",
             std::io::Error::last_os_error()
         );
-        let fd = OwnedFd::from_raw_fd(raw);
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        for f in frames {
-            let rc = libc::sendto(
-                fd.as_raw_fd(),
-                f.as_ptr().cast(),
-                f.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            anyhow::ensure!(
-                rc == f.len() as isize,
-                "sendto on {iface}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Packet-rate measurements of `classify` against baselines measured in the same run:
 //! - cost per packet by BPF_PROG_TEST_RUN (repeat) vs a bare XDP_PASS program;
 //! - drop rate of a blocklisted flood on native veth vs a bare XDP_DROP program and an nftables
-//!   netdev-ingress drop rule. The flood comes from BPF_PROG_TEST_RUN in live-frames mode running
-//!   `bare_tx` on the sender's veth (xdp-tools' generator does not work on this kernel).
+//!   netdev-ingress drop rule. The flood comes from `crate::flood` (live frames where the kernel
+//!   allows them, else AF_PACKET; xdp-tools' generator does not work on this kernel).
 
 use std::{
     net::IpAddr,
@@ -11,17 +11,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crate::flood::{Generator, Sources};
+
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use edgeplane::{Dataplane, LoadOptions, XdpAttachMode, addr::Vip, loader::BASELINE_OBJECT};
 use edgeplane_abi::{DropReason, RateLimitConfig, rate_limit_flags};
 use serde::Serialize;
 
 use crate::{
-    netns::{LinkEnd, Netns, ifindex, veth_pair},
+    cpu::CpuTimes,
+    flood::Flooder,
+    netns::{LinkEnd, Netns, veth_pair},
     packets::FrameSpec,
     scenario::median,
 };
@@ -31,24 +35,6 @@ pub const FLOOD_SOURCE: &str = "203.0.113.5";
 /// Covers FLOOD_SOURCE and every source `bare_tx_spray` writes.
 pub const BLOCKED_PREFIX: &str = "203.0.0.0/16";
 
-/// How the flood's sources vary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Sources {
-    /// One source address.
-    One,
-    /// 65,536 source addresses in turn: no per-source cache can hold them (IPv4 sources are
-    /// checked against BLOCK_V4, one array read, so `classify` needs none).
-    Spread,
-}
-
-impl Sources {
-    fn generator(self) -> &'static str {
-        match self {
-            Sources::One => "bare_tx",
-            Sources::Spread => "bare_tx_spray",
-        }
-    }
-}
 const CLIENT: &str = "192.0.2.10";
 
 /// Frames for the per-packet cost table.
@@ -144,13 +130,16 @@ pub fn per_packet_cost(pin_dir: &Path, repeat: u32, rounds: usize) -> anyhow::Re
 pub struct FloodWorld {
     pub gen_ns: Netns,
     pub target_ns: Netns,
+    /// What floods from `gen`.
+    pub generator: Generator,
 }
 
 impl FloodWorld {
     pub const GEN_IF: &str = "veth0";
     pub const TARGET_IF: &str = "veth1";
 
-    pub fn new() -> anyhow::Result<Self> {
+    /// The world, flooded by `generator` (None: the fastest this kernel allows).
+    pub fn new(generator: Option<Generator>) -> anyhow::Result<Self> {
         let gen_ns = Netns::new("ep-gen")?;
         let target_ns = Netns::new("ep-tgt")?;
         veth_pair(
@@ -174,18 +163,19 @@ impl FloodWorld {
         if !out.status.success() {
             bail!("ethtool gro on: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(Self { gen_ns, target_ns })
+        let generator = generator.unwrap_or_else(|| Generator::best(&gen_ns, Self::GEN_IF));
+        Ok(Self {
+            gen_ns,
+            target_ns,
+            generator,
+        })
     }
 
     /// Sends `count` copies of `frame` from the generator side; returns wall seconds taken.
     pub fn flood(&self, frame: &[u8], count: u32, sources: Sources) -> anyhow::Result<f64> {
-        live_flood_with(
-            &self.gen_ns,
-            Self::GEN_IF,
-            frame,
-            count,
-            sources.generator(),
-        )
+        let mut flooder =
+            Flooder::open(self.generator, &self.gen_ns, Self::GEN_IF, frame, sources)?;
+        Ok(self.gen_ns.run(|| flooder.timed(count))??.as_secs_f64())
     }
 
     /// XDP drops counted by the target veth's driver (all queues).
@@ -240,26 +230,11 @@ impl FloodWorld {
     }
 }
 
-/// Transmits `count` copies of `frame` out of `iface` in `ns` at line rate: BPF_PROG_TEST_RUN in
-/// live-frames mode runs `bare_tx`, which XDP_TXes each frame. Returns wall seconds taken.
-pub fn live_flood(ns: &Netns, iface: &str, frame: &[u8], count: u32) -> anyhow::Result<f64> {
-    live_flood_with(ns, iface, frame, count, "bare_tx")
-}
-
-fn live_flood_with(
-    ns: &Netns,
-    iface: &str,
-    frame: &[u8],
-    count: u32,
-    generator: &str,
-) -> anyhow::Result<f64> {
-    let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-    let tx = baseline_program(&mut ebpf, generator)?;
-    ns.run(|| -> anyhow::Result<f64> {
-        let start = Instant::now();
-        transmit(tx, ifindex(iface)?, frame, count)?;
-        Ok(start.elapsed().as_secs_f64())
-    })?
+/// Sends `count` copies of `frame` out of `iface` in `ns` as fast as the best generator here
+/// goes (`crate::flood`). Returns wall seconds taken.
+pub fn flood(ns: &Netns, iface: &str, frame: &[u8], count: u32) -> anyhow::Result<f64> {
+    let mut flooder = Flooder::open(Generator::best(ns, iface), ns, iface, frame, Sources::One)?;
+    Ok(ns.run(|| flooder.timed(count))??.as_secs_f64())
 }
 
 /// Floods out of `iface` in `ns` in bursts paced at `pps` frames per second (0: flat out) until
@@ -272,21 +247,19 @@ pub fn paced_flood(
     pps: u64,
     stop: &AtomicBool,
 ) -> anyhow::Result<(u64, f64)> {
-    // 10 ms of frames a call: each call costs about a millisecond of set-up, and small bursts
-    // keep the pace even and let the flood stop soon after `stop`.
+    // 10 ms of frames a call: small bursts keep the pace even and let the flood stop soon
+    // after `stop`.
     let burst = if pps == 0 {
         20_000
     } else {
         (pps / 100).clamp(1_000, 100_000) as u32
     };
-    let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-    let tx = baseline_program(&mut ebpf, sources.generator())?;
+    let mut flooder = Flooder::open(Generator::best(ns, iface), ns, iface, frame, sources)?;
     ns.run(|| -> anyhow::Result<(u64, f64)> {
-        let ifindex = ifindex(iface)?;
         let started = Instant::now();
         let mut frames = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            transmit(tx, ifindex, frame, burst)?;
+            flooder.send(burst)?;
             frames += u64::from(burst);
             if pps > 0 {
                 let due = started + Duration::from_secs_f64(frames as f64 / pps as f64);
@@ -297,57 +270,130 @@ pub fn paced_flood(
     })?
 }
 
-/// XDP_TXes `count` copies of `frame` as if received on `ifindex` (the calling thread's
-/// namespace), by BPF_PROG_TEST_RUN in live-frames mode.
-fn transmit(tx: &Xdp, ifindex: u32, frame: &[u8], count: u32) -> anyhow::Result<()> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-    tx.test_run(TestRunOptions {
-        data_in: Some(frame),
-        ctx_in: Some(&ctx),
-        repeat: count,
-        attrs: TestRunAttrs::new().xdp_live_frames(64),
-        ..Default::default()
-    })
-    .context("BPF_PROG_TEST_RUN live frames")?;
-    Ok(())
-}
-
 #[derive(Debug, Serialize)]
 pub struct DropRow {
     pub dropper: String,
+    pub generator: Generator,
     pub sources: Sources,
     pub sent: u64,
     pub dropped: u64,
+    /// Drops per wall second, median of the rounds.
     pub mpps: f64,
+    /// Drops per second of CPU busy on any core (generator and dropper together: they share
+    /// the cores), over all rounds.
+    pub mpps_per_cpu_second: f64,
 }
 
-/// Floods `rounds` times with each source pattern; returns (pattern, median Mpps, sent, dropped).
+/// One source pattern's rounds through one dropper.
+struct Measured {
+    sources: Sources,
+    mpps: f64,
+    sent: u64,
+    dropped: u64,
+    cpu_seconds: f64,
+}
+
+impl Measured {
+    fn row(self, dropper: &str, generator: Generator) -> DropRow {
+        DropRow {
+            dropper: dropper.to_owned(),
+            generator,
+            sources: self.sources,
+            sent: self.sent,
+            dropped: self.dropped,
+            mpps: self.mpps,
+            mpps_per_cpu_second: self.dropped as f64 / self.cpu_seconds.max(1e-9) / 1e6,
+        }
+    }
+}
+
+/// Floods `rounds` times with each source pattern.
 fn measure(
     world: &FloodWorld,
     frame: &[u8],
     packets: u32,
     rounds: usize,
     dropped_so_far: &dyn Fn() -> anyhow::Result<u64>,
-) -> anyhow::Result<Vec<(Sources, f64, u64, u64)>> {
+) -> anyhow::Result<Vec<Measured>> {
     let mut out = Vec::new();
     for sources in [Sources::One, Sources::Spread] {
         let mut rates = Vec::new();
-        let (mut sent, mut dropped) = (0, 0);
+        let (mut sent, mut dropped, mut cpu_seconds) = (0, 0, 0.0);
         for _ in 0..rounds {
             let before = dropped_so_far()?;
+            let cpu_before = CpuTimes::read_all()?;
             let secs = world.flood(frame, packets, sources)?;
-            let n = dropped_so_far()? - before;
+            cpu_seconds += cpu_before.until(CpuTimes::read_all()?).busy_seconds;
+            let n = dropped_so_far()?.saturating_sub(before);
             rates.push(n as f64 / secs / 1e6);
-            sent += packets as u64;
+            sent += u64::from(packets);
             dropped += n;
         }
-        out.push((sources, median(rates), sent, dropped));
+        out.push(Measured {
+            sources,
+            mpps: median(rates),
+            sent,
+            dropped,
+            cpu_seconds,
+        });
     }
     Ok(out)
+}
+
+/// The flood into a bare XDP_DROP on the target's veth (native), counted by the veth driver.
+fn bare_drop(
+    world: &FloodWorld,
+    frame: &[u8],
+    packets: u32,
+    rounds: usize,
+) -> anyhow::Result<Vec<Measured>> {
+    let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+    let drop = baseline_program(&mut ebpf, "bare_drop")?;
+    world
+        .target_ns
+        .run(|| drop.attach(FloodWorld::TARGET_IF, XdpMode::Driver))??;
+    measure(world, frame, packets, rounds, &|| world.target_xdp_drops())
+}
+
+/// The flood frame: blocklisted source, the bench app's VIP.
+fn flood_frame() -> anyhow::Result<Vec<u8>> {
+    let vip: Vip = APP_VIP.parse()?;
+    Ok(FrameSpec::udp(
+        FLOOD_SOURCE.parse()?,
+        vip.addr.ip(),
+        40000,
+        vip.addr.port(),
+        18,
+    )
+    .build())
+}
+
+/// What each generator this kernel allows delivers into a bare XDP_DROP sink: the ceiling of
+/// any drop rate measured with it. Live frames are skipped (with the reason) where refused.
+pub fn generator_rates(packets: u32, rounds: usize) -> anyhow::Result<Vec<DropRow>> {
+    let frame = flood_frame()?;
+    let mut rows = Vec::new();
+    for generator in [Generator::LiveFrames, Generator::AfPacket] {
+        let world = FloodWorld::new(Some(generator))?;
+        let measured = match bare_drop(&world, &frame, packets, rounds) {
+            Ok(m) => m,
+            Err(e) if generator == Generator::LiveFrames => {
+                eprintln!(
+                    "[xdp-bench] {} not measured: {}",
+                    generator.label(),
+                    e.root_cause()
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        rows.extend(
+            measured
+                .into_iter()
+                .map(|m| m.row("bare XDP_DROP (native)", generator)),
+        );
+    }
+    Ok(rows)
 }
 
 /// Blocklisted flood through each dropper in turn, each with one source and with 65,536.
@@ -355,28 +401,14 @@ pub fn flood_drop_rates(
     pin_dir: &Path,
     packets: u32,
     rounds: usize,
+    generator: Option<Generator>,
 ) -> anyhow::Result<Vec<DropRow>> {
-    let world = FloodWorld::new()?;
-    let vip: Vip = APP_VIP.parse()?;
-    let frame = FrameSpec::udp(
-        FLOOD_SOURCE.parse()?,
-        vip.addr.ip(),
-        40000,
-        vip.addr.port(),
-        18,
-    )
-    .build();
+    let world = FloodWorld::new(generator)?;
+    let frame = flood_frame()?;
     let mut rows = Vec::new();
-    let mut push = |dropper: &str, results: Vec<(Sources, f64, u64, u64)>| {
-        for (sources, mpps, sent, dropped) in results {
-            rows.push(DropRow {
-                dropper: dropper.to_owned(),
-                sources,
-                sent,
-                dropped,
-                mpps,
-            });
-        }
+    let generator = world.generator;
+    let mut push = |dropper: &str, results: Vec<Measured>| {
+        rows.extend(results.into_iter().map(|m| m.row(dropper, generator)));
     };
 
     // classify, native, counted by its own blocklist counter.
@@ -397,20 +429,10 @@ pub fn flood_drop_rates(
         );
     }
 
-    // bare XDP_DROP, native, counted by the veth driver.
-    {
-        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-        let drop = baseline_program(&mut ebpf, "bare_drop")?;
-        world
-            .target_ns
-            .run(|| drop.attach(FloodWorld::TARGET_IF, XdpMode::Driver))??;
-        push(
-            "bare XDP_DROP (native)",
-            measure(&world, &frame, packets, rounds, &|| {
-                world.target_xdp_drops()
-            })?,
-        );
-    }
+    push(
+        "bare XDP_DROP (native)",
+        bare_drop(&world, &frame, packets, rounds)?,
+    );
 
     // nftables, netdev ingress (the earliest nftables hook), no XDP.
     world.nft(&format!(

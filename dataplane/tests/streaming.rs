@@ -12,8 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fill_until, find, read_response, runtime, spec, tempdir};
+use common::{fill_until, find, read_response, runtime, spec};
 use edgeplane_dataplane::{
+    http::HttpLimits,
     listener::reuseport_listener,
     router::{EdgeService, Routes, region::Popularity},
     wasm::AppLimits,
@@ -22,6 +23,7 @@ use edgeplane_dataplane::{
 
 struct Running {
     addr: SocketAddr,
+    counters: Arc<worker::WorkerCounters>,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<worker::WorkerStats>>>,
 }
@@ -41,30 +43,38 @@ impl Drop for Running {
     }
 }
 
-/// A worker serving `wstd.test` (wstd's example) and `faulty.test` (faulty, with a 4 MiB
-/// response limit).
+/// A worker serving `wstd.test` (wstd's example), `faulty.test` (faulty, with a 4 MiB
+/// response limit) and `echo.test` (apps/echo).
 fn start() -> Running {
+    start_with(HttpLimits::default())
+}
+
+/// `start`, with these limits on clients.
+fn start_with(limits: HttpLimits) -> Running {
     let wstd = common::wstd_example_server();
     let faulty = common::app("faulty");
+    let echo = common::app("echo");
     let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut opts = WorkerOptions::new(0, listener);
     opts.pin = false;
+    opts.limits = limits;
+    let counters = opts.counters.clone();
     opts.drain_timeout = Duration::from_secs(2);
+    let mut faulty_spec = spec("faulty", faulty);
+    faulty_spec.limits = AppLimits {
+        max_response_bytes: 4 << 20,
+        ..Default::default()
+    };
+    let apps = vec![spec("wstd", wstd), faulty_spec, spec("echo", echo)];
+    let cache = common::warm_cache(&apps);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let factory: worker::ServiceFactory = Arc::new(move |_| {
-        let mut faulty_spec = spec("faulty", faulty.clone());
-        faulty_spec.limits = AppLimits {
-            max_response_bytes: 4 << 20,
-            ..Default::default()
-        };
-        let rt = runtime(
-            vec![spec("wstd", wstd.clone()), faulty_spec],
-            &tempdir("streaming-cache"),
-        );
+        let rt = runtime(apps.clone(), &cache);
         let mut routes = Routes::default();
         routes.hosts.insert("wstd.test".into(), "wstd".into());
         routes.hosts.insert("faulty.test".into(), "faulty".into());
+        routes.hosts.insert("echo.test".into(), "echo".into());
         Ok(Rc::new(EdgeService {
             routes: std::cell::RefCell::new(Rc::new(routes)),
             runtime: rt,
@@ -84,6 +94,7 @@ fn start() -> Running {
     let thread = worker::spawn(opts, factory, rx).unwrap();
     Running {
         addr,
+        counters,
         stop,
         thread: Some(thread),
     }
@@ -365,6 +376,152 @@ fn a_request_body_past_the_limit_mid_stream_fails_that_request_only() {
         "more than the limit went through"
     );
     let _ = writer.join();
+    let mut s = connect(w.addr);
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}
+
+/// Client timeouts short enough for a test: a second for the head, a second of silence in a
+/// body the guest waits for, 64 bytes a second on average past that.
+fn short_timeouts() -> HttpLimits {
+    HttpLimits {
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        body_min_rate: 64,
+        ..HttpLimits::default()
+    }
+}
+
+fn slow_clients(w: &Running) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        w.counters.slow_heads.load(Relaxed),
+        w.counters.slow_bodies.load(Relaxed),
+    )
+}
+
+#[test]
+fn a_steady_upload_through_a_streaming_guest_outlasts_every_client_timeout() {
+    let w = start_with(short_timeouts());
+    let mut s = connect(w.addr);
+    send(
+        &mut s,
+        "POST /echo HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    // Six seconds of body (six body timeouts, six header timeouts), a 100-byte piece every
+    // 250 ms: each comes back before the next goes, so the guest is reading all along.
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    for i in 0..24 {
+        let piece = format!("piece-{i:02}-{}", "x".repeat(91));
+        send(&mut s, &format!("{:x}\r\n{piece}\r\n", piece.len()));
+        assert!(
+            fill_until(&mut s, &mut buf, |b| find(b, piece.as_bytes()).is_some()),
+            "piece {i} did not come back ({:?} in): {:?}",
+            started.elapsed(),
+            String::from_utf8_lossy(&buf[buf.len().saturating_sub(300)..])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    send(&mut s, "0\r\n\r\n");
+    assert!(
+        fill_until(&mut s, &mut buf, |b| find(b, b"\r\n0\r\n\r\n").is_some()),
+        "the echo did not end whole"
+    );
+    assert!(started.elapsed() > Duration::from_secs(6));
+    assert_eq!(slow_clients(&w), (0, 0));
+    // The connection serves on.
+    send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
+    assert_eq!(read_response(&mut s, false).status, 200);
+}
+
+#[test]
+fn a_guest_busy_before_it_reads_the_body_is_not_blamed_on_its_client() {
+    let w = start_with(short_timeouts());
+    let mut s = connect(w.addr);
+    // The client sends a piece and waits for its echo; the guest works 2.5 s (two and a half
+    // body timeouts) before it reads anything.
+    send(
+        &mut s,
+        "POST /echo?wait=2500 HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    );
+    let mut buf = Vec::new();
+    assert!(
+        fill_until(&mut s, &mut buf, |b| find(b, b"first").is_some()),
+        "the guest's answer was cut: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(buf.starts_with(b"HTTP/1.1 200 OK\r\n"), "{buf:?}");
+    send(&mut s, "4\r\nlast\r\n0\r\n\r\n");
+    assert!(fill_until(&mut s, &mut buf, |b| find(b, b"\r\n0\r\n\r\n").is_some()));
+    assert!(find(&buf, b"last").is_some());
+    assert_eq!(slow_clients(&w), (0, 0));
+}
+
+#[test]
+fn a_slowloris_head_or_body_a_byte_at_a_time_is_closed_and_counted() {
+    let w = start_with(short_timeouts());
+    // The head, a byte every 100 ms: whole only after 4 s, past the 1 s header timeout.
+    let mut head = connect(w.addr);
+    let raw = b"GET / HTTP/1.1\r\nHost: wstd.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in raw {
+        if head.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = read_response(&mut head, false);
+    assert!(cut || r.status == 408, "a slow head got {}", r.status);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A body a byte every 100 ms (10 bytes a second, under the 64 asked for): each gap is short,
+    // the pace is not. The guest echoes what arrives, then sees its body fail.
+    let mut body = connect(w.addr);
+    send(
+        &mut body,
+        "POST /echo HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 1000\r\n\r\nx",
+    );
+    let started = Instant::now();
+    let writer = {
+        let mut s = body.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..999 {
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let r = read_response(&mut body, false);
+    assert!(
+        !r.complete || r.status >= 400,
+        "a slow body was answered as whole: {} {}",
+        r.status,
+        r.body().len()
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "closed only after {took:?} (1 s of grace, then 64 B/s asked for)"
+    );
+    let _ = writer.join();
+    assert_eq!(slow_clients(&w), (1, 1));
+
+    // A body that stops: one body timeout of silence.
+    let mut stalled = connect(w.addr);
+    send(
+        &mut stalled,
+        "POST /echo HTTP/1.1\r\nHost: echo.test\r\nContent-Length: 10\r\n\r\nabc",
+    );
+    let r = read_response(&mut stalled, false);
+    assert!(!r.complete || r.status >= 400);
+    assert_eq!(slow_clients(&w), (1, 2));
+
+    // The worker serves on.
     let mut s = connect(w.addr);
     send(&mut s, "GET / HTTP/1.1\r\nHost: wstd.test\r\n\r\n");
     assert_eq!(read_response(&mut s, false).status, 200);

@@ -264,7 +264,7 @@ fn malformed_requests_get_their_status_and_the_worker_keeps_serving() {
 #[test]
 fn slow_client_gets_408_and_idle_connection_is_closed() {
     let limits = HttpLimits {
-        request_timeout: Duration::from_millis(300),
+        header_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(400),
         ..Default::default()
     };

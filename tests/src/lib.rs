@@ -4,17 +4,14 @@ pub mod reference;
 
 /// Plain HTTP/1.1 from the test side, written independently of the code under test.
 pub mod http {
-    use std::process::Child;
+    pub use edgeplane_bench::http::{Server, get, header};
 
-    pub use edgeplane_bench::http::{get, header};
-
-    /// A child process (edged) killed and reaped on drop.
-    pub struct Edged(pub Child);
+    /// An edged killed (SIGKILL: no drain) and reaped on drop.
+    pub struct Edged(pub Server);
 
     impl Drop for Edged {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            self.0.kill();
         }
     }
 }
@@ -23,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use edgeplane::{Dataplane, LoadOptions};
 
-pub use edgeplane::root_gate::require_root;
+pub use edgeplane::root_gate::{require_feature, require_root};
 
 /// A private pin directory per test, removed on drop, so tests run in parallel without sharing maps.
 pub struct TestPins {
@@ -94,34 +91,26 @@ impl TwoHosts {
 
     /// Starts `edged --config <config>` in the server's namespace and waits (up to 2 minutes:
     /// a fresh code cache compiles every component) until its admin endpoint at `admin` says
-    /// healthy.
+    /// healthy; past that, or if it exits, the error quotes the end of its log.
     pub fn start_edged(
         &self,
         config: &Path,
         admin: std::net::SocketAddr,
     ) -> anyhow::Result<http::Edged> {
-        let child = self
-            .server
-            .command(edgeplane_binary("edged").to_str().unwrap_or("edged"))
-            .arg("--config")
-            .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()?;
-        let mut edged = http::Edged(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while self.admin(admin, "/healthz").map(|(s, _)| s) != Some(200) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "edged never became healthy"
-            );
-            anyhow::ensure!(
-                edged.0.try_wait()?.is_none(),
-                "edged exited during start-up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        Ok(edged)
+        let mut server = edgeplane_bench::http::spawn(
+            "edged",
+            self.server
+                .command(edgeplane_binary("edged").to_str().unwrap_or("edged"))
+                .arg("--config")
+                .arg(config),
+        )?;
+        edgeplane_bench::http::wait_until(
+            &mut server,
+            std::time::Duration::from_secs(120),
+            "become healthy",
+            || self.admin(admin, "/healthz").map(|(s, _)| s) == Some(200),
+        )?;
+        Ok(http::Edged(server))
     }
 
     /// A GET on the server's admin endpoint at `admin`: status and body, None if it does not
@@ -211,36 +200,35 @@ pub fn expected_worker(
     worker_for_hash(h, workers)
 }
 
-/// A binary of the `edgeplane` package (edged, edgectl), built if missing.
+/// A binary of the `edgeplane` package (edged, edgectl): the release build, whatever profile
+/// the tests were built in (a debug edged's wasmtime compiles large components too slowly for a
+/// test to wait on). Built once per test binary; a no-op when up to date.
 pub fn edgeplane_binary(name: &str) -> PathBuf {
     use std::sync::OnceLock;
-    static BUILT: OnceLock<()> = OnceLock::new();
-    // target/<profile>/deps/<this test> -> target/<profile>/
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    BUILT.get_or_init(|| {
-        let profile = dir
-            .file_name()
-            .and_then(|p| p.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let mut cmd =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--locked", "-p", "edgeplane", "--bins"]);
-        if profile == "release" {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("cargo build").success(),
-            "building edged/edgectl failed"
-        );
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let release = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<this test> -> target/
+        let target = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+            .expect("the test executable lives in target/<profile>/deps");
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--locked",
+                    "--release",
+                    "-p",
+                    "edgeplane",
+                    "--bins",
+                ])
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("cargo build");
+        assert!(status.success(), "building edged/edgectl (release) failed");
+        target.join("release")
     });
-    dir.join(name)
+    release.join(name)
 }
 
 /// The canonical multi-datacenter world (see `edgeplane_bench::canonical`), with this test

@@ -205,7 +205,7 @@ static_body = "static hi\n"
 
     // SIGTERM: drain, detach, exit 0.
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(edged.0.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(edged.0.pid() as i32, libc::SIGTERM) };
     let status = edged.0.wait()?;
     assert!(status.success(), "edged exited with {status}");
     let link = hosts

@@ -152,9 +152,9 @@ component = "{hello}"
         duration: Duration::from_secs(10),
         arrival: Arrival::Open { rate: 800.0 },
     };
-    let mut started = Started(vec![first.0.id()]);
+    let mut started = Started(vec![first.0.pid()]);
     let mut pids = vec![admin_pid(&hosts)?];
-    assert_eq!(pids[0], first.0.id());
+    assert_eq!(pids[0], first.0.pid());
     let (load, counted) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let load = scope.spawn(|| hosts.client.run(|| loadgen::run("upgrade", &spec)));
         std::thread::sleep(Duration::from_secs(2));

@@ -35,9 +35,40 @@ pub fn require_root(test: &str) -> bool {
         "{test} needs root (network namespaces, XDP, BPF maps) and this is CI \
          ({REQUIRE_ENV} or CI=true): failing rather than skipping"
     );
-    eprintln!(
-        "\n!!!!! SKIPPED {test}: needs root (network namespaces, XDP, BPF maps). CI runs as root. !!!!!\n"
+    skip(
+        test,
+        "needs root (network namespaces, XDP, BPF maps). CI runs as root.",
     );
+    false
+}
+
+/// True when `test` may run: it has root, and `probe` finds the kernel feature it needs
+/// (`feature` names it). Otherwise as `require_root`: under CI it fails, in one line naming the
+/// feature and why the probe refused it; elsewhere the test is skipped loudly and counted.
+pub fn require_feature(
+    test: &str,
+    feature: &str,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    let Err(why) = probe() else {
+        return true;
+    };
+    assert!(
+        !required(),
+        "{test} needs {feature}, which this machine refuses ({why}); this is CI: failing rather than skipping"
+    );
+    skip(
+        test,
+        &format!("needs {feature}, which this machine refuses ({why})."),
+    );
+    false
+}
+
+fn skip(test: &str, why: &str) {
+    eprintln!("\n!!!!! SKIPPED {test}: {why} !!!!!\n");
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV)
         && let Ok(mut log) = std::fs::OpenOptions::new()
             .create(true)
@@ -46,5 +77,4 @@ pub fn require_root(test: &str) -> bool {
     {
         let _ = writeln!(log, "{test}");
     }
-    false
 }

@@ -125,19 +125,87 @@ fn run_bin_with(name: &str, args: &[&str], edged: Option<&Path>) -> anyhow::Resu
 /// Each fuzz target's budget in `./x test`.
 const CI_FUZZ_SECONDS: u64 = 20;
 
+/// The phases of `./x test`, timed: where a run's time goes is printed at its end.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, std::time::Duration)>);
+
+impl Phases {
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let started = std::time::Instant::now();
+        let result = f();
+        self.0.push((name, started.elapsed()));
+        result.with_context(|| format!("./x test: {name}"))
+    }
+
+    fn print(&self) {
+        let line: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, took)| format!("{name} {:.1} min", took.as_secs_f64() / 60.0))
+            .collect();
+        eprintln!(
+            "\x1b[1m[xtask]\x1b[0m where the time went: {}",
+            line.join(", ")
+        );
+    }
+}
+
+/// What CI runs: fmt, clippy, one release build for the tests and the benchmark smoke runs,
+/// the smoke runs, a short fuzz of every parser, then every test binary (none stops the rest).
 fn test() -> anyhow::Result<()> {
-    cargo(&["fmt", "--all", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--locked",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    build_bench_bins()?;
-    // Benchmark smoke runs: the harnesses work; figures come from `./x bench`. The canonical
-    // scenario's short run is the demo test's.
+    let mut phases = Phases::default();
+    let result = test_phases(&mut phases);
+    phases.print();
+    result
+}
+
+fn test_phases(phases: &mut Phases) -> anyhow::Result<()> {
+    phases.run("fmt", || cargo(&["fmt", "--all", "--check"]))?;
+    phases.run("clippy", || {
+        cargo(&[
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    phases.run("build", || {
+        build_bench_bins()?;
+        cargo(&[TEST_ARGS, &["--no-run"]].concat())
+    })?;
+    phases.run("smoke runs", smoke_runs)?;
+    // Every parser of hostile input, for a short budget each; `./x fuzz` runs them longer.
+    phases.run("fuzz", || {
+        fuzz::run(&fuzz::FuzzArgs {
+            seconds: CI_FUZZ_SECONDS,
+            targets: Vec::new(),
+        })
+    })?;
+    phases.run("tests", || cargo_test(TEST_ARGS))
+}
+
+/// The workspace's tests, in the release build that the benchmark binaries and the edged the
+/// tests start share (a debug wasmtime compiles large components too slowly to test with), every
+/// test binary run even when one fails.
+const TEST_ARGS: &[&str] = &[
+    "test",
+    "--locked",
+    "--release",
+    "--no-fail-fast",
+    "--workspace",
+    "--exclude",
+    "edgeplane-ebpf",
+];
+
+/// Benchmark smoke runs: the harnesses work; figures come from `./x bench`. The canonical
+/// scenario's short run is the demo test's.
+fn smoke_runs() -> anyhow::Result<()> {
     let smoke = std::env::temp_dir().join(format!("edgeplane-smoke-{}", std::process::id()));
     let smoke = smoke.to_str().context("utf-8 temp dir")?;
     run_bin("xdp-bench", &["--smoke"])?;
@@ -172,18 +240,7 @@ fn test() -> anyhow::Result<()> {
         &["--smoke", "--out", &format!("{smoke}/saturation")],
     )?;
     let _ = std::fs::remove_dir_all(smoke);
-    // Every parser of hostile input, for a short budget each; `./x fuzz` runs them longer.
-    fuzz::run(&fuzz::FuzzArgs {
-        seconds: CI_FUZZ_SECONDS,
-        targets: Vec::new(),
-    })?;
-    cargo_test(&[
-        "test",
-        "--locked",
-        "--workspace",
-        "--exclude",
-        "edgeplane-ebpf",
-    ])
+    Ok(())
 }
 
 /// Runs cargo test, passing its output through, and closes with one line totalling every test
@@ -200,8 +257,25 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         .current_dir(workspace_root())
         .env(edgeplane::root_gate::SKIP_LOG_ENV, &skip_log)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    // cargo names each test binary that failed on stderr (one that crashed prints no result
+    // line of its own): passed through, and those names kept for the closing line.
+    let stderr = BufReader::new(child.stderr.take().context("cargo stderr")?);
+    let failed_binaries = std::thread::spawn(move || {
+        let mut failed = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(rest) = line
+                .trim()
+                .strip_prefix("error: test failed, to rerun pass ")
+            {
+                failed.push(rest.trim_matches('`').to_owned());
+            }
+        }
+        failed
+    });
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
     for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
         let line = line?;
@@ -226,6 +300,7 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
+    let failed_binaries = failed_binaries.join().unwrap_or_default();
     let skipped = std::fs::read_to_string(&skip_log)
         .map(|log| log.lines().count() as u64)
         .unwrap_or(0);
@@ -235,6 +310,9 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         "\ntests: {passed} passed, {failed} failed, {} skipped ({skipped} needing root, {ignored} ignored)",
         skipped + ignored
     );
+    if !failed_binaries.is_empty() {
+        println!("test binaries that failed: {}", failed_binaries.join(", "));
+    }
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -248,6 +326,8 @@ pub fn build_apps() -> anyhow::Result<()> {
 }
 
 /// The benchmark binaries, edged beside them (http-bench starts it), and the apps they load.
+/// edged is built alone, as the tests build it (`edgeplane_tests::edgeplane_binary`): built
+/// with the benchmarks, its dependencies' features would differ and each would relink it.
 fn build_bench_bins() -> anyhow::Result<()> {
     build_apps()?;
     cargo(&[
@@ -255,9 +335,15 @@ fn build_bench_bins() -> anyhow::Result<()> {
         "--locked",
         "--release",
         "-p",
-        "edgeplane-bench",
-        "-p",
         "edgeplane",
+        "--bins",
+    ])?;
+    cargo(&[
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "edgeplane-bench",
         "--bins",
     ])
 }

@@ -21,7 +21,7 @@ use edgeplane::PinnedMaps;
 use edgeplane_bench::{
     netns::{LinkEnd, Netns, veth_pair},
     packets::{FrameSpec, send_raw_frames},
-    xdp::live_flood,
+    xdp,
 };
 
 use crate::{cargo, step, target_dir, workspace_root};
@@ -257,7 +257,7 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     ));
     let flood_frame =
         FrameSpec::udp(FLOOD_SOURCE.parse()?, POP_V4.parse()?, 4444, 5353, 18).build();
-    let secs = live_flood(&client, "client0", &flood_frame, flood)?;
+    let secs = xdp::flood(&client, "client0", &flood_frame, flood)?;
 
     step(&format!(
         "attacker: {malformed} malformed frames of each of 3 kinds"

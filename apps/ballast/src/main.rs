@@ -11,7 +11,13 @@
 //!
 //! A byte of the image that is neither pristine nor marked answers 500: the image was
 //! corrupted on its way into the instance.
-use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! `?hold=ms` holds the instance that long after marking, before answering (a test pages the
+//! host out meanwhile, so the marks sit in swap when the instance is reset).
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use wstd::http::{Body, Error, Request, Response, StatusCode};
 
@@ -47,13 +53,21 @@ fn touch() -> Option<usize> {
 }
 
 #[wstd::http_server]
-async fn main(_request: Request<Body>) -> Result<Response<Body>, Error> {
+async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
     let Some(seen) = touch() else {
         return Ok(Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)
             .body("the memory image is corrupt\n".into())?);
     };
+    let hold = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("hold=")))
+        .and_then(|ms| ms.parse::<u64>().ok());
+    if let Some(ms) = hold {
+        wstd::task::sleep(Duration::from_millis(ms).into()).await;
+    }
     Ok(Response::builder()
         .header("x-instance-requests", served.to_string())
         .header("x-dirty-seen", seen.to_string())

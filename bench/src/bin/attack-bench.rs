@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("edgeplane-attack-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
-    let world = FloodWorld::new()?;
+    let world = FloodWorld::new(None)?;
     // The flood's frames carry this MAC: without it the kernel would discard them as meant for
     // another host, far cheaper than what a real flood costs it.
     let mac = DST_MAC.map(|b| format!("{b:02x}")).join(":");

@@ -95,6 +95,18 @@ impl RequestDecoder {
         )
     }
 
+    /// How a streamed body's client keeps up while the server waits on it; None in a request's
+    /// head or for a body gathered whole.
+    pub fn body_pace(&self) -> Option<super::request_body::Pace> {
+        match &self.body {
+            Some(BodyInProgress {
+                into: BodyDestination::Stream(writer),
+                ..
+            }) => writer.pace(),
+            _ => None,
+        }
+    }
+
     /// Gives up the request being received (the connection is closing): a streamed body's reader
     /// gets an error, never a short body. Returns whether one was being streamed.
     pub fn abandon(&mut self, why: &'static str) -> bool {

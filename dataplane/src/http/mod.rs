@@ -30,10 +30,27 @@ pub struct HttpLimits {
     /// A keep-alive connection with no request in progress is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// A started request must be complete (head and body) within this long, or it gets 408.
+    /// A request's head (request line and headers) must be whole within this long of its first
+    /// byte, or it gets 408 (nginx's `client_header_timeout`).
     #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// A connection whose client reads none of its responses for this long is closed.
+    pub header_timeout: Duration,
+    /// While a request body's reader waits for bytes (the guest asked for more, or the worker
+    /// reads and drops a body nobody wants), the client must send some within this long, or the
+    /// request fails with 408 (nginx's `client_body_timeout`). The clock runs only while the
+    /// server is the one waiting: time spent queueing, compiling or in the guest never counts.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Bytes per second a client must average over the time the server waits on its body,
+    /// past a first `body_timeout` of grace (Apache's `MinRate`): a client that sends a byte
+    /// whenever the gap is about to run out is still closed. 0 turns it off.
+    pub body_min_rate: u64,
+    /// A bound on the whole receipt of a request, from its first byte until its body is whole
+    /// (408 past it). None by default: it also counts time the guest takes to read the body,
+    /// so a slow guest would be blamed on its client.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// A connection whose client accepts none of the bytes sent to it for this long is closed
+    /// (nginx's `send_timeout`: between two writes the client accepts, not the whole response).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     /// Connections one worker keeps open; past it, new ones are closed at once (and counted).
@@ -50,7 +67,10 @@ impl Default for HttpLimits {
             max_headers: 64,
             max_body_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 512,
+            request_timeout: None,
             send_timeout: Duration::from_secs(30),
             max_connections: 16384,
             handshake_timeout: Duration::from_secs(10),

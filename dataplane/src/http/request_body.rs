@@ -12,6 +12,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -33,6 +34,43 @@ struct Pipe {
     reader_gone: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
+    /// The client's pace while the server waits on it.
+    pace: Pace,
+}
+
+/// How a streamed body's client keeps up while the server waits on it: the reader found nothing
+/// to take, or is gone and the rest of the body is read only to be dropped. Time the reader is
+/// busy, or has bytes waiting for it, is the server's and is not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// Since when the server has waited for the client's next bytes (None: it does not wait).
+    pub waiting_since: Option<Instant>,
+    /// How long it waited before that, over the whole body.
+    pub waited_before: std::time::Duration,
+    /// Body bytes the client has sent.
+    pub received: u64,
+}
+
+impl Pace {
+    fn wait(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    /// Bytes came: the current wait (if any) ends.
+    fn bytes(&mut self, n: usize, now: Instant) {
+        self.received = self.received.saturating_add(n as u64);
+        if let Some(since) = self.waiting_since.take() {
+            self.waited_before += now.saturating_duration_since(since);
+        }
+    }
+
+    /// The whole time the server has waited on the client, up to `now`.
+    pub fn waited(&self, now: Instant) -> std::time::Duration {
+        self.waited_before
+            + self.waiting_since.map_or_else(Default::default, |since| {
+                now.saturating_duration_since(since)
+            })
+    }
 }
 
 /// The writing end, held by the connection's decoder.
@@ -66,7 +104,11 @@ impl BodyWriter {
             return;
         }
         let mut pipe = crate::lock(&self.0);
+        let now = Instant::now();
+        pipe.pace.bytes(data.len(), now);
         if pipe.reader_gone {
+            // Nobody reads them: the worker waits on the client for the rest at once.
+            pipe.pace.wait(now);
             return;
         }
         pipe.queued += data.len();
@@ -106,6 +148,15 @@ impl BodyWriter {
         pipe.writer = Some(waker.clone());
         true
     }
+
+    /// How the client keeps up (see `Pace`); None once the body is whole or failed.
+    pub fn pace(&self) -> Option<Pace> {
+        let pipe = crate::lock(&self.0);
+        if pipe.finished || pipe.failed.is_some() {
+            return None;
+        }
+        Some(pipe.pace)
+    }
 }
 
 impl Drop for BodyWriter {
@@ -121,6 +172,7 @@ impl Drop for RequestBody {
         pipe.reader_gone = true;
         pipe.chunks.clear();
         pipe.queued = 0;
+        pipe.pace.wait(Instant::now());
         if let Some(writer) = pipe.writer.take() {
             writer.wake();
         }
@@ -155,6 +207,7 @@ impl Body for RequestBody {
             return Poll::Ready(pipe.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
         pipe.reader = Some(cx.waker().clone());
+        pipe.pace.wait(Instant::now());
         Poll::Pending
     }
 
@@ -223,6 +276,43 @@ mod tests {
         writer.finish(Some(trailers));
         assert!(matches!(poll(&mut reader), Poll::Ready(Some(Ok(f))) if f.is_trailers()));
         assert!(matches!(poll(&mut reader), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn the_server_waits_on_the_client_only_while_the_reader_waits_for_bytes() {
+        let waiting = |w: &BodyWriter| w.pace().unwrap().waiting_since;
+        let (writer, mut reader) = pipe();
+        assert_eq!(waiting(&writer), None, "the reader has not asked yet");
+        writer.push(b"part".to_vec());
+        assert_eq!(waiting(&writer), None, "bytes wait for the reader");
+        assert!(matches!(poll(&mut reader), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(waiting(&writer), None, "the reader is busy with them");
+        assert!(poll(&mut reader).is_pending());
+        let asked = waiting(&writer).expect("the reader waits");
+        assert!(poll(&mut reader).is_pending());
+        assert_eq!(
+            waiting(&writer),
+            Some(asked),
+            "asking again keeps the first time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        writer.push(b"more".to_vec());
+        let pace = writer.pace().unwrap();
+        assert_eq!((pace.waiting_since, pace.received), (None, 8));
+        assert!(pace.waited_before >= std::time::Duration::from_millis(5));
+        drop(reader);
+        assert!(
+            waiting(&writer).is_some(),
+            "the rest is owed, to be dropped"
+        );
+        writer.push(b"dropped".to_vec());
+        assert!(
+            waiting(&writer).is_some(),
+            "and still owed after each piece"
+        );
+        assert_eq!(writer.pace().unwrap().received, 15);
+        writer.finish(None);
+        assert_eq!(writer.pace(), None, "a whole body owes nothing");
     }
 
     #[test]

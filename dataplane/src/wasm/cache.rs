@@ -231,11 +231,16 @@ impl<T: Clone> CodeCache<T> {
                 }
             }
         }
+        // Said at info: a first start with a cold cache can spend minutes here, and whoever
+        // waits for it should see on what.
+        info!(component = %path.display(), bytes = wasm.len(), "compiling a component the code cache does not hold");
+        let started = std::time::Instant::now();
         let compiled = self
             .engine
             .precompile_component(&wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("compiling {}", path.display()))?;
+        info!(component = %path.display(), took_ms = started.elapsed().as_millis() as u64, "compiled");
         self.compiled += 1;
         // Workers of one process compile the same app at the same time: each writes a file of
         // its own, and the last rename wins with an artifact as whole as the first. Failing to

@@ -15,6 +15,7 @@
 
 mod bufring;
 mod conn;
+mod deadlines;
 mod event_loop;
 pub mod load;
 mod ring;
@@ -143,6 +144,11 @@ pub struct WorkerCounters {
     pub connections_refused: AtomicU64,
     /// Connections closed because the client read none of its responses for `send_timeout`.
     pub slow_readers: AtomicU64,
+    /// Requests answered 408 because their head was not whole within `header_timeout`.
+    pub slow_heads: AtomicU64,
+    /// Requests failed because the client sent none of the body its reader waited for within
+    /// `body_timeout` (or was not done by an operator's `request_timeout`).
+    pub slow_bodies: AtomicU64,
     pub tls: crate::tls::counters::TlsCounters,
     /// Instances prepared ahead by this worker's runtime (`wasm::prepared`).
     pub prepared: Arc<crate::wasm::PreparedCounters>,

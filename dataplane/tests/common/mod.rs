@@ -183,6 +183,45 @@ pub fn runtime_preparing(
     (Rc::new(runtime), counters)
 }
 
+/// This test binary's code cache, with every component of `apps` compiled into it once: made at
+/// the binary's first use (never one left by an earlier run), and filled under a lock, so tests
+/// that start together wait for one compile instead of each making its own.
+pub fn warm_cache(apps: &[AppSpec]) -> PathBuf {
+    use std::{collections::HashSet, sync::Mutex};
+    static WARMED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempdir("warm-cache")).clone();
+    // A test that failed while holding the lock left the set as it was: still true.
+    let mut warmed = WARMED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let warmed = warmed.get_or_insert_with(HashSet::new);
+    let missing: Vec<AppSpec> = apps
+        .iter()
+        .filter(|a| !warmed.contains(&a.component))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let started = Instant::now();
+        let rt = runtime(missing.clone(), &dir);
+        for app in &missing {
+            rt.preload(&app.name)
+                .unwrap_or_else(|e| panic!("compiling {}: {e}", app.component.display()));
+            warmed.insert(app.component.clone());
+        }
+        eprintln!(
+            "[test] compiled {} into this binary's code cache in {:?}",
+            missing
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            started.elapsed()
+        );
+    }
+    dir
+}
+
 /// A fresh directory under the system's temporary one, for this test process.
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));

@@ -196,7 +196,7 @@ impl Snapshot {
             vec![(vec![], state.peer_asks.load(Relaxed))],
         );
         type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
-        let families: [(&str, &str, CounterOf); 7] = [
+        let families: [(&str, &str, CounterOf); 9] = [
             (
                 "edgeplane_worker_panics",
                 "requests whose handling panicked (answered 500)",
@@ -216,6 +216,16 @@ impl Snapshot {
                 "edgeplane_worker_slow_readers",
                 "connections closed after send_timeout without the client reading",
                 |c| &c.slow_readers,
+            ),
+            (
+                "edgeplane_worker_slow_heads",
+                "requests answered 408: the head was not whole within header_timeout",
+                |c| &c.slow_heads,
+            ),
+            (
+                "edgeplane_worker_slow_bodies",
+                "requests failed: the client sent none of the body its reader waited for within body_timeout",
+                |c| &c.slow_bodies,
             ),
             (
                 "edgeplane_instances_prepared",

@@ -60,7 +60,9 @@ impl Worker {
                 }) => {
                     conn.input.drain(..used);
                     conn.sent_continue = false;
-                    conn.request_started = Some(now);
+                    // The head is whole; from here `body_timeout` watches the client, and a
+                    // `request_timeout` counts from the head's first byte.
+                    conn.request_started.get_or_insert(now);
                     self.dispatch(idx, request, Some(body));
                     if expects_continue {
                         self.send_continue(idx, true);
@@ -142,12 +144,17 @@ impl Worker {
     /// has its answer coming already: its body's reader gets the error, and the connection
     /// closes after that answer.
     pub(super) fn fail(&mut self, idx: usize, e: HttpError) {
+        self.fail_with(idx, e, "the request body failed");
+    }
+
+    /// `fail`, telling a reader of a streamed body `why` it will not end.
+    pub(super) fn fail_with(&mut self, idx: usize, e: HttpError, why: &'static str) {
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
         conn.input.clear();
         conn.request_started = None;
-        if conn.decoder.abandon("the request body failed") {
+        if conn.decoder.abandon(why) {
             conn.phase = Phase::CloseAfterFlush;
             return;
         }

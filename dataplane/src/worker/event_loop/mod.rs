@@ -20,6 +20,7 @@ use super::{
     RequestContext, Service, WorkerCounters, WorkerOptions, WorkerStats,
     bufring::BufRing,
     conn::{Conn, Phase, SlotResponse},
+    deadlines::{ClientState, Late, client_late},
     load::LoadPublisher,
     ring::{Op, Ring, split_user_data, user_data},
     transport::Taken,
@@ -453,11 +454,26 @@ impl Worker {
             }
             match conn.phase {
                 Phase::Open => {
-                    if let Some(started) = conn.request_started
-                        && !conn.paused
-                        && now.duration_since(started) > self.limits.request_timeout
-                    {
-                        self.fail(idx, HttpError::Timeout);
+                    let late = client_late(
+                        &self.limits,
+                        &ClientState {
+                            paused: conn.paused,
+                            request_started: conn.request_started,
+                            in_head: conn.decoder.is_idle(),
+                            body: conn.decoder.body_pace(),
+                        },
+                        now,
+                    );
+                    if let Some(late) = late {
+                        debug!(worker = self.ctx.worker, peer = ?conn.peer, ?late, "client too slow; 408");
+                        let counter = match late {
+                            Late::Head => &self.counters.slow_heads,
+                            Late::Body | Late::BodyRate | Late::Request => {
+                                &self.counters.slow_bodies
+                            }
+                        };
+                        WorkerCounters::bump(counter);
+                        self.fail_with(idx, HttpError::Timeout, late.why());
                         self.flush(idx);
                     } else if conn.is_idle()
                         && now.duration_since(conn.last_activity) > self.idle_limit()
