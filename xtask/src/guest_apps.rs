@@ -38,6 +38,14 @@ pub fn ballast(cargo: &str, apps: &Path, mib: u32) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// Guests are not linted with the workspace: `./x test` compiles the workspace with clippy as
+/// its compiler (RUSTC_WORKSPACE_WRAPPER), and a cargo started under it (by a test) would lint
+/// the apps' workspace, or a registry crate's, as if they were ours.
+pub fn without_workspace_lints(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS")
+}
+
 /// `cargo build` of `packages` in apps/ for wasm32-wasip2 into `target`, with `env` set.
 fn cargo_build(
     cargo: &str,
@@ -58,6 +66,7 @@ fn cargo_build(
     .arg("--manifest-path")
     .arg(apps.join("Cargo.toml"))
     .env("CARGO_TARGET_DIR", target);
+    without_workspace_lints(&mut cmd);
     if let Some((key, value)) = env {
         cmd.env(key, value);
     }

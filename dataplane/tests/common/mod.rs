@@ -106,7 +106,7 @@ pub fn wstd_example_server() -> PathBuf {
                 .status()
                 .unwrap();
             assert!(status.success());
-            let status = Command::new(cargo())
+            let status = guest_apps::without_workspace_lints(&mut Command::new(cargo()))
                 .current_dir(&copy)
                 .args([
                     "build",
