@@ -212,19 +212,22 @@ pub fn edgeplane_binary(name: &str) -> PathBuf {
             .ok()
             .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
             .expect("the test executable lives in target/<profile>/deps");
-        let status =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "build",
-                    "--locked",
-                    "--release",
-                    "-p",
-                    "edgeplane",
-                    "--bins",
-                ])
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("cargo build");
+        let mut cargo =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // As the workspace's own build saw the environment: this test's package variables would
+        // make ring's build script run again, and edged be rebuilt, for every test binary.
+        let status = edgeplane_bench::guest_apps::clean_cargo_env(&mut cargo)
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "-p",
+                "edgeplane",
+                "--bins",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("cargo build");
         assert!(status.success(), "building edged/edgectl (release) failed");
         target.join("release")
     });

@@ -40,7 +40,8 @@ fn check_demo(extra: &[&str]) -> String {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    let run = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let run = edgeplane_bench::guest_apps::clean_cargo_env(&mut cargo)
         .current_dir(workspace)
         .args([
             "run", "--locked", "-q", "-p", "xtask", "--", "demo", "--short", "--out",

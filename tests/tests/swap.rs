@@ -220,8 +220,10 @@ component = "{ballast}"
             ballast = ballast_wasm.display(),
         ),
     )?;
+    let started = std::time::Instant::now();
     let edged = hosts.start_edged(&config, ADMIN.parse()?)?;
     let pid = edged.0.pid();
+    eprintln!("[swap] edged healthy after {:?}", started.elapsed());
 
     let mut port = 47000;
     let mut seen = Vec::new();
@@ -233,8 +235,14 @@ component = "{ballast}"
             std::thread::scope(|scope| -> anyhow::Result<_> {
                 let held = scope.spawn(move || ballast(client, port, "/?hold=1500"));
                 std::thread::sleep(Duration::from_millis(600));
+                let paging = std::time::Instant::now();
                 let advised = page_out(pid)?;
                 let in_swap = swapped_kb(pid)?;
+                eprintln!(
+                    "[swap] round {round}: {} MiB advised, {in_swap} kB in swap, in {:?}",
+                    advised >> 20,
+                    paging.elapsed()
+                );
                 anyhow::ensure!(
                     in_swap >= 1024,
                     "round {round}: paging edged out left {in_swap} kB in swap ({advised} bytes advised): \

@@ -38,6 +38,39 @@ pub fn ballast(cargo: &str, apps: &Path, mib: u32) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// Removes the variables cargo sets for the package whose binary or test is running (what
+/// `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR` and the like say) from a cargo, or a tool
+/// that runs cargo, started by a test or by xtask (itself run by `cargo run`). Build scripts
+/// that watch them (ring's do) would otherwise run again whenever the caller differs, and every
+/// crate above them be rebuilt, on each call.
+pub fn clean_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+            "CARGO_CFG_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || matches!(
+                name,
+                "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if per_package {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Guests are not linted with the workspace: `./x test` compiles the workspace with clippy as
 /// its compiler (RUSTC_WORKSPACE_WRAPPER), and a cargo started under it (by a test) would lint
 /// the apps' workspace, or a registry crate's, as if they were ours.
@@ -66,7 +99,7 @@ fn cargo_build(
     .arg("--manifest-path")
     .arg(apps.join("Cargo.toml"))
     .env("CARGO_TARGET_DIR", target);
-    without_workspace_lints(&mut cmd);
+    without_workspace_lints(clean_cargo_env(&mut cmd));
     if let Some((key, value)) = env {
         cmd.env(key, value);
     }

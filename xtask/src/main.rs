@@ -85,7 +85,7 @@ pub fn target_dir() -> PathBuf {
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
+    let status = guest_apps::clean_cargo_env(&mut Command::new(env!("CARGO")))
         .args(args)
         .current_dir(workspace_root())
         .status()
@@ -261,7 +261,7 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     // it as passed; the summary below does not).
     let skip_log = std::env::temp_dir().join(format!("edgeplane-skipped-{}", std::process::id()));
     let _ = std::fs::remove_file(&skip_log);
-    let mut child = Command::new(env!("CARGO"))
+    let mut child = guest_apps::clean_cargo_env(&mut Command::new(env!("CARGO")))
         .args(args)
         .current_dir(workspace_root())
         .env(edgeplane::root_gate::SKIP_LOG_ENV, &skip_log)
@@ -454,7 +454,7 @@ fn large_instances(out: &Path) -> anyhow::Result<()> {
         "large_instances",
     ];
     eprintln!("\x1b[1m[xtask]\x1b[0m cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
+    let status = guest_apps::clean_cargo_env(&mut Command::new(env!("CARGO")))
         .args(args)
         .env("EDGEPLANE_CURVE_JSON", &curve)
         .current_dir(workspace_root())

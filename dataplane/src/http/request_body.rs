@@ -128,10 +128,11 @@ impl BodyWriter {
         }
     }
 
-    /// The body will never be whole: the reader gets an error, not a short body.
+    /// The body will never be whole: the reader gets an error, not a short body. The first
+    /// reason given is the one it sees (a writer dropped after a timeout keeps the timeout's).
     pub fn fail(&self, why: &'static str) {
         let mut pipe = crate::lock(&self.0);
-        if !pipe.finished {
+        if !pipe.finished && pipe.failed.is_none() {
             pipe.failed = Some(why);
         }
         if let Some(reader) = pipe.reader.take() {
@@ -322,6 +323,15 @@ mod tests {
         drop(writer);
         assert!(matches!(poll(&mut reader), Poll::Ready(Some(Ok(_)))));
         assert!(matches!(poll(&mut reader), Poll::Ready(Some(Err(_)))));
+
+        // The reason a reader sees is the first: a timeout's, not the drop that follows it.
+        let (writer, mut reader) = pipe();
+        writer.fail("too slow");
+        drop(writer);
+        assert!(matches!(
+            poll(&mut reader),
+            Poll::Ready(Some(Err(BodyFailed("too slow"))))
+        ));
 
         let (writer, reader) = pipe();
         writer.push(vec![0; PIPE_CAPACITY]);

@@ -106,23 +106,25 @@ pub fn wstd_example_server() -> PathBuf {
                 .status()
                 .unwrap();
             assert!(status.success());
-            let status = guest_apps::without_workspace_lints(&mut Command::new(cargo()))
-                .current_dir(&copy)
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--target",
-                    "wasm32-wasip2",
-                    "--example",
-                    "http_server",
-                ])
-                .env(
-                    "CARGO_TARGET_DIR",
-                    workspace().join("apps/target/wstd-example"),
-                )
-                .status()
-                .expect("building wstd's example");
+            let mut cargo = Command::new(cargo());
+            let status =
+                guest_apps::without_workspace_lints(guest_apps::clean_cargo_env(&mut cargo))
+                    .current_dir(&copy)
+                    .args([
+                        "build",
+                        "--release",
+                        "--locked",
+                        "--target",
+                        "wasm32-wasip2",
+                        "--example",
+                        "http_server",
+                    ])
+                    .env(
+                        "CARGO_TARGET_DIR",
+                        workspace().join("apps/target/wstd-example"),
+                    )
+                    .status()
+                    .expect("building wstd's example");
             assert!(
                 status.success(),
                 "building wstd's http_server example failed"
