@@ -44,7 +44,16 @@ fn check_demo(extra: &[&str]) -> String {
     let run = edgeplane_bench::guest_apps::clean_cargo_env(&mut cargo)
         .current_dir(workspace)
         .args([
-            "run", "--locked", "-q", "-p", "xtask", "--", "demo", "--short", "--out",
+            "run",
+            "--locked",
+            "-q",
+            "--release",
+            "-p",
+            "xtask",
+            "--",
+            "demo",
+            "--short",
+            "--out",
         ])
         .arg(&out)
         .args(extra)
