@@ -92,12 +92,13 @@ fn main() -> anyhow::Result<()> {
 /// bare XDP_DROP of the same generator (and classify against each, with `versus_classify`).
 fn print_drops(drops: &[DropRow], versus_classify: bool) {
     println!(
-        "{:<30} {:<10} {:<12} {:>8} {:>10} {:>11} {:>8} {:>11}",
+        "{:<30} {:<10} {:<12} {:>8} {:>10} {:>9} {:>11} {:>8} {:>11}",
         "dropper",
         "generator",
         "sources",
         "Mpps",
         "Mpps/CPU-s",
+        "ns/frame",
         "dropped",
         "vs bare",
         "classify is"
@@ -128,12 +129,15 @@ fn print_drops(drops: &[DropRow], versus_classify: bool) {
                 "-".to_owned()
             };
             println!(
-                "{:<30} {:<10} {:<12} {:>8.3} {:>10.3} {:>11} {:>7.0}% {:>11}",
+                "{:<30} {:<10} {:<12} {:>8.3} {:>10.3} {:>9.0} {:>11} {:>7.0}% {:>11}",
                 d.dropper,
                 generator,
                 label,
                 d.mpps,
                 d.mpps_per_cpu_second,
+                // CPU per frame, generator and dropper together: the droppers differ by what
+                // they add to the same generator's cost.
+                1e3 / d.mpps_per_cpu_second,
                 d.dropped,
                 100.0 * d.mpps / rate("bare"),
                 versus
