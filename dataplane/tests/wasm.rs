@@ -530,10 +530,10 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
 #[test]
 fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let cache = tempdir("cache-disk");
-    let first = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    let first = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
     first.preload("hello").unwrap();
     assert_eq!(first.cache_counters(), (1, 0, 0));
-    let second = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    let second = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
     second.preload("hello").unwrap();
     assert_eq!(
         second.cache_counters(),
@@ -553,7 +553,7 @@ fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     for entry in std::fs::read_dir(&cache).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not a wasmtime artifact").unwrap();
     }
-    let third = runtime(vec![spec("hello", common::app("hello"))], &cache);
+    let third = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
     third.preload("hello").unwrap();
     assert_eq!(third.cache_counters(), (1, 0, 0));
 }

@@ -153,13 +153,34 @@ pub fn spec(name: &str, component: PathBuf) -> AppSpec {
 }
 
 /// A runtime as a worker builds one (16 instances at most, 8 running at once: edged's config
-/// keeps `max_in_flight` at most half the pool, whose other half holds idle instances).
+/// keeps `max_in_flight` at most half the pool, whose other half holds idle instances). Its
+/// code cache at `cache_dir` starts with the artifacts of this test binary's warm cache
+/// (`warm_cache`): each component is compiled once per binary, not once per test.
 pub fn runtime(apps: Vec<AppSpec>, cache_dir: &std::path::Path) -> Rc<AppRuntime> {
     runtime_preparing(apps, cache_dir, 0).0
 }
 
 /// `runtime`, keeping an instance prepared ahead for `prepare_ahead` hot apps, with its counters.
 pub fn runtime_preparing(
+    apps: Vec<AppSpec>,
+    cache_dir: &std::path::Path,
+    prepare_ahead: usize,
+) -> (Rc<AppRuntime>, std::sync::Arc<PreparedCounters>) {
+    let warm = warm_cache(&apps);
+    if warm != cache_dir {
+        std::fs::create_dir_all(cache_dir).unwrap();
+        for entry in std::fs::read_dir(&warm).unwrap().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".cwasm") {
+                std::fs::copy(entry.path(), cache_dir.join(&name)).unwrap();
+            }
+        }
+    }
+    cold_runtime(apps, cache_dir, prepare_ahead)
+}
+
+/// A runtime whose code cache is `cache_dir` as it is: for the tests of the cache itself.
+pub fn cold_runtime(
     apps: Vec<AppSpec>,
     cache_dir: &std::path::Path,
     prepare_ahead: usize,
@@ -205,7 +226,7 @@ pub fn warm_cache(apps: &[AppSpec]) -> PathBuf {
         .collect();
     if !missing.is_empty() {
         let started = Instant::now();
-        let rt = runtime(missing.clone(), &dir);
+        let (rt, _) = cold_runtime(missing.clone(), &dir, 0);
         for app in &missing {
             rt.preload(&app.name)
                 .unwrap_or_else(|e| panic!("compiling {}: {e}", app.component.display()));
