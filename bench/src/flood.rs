@@ -57,43 +57,52 @@ impl Generator {
     pub fn best(ns: &Netns, iface: &str) -> Generator {
         static CHOSEN: OnceLock<Generator> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            let probe = FrameSpecProbe::frame();
-            let chosen = match Flooder::open(Generator::LiveFrames, ns, iface, &probe, Sources::One)
-                .and_then(|mut f| ns.run(|| f.send(1))?)
-            {
-                Ok(()) => Generator::LiveFrames,
-                Err(e) => {
+            let probe = crate::packets::FrameSpec::udp(
+                [192, 0, 2, 1].into(),
+                [192, 0, 2, 2].into(),
+                9,
+                9,
+                18,
+            )
+            .build();
+            let live = Flooder::open(Generator::LiveFrames, ns, iface, &probe, Sources::One)
+                .and_then(|mut f| ns.run(|| f.send(1))?);
+            match live {
+                Ok(()) => {
                     eprintln!(
-                        "[flood] live frames refused here ({}): flooding by {}",
-                        root_cause(&e),
+                        "[flood] live frames allowed: flooding by {}",
+                        Generator::LiveFrames.label()
+                    );
+                    Generator::LiveFrames
+                }
+                Err(e) => {
+                    let cause = e
+                        .chain()
+                        .last()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    eprintln!(
+                        "[flood] live frames refused here ({cause}): flooding by {}",
                         Generator::AfPacket.label()
                     );
-                    return Generator::AfPacket;
+                    Generator::AfPacket
                 }
-            };
-            eprintln!(
-                "[flood] live frames allowed: flooding by {}",
-                chosen.label()
-            );
-            chosen
+            }
         })
     }
-}
 
-fn root_cause(e: &anyhow::Error) -> String {
-    e.chain()
-        .last()
-        .map(ToString::to_string)
-        .unwrap_or_default()
-}
-
-/// A minimal frame for the live-frames probe.
-struct FrameSpecProbe;
-
-impl FrameSpecProbe {
-    fn frame() -> Vec<u8> {
-        crate::packets::FrameSpec::udp([192, 0, 2, 1].into(), [192, 0, 2, 2].into(), 9, 9, 18)
-            .build()
+    /// Sends `count` copies of `frame` (its sources as `sources` say) out of `iface` in `ns`;
+    /// returns the wall time it took.
+    pub fn flood(
+        self,
+        ns: &Netns,
+        iface: &str,
+        frame: &[u8],
+        count: u32,
+        sources: Sources,
+    ) -> anyhow::Result<Duration> {
+        let mut flooder = Flooder::open(self, ns, iface, frame, sources)?;
+        ns.run(|| flooder.timed(count))?
     }
 }
 

@@ -173,9 +173,10 @@ impl FloodWorld {
 
     /// Sends `count` copies of `frame` from the generator side; returns wall seconds taken.
     pub fn flood(&self, frame: &[u8], count: u32, sources: Sources) -> anyhow::Result<f64> {
-        let mut flooder =
-            Flooder::open(self.generator, &self.gen_ns, Self::GEN_IF, frame, sources)?;
-        Ok(self.gen_ns.run(|| flooder.timed(count))??.as_secs_f64())
+        Ok(self
+            .generator
+            .flood(&self.gen_ns, Self::GEN_IF, frame, count, sources)?
+            .as_secs_f64())
     }
 
     /// XDP drops counted by the target veth's driver (all queues).
@@ -233,8 +234,9 @@ impl FloodWorld {
 /// Sends `count` copies of `frame` out of `iface` in `ns` as fast as the best generator here
 /// goes (`crate::flood`). Returns wall seconds taken.
 pub fn flood(ns: &Netns, iface: &str, frame: &[u8], count: u32) -> anyhow::Result<f64> {
-    let mut flooder = Flooder::open(Generator::best(ns, iface), ns, iface, frame, Sources::One)?;
-    Ok(ns.run(|| flooder.timed(count))??.as_secs_f64())
+    Ok(Generator::best(ns, iface)
+        .flood(ns, iface, frame, count, Sources::One)?
+        .as_secs_f64())
 }
 
 /// Floods out of `iface` in `ns` in bursts paced at `pps` frames per second (0: flat out) until

@@ -60,16 +60,18 @@ impl Pace {
     fn bytes(&mut self, n: usize, now: Instant) {
         self.received = self.received.saturating_add(n as u64);
         if let Some(since) = self.waiting_since.take() {
-            self.waited_before += now.saturating_duration_since(since);
+            self.waited_before = self
+                .waited_before
+                .saturating_add(now.saturating_duration_since(since));
         }
     }
 
     /// The whole time the server has waited on the client, up to `now`.
     pub fn waited(&self, now: Instant) -> std::time::Duration {
-        self.waited_before
-            + self.waiting_since.map_or_else(Default::default, |since| {
-                now.saturating_duration_since(since)
-            })
+        let current = self.waiting_since.map_or_else(Default::default, |since| {
+            now.saturating_duration_since(since)
+        });
+        self.waited_before.saturating_add(current)
     }
 }
 

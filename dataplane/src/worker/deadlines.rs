@@ -72,7 +72,9 @@ pub fn client_late(limits: &HttpLimits, client: &ClientState, now: Instant) -> O
         return None;
     }
     // A first body_timeout of grace, then a second for each body_min_rate bytes sent.
-    let earned = Duration::from_secs_f64(pace.received as f64 / limits.body_min_rate as f64);
+    // A client's byte count divided by the rate: try_ keeps a count near u64::MAX from panicking.
+    let earned = Duration::try_from_secs_f64(pace.received as f64 / limits.body_min_rate as f64)
+        .unwrap_or(Duration::MAX);
     (pace.waited(now) > limits.body_timeout.saturating_add(earned)).then_some(Late::BodyRate)
 }
 
@@ -181,6 +183,22 @@ mod tests {
         assert_eq!(
             client_late(&limits, &body(t0, steady(40, 2)), t0 + 40 * S),
             Some(Late::BodyRate)
+        );
+        let huge = Pace {
+            received: u64::MAX,
+            ..steady(40, 2)
+        };
+        assert_eq!(
+            client_late(
+                &HttpLimits {
+                    body_min_rate: 1,
+                    ..limits.clone()
+                },
+                &body(t0, huge),
+                t0 + 40 * S
+            ),
+            None,
+            "a count near u64::MAX earns time, never a panic"
         );
         let no_rate = HttpLimits {
             body_min_rate: 0,
