@@ -4,6 +4,7 @@
 mod demo;
 mod fuzz;
 mod guest_apps;
+mod lengths;
 mod xdp_demo;
 
 use std::{
@@ -36,6 +37,8 @@ enum Task {
         #[arg(value_enum)]
         scenarios: Vec<Scenario>,
     },
+    /// Functions longer than a limit (80 lines), test code apart.
+    Lengths(lengths::LengthsArgs),
 }
 
 /// The benchmark scenarios, each against its baseline in the same run.
@@ -492,5 +495,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench { scenarios } => bench(&scenarios),
+        Task::Lengths(args) => lengths::run(&args),
     }
 }
