@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use edgeplane::placement::{AppStatus, StatusTable};
+use edgeplane_placement::{AppStatus, StatusTable};
 
 use crate::{
     backend::serve_pong,

@@ -1,6 +1,7 @@
 //! edgeplane's measuring tools: frame builders, network-namespace worlds, and packet-rate
 //! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
 
+pub mod af_packet;
 pub mod backend;
 pub mod canonical;
 pub mod cpu;

@@ -128,20 +128,3 @@ pub fn insert_ipv6_ext(frame: &mut Vec<u8>, kind: u8, len_units: u8) {
     let plen = u16::from_be_bytes([frame[L3 + 4], frame[L3 + 5]]) as usize + len;
     frame[L3 + 4..L3 + 6].copy_from_slice(&(plen as u16).to_be_bytes());
 }
-
-/// Sends raw frames out of `iface` (in the calling thread's namespace) with an AF_PACKET socket:
-/// malformed frames go out exactly as given.
-pub fn send_raw_frames(iface: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let socket = crate::flood::packet_socket(iface)?;
-    for f in frames {
-        // SAFETY: sending from a live buffer on our own socket.
-        let rc = unsafe { libc::send(socket.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        anyhow::ensure!(
-            usize::try_from(rc).ok() == Some(f.len()),
-            "send on {iface}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}

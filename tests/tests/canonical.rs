@@ -12,9 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeplane::placement::{AppStatus, Verdict};
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::edged;
+use edgeplane_placement::{AppStatus, Verdict};
 use edgeplane_tests::{
     canonical::{self, Canonical},
     http::header,

@@ -13,9 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeplane::placement::{AppStatus, Verdict};
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::edged::{self, WORKER_PORT};
+use edgeplane_placement::{AppStatus, Verdict};
 use edgeplane_tests::{
     canonical::{self, Canonical},
     http::header,

@@ -30,7 +30,7 @@ fn wait_status(
     world: &Canonical,
     app: &str,
     what: &str,
-    wanted: impl Fn(&edgeplane::placement::AppStatus) -> bool,
+    wanted: impl Fn(&edgeplane_placement::AppStatus) -> bool,
 ) {
     world
         .wait_status(app, what, wanted, Duration::from_secs(5))

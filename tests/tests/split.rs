@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use edgeplane::placement::Verdict;
+use edgeplane_placement::Verdict;
 
 use edgeplane_tests::{
     canonical::{self, Canonical},

@@ -7,7 +7,10 @@ use std::{
 
 use edgeplane::{XdpAttachMode, addr::Vip};
 use edgeplane_abi::{AppStats, DropReason, RateLimitConfig, UNCLASSIFIED_APP, rate_limit_flags};
-use edgeplane_bench::packets::{FrameSpec, L4, send_raw_frames};
+use edgeplane_bench::{
+    af_packet::send_raw_frames,
+    packets::{FrameSpec, L4},
+};
 use edgeplane_tests::{TestPins, TwoHosts, require_root};
 
 const ETH: usize = 14;

@@ -17,6 +17,7 @@ use edgeplane_dataplane::{
     live::LivePublisher,
     wasm::AppChanges,
 };
+use edgeplane_placement::{EngineApp, EngineApps, Goal};
 use tracing::info;
 
 use crate::{
@@ -26,7 +27,6 @@ use crate::{
         Pin,
         agent::{FleetHandle, apply_pins},
     },
-    placement::{EngineApp, EngineApps, Goal},
     reconcile,
     reload::{self, Prepared},
 };

@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use edgeplane::placement::Verdict;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_bench::{
     canonical::{Canonical, Tuning},
@@ -23,6 +22,7 @@ use edgeplane_bench::{
     plot::{self, Series},
     scenario,
 };
+use edgeplane_placement::Verdict;
 
 use crate::{build_apps, cargo, step, target_dir, workspace_root};
 

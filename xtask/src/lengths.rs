@@ -64,15 +64,15 @@ pub fn long_functions(root: &Path, max: usize) -> anyhow::Result<Vec<LongFunctio
     collect_rust_files(root, &mut files)?;
     let mut long = Vec::new();
     for file in files {
-        let source =
-            std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let source = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
         let relative = file.strip_prefix(root).unwrap_or(&file).to_path_buf();
         let test_file = relative
             .components()
             .any(|c| matches!(c.as_os_str().to_str(), Some("tests" | "benches")));
         // A file syn cannot parse (none today) is named, not counted as short.
-        let parsed = syn::parse_file(&source)
-            .with_context(|| format!("parsing {}", relative.display()))?;
+        let parsed =
+            syn::parse_file(&source).with_context(|| format!("parsing {}", relative.display()))?;
         let mut visitor = Lengths {
             file: &relative,
             max,
@@ -204,7 +204,10 @@ mod tests {
             found: &mut found,
         };
         visitor.visit_file(&syn::parse_file(source).unwrap());
-        found.into_iter().map(|f| (f.name, f.lines, f.test)).collect()
+        found
+            .into_iter()
+            .map(|f| (f.name, f.lines, f.test))
+            .collect()
     }
 
     #[test]

@@ -19,8 +19,9 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use edgeplane::PinnedMaps;
 use edgeplane_bench::{
+    af_packet::send_raw_frames,
     netns::{LinkEnd, Netns, veth_pair},
-    packets::{FrameSpec, send_raw_frames},
+    packets::FrameSpec,
     xdp,
 };
 

@@ -12,6 +12,7 @@ mod host;
 mod incoming;
 mod observe;
 pub mod outbound;
+mod prepare_ahead;
 mod prepared;
 mod runtime;
 

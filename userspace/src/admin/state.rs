@@ -17,7 +17,7 @@ pub struct AdminState {
     pub observations: Vec<Observations>,
     pub residency: Vec<Residency>,
     /// The placement engine's status per app, when it runs.
-    pub placement: Option<crate::placement::PlacementStatus>,
+    pub placement: Option<edgeplane_placement::PlacementStatus>,
     /// Worker restarts, and how many workers are down now.
     pub workers: Arc<SupervisorStats>,
     /// Each worker's counters of rare events.
@@ -35,7 +35,7 @@ pub struct AdminState {
     /// Probes the placement engine asked of peers on demand.
     pub peer_asks: Arc<std::sync::atomic::AtomicU64>,
     /// Peers' latest measurements from the fleet's stream (None: not on a fleet).
-    pub fleet_view: Option<crate::placement::measure::PeerMeasurements>,
+    pub fleet_view: Option<edgeplane_placement::measurements::PeerMeasurements>,
 }
 
 /// An upgrade asked for over the admin endpoint, and where its outcome goes.

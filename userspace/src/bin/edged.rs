@@ -20,10 +20,10 @@ use edgeplane::{
         agent::{Agent, FleetHandle},
         measurer::Measurer,
     },
-    placement::EngineApps,
     reconcile, reload, server,
     upgrade::{self, Handover},
 };
+use edgeplane_placement::EngineApps;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -87,7 +87,7 @@ fn start_placement_engine(
     apps: &EngineApps,
     fleet_view: Option<PeerMeasurements>,
     peer_asks: Arc<std::sync::atomic::AtomicU64>,
-) -> anyhow::Result<Option<edgeplane::placement::PlacementStatus>> {
+) -> anyhow::Result<Option<edgeplane_placement::PlacementStatus>> {
     let Some(handoff) = workers.handoff.clone() else {
         return Ok(None);
     };
@@ -258,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     if let Some(control) = &cfg.control {
         // TLS files that do not read stop the start here, rather than every reconnect later.
-        control.target().context("[control] tls")?;
+        edgeplane::fleet::client::NatsTarget::of(control).context("[control] tls")?;
     }
     let measurer = match (
         &cfg.control,

@@ -68,17 +68,6 @@ pub struct ControlConfig {
     pub tls: Option<tls::IdentityFiles>,
 }
 
-impl ControlConfig {
-    /// Where NATS is and how to reach it, the TLS files read now.
-    pub fn target(&self) -> anyhow::Result<crate::fleet::client::NatsTarget> {
-        use crate::fleet::client::NatsTarget;
-        match &self.tls {
-            Some(files) => NatsTarget::with_tls(&self.nats, files),
-            None => Ok(NatsTarget::plain(&self.nats)),
-        }
-    }
-}
-
 fn default_heartbeat() -> std::time::Duration {
     std::time::Duration::from_secs(1)
 }

@@ -23,7 +23,9 @@ use super::{
     BLOCKLIST_KEY, ControlConfig, FleetState, Heartbeat, MAX_APPS, Pin, RATE_LIMIT_KEY,
     client::FleetClient, compose, localize_components, parse_app,
 };
-use crate::{PinnedMaps, admin::ReloadRequest, placement::PlacementStatus};
+use edgeplane_placement::PlacementStatus;
+
+use crate::{PinnedMaps, admin::ReloadRequest};
 
 /// What the daemon's reload composes from: the fleet state wanted now, and where it is kept.
 pub struct FleetHandle {

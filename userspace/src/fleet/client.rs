@@ -36,6 +36,14 @@ impl NatsTarget {
             tls: Some(files.nats_client().context("TLS to the fleet's NATS")?),
         })
     }
+
+    /// Where `[control]` says NATS is and how to reach it, the TLS files read now.
+    pub fn of(control: &crate::config::ControlConfig) -> anyhow::Result<Self> {
+        match &control.tls {
+            Some(files) => Self::with_tls(&control.nats, files),
+            None => Ok(Self::plain(&control.nats)),
+        }
+    }
 }
 
 /// A connection to the fleet's NATS.
@@ -55,7 +63,7 @@ impl FleetClient {
         control: &crate::config::ControlConfig,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        Self::connect(&control.target()?, timeout).await
+        Self::connect(&NatsTarget::of(control)?, timeout).await
     }
 
     /// Connects within `timeout` (a first connection; afterwards the client reconnects on its

@@ -265,12 +265,13 @@ pub struct Heartbeat {
     /// Why the last change from the fleet was not applied, if it was not.
     pub error: Option<String>,
     /// Each app's placement verdict here.
-    pub apps: crate::placement::StatusTable,
+    pub apps: edgeplane_placement::StatusTable,
 }
 
-pub use crate::placement::measure::{
+pub use crate::placement::measure::{backends_of_tables, unix_ms};
+pub use edgeplane_placement::measurements::{
     MEASUREMENTS_MAX_AGE_MS, Measurements, PeerMeasurements, Streamed, Targets, ask_after_waiting,
-    backends_of_tables, peer_backend_us, unix_ms,
+    peer_backend_us,
 };
 
 /// What each datacenter measures for its peers: the backends `state`'s apps call.

@@ -14,12 +14,7 @@
 //! it and apps placed there come back here, until probes see it back). Entries pinned by hand are
 //! left alone. What to do with the figures is decided by pure functions (`decide`).
 
-mod decide;
 pub mod measure;
-pub mod status;
-
-use decide::{Decision, Facts, Next};
-pub use status::{AppStatus, PlacementStatus, StatusTable, Verdict};
 
 use std::{
     collections::HashMap,
@@ -37,60 +32,15 @@ use edgeplane_dataplane::{
     router::{AppCounters, WorkerMetrics},
     wasm::Observations,
 };
+use edgeplane_placement::{
+    AppStatus, EngineApps, EngineConfig, Goal, PlacementStatus, Verdict,
+    decide::{self, Decision, Facts, Next},
+    estimate::{self, Destination, Estimates, Observed},
+    measurements::{self, PeerMeasurements},
+};
 use tracing::{info, warn};
 
 use crate::PinnedMaps;
-
-pub struct EngineConfig {
-    pub tick: Duration,
-    /// A move needs an estimate this much better than here (0.2: 20% faster).
-    pub margin: f64,
-    /// Requests an app needs before it is judged.
-    pub min_requests: u64,
-    /// After a revert, the app stays here this long before it may be placed again.
-    pub cooldown: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            tick: Duration::from_secs(1),
-            margin: 0.2,
-            min_requests: 3,
-            cooldown: Duration::from_secs(60),
-        }
-    }
-}
-
-/// One app as the engine sees it.
-#[derive(Clone, Debug)]
-pub struct EngineApp {
-    pub name: String,
-    pub id: u32,
-    /// None: placed by config or by hand; the engine only reports where it runs.
-    pub goal: Option<Goal>,
-}
-
-/// What the engine optimizes an app for.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Goal {
-    /// The fastest datacenter, when it beats here by the margin.
-    Latency,
-    /// Here, unless another datacenter saves at least `min_saving` per request and beats here
-    /// by the margin: fewer handoffs, traffic and cross-datacenter dependencies, at some
-    /// latency.
-    LocalFirst { min_saving: Duration },
-    /// Nearest to one backend (a `host` or `hostname` hint): placed by the time a probe to it
-    /// takes from each datacenter (TCP connect for `host`; an HTTP `HEAD /` with this Host
-    /// header for `hostname`), from the first tick, without waiting for traffic.
-    NearBackend {
-        backend: String,
-        http_host: Option<String>,
-    },
-}
-
-/// The apps the engine places; a reload replaces the list.
-pub type EngineApps = Arc<Mutex<Vec<EngineApp>>>;
 
 pub struct Engine {
     pub cfg: EngineConfig,
@@ -109,7 +59,7 @@ pub struct Engine {
 /// The fleet's stream of measurements, as the engine reads it.
 pub struct StreamedMeasurements {
     /// Each peer's latest.
-    pub view: measure::PeerMeasurements,
+    pub view: PeerMeasurements,
     /// How long to wait for a peer that publishes to measure a backend new to it (a few of
     /// its publications) before asking it.
     pub grace: Duration,
@@ -118,20 +68,13 @@ pub struct StreamedMeasurements {
 }
 
 impl StreamedMeasurements {
-    pub fn new(view: measure::PeerMeasurements, publish_every: Duration) -> Self {
+    pub fn new(view: PeerMeasurements, publish_every: Duration) -> Self {
         Self {
             view,
             grace: publish_every.saturating_mul(3),
             waiting: Mutex::default(),
         }
     }
-}
-
-/// One destination as this datacenter sees it, per request of the app.
-struct Destination {
-    name: String,
-    per_request: f64,
-    latency_us: f64,
 }
 
 impl Engine {
@@ -273,12 +216,9 @@ impl Engine {
             Next::Estimate => {
                 let served_here = requests.saturating_sub(handed_off).max(1) as f64;
                 let dests = self.destinations(app, served_here);
-                let here_us: f64 = dests.iter().map(|d| d.per_request * d.latency_us).sum();
+                let here_us = estimate::here_us(&dests);
                 let estimates = self.best_peer(app, &dests);
-                let min_saving_us = match goal {
-                    Goal::Latency | Goal::NearBackend { .. } => 0.0,
-                    Goal::LocalFirst { min_saving } => min_saving.as_micros() as f64,
-                };
+                let min_saving_us = goal.min_saving_us();
                 decide::hold_while_unanswered(current, &estimates.unanswered).unwrap_or_else(|| {
                     decide::choose(
                         current,
@@ -327,7 +267,7 @@ impl Engine {
         };
         for peer in peers {
             let estimate = self.estimate_at(&peer, dests, &trips);
-            out.add(&peer, estimate, "peer estimate");
+            add_answer(&mut out, &peer, estimate, "peer estimate");
         }
         out
     }
@@ -354,7 +294,12 @@ impl Engine {
                 ProbeKind::Http(_) => backend.to_owned(),
             };
             let probe = self.peer_backend_us(&peer, &key, &addr.to_string(), &kind);
-            estimates.add(&peer, probe.map(|us| us as f64), "peer probe");
+            add_answer(
+                &mut estimates,
+                &peer,
+                probe.map(|us| us as f64),
+                "peer probe",
+            );
         }
         Ok(
             decide::hold_while_unanswered(current, &estimates.unanswered).unwrap_or_else(|| {
@@ -378,14 +323,13 @@ impl Engine {
         self.sum_pair(app, |c| (c.requests, c.handed_off))
     }
 
+    /// `app`'s destinations as every worker observed them; calls to sibling functions are left
+    /// out (they follow those functions' own placements).
     fn destinations(&self, app: &str, served_here: f64) -> Vec<Destination> {
-        let mut merged: HashMap<String, (u64, f64)> = HashMap::new();
-        for o in &self.observations {
-            for d in o
-                .snapshot()
+        let observed = self.observations.iter().flat_map(|o| {
+            o.snapshot()
                 .into_iter()
-                .filter(|d| d.app == app && d.count > 0)
-                // Calls to sibling functions follow those functions' own placements.
+                .filter(|d| d.app == app)
                 .filter(|d| {
                     let host = d
                         .destination
@@ -393,21 +337,13 @@ impl Engine {
                         .map_or(&*d.destination, |(h, _)| h);
                     !edgeplane_dataplane::functions::is_internal(host)
                 })
-            {
-                let cost = d.per_request_us() * d.count as f64;
-                let e = merged.entry(d.destination).or_default();
-                e.0 += d.count;
-                e.1 += cost;
-            }
-        }
-        merged
-            .into_iter()
-            .map(|(name, (count, weighted))| Destination {
-                name,
-                per_request: count as f64 / served_here,
-                latency_us: weighted / count as f64,
-            })
-            .collect()
+                .map(|d| Observed {
+                    per_request_us: d.per_request_us(),
+                    count: d.count,
+                    destination: d.destination,
+                })
+        });
+        estimate::destinations(observed, served_here)
     }
 
     /// Peers not marked down; those marked down (perhaps since this tick's facts were taken)
@@ -437,14 +373,14 @@ impl Engine {
     ) -> anyhow::Result<u64> {
         let http = matches!(kind, ProbeKind::Http(_));
         if let Some(fleet) = &self.fleet {
-            let figure = measure::peer_backend_us(
+            let figure = measurements::peer_backend_us(
                 &lock(&fleet.view),
                 &peer.name,
                 stream_key,
                 http,
                 measure::unix_ms(),
             );
-            if let measure::Streamed::Fresh(us) = figure {
+            if let measurements::Streamed::Fresh(us) = figure {
                 lock(&fleet.waiting).remove(&(peer.id, stream_key.to_owned(), http));
                 return Ok(us);
             }
@@ -461,7 +397,7 @@ impl Engine {
                     .or_insert_with(Instant::now)
                     .elapsed()
             };
-            if !measure::ask_after_waiting(figure, waited, fleet.grace) {
+            if !measurements::ask_after_waiting(figure, waited, fleet.grace) {
                 anyhow::bail!(
                     "{} has not published its time to {stream_key} yet (waited {waited:?})",
                     peer.name
@@ -487,42 +423,26 @@ impl Engine {
             .health
             .rtt(peer.id, HANDOFF_RTT_MAX_AGE)
             .with_context(|| format!("no RTT to {} yet", peer.name))?;
-        let mut us = rtt.as_micros() as f64;
-        for (d, trips) in dests.iter().zip(round_trips) {
-            let there_rtt =
-                self.peer_backend_us(peer, &d.name, &d.name, &ProbeKind::Connect)? as f64;
-            us += d.per_request * trips * there_rtt;
+        let mut peer_rtt_us = Vec::with_capacity(dests.len());
+        for d in dests {
+            peer_rtt_us
+                .push(self.peer_backend_us(peer, &d.name, &d.name, &ProbeKind::Connect)? as f64);
         }
-        Ok(us)
+        Ok(estimate::at_peer_us(
+            rtt.as_micros() as f64,
+            dests,
+            round_trips,
+            &peer_rtt_us,
+        ))
     }
 }
 
-/// What the up peers answered this tick: the fastest estimate, and who did not answer.
-#[derive(Default)]
-struct Estimates {
-    best: Option<(u32, String, f64)>,
-    unanswered: Vec<(u32, String)>,
-}
-
-impl Estimates {
-    fn add(&mut self, peer: &Peer, estimate: anyhow::Result<f64>, what: &str) {
-        match estimate {
-            Ok(us) if self.best.as_ref().is_none_or(|b| us < b.2) => {
-                self.best = Some((peer.id, peer.name.clone(), us))
-            }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(peer = %peer.name, error = %format!("{e:#}"), "{what}");
-                self.unanswered.push((peer.id, peer.name.clone()));
-            }
-        }
-    }
-
-    fn best(&self) -> Option<(u32, &str, f64)> {
-        self.best
-            .as_ref()
-            .map(|(dc, name, us)| (*dc, name.as_str(), *us))
-    }
+/// A peer's answer into this tick's estimates; one that failed is logged and counted unanswered.
+fn add_answer(estimates: &mut Estimates, peer: &Peer, answer: anyhow::Result<f64>, what: &str) {
+    let answer = answer
+        .inspect_err(|e| warn!(peer = %peer.name, error = %format!("{e:#}"), "{what}"))
+        .ok();
+    estimates.add(peer.id, &peer.name, answer);
 }
 
 /// Handoff-connection RTTs older than this give way to the engine's own probes.
@@ -539,8 +459,8 @@ fn round_trips(dests: &[Destination]) -> anyhow::Result<Vec<f64>> {
                 .name
                 .parse()
                 .with_context(|| format!("destination {:?} is not ip:port", d.name))?;
-            let here_rtt = probe_time(&addr, &ProbeKind::Connect)?.as_micros().max(1) as f64;
-            Ok((d.latency_us / here_rtt).max(1.0))
+            let here_rtt = probe_time(&addr, &ProbeKind::Connect)?.as_micros() as f64;
+            Ok(estimate::round_trips(d.latency_us, here_rtt))
         })
         .collect()
 }

@@ -283,7 +283,7 @@ fn placement_text(p: &Placement) -> String {
 
 /// The placement engine's verdict per app, from edged's admin endpoint (None when it does not
 /// answer: edged stopped, or not part of a topology).
-fn engine_status(admin: std::net::SocketAddr) -> Option<edgeplane::placement::StatusTable> {
+fn engine_status(admin: std::net::SocketAddr) -> Option<edgeplane_placement::StatusTable> {
     use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
     let ask = Once::get("/placement", "edgectl", 1 << 20).ok()?;
     let answer = send_blocking(admin, ask, Duration::from_secs(2)).ok()?;

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use super::decide::Verdict;
+pub use crate::decide::Verdict;
 
 /// One app's status: the engine's verdict, and whether requests went on to the region since the
 /// last tick (a worker was saturated, or the app's code was cold here and the app rare).
