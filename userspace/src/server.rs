@@ -164,6 +164,9 @@ impl Workers {
 }
 
 /// Starts `count` workers on CPUs `0..count`; returns None when no app has a component.
+/// In order: what every worker shares (the epoch ticker, the access log, the generation the
+/// workers serve, the handoff settings), each worker's service factory, then the supervisor,
+/// which starts the workers on fresh listeners or on those `inherited` from an upgrade.
 pub fn start(
     cfg: &EdgedConfig,
     dp: &Dataplane,
@@ -175,7 +178,6 @@ pub fn start(
     let Some(listen) = cfg.listen_addr()? else {
         return Ok(None);
     };
-    let ticker = EpochTicker::start(cfg.runtime.engine.epoch_tick);
     let app_count = specs.len();
     let access_log = AccessLog::start(&cfg.access_log).context("opening the access log")?;
     let peer_tls = crate::config::tls::peer_tls(cfg)?;
@@ -198,28 +200,62 @@ pub fn start(
         live: live.clone(),
         supervisor: None,
     };
+    let shared = Shared {
+        settings: WorkerSettings::of(cfg, listen),
+        ticker: EpochTicker::start(cfg.runtime.engine.epoch_tick),
+        live,
+        access_log,
+        handoff,
+        maps: maps.clone(),
+    };
     let mut factories = HashMap::new();
     for cpu in 0..count {
-        let metrics = WorkerMetrics::default();
-        let observations = Observations::default();
-        workers.metrics.push(metrics.clone());
-        workers.observations.push(observations.clone());
-        let residency = Residency::default();
-        workers.residency.push(residency.clone());
-        let pool_cfg = cfg.runtime.pool;
-        let (prepare_ahead, prepared) = (
-            cfg.runtime.prepare_ahead as usize,
-            workers.counters[cpu as usize].prepared.clone(),
-        );
-        let (engine_cfg, cache_dir, budget, max_in_flight) = (
-            cfg.runtime.engine.clone(),
-            cfg.runtime.cache_dir.clone(),
-            cfg.runtime.cache,
-            cfg.runtime.max_in_flight,
-        );
-        let (live, ticker, access_log) = (live.clone(), ticker.clone(), access_log.clone());
-        let (handoff, worker_maps) = (handoff.clone(), maps.clone());
-        let (debug_headers, admin_addr) = (cfg.server.debug_headers, cfg.server.admin);
+        let own = OwnHandles::default();
+        workers.metrics.push(own.metrics.clone());
+        workers.observations.push(own.observations.clone());
+        workers.residency.push(own.residency.clone());
+        let prepared = workers.counters[cpu as usize].prepared.clone();
+        factories.insert(cpu, service_factory(shared.clone(), own, prepared));
+    }
+    let factories = Arc::new(factories);
+    let factory: ServiceFactory = Arc::new(move |cpu| match factories.get(&cpu) {
+        Some(f) => f(cpu),
+        None => anyhow::bail!("no service for worker {cpu}"),
+    });
+    let options = options_factory(cfg, maps, workers.counters.clone());
+    let register = register_listener(maps, dp)?;
+    workers.supervisor = Some(match inherited {
+        Some(listeners) => {
+            check_inherited(&listeners, listen, count)?;
+            Supervisor::adopt(listen, listeners, factory, options, register)?
+        }
+        None => Supervisor::start(listen, 0..count, factory, options, register)?,
+    });
+    info!(%listen, workers = count, apps = app_count, "workers started");
+    Ok(Some(workers))
+}
+
+/// What a worker's service is built with, read from the configuration once.
+#[derive(Clone)]
+struct WorkerSettings {
+    pool: edgeplane_dataplane::client::PoolConfig,
+    prepare_ahead: usize,
+    engine: edgeplane_dataplane::wasm::EngineConfig,
+    cache_dir: std::path::PathBuf,
+    cache_budget: edgeplane_dataplane::wasm::CacheBudget,
+    max_in_flight: u32,
+    debug_headers: bool,
+    admin: SocketAddr,
+    /// Where a guest's call to a sibling function goes: the workers' own listener.
+    functions_via: SocketAddr,
+    overflow_in_flight: u32,
+    popular_rps: f64,
+    /// One request in this many is held out here to measure a placement against (0: none).
+    holdout_every: u64,
+}
+
+impl WorkerSettings {
+    fn of(cfg: &EdgedConfig, listen: SocketAddr) -> Self {
         let functions_via = if listen.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], listen.port()))
         } else {
@@ -236,111 +272,159 @@ pub fn start(
             Some(dc) if dc.holdout > 0.0 => (1.0 / dc.holdout).round().max(1.0) as u64,
             _ => 0,
         };
-        let factory: ServiceFactory = Arc::new(move |cpu| {
-            // Built from the generation in effect: a worker restarted after a reload serves it.
-            let mut subscriber = live.subscribe(cpu as usize);
-            let current = subscriber.current();
-            let engine = build_engine(&engine_cfg)?;
-            ticker.register(&engine);
-            let runtime = Rc::new(
-                AppRuntime::new(
-                    engine,
-                    &cache_dir,
-                    budget,
-                    current.specs.clone(),
-                    observations.clone(),
-                    engine_cfg.epoch_tick,
-                    max_in_flight,
-                )?
-                .with_pool(Arc::new(ConnPool::new(pool_cfg)))
-                .with_prepare_ahead(prepare_ahead, prepared.clone()),
-            );
-            runtime.publish_residency_to(residency.clone());
-            runtime.route_functions_via(functions_via);
-            runtime.protect_admin(admin_addr);
-            for spec in &current.specs {
-                if let Err(e) = runtime.preload(&spec.name) {
-                    warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
-                }
-            }
-            let (handoff, region, placement) = match &handoff {
-                Some((h, region)) => (
-                    Some(Rc::new(Handoff::new(h.clone(), runtime.pool().clone()))),
-                    *region,
-                    Some(Box::new(MapPlacement {
-                        ids: RefCell::new(current.app_ids.clone()),
-                        reader: worker_maps.placement_reader()?,
-                    }) as Box<dyn PlacementSource>),
-                ),
-                None => (None, None, None),
-            };
-            subscriber.applied(current.number);
-            Ok(Rc::new(EdgeService {
-                routes: RefCell::new(Rc::new(current.routes.clone())),
-                runtime,
-                metrics: metrics.clone(),
-                debug_headers,
-                handoff,
-                placement,
-                region: region.map(|region| RegionPolicy {
-                    region,
-                    overflow_in_flight,
-                    popular_rps,
-                }),
-                popularity: Popularity::new(std::time::Duration::from_secs(10)),
-                holdout_every,
-                holdout_seen: Default::default(),
-                live: Some(RefCell::new(subscriber)),
-                access_log: access_log.clone(),
-                tls: RefCell::new(current.tls.clone()),
-            }) as Rc<dyn Service>)
-        });
-        factories.insert(cpu, factory);
+        Self {
+            pool: cfg.runtime.pool,
+            prepare_ahead: cfg.runtime.prepare_ahead as usize,
+            engine: cfg.runtime.engine.clone(),
+            cache_dir: cfg.runtime.cache_dir.clone(),
+            cache_budget: cfg.runtime.cache,
+            max_in_flight: cfg.runtime.max_in_flight,
+            debug_headers: cfg.server.debug_headers,
+            admin: cfg.server.admin,
+            functions_via,
+            overflow_in_flight,
+            popular_rps,
+            holdout_every,
+        }
     }
-    let factories = Arc::new(factories);
-    let factory: ServiceFactory = Arc::new(move |cpu| match factories.get(&cpu) {
-        Some(f) => f(cpu),
-        None => anyhow::bail!("no service for worker {cpu}"),
-    });
+}
+
+/// What every worker's service shares.
+#[derive(Clone)]
+struct Shared {
+    settings: WorkerSettings,
+    ticker: EpochTicker,
+    live: Arc<LivePublisher>,
+    access_log: Option<AccessLog>,
+    handoff: Option<(HandoffConfig, Option<u32>)>,
+    maps: PinnedMaps,
+}
+
+/// What one worker publishes for the admin endpoint and the placement engine.
+#[derive(Default)]
+struct OwnHandles {
+    metrics: WorkerMetrics,
+    observations: Observations,
+    residency: Residency,
+}
+
+/// Builds worker `cpu`'s service from the generation in effect, so a worker restarted after a
+/// reload serves it.
+fn service_factory(
+    shared: Shared,
+    own: OwnHandles,
+    prepared: Arc<edgeplane_dataplane::wasm::PreparedCounters>,
+) -> ServiceFactory {
+    Arc::new(move |cpu| {
+        let s = &shared.settings;
+        let mut subscriber = shared.live.subscribe(cpu as usize);
+        let current = subscriber.current();
+        let engine = build_engine(&s.engine)?;
+        shared.ticker.register(&engine);
+        let runtime = Rc::new(
+            AppRuntime::new(
+                engine,
+                &s.cache_dir,
+                s.cache_budget,
+                current.specs.clone(),
+                own.observations.clone(),
+                s.engine.epoch_tick,
+                s.max_in_flight,
+            )?
+            .with_pool(Arc::new(ConnPool::new(s.pool)))
+            .with_prepare_ahead(s.prepare_ahead, prepared.clone()),
+        );
+        runtime.publish_residency_to(own.residency.clone());
+        runtime.route_functions_via(s.functions_via);
+        runtime.protect_admin(s.admin);
+        for spec in &current.specs {
+            if let Err(e) = runtime.preload(&spec.name) {
+                warn!(worker = cpu, app = %spec.name, error = %e, "preload failed; will retry on first request");
+            }
+        }
+        let (handoff, region, placement) = match &shared.handoff {
+            Some((h, region)) => (
+                Some(Rc::new(Handoff::new(h.clone(), runtime.pool().clone()))),
+                *region,
+                Some(Box::new(MapPlacement {
+                    ids: RefCell::new(current.app_ids.clone()),
+                    reader: shared.maps.placement_reader()?,
+                }) as Box<dyn PlacementSource>),
+            ),
+            None => (None, None, None),
+        };
+        subscriber.applied(current.number);
+        Ok(Rc::new(EdgeService {
+            routes: RefCell::new(Rc::new(current.routes.clone())),
+            runtime,
+            metrics: own.metrics.clone(),
+            debug_headers: s.debug_headers,
+            handoff,
+            placement,
+            region: region.map(|region| RegionPolicy {
+                region,
+                overflow_in_flight: s.overflow_in_flight,
+                popular_rps: s.popular_rps,
+            }),
+            popularity: Popularity::new(std::time::Duration::from_secs(10)),
+            holdout_every: s.holdout_every,
+            holdout_seen: Default::default(),
+            live: Some(RefCell::new(subscriber)),
+            access_log: shared.access_log.clone(),
+            tls: RefCell::new(current.tls.clone()),
+        }) as Rc<dyn Service>)
+    })
+}
+
+/// Each worker's options: its counters, pinning, HTTP limits, load map and drain timeout.
+fn options_factory(
+    cfg: &EdgedConfig,
+    maps: &PinnedMaps,
+    counters: Vec<Arc<WorkerCounters>>,
+) -> OptionsFactory {
     let (pin, limits, drain_timeout) =
         (cfg.workers.pin, cfg.http.clone(), cfg.server.drain_timeout);
-    let (options_maps, counters) = (maps.clone(), workers.counters.clone());
-    let options: OptionsFactory = Box::new(move |cpu, listener| {
+    let maps = maps.clone();
+    Box::new(move |cpu, listener| {
         let mut opts = WorkerOptions::new(cpu, listener);
         if let Some(c) = counters.get(cpu as usize) {
             opts.counters = c.clone();
         }
         opts.pin = pin;
         opts.limits = limits.clone();
-        opts.load_map = Some(options_maps.worker_load_fd()?);
+        opts.load_map = Some(maps.worker_load_fd()?);
         opts.drain_timeout = drain_timeout;
         Ok(opts)
-    });
-    // Every listener is put in its worker's slot and given the reuseport program before it
-    // accepts: at start, and when a worker is restarted.
-    let (register_maps, select_worker) = (maps.clone(), dp.select_worker_fd()?);
-    let register: Register = Box::new(move |cpu, listener| {
-        register_maps.set_worker_socket(cpu, listener)?;
+    })
+}
+
+/// Every listener is put in its worker's slot and given the reuseport program before it
+/// accepts: at start, and when a worker is restarted.
+fn register_listener(maps: &PinnedMaps, dp: &Dataplane) -> anyhow::Result<Register> {
+    let (maps, select_worker) = (maps.clone(), dp.select_worker_fd()?);
+    Ok(Box::new(move |cpu, listener| {
+        maps.set_worker_socket(cpu, listener)?;
         crate::loader::attach_reuseport_program(listener.as_fd(), select_worker.as_fd())
-    });
-    workers.supervisor = Some(match inherited {
-        Some(listeners) => {
-            let cpus: Vec<u32> = listeners.iter().map(|(cpu, _)| *cpu).collect();
-            anyhow::ensure!(
-                cpus == (0..count).collect::<Vec<_>>(),
-                "the running edged has workers on CPUs {cpus:?}; this configuration wants {count}: change the worker count with a restart, not an upgrade"
-            );
-            for (_, l) in &listeners {
-                let at = l.local_addr()?;
-                anyhow::ensure!(
-                    at == listen,
-                    "the running edged listens on {at}; this configuration on {listen}"
-                );
-            }
-            Supervisor::adopt(listen, listeners, factory, options, register)?
-        }
-        None => Supervisor::start(listen, 0..count, factory, options, register)?,
-    });
-    info!(%listen, workers = count, apps = app_count, "workers started");
-    Ok(Some(workers))
+    }))
+}
+
+/// An upgrade keeps the worker count and the address: a change of either needs a restart.
+fn check_inherited(
+    listeners: &[(u32, std::net::TcpListener)],
+    listen: SocketAddr,
+    count: u32,
+) -> anyhow::Result<()> {
+    let cpus: Vec<u32> = listeners.iter().map(|(cpu, _)| *cpu).collect();
+    anyhow::ensure!(
+        cpus == (0..count).collect::<Vec<_>>(),
+        "the running edged has workers on CPUs {cpus:?}; this configuration wants {count}: change the worker count with a restart, not an upgrade"
+    );
+    for (_, l) in listeners {
+        let at = l.local_addr()?;
+        anyhow::ensure!(
+            at == listen,
+            "the running edged listens on {at}; this configuration on {listen}"
+        );
+    }
+    Ok(())
 }
