@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::{Command, print_json, table};
+use crate::{
+    Command,
+    output::{print_json, table},
+};
 
 /// `edgectl reload`, `upgrade`, `app versions` and `certs`: asked of the running edged, not the
 /// maps.

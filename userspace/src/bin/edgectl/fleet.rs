@@ -13,7 +13,12 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use crate::{
-    AppCmd, BlockCmd, Cli, Command, FleetCmd, PlacementCmd, RateLimitCmd, print_json, table,
+    Cli, Command, FleetCmd,
+    app::AppCmd,
+    block::BlockCmd,
+    output::{print_json, table},
+    placement::PlacementCmd,
+    ratelimit::{RateLimitCmd, rate_limit_section},
 };
 
 /// The fleet-wide verbs, when `--nats` is given (or needed); None: not a fleet verb.
@@ -41,7 +46,7 @@ pub(crate) fn run(cli: &Cli) -> Option<anyhow::Result<()>> {
             need().and_then(|u| unpin(u, app))
         }
         (Command::Ratelimit(cmd @ RateLimitCmd::Set { .. }), true) => {
-            need().and_then(|u| rate_limit(u, &crate::rate_limit_section(cmd)))
+            need().and_then(|u| rate_limit(u, &rate_limit_section(cmd)))
         }
         (Command::Block(BlockCmd::Add { cidr }), true) => {
             need().and_then(|u| block(u, &cidr.to_string(), true))
