@@ -7,9 +7,6 @@ pub mod canonical;
 pub mod cpu;
 pub mod edged;
 pub mod flood;
-/// Where xtask builds the guest apps (one file, shared with xtask and the tests).
-#[path = "../../xtask/src/guest_apps.rs"]
-pub mod guest_apps;
 pub mod http;
 pub mod loadgen;
 pub mod nats;

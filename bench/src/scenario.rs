@@ -60,7 +60,7 @@ impl Setup {
 
     /// The guest app `name`'s component, which must have been built.
     pub fn app(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = crate::guest_apps::component(&self.workspace.join("apps"), name);
+        let path = edgeplane_testkit::guest_apps::component(&self.workspace.join("apps"), name);
         anyhow::ensure!(
             path.exists(),
             "{} is missing: build apps/ first (./x bench does)",

@@ -11,8 +11,6 @@
 //!
 //! `cargo bench -p edgeplane-dataplane --bench instantiate`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::{rc::Rc, time::Duration};
@@ -49,7 +47,7 @@ fn runtime() -> Rc<AppRuntime> {
     EpochTicker::start(cfg.epoch_tick).register(&engine);
     let app = |component: &str, mode: &str, instance_reuse: u32| AppSpec {
         name: format!("{component}/{mode}"),
-        component: common::app(component),
+        component: edgeplane_testkit::app(component),
         digest: String::new(),
         env: vec![],
         allowed_backends: vec![],
@@ -80,7 +78,8 @@ fn runtime() -> Rc<AppRuntime> {
 /// The same component on wasmtime's pooling allocator, default settings.
 fn wasmtime_defaults(component: &str) -> (Engine, ProxyPre<support::PlainState>) {
     let engine = support::pooling_defaults_engine();
-    let component = Component::from_file(&engine, common::app(component)).expect("compiles");
+    let component =
+        Component::from_file(&engine, edgeplane_testkit::app(component)).expect("compiles");
     (engine.clone(), support::plain_pre(&engine, &component))
 }
 

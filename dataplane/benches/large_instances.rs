@@ -14,8 +14,6 @@
 //!
 //! `cargo bench -p edgeplane-dataplane --bench large_instances`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::{
@@ -147,8 +145,8 @@ fn breakdown(exec: &support::Executor) {
     // (name, component, whether its instances serve twice). js-hello's do not: StarlingMonkey's
     // fetch event answers once per instance (StarlingMonkey issue 247).
     let components: Vec<(&str, PathBuf, bool)> = vec![
-        ("js-hello", common::js_component(), false),
-        ("ballast 16 MiB", common::ballast(16), true),
+        ("js-hello", edgeplane_testkit::js_component(), false),
+        ("ballast 16 MiB", edgeplane_testkit::ballast(16), true),
     ];
     let engines: Vec<(&str, Engine)> = vec![
         (
@@ -208,7 +206,7 @@ fn runtime() -> Rc<AppRuntime> {
         .iter()
         .map(|mib| AppSpec {
             name: mib.to_string(),
-            component: common::ballast(*mib),
+            component: edgeplane_testkit::ballast(*mib),
             digest: String::new(),
             env: vec![],
             allowed_backends: vec![],
@@ -250,8 +248,8 @@ fn bench(c: &mut Criterion) {
     for mib in SIZES_MIB {
         let app = mib.to_string();
         rt.preload(&app).expect("ballast compiles");
-        let component =
-            Component::from_file(&baseline, common::ballast(mib)).expect("ballast compiles");
+        let component = Component::from_file(&baseline, edgeplane_testkit::ballast(mib))
+            .expect("ballast compiles");
         let pre = support::plain_pre(&baseline, &component);
         let (ours, theirs) = (support::Tally::default(), support::Tally::default());
         let mut group = c.benchmark_group(format!("fresh instance, {mib} MiB image"));

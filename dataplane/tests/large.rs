@@ -2,15 +2,13 @@
 //! into each fresh instance; instances prepared ahead are fresh ones and go with their app's
 //! version.
 
-mod common;
-
 use std::sync::atomic::Ordering::Relaxed;
 
-use common::{runtime_preparing, spec, tempdir};
 use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Request, Response, parse_request},
     wasm::AppRuntime,
 };
+use edgeplane_testkit::{runtime_preparing, spec, tempdir};
 
 fn get() -> Request {
     match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()).unwrap() {
@@ -67,7 +65,11 @@ fn idle(rt: &AppRuntime) -> usize {
 #[test]
 fn a_large_memory_image_is_mapped_into_each_fresh_instance_not_copied() {
     let cache = tempdir("large-cow");
-    let (rt, _) = runtime_preparing(vec![spec("ballast", common::app("ballast"))], &cache, 0);
+    let (rt, _) = runtime_preparing(
+        vec![spec("ballast", edgeplane_testkit::app("ballast"))],
+        &cache,
+        0,
+    );
     rt.preload("ballast").unwrap();
     block_on(rt.instantiate("ballast")).unwrap();
     let before = minor_faults();
@@ -86,7 +88,7 @@ fn a_large_memory_image_is_mapped_into_each_fresh_instance_not_copied() {
 #[test]
 fn prepared_instances_are_fresh_are_used_by_the_next_request_and_go_with_their_version() {
     let cache = tempdir("large-prepared");
-    let ballast = spec("ballast", common::app("ballast"));
+    let ballast = spec("ballast", edgeplane_testkit::app("ballast"));
     let (rt, counters) = runtime_preparing(vec![ballast.clone()], &cache, 4);
     // No demand yet: nothing to prepare.
     assert_eq!(idle(&rt), 0);

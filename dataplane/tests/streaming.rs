@@ -2,8 +2,6 @@
 //! real components: wstd's public http_server example and the faulty app. What a client reads is
 //! parsed here, independently of the code under test.
 
-mod common;
-
 use std::{
     io::Write,
     net::{SocketAddr, TcpStream},
@@ -12,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fill_until, find, read_response, runtime, spec};
 use edgeplane_dataplane::{
     http::HttpLimits,
     listener::reuseport_listener,
@@ -20,6 +17,7 @@ use edgeplane_dataplane::{
     wasm::AppLimits,
     worker::{self, Service, WorkerOptions},
 };
+use edgeplane_testkit::{fill_until, find, read_response, runtime, spec};
 
 struct Running {
     addr: SocketAddr,
@@ -51,9 +49,9 @@ fn start() -> Running {
 
 /// `start`, with these limits on clients.
 fn start_with(limits: HttpLimits) -> Running {
-    let wstd = common::wstd_example_server();
-    let faulty = common::app("faulty");
-    let echo = common::app("echo");
+    let wstd = edgeplane_testkit::wstd_example_server();
+    let faulty = edgeplane_testkit::app("faulty");
+    let echo = edgeplane_testkit::app("echo");
     let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut opts = WorkerOptions::new(0, listener);
@@ -67,7 +65,7 @@ fn start_with(limits: HttpLimits) -> Running {
         ..Default::default()
     };
     let apps = vec![spec("wstd", wstd), faulty_spec, spec("echo", echo)];
-    let cache = common::warm_cache(&apps);
+    let cache = edgeplane_testkit::warm_cache(&apps);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let factory: worker::ServiceFactory = Arc::new(move |_| {
         let rt = runtime(apps.clone(), &cache);

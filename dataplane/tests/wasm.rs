@@ -1,8 +1,6 @@
 //! The wasm runtime with real components: hello, echo, a trapping and a looping guest, a memory
 //! hog, subrequests to a real local backend, the disk code cache, and a public wstd example.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpListener,
@@ -11,11 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{runtime, spec, tempdir};
 use edgeplane_dataplane::{
     http::{HttpLimits, ParseOutcome, Request, parse_request},
     wasm::{AppLimits, AppRuntime, HandleError},
 };
+use edgeplane_testkit::{runtime, spec, tempdir};
 
 fn request(raw: &str) -> Request {
     match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
@@ -38,8 +36,8 @@ fn hello_and_echo_components_serve() {
     let cache = tempdir("cache-hello");
     let rt = runtime(
         vec![
-            spec("hello", common::app("hello")),
-            spec("echo", common::app("echo")),
+            spec("hello", edgeplane_testkit::app("hello")),
+            spec("echo", edgeplane_testkit::app("echo")),
         ],
         &cache,
     );
@@ -90,7 +88,7 @@ fn hello_and_echo_components_serve() {
 #[test]
 fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the_next_succeeds() {
     let cache = tempdir("cache-faulty");
-    let mut faulty = spec("faulty", common::app("faulty"));
+    let mut faulty = spec("faulty", edgeplane_testkit::app("faulty"));
     faulty.limits = AppLimits {
         cpu_deadline: Duration::from_millis(100),
         max_memory_bytes: 16 << 20,
@@ -188,12 +186,15 @@ fn instances_are_fresh_by_default_and_reused_up_to_the_configured_count_when_opt
     let builds = ["hello", "hello-wstd"];
     let mut apps = vec![];
     for build in builds {
-        apps.push(spec(&format!("{build}/fresh"), common::app(build)));
-        let mut reused = spec(&format!("{build}/reused"), common::app(build));
+        apps.push(spec(
+            &format!("{build}/fresh"),
+            edgeplane_testkit::app(build),
+        ));
+        let mut reused = spec(&format!("{build}/reused"), edgeplane_testkit::app(build));
         reused.limits.instance_reuse = 3;
         apps.push(reused);
     }
-    let mut faulty = spec("faulty", common::app("faulty"));
+    let mut faulty = spec("faulty", edgeplane_testkit::app("faulty"));
     faulty.limits.instance_reuse = 100;
     apps.push(faulty);
     let rt = runtime(apps, &cache);
@@ -283,10 +284,10 @@ fn backend() -> (String, std::thread::JoinHandle<usize>) {
 fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused() {
     let (addr, server) = backend();
     let cache = tempdir("cache-fetcher");
-    let mut allowed = spec("fetcher", common::app("fetcher"));
+    let mut allowed = spec("fetcher", edgeplane_testkit::app("fetcher"));
     allowed.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
     allowed.allowed_backends = vec![addr.clone()];
-    let mut denied = spec("fetcher-denied", common::app("fetcher"));
+    let mut denied = spec("fetcher-denied", edgeplane_testkit::app("fetcher"));
     denied.env = allowed.env.clone();
     let rt = runtime(vec![allowed, denied], &cache);
     block_on(async {
@@ -347,12 +348,15 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let cache = tempdir("cache-wall");
-    let mut fetcher = spec("fetcher", common::app("fetcher"));
+    let mut fetcher = spec("fetcher", edgeplane_testkit::app("fetcher"));
     fetcher.env = vec![("BACKEND_URL".into(), format!("http://{addr}/slow"))];
     fetcher.allowed_backends = vec![addr];
     let wall = Duration::from_millis(300);
     fetcher.limits.wall_deadline = wall;
-    let rt = runtime(vec![fetcher, spec("hello", common::app("hello"))], &cache);
+    let rt = runtime(
+        vec![fetcher, spec("hello", edgeplane_testkit::app("hello"))],
+        &cache,
+    );
     block_on(async {
         let started = Instant::now();
         let e = rt
@@ -394,7 +398,7 @@ fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let cache = tempdir("cache-cpu");
-    let mut faulty = spec("faulty", common::app("faulty"));
+    let mut faulty = spec("faulty", edgeplane_testkit::app("faulty"));
     faulty.env = vec![("BACKEND_URL".into(), format!("http://{addr}/never"))];
     faulty.allowed_backends = vec![addr];
     faulty.limits.cpu_deadline = Duration::from_millis(100);
@@ -439,7 +443,7 @@ fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it
 #[test]
 fn a_guest_spinning_past_its_wall_deadline_without_yielding_is_stopped() {
     let cache = tempdir("cache-wall-spin");
-    let mut faulty = spec("faulty", common::app("faulty"));
+    let mut faulty = spec("faulty", edgeplane_testkit::app("faulty"));
     faulty.limits.cpu_deadline = Duration::from_secs(60);
     faulty.limits.wall_deadline = Duration::from_millis(300);
     let rt = runtime(vec![faulty], &cache);
@@ -473,7 +477,7 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     let port = addr.rsplit(':').next().unwrap().to_owned();
     let cache = tempdir("cache-outbound");
     // Allowed by name, but the name is this host's loopback.
-    let mut by_name = spec("by-name", common::app("fetcher"));
+    let mut by_name = spec("by-name", edgeplane_testkit::app("fetcher"));
     by_name.env = vec![(
         "BACKEND_URL".into(),
         format!("http://localhost:{port}/data"),
@@ -500,7 +504,7 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     assert_eq!((denied.count, denied.denied), (0, 2));
     // The backend saw nothing; then the same runtime reaches it when named by address.
     drop(rt);
-    let mut by_address = spec("by-address", common::app("fetcher"));
+    let mut by_address = spec("by-address", edgeplane_testkit::app("fetcher"));
     by_address.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
     by_address.allowed_backends = vec![addr.clone()];
     let rt = runtime(vec![by_address], &tempdir("cache-outbound-2"));
@@ -530,10 +534,20 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
 #[test]
 fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     let cache = tempdir("cache-disk");
-    let first = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
+    let first = edgeplane_testkit::cold_runtime(
+        vec![spec("hello", edgeplane_testkit::app("hello"))],
+        &cache,
+        0,
+    )
+    .0;
     first.preload("hello").unwrap();
     assert_eq!(first.cache_counters(), (1, 0, 0));
-    let second = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
+    let second = edgeplane_testkit::cold_runtime(
+        vec![spec("hello", edgeplane_testkit::app("hello"))],
+        &cache,
+        0,
+    )
+    .0;
     second.preload("hello").unwrap();
     assert_eq!(
         second.cache_counters(),
@@ -553,7 +567,12 @@ fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
     for entry in std::fs::read_dir(&cache).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not a wasmtime artifact").unwrap();
     }
-    let third = common::cold_runtime(vec![spec("hello", common::app("hello"))], &cache, 0).0;
+    let third = edgeplane_testkit::cold_runtime(
+        vec![spec("hello", edgeplane_testkit::app("hello"))],
+        &cache,
+        0,
+    )
+    .0;
     third.preload("hello").unwrap();
     assert_eq!(third.cache_counters(), (1, 0, 0));
 }
@@ -562,7 +581,10 @@ fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
 fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
     let cache = tempdir("cache-wstd");
     let rt = runtime(
-        vec![spec("wstd-example", common::wstd_example_server())],
+        vec![spec(
+            "wstd-example",
+            edgeplane_testkit::wstd_example_server(),
+        )],
         &cache,
     );
     block_on(async {
@@ -634,7 +656,7 @@ fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
     let (addr, connections, requests) = keep_alive_backend();
     let cache = tempdir("cache-pool");
     let app = |name: &str| {
-        let mut s = spec(name, common::app("fetcher"));
+        let mut s = spec(name, edgeplane_testkit::app("fetcher"));
         s.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
         s.allowed_backends = vec![addr.clone()];
         s

@@ -100,7 +100,11 @@ impl TwoHosts {
         let mut server = edgeplane_bench::http::spawn(
             "edged",
             self.server
-                .command(edgeplane_binary("edged").to_str().unwrap_or("edged"))
+                .command(
+                    edgeplane_testkit::edgeplane_binary("edged")
+                        .to_str()
+                        .unwrap_or("edged"),
+                )
                 .arg("--config")
                 .arg(config),
         )?;
@@ -139,7 +143,7 @@ impl TwoHosts {
         label: Option<(&str, &str)>,
     ) -> u64 {
         let (_, text) = self.admin(admin, "/metrics").expect("metrics");
-        let families = parse_openmetrics(&text);
+        let families = edgeplane_testkit::openmetrics::parse(&text);
         let family = families
             .as_array()
             .and_then(|f| f.iter().find(|f| f["name"] == name))
@@ -200,46 +204,12 @@ pub fn expected_worker(
     worker_for_hash(h, workers)
 }
 
-/// A binary of the `edgeplane` package (edged, edgectl): the release build, whatever profile
-/// the tests were built in (a debug edged's wasmtime compiles large components too slowly for a
-/// test to wait on). Built once per test binary; a no-op when up to date.
-pub fn edgeplane_binary(name: &str) -> PathBuf {
-    use std::sync::OnceLock;
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let release = BUILT.get_or_init(|| {
-        // target/<profile>/deps/<this test> -> target/
-        let target = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-            .expect("the test executable lives in target/<profile>/deps");
-        let mut cargo =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // As the workspace's own build saw the environment: this test's package variables would
-        // make ring's build script run again, and edged be rebuilt, for every test binary.
-        let status = edgeplane_bench::guest_apps::clean_cargo_env(&mut cargo)
-            .args([
-                "build",
-                "--locked",
-                "--release",
-                "-p",
-                "edgeplane",
-                "--bins",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building edged/edgectl (release) failed");
-        target.join("release")
-    });
-    release.join(name)
-}
-
 /// The canonical multi-datacenter world (see `edgeplane_bench::canonical`), with this test
 /// build's `edged`.
 pub mod canonical {
     pub use edgeplane_bench::canonical::{BACKEND_PORT, Canonical, Tuning};
 
-    use crate::edgeplane_binary;
+    use edgeplane_testkit::edgeplane_binary;
 
     /// Builds the world, starts the backend, and edged at each of `datacenters` with the
     /// `[[apps]]` TOML that `apps(backend_url, backend_authority)` returns.
@@ -270,42 +240,4 @@ pub mod canonical {
         )
         .unwrap()
     }
-}
-
-/// `text` parsed by the reference OpenMetrics parser (the Python `prometheus_client`, in the
-/// venv `./x setup` makes): each family's name, type and samples (name, labels, value), as
-/// JSON. Panics when the parser is missing or refuses the text.
-pub fn parse_openmetrics(text: &str) -> serde_json::Value {
-    use std::io::Write as _;
-    const SCRIPT: &str = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-out = []
-for f in text_string_to_metric_families(sys.stdin.read()):
-    out.append({"name": f.name, "type": f.type,
-                "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
-print(json.dumps(out))
-"#;
-    let python = std::env::var("EDGEPLANE_PYTHON")
-        .unwrap_or_else(|_| "/var/tmp/edgeplane-tools/venv/bin/python3".to_owned());
-    let mut child = std::process::Command::new(&python)
-        .args(["-c", SCRIPT])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{python}: {e}: run ./x setup (it makes the Python venv)"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the OpenMetrics parser refused the text: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -3,9 +3,6 @@
 //! requests to each other in both directions, signed with the keys this world drew. edged reads
 //! the addresses from its topology file; nothing in it derives one.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
@@ -19,7 +16,8 @@ use edgeplane_bench::{
     plan::Plan,
     world::World,
 };
-use edgeplane_tests::{edgeplane_binary, http::header, require_root};
+use edgeplane_testkit::edgeplane_binary;
+use edgeplane_tests::{http::header, require_root};
 
 const PLAN: &str = r#"
 [[datacenters]]
@@ -82,7 +80,7 @@ fn datacenters_at_ipv6_addresses_of_the_tests_choosing_hand_off_both_ways() {
     std::fs::create_dir_all(&scratch).unwrap();
     let apps = format!(
         "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
-        common::app("hello").display()
+        edgeplane_testkit::app("hello").display()
     );
     let own = |dc: &str| -> Vec<IpAddr> { plan.datacenter_addrs(plan.datacenter(dc).unwrap()) };
     let mut servers: Vec<Server> = Vec::new();

@@ -4,9 +4,6 @@
 //! short. By hand first (the oracle), then found by the placement engine, which keeps a
 //! holdout at the POP and reverts when dc2 turns slow.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::{
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -22,7 +19,10 @@ use edgeplane_tests::{
 };
 
 fn fetcher_apps(mode: &str) -> impl Fn(&str, &str) -> String {
-    let (fetcher, hello) = (common::app("fetcher"), common::app("hello"));
+    let (fetcher, hello) = (
+        edgeplane_testkit::app("fetcher"),
+        edgeplane_testkit::app("hello"),
+    );
     let mode = mode.to_owned();
     move |url, authority| {
         format!(
@@ -163,8 +163,8 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
     if !require_root("hints") {
         return;
     }
-    let fetcher = common::app("fetcher");
-    let hello = common::app("hello");
+    let fetcher = edgeplane_testkit::app("fetcher");
+    let hello = edgeplane_testkit::app("hello");
     let world = canonical::start("hints", &["pop", "dc2"], 0.0, |url, authority| {
         let app = |name: &str, placement: &str| {
             format!(
@@ -228,7 +228,7 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
         .world
         .ns("pop")
         .command(
-            edgeplane_tests::edgeplane_binary("edgectl")
+            edgeplane_testkit::edgeplane_binary("edgectl")
                 .to_str()
                 .unwrap(),
         )

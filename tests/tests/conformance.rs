@@ -4,9 +4,6 @@
 //! over time). Framing may differ (edged sends a whole body with a content-length, `wasmtime
 //! serve` chunks every body); what a client reads of it may not.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
@@ -14,9 +11,10 @@ use std::{
     time::Duration,
 };
 
-use apps::{Received, read_response};
 use edgeplane_bench::http::{find_wasmtime, wasmtime_serve};
-use edgeplane_tests::{TestPins, edgeplane_binary, require_root};
+use edgeplane_testkit::edgeplane_binary;
+use edgeplane_testkit::{Received, read_response};
+use edgeplane_tests::{TestPins, require_root};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -306,7 +304,11 @@ fn a_javascript_component_behaves_as_under_wasmtime_serve() -> anyhow::Result<()
     if !require_root("a_javascript_component_behaves_as_under_wasmtime_serve") {
         return Ok(());
     }
-    conform("conformance-js", &apps::js_component(), js_cases())
+    conform(
+        "conformance-js",
+        &edgeplane_testkit::js_component(),
+        js_cases(),
+    )
 }
 
 #[test]
@@ -316,7 +318,7 @@ fn wstds_public_example_behaves_as_under_wasmtime_serve() -> anyhow::Result<()> 
     }
     conform(
         "conformance-wstd",
-        &apps::wstd_example_server(),
+        &edgeplane_testkit::wstd_example_server(),
         wstd_cases(),
     )
 }

@@ -41,7 +41,7 @@ fn check_demo(extra: &[&str]) -> String {
         .parent()
         .unwrap();
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    let run = edgeplane_bench::guest_apps::clean_cargo_env(&mut cargo)
+    let run = edgeplane_testkit::guest_apps::clean_cargo_env(&mut cargo)
         .current_dir(workspace)
         .args([
             "run",

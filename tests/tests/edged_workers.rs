@@ -1,9 +1,6 @@
 //! edged as deployed: XDP native on the server's link, pinned workers with select_worker, and a
 //! real wasm component answering real HTTP from another namespace.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     net::{SocketAddr, TcpStream},
     time::Duration,
@@ -23,7 +20,7 @@ fn edged_serves_a_component_through_xdp_and_select_worker_and_drains_on_sigterm(
     if !require_root("edged_serves_a_component") {
         return Ok(());
     }
-    let hello = apps::app("hello");
+    let hello = edgeplane_testkit::app("hello");
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("edged-workers");
     let cache = std::env::temp_dir().join(format!("edgeplane-edged-cache-{}", std::process::id()));
@@ -120,7 +117,7 @@ static_body = "static hi\n"
     );
     // A standard parser reads every family, each declared once, and the latency of hello's
     // 80 requests is a histogram of 80, all of them served here.
-    let families = edgeplane_tests::parse_openmetrics(&metrics);
+    let families = edgeplane_testkit::openmetrics::parse(&metrics);
     let families = families.as_array().expect("a list of families");
     let mut names: Vec<&str> = families.iter().filter_map(|f| f["name"].as_str()).collect();
     let declared = names.len();

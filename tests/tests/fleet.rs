@@ -4,9 +4,6 @@
 //! with NATS gone both serve their snapshot (a restarted edged too), and a change made while a
 //! datacenter could not reach NATS is applied when it can again.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::{
     net::TcpStream,
     path::Path,
@@ -18,9 +15,9 @@ use edgeplane_bench::{
     edged::WORKER_PORT,
     loadgen::{self, Arrival, LoadSpec},
 };
+use edgeplane_testkit::edgeplane_binary;
 use edgeplane_tests::{
     canonical::{Canonical, Tuning},
-    edgeplane_binary,
     http::header,
     require_root,
 };
@@ -135,8 +132,8 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
     }
     let world = start("fleet");
     let dir = tempdir("fleet-deploy");
-    let v1 = hello_table(&dir, "hello.toml", &common::app("hello"));
-    let v2 = hello_table(&dir, "hello-v2.toml", &common::app("echo"));
+    let v1 = hello_table(&dir, "hello.toml", &edgeplane_testkit::app("hello"));
+    let v2 = hello_table(&dir, "hello-v2.toml", &edgeplane_testkit::app("echo"));
 
     deploy(&world, &v1);
     let took = everywhere(&world, "serving hello", is_hello);
@@ -175,7 +172,7 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         &bad,
         format!(
             "name = \"bad\"\nvips = [\"not-an-address\"]\ncomponent = \"{}\"\n",
-            common::app("hello").display()
+            edgeplane_testkit::app("hello").display()
         ),
     )
     .unwrap();
@@ -287,7 +284,7 @@ fn without_nats_every_edged_serves_its_snapshot_and_catches_up_after() {
     let dir = tempdir("fleet-snapshot");
     deploy(
         &world,
-        &hello_table(&dir, "hello.toml", &common::app("hello")),
+        &hello_table(&dir, "hello.toml", &edgeplane_testkit::app("hello")),
     );
     everywhere(&world, "serving hello", is_hello);
 
@@ -311,7 +308,7 @@ fn without_nats_every_edged_serves_its_snapshot_and_catches_up_after() {
     link("down");
     deploy(
         &world,
-        &hello_table(&dir, "hello-v2.toml", &common::app("echo")),
+        &hello_table(&dir, "hello-v2.toml", &edgeplane_testkit::app("echo")),
     );
     let started = Instant::now();
     while !at(&world, "pop").as_ref().is_some_and(is_echo) {
@@ -361,7 +358,7 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
             "name = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
              env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
              placement = {{ mode = \"smart\" }}\n",
-            common::app("fetcher").display()
+            edgeplane_testkit::app("fetcher").display()
         ),
     )
     .unwrap();
@@ -415,7 +412,7 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
         format!(
             "name = \"hinted\"\nhosts = [\"hinted.test\"]\ncomponent = \"{}\"\n\
              placement = {{ hostname = \"{authority}\" }}\n",
-            common::app("hello").display()
+            edgeplane_testkit::app("hello").display()
         ),
     )
     .unwrap();
@@ -452,7 +449,7 @@ fn over_mutual_tls_the_fleet_deploys_and_streams_measurements_and_refuses_strang
     let dir = tempdir("fleet-tls");
     deploy(
         &world,
-        &hello_table(&dir, "hello.toml", &common::app("hello")),
+        &hello_table(&dir, "hello.toml", &edgeplane_testkit::app("hello")),
     );
     // Answering, not only listed at /apps: workers take a new generation at their next tick.
     everywhere(&world, "serving hello over the TLS control plane", is_hello);

@@ -3,9 +3,6 @@
 //! on, forged handoffs are refused, and a dead dc2 leaves the POP serving locally until probes
 //! see it back.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -35,7 +32,7 @@ fn fetcher_app(url: &str, authority: &str, more: &str) -> String {
     format!(
         "[[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
          env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n{more}",
-        common::app("fetcher").display()
+        edgeplane_testkit::app("fetcher").display()
     )
 }
 
@@ -65,7 +62,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     if !require_root("handoff") {
         return;
     }
-    let hello_app = common::app("hello");
+    let hello_app = edgeplane_testkit::app("hello");
     let mut world = canonical::start("handoff", &["pop", "dc2"], 0.01, |_, _| {
         format!(
             "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
@@ -402,7 +399,7 @@ fn a_response_streamed_at_dc2_streams_through_the_pop() {
     if !require_root("handoff-stream") {
         return;
     }
-    let stream_app = common::app("stream");
+    let stream_app = edgeplane_testkit::app("stream");
     let world = canonical::start("handoff-stream", &["pop", "dc2"], 0.01, |_, _| {
         format!(
             "[[apps]]\nname = \"stream\"\nhosts = [\"stream.test\"]\ncomponent = \"{}\"\n",
@@ -420,7 +417,7 @@ fn a_response_streamed_at_dc2_streams_through_the_pop() {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             s.write_all(b"GET /?lines=4&ms=150 HTTP/1.1\r\nHost: stream.test\r\n\r\n")
                 .unwrap();
-            common::read_response(&mut s, false)
+            edgeplane_testkit::read_response(&mut s, false)
         })
         .unwrap();
     assert_eq!(r.status, 200);
@@ -459,7 +456,7 @@ fn handoff_keys_rotate_by_reload_without_a_failed_handoff_and_the_old_key_then_f
     if !require_root("key-rotation") {
         return;
     }
-    let hello_app = common::app("hello");
+    let hello_app = edgeplane_testkit::app("hello");
     let world = canonical::start("keyrot", &["pop", "dc2"], 0.0, |_, _| {
         format!(
             "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",

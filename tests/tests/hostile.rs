@@ -3,9 +3,6 @@
 //! meet, each followed by a normal request that the same worker must serve. At the end no worker
 //! has died or been restarted, and edged reports itself healthy.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
@@ -166,7 +163,11 @@ fn a_hostile_client_cannot_stop_a_worker_and_each_worker_serves_after_every_atta
     if !require_root("hostile_client") {
         return Ok(());
     }
-    let (hello, faulty, echo) = (apps::app("hello"), apps::app("faulty"), apps::app("echo"));
+    let (hello, faulty, echo) = (
+        edgeplane_testkit::app("hello"),
+        edgeplane_testkit::app("faulty"),
+        edgeplane_testkit::app("echo"),
+    );
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("hostile");
     let cache =

@@ -4,9 +4,6 @@
 //! path, one prepared ahead while the worker was idle, and a reused one. No request sees what
 //! another wrote.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{net::SocketAddr, time::Duration};
 
 use edgeplane_tests::{
@@ -60,11 +57,14 @@ fn large_components_serve_fresh_prepared_and_reused_instances_and_no_request_see
     if !require_root("large_components") {
         return Ok(());
     }
-    let ballast = apps::app("ballast");
-    let (js, js_handler) = (apps::js_component(), apps::js_handler_component());
+    let ballast = edgeplane_testkit::app("ballast");
+    let (js, js_handler) = (
+        edgeplane_testkit::js_component(),
+        edgeplane_testkit::js_handler_component(),
+    );
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("large-components");
-    let dir = apps::tempdir("large-components");
+    let dir = edgeplane_testkit::tempdir("large-components");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("edged.toml");
     std::fs::write(

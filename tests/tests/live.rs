@@ -4,9 +4,6 @@
 //! as soon as the reload returns; a bad config is refused with its file, line and field, and
 //! the running one keeps serving.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
@@ -15,8 +12,9 @@ use std::{
 
 use edgeplane::{PinnedMaps, addr::Vip};
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
+use edgeplane_testkit::edgeplane_binary;
 use edgeplane_tests::{
-    TestPins, TwoHosts, edgeplane_binary,
+    TestPins, TwoHosts,
     http::{get, header},
     require_root,
 };
@@ -121,13 +119,13 @@ fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() ->
     }
     // hello.test is served by hello (v1), then by echo (v2, which says x-echo-method).
     let (hello, echo, wstd) = (
-        apps::app("hello"),
-        apps::app("echo"),
-        apps::app("hello-wstd"),
+        edgeplane_testkit::app("hello"),
+        edgeplane_testkit::app("echo"),
+        edgeplane_testkit::app("hello-wstd"),
     );
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("live-reload");
-    let cache = apps::tempdir("live-reload-cache");
+    let cache = edgeplane_testkit::tempdir("live-reload-cache");
     let world = World {
         pins: pins.dir(),
         cache: &cache,
@@ -260,10 +258,13 @@ fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow
     if !require_root("a_request_running_across_a_component_swap") {
         return Ok(());
     }
-    let (stream, echo) = (apps::app("stream"), apps::app("echo"));
+    let (stream, echo) = (
+        edgeplane_testkit::app("stream"),
+        edgeplane_testkit::app("echo"),
+    );
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("live-inflight");
-    let cache = apps::tempdir("live-inflight-cache");
+    let cache = edgeplane_testkit::tempdir("live-inflight-cache");
     std::fs::create_dir_all(&cache)?;
     let world = World {
         pins: pins.dir(),
@@ -277,18 +278,20 @@ fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow
     )?;
     let _edged = hosts.start_edged(&config, ADMIN_2.parse()?)?;
     let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
-    let received = std::thread::scope(|scope| -> anyhow::Result<apps::Received> {
+    let received = std::thread::scope(|scope| -> anyhow::Result<edgeplane_testkit::Received> {
         // Ten lines 200 ms apart: two seconds of a v1 instance at work.
         let running = scope.spawn(|| {
-            hosts.client.run(|| -> anyhow::Result<apps::Received> {
-                let mut s = TcpStream::connect(server)?;
-                s.set_read_timeout(Some(Duration::from_secs(20)))?;
-                std::io::Write::write_all(
-                    &mut s,
-                    b"GET /?lines=10&ms=200 HTTP/1.1\r\nHost: slow.test\r\n\r\n",
-                )?;
-                Ok(apps::read_response(&mut s, false))
-            })
+            hosts
+                .client
+                .run(|| -> anyhow::Result<edgeplane_testkit::Received> {
+                    let mut s = TcpStream::connect(server)?;
+                    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                    std::io::Write::write_all(
+                        &mut s,
+                        b"GET /?lines=10&ms=200 HTTP/1.1\r\nHost: slow.test\r\n\r\n",
+                    )?;
+                    Ok(edgeplane_testkit::read_response(&mut s, false))
+                })
         });
         std::thread::sleep(Duration::from_millis(700));
         std::fs::write(

@@ -3,9 +3,6 @@
 //! requested app that is not in its code cache. Both show in the response header and in the
 //! placement status.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use edgeplane_tests::{
@@ -20,9 +17,9 @@ fn fetcher_and_hello(url: &str, authority: &str) -> String {
          [[apps]]\nname = \"fetcher\"\nhosts = [\"fetch.test\"]\ncomponent = \"{}\"\n\
          env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n\
          [[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
-        common::app("echo").display(),
-        common::app("fetcher").display(),
-        common::app("hello").display(),
+        edgeplane_testkit::app("echo").display(),
+        edgeplane_testkit::app("fetcher").display(),
+        edgeplane_testkit::app("hello").display(),
     )
 }
 

@@ -4,9 +4,6 @@
 //! placement: the engine moves `db` next to the backend and keeps `greet` (and the entry) at
 //! the POP, and the entry's combined answer carries both results.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use edgeplane_placement::Verdict;
@@ -37,9 +34,9 @@ name = "greet"
 component = "{hello}"
 placement = {{ mode = "smart" }}
 "#,
-        split = common::app("split").display(),
-        fetcher = common::app("fetcher").display(),
-        hello = common::app("hello").display(),
+        split = edgeplane_testkit::app("split").display(),
+        fetcher = edgeplane_testkit::app("fetcher").display(),
+        hello = edgeplane_testkit::app("hello").display(),
     )
 }
 

@@ -11,9 +11,6 @@
 //! it turned on for the run (`process_madvise(MADV_PAGEOUT)`: this machine has cgroup v1, no
 //! `memory.reclaim`). Every later request, in a fresh instance, must find no mark.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -187,10 +184,10 @@ fn a_fresh_instance_never_sees_a_swapped_out_page_of_the_last_request() -> anyho
         return Ok(());
     }
     let _swap = swap;
-    let ballast_wasm = apps::app("ballast");
+    let ballast_wasm = edgeplane_testkit::app("ballast");
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("swap");
-    let dir = apps::tempdir("swap");
+    let dir = edgeplane_testkit::tempdir("swap");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("edged.toml");
     // One worker: every request lands in the same pool, and its slots are reused.

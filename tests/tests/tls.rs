@@ -5,9 +5,6 @@
 //! datacenters, handoffs cross mutual TLS, and strangers, expired certificates and plain TCP
 //! are refused.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
@@ -22,10 +19,10 @@ use edgeplane_bench::{
     tls::{Https, Issued, TestCa},
 };
 use edgeplane_dataplane::tls::peer::PeerTls;
+use edgeplane_testkit::edgeplane_binary;
 use edgeplane_tests::{
     TestPins, TwoHosts,
     canonical::{self, Tuning},
-    edgeplane_binary,
     http::{get, header},
     require_root,
 };
@@ -73,7 +70,7 @@ component = "{hello}"
         dkey = default.key.display(),
         scert = shop.cert.display(),
         skey = shop.key.display(),
-        hello = apps::app("hello").display(),
+        hello = edgeplane_testkit::app("hello").display(),
     )
 }
 
@@ -89,7 +86,7 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     if !require_root("tls_workers") {
         return Ok(());
     }
-    let dir = apps::tempdir("tls-workers");
+    let dir = edgeplane_testkit::tempdir("tls-workers");
     let ca = TestCa::new(&dir)?;
     let default = ca.issue("default", &["*.example.test"], 20)?;
     let shop = ca.issue("shop", &["shop.example.test"], 90)?;
@@ -291,7 +288,7 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
     if !require_root("tls_reload") {
         return Ok(());
     }
-    let dir = apps::tempdir("tls-reload");
+    let dir = edgeplane_testkit::tempdir("tls-reload");
     let ca = TestCa::new(&dir)?;
     let default = ca.issue("default", &["*.example.test"], 30)?;
     let shop = ca.issue("shop", &["shop.example.test"], 30)?;
@@ -427,13 +424,13 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
     if !require_root("tls_peers") {
         return Ok(());
     }
-    let dir = apps::tempdir("tls-peers");
+    let dir = edgeplane_testkit::tempdir("tls-peers");
     let fleet = TestCa::new(&dir.join("fleet"))?;
     let lines: Vec<(String, String)> = ["pop", "dc2"]
         .iter()
         .map(|dc| Ok((dc.to_string(), fleet.datacenter_tls(dc, 30)?)))
         .collect::<anyhow::Result<_>>()?;
-    let hello = apps::app("hello");
+    let hello = edgeplane_testkit::app("hello");
     let world = canonical::start_tuned(
         "tls-peers",
         &["pop", "dc2"],

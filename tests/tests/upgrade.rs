@@ -5,15 +5,13 @@
 //! were; after both old processes are gone, connections are still steered by `select_worker`
 //! to the worker the flow hash names, so the reuseport array holds the new process's sockets.
 
-#[path = "../../dataplane/tests/common/mod.rs"]
-mod apps;
-
 use std::{net::SocketAddr, time::Duration};
 
 use edgeplane::PinnedMaps;
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
+use edgeplane_testkit::edgeplane_binary;
 use edgeplane_tests::{
-    TestPins, TwoHosts, edgeplane_binary, expected_worker,
+    TestPins, TwoHosts, expected_worker,
     http::{get, header},
     require_root,
 };
@@ -102,10 +100,10 @@ fn two_upgrades_under_load_fail_no_request_and_keep_counters_and_steering() -> a
     if !require_root("two_upgrades_under_load") {
         return Ok(());
     }
-    let hello = apps::app("hello");
+    let hello = edgeplane_testkit::app("hello");
     let hosts = TwoHosts::new()?;
     let pins = TestPins::new("upgrade");
-    let cache = apps::tempdir("upgrade-cache");
+    let cache = edgeplane_testkit::tempdir("upgrade-cache");
     std::fs::create_dir_all(&cache)?;
     let config = cache.join("edged.toml");
     std::fs::write(

@@ -92,7 +92,7 @@ const APPS: [DemoApp; 3] = [
 
 fn apps_toml(url: &str, authority: &str) -> String {
     let app = |name: &str| {
-        crate::guest_apps::component(&workspace_root().join("apps"), name)
+        edgeplane_testkit::guest_apps::component(&workspace_root().join("apps"), name)
             .display()
             .to_string()
     };

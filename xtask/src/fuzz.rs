@@ -86,7 +86,9 @@ fn cargo_fuzz(args: &[&str], target_dir: &std::path::Path, rest: &[String]) -> a
     let mut cmd = Command::new("rustup");
     // The fuzz crate is a workspace of its own, built on nightly: not linted with ours (`./x
     // test` sets clippy-driver as our workspace's compiler).
-    crate::guest_apps::without_workspace_lints(crate::guest_apps::clean_cargo_env(&mut cmd));
+    edgeplane_testkit::guest_apps::without_workspace_lints(
+        edgeplane_testkit::guest_apps::clean_cargo_env(&mut cmd),
+    );
     cmd.args(["run", "nightly", "cargo", "fuzz"])
         .args(args)
         .arg(target_dir)

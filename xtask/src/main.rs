@@ -3,7 +3,6 @@
 
 mod demo;
 mod fuzz;
-mod guest_apps;
 mod lengths;
 mod xdp_demo;
 
@@ -14,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use edgeplane_testkit::guest_apps;
 
 #[derive(Parser)]
 #[command(name = "xtask")]

@@ -1,6 +1,5 @@
 //! Building the guest apps in apps/ (their own workspace) for wasm32-wasip2, into apps/target.
-//! Shared by xtask and the test crates (included with `#[path]`), so std only; each uses part.
-#![allow(dead_code)]
+//! xtask, the benchmarks and the tests build them all through this one module (std only).
 
 use std::{
     path::{Path, PathBuf},

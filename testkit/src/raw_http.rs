@@ -1,0 +1,134 @@
+//! What a client reads, parsed independently of the code under test: plain blocking sockets and
+//! a response parser of its own (chunks, trailers, lengths, close-delimited bodies).
+
+use std::{io::Read as _, net::TcpStream, time::Instant};
+
+/// A response as it arrived: head, and the body's pieces with when each was read.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Decoded body pieces (chunks, or reads of a delimited body), each with its arrival time.
+    pub pieces: Vec<(Instant, Vec<u8>)>,
+    pub trailers: Vec<(String, String)>,
+    /// Whether the body reached its end as framed (the last chunk, the length, or EOF for a
+    /// close-delimited body); false when the connection ended first.
+    pub complete: bool,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        self.pieces.iter().flat_map(|(_, p)| p.clone()).collect()
+    }
+}
+
+/// Reads bytes from the socket into `buf` until `pred` holds; false on EOF first.
+pub fn fill_until(s: &mut TcpStream, buf: &mut Vec<u8>, pred: impl Fn(&[u8]) -> bool) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    while !pred(buf) {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one response from `s` (`head_only` for a HEAD request), chunk by chunk; status 0 when
+/// the connection closed before a response head.
+pub fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
+    let mut buf = Vec::new();
+    if !fill_until(s, &mut buf, |b| find(b, b"\r\n\r\n").is_some()) {
+        // Closed with no response at all: status 0, nothing complete.
+        return Received::default();
+    }
+    let end = find(&buf, b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    buf.drain(..end + 4);
+    let mut r = Received {
+        status,
+        headers,
+        ..Default::default()
+    };
+    if head_only || status == 204 || status == 304 {
+        r.complete = true;
+        return r;
+    }
+    if r.header("transfer-encoding") == Some("chunked") {
+        loop {
+            if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
+                return r;
+            }
+            let line_end = find(&buf, b"\r\n").unwrap();
+            let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
+                        return r;
+                    }
+                    let line_end = find(&buf, b"\r\n").unwrap();
+                    let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        r.complete = true;
+                        return r;
+                    }
+                    let (k, v) = line.split_once(':').unwrap();
+                    r.trailers
+                        .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            if !fill_until(s, &mut buf, |b| b.len() >= size + 2) {
+                return r;
+            }
+            r.pieces.push((Instant::now(), buf[..size].to_vec()));
+            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
+            buf.drain(..size + 2);
+        }
+    }
+    if let Some(length) = r.header("content-length") {
+        let length: usize = length.parse().unwrap();
+        r.complete = fill_until(s, &mut buf, |b| b.len() >= length);
+        r.pieces
+            .push((Instant::now(), buf[..length.min(buf.len())].to_vec()));
+        return r;
+    }
+    // Delimited by the connection's end.
+    if !buf.is_empty() {
+        r.pieces.push((Instant::now(), std::mem::take(&mut buf)));
+    }
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                r.complete = true;
+                return r;
+            }
+            Ok(n) => r.pieces.push((Instant::now(), chunk[..n].to_vec())),
+            Err(e) => panic!("reading a close-delimited body: {e}"),
+        }
+    }
+}
