@@ -55,7 +55,10 @@ pub(super) struct Head {
     pub(super) expects_continue: bool,
 }
 
-/// The request line and headers, checked; `None` until they are whole.
+/// The request line and headers, checked; `None` until they are whole. Each rule lives in a
+/// function of its own: the head's size and syntax (`parse_syntax`), the request line
+/// (`check_request_line`), each header field that means something to the framing or the
+/// connection (`HeadFields::take`), then the body's framing (`HeadFields::framing`).
 pub(super) fn parse_head(
     buf: &[u8],
     limits: &HttpLimits,
@@ -71,6 +74,56 @@ pub(super) fn parse_head(
         &mut on_heap
     };
     let mut req = httparse::Request::new(headers);
+    let Some(head_len) = parse_syntax(&mut req, buf, limits)? else {
+        return Ok(None);
+    };
+    let method = req.method.unwrap_or_default();
+    let target = req.path.unwrap_or("/");
+    check_request_line(method, target)?;
+    let minor_version = req.version.unwrap_or(1);
+    let mut fields = HeadFields::new(minor_version);
+    let mut owned = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        fields.take(&name, h.value)?;
+        owned.push((name, h.value.to_vec()));
+    }
+    if minor_version == 1 && !fields.has_host {
+        return Err(HttpError::BadRequest("HTTP/1.1 request without host"));
+    }
+    let framing = fields.framing(limits)?;
+    // A body the client promised is what it waits to be asked for; none here.
+    let expects_continue = fields.expects_continue && !matches!(framing, Framing::None);
+    let body = match framing {
+        Framing::Length(n) => Vec::with_capacity(n.min(64 << 10)),
+        _ => Vec::new(),
+    };
+    Ok(Some((
+        Head {
+            request: Request {
+                method: method.to_owned(),
+                target: target.to_owned(),
+                minor_version,
+                headers: owned,
+                body,
+                trailers: Vec::new(),
+                takes_trailers: fields.takes_trailers,
+                keep_alive: !fields.connection_close,
+            },
+            framing,
+            expects_continue,
+        },
+        head_len,
+    )))
+}
+
+/// The head's syntax and size: its length once whole, None while partial (and within
+/// `max_header_bytes`).
+fn parse_syntax<'b>(
+    req: &mut httparse::Request<'_, 'b>,
+    buf: &'b [u8],
+    limits: &HttpLimits,
+) -> Result<Option<usize>, HttpError> {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -86,134 +139,140 @@ pub(super) fn parse_head(
     if head_len > limits.max_header_bytes {
         return Err(HttpError::HeadersTooLarge);
     }
-    let method = req.method.unwrap_or_default().to_owned();
+    Ok(Some(head_len))
+}
+
+/// CONNECT is not served (no tunnels); the target must be in origin form (or `*`).
+fn check_request_line(method: &str, target: &str) -> Result<(), HttpError> {
     if method == "CONNECT" {
         return Err(HttpError::NotImplemented("CONNECT"));
     }
-    let minor_version = req.version.unwrap_or(1);
-    let target = req.path.unwrap_or("/").to_owned();
     if !target.starts_with('/') && target != "*" {
         return Err(HttpError::BadRequest(
             "request target must be in origin form",
         ));
     }
+    Ok(())
+}
 
-    let mut framing = Framing::None;
-    let mut content_length: Option<usize> = None;
-    let mut has_host = false;
-    let mut connection_close = minor_version == 0;
-    let mut expects_continue = false;
-    let mut takes_trailers = false;
-    let mut owned = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = h.name.to_ascii_lowercase();
-        match name.as_str() {
+/// What the header fields say about the body's framing and the connection, gathered field by
+/// field.
+struct HeadFields {
+    minor_version: u8,
+    chunked: bool,
+    content_length: Option<usize>,
+    has_host: bool,
+    connection_close: bool,
+    expects_continue: bool,
+    takes_trailers: bool,
+}
+
+impl HeadFields {
+    fn new(minor_version: u8) -> Self {
+        Self {
+            minor_version,
+            chunked: false,
+            content_length: None,
+            has_host: false,
+            connection_close: minor_version == 0,
+            expects_continue: false,
+            takes_trailers: false,
+        }
+    }
+
+    /// One field (`name` lower-cased).
+    fn take(&mut self, name: &str, value: &[u8]) -> Result<(), HttpError> {
+        match name {
             "content-length" => {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .ok_or(HttpError::BadRequest("invalid content-length"))?;
-                if content_length.is_some_and(|c| c != n) {
+                let n = content_length(value)?;
+                if self.content_length.is_some_and(|c| c != n) {
                     return Err(HttpError::BadRequest("conflicting content-length headers"));
                 }
-                content_length = Some(n);
+                self.content_length = Some(n);
             }
             "transfer-encoding" => {
-                if matches!(framing, Framing::Chunked) {
+                if self.chunked {
                     // Two fields may be read as one list by one hop and not by the next.
                     return Err(HttpError::BadRequest("repeated transfer-encoding"));
                 }
-                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                let last = value.rsplit(',').next().unwrap_or("").trim();
-                if last != "chunked"
-                    || value.split(',').filter(|c| c.trim() == "chunked").count() > 1
-                {
-                    return Err(HttpError::NotImplemented(
-                        "transfer-encoding other than chunked",
-                    ));
-                }
-                if value.split(',').any(|c| c.trim() != "chunked") {
-                    return Err(HttpError::NotImplemented(
-                        "transfer codings other than chunked",
-                    ));
-                }
-                framing = Framing::Chunked;
+                check_transfer_encoding(value)?;
+                self.chunked = true;
             }
             "host" => {
-                if has_host {
+                if self.has_host {
                     return Err(HttpError::BadRequest("more than one host header"));
                 }
-                has_host = true;
+                self.has_host = true;
             }
-            "connection" => {
-                let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                for token in value.split(',').map(str::trim) {
-                    match token {
-                        "close" => connection_close = true,
-                        "keep-alive" if minor_version == 0 => connection_close = false,
-                        _ => {}
-                    }
-                }
-            }
+            "connection" => self.connection(value),
             "te" => {
-                takes_trailers |= h
-                    .value
+                self.takes_trailers |= value
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
             "expect" => {
-                if !h.value.eq_ignore_ascii_case(b"100-continue") {
+                if !value.eq_ignore_ascii_case(b"100-continue") {
                     return Err(HttpError::ExpectationFailed);
                 }
                 // RFC 9110, 10.1.1: an HTTP/1.0 client does not know 100 Continue; it sends its
                 // body without waiting.
-                expects_continue = minor_version >= 1;
+                self.expects_continue = self.minor_version >= 1;
             }
             _ => {}
         }
-        owned.push((name, h.value.to_vec()));
+        Ok(())
     }
-    if minor_version == 1 && !has_host {
-        return Err(HttpError::BadRequest("HTTP/1.1 request without host"));
-    }
-    match (&framing, content_length) {
-        // Both framings at once is how requests are smuggled past proxies.
-        (Framing::Chunked, Some(_)) => {
-            return Err(HttpError::BadRequest("both content-length and chunked"));
+
+    /// `close` ends the connection after the response; an HTTP/1.0 client keeps it with
+    /// `keep-alive`.
+    fn connection(&mut self, value: &[u8]) {
+        let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+        for token in value.split(',').map(str::trim) {
+            match token {
+                "close" => self.connection_close = true,
+                "keep-alive" if self.minor_version == 0 => self.connection_close = false,
+                _ => {}
+            }
         }
-        (Framing::None, Some(n)) if n > limits.max_body_bytes => {
-            return Err(HttpError::BodyTooLarge);
+    }
+
+    /// The body's framing: chunked, a length within `max_body_bytes`, or none.
+    fn framing(&self, limits: &HttpLimits) -> Result<Framing, HttpError> {
+        match (self.chunked, self.content_length) {
+            // Both framings at once is how requests are smuggled past proxies.
+            (true, Some(_)) => Err(HttpError::BadRequest("both content-length and chunked")),
+            (true, None) => Ok(Framing::Chunked),
+            (false, Some(n)) if n > limits.max_body_bytes => Err(HttpError::BodyTooLarge),
+            (false, Some(0) | None) => Ok(Framing::None),
+            (false, Some(n)) => Ok(Framing::Length(n)),
         }
-        (Framing::None, Some(0)) => {}
-        (Framing::None, Some(n)) => framing = Framing::Length(n),
-        _ => {}
     }
-    if matches!(framing, Framing::None) {
-        // A body the client promised is what it waits to be asked for; none here.
-        expects_continue = false;
+}
+
+/// A content-length: ASCII digits only (no sign, no spaces, no list), fitting a usize.
+fn content_length(value: &[u8]) -> Result<usize, HttpError> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or(HttpError::BadRequest("invalid content-length"))
+}
+
+/// Only `chunked`, once and last: any other coding is refused (the worker decodes none).
+fn check_transfer_encoding(value: &[u8]) -> Result<(), HttpError> {
+    let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+    let last = value.rsplit(',').next().unwrap_or("").trim();
+    if last != "chunked" || value.split(',').filter(|c| c.trim() == "chunked").count() > 1 {
+        return Err(HttpError::NotImplemented(
+            "transfer-encoding other than chunked",
+        ));
     }
-    let body = match framing {
-        Framing::Length(n) => Vec::with_capacity(n.min(64 << 10)),
-        _ => Vec::new(),
-    };
-    Ok(Some((
-        Head {
-            request: Request {
-                method,
-                target,
-                minor_version,
-                headers: owned,
-                body,
-                trailers: Vec::new(),
-                takes_trailers,
-                keep_alive: !connection_close,
-            },
-            framing,
-            expects_continue,
-        },
-        head_len,
-    )))
+    if value.split(',').any(|c| c.trim() != "chunked") {
+        return Err(HttpError::NotImplemented(
+            "transfer codings other than chunked",
+        ));
+    }
+    Ok(())
 }
 
 /// httparse reports any version it does not parse; tell an HTTP/2+ or 0.9 request (505) from garbage (400).
