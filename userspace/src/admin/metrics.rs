@@ -195,55 +195,7 @@ impl Snapshot {
             "probes the placement engine asked of peers on demand (the fleet's measurements stream spares them)",
             vec![(vec![], state.peer_asks.load(Relaxed))],
         );
-        type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
-        let families: [(&str, &str, CounterOf); 9] = [
-            (
-                "edgeplane_worker_panics",
-                "requests whose handling panicked (answered 500)",
-                |c| &c.panics,
-            ),
-            (
-                "edgeplane_worker_accept_errors",
-                "accepts that failed for want of descriptors or memory (accepting paused)",
-                |c| &c.accept_errors,
-            ),
-            (
-                "edgeplane_worker_connections_refused",
-                "connections closed at once at the worker's max_connections",
-                |c| &c.connections_refused,
-            ),
-            (
-                "edgeplane_worker_slow_readers",
-                "connections closed after send_timeout without the client reading",
-                |c| &c.slow_readers,
-            ),
-            (
-                "edgeplane_worker_slow_heads",
-                "requests answered 408: the head was not whole within header_timeout",
-                |c| &c.slow_heads,
-            ),
-            (
-                "edgeplane_worker_slow_bodies",
-                "requests failed: the client sent none of the body its reader waited for within body_timeout",
-                |c| &c.slow_bodies,
-            ),
-            (
-                "edgeplane_instances_prepared",
-                "fresh instances made ahead while the worker was idle",
-                |c| &c.prepared.made,
-            ),
-            (
-                "edgeplane_instances_prepared_used",
-                "requests served by an instance made ahead",
-                |c| &c.prepared.used,
-            ),
-            (
-                "edgeplane_instances_prepared_missed",
-                "fresh-instance requests that found none made ahead and instantiated on their path",
-                |c| &c.prepared.missed,
-            ),
-        ];
-        for (name, help, field) in families {
+        for (name, help, field) in WORKER_COUNTERS {
             let rows = state
                 .worker_counters
                 .iter()
@@ -489,3 +441,54 @@ pub fn render(state: &AdminState) -> anyhow::Result<String> {
         .map_err(|_| anyhow::anyhow!("encoding the metrics"))?;
     Ok(out)
 }
+
+type CounterOf = fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64;
+
+/// Each worker's counters of rare events, one family each, labelled by worker.
+const WORKER_COUNTERS: [(&str, &str, CounterOf); 9] = [
+    (
+        "edgeplane_worker_panics",
+        "requests whose handling panicked (answered 500)",
+        |c| &c.panics,
+    ),
+    (
+        "edgeplane_worker_accept_errors",
+        "accepts that failed for want of descriptors or memory (accepting paused)",
+        |c| &c.accept_errors,
+    ),
+    (
+        "edgeplane_worker_connections_refused",
+        "connections closed at once at the worker's max_connections",
+        |c| &c.connections_refused,
+    ),
+    (
+        "edgeplane_worker_slow_readers",
+        "connections closed after send_timeout without the client reading",
+        |c| &c.slow_readers,
+    ),
+    (
+        "edgeplane_worker_slow_heads",
+        "requests answered 408: the head was not whole within header_timeout",
+        |c| &c.slow_heads,
+    ),
+    (
+        "edgeplane_worker_slow_bodies",
+        "requests failed: the client sent none of the body its reader waited for within body_timeout",
+        |c| &c.slow_bodies,
+    ),
+    (
+        "edgeplane_instances_prepared",
+        "fresh instances made ahead while the worker was idle",
+        |c| &c.prepared.made,
+    ),
+    (
+        "edgeplane_instances_prepared_used",
+        "requests served by an instance made ahead",
+        |c| &c.prepared.used,
+    ),
+    (
+        "edgeplane_instances_prepared_missed",
+        "fresh-instance requests that found none made ahead and instantiated on their path",
+        |c| &c.prepared.missed,
+    ),
+];
