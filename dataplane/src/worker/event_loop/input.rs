@@ -16,113 +16,141 @@ use crate::{
 
 impl Worker {
     pub(super) fn process_input(&mut self, idx: usize) {
-        let now = self.now;
         loop {
-            let Some(conn) = self.conns[idx].as_mut() else {
-                return;
-            };
-            if conn.phase != Phase::Open || conn.input.is_empty() {
-                break;
-            }
-            if conn.backlogged() {
-                // Answers that are ready may clear the backlog once they are queued to send.
-                self.flush(idx);
-                if self.conns[idx].as_ref().is_some_and(Conn::backlogged) {
-                    self.pause(idx);
-                    break;
-                }
-                continue;
-            }
-            let was_streaming = conn.decoder.is_streaming();
-            let decoded = catch_unwind(AssertUnwindSafe(|| {
-                conn.decoder.decode(&conn.input, &self.limits)
-            }))
-            .unwrap_or_else(|panic| {
-                error!(
-                    worker = self.ctx.worker,
-                    panic = crate::panic_text(&*panic),
-                    "request parser panicked; closing the connection"
-                );
-                Err(HttpError::BadRequest("unparsable request"))
-            });
-            match decoded {
-                Ok(Decoded::Complete(req, used)) => {
-                    conn.input.drain(..used);
-                    conn.sent_continue = false;
-                    conn.request_started = (!conn.input.is_empty()).then_some(now);
-                    self.dispatch(idx, req, None);
-                }
-                Ok(Decoded::Streaming {
-                    request,
-                    body,
-                    used,
-                    expects_continue,
-                }) => {
-                    conn.input.drain(..used);
-                    conn.sent_continue = false;
-                    // The head is whole; from here `body_timeout` watches the client, and a
-                    // `request_timeout` counts from the head's first byte.
-                    conn.request_started.get_or_insert(now);
-                    self.dispatch(idx, request, Some(body));
-                    if expects_continue {
-                        self.send_continue(idx, true);
-                    }
-                }
-                Ok(Decoded::BodyEnd { used }) => {
-                    conn.input.drain(..used);
-                    conn.request_started = (!conn.input.is_empty()).then_some(now);
-                    if std::mem::take(&mut conn.close_after_body) {
-                        conn.input.clear();
-                        conn.request_started = None;
-                        conn.phase = Phase::CloseAfterFlush;
-                        break;
-                    }
-                }
-                Ok(Decoded::Blocked { used }) => {
-                    conn.input.drain(..used);
-                    // The body's reader is full: read on once it takes some (its waker is this
-                    // connection's).
-                    let waker = conn
-                        .waker
-                        .get_or_insert_with(|| self.woken.waker(idx, conn.generation));
-                    if conn.decoder.wait_for_room(waker) {
-                        self.pause(idx);
-                        break;
-                    }
-                }
-                Ok(Decoded::Partial {
-                    used,
-                    expects_continue,
-                }) => {
-                    conn.input.drain(..used);
-                    if conn.request_started.is_none() {
-                        conn.request_started = Some(now);
-                    }
-                    if expects_continue {
-                        self.send_continue(idx, false);
-                    }
-                    break;
-                }
-                Err(e) if was_streaming => {
-                    // The request went on already and its answer is coming: its body's reader
-                    // has the error, and the connection closes after that answer.
-                    self.stats.bad_requests += 1;
-                    debug!(worker = self.ctx.worker, error = %e, "bad request body mid-stream");
-                    conn.decoder.abandon("the request body failed");
-                    conn.input.clear();
-                    conn.request_started = None;
-                    conn.phase = Phase::CloseAfterFlush;
-                    break;
-                }
-                Err(e) => {
-                    self.stats.bad_requests += 1;
-                    debug!(worker = self.ctx.worker, error = %e, "bad request");
-                    self.fail(idx, e);
-                    break;
-                }
+            match self.input_step(idx) {
+                Step::Again => {}
+                Step::Stop => break,
+                Step::Gone => return,
             }
         }
         self.flush(idx);
+    }
+
+    /// One step over what the client sent: wait out a backlog, or decode the next piece and act
+    /// on it.
+    fn input_step(&mut self, idx: usize) -> Step {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return Step::Gone;
+        };
+        if conn.phase != Phase::Open || conn.input.is_empty() {
+            return Step::Stop;
+        }
+        if conn.backlogged() {
+            // Answers that are ready may clear the backlog once they are queued to send.
+            self.flush(idx);
+            if self.conns[idx].as_ref().is_some_and(Conn::backlogged) {
+                self.pause(idx);
+                return Step::Stop;
+            }
+            return Step::Again;
+        }
+        let was_streaming = conn.decoder.is_streaming();
+        let decoded = catch_unwind(AssertUnwindSafe(|| {
+            conn.decoder.decode(&conn.input, &self.limits)
+        }))
+        .unwrap_or_else(|panic| {
+            error!(
+                worker = self.ctx.worker,
+                panic = crate::panic_text(&*panic),
+                "request parser panicked; closing the connection"
+            );
+            Err(HttpError::BadRequest("unparsable request"))
+        });
+        match decoded {
+            Ok(decoded) => self.on_decoded(idx, decoded),
+            Err(e) => {
+                self.on_bad_input(idx, e, was_streaming);
+                Step::Stop
+            }
+        }
+    }
+
+    /// Acts on one decoded piece: a request to dispatch (whole, or with its body streaming), the
+    /// end of a streamed body, a body whose reader is full, or a head not whole yet.
+    fn on_decoded(&mut self, idx: usize, decoded: Decoded) -> Step {
+        let now = self.now;
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return Step::Gone;
+        };
+        match decoded {
+            Decoded::Complete(req, used) => {
+                conn.input.drain(..used);
+                conn.sent_continue = false;
+                conn.request_started = (!conn.input.is_empty()).then_some(now);
+                self.dispatch(idx, req, None);
+            }
+            Decoded::Streaming {
+                request,
+                body,
+                used,
+                expects_continue,
+            } => {
+                conn.input.drain(..used);
+                conn.sent_continue = false;
+                // The head is whole; from here `body_timeout` watches the client, and a
+                // `request_timeout` counts from the head's first byte.
+                conn.request_started.get_or_insert(now);
+                self.dispatch(idx, request, Some(body));
+                if expects_continue {
+                    self.send_continue(idx, true);
+                }
+            }
+            Decoded::BodyEnd { used } => {
+                conn.input.drain(..used);
+                conn.request_started = (!conn.input.is_empty()).then_some(now);
+                if std::mem::take(&mut conn.close_after_body) {
+                    conn.input.clear();
+                    conn.request_started = None;
+                    conn.phase = Phase::CloseAfterFlush;
+                    return Step::Stop;
+                }
+            }
+            Decoded::Blocked { used } => {
+                conn.input.drain(..used);
+                // The body's reader is full: read on once it takes some (its waker is this
+                // connection's).
+                let waker = conn
+                    .waker
+                    .get_or_insert_with(|| self.woken.waker(idx, conn.generation));
+                if conn.decoder.wait_for_room(waker) {
+                    self.pause(idx);
+                    return Step::Stop;
+                }
+            }
+            Decoded::Partial {
+                used,
+                expects_continue,
+            } => {
+                conn.input.drain(..used);
+                if conn.request_started.is_none() {
+                    conn.request_started = Some(now);
+                }
+                if expects_continue {
+                    self.send_continue(idx, false);
+                }
+                return Step::Stop;
+            }
+        }
+        Step::Again
+    }
+
+    /// Input that does not decode. A request that went on already (its body streaming) has its
+    /// answer coming: its body's reader gets the error, and the connection closes after that
+    /// answer. Otherwise the client is answered with the error.
+    fn on_bad_input(&mut self, idx: usize, e: HttpError, was_streaming: bool) {
+        self.stats.bad_requests += 1;
+        if !was_streaming {
+            debug!(worker = self.ctx.worker, error = %e, "bad request");
+            self.fail(idx, e);
+            return;
+        }
+        debug!(worker = self.ctx.worker, error = %e, "bad request body mid-stream");
+        if let Some(conn) = self.conns[idx].as_mut() {
+            conn.decoder.abandon("the request body failed");
+            conn.input.clear();
+            conn.request_started = None;
+            conn.phase = Phase::CloseAfterFlush;
+        }
     }
 
     /// Sends `100 Continue` to a client waiting for it before its body, once per request, when
@@ -224,4 +252,14 @@ impl Worker {
             self.poll_replies(idx, newest);
         }
     }
+}
+
+/// What `process_input` does after a step.
+enum Step {
+    /// Decode on.
+    Again,
+    /// Stop reading for now; what is queued is sent.
+    Stop,
+    /// The connection is gone.
+    Gone,
 }
