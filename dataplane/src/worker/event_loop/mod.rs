@@ -140,15 +140,7 @@ impl Worker {
         mut self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<WorkerStats> {
-        // SAFETY: eventfd has no memory preconditions; the fd is owned right away.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        anyhow::ensure!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-        // SAFETY: just created and owned by nobody else.
-        let efd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(efd) };
-        self.ring.register_eventfd(efd.as_raw_fd())?;
-        // SAFETY: the eventfd is owned here and registered with no other reactor.
-        let efd = unsafe { AsyncFd::register(efd) }
-            .map_err(|e| anyhow::anyhow!("registering the eventfd with tokio: {e}"))?;
+        let efd = self.ring_eventfd()?;
         let woken = self.woken.clone();
         let mut next_tick = Instant::now() + TICK;
         let mut tokio_pass = Instant::now();
@@ -156,12 +148,8 @@ impl Worker {
         info!(worker = self.ctx.worker, "worker serving");
         loop {
             self.pump()?;
-            if let Some(since) = self.draining {
-                let live = self.conns.iter().flatten().count();
-                if live == 0 || since.elapsed() > self.drain_timeout {
-                    info!(worker = self.ctx.worker, left = live, "worker drained");
-                    break;
-                }
+            if self.drained() {
+                break;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -170,30 +158,10 @@ impl Worker {
             }
             // With no reply of ours waiting on tokio (static routes, parked keep-alive
             // connections), wait in the ring itself: going through tokio's epoll costs an
-            // epoll_wait and an eventfd read per wake-up. Tokio still gets a pass now and then
-            // for work of its own (a subrequest connection closing after its response).
+            // epoll_wait and an eventfd read per wake-up.
             if self.in_flight == 0 && self.draining.is_none() {
-                if shutdown.has_changed().unwrap_or(true) {
-                    let stop = shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
-                    if stop {
-                        self.start_drain();
-                        continue;
-                    }
-                }
-                if now.duration_since(tokio_pass) >= TOKIO_PASS {
-                    tokio::task::yield_now().await;
-                    tokio_pass = Instant::now();
-                }
-                // Idle: work ahead (an instance for the next request), one piece at a time so
-                // that what arrives meanwhile is looked at first, and after the replies queued
-                // so far are on their way.
-                if self.ring.has_queued() {
-                    self.ring.submit_pending()?;
-                }
-                if self.service.prepare() {
-                    continue;
-                }
-                self.ring.wait(next_tick.saturating_duration_since(now))?;
+                self.wait_idle(&mut shutdown, &mut tokio_pass, next_tick)
+                    .await?;
                 continue;
             }
             tokio_pass = now;
@@ -217,6 +185,66 @@ impl Worker {
         }
         self.bufs.unregister(self.ring.uring());
         Ok(self.stats)
+    }
+
+    /// An eventfd the ring signals on each completion, registered with tokio: while replies
+    /// wait on tokio, the worker waits there for both.
+    fn ring_eventfd(&self) -> anyhow::Result<AsyncFd<OwnedFd>> {
+        // SAFETY: eventfd has no memory preconditions; the fd is owned right away.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        anyhow::ensure!(efd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: just created and owned by nobody else.
+        let efd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(efd) };
+        self.ring.register_eventfd(efd.as_raw_fd())?;
+        // SAFETY: the eventfd is owned here and registered with no other reactor.
+        unsafe { AsyncFd::register(efd) }
+            .map_err(|e| anyhow::anyhow!("registering the eventfd with tokio: {e}"))
+    }
+
+    /// Draining, and every connection closed (or the drain timed out).
+    fn drained(&self) -> bool {
+        let Some(since) = self.draining else {
+            return false;
+        };
+        let live = self.conns.iter().flatten().count();
+        let done = live == 0 || since.elapsed() > self.drain_timeout;
+        if done {
+            info!(worker = self.ctx.worker, left = live, "worker drained");
+        }
+        done
+    }
+
+    /// With nothing in flight: start draining when told to, give tokio a pass now and then for
+    /// work of its own (a subrequest connection closing after its response), work ahead (an
+    /// instance for the next request, one piece at a time so that what arrives meanwhile is
+    /// looked at first, after the replies queued so far are on their way), else wait in the
+    /// ring until the next tick.
+    async fn wait_idle(
+        &mut self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        tokio_pass: &mut Instant,
+        next_tick: Instant,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if shutdown.has_changed().unwrap_or(true) {
+            let stop = shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
+            if stop {
+                self.start_drain();
+                return Ok(());
+            }
+        }
+        if now.duration_since(*tokio_pass) >= TOKIO_PASS {
+            tokio::task::yield_now().await;
+            *tokio_pass = Instant::now();
+        }
+        if self.ring.has_queued() {
+            self.ring.submit_pending()?;
+        }
+        if self.service.prepare() {
+            return Ok(());
+        }
+        self.ring.wait(next_tick.saturating_duration_since(now))?;
+        Ok(())
     }
 
     /// Handles every completion and woken reply. What this queues is submitted by the
