@@ -105,48 +105,22 @@ pub fn write_response(
     mode: ResponseMode,
     date: &str,
 ) -> Written {
-    // Byte appends, not `write!`: the formatter's machinery was a visible share of a small
-    // response's user-space cost.
-    let mut number = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(number.format(resp.status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason_phrase(resp.status).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &resp.headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_status_and_headers(out, &resp);
     let bodiless = status_has_no_body(resp.status);
     let mut keep_alive = mode.keep_alive;
     let framing = match (&resp.stream, bodiless) {
         (_, true) => None,
         (None, false) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(number.format(resp.body.len()).as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_content_length(out, resp.body.len() as u64);
             None
         }
-        (Some(stream), false) => Some(match stream.length {
-            Some(length) if length >= resp.body.len() as u64 => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(number.format(length).as_bytes());
-                out.extend_from_slice(b"\r\n");
-                Framing::Length {
-                    remaining: length - resp.body.len() as u64,
-                }
-            }
-            _ if mode.chunked => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                Framing::Chunked
-            }
-            _ => {
-                keep_alive = false;
-                Framing::UntilClose
-            }
-        }),
+        (Some(stream), false) => Some(stream_framing(
+            out,
+            stream.length,
+            resp.body.len() as u64,
+            &mode,
+            &mut keep_alive,
+        )),
     };
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date.as_bytes());
@@ -179,6 +153,58 @@ pub fn write_response(
                 stream: None,
                 keep_alive,
             }
+        }
+    }
+}
+
+// Byte appends, not `write!`: the formatter's machinery was a visible share of a small
+// response's user-space cost.
+
+fn write_status_and_headers(out: &mut Vec<u8>, resp: &Response) {
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(number.format(resp.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &resp.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn write_content_length(out: &mut Vec<u8>, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A streamed body's framing, its header written: the declared length (when the part known
+/// now fits in it), else chunked where the client reads chunks, else until the connection
+/// closes (which ends keep-alive).
+fn stream_framing(
+    out: &mut Vec<u8>,
+    declared: Option<u64>,
+    known: u64,
+    mode: &ResponseMode,
+    keep_alive: &mut bool,
+) -> Framing {
+    match declared {
+        Some(length) if length >= known => {
+            write_content_length(out, length);
+            Framing::Length {
+                remaining: length - known,
+            }
+        }
+        _ if mode.chunked => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+        _ => {
+            *keep_alive = false;
+            Framing::UntilClose
         }
     }
 }
