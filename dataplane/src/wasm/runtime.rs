@@ -504,28 +504,38 @@ impl AppRuntime {
                 return Err(e);
             }
         };
-        let (parts, body) = head.into_parts();
-        let length = GuestBody::declared_length(&parts.headers);
-        let mut body = GuestBody::new(run, body, limit);
-        let mut out = Response::new(parts.status.as_u16(), Vec::new());
-        let whole =
-            std::future::poll_fn(|cx| Poll::Ready(body.take_ready(&mut out.body, cx))).await?;
-        if !whole {
-            out.stream = Some(BodyStream::new(body).with_length(length));
-        }
-        for (k, v) in parts.headers.iter() {
-            if !matches!(
-                k.as_str(),
-                "content-length" | "connection" | "transfer-encoding" | "date"
-            ) {
-                out.headers.push((
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                ));
-            }
-        }
-        Ok(out)
+        response_of(head, run, limit).await
     }
+}
+
+/// The guest's response head, and the part of its body ready now, as the worker's response;
+/// the rest of the body streams.
+async fn response_of(
+    head: http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+    run: GuestRun,
+    limit: usize,
+) -> Result<Response, HandleError> {
+    let (parts, body) = head.into_parts();
+    let length = GuestBody::declared_length(&parts.headers);
+    let mut body = GuestBody::new(run, body, limit);
+    let mut out = Response::new(parts.status.as_u16(), Vec::new());
+    let whole = std::future::poll_fn(|cx| Poll::Ready(body.take_ready(&mut out.body, cx))).await?;
+    if !whole {
+        out.stream = Some(BodyStream::new(body).with_length(length));
+    }
+    // The worker frames the response itself.
+    for (k, v) in parts.headers.iter() {
+        if !matches!(
+            k.as_str(),
+            "content-length" | "connection" | "transfer-encoding" | "date"
+        ) {
+            out.headers.push((
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// A request's hold on the runtime: an in-flight slot, taken when its guest starts, and the
