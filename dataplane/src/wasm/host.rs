@@ -328,79 +328,115 @@ impl WasiHttpHooks for EdgeHooks {
         let Some(dest) = destination(&request) else {
             return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
         };
-        let (app, observations) = (self.app.clone(), self.observations.clone());
+        let mut request = request;
+        let sibling_call = match self.admit_outgoing(&mut request, &dest) {
+            Ok(sibling_call) => sibling_call,
+            Err(e) => return Box::new(async move { Err(e) }),
+        };
+        let outgoing = Outgoing {
+            app: self.app.clone(),
+            observations: self.observations.clone(),
+            dest,
+            allowed: self.allowed_backends.clone(),
+            admin: self.admin,
+            pool: self.pool.clone(),
+            sibling_call,
+        };
+        Box::new(outgoing.send(request, options))
+    }
+}
+
+impl EdgeHooks {
+    /// Whether the guest may send `request` to `dest`: a split app's functions may call each
+    /// other (the call is addressed to the workers then), anything else must be allowed by
+    /// name. Returns whether it is a call to a sibling function.
+    fn admit_outgoing(
+        &self,
+        request: &mut http::Request<WasiBody>,
+        dest: &str,
+    ) -> Result<bool, HttpError> {
         let function = request
             .uri()
             .host()
             .and_then(crate::functions::called)
             .map(str::to_owned);
-        // A split app's functions may call each other; anything else must be allowed by name.
         let sibling_call = function.is_some() && self.split_app.is_some();
-        if !sibling_call && !self.allowed_backends.contains(&dest) {
-            tracing::warn!(app = %app, destination = %dest, "outgoing request to a backend the app may not call");
-            observations.record_denied(&app, &dest);
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        if !sibling_call && !self.allowed_backends.iter().any(|b| b == dest) {
+            tracing::warn!(app = %self.app, destination = %dest, "outgoing request to a backend the app may not call");
+            self.observations.record_denied(&self.app, dest);
+            return Err(HttpError::HttpRequestDenied);
         }
-        let mut request = request;
         if let Some(function) = function
-            && let Err(e) = self.function_call(&mut request, &function)
+            && let Err(e) = self.function_call(request, &function)
         {
-            tracing::warn!(app = %app, function, error = e, "function call refused");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            tracing::warn!(app = %self.app, function, error = e, "function call refused");
+            return Err(HttpError::HttpRequestDenied);
         }
-        let (allowed, admin, pool) = (self.allowed_backends.clone(), self.admin, self.pool.clone());
+        Ok(sibling_call)
+    }
+}
+
+/// One admitted subrequest, sent and recorded in the app's observations.
+struct Outgoing {
+    app: Arc<str>,
+    observations: Observations,
+    dest: String,
+    allowed: Arc<[String]>,
+    admin: Option<std::net::SocketAddr>,
+    pool: Arc<ConnPool>,
+    sibling_call: bool,
+}
+
+impl Outgoing {
+    async fn send(
+        self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> SendResult {
+        let (app, dest, observations) = (&self.app, &self.dest, &self.observations);
+        let started = Instant::now();
         let https = request.uri().scheme_str() == Some("https");
-        Box::new(async move {
-            let started = Instant::now();
-            let pinned = if sibling_call {
-                request
-                    .uri()
-                    .authority()
-                    .and_then(|a| a.as_str().parse().ok())
-            } else {
-                // Checked on the addresses the name resolves to, not only the name.
-                match pin_destination(&mut request, &dest, &allowed, admin).await {
-                    Ok(addr) => Some(addr),
-                    Err(e) => {
-                        if matches!(e, HttpError::DestinationIpProhibited) {
-                            observations.record_denied(&app, &dest);
-                        } else {
-                            observations.record_failure(&app, &dest);
-                        }
-                        return Err(e);
+        let pinned = if self.sibling_call {
+            request
+                .uri()
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+        } else {
+            // Checked on the addresses the name resolves to, not only the name.
+            match pin_destination(&mut request, dest, &self.allowed, self.admin).await {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    if matches!(e, HttpError::DestinationIpProhibited) {
+                        observations.record_denied(app, dest);
+                    } else {
+                        observations.record_failure(app, dest);
                     }
+                    return Err(e);
                 }
-            };
-            let no_io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
-                Box::new(async { Ok(()) });
-            match pinned {
-                Some(addr) if !https => {
-                    match send_pooled(&pool, app.clone(), addr, request, options).await {
-                        Ok((resp, timing)) => {
-                            observations.record(&app, &dest, timing.exchange, timing.connect);
-                            Ok((resp, no_io))
-                        }
-                        Err(e) => {
-                            observations.record_failure(&app, &dest);
-                            Err(e)
-                        }
-                    }
-                }
-                // HTTPS goes on a connection of its own (TLS is not pooled yet), timed whole.
-                _ => match default_send_request(request, options).await {
-                    Ok((resp, io)) => {
-                        observations.record(&app, &dest, started.elapsed(), None);
-                        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
-                            Box::new(io);
-                        Ok((resp.map(|b| b.boxed_unsync()), io))
-                    }
-                    Err(e) => {
-                        observations.record_failure(&app, &dest);
-                        Err(e)
-                    }
-                },
             }
-        })
+        };
+        let sent = match pinned {
+            Some(addr) if !https => send_pooled(&self.pool, app.clone(), addr, request, options)
+                .await
+                .map(|(resp, timing)| {
+                    observations.record(app, dest, timing.exchange, timing.connect);
+                    let no_io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                        Box::new(async { Ok(()) });
+                    (resp, no_io)
+                }),
+            // HTTPS goes on a connection of its own (TLS is not pooled yet), timed whole.
+            _ => default_send_request(request, options)
+                .await
+                .map(|(resp, io)| {
+                    observations.record(app, dest, started.elapsed(), None);
+                    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
+                    (resp.map(|b| b.boxed_unsync()), io)
+                }),
+        };
+        if sent.is_err() {
+            observations.record_failure(app, dest);
+        }
+        sent
     }
 }
 
