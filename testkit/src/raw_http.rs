@@ -74,40 +74,8 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
         return r;
     }
     if r.header("transfer-encoding") == Some("chunked") {
-        loop {
-            if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
-                return r;
-            }
-            let line_end = find(&buf, b"\r\n").unwrap();
-            let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                .expect("chunk size");
-            buf.drain(..line_end + 2);
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    if !fill_until(s, &mut buf, |b| find(b, b"\r\n").is_some()) {
-                        return r;
-                    }
-                    let line_end = find(&buf, b"\r\n").unwrap();
-                    let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        r.complete = true;
-                        return r;
-                    }
-                    let (k, v) = line.split_once(':').unwrap();
-                    r.trailers
-                        .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                }
-            }
-            if !fill_until(s, &mut buf, |b| b.len() >= size + 2) {
-                return r;
-            }
-            r.pieces.push((Instant::now(), buf[..size].to_vec()));
-            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
-            buf.drain(..size + 2);
-        }
+        read_chunked(s, &mut buf, &mut r);
+        return r;
     }
     if let Some(length) = r.header("content-length") {
         let length: usize = length.parse().unwrap();
@@ -130,5 +98,44 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Received {
             Ok(n) => r.pieces.push((Instant::now(), chunk[..n].to_vec())),
             Err(e) => panic!("reading a close-delimited body: {e}"),
         }
+    }
+}
+
+/// A chunked body into `r`, its chunks and trailers; `r.complete` once the last chunk and the
+/// empty line after the trailers arrived.
+fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, r: &mut Received) {
+    loop {
+        if !fill_until(s, buf, |b| find(b, b"\r\n").is_some()) {
+            return;
+        }
+        let line_end = find(buf, b"\r\n").unwrap();
+        let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .expect("chunk size");
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                if !fill_until(s, buf, |b| find(b, b"\r\n").is_some()) {
+                    return;
+                }
+                let line_end = find(buf, b"\r\n").unwrap();
+                let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    r.complete = true;
+                    return;
+                }
+                let (k, v) = line.split_once(':').unwrap();
+                r.trailers
+                    .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        if !fill_until(s, buf, |b| b.len() >= size + 2) {
+            return;
+        }
+        r.pieces.push((Instant::now(), buf[..size].to_vec()));
+        assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
+        buf.drain(..size + 2);
     }
 }
