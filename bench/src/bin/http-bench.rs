@@ -3,7 +3,11 @@
 //! pair the same open-loop rate, half the slower one's maximum, and compares latency there.
 //! Run as root (edged loads its BPF programs): `./x bench`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Parser;
 use edgeplane_bench::{
@@ -171,8 +175,57 @@ fn main() -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("edgeplane-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
-    // Every server stays up for the whole run; an idle one costs the others nothing. edged runs
-    // twice: workers pinned to their CPUs (as deployed behind XDP steering) and unpinned, since
+    let pinned = edge_targets(EDGED_PINNED_PORT, "pinned workers");
+    let unpinned = edge_targets(EDGED_UNPINNED_PORT, "unpinned workers");
+    let (pinned_bases, bases) = (baselines(true), baselines(false));
+    let (servers, present) = start_servers(&edged_bin, &scratch, &component)?;
+    let mut max_load = Vec::new();
+    for t in &present {
+        let url = format!("http://127.0.0.1:{}/", t.port);
+        max_load.push(wrk.run(&t.name, &url, t.host)?);
+    }
+    let pairs: Vec<(&Target, &Target)> = pinned
+        .iter()
+        .zip(&pinned_bases)
+        .chain(unpinned.iter().zip(&bases))
+        .collect();
+    let half_load = half_load_phase(&pairs, &max_load, args.connections as usize, duration)?;
+    drop(servers);
+
+    let one_core = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        one_core_phase(&args, &wrk, &edged_bin, &scratch, &component)?
+    } else {
+        Vec::new()
+    };
+
+    print_report(&wrk, &pairs, &max_load, &half_load);
+    print_one_core(&one_core);
+    let results = Results {
+        max_load,
+        half_load,
+        one_core,
+        low_load: Vec::new(),
+    };
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let failed = results.max_load.iter().any(|r| r.errors > 0)
+        || results.one_core.iter().any(|r| r.errors > 0)
+        || results.half_load.iter().any(|r| r.errors > 0);
+    anyhow::ensure!(!failed, "some requests failed; see the tables above");
+    Ok(())
+}
+
+/// Every server of the run, each up for the whole of it (an idle one costs the others
+/// nothing), and the targets that answer: edged twice, workers pinned to their CPUs (as deployed
+/// behind XDP steering) and unpinned (here the load generator shares the two CPUs and pinned
+/// workers cannot move away from it); nginx and `wasmtime serve` where installed.
+fn start_servers(
+    edged_bin: &Path,
+    scratch: &Path,
+    component: &Path,
+) -> anyhow::Result<(Vec<Server>, Vec<Target>)> {
     // here the load generator shares the two CPUs and pinned workers cannot move away from it.
     let mut servers: Vec<Server> = Vec::new();
     let pinned = edge_targets(EDGED_PINNED_PORT, "pinned workers");
@@ -180,9 +233,9 @@ fn main() -> anyhow::Result<()> {
     let (pinned_bases, bases) = (baselines(true), baselines(false));
     let mut present: Vec<Target> = Vec::new();
     servers.push(start_edged(
-        &edged_bin,
-        &scratch,
-        &component,
+        edged_bin,
+        scratch,
+        component,
         EDGED_PINNED_PORT,
         EdgedOptions {
             pin: true,
@@ -192,9 +245,9 @@ fn main() -> anyhow::Result<()> {
         },
     )?);
     servers.push(start_edged(
-        &edged_bin,
-        &scratch,
-        &component,
+        edged_bin,
+        scratch,
+        component,
         EDGED_UNPINNED_PORT,
         EdgedOptions {
             pin: false,
@@ -221,14 +274,14 @@ fn main() -> anyhow::Result<()> {
         Some(wasmtime) => {
             servers.push(wasmtime_serve(
                 &wasmtime,
-                &component,
+                component,
                 WASMTIME_FRESH_PORT,
                 None,
                 None,
             )?);
             servers.push(wasmtime_serve(
                 &wasmtime,
-                &component,
+                component,
                 WASMTIME_REUSE_PORT,
                 Some(100_000),
                 None,
@@ -240,25 +293,25 @@ fn main() -> anyhow::Result<()> {
         ),
     }
 
-    let mut max_load = Vec::new();
-    for t in &present {
-        let url = format!("http://127.0.0.1:{}/", t.port);
-        max_load.push(wrk.run(&t.name, &url, t.host)?);
-    }
+    Ok((servers, present))
+}
+
+/// Each pair (edge, its baseline) at half the lower of their maximum rates, open-loop: the
+/// latency each gives at the same moderate load.
+fn half_load_phase(
+    pairs: &[(&Target, &Target)],
+    max_load: &[LoadResult],
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<LoadReport>> {
     let max_of = |t: &Target| {
         max_load
             .iter()
             .find(|r| r.target == t.name)
             .map(|r| r.requests_per_sec)
     };
-
-    let pairs: Vec<(&Target, &Target)> = pinned
-        .iter()
-        .zip(&pinned_bases)
-        .chain(unpinned.iter().zip(&bases))
-        .collect();
     let mut half_load = Vec::new();
-    for (edge, base) in &pairs {
+    for (edge, base) in pairs {
         let (Some(e), Some(b)) = (max_of(edge), max_of(base)) else {
             continue;
         };
@@ -268,38 +321,14 @@ fn main() -> anyhow::Result<()> {
                 addr: SocketAddr::from(([127, 0, 0, 1], t.port)),
                 host: t.host.into(),
                 path: "/".into(),
-                connections: args.connections as usize,
+                connections,
                 duration,
                 arrival: Arrival::Open { rate },
             };
             half_load.push(loadgen::run(&t.name, &spec)?);
         }
     }
-    drop(servers);
-
-    let one_core = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        one_core_phase(&args, &wrk, &edged_bin, &scratch, &component)?
-    } else {
-        Vec::new()
-    };
-
-    print_report(&wrk, &pairs, &max_load, &half_load);
-    print_one_core(&one_core);
-    let results = Results {
-        max_load,
-        half_load,
-        one_core,
-        low_load: Vec::new(),
-    };
-    if let Some(path) = args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    let failed = results.max_load.iter().any(|r| r.errors > 0)
-        || results.one_core.iter().any(|r| r.errors > 0)
-        || results.half_load.iter().any(|r| r.errors > 0);
-    anyhow::ensure!(!failed, "some requests failed; see the tables above");
-    Ok(())
+    Ok(half_load)
 }
 
 /// One server core each: every server on CPU 0, wrk alone on CPU 1. wrk saturates its CPU
