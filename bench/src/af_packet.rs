@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::ifindex;
+use edgeplane_testkit::netns::ifindex;
 
 /// Frames per `sendmmsg` (the kernel's UIO_MAXIOV bounds it).
 const BATCH: usize = 1024;

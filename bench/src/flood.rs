@@ -23,10 +23,9 @@ use aya::{
 use edgeplane::loader::BASELINE_OBJECT;
 use serde::Serialize;
 
-use crate::{
-    af_packet::{packet_socket, send_packets},
-    netns::{Netns, ifindex},
-};
+use edgeplane_testkit::netns::{Netns, ifindex};
+
+use crate::af_packet::{packet_socket, send_packets};
 
 /// How the flood's sources vary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -3,14 +3,14 @@
 //! (fresh instance per request, and instance reuse), and a static route vs nginx.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use edgeplane_testkit::process::{Server, spawn, wait_listening};
 use serde::Serialize;
 
 use crate::cpu::{CpuTimes, CpuUse};
@@ -141,149 +141,6 @@ pub fn parse_wrk(target: &str, text: &str) -> anyhow::Result<LoadResult> {
     })
 }
 
-/// A server process killed on drop. Its output goes to a log file (see `spawn`), whose end a
-/// failed start-up quotes.
-pub struct Server {
-    child: Child,
-    pub name: String,
-    log: PathBuf,
-    /// The log is ours to remove (not kept in `$EDGEPLANE_LOG_DIR`).
-    log_is_temporary: bool,
-}
-
-impl Server {
-    /// The last `lines` lines the server wrote, for an error message.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        let tail = all[all.len().saturating_sub(lines)..].join("\n  ");
-        if tail.is_empty() {
-            format!("{} wrote nothing to {}", self.name, self.log.display())
-        } else {
-            format!(
-                "the end of {}'s log ({}):\n  {tail}",
-                self.name,
-                self.log.display()
-            )
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the process to exit.
-    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait()
-    }
-
-    /// Whether the process has exited (and how), reaping it if so.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Kills the process at once (SIGKILL: no draining, connections reset); dropping the
-    /// Server reaps it.
-    pub fn kill(&self) {
-        // SAFETY: signalling our own child, not yet reaped, so its pid is still ours.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it drain, then we reap it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.log_is_temporary && !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-/// Starts a server process. Its output goes to `$EDGEPLANE_LOG_DIR/<name>.log` when that is
-/// set (kept), else to a log file in the temporary directory, removed with the Server unless a
-/// test is failing (a panic keeps it for whoever reads the failure).
-pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Server> {
-    let file: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let (log, log_is_temporary) = match std::env::var_os("EDGEPLANE_LOG_DIR") {
-        Some(dir) => (Path::new(&dir).join(format!("{file}.log")), false),
-        None => {
-            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let log = std::env::temp_dir()
-                .join(format!("edgeplane-{file}-{}-{n}.log", std::process::id()));
-            (log, true)
-        }
-    };
-    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let child = cmd
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    Ok(Server {
-        child,
-        name: name.into(),
-        log,
-        log_is_temporary,
-    })
-}
-
-/// Waits until something accepts connections on `addr`. A server that exits first, or is not
-/// listening by `timeout`, fails with the end of its log (what it was doing: an edged says which
-/// component it is compiling, and since when).
-pub fn wait_listening(
-    server: &mut Server,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    wait_until(server, timeout, &format!("listen on {addr}"), || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    })
-}
-
-/// Waits until `ready` holds, polling every 100 ms; fails as `wait_listening` does.
-pub fn wait_until(
-    server: &mut Server,
-    timeout: Duration,
-    what: &str,
-    mut ready: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while !ready() {
-        if let Some(status) = server.exited() {
-            bail!(
-                "{} exited during start-up ({status}); {}",
-                server.name,
-                server.log_tail(20)
-            );
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "{} did not {what} within {timeout:?}; {}",
-                server.name,
-                server.log_tail(20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 /// An nginx with `workers` worker processes answering `body` on `port`, config in `dir`;
 /// `affinity` is nginx's `worker_cpu_affinity` (for example "01": the one worker on CPU 0).
 pub fn nginx(
@@ -403,86 +260,6 @@ pub fn find_wasmtime() -> Option<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-}
-
-/// A response: status, headers (names lower-cased), body.
-pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// Plain HTTP/1.1 from the client side, written independently of the code under test: sends
-/// a GET on `s` and reads the whole (Content-Length) response: status, headers (names
-/// lower-cased), body.
-pub fn get(
-    s: &mut (impl Read + Write),
-    host: &str,
-    path: &str,
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    request(s, "GET", host, path, b"")
-}
-
-/// As `get`, with any method and a Content-Length body.
-pub fn request(
-    s: &mut (impl Read + Write),
-    method: &str,
-    host: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    try_request(s, method, host, path, body).unwrap()
-}
-
-/// As `request`, saying what went wrong instead of panicking (for loops that count failures).
-pub fn try_request(
-    s: &mut (impl Read + Write),
-    method: &str,
-    host: &str,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<Answer> {
-    let mut wire = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    wire.extend_from_slice(body);
-    s.write_all(&wire)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let mut lines = head.split("\r\n");
-            let status = lines
-                .next()
-                .and_then(|l| l.split(' ').nth(1))
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("no status line in {head:?}"))?;
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(": "))
-                .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .context("no content-length")?;
-            let whole = (end + 4)
-                .checked_add(len)
-                .with_context(|| format!("content-length {len} past any response"))?;
-            while buf.len() < whole {
-                let n = s.read(&mut chunk)?;
-                anyhow::ensure!(n > 0, "connection closed mid-response");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok((status, headers, buf[end + 4..whole].to_vec()));
-        }
-        let n = s.read(&mut chunk)?;
-        anyhow::ensure!(n > 0, "connection closed before a response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]

@@ -1,22 +1,14 @@
-//! edgeplane's measuring tools: frame builders, network-namespace worlds, and packet-rate
-//! benchmarks (see `src/bin/xdp_bench.rs`). Tests reuse the same pieces.
+//! edgeplane's measuring tools: frame builders, flood and load generators, baselines (nginx,
+//! `wasmtime serve`), plots, and one binary per scenario. The worlds they run in (namespaces,
+//! edged, NATS) are the test kit's (`edgeplane-testkit`).
 
 pub mod af_packet;
-pub mod backend;
-pub mod canonical;
 pub mod cpu;
-pub mod edged;
 pub mod flood;
 pub mod http;
 pub mod loadgen;
-pub mod nats;
-pub mod netns;
 pub mod packets;
-pub mod plan;
 pub mod plot;
 pub mod scenario;
-pub mod tls;
 pub mod tls_load;
-pub mod wan;
-pub mod world;
 pub mod xdp;

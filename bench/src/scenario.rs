@@ -25,7 +25,7 @@ impl Setup {
     /// Fails with a clear message unless run as root with an `edged` to start.
     pub fn new(scenario: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            crate::netns::is_root(),
+            edgeplane_testkit::netns::is_root(),
             "{scenario} needs root (namespaces, XDP, BPF maps)"
         );
         let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -15,7 +15,9 @@ use std::{
 use edgeplane_dataplane::tls::rustls::{ClientConfig, client::Resumption};
 use serde::Serialize;
 
-use crate::{cpu::CpuTimes, http::try_request, tls::Https};
+use edgeplane_testkit::{raw_http::try_request, tls::Https};
+
+use crate::cpu::CpuTimes;
 
 pub struct TlsLoad {
     pub addr: SocketAddr,

@@ -22,13 +22,9 @@ use edgeplane::{Dataplane, LoadOptions, XdpAttachMode, addr::Vip, loader::BASELI
 use edgeplane_abi::{DropReason, RateLimitConfig, rate_limit_flags};
 use serde::Serialize;
 
-use crate::{
-    cpu::CpuTimes,
-    flood::Flooder,
-    netns::{LinkEnd, Netns, veth_pair},
-    packets::FrameSpec,
-    scenario::median,
-};
+use edgeplane_testkit::netns::{LinkEnd, Netns, veth_pair};
+
+use crate::{cpu::CpuTimes, flood::Flooder, packets::FrameSpec, scenario::median};
 
 pub const APP_VIP: &str = "10.88.0.2:53/udp";
 pub const FLOOD_SOURCE: &str = "203.0.113.5";

@@ -1,29 +1,47 @@
-//! edgeplane's test kit: the one way tests and benchmarks build the guest apps, make wasm
-//! runtimes as a worker does, start edgeplane's binaries, read responses off raw sockets, and
-//! read `/metrics` with the reference parser.
+//! edgeplane's test kit: the one way tests, benchmarks and the demo start what they need.
 //!
-//! - [`guest_apps`]: building `apps/` for wasm32-wasip2 (also what `./x` runs);
-//! - [`apps`]: each app's component, built once per process;
-//! - [`wasm`]: runtimes with a warm code cache shared by a test binary's tests;
-//! - [`raw_http`]: a client's view of a response, parsed independently;
-//! - [`binaries`]: edged and edgectl, built once per test binary;
-//! - [`openmetrics`]: the reference OpenMetrics parser.
-//!
-//! The namespaced worlds, the load generators and edged's launcher are `edgeplane-bench`'s
-//! (`netns`, `world`, `canonical`, `http::spawn`), which builds on this crate.
+//! - worlds: [`netns`] (namespaces and veths), [`plan`] (a topology as a file describes it),
+//!   [`world`] (the namespaces, links and WAN delay a plan makes, [`wan`]), [`two_hosts`] (one
+//!   client and one server with XDP), [`canonical`] (the multi-datacenter world with a backend,
+//!   edged at each datacenter, optionally on NATS);
+//! - processes: [`process`] (a server logged to a file, its log's end quoted when it fails to
+//!   start, stopped and reaped on drop), [`edged`] (a datacenter's edged from its spec),
+//!   [`nats`] (nats-server, with mutual TLS from [`tls`]'s test CA), [`backend`];
+//! - code: [`guest_apps`] (building `apps/`, also what `./x` runs), [`apps`] (each component,
+//!   built once per process), [`wasm`] (runtimes as a worker builds them, with a warm code
+//!   cache), [`binaries`] (edged and edgectl);
+//! - reading what comes back: [`raw_http`] (a client's view of a response, parsed
+//!   independently of the code under test), [`openmetrics`] (the reference parser);
+//! - [`pins`]: a private pin directory per test; [`require_root`] and [`require_feature`] gate
+//!   the tests that need them (under CI a test that cannot run fails).
 
 pub mod apps;
+pub mod backend;
 pub mod binaries;
+pub mod canonical;
+pub mod edged;
 pub mod guest_apps;
+pub mod nats;
+pub mod netns;
 pub mod openmetrics;
+pub mod pins;
+pub mod plan;
+pub mod process;
 pub mod raw_http;
+pub mod tls;
+pub mod two_hosts;
+pub mod wan;
 pub mod wasm;
+pub mod world;
 
 use std::path::PathBuf;
 
 pub use apps::{app, ballast, js_component, js_handler_component, wstd_example_server};
 pub use binaries::edgeplane_binary;
+pub use edgeplane::root_gate::{require_feature, require_root};
+pub use pins::TestPins;
 pub use raw_http::{Received, fill_until, find, read_response};
+pub use two_hosts::{Edged, TwoHosts, expected_worker};
 pub use wasm::{cold_runtime, runtime, runtime_preparing, spec, ticker, warm_cache};
 
 /// A fresh directory under the system's temporary one, for this test process.

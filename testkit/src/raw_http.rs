@@ -1,7 +1,13 @@
 //! What a client reads, parsed independently of the code under test: plain blocking sockets and
 //! a response parser of its own (chunks, trailers, lengths, close-delimited bodies).
 
-use std::{io::Read as _, net::TcpStream, time::Instant};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Instant,
+};
+
+use anyhow::Context as _;
 
 /// A response as it arrived: head, and the body's pieces with when each was read.
 #[derive(Debug, Default)]
@@ -138,4 +144,84 @@ fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, r: &mut Received) {
         assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data must end in CRLF");
         buf.drain(..size + 2);
     }
+}
+
+/// A response: status, headers (names lower-cased), body.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Plain HTTP/1.1 from the client side, written independently of the code under test: sends
+/// a GET on `s` and reads the whole (Content-Length) response: status, headers (names
+/// lower-cased), body.
+pub fn get(
+    s: &mut (impl Read + Write),
+    host: &str,
+    path: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    request(s, "GET", host, path, b"")
+}
+
+/// As `get`, with any method and a Content-Length body.
+pub fn request(
+    s: &mut (impl Read + Write),
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    try_request(s, method, host, path, body).unwrap()
+}
+
+/// As `request`, saying what went wrong instead of panicking (for loops that count failures).
+pub fn try_request(
+    s: &mut (impl Read + Write),
+    method: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<Answer> {
+    let mut wire = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body);
+    s.write_all(&wire)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("no status line in {head:?}"))?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(": "))
+                .map(|(a, b)| (a.to_ascii_lowercase(), b.to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .context("no content-length")?;
+            let whole = (end + 4)
+                .checked_add(len)
+                .with_context(|| format!("content-length {len} past any response"))?;
+            while buf.len() < whole {
+                let n = s.read(&mut chunk)?;
+                anyhow::ensure!(n > 0, "connection closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok((status, headers, buf[end + 4..whole].to_vec()));
+        }
+        let n = s.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }

@@ -10,14 +10,14 @@ use std::{
 };
 
 use edgeplane_abi::{Placement, placement_kind};
-use edgeplane_bench::{
+use edgeplane_testkit::edgeplane_binary;
+use edgeplane_testkit::{
     edged::{DatacenterSpec, WORKER_PORT, place, start_in},
-    http::Server,
     plan::Plan,
+    process::Server,
     world::World,
 };
-use edgeplane_testkit::edgeplane_binary;
-use edgeplane_tests::{http::header, require_root};
+use edgeplane_testkit::{raw_http::header, require_root};
 
 const PLAN: &str = r#"
 [[datacenters]]
@@ -57,7 +57,8 @@ fn hello(world: &World, from: &str, addr: SocketAddr) -> (u16, String, String) {
         .run(|| {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let (status, headers, body) = edgeplane_bench::http::get(&mut s, "hello.test", "/");
+            let (status, headers, body) =
+                edgeplane_testkit::raw_http::get(&mut s, "hello.test", "/");
             (
                 status,
                 header(&headers, "x-edge-placement")

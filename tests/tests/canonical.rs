@@ -10,11 +10,11 @@ use std::{
 };
 
 use edgeplane_abi::{Placement, placement_kind};
-use edgeplane_bench::edged;
 use edgeplane_placement::{AppStatus, Verdict};
-use edgeplane_tests::{
+use edgeplane_testkit::edged;
+use edgeplane_testkit::{
     canonical::{self, Canonical},
-    http::header,
+    raw_http::header,
     require_root,
 };
 

@@ -14,7 +14,7 @@ use std::{
 use edgeplane_bench::http::{find_wasmtime, wasmtime_serve};
 use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{Received, read_response};
-use edgeplane_tests::{TestPins, require_root};
+use edgeplane_testkit::{TestPins, require_root};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -236,7 +236,7 @@ component = "{component}"
     )?;
     let edged_addr = SocketAddr::from(([127, 0, 0, 1], edged_port));
     let _edged =
-        edgeplane_bench::edged::start_local(&config, &edgeplane_binary("edged"), edged_addr)?;
+        edgeplane_testkit::edged::start_local(&config, &edgeplane_binary("edged"), edged_addr)?;
     let _reference = wasmtime_serve(&wasmtime, component, reference_port, None, None)?;
     let reference_addr = SocketAddr::from(([127, 0, 0, 1], reference_port));
     let mut diffs = Vec::new();

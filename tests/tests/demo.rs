@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use edgeplane_tests::require_root;
+use edgeplane_testkit::require_root;
 
 #[test]
 fn the_demo_places_apps_and_writes_its_plots() {

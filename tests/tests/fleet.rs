@@ -11,14 +11,12 @@ use std::{
 };
 
 use edgeplane_abi::{placement_flags, placement_kind};
-use edgeplane_bench::{
-    edged::WORKER_PORT,
-    loadgen::{self, Arrival, LoadSpec},
-};
+use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
+use edgeplane_testkit::edged::WORKER_PORT;
 use edgeplane_testkit::edgeplane_binary;
-use edgeplane_tests::{
+use edgeplane_testkit::{
     canonical::{Canonical, Tuning},
-    http::header,
+    raw_http::header,
     require_root,
 };
 
@@ -91,7 +89,8 @@ fn at(world: &Canonical, dc: &str) -> Option<Answer> {
         .run(|| {
             let mut s = TcpStream::connect_timeout(&ip, Duration::from_secs(2)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let (status, headers, body) = edgeplane_bench::http::get(&mut s, "hello.test", "/");
+            let (status, headers, body) =
+                edgeplane_testkit::raw_http::get(&mut s, "hello.test", "/");
             Some((status, headers, String::from_utf8_lossy(&body).into_owned()))
         })
         .unwrap()
@@ -483,7 +482,7 @@ fn over_mutual_tls_the_fleet_deploys_and_streams_measurements_and_refuses_strang
         !plain.status.success(),
         "edgectl without a certificate got in"
     );
-    let stranger = edgeplane_bench::tls::TestCa::new(&dir.join("stranger")).unwrap();
+    let stranger = edgeplane_testkit::tls::TestCa::new(&dir.join("stranger")).unwrap();
     let forged = stranger.issue("operator", &["operator"], 30).unwrap();
     let tls = nats.tls.as_ref().unwrap();
     let refused = world

@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts, expected_worker,
-    http::{get, header},
+    raw_http::{get, header},
     require_root,
 };
 

@@ -6,9 +6,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts,
-    http::{get, header},
+    raw_http::{get, header},
     require_root,
 };
 

@@ -13,9 +13,9 @@ use std::{
 use edgeplane::{PinnedMaps, addr::Vip};
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
 use edgeplane_testkit::edgeplane_binary;
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts,
-    http::{get, header},
+    raw_http::{get, header},
     require_root,
 };
 

@@ -3,7 +3,7 @@
 //! tool would) is what every mapping reads, and what `edgectl placement` lists.
 
 use edgeplane_abi::{MAX_PLACEMENTS, Placement, placement_flags, placement_kind};
-use edgeplane_tests::{TestPins, require_root};
+use edgeplane_testkit::{TestPins, require_root};
 
 #[test]
 fn placements_written_either_way_are_read_through_every_mapping() -> anyhow::Result<()> {

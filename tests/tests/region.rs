@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use edgeplane_tests::{
+use edgeplane_testkit::{
     canonical::{self, Canonical, Tuning},
-    http::header,
+    raw_http::header,
     require_root,
 };
 

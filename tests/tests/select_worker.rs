@@ -12,13 +12,13 @@ use std::{
 use edgeplane::{PinnedMaps, XdpAttachMode};
 use edgeplane_abi::{WorkerConfig, WorkerLoad};
 use edgeplane_dataplane::listener::reuseport_listener;
-use edgeplane_tests::{TestPins, TwoHosts, require_root};
+use edgeplane_testkit::{TestPins, TwoHosts, require_root};
 
 const WORKERS: u32 = 2;
 const PORT: u16 = 8080;
 
 fn expected_worker(client: SocketAddr, server: SocketAddr) -> u32 {
-    edgeplane_tests::expected_worker(client, server, WORKERS)
+    edgeplane_testkit::expected_worker(client, server, WORKERS)
 }
 
 /// Connects from each of `ports` (client side) and returns, per client port, the index of the

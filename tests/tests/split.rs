@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use edgeplane_placement::Verdict;
 
-use edgeplane_tests::{
+use edgeplane_testkit::{
     canonical::{self, Canonical},
-    http::header,
+    raw_http::header,
     require_root,
 };
 

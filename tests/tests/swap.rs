@@ -19,9 +19,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts,
-    http::{get, header},
+    raw_http::{get, header},
     require_feature,
 };
 

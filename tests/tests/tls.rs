@@ -13,18 +13,18 @@ use std::{
 };
 
 use edgeplane_abi::{Placement, placement_kind};
-use edgeplane_bench::{
-    edged::{WORKER_PORT, place},
-    http::try_request,
-    tls::{Https, Issued, TestCa},
-};
 use edgeplane_dataplane::tls::peer::PeerTls;
 use edgeplane_testkit::edgeplane_binary;
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts,
     canonical::{self, Tuning},
-    http::{get, header},
+    raw_http::{get, header},
     require_root,
+};
+use edgeplane_testkit::{
+    edged::{WORKER_PORT, place},
+    raw_http::try_request,
+    tls::{Https, Issued, TestCa},
 };
 
 const ADMIN: &str = "127.0.0.1:9941";

@@ -10,9 +10,9 @@ use std::{net::SocketAddr, time::Duration};
 use edgeplane::PinnedMaps;
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
 use edgeplane_testkit::edgeplane_binary;
-use edgeplane_tests::{
+use edgeplane_testkit::{
     TestPins, TwoHosts, expected_worker,
-    http::{get, header},
+    raw_http::{get, header},
     require_root,
 };
 

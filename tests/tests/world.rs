@@ -7,9 +7,9 @@ use std::{
     time::Duration,
 };
 
-use edgeplane_bench::plan::Plan;
-use edgeplane_bench::{wan::median_connect_time, world::World};
-use edgeplane_tests::require_root;
+use edgeplane_testkit::plan::Plan;
+use edgeplane_testkit::require_root;
+use edgeplane_testkit::{wan::median_connect_time, world::World};
 
 #[test]
 fn the_canonical_world_gives_each_link_its_rtt() {

@@ -10,11 +10,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use edgeplane::addr::{Cidr, Vip};
 use edgeplane_abi::{AppEntry, AppStats, DropReason, RateLimitConfig, app_flags, rate_limit_flags};
 use edgeplane_bench::packets::{FrameSpec, L4, insert_ipv6_ext};
-use edgeplane_tests::{
-    TestPins,
-    reference::{Model, Outcome},
-    require_root,
-};
+use edgeplane_testkit::{TestPins, require_root};
+use edgeplane_tests::reference::{Model, Outcome};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 const PACKETS: usize = 100_000;

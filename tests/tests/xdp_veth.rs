@@ -11,7 +11,7 @@ use edgeplane_bench::{
     af_packet::send_raw_frames,
     packets::{FrameSpec, L4},
 };
-use edgeplane_tests::{TestPins, TwoHosts, require_root};
+use edgeplane_testkit::{TestPins, TwoHosts, require_root};
 
 const ETH: usize = 14;
 const UDP: usize = 8;

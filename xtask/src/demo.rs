@@ -17,12 +17,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use edgeplane_abi::{Placement, placement_flags, placement_kind};
 use edgeplane_bench::{
-    canonical::{Canonical, Tuning},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     plot::{self, Series},
     scenario,
 };
 use edgeplane_placement::Verdict;
+use edgeplane_testkit::canonical::{Canonical, Tuning};
 
 use crate::{build_apps, cargo, step, target_dir, workspace_root};
 
@@ -152,7 +152,7 @@ struct AppResult {
 }
 
 fn set_placement(world: &Canonical, unit: &str, p: Placement) -> anyhow::Result<()> {
-    edgeplane_bench::edged::place(world.pins("pop"), unit, p)
+    edgeplane_testkit::edged::place(world.pins("pop"), unit, p)
 }
 
 fn pinned(kind: u32, datacenter: u32) -> Placement {
@@ -354,7 +354,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         INTERRUPTED.store(true, Ordering::SeqCst);
     })?;
     anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
+        edgeplane_testkit::netns::is_root(),
         "the demo needs root (network namespaces, XDP, BPF maps)"
     );
     let out = args

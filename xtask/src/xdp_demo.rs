@@ -18,12 +18,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use edgeplane::PinnedMaps;
-use edgeplane_bench::{
-    af_packet::send_raw_frames,
-    netns::{LinkEnd, Netns, veth_pair},
-    packets::FrameSpec,
-    xdp,
-};
+use edgeplane_bench::{af_packet::send_raw_frames, packets::FrameSpec, xdp};
+use edgeplane_testkit::netns::{LinkEnd, Netns, veth_pair};
 
 use crate::{cargo, step, target_dir, workspace_root};
 
@@ -138,7 +134,7 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     })?;
     anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
+        edgeplane_testkit::netns::is_root(),
         "the demo needs root (namespaces, XDP)"
     );
     let out = args

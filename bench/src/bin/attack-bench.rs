@@ -14,13 +14,12 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
-    http::Server,
     loadgen::{self, Arrival, LoadReport, LoadSpec},
-    netns::Netns,
     packets::{DST_MAC, FrameSpec},
     scenario,
     xdp::{BLOCKED_PREFIX, FLOOD_SOURCE, FloodWorld, Sources, paced_flood},
 };
+use edgeplane_testkit::{netns::Netns, process::Server};
 
 #[derive(Parser)]
 #[command(about = "goodput and latency under a SYN flood: dropped at XDP vs met by the kernel")]
@@ -226,7 +225,7 @@ component = "{component}"
             component = component.display(),
         ),
     )?;
-    edgeplane_bench::edged::start_in(
+    edgeplane_testkit::edged::start_in(
         &world.target_ns,
         name,
         &config,

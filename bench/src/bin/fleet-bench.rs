@@ -14,11 +14,11 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use edgeplane_bench::{
+use edgeplane_bench::scenario::Setup;
+use edgeplane_testkit::{
     canonical::{Canonical, Tuning},
     edged::WORKER_PORT,
-    http::{get, header},
-    scenario::Setup,
+    raw_http::{get, header},
 };
 use hdrhistogram::Histogram;
 

@@ -10,10 +10,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_bench::{
-    edged::{DatacenterSpec, WORKER_PORT, place},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
-    plan::Plan,
     scenario::median,
+};
+use edgeplane_testkit::{
+    edged::{DatacenterSpec, WORKER_PORT, place},
+    plan::Plan,
     tls::TestCa,
     world::World,
 };

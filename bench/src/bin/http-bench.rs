@@ -12,10 +12,11 @@ use std::{
 use clap::Parser;
 use edgeplane_bench::{
     cpu::CpuUse,
-    http::{LoadResult, Server, Wrk, find_wasmtime, nginx, wasmtime_serve},
+    http::{LoadResult, Wrk, find_wasmtime, nginx, wasmtime_serve},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     scenario::Setup,
 };
+use edgeplane_testkit::process::Server;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -733,7 +734,7 @@ static_body = "hello\n"
             component = component.display(),
         ),
     )?;
-    edgeplane_bench::edged::start_local(
+    edgeplane_testkit::edged::start_local(
         &config,
         edged_bin,
         SocketAddr::from(([127, 0, 0, 1], port)),

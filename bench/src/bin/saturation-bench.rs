@@ -7,10 +7,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use edgeplane_bench::{
-    canonical::{Canonical, Tuning},
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     scenario,
 };
+use edgeplane_testkit::canonical::{Canonical, Tuning};
 
 #[derive(Parser)]
 #[command(about = "a saturated POP: overflow to the region vs refusing")]

@@ -12,9 +12,10 @@ use std::{
 
 use clap::Parser;
 use edgeplane_bench::{
-    http::{Server, find_wasmtime, wasmtime_serve},
+    http::{find_wasmtime, wasmtime_serve},
     scenario::Setup,
 };
+use edgeplane_testkit::process::Server;
 
 #[derive(Parser)]
 #[command(about = "time to first byte of a streamed response: edged vs wasmtime serve")]
@@ -193,7 +194,7 @@ fn start_edged(
     let config = scratch.join("edged.toml");
     std::fs::write(
         &config,
-        edgeplane_bench::edged::one_worker_config(
+        edgeplane_testkit::edged::one_worker_config(
             "stream-bench",
             EDGED_PORT,
             EDGED_PORT + 1000,
@@ -202,7 +203,7 @@ fn start_edged(
             component,
         ),
     )?;
-    edgeplane_bench::edged::start_local(
+    edgeplane_testkit::edged::start_local(
         &config,
         edged_bin,
         SocketAddr::from(([127, 0, 0, 1], EDGED_PORT)),

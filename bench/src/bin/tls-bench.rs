@@ -8,12 +8,11 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use clap::Parser;
 use edgeplane_bench::{
-    edged::start_local,
-    http::{Server, nginx_with},
+    http::nginx_with,
     scenario::{Setup, median},
-    tls::TestCa,
     tls_load::{TlsLoad, TlsLoadResult},
 };
+use edgeplane_testkit::{edged::start_local, process::Server, tls::TestCa};
 
 #[derive(Parser)]
 #[command(about = "HTTPS: edged's workers vs nginx, same certificate, one core each")]

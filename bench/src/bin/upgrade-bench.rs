@@ -10,12 +10,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use edgeplane_bench::{
     cpu::pin_current_thread,
-    http::Server,
     loadgen::{self, Arrival, LoadReport, LoadSpec},
     plot::{self, Series},
     scenario::Setup,
 };
 use edgeplane_dataplane::client::oneshot::{Once, send_blocking};
+use edgeplane_testkit::process::Server;
 
 #[derive(Parser)]
 #[command(about = "latency over time across a reload and an upgrade of edged")]
@@ -51,7 +51,7 @@ struct Switch {
 }
 
 fn config(scratch: &std::path::Path, component: &std::path::Path) -> String {
-    edgeplane_bench::edged::one_worker_config(
+    edgeplane_testkit::edged::one_worker_config(
         "upgrade-bench",
         PORT,
         ADMIN_PORT,
@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let config_path = scratch.join("edged.toml");
     std::fs::write(&config_path, config(&scratch, &v1))?;
-    let first: Server = edgeplane_bench::edged::start_local(
+    let first: Server = edgeplane_testkit::edged::start_local(
         &config_path,
         &setup.edged,
         SocketAddr::from(([127, 0, 0, 1], PORT)),

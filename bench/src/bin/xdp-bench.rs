@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         (args.repeat, args.flood_packets, args.rounds) = (10_000, 20_000, 1);
     }
     anyhow::ensure!(
-        edgeplane_bench::netns::is_root(),
+        edgeplane_testkit::netns::is_root(),
         "xdp-bench needs root (BPF programs, namespaces)"
     );
     let pin_dir = PathBuf::from(format!(

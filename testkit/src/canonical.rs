@@ -1,4 +1,4 @@
-//! The canonical multi-datacenter world (`userspace/topologies/canonical.toml`) with a backend
+//! The canonical multi-datacenter world (`testkit/topologies/canonical.toml`) with a backend
 //! and `edged` running at some of its datacenters: what the end-to-end tests, the benchmarks and
 //! the demo stand on. Dropping it stops the daemons, removes their pins and the namespaces.
 
@@ -15,9 +15,9 @@ use edgeplane_placement::{AppStatus, StatusTable};
 use crate::{
     backend::serve_pong,
     edged::{DatacenterSpec, WORKER_PORT},
-    http::Server,
     nats::{Nats, NatsTls},
     plan::Plan,
+    process::Server,
     tls::TestCa,
     world::World,
 };
@@ -305,7 +305,7 @@ impl Canonical {
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let started = Instant::now();
                 let (status, headers, body) =
-                    crate::http::request(&mut s, method, host, path, body);
+                    crate::raw_http::request(&mut s, method, host, path, body);
                 (
                     status,
                     headers,
@@ -324,7 +324,7 @@ impl Canonical {
             .run(|| {
                 let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                String::from_utf8(crate::http::get(&mut s, "admin", path).2).unwrap()
+                String::from_utf8(crate::raw_http::get(&mut s, "admin", path).2).unwrap()
             })
             .unwrap()
     }
@@ -338,7 +338,7 @@ impl Canonical {
                 let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let (status, _, body) =
-                    crate::http::request(&mut s, "POST", "admin", "/reload", b"");
+                    crate::raw_http::request(&mut s, "POST", "admin", "/reload", b"");
                 (status, String::from_utf8_lossy(&body).into_owned())
             })
             .unwrap()
@@ -411,4 +411,34 @@ fn control_tls(nats: &Nats, dc: &str) -> anyhow::Result<String> {
         issued.key.display(),
         tls.ca.display()
     ))
+}
+
+/// Builds the world, starts the backend, and edged at each of `datacenters` with the
+/// `[[apps]]` TOML that `apps(backend_url, backend_authority)` returns.
+pub fn start(
+    test: &str,
+    datacenters: &[&'static str],
+    holdout: f64,
+    apps: impl Fn(&str, &str) -> String,
+) -> Canonical {
+    start_tuned(test, datacenters, holdout, apps, |_| Tuning::default())
+}
+
+/// As `start`, with more settings per datacenter.
+pub fn start_tuned(
+    test: &str,
+    datacenters: &[&'static str],
+    holdout: f64,
+    apps: impl Fn(&str, &str) -> String,
+    tuning: impl Fn(&str) -> Tuning,
+) -> Canonical {
+    Canonical::start(
+        test,
+        datacenters,
+        holdout,
+        &crate::edgeplane_binary("edged"),
+        apps,
+        tuning,
+    )
+    .unwrap()
 }

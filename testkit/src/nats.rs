@@ -10,8 +10,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    http::{Server, spawn, wait_listening},
     netns::Netns,
+    process::{Server, spawn, wait_listening},
     tls::{Issued, TestCa},
 };
 

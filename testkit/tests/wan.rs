@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use edgeplane_bench::{
+use edgeplane_testkit::{
     netns::{LinkEnd, Netns, veth_pair},
     wan::{WanDelay, median_connect_time},
 };
