@@ -4,6 +4,8 @@
 //!   [`world`] (the namespaces, links and WAN delay a plan makes, [`wan`]), [`two_hosts`] (one
 //!   client and one server with XDP), [`canonical`] (the multi-datacenter world with a backend,
 //!   edged at each datacenter, optionally on NATS);
+//! - edged's configuration, typed: [`config`] (its pins and cache private to the test, the
+//!   apps as values), started by [`TwoHosts::start`];
 //! - processes: [`process`] (a server logged to a file, its log's end quoted when it fails to
 //!   start, stopped and reaped on drop), [`edged`] (a datacenter's edged from its spec),
 //!   [`nats`] (nats-server, with mutual TLS from [`tls`]'s test CA), [`backend`];
@@ -19,6 +21,7 @@ pub mod apps;
 pub mod backend;
 pub mod binaries;
 pub mod canonical;
+pub mod config;
 pub mod edged;
 pub mod guest_apps;
 pub mod nats;

@@ -71,6 +71,12 @@ impl TwoHosts {
         Ok(Edged(server))
     }
 
+    /// Writes `config` and starts edged with it, as `start_edged` does.
+    pub fn start(&self, config: &crate::config::Config) -> anyhow::Result<Edged> {
+        let path = config.write()?;
+        self.start_edged(&path, config.admin_addr())
+    }
+
     /// A GET on the server's admin endpoint at `admin`: status and body, None if it does not
     /// answer.
     pub fn admin(&self, admin: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {

@@ -7,7 +7,9 @@ use std::{
 };
 
 use edgeplane_testkit::{
-    TestPins, TwoHosts, expected_worker,
+    TwoHosts,
+    config::{App, Config},
+    expected_worker,
     raw_http::{get, header},
     require_root,
 };
@@ -20,50 +22,40 @@ fn edged_serves_a_component_through_xdp_and_select_worker_and_drains_on_sigterm(
     if !require_root("edged_serves_a_component") {
         return Ok(());
     }
-    let hello = edgeplane_testkit::app("hello");
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("edged-workers");
-    let cache = std::env::temp_dir().join(format!("edgeplane-edged-cache-{}", std::process::id()));
-    let config = std::env::temp_dir().join(format!("edged-workers-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = {WORKERS}
-[server]
-admin = "127.0.0.1:9901"
-debug_headers = true
-[runtime]
-cache_dir = "{cache}"
-[access_log]
-enabled = true
-path = "{cache}.access.log"
-[[apps]]
-name = "hello"
-vips = ["{server}:8080/tcp"]
-hosts = ["hello.test"]
-component = "{hello}"
-[[apps]]
-name = "static"
-vips = []
-hosts = ["static.test"]
-static_body = "static hi\n"
-"#,
-            pins = pins.dir().display(),
-            iface = TwoHosts::SERVER_IF,
-            server = TwoHosts::SERVER_V4,
-            cache = cache.display(),
-            hello = hello.display(),
-        ),
-    )?;
-    let admin: SocketAddr = "127.0.0.1:9901".parse()?;
-    let mut edged = hosts.start_edged(&config, admin)?;
-    let scrape = |path: &str| hosts.admin(admin, path);
+    let config = Config::new("edged-workers")
+        .workers(WORKERS)
+        .debug_headers();
+    let access_log = config.dir.join("access.log");
+    let config = config
+        .set(
+            "access_log",
+            &format!(
+                "enabled = true\npath = {:?}",
+                access_log.display().to_string()
+            ),
+        )
+        .app(
+            App::component("hello", &edgeplane_testkit::app("hello"))
+                .vip(8080)
+                .hosts(&["hello.test"]),
+        )
+        .app(App::static_body("static", "static hi\n").hosts(&["static.test"]));
+    let mut edged = hosts.start(&config)?;
+    let scrape = |path: &str| hosts.admin(config.admin_addr(), path);
+    flows_land_on_their_workers_and_hosts_route(&hosts)?;
+    metrics_count_every_request(&scrape("/metrics").expect("metrics"));
+    the_access_log_has_a_line_per_request(&access_log);
+    every_worker_holds_hello_in_its_code_cache(&scrape("/cache").expect("cache"))?;
+    sigterm_drains_and_detaches(&hosts, &mut edged)?;
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(())
+}
 
+/// 30 connections from distinct ports each served by the worker the flow hash picks (both
+/// workers serve), then keep-alive, a static route and an unknown host on one connection: 80
+/// requests for hello in all.
+fn flows_land_on_their_workers_and_hosts_route(hosts: &TwoHosts) -> anyhow::Result<()> {
     let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
     let mut per_worker = [0usize; WORKERS as usize];
     hosts.client.run(|| -> anyhow::Result<()> {
@@ -98,7 +90,13 @@ static_body = "static hi\n"
         "both workers should serve: {per_worker:?}"
     );
 
-    let (status, metrics) = scrape("/metrics").expect("metrics");
+    Ok(())
+}
+
+/// `/metrics` (as a standard parser reads it): 80 requests for hello, XDP saw their packets,
+/// each family declared once, the latency a histogram of 80 served here.
+fn metrics_count_every_request((status, metrics): &(u16, String)) {
+    let (status, metrics) = (*status, metrics.as_str());
     assert_eq!(status, 200);
     let requests: u64 = metrics
         .lines()
@@ -156,12 +154,13 @@ static_body = "static hi\n"
         80.0
     );
     assert!(sample("edgeplane_request_duration_seconds_sum", None) > 0.0);
+}
 
-    // The access log has a JSON line for each of hello's requests, saying where it ran.
-    let access = std::path::PathBuf::from(format!("{}.access.log", cache.display()));
+/// The access log has a JSON line for each of hello's requests, saying where it ran.
+fn the_access_log_has_a_line_per_request(access: &std::path::Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let lines = loop {
-        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        let text = std::fs::read_to_string(access).unwrap_or_default();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -181,12 +180,15 @@ static_body = "static hi\n"
         assert_eq!(l["bytes"], 16, "{l}");
         assert!(l["duration_us"].as_u64().is_some() && l["ts_ms"].as_u64().is_some());
     }
-    let _ = std::fs::remove_file(&access);
+    let _ = std::fs::remove_file(access);
+}
 
-    // Every worker preloaded hello, so each reports it resident in its code cache.
-    let (status, residency) = scrape("/cache").expect("cache");
-    assert_eq!(status, 200);
-    let residency: serde_json::Value = serde_json::from_str(&residency)?;
+/// Every worker preloaded hello, so each reports it resident in its code cache.
+fn every_worker_holds_hello_in_its_code_cache(
+    (status, residency): &(u16, String),
+) -> anyhow::Result<()> {
+    assert_eq!(*status, 200);
+    let residency: serde_json::Value = serde_json::from_str(residency)?;
     let workers = residency.as_array().expect("one entry per worker");
     assert_eq!(workers.len(), WORKERS as usize, "{residency}");
     for w in workers {
@@ -200,7 +202,14 @@ static_body = "static hi\n"
         assert!(w["bytes"].as_u64().unwrap() > 0, "{residency}");
     }
 
-    // SIGTERM: drain, detach, exit 0.
+    Ok(())
+}
+
+/// SIGTERM: drain, detach, exit 0.
+fn sigterm_drains_and_detaches(
+    hosts: &TwoHosts,
+    edged: &mut edgeplane_testkit::Edged,
+) -> anyhow::Result<()> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(edged.0.pid() as i32, libc::SIGTERM) };
     let status = edged.0.wait()?;
@@ -214,7 +223,5 @@ static_body = "static hi\n"
         !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
         "XDP still attached after SIGTERM"
     );
-    let _ = std::fs::remove_dir_all(&cache);
-    let _ = std::fs::remove_file(&config);
     Ok(())
 }

@@ -10,14 +10,15 @@ use std::{
 };
 
 use edgeplane_testkit::{
-    TestPins, TwoHosts, expected_worker,
+    TwoHosts,
+    config::{App, Config},
+    expected_worker,
     raw_http::{get, header},
     require_root,
 };
 
 const WORKERS: u32 = 2;
 const PORT: u16 = 8080;
-const ADMIN: &str = "127.0.0.1:9931";
 
 /// What a hostile case should get: a final status, or nothing but a closed connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,62 +164,50 @@ fn a_hostile_client_cannot_stop_a_worker_and_each_worker_serves_after_every_atta
     if !require_root("hostile_client") {
         return Ok(());
     }
-    let (hello, faulty, echo) = (
-        edgeplane_testkit::app("hello"),
-        edgeplane_testkit::app("faulty"),
-        edgeplane_testkit::app("echo"),
-    );
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("hostile");
-    let cache =
-        std::env::temp_dir().join(format!("edgeplane-hostile-cache-{}", std::process::id()));
-    let config = std::env::temp_dir().join(format!("edged-hostile-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = {WORKERS}
-[server]
-admin = "{ADMIN}"
-debug_headers = true
-[runtime]
-cache_dir = "{cache}"
-[[apps]]
-name = "hello"
-vips = ["{server}:{PORT}/tcp"]
-hosts = ["hello.test"]
-component = "{hello}"
-[[apps]]
-name = "faulty"
-hosts = ["faulty.test"]
-component = "{faulty}"
-limits = {{ max_response_bytes = 1048576 }}
-[[apps]]
-name = "echo"
-hosts = ["echo.test"]
-component = "{echo}"
-"#,
-            pins = pins.dir().display(),
-            iface = TwoHosts::SERVER_IF,
-            server = TwoHosts::SERVER_V4,
-            cache = cache.display(),
-            hello = hello.display(),
-            faulty = faulty.display(),
-            echo = echo.display(),
-        ),
-    )?;
-    let admin: SocketAddr = ADMIN.parse()?;
-    let mut edged = hosts.start_edged(&config, admin)?;
-    let scrape = |path: &str| hosts.admin(admin, path);
-
+    let config = Config::new("hostile")
+        .workers(WORKERS)
+        .debug_headers()
+        .app(
+            App::component("hello", &edgeplane_testkit::app("hello"))
+                .vip(PORT)
+                .hosts(&["hello.test"]),
+        )
+        .app(
+            App::component("faulty", &edgeplane_testkit::app("faulty"))
+                .hosts(&["faulty.test"])
+                .set("limits = { max_response_bytes = 1048576 }"),
+        )
+        .app(App::component("echo", &edgeplane_testkit::app("echo")).hosts(&["echo.test"]));
+    let admin = config.admin_addr();
+    let mut edged = hosts.start(&config)?;
     let server: SocketAddr = format!("{}:{PORT}", TwoHosts::SERVER_V4).parse()?;
+    let mut ports = 47000u16..;
+    every_attack_costs_only_its_request(&hosts, server, &mut ports)?;
+    a_guest_cannot_set_the_platforms_headers(&hosts, server, &mut ports)?;
+    assert!(edged.0.exited().is_none(), "edged exited under attack");
+    a_chain_of_function_calls_is_bounded(&hosts);
+    the_admin_endpoint_answers_garbage_and_goes_on(&hosts, admin)?;
+    silent_admin_clients_hold_only_their_connections(&hosts, admin)?;
+    let (_, metrics) = hosts.admin(admin, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("edgeplane_worker_restarts_total 0\n"),
+        "a worker had to be restarted: every attack must be contained within its request"
+    );
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(())
+}
+
+/// Every case of `cases()` against each worker in turn, each followed by a normal request the
+/// same worker must serve; error bodies give a reason and a request id, never what the log
+/// holds.
+fn every_attack_costs_only_its_request(
+    hosts: &TwoHosts,
+    server: SocketAddr,
+    ports: &mut std::ops::RangeFrom<u16>,
+) -> anyhow::Result<()> {
     let client_ip: IpAddr = TwoHosts::CLIENT_V4.parse()?;
     let worker_of = |port: u16| expected_worker(SocketAddr::new(client_ip, port), server, WORKERS);
-    let mut ports = 47000u16..;
     let mut served_by = [0usize; WORKERS as usize];
     hosts.client.run(|| {
         for (i, c) in cases().into_iter().enumerate() {
@@ -280,7 +269,15 @@ component = "{echo}"
         served_by.iter().all(|n| *n > 0),
         "every worker was attacked: {served_by:?}"
     );
-    // Headers the platform owns cannot be set by a guest.
+    Ok(())
+}
+
+/// Headers the platform owns cannot be set by a guest.
+fn a_guest_cannot_set_the_platforms_headers(
+    hosts: &TwoHosts,
+    server: SocketAddr,
+    ports: &mut std::ops::RangeFrom<u16>,
+) -> anyhow::Result<()> {
     hosts.client.run(|| {
         for (name, value) in [
             ("x-edge-placement", "remote-elsewhere"),
@@ -303,9 +300,12 @@ component = "{echo}"
             assert_eq!(values, want, "a guest set {name}");
         }
     })?;
-    assert!(edged.0.exited().is_none(), "edged exited under attack");
-    // Function calls come from this host's own workers (loopback) with the depth the host set:
-    // a chain deeper than the limit (a cycle between functions) answers 508, not another call.
+    Ok(())
+}
+
+/// Function calls come from this host's own workers (loopback) with the depth the host set: a
+/// chain deeper than the limit (a cycle between functions) answers 508, not another call.
+fn a_chain_of_function_calls_is_bounded(hosts: &TwoHosts) {
     let local: SocketAddr = ([127, 0, 0, 1], PORT).into();
     let call = |depth: &str| {
         hosts
@@ -333,8 +333,15 @@ component = "{echo}"
     }
     // Within the limit it is routed as usual (no such app here).
     assert_eq!(call("3"), Some(404));
-    // The admin endpoint parses with the same limits: its worst bytes get an answer (or a
-    // close), and it goes on answering.
+}
+
+/// The admin endpoint parses with the same limits: its worst bytes get an answer (or a close),
+/// and it goes on answering.
+fn the_admin_endpoint_answers_garbage_and_goes_on(
+    hosts: &TwoHosts,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
+    let scrape = |path: &str| hosts.admin(admin, path);
     let mut huge_head = b"GET /metrics HTTP/1.1\r\nHost: a\r\nx: ".to_vec();
     huge_head.extend(std::iter::repeat_n(b'a', 40_000));
     for raw in [
@@ -355,8 +362,16 @@ component = "{echo}"
         );
         assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
     }
-    // Clients that connect to the admin endpoint and say nothing hold only their own
-    // connections: a health check beside them is answered at once.
+    Ok(())
+}
+
+/// Clients that connect to the admin endpoint and say nothing hold only their own connections:
+/// a health check beside them is answered at once.
+fn silent_admin_clients_hold_only_their_connections(
+    hosts: &TwoHosts,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
+    let scrape = |path: &str| hosts.admin(admin, path);
     let silent: Vec<TcpStream> = hosts.server.run(|| {
         (0..4)
             .filter_map(|_| TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok())
@@ -368,10 +383,5 @@ component = "{echo}"
     assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
     drop(silent);
     assert_eq!(scrape("/healthz").map(|(s, _)| s), Some(200));
-    let (_, metrics) = scrape("/metrics").expect("metrics");
-    assert!(
-        metrics.contains("edgeplane_worker_restarts_total 0\n"),
-        "a worker had to be restarted: every attack must be contained within its request"
-    );
     Ok(())
 }
