@@ -7,12 +7,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use edgeplane_testkit::{
-    TestPins, TwoHosts,
+    TwoHosts,
+    config::{App, Config},
     raw_http::{get, header},
     require_root,
 };
 
-const ADMIN: &str = "127.0.0.1:9951";
 /// The image's 16 MiB in apps/ballast's 64 KiB strides: the marks a request leaves.
 const MARKS: u64 = 256;
 
@@ -62,70 +62,45 @@ fn large_components_serve_fresh_prepared_and_reused_instances_and_no_request_see
         edgeplane_testkit::js_component(),
         edgeplane_testkit::js_handler_component(),
     );
+    let reuse = "limits = { instance_reuse = 1000 }";
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("large-components");
-    let dir = edgeplane_testkit::tempdir("large-components");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("edged.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = 2
-[server]
-admin = "{ADMIN}"
-[runtime]
-cache_dir = "{cache}"
-prepare_ahead = 4
-[[apps]]
-name = "ballast"
-vips = ["{server}:8080/tcp"]
-hosts = ["ballast.test"]
-component = "{ballast}"
-[[apps]]
-name = "ballast-reused"
-vips = []
-hosts = ["ballast-reused.test"]
-component = "{ballast}"
-limits = {{ instance_reuse = 1000 }}
-[[apps]]
-name = "js"
-vips = []
-hosts = ["js.test"]
-component = "{js}"
-[[apps]]
-name = "js-handler-reused"
-vips = []
-hosts = ["js-handler-reused.test"]
-component = "{js_handler}"
-limits = {{ instance_reuse = 1000 }}
-[[apps]]
-name = "js-fetch-event-reused"
-vips = []
-hosts = ["js-fetch-event-reused.test"]
-component = "{js}"
-limits = {{ instance_reuse = 1000 }}
-"#,
-            pins = pins.dir().display(),
-            iface = TwoHosts::SERVER_IF,
-            server = TwoHosts::SERVER_V4,
-            cache = dir.join("cache").display(),
-            ballast = ballast.display(),
-            js = js.display(),
-            js_handler = js_handler.display(),
-        ),
-    )?;
-    let admin: SocketAddr = ADMIN.parse()?;
-    let _edged = hosts.start_edged(&config, admin)?;
+    let config = Config::new("large-components")
+        .workers(2)
+        .set("runtime", "prepare_ahead = 4")
+        .app(
+            App::component("ballast", &ballast)
+                .vip(8080)
+                .hosts(&["ballast.test"]),
+        )
+        .app(
+            App::component("ballast-reused", &ballast)
+                .hosts(&["ballast-reused.test"])
+                .set(reuse),
+        )
+        .app(App::component("js", &js).hosts(&["js.test"]))
+        .app(
+            App::component("js-handler-reused", &js_handler)
+                .hosts(&["js-handler-reused.test"])
+                .set(reuse),
+        )
+        .app(
+            App::component("js-fetch-event-reused", &js)
+                .hosts(&["js-fetch-event-reused.test"])
+                .set(reuse),
+        );
+    let _edged = hosts.start(&config)?;
     let gap = Duration::from_millis(30);
+    fresh_instances_see_the_pristine_image(&hosts, gap)?;
+    reused_instances_keep_their_memory(&hosts, gap)?;
+    requests_took_prepared_instances(&hosts, config.admin_addr());
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(())
+}
 
-    // Fresh instances: the first on each connection's worker is made on its path, the rest
-    // were prepared ahead while the worker waited. Each sees the pristine image.
-    let fresh = requests(&hosts, 46001, "ballast.test", 12, gap)?;
+/// Fresh instances: the first on each connection's worker is made on its path, the rest were
+/// prepared ahead while the worker waited. Each sees the pristine image.
+fn fresh_instances_see_the_pristine_image(hosts: &TwoHosts, gap: Duration) -> anyhow::Result<()> {
+    let fresh = requests(hosts, 46001, "ballast.test", 12, gap)?;
     for (i, (status, served, dirty, body)) in fresh.iter().enumerate() {
         assert_eq!(*status, 200, "ballast request {i}: {body}");
         assert_eq!(
@@ -135,7 +110,7 @@ limits = {{ instance_reuse = 1000 }}
         );
         assert_eq!(body, "ballast of 16 MiB\n");
     }
-    let js_fresh = requests(&hosts, 46002, "js.test", 8, gap)?;
+    let js_fresh = requests(hosts, 46002, "js.test", 8, gap)?;
     for (i, (status, _, _, body)) in js_fresh.iter().enumerate() {
         assert_eq!(
             (*status, body.as_str()),
@@ -144,9 +119,15 @@ limits = {{ instance_reuse = 1000 }}
         );
     }
 
-    // Reused instances keep their memory, as asked: the same instance serves each request on
-    // the connection and finds the marks the previous one left.
-    let reused = requests(&hosts, 46003, "ballast-reused.test", 6, gap)?;
+    Ok(())
+}
+
+/// Reused instances keep their memory, as asked: the same instance serves each request on the
+/// connection and finds the marks the previous one left. The fetch event answers once per
+/// instance (StarlingMonkey issue 247): the first reuse fails, and from then on the app gets
+/// fresh instances instead of failing every other request.
+fn reused_instances_keep_their_memory(hosts: &TwoHosts, gap: Duration) -> anyhow::Result<()> {
+    let reused = requests(hosts, 46003, "ballast-reused.test", 6, gap)?;
     for (i, (status, served, dirty, _)) in reused.iter().enumerate() {
         assert_eq!(*status, 200);
         let expect_dirty = if *served > 1 { MARKS } else { 0 };
@@ -156,7 +137,7 @@ limits = {{ instance_reuse = 1000 }}
             "ballast-reused request {i}"
         );
     }
-    let js_reused = requests(&hosts, 46004, "js-handler-reused.test", 6, gap)?;
+    let js_reused = requests(hosts, 46004, "js-handler-reused.test", 6, gap)?;
     for (i, (status, served, _, body)) in js_reused.iter().enumerate() {
         assert_eq!(
             (*status, *served, body.as_str()),
@@ -168,13 +149,17 @@ limits = {{ instance_reuse = 1000 }}
     // The fetch event answers once per instance (StarlingMonkey issue 247): the first reuse
     // fails, and from then on the app gets fresh instances instead of failing every other
     // request.
-    let refused = requests(&hosts, 46005, "js-fetch-event-reused.test", 6, gap)?;
+    let refused = requests(hosts, 46005, "js-fetch-event-reused.test", 6, gap)?;
     let statuses: Vec<u16> = refused.iter().map(|r| r.0).collect();
     assert_eq!(statuses, [200, 500, 200, 200, 200, 200]);
 
-    // The prepared path was the one taken: per connection (one worker each) at most the first
-    // fresh request found nothing ready. The refused app's 4 fresh requests may each have
-    // missed once more while it was still deciding.
+    Ok(())
+}
+
+/// The prepared path was the one taken: per connection (one worker each) at most the first
+/// fresh request found nothing ready. The refused app's 4 fresh requests may each have missed
+/// once more while it was still deciding.
+fn requests_took_prepared_instances(hosts: &TwoHosts, admin: SocketAddr) {
     let used = hosts.metric(admin, "edgeplane_instances_prepared_used", None);
     let missed = hosts.metric(admin, "edgeplane_instances_prepared_missed", None);
     let made = hosts.metric(admin, "edgeplane_instances_prepared", None);
@@ -187,6 +172,4 @@ limits = {{ instance_reuse = 1000 }}
         missed <= 2 + 4,
         "{missed} fresh requests found none prepared"
     );
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(())
 }

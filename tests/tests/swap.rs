@@ -20,12 +20,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use edgeplane_testkit::{
-    TestPins, TwoHosts,
+    TwoHosts,
+    config::{App, Config},
     raw_http::{get, header},
     require_feature,
 };
 
-const ADMIN: &str = "127.0.0.1:9953";
 /// Rounds of (a request paged out while it holds its instance, then `FOLLOWERS` requests).
 const ROUNDS: usize = 3;
 const FOLLOWERS: usize = 3;
@@ -173,6 +173,34 @@ fn ballast(hosts: &TwoHosts, port: u16, path: &str) -> anyhow::Result<(u16, Opti
     })?
 }
 
+/// A request that marks the image and holds its instance while edged is paged out to swap.
+fn held_while_paged_out(
+    client: &TwoHosts,
+    pid: u32,
+    port: u16,
+    round: usize,
+) -> anyhow::Result<(u16, Option<u64>, String)> {
+    std::thread::scope(|scope| -> anyhow::Result<_> {
+        let held = scope.spawn(move || ballast(client, port, "/?hold=1500"));
+        std::thread::sleep(Duration::from_millis(600));
+        let paging = std::time::Instant::now();
+        let advised = page_out(pid)?;
+        let in_swap = swapped_kb(pid)?;
+        eprintln!(
+            "[swap] round {round}: {} MiB advised, {in_swap} kB in swap, in {:?}",
+            advised >> 20,
+            paging.elapsed()
+        );
+        anyhow::ensure!(
+            in_swap >= 1024,
+            "round {round}: paging edged out left {in_swap} kB in swap ({advised} bytes advised): \
+             the test would prove nothing"
+        );
+        held.join()
+            .map_err(|_| anyhow::anyhow!("request thread panicked"))?
+    })
+}
+
 #[test]
 fn a_fresh_instance_never_sees_a_swapped_out_page_of_the_last_request() -> anyhow::Result<()> {
     let mut swap = None;
@@ -186,69 +214,22 @@ fn a_fresh_instance_never_sees_a_swapped_out_page_of_the_last_request() -> anyho
     let _swap = swap;
     let ballast_wasm = edgeplane_testkit::app("ballast");
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("swap");
-    let dir = edgeplane_testkit::tempdir("swap");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("edged.toml");
     // One worker: every request lands in the same pool, and its slots are reused.
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = 1
-[server]
-admin = "{ADMIN}"
-[runtime]
-cache_dir = "{cache}"
-[[apps]]
-name = "ballast"
-vips = ["{server}:8080/tcp"]
-hosts = ["ballast.test"]
-component = "{ballast}"
-"#,
-            pins = pins.dir().display(),
-            iface = TwoHosts::SERVER_IF,
-            server = TwoHosts::SERVER_V4,
-            cache = dir.join("cache").display(),
-            ballast = ballast_wasm.display(),
-        ),
-    )?;
+    let config = Config::new("swap").app(
+        App::component("ballast", &ballast_wasm)
+            .vip(8080)
+            .hosts(&["ballast.test"]),
+    );
     let started = std::time::Instant::now();
-    let edged = hosts.start_edged(&config, ADMIN.parse()?)?;
+    let edged = hosts.start(&config)?;
     let pid = edged.0.pid();
     eprintln!("[swap] edged healthy after {:?}", started.elapsed());
 
     let mut port = 47000;
     let mut seen = Vec::new();
     for round in 0..ROUNDS {
-        // A request marks the image and holds its instance; meanwhile edged is paged out.
         port += 1;
-        let holder = {
-            let client = &hosts;
-            std::thread::scope(|scope| -> anyhow::Result<_> {
-                let held = scope.spawn(move || ballast(client, port, "/?hold=1500"));
-                std::thread::sleep(Duration::from_millis(600));
-                let paging = std::time::Instant::now();
-                let advised = page_out(pid)?;
-                let in_swap = swapped_kb(pid)?;
-                eprintln!(
-                    "[swap] round {round}: {} MiB advised, {in_swap} kB in swap, in {:?}",
-                    advised >> 20,
-                    paging.elapsed()
-                );
-                anyhow::ensure!(
-                    in_swap >= 1024,
-                    "round {round}: paging edged out left {in_swap} kB in swap ({advised} bytes advised): \
-                     the test would prove nothing"
-                );
-                held.join()
-                    .map_err(|_| anyhow::anyhow!("request thread panicked"))?
-            })?
-        };
+        let holder = held_while_paged_out(&hosts, pid, port, round)?;
         seen.push(("held", holder.clone()));
         // Fresh instances after it, in the slot it left.
         for _ in 0..FOLLOWERS {
@@ -266,6 +247,6 @@ component = "{ballast}"
         );
     }
     drop(edged);
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(&config.dir);
     Ok(())
 }
