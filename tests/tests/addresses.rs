@@ -10,9 +10,9 @@ use std::{
 };
 
 use edgeplane_abi::{Placement, placement_kind};
-use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{
     edged::{DatacenterSpec, WORKER_PORT, place, start_in},
+    edgeplane_binary,
     plan::Plan,
     process::Server,
     world::World,

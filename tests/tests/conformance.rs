@@ -12,8 +12,7 @@ use std::{
 };
 
 use edgeplane_bench::http::{find_wasmtime, wasmtime_serve};
-use edgeplane_testkit::edgeplane_binary;
-use edgeplane_testkit::{Received, read_response};
+use edgeplane_testkit::{Received, edgeplane_binary, read_response};
 use edgeplane_testkit::{TestPins, require_root};
 
 fn free_port() -> u16 {

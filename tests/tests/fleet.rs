@@ -13,9 +13,9 @@ use std::{
 use edgeplane_abi::{placement_flags, placement_kind};
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
 use edgeplane_testkit::edged::WORKER_PORT;
-use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{
     canonical::{Canonical, Tuning},
+    edgeplane_binary,
     raw_http::header,
     require_root,
 };

@@ -12,9 +12,8 @@ use std::{
 
 use edgeplane::{PinnedMaps, addr::Vip};
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
-use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{
-    TestPins, TwoHosts,
+    TestPins, TwoHosts, edgeplane_binary,
     raw_http::{get, header},
     require_root,
 };

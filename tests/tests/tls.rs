@@ -14,10 +14,10 @@ use std::{
 
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_dataplane::tls::peer::PeerTls;
-use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{
     TestPins, TwoHosts,
     canonical::{self, Tuning},
+    edgeplane_binary,
     raw_http::{get, header},
     require_root,
 };

@@ -9,9 +9,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use edgeplane::PinnedMaps;
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
-use edgeplane_testkit::edgeplane_binary;
 use edgeplane_testkit::{
-    TestPins, TwoHosts, expected_worker,
+    TwoHosts,
+    config::{App, Config},
+    edgeplane_binary, expected_worker,
     raw_http::{get, header},
     require_root,
 };
@@ -102,37 +103,17 @@ fn two_upgrades_under_load_fail_no_request_and_keep_counters_and_steering() -> a
     }
     let hello = edgeplane_testkit::app("hello");
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("upgrade");
-    let cache = edgeplane_testkit::tempdir("upgrade-cache");
-    std::fs::create_dir_all(&cache)?;
-    let config = cache.join("edged.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = {WORKERS}
-[server]
-admin = "{ADMIN}"
-debug_headers = true
-[runtime]
-cache_dir = "{cache}"
-[[apps]]
-name = "hello"
-hosts = ["hello.test"]
-vips = ["{server}:8080/tcp"]
-component = "{hello}"
-"#,
-            pins = pins.dir().display(),
-            iface = TwoHosts::SERVER_IF,
-            cache = cache.display(),
-            server = TwoHosts::SERVER_V4,
-            hello = hello.display(),
-        ),
-    )?;
-    let first = hosts.start_edged(&config, ADMIN.parse()?)?;
+    let config = Config::new("upgrade")
+        .workers(WORKERS)
+        .admin(ADMIN)
+        .debug_headers()
+        .app(
+            App::component("hello", &hello)
+                .vip(8080)
+                .hosts(&["hello.test"]),
+        );
+    let pins = &config.pins;
+    let first = hosts.start(&config)?;
     let maps = PinnedMaps::open(pins.dir())?;
     let hello_id = maps.app_id("hello")?;
     let packets = || {
@@ -195,6 +176,14 @@ component = "{hello}"
 
     // Only the last edged is left, and select_worker still picks each flow's worker.
     assert!(!running(pids[0]) && !running(pids[1]) && running(pids[2]));
+    flows_land_on_their_workers(&hosts, server)?;
+    the_last_edged_stops_as_any_does(pids[2], pins.dir())?;
+    drop(first);
+    Ok(())
+}
+
+/// select_worker picks each flow's worker, as the flow hash says.
+fn flows_land_on_their_workers(hosts: &TwoHosts, server: SocketAddr) -> anyhow::Result<()> {
     hosts.client.run(|| -> anyhow::Result<()> {
         for port in 46000..46020u16 {
             let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, port);
@@ -211,15 +200,18 @@ component = "{hello}"
         Ok(())
     })??;
 
-    // The last edged stops as any does: XDP detached, its link pin removed.
+    Ok(())
+}
+
+/// The last edged stops as any does: XDP detached, its link pin removed.
+fn the_last_edged_stops_as_any_does(pid: u32, pin_dir: &std::path::Path) -> anyhow::Result<()> {
     // SAFETY: signalling a process this test started (through its predecessors).
-    unsafe { libc::kill(pids[2] as i32, libc::SIGTERM) };
-    wait_gone(pids[2])?;
-    let link_pins: Vec<_> = std::fs::read_dir(pins.dir())?
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_gone(pid)?;
+    let link_pins: Vec<_> = std::fs::read_dir(pin_dir)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_xdp"))
         .collect();
     assert!(link_pins.is_empty(), "a link pin survived the stop");
-    drop(first);
     Ok(())
 }
