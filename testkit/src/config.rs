@@ -24,6 +24,8 @@ pub struct Config {
     workers: u32,
     admin: SocketAddr,
     debug_headers: bool,
+    /// Source prefixes dropped at XDP.
+    blocklist: Vec<String>,
     /// More keys per table (`runtime`, `http`, `access_log`, ...), as TOML.
     extra: Vec<(String, toml::Table)>,
     apps: Vec<toml::Table>,
@@ -39,6 +41,7 @@ impl Config {
             workers: 1,
             admin: ADMIN.parse().expect("a socket address"),
             debug_headers: false,
+            blocklist: Vec::new(),
             extra: Vec::new(),
             apps: Vec::new(),
         }
@@ -71,6 +74,16 @@ impl Config {
         self
     }
 
+    /// Replaces the apps (a reload's next configuration: write it, then reload).
+    pub fn set_apps(&mut self, apps: impl IntoIterator<Item = App>) {
+        self.apps = apps.into_iter().map(|a| a.0).collect();
+    }
+
+    /// Replaces the blocklist.
+    pub fn set_blocklist(&mut self, cidrs: &[&str]) {
+        self.blocklist = cidrs.iter().map(|c| (*c).to_owned()).collect();
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
@@ -84,6 +97,12 @@ impl Config {
     pub fn render(&self) -> String {
         let mut root = toml::Table::new();
         root.insert("pin_dir".into(), path_value(self.pins.dir()));
+        if !self.blocklist.is_empty() {
+            root.insert(
+                "blocklist".into(),
+                toml::Value::Array(self.blocklist.iter().map(|c| c.as_str().into()).collect()),
+            );
+        }
         let mut table = |name: &str, keys: toml::Table| {
             let entry = root
                 .entry(name.to_owned())
@@ -145,6 +164,14 @@ impl App {
         Self(toml_table([
             ("name", name.into()),
             ("component", path_value(path)),
+            ("vips", toml::Value::Array(Vec::new())),
+        ]))
+    }
+
+    /// An app with a name and nothing else yet (`set` adds the rest).
+    pub fn named(name: &str) -> Self {
+        Self(toml_table([
+            ("name", name.into()),
             ("vips", toml::Value::Array(Vec::new())),
         ]))
     }
@@ -223,5 +250,12 @@ mod tests {
         assert_eq!(cfg.apps[0].hosts, vec!["hello.test".to_owned()]);
         assert_eq!(cfg.apps[0].limits.instance_reuse, 10);
         assert_eq!(cfg.apps[1].static_body.as_deref(), Some("hi\n"));
+        let mut config = config;
+        config.set_apps([App::named("broken").set(r#"vips = ["10.0.0.1/tcp"]"#)]);
+        config.set_blocklist(&["10.77.0.3/32"]);
+        let text = config.render();
+        assert!(text.contains(r#"blocklist = ["10.77.0.3/32"]"#), "{text}");
+        let error = edgeplane::config::EdgedConfig::parse(&text).unwrap_err();
+        assert!(format!("{error:#}").contains("vips"), "{error:#}");
     }
 }

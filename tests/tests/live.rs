@@ -13,7 +13,9 @@ use std::{
 use edgeplane::{PinnedMaps, addr::Vip};
 use edgeplane_bench::loadgen::{self, Arrival, LoadSpec};
 use edgeplane_testkit::{
-    TestPins, TwoHosts, edgeplane_binary,
+    TwoHosts,
+    config::{App, Config},
+    edgeplane_binary,
     raw_http::{get, header},
     require_root,
 };
@@ -22,48 +24,23 @@ const ADMIN: &str = "127.0.0.1:9911";
 /// The second test's edged (tests of one binary run at once, each in its own namespaces).
 const ADMIN_2: &str = "127.0.0.1:9913";
 
-struct World<'a> {
-    pins: &'a Path,
-    cache: &'a Path,
-    admin: &'a str,
-}
-
-impl World<'_> {
-    fn config(&self, apps: &str, blocklist: &[&str]) -> String {
-        format!(
-            r#"pin_dir = "{pins}"
-blocklist = [{blocked}]
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = 2
-[server]
-admin = "{admin}"
-listen = "0.0.0.0:8080"
-[runtime]
-cache_dir = "{cache}"
-{apps}"#,
-            pins = self.pins.display(),
-            admin = self.admin,
-            iface = TwoHosts::SERVER_IF,
-            cache = self.cache.display(),
-            blocked = blocklist
-                .iter()
-                .map(|b| format!("\"{b}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
+/// An app on `host`, reached at the server's address on `vip_port` when given.
+fn app(name: &str, host: &str, vip_port: Option<u16>, component: &Path) -> App {
+    let app = App::component(name, component).hosts(&[host]);
+    match vip_port {
+        Some(port) => app.vip(port),
+        None => app,
     }
 }
 
-fn app(name: &str, host: &str, vip_port: Option<u16>, component: &Path) -> String {
-    let vips = vip_port
-        .map(|p| format!("\"{}:{p}/tcp\"", TwoHosts::SERVER_V4))
-        .unwrap_or_default();
-    format!(
-        "[[apps]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nvips = [{vips}]\ncomponent = \"{}\"\n",
-        component.display()
-    )
+/// edged in the server namespace with two workers, listening on every address.
+fn config(name: &str, admin: &str, apps: impl IntoIterator<Item = App>) -> Config {
+    let mut config = Config::new(name)
+        .workers(2)
+        .admin(admin)
+        .set("server", r#"listen = "0.0.0.0:8080""#);
+    config.set_apps(apps);
+    config
 }
 
 /// `edgectl <args>` against the edged in the server namespace: (success, stdout + stderr).
@@ -123,24 +100,15 @@ fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() ->
         edgeplane_testkit::app("hello-wstd"),
     );
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("live-reload");
-    let cache = edgeplane_testkit::tempdir("live-reload-cache");
-    let world = World {
-        pins: pins.dir(),
-        cache: &cache,
-        admin: ADMIN,
-    };
-    std::fs::create_dir_all(&cache)?;
-    let config = cache.join("edged.toml");
-    let before = [
-        app("hello", "hello.test", Some(8080), &hello),
-        app("gone", "gone.test", Some(8081), &hello),
-    ]
-    .concat();
-    std::fs::write(&config, world.config(&before, &[]))?;
-    let admin: SocketAddr = ADMIN.parse()?;
-    let _edged = hosts.start_edged(&config, admin)?;
-
+    let mut config = config(
+        "live-reload",
+        ADMIN,
+        [
+            app("hello", "hello.test", Some(8080), &hello),
+            app("gone", "gone.test", Some(8081), &hello),
+        ],
+    );
+    let _edged = hosts.start(&config)?;
     let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT2_V4, "hello.test")?;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-echo-method"), None, "v1 is hello");
@@ -158,81 +126,9 @@ fn reload_under_load_swaps_adds_removes_and_blocks_without_a_failed_request() ->
     let load = std::thread::scope(|scope| -> anyhow::Result<loadgen::LoadReport> {
         let running = scope.spawn(|| hosts.client.run(|| loadgen::run("reload", &spec)));
         std::thread::sleep(Duration::from_secs(2));
-
-        let after = [
-            app("hello", "hello.test", Some(8080), &echo),
-            app("new", "new.test", None, &wstd),
-        ]
-        .concat();
-        std::fs::write(&config, world.config(&after, &["10.77.0.3/32"]))?;
-        let (ok, out) = edgectl(&hosts, &["reload"]);
-        assert!(ok, "reload failed: {out}");
-        assert!(out.contains("changed: hello"), "{out}");
-        assert!(out.contains("added: new"), "{out}");
-        assert!(out.contains("removed: gone"), "{out}");
-
-        // The reload returned once every worker serves it: the new version answers now.
-        let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT_V4, "hello.test")?;
-        assert_eq!(status, 200);
-        assert_eq!(
-            header(&headers, "x-echo-method"),
-            Some("GET"),
-            "hello still answers with v1 after the reload"
-        );
-        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "new.test")?.0, 200);
-        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "gone.test")?.0, 404);
-        // The blocked address gets no connection at all (XDP drops its SYN).
-        assert!(
-            fetch(&hosts, TwoHosts::CLIENT2_V4, "hello.test").is_err(),
-            "a blocklisted source was served"
-        );
-        // The maps follow the config: gone's VIP is gone, the blocklist has the prefix.
-        let maps = PinnedMaps::open(pins.dir())?;
-        let vips: Vec<String> = maps.list_apps()?.into_iter().flat_map(|a| a.vips).collect();
-        let gone_vip: Vip = format!("{}:8081/tcp", TwoHosts::SERVER_V4).parse()?;
-        assert!(!vips.contains(&gone_vip.to_string()), "{vips:?}");
-        assert!(maps.app_id("gone").is_err());
-        assert_eq!(maps.block_list()?.len(), 1);
-
-        // Versions: hello serves echo's bytes, on every worker.
-        let (ok, out) = edgectl(&hosts, &["--json", "app", "versions"]);
-        assert!(ok, "{out}");
-        let versions: serde_json::Value = serde_json::from_str(&out)?;
-        let hello_version = versions["apps"]
-            .as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == "hello"))
-            .map(|v| v["digest"].as_str().unwrap_or_default().to_owned());
-        assert_eq!(hello_version, Some(sha256_hex(&echo)));
-        assert_eq!(versions["workers"], serde_json::json!([2, 2]), "{out}");
-
-        // A bad config (a VIP that is not one, on line `bad_line`) is refused whole.
-        let bad = [
-            app("hello", "hello.test", Some(8080), &hello),
-            "[[apps]]\nname = \"broken\"\nhosts = [\"broken.test\"]\nvips = [\"10.0.0.1/tcp\"]\n"
-                .to_owned(),
-        ]
-        .concat();
-        let bad_text = world.config(&bad, &[]);
-        let bad_line = bad_text
-            .lines()
-            .position(|l| l.contains("10.0.0.1/tcp"))
-            .unwrap()
-            + 1;
-        std::fs::write(&config, &bad_text)?;
-        let (ok, out) = edgectl(&hosts, &["reload"]);
-        assert!(!ok, "a bad config was accepted: {out}");
-        let place = format!("{}:{bad_line}: apps[1].vips[0]", config.display());
-        assert!(
-            out.contains(&place),
-            "the error does not say {place:?}: {out}"
-        );
-        // Still the reloaded configuration: v2, no blocklist change, broken unknown.
-        let (status, headers, _) = fetch(&hosts, TwoHosts::CLIENT_V4, "hello.test")?;
-        assert_eq!(status, 200);
-        assert_eq!(header(&headers, "x-echo-method"), Some("GET"));
-        assert_eq!(fetch(&hosts, TwoHosts::CLIENT_V4, "broken.test")?.0, 404);
-        assert_eq!(maps.block_list()?.len(), 1);
-
+        let maps = a_reload_swaps_adds_removes_and_blocks(&hosts, &mut config, &echo, &wstd)?;
+        every_worker_serves_the_new_version(&hosts, &echo)?;
+        a_bad_config_is_refused_whole(&hosts, &mut config, &hello, &maps)?;
         running
             .join()
             .map_err(|_| anyhow::anyhow!("load thread panicked"))??
@@ -262,20 +158,12 @@ fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow
         edgeplane_testkit::app("echo"),
     );
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("live-inflight");
-    let cache = edgeplane_testkit::tempdir("live-inflight-cache");
-    std::fs::create_dir_all(&cache)?;
-    let world = World {
-        pins: pins.dir(),
-        cache: &cache,
-        admin: ADMIN_2,
-    };
-    let config = cache.join("edged.toml");
-    std::fs::write(
-        &config,
-        world.config(&app("slow", "slow.test", None, &stream), &[]),
-    )?;
-    let _edged = hosts.start_edged(&config, ADMIN_2.parse()?)?;
+    let mut config = config(
+        "live-inflight",
+        ADMIN_2,
+        [app("slow", "slow.test", None, &stream)],
+    );
+    let _edged = hosts.start(&config)?;
     let server: SocketAddr = format!("{}:8080", TwoHosts::SERVER_V4).parse()?;
     let received = std::thread::scope(|scope| -> anyhow::Result<edgeplane_testkit::Received> {
         // Ten lines 200 ms apart: two seconds of a v1 instance at work.
@@ -293,10 +181,8 @@ fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow
                 })
         });
         std::thread::sleep(Duration::from_millis(700));
-        std::fs::write(
-            &config,
-            world.config(&app("slow", "slow.test", None, &echo), &[]),
-        )?;
+        config.set_apps([app("slow", "slow.test", None, &echo)]);
+        config.write()?;
         let (ok, out) = edgectl_at(&hosts, ADMIN_2, &["reload"]);
         assert!(ok && out.contains("changed: slow"), "{out}");
         // New requests get v2 at once, while the v1 request still streams.
@@ -318,5 +204,103 @@ fn a_request_running_across_a_component_swap_finishes_on_its_version() -> anyhow
         .collect();
     let expected: String = (0..10).map(|i| format!("line {i}\n")).collect();
     assert_eq!(String::from_utf8_lossy(&body), expected);
+    Ok(())
+}
+
+/// hello's component replaced, `new` added, `gone` removed and a source blocked by one reload:
+/// the new version answers as soon as it returns, and the maps follow.
+fn a_reload_swaps_adds_removes_and_blocks(
+    hosts: &TwoHosts,
+    config: &mut Config,
+    echo: &Path,
+    wstd: &Path,
+) -> anyhow::Result<PinnedMaps> {
+    config.set_apps([
+        app("hello", "hello.test", Some(8080), echo),
+        app("new", "new.test", None, wstd),
+    ]);
+    config.set_blocklist(&["10.77.0.3/32"]);
+    config.write()?;
+    let (ok, out) = edgectl(hosts, &["reload"]);
+    assert!(ok, "reload failed: {out}");
+    assert!(out.contains("changed: hello"), "{out}");
+    assert!(out.contains("added: new"), "{out}");
+    assert!(out.contains("removed: gone"), "{out}");
+
+    // The reload returned once every worker serves it: the new version answers now.
+    let (status, headers, _) = fetch(hosts, TwoHosts::CLIENT_V4, "hello.test")?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "x-echo-method"),
+        Some("GET"),
+        "hello still answers with v1 after the reload"
+    );
+    assert_eq!(fetch(hosts, TwoHosts::CLIENT_V4, "new.test")?.0, 200);
+    assert_eq!(fetch(hosts, TwoHosts::CLIENT_V4, "gone.test")?.0, 404);
+    // The blocked address gets no connection at all (XDP drops its SYN).
+    assert!(
+        fetch(hosts, TwoHosts::CLIENT2_V4, "hello.test").is_err(),
+        "a blocklisted source was served"
+    );
+    // The maps follow the config: gone's VIP is gone, the blocklist has the prefix.
+    let maps = PinnedMaps::open(config.pins.dir())?;
+    let vips: Vec<String> = maps.list_apps()?.into_iter().flat_map(|a| a.vips).collect();
+    let gone_vip: Vip = format!("{}:8081/tcp", TwoHosts::SERVER_V4).parse()?;
+    assert!(!vips.contains(&gone_vip.to_string()), "{vips:?}");
+    assert!(maps.app_id("gone").is_err());
+    assert_eq!(maps.block_list()?.len(), 1);
+    Ok(maps)
+}
+
+/// Versions: hello serves echo's bytes, on every worker.
+fn every_worker_serves_the_new_version(hosts: &TwoHosts, echo: &Path) -> anyhow::Result<()> {
+    let (ok, out) = edgectl(hosts, &["--json", "app", "versions"]);
+    assert!(ok, "{out}");
+    let versions: serde_json::Value = serde_json::from_str(&out)?;
+    let hello_version = versions["apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == "hello"))
+        .map(|v| v["digest"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(hello_version, Some(sha256_hex(echo)));
+    assert_eq!(versions["workers"], serde_json::json!([2, 2]), "{out}");
+    Ok(())
+}
+
+/// A bad config (a VIP that is not one, on line `bad_line`) is refused whole, naming its file,
+/// line and field; the reloaded configuration stays.
+fn a_bad_config_is_refused_whole(
+    hosts: &TwoHosts,
+    config: &mut Config,
+    hello: &Path,
+    maps: &PinnedMaps,
+) -> anyhow::Result<()> {
+    config.set_apps([
+        app("hello", "hello.test", Some(8080), hello),
+        App::named("broken").set(
+            r#"hosts = ["broken.test"]
+vips = ["10.0.0.1/tcp"]"#,
+        ),
+    ]);
+    config.set_blocklist(&[]);
+    let bad_text = config.render();
+    let bad_line = bad_text
+        .lines()
+        .position(|l| l.contains("10.0.0.1/tcp"))
+        .unwrap()
+        + 1;
+    let path = config.write()?;
+    let (ok, out) = edgectl(hosts, &["reload"]);
+    assert!(!ok, "a bad config was accepted: {out}");
+    let place = format!("{}:{bad_line}: apps[1].vips[0]", path.display());
+    assert!(
+        out.contains(&place),
+        "the error does not say {place:?}: {out}"
+    );
+    // Still the reloaded configuration: v2, no blocklist change, broken unknown.
+    let (status, headers, _) = fetch(hosts, TwoHosts::CLIENT_V4, "hello.test")?;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-echo-method"), Some("GET"));
+    assert_eq!(fetch(hosts, TwoHosts::CLIENT_V4, "broken.test")?.0, 404);
+    assert_eq!(maps.block_list()?.len(), 1);
     Ok(())
 }
