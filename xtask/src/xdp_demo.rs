@@ -118,21 +118,7 @@ fn http_get(addr: SocketAddr) -> anyhow::Result<bool> {
 }
 
 pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
-    ctrlc::set_handler(|| {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        eprintln!("\ninterrupted: cleaning up");
-        for item in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
-            if let Some(ns) = item.strip_prefix("netns:") {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            } else if let Some(pid) = item.strip_prefix("pid:") {
-                let _ = Command::new("kill").args(["-TERM", pid]).status();
-            } else if let Some(dir) = item.strip_prefix("pins:") {
-                std::thread::sleep(Duration::from_millis(300));
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        std::process::exit(130);
-    })?;
+    clean_up_on_interrupt()?;
     anyhow::ensure!(
         edgeplane_testkit::netns::is_root(),
         "the demo needs root (namespaces, XDP)"
@@ -153,6 +139,67 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     ])?;
 
     step("building the world: namespaces `client` and `pop` joined by a veth link");
+    let (client, pop) = world()?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/edgeplane-demo-{}", std::process::id()));
+    CLEANUP
+        .lock()
+        .unwrap()
+        .push(format!("pins:{}", pin_dir.display()));
+    let (edged, maps) = start_edged(&pop, &out, &pin_dir)?;
+    println!("{}", edgectl(&pin_dir, &["app", "list"])?);
+
+    let hello: SocketAddr = format!("{POP_V4}:8080").parse()?;
+    let dns: SocketAddr = format!("{POP_V4}:5353").parse()?;
+    let (listener, udp) = pop.run(|| -> anyhow::Result<_> {
+        Ok((TcpListener::bind(hello)?, UdpSocket::bind(dns)?))
+    })??;
+    serve_http(listener);
+
+    let (requests, datagrams, flood, malformed) = if args.short {
+        (50, 100, 200_000u32, 10)
+    } else {
+        (500, 1000, 4_000_000u32, 100)
+    };
+    let ok = legitimate_traffic(&client, hello, dns, requests, datagrams)?;
+    drop(udp);
+    let secs = attacks(&client, flood, malformed)?;
+
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    step("what edgeplane saw (edgectl stats)");
+    println!("{}", edgectl(&pin_dir, &["stats", "--interval", "0"])?);
+    let stats_json = edgectl(&pin_dir, &["--json", "stats", "--interval", "0"])?;
+    std::fs::write(out.join("stats.json"), &stats_json)?;
+    report(&maps, &out, (ok, requests), flood, secs)?;
+
+    step("stopping edged (XDP detached, pins removed) and removing the namespaces");
+    drop(edged);
+    Ok(())
+}
+
+/// On Ctrl-C: the namespaces, edged and the pins this demo made go (in that order).
+fn clean_up_on_interrupt() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        eprintln!("\ninterrupted: cleaning up");
+        for item in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
+            if let Some(ns) = item.strip_prefix("netns:") {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            } else if let Some(pid) = item.strip_prefix("pid:") {
+                let _ = Command::new("kill").args(["-TERM", pid]).status();
+            } else if let Some(dir) = item.strip_prefix("pins:") {
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        std::process::exit(130);
+    })?;
+    Ok(())
+}
+
+/// Namespaces `client` and `pop` joined by a veth link.
+fn world() -> anyhow::Result<(Netns, Netns)> {
     let client = Netns::new("client")?;
     CLEANUP
         .lock()
@@ -176,11 +223,11 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
         },
     )?;
 
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/edgeplane-demo-{}", std::process::id()));
-    CLEANUP
-        .lock()
-        .unwrap()
-        .push(format!("pins:{}", pin_dir.display()));
+    Ok((client, pop))
+}
+
+/// edged in `pop` with XDP native on pop0, up once its maps name the apps.
+fn start_edged(pop: &Netns, out: &Path, pin_dir: &Path) -> anyhow::Result<(Edged, PinnedMaps)> {
     let config = out.join("edged.toml");
     std::fs::write(&config, EDGED_TOML)?;
     step("starting edged in `pop` (XDP native on pop0; config in results/demo/edged.toml)");
@@ -195,7 +242,7 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
         .arg("--config")
         .arg(&config)
         .arg("--pin-dir")
-        .arg(&pin_dir)
+        .arg(pin_dir)
         .arg("--unpin-on-exit")
         .stdout(Stdio::null())
         .stderr(log)
@@ -205,7 +252,7 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     let edged = Edged { child };
     let started = Instant::now();
     let maps = loop {
-        if let Ok(m) = PinnedMaps::open(&pin_dir)
+        if let Ok(m) = PinnedMaps::open(pin_dir)
             && m.app_id("dns").is_ok()
         {
             break m;
@@ -218,24 +265,21 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    println!("{}", edgectl(&pin_dir, &["app", "list"])?);
+    Ok((edged, maps))
+}
 
-    let hello: SocketAddr = format!("{POP_V4}:8080").parse()?;
-    let dns: SocketAddr = format!("{POP_V4}:5353").parse()?;
-    let (listener, udp) = pop.run(|| -> anyhow::Result<_> {
-        Ok((TcpListener::bind(hello)?, UdpSocket::bind(dns)?))
-    })??;
-    serve_http(listener);
-
-    let (requests, datagrams, flood, malformed) = if args.short {
-        (50, 100, 200_000u32, 10)
-    } else {
-        (500, 1000, 4_000_000u32, 100)
-    };
+/// Requests to hello and datagrams to dns from the client: how many requests were answered.
+fn legitimate_traffic(
+    client: &Netns,
+    hello: SocketAddr,
+    dns: SocketAddr,
+    requests: usize,
+    datagrams: usize,
+) -> anyhow::Result<usize> {
     step(&format!(
         "client: {requests} HTTP requests to hello, {datagrams} UDP datagrams to dns"
     ));
-    let ok = client.run(|| -> anyhow::Result<usize> {
+    client.run(|| -> anyhow::Result<usize> {
         let mut ok = 0;
         for _ in 0..requests {
             ok += http_get(hello).unwrap_or(false) as usize;
@@ -246,9 +290,11 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_micros(100));
         }
         Ok(ok)
-    })??;
-    drop(udp);
+    })?
+}
 
+/// A blocklisted flood, then malformed frames of three kinds: the flood's seconds.
+fn attacks(client: &Netns, flood: u32, malformed: usize) -> anyhow::Result<f64> {
     step(&format!(
         "attacker: {flood} spoofed frames from {FLOOD_SOURCE} (blocklisted) at line rate"
     ));
@@ -272,14 +318,17 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     client.run(|| send_raw_frames("client0", &frames))??;
     std::thread::sleep(Duration::from_millis(300));
 
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    step("what edgeplane saw (edgectl stats)");
-    println!("{}", edgectl(&pin_dir, &["stats", "--interval", "0"])?);
-    let stats_json = edgectl(&pin_dir, &["--json", "stats", "--interval", "0"])?;
-    std::fs::write(out.join("stats.json"), &stats_json)?;
+    Ok(secs)
+}
 
+/// The summary: printed, and written to `out/summary.json`.
+fn report(
+    maps: &PinnedMaps,
+    out: &Path,
+    (ok, requests): (usize, usize),
+    flood: u32,
+    secs: f64,
+) -> anyhow::Result<()> {
     let reader = maps.stats_reader()?;
     let dns_stats = reader.app(maps.app_id("dns")?)?;
     let hello_stats = reader.app(maps.app_id("hello")?)?;
@@ -310,7 +359,5 @@ pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     );
     println!("  results:                      {}", out.display());
 
-    step("stopping edged (XDP detached, pins removed) and removing the namespaces");
-    drop(edged);
     Ok(())
 }
