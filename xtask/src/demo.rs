@@ -8,7 +8,7 @@
 //! namespaces, daemons and pins go away at the end, on failure and on Ctrl-C.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -377,24 +377,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(
         "building the canonical world: client, pop, dc2, region, backend; starting edged at pop, dc2, region",
     );
-    let edged = target_dir().join("release/edged");
-    let world = if args.fleet {
-        let world =
-            Canonical::start_fleet("demo", &["pop", "dc2", "region"], 0.01, &edged, |_| {
-                Tuning::default()
-            })?;
-        deploy_to_fleet(&world, &out)?;
-        world
-    } else {
-        Canonical::start(
-            "demo",
-            &["pop", "dc2", "region"],
-            0.01,
-            &edged,
-            apps_toml,
-            |_| Tuning::default(),
-        )?
-    };
+    let world = canonical_world(args.fleet, &out)?;
     for (a, b) in [("pop", "backend"), ("dc2", "backend"), ("pop", "dc2")] {
         if let Some(rtt) = world.plan.rtt(a, b) {
             step(&format!("link {a}-{b}: {} ms RTT", rtt.as_millis()));
@@ -406,11 +389,48 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     print_table(&results);
 
+    write_results(&out, &results)?;
+    step(&format!(
+        "results in {}: summary.json, cdf-*.svg, throughput-*.svg, convergence.svg",
+        out.display()
+    ));
+    drop(world);
+    step("cleaned up: daemons stopped, pins and namespaces removed");
+    Ok(())
+}
+
+/// The canonical world with edged at pop, dc2 and region: its apps from the file, or deployed
+/// through the fleet's NATS.
+fn canonical_world(fleet: bool, out: &Path) -> anyhow::Result<Canonical> {
+    let edged = target_dir().join("release/edged");
+    let world = if fleet {
+        let world =
+            Canonical::start_fleet("demo", &["pop", "dc2", "region"], 0.01, &edged, |_| {
+                Tuning::default()
+            })?;
+        deploy_to_fleet(&world, out)?;
+        world
+    } else {
+        Canonical::start(
+            "demo",
+            &["pop", "dc2", "region"],
+            0.01,
+            &edged,
+            apps_toml,
+            |_| Tuning::default(),
+        )?
+    };
+    Ok(world)
+}
+
+/// summary.json, and per app its latency CDF and throughput, and the engine's convergence, as
+/// SVG plots.
+fn write_results(out: &Path, results: &[AppResult]) -> anyhow::Result<()> {
     std::fs::write(
         out.join("summary.json"),
-        serde_json::to_vec_pretty(&results)?,
+        serde_json::to_vec_pretty(results)?,
     )?;
-    for r in &results {
+    for r in results {
         let file = r.app.split(' ').next().unwrap_or("app");
         plot::latency_cdf(
             &out.join(format!("cdf-{file}.svg")),
@@ -443,11 +463,5 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "latency (ms)",
         &convergence,
     )?;
-    step(&format!(
-        "results in {}: summary.json, cdf-*.svg, throughput-*.svg, convergence.svg",
-        out.display()
-    ));
-    drop(world);
-    step("cleaned up: daemons stopped, pins and namespaces removed");
     Ok(())
 }
