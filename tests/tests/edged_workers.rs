@@ -115,7 +115,7 @@ fn metrics_count_every_request((status, metrics): &(u16, String)) {
     );
     // A standard parser reads every family, each declared once, and the latency of hello's
     // 80 requests is a histogram of 80, all of them served here.
-    let families = edgeplane_testkit::openmetrics::parse(&metrics);
+    let families = edgeplane_testkit::openmetrics::parse(metrics);
     let families = families.as_array().expect("a list of families");
     let mut names: Vec<&str> = families.iter().filter_map(|f| f["name"].as_str()).collect();
     let declared = names.len();

@@ -300,7 +300,7 @@ fn attacks(client: &Netns, flood: u32, malformed: usize) -> anyhow::Result<f64> 
     ));
     let flood_frame =
         FrameSpec::udp(FLOOD_SOURCE.parse()?, POP_V4.parse()?, 4444, 5353, 18).build();
-    let secs = xdp::flood(&client, "client0", &flood_frame, flood)?;
+    let secs = xdp::flood(client, "client0", &flood_frame, flood)?;
 
     step(&format!(
         "attacker: {malformed} malformed frames of each of 3 kinds"
