@@ -68,11 +68,6 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("exe dir")?
         .join("edgectl");
-    let (hello, echo, fetcher) = (
-        setup.app("hello")?,
-        setup.app("echo")?,
-        setup.app("fetcher")?,
-    );
     let out = setup.results_dir(&args.out);
     std::fs::create_dir_all(&out)?;
     let scratch =
@@ -83,51 +78,13 @@ fn main() -> anyhow::Result<()> {
     let world = Canonical::start_fleet("fleetb", &DATACENTERS, 0.0, &setup.edged, |_| {
         Tuning::default()
     })?;
-    let url = world.nats.as_ref().context("nats")?.url();
-    let deploy = |file: &Path| -> anyhow::Result<()> {
-        let done = world
-            .world
-            .ns("pop")
-            .command(edgectl.to_str().context("utf-8")?)
-            .args(["--nats", &url, "deploy"])
-            .arg(file)
-            .output()?;
-        anyhow::ensure!(
-            done.status.success(),
-            "deploy: {}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        Ok(())
+    let deployer = Deployer {
+        world: &world,
+        edgectl: &edgectl,
+        url: world.nats.as_ref().context("nats")?.url(),
     };
-    let versions = [("hello", &hello), ("echo", &echo)];
-    let mut files = Vec::new();
-    for (name, component) in versions {
-        let file = scratch.join(format!("probe-{name}.toml"));
-        std::fs::write(
-            &file,
-            format!(
-                "name = \"probe\"\nhosts = [\"probe.test\"]\ncomponent = \"{}\"\n",
-                component.display()
-            ),
-        )?;
-        files.push(file);
-    }
-    // Both versions compiled at every datacenter first.
-    for (i, file) in files.iter().enumerate() {
-        deploy(file)?;
-        wait_everywhere(&world, i == 1, Duration::from_secs(300))?;
-    }
-    let mut hist = Histogram::<u64>::new(3)?;
-    let mut propagation = Vec::new();
-    for i in 0..deploys {
-        let echo = i % 2 == 0;
-        let started = Instant::now();
-        deploy(&files[usize::from(echo)])?;
-        wait_everywhere(&world, echo, Duration::from_secs(60))?;
-        let took = started.elapsed();
-        hist.record(took.as_micros() as u64)?;
-        propagation.push(took.as_secs_f64() * 1e3);
-    }
+    let files = probe_versions(&scratch, &setup)?;
+    let (hist, propagation) = propagation(&deployer, &files, deploys)?;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
     eprintln!(
         "propagation over {deploys} deploys: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -136,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         hist.max() as f64 / 1e3
     );
 
+    let fetcher = setup.app("fetcher")?;
     let (url_backend, authority) = Canonical::backend_urls()?;
     let fetcher_table = |name: &str| {
         format!(
@@ -145,42 +103,13 @@ fn main() -> anyhow::Result<()> {
             fetcher.display()
         )
     };
-    let mut converge_stream = Vec::new();
-    for i in 0..placements {
-        let name = format!("fetcher{i}");
-        let file = scratch.join(format!("{name}.toml"));
-        std::fs::write(&file, fetcher_table(&name))?;
-        deploy(&file)?;
-        wait_serving(&world, &name)?;
-        // dc2's figures reach the POP within a heartbeat or two.
-        std::thread::sleep(Duration::from_secs(3));
-        converge_stream.push(converge(&world, &name)?);
-    }
+    let names: Vec<String> = (0..placements).map(|i| format!("fetcher{i}")).collect();
+    let converge_stream = placed_from_the_stream(&deployer, &scratch, &names, &fetcher_table)?;
     let peer_probes_stream = world.metric("pop", "edgeplane_placement_peer_probes_total", &[]);
     drop(world);
 
     eprintln!("file world: the same apps in each datacenter's file; the engine asks its peers");
-    let names: Vec<String> = (0..placements).map(|i| format!("fetcher{i}")).collect();
-    let world = Canonical::start(
-        "fleetp",
-        &DATACENTERS,
-        0.0,
-        &setup.edged,
-        |_, _| {
-            names
-                .iter()
-                .map(|n| format!("[[apps]]\n{}", fetcher_table(n)))
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
-        |_| Tuning::default(),
-    )?;
-    let mut converge_probes = Vec::new();
-    for name in &names {
-        converge_probes.push(converge(&world, name)?);
-    }
-    let peer_probes_probes = world.metric("pop", "edgeplane_placement_peer_probes_total", &[]);
-    drop(world);
+    let (converge_probes, peer_probes_probes) = placed_from_probes(&setup, &names, &fetcher_table)?;
 
     let median = |v: &[(u32, f64)]| {
         let mut s: Vec<f64> = v.iter().map(|c| c.1).collect();
@@ -215,6 +144,130 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(out.join("fleet.json"), serde_json::to_vec_pretty(&results)?)?;
     let _ = std::fs::remove_dir_all(scratch);
     Ok(())
+}
+
+/// `edgectl deploy` from the POP's namespace to the fleet's NATS.
+struct Deployer<'a> {
+    world: &'a Canonical,
+    edgectl: &'a Path,
+    url: String,
+}
+
+impl Deployer<'_> {
+    fn deploy(&self, file: &Path) -> anyhow::Result<()> {
+        let done = self
+            .world
+            .world
+            .ns("pop")
+            .command(self.edgectl.to_str().context("utf-8")?)
+            .args(["--nats", &self.url, "deploy"])
+            .arg(file)
+            .output()?;
+        anyhow::ensure!(
+            done.status.success(),
+            "deploy: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// The app `probe` as hello and as echo: two versions to deploy in turn.
+fn probe_versions(scratch: &Path, setup: &Setup) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let (hello, echo) = (setup.app("hello")?, setup.app("echo")?);
+    let versions = [("hello", &hello), ("echo", &echo)];
+    let mut files = Vec::new();
+    for (name, component) in versions {
+        let file = scratch.join(format!("probe-{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"probe\"\nhosts = [\"probe.test\"]\ncomponent = \"{}\"\n",
+                component.display()
+            ),
+        )?;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// Both versions compiled at every datacenter first; then `deploys` deploys, alternating, each
+/// timed until every datacenter serves it.
+fn propagation(
+    deployer: &Deployer<'_>,
+    files: &[std::path::PathBuf],
+    deploys: usize,
+) -> anyhow::Result<(Histogram<u64>, Vec<f64>)> {
+    let world = deployer.world;
+    // Both versions compiled at every datacenter first.
+    for (i, file) in files.iter().enumerate() {
+        deployer.deploy(file)?;
+        wait_everywhere(world, i == 1, Duration::from_secs(300))?;
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut propagation = Vec::new();
+    for i in 0..deploys {
+        let echo = i % 2 == 0;
+        let started = Instant::now();
+        deployer.deploy(&files[usize::from(echo)])?;
+        wait_everywhere(world, echo, Duration::from_secs(60))?;
+        let took = started.elapsed();
+        hist.record(took.as_micros() as u64)?;
+        propagation.push(took.as_secs_f64() * 1e3);
+    }
+    Ok((hist, propagation))
+}
+
+/// Each fetcher deployed through the fleet, then placed from dc2's streamed measurements: the
+/// traffic it took (requests, seconds).
+fn placed_from_the_stream(
+    deployer: &Deployer<'_>,
+    scratch: &Path,
+    names: &[String],
+    fetcher_table: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Vec<(u32, f64)>> {
+    let world = deployer.world;
+    let mut converge_stream = Vec::new();
+    for name in names {
+        let file = scratch.join(format!("{name}.toml"));
+        std::fs::write(&file, fetcher_table(name))?;
+        deployer.deploy(&file)?;
+        wait_serving(world, name)?;
+        // dc2's figures reach the POP within a heartbeat or two.
+        std::thread::sleep(Duration::from_secs(3));
+        converge_stream.push(converge(world, name)?);
+    }
+    Ok(converge_stream)
+}
+
+/// The same fetchers in each datacenter's file: the engine asks its peers on demand.
+fn placed_from_probes(
+    setup: &Setup,
+    names: &[String],
+    fetcher_table: &dyn Fn(&str) -> String,
+) -> anyhow::Result<(Vec<(u32, f64)>, u64)> {
+    let world = Canonical::start(
+        "fleetp",
+        &DATACENTERS,
+        0.0,
+        &setup.edged,
+        |_, _| {
+            names
+                .iter()
+                .map(|n| format!("[[apps]]\n{}", fetcher_table(n)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        |_| Tuning::default(),
+    )?;
+    let mut converge_probes = Vec::new();
+    for name in names {
+        converge_probes.push(converge(&world, name)?);
+    }
+    let peer_probes_probes = world.metric("pop", "edgeplane_placement_peer_probes_total", &[]);
+    drop(world);
+
+    Ok((converge_probes, peer_probes_probes))
 }
 
 /// A GET of `host` at `dc`'s own address from its namespace: status and headers.
