@@ -83,66 +83,111 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "plain TCP"
             };
-            let mut pop = DatacenterSpec::plain("pop", "handoff-bench", &scratch, &apps);
-            let mut dc2 = DatacenterSpec::plain("dc2", "handoff-bench", &scratch, &apps);
-            if mutual_tls {
-                pop.datacenter_extra = &pop_tls;
-                dc2.datacenter_extra = &dc2_tls;
-            }
-            let servers = [
-                pop.start(&world, &edged_bin)?,
-                dc2.start(&world, &edged_bin)?,
-            ];
-            place(
-                &pop.pin_dir,
-                "hello",
-                Placement {
-                    kind: placement_kind::DATACENTER,
-                    datacenter: plan.datacenter("dc2").context("dc2")?.id,
-                    ..Default::default()
-                },
-            )?;
-            let run = |name: &str, to: &str, connections: usize| -> anyhow::Result<LoadReport> {
-                let addr =
-                    SocketAddr::from((world.addr_of("client", to).context("link")?, WORKER_PORT));
-                let spec = LoadSpec {
-                    addr,
-                    host: "hello.test".into(),
-                    path: "/".into(),
-                    connections,
+            let round_reports = one_round(
+                &Round {
+                    world: &world,
+                    plan: &plan,
+                    edged_bin: &edged_bin,
+                    scratch: &scratch,
+                    apps: &apps,
                     duration,
-                    arrival: Arrival::Closed,
-                };
-                world.ns("client").run(|| loadgen::run(name, &spec))?
-            };
-            let round_reports = vec![
-                run(
-                    &format!("straight to dc2, 1 connection ({mode}, round {round})"),
-                    "dc2",
-                    1,
-                )?,
-                run(
-                    &format!("through the POP, 1 connection ({mode}, round {round})"),
-                    "pop",
-                    1,
-                )?,
-                run(
-                    &format!("straight to dc2, 16 connections ({mode}, round {round})"),
-                    "dc2",
-                    16,
-                )?,
-                run(
-                    &format!("through the POP, 16 connections ({mode}, round {round})"),
-                    "pop",
-                    16,
-                )?,
-            ];
+                },
+                mutual_tls.then_some((pop_tls.as_str(), dc2_tls.as_str())),
+                &format!("{mode}, round {round}"),
+            )?;
             overheads[usize::from(mutual_tls)]
                 .push((round_reports[1].p50_ms - round_reports[0].p50_ms) * 1000.0);
             reports.extend(round_reports);
-            drop(servers);
         }
     }
+    print_report(&reports, &overheads, duration);
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
+    }
+    drop(world);
+    let _ = std::fs::remove_dir_all(&scratch);
+    anyhow::ensure!(
+        reports.iter().all(|r| r.errors == 0),
+        "some requests failed"
+    );
+    Ok(())
+}
+
+/// What every round shares.
+struct Round<'a> {
+    world: &'a World,
+    plan: &'a Plan,
+    edged_bin: &'a std::path::Path,
+    scratch: &'a std::path::Path,
+    apps: &'a str,
+    duration: Duration,
+}
+
+/// pop and dc2 started (over mutual TLS when `tls` gives each its `[datacenter]` lines), hello
+/// placed at dc2, then 1 and 16 connections straight to dc2 and through the POP.
+fn one_round(
+    r: &Round<'_>,
+    tls: Option<(&str, &str)>,
+    label: &str,
+) -> anyhow::Result<Vec<LoadReport>> {
+    let mut pop = DatacenterSpec::plain("pop", "handoff-bench", r.scratch, r.apps);
+    let mut dc2 = DatacenterSpec::plain("dc2", "handoff-bench", r.scratch, r.apps);
+    if let Some((pop_tls, dc2_tls)) = tls {
+        pop.datacenter_extra = pop_tls;
+        dc2.datacenter_extra = dc2_tls;
+    }
+    let servers = [
+        pop.start(r.world, r.edged_bin)?,
+        dc2.start(r.world, r.edged_bin)?,
+    ];
+    place(
+        &pop.pin_dir,
+        "hello",
+        Placement {
+            kind: placement_kind::DATACENTER,
+            datacenter: r.plan.datacenter("dc2").context("dc2")?.id,
+            ..Default::default()
+        },
+    )?;
+    let run = |name: &str, to: &str, connections: usize| -> anyhow::Result<LoadReport> {
+        let addr = SocketAddr::from((r.world.addr_of("client", to).context("link")?, WORKER_PORT));
+        let spec = LoadSpec {
+            addr,
+            host: "hello.test".into(),
+            path: "/".into(),
+            connections,
+            duration: r.duration,
+            arrival: Arrival::Closed,
+        };
+        r.world.ns("client").run(|| loadgen::run(name, &spec))?
+    };
+    let reports = vec![
+        run(
+            &format!("straight to dc2, 1 connection ({label})"),
+            "dc2",
+            1,
+        )?,
+        run(
+            &format!("through the POP, 1 connection ({label})"),
+            "pop",
+            1,
+        )?,
+        run(
+            &format!("straight to dc2, 16 connections ({label})"),
+            "dc2",
+            16,
+        )?,
+        run(
+            &format!("through the POP, 16 connections ({label})"),
+            "pop",
+            16,
+        )?,
+    ];
+    drop(servers);
+    Ok(reports)
+}
+
+fn print_report(reports: &[LoadReport], overheads: &[Vec<f64>; 2], duration: Duration) {
     println!(
         "\nHandoff overhead: closed loop, {}s each, zero-delay veths, handoffs on pooled connections",
         duration.as_secs()
@@ -151,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         "{:<60} {:>10} {:>9} {:>9} {:>7}",
         "path", "req/s", "p50 ms", "p99 ms", "errors"
     );
-    for r in &reports {
+    for r in reports {
         println!(
             "{:<60} {:>10.0} {:>9.3} {:>9.3} {:>7}",
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
@@ -168,14 +213,4 @@ fn main() -> anyhow::Result<()> {
         overheads[1].iter().map(|o| o.round()).collect::<Vec<_>>(),
         mtls - plain
     );
-    if let Some(path) = args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&reports)?)?;
-    }
-    drop(world);
-    let _ = std::fs::remove_dir_all(&scratch);
-    anyhow::ensure!(
-        reports.iter().all(|r| r.errors == 0),
-        "some requests failed"
-    );
-    Ok(())
 }
