@@ -72,17 +72,7 @@ fn main() -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("edgeplane-attack-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
 
-    let world = FloodWorld::new(None)?;
-    // The flood's frames carry this MAC: without it the kernel would discard them as meant for
-    // another host, far cheaper than what a real flood costs it.
-    let mac = DST_MAC.map(|b| format!("{b:02x}")).join(":");
-    world
-        .target_ns
-        .ip(&["link", "set", FloodWorld::TARGET_IF, "address", &mac])?;
-    // SYN-ACKs to the flood's sources leave, as on a server with a default route.
-    world
-        .target_ns
-        .ip(&["route", "add", "default", "via", "10.88.0.1"])?;
+    let world = flood_world()?;
     let frame = FrameSpec::tcp(FLOOD_SOURCE.parse()?, TARGET.parse()?, 40000, PORT, SYN).build();
     let spec = LoadSpec {
         addr: SocketAddr::new(TARGET.parse()?, PORT),
@@ -93,38 +83,15 @@ fn main() -> anyhow::Result<()> {
         arrival: Arrival::Closed,
     };
 
-    let mut runs: Vec<(LoadReport, Flood)> = Vec::new();
-    {
-        let _edged = start_edged(&world, &edged_bin, &scratch, &component, true)?;
-        let blocked_before = blocklist_drops(&pins_dir(true))?;
-        runs.push((
-            load(&world, &spec, "edgeplane XDP, no flood")?,
-            Flood::default(),
-        ));
-        let (report, mut flood) = under_flood(
-            &world,
-            &spec,
-            &frame,
-            args.flood_pps,
-            "edgeplane XDP, flood",
-        )?;
-        flood.dropped_at_xdp = blocklist_drops(&pins_dir(true))? - blocked_before;
-        runs.push((report, flood));
-    }
-    {
-        let _edged = start_edged(&world, &edged_bin, &scratch, &component, false)?;
-        runs.push((
-            load(&world, &spec, "no edgeplane XDP, no flood")?,
-            Flood::default(),
-        ));
-        runs.push(under_flood(
-            &world,
-            &spec,
-            &frame,
-            args.flood_pps,
-            "no edgeplane XDP, flood",
-        )?);
-    }
+    let runs = run_both(
+        &world,
+        &edged_bin,
+        &scratch,
+        &component,
+        &spec,
+        &frame,
+        args.flood_pps,
+    )?;
 
     let reports: Vec<&LoadReport> = runs.iter().map(|(r, _)| r).collect();
     scenario::print_table(
@@ -139,28 +106,7 @@ fn main() -> anyhow::Result<()> {
         &reports,
         0,
     );
-    println!(
-        "\n{:<44} {:>12} {:>9} {:>14} {:>14} {:>12}",
-        "run", "flood frames", "sent/s", "dropped at XDP", "kernel TCP in", "SYN cookies"
-    );
-    for (r, f) in runs.iter().filter(|(_, f)| f.frames_sent > 0) {
-        println!(
-            "{:<44} {:>12} {:>9.0} {:>14} {:>14} {:>12}",
-            r.target,
-            f.frames_sent,
-            f.sent_pps,
-            f.dropped_at_xdp,
-            f.kernel_tcp_segments,
-            f.kernel_syncookies_sent
-        );
-    }
-    if let [_, with_xdp, _, without] = &reports[..] {
-        println!(
-            "\nunder the flood, edgeplane's XDP vs none: goodput {:.2}x, p99 {:.2}x",
-            with_xdp.requests_per_sec / without.requests_per_sec,
-            with_xdp.p99_ms / without.p99_ms
-        );
-    }
+    print_floods(&runs, &reports);
     let floods: Vec<&Flood> = runs.iter().map(|(_, f)| f).collect();
     scenario::write_results(
         &out,
@@ -329,5 +275,87 @@ mod tests {
         assert_eq!(proc_counter(snmp, "Tcp:", "InSegs").unwrap(), 4242);
         assert_eq!(proc_counter(snmp, "Udp:", "InDatagrams").unwrap(), 9);
         assert!(proc_counter(snmp, "Tcp:", "Nope").is_err());
+    }
+}
+
+/// The target's veth answers to the flood's MAC (without it the kernel would discard the frames
+/// as meant for another host, far cheaper than what a real flood costs it), and SYN-ACKs to the
+/// flood's sources leave, as on a server with a default route.
+fn flood_world() -> anyhow::Result<FloodWorld> {
+    let world = FloodWorld::new(None)?;
+    let mac = DST_MAC.map(|b| format!("{b:02x}")).join(":");
+    world
+        .target_ns
+        .ip(&["link", "set", FloodWorld::TARGET_IF, "address", &mac])?;
+    world
+        .target_ns
+        .ip(&["route", "add", "default", "via", "10.88.0.1"])?;
+    Ok(world)
+}
+
+/// With edgeplane's XDP and without: the load alone, then under the flood.
+fn run_both(
+    world: &FloodWorld,
+    edged_bin: &Path,
+    scratch: &Path,
+    component: &Path,
+    spec: &LoadSpec,
+    frame: &[u8],
+    flood_pps: u64,
+) -> anyhow::Result<Vec<(LoadReport, Flood)>> {
+    let mut runs: Vec<(LoadReport, Flood)> = Vec::new();
+    {
+        let _edged = start_edged(world, edged_bin, scratch, component, true)?;
+        let blocked_before = blocklist_drops(&pins_dir(true))?;
+        runs.push((
+            load(world, spec, "edgeplane XDP, no flood")?,
+            Flood::default(),
+        ));
+        let (report, mut flood) =
+            under_flood(world, spec, frame, flood_pps, "edgeplane XDP, flood")?;
+        flood.dropped_at_xdp = blocklist_drops(&pins_dir(true))? - blocked_before;
+        runs.push((report, flood));
+    }
+    {
+        let _edged = start_edged(world, edged_bin, scratch, component, false)?;
+        runs.push((
+            load(world, spec, "no edgeplane XDP, no flood")?,
+            Flood::default(),
+        ));
+        runs.push(under_flood(
+            world,
+            spec,
+            frame,
+            flood_pps,
+            "no edgeplane XDP, flood",
+        )?);
+    }
+
+    Ok(runs)
+}
+
+/// What each flood did: frames sent, dropped at XDP, and what reached the target's kernel.
+fn print_floods(runs: &[(LoadReport, Flood)], reports: &[&LoadReport]) {
+    println!(
+        "\n{:<44} {:>12} {:>9} {:>14} {:>14} {:>12}",
+        "run", "flood frames", "sent/s", "dropped at XDP", "kernel TCP in", "SYN cookies"
+    );
+    for (r, f) in runs.iter().filter(|(_, f)| f.frames_sent > 0) {
+        println!(
+            "{:<44} {:>12} {:>9.0} {:>14} {:>14} {:>12}",
+            r.target,
+            f.frames_sent,
+            f.sent_pps,
+            f.dropped_at_xdp,
+            f.kernel_tcp_segments,
+            f.kernel_syncookies_sent
+        );
+    }
+    if let [_, with_xdp, _, without] = reports {
+        println!(
+            "\nunder the flood, edgeplane's XDP vs none: goodput {:.2}x, p99 {:.2}x",
+            with_xdp.requests_per_sec / without.requests_per_sec,
+            with_xdp.p99_ms / without.p99_ms
+        );
     }
 }
