@@ -3,7 +3,10 @@
 //! POP refuses it with 503. Same offered load (open loop), same app, same world, same run.
 //! Run as root: `./x bench saturation`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Parser;
 use edgeplane_bench::{
@@ -60,65 +63,7 @@ fn main() -> anyhow::Result<()> {
         ("overflow to the region", true),
         ("refuse (no overflow)", false),
     ] {
-        let world = Canonical::start(
-            if overflow {
-                "sat-overflow"
-            } else {
-                "sat-refuse"
-            },
-            &["pop", "region"],
-            0.0,
-            &edged,
-            |url, authority| {
-                format!(
-                    "[[apps]]\nname = \"fetcher\"\nhosts = [\"{HOST}\"]\ncomponent = \"{}\"\n\
-                     env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n",
-                    fetcher.display()
-                )
-            },
-            |dc| match dc {
-                "pop" => Tuning {
-                    runtime: format!("max_in_flight = {}", args.pop_instances),
-                    datacenter: if overflow {
-                        String::new()
-                    } else {
-                        "overflow_in_flight = 0".into()
-                    },
-                },
-                _ => Tuning::default(),
-            },
-        )?;
-        // Both datacenters compile and cache the code before the clock starts.
-        for _ in 0..2 {
-            let (status, _, body, _) = world.through_pop(HOST, PATH);
-            anyhow::ensure!(status == 200, "warm-up: {status} {body}");
-        }
-        let spec = LoadSpec {
-            addr: world.pop_addr(),
-            host: HOST.into(),
-            path: PATH.into(),
-            connections: 64,
-            duration: Duration::from_secs(seconds),
-            arrival: Arrival::Open { rate: args.rate },
-        };
-        let counter = |outcome: &str| {
-            world.metric(
-                "pop",
-                "edgeplane_app_handoffs_total",
-                &[&format!("outcome=\"{outcome}\"")],
-            )
-        };
-        let refusals = || world.metric("pop", "edgeplane_app_responses_total", &["class=\"5xx\""]);
-        let (region_before, refused_before) = (counter("region-saturated"), refusals());
-        let run = world
-            .world
-            .ns("client")
-            .run(|| loadgen::run(label, &spec))??;
-        modes.push(Mode {
-            run,
-            to_region: counter("region-saturated") - region_before,
-            refused: refusals() - refused_before,
-        });
+        modes.push(one_mode(&args, &edged, &fetcher, label, overflow, seconds)?);
     }
 
     let runs: Vec<&LoadReport> = modes.iter().map(|m| &m.run).collect();
@@ -157,4 +102,75 @@ fn main() -> anyhow::Result<()> {
         overflow.run.errors
     );
     Ok(())
+}
+
+/// pop and region with fetcher, the POP held to `--pop-instances` in flight, overflowing to the
+/// region or refusing; warmed up, then loaded at `--rate`: what it served, sent on and refused.
+fn one_mode(
+    args: &Args,
+    edged: &Path,
+    fetcher: &Path,
+    label: &str,
+    overflow: bool,
+    seconds: u64,
+) -> anyhow::Result<Mode> {
+    let world = Canonical::start(
+        if overflow {
+            "sat-overflow"
+        } else {
+            "sat-refuse"
+        },
+        &["pop", "region"],
+        0.0,
+        &edged,
+        |url, authority| {
+            format!(
+                "[[apps]]\nname = \"fetcher\"\nhosts = [\"{HOST}\"]\ncomponent = \"{}\"\n\
+                 env = {{ BACKEND_URL = \"{url}\" }}\nallowed_backends = [\"{authority}\"]\n",
+                fetcher.display()
+            )
+        },
+        |dc| match dc {
+            "pop" => Tuning {
+                runtime: format!("max_in_flight = {}", args.pop_instances),
+                datacenter: if overflow {
+                    String::new()
+                } else {
+                    "overflow_in_flight = 0".into()
+                },
+            },
+            _ => Tuning::default(),
+        },
+    )?;
+    // Both datacenters compile and cache the code before the clock starts.
+    for _ in 0..2 {
+        let (status, _, body, _) = world.through_pop(HOST, PATH);
+        anyhow::ensure!(status == 200, "warm-up: {status} {body}");
+    }
+    let spec = LoadSpec {
+        addr: world.pop_addr(),
+        host: HOST.into(),
+        path: PATH.into(),
+        connections: 64,
+        duration: Duration::from_secs(seconds),
+        arrival: Arrival::Open { rate: args.rate },
+    };
+    let counter = |outcome: &str| {
+        world.metric(
+            "pop",
+            "edgeplane_app_handoffs_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    let refusals = || world.metric("pop", "edgeplane_app_responses_total", &["class=\"5xx\""]);
+    let (region_before, refused_before) = (counter("region-saturated"), refusals());
+    let run = world
+        .world
+        .ns("client")
+        .run(|| loadgen::run(label, &spec))??;
+    Ok(Mode {
+        run,
+        to_region: counter("region-saturated") - region_before,
+        refused: refusals() - refused_before,
+    })
 }
