@@ -122,7 +122,7 @@ fn one_mode(
         },
         &["pop", "region"],
         0.0,
-        &edged,
+        edged,
         |url, authority| {
             format!(
                 "[[apps]]\nname = \"fetcher\"\nhosts = [\"{HOST}\"]\ncomponent = \"{}\"\n\
