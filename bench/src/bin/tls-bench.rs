@@ -12,7 +12,11 @@ use edgeplane_bench::{
     scenario::{Setup, median},
     tls_load::{TlsLoad, TlsLoadResult},
 };
-use edgeplane_testkit::{edged::start_local, process::Server, tls::TestCa};
+use edgeplane_testkit::{
+    edged::start_local,
+    process::Server,
+    tls::{Issued, TestCa},
+};
 
 #[derive(Parser)]
 #[command(about = "HTTPS: edged's workers vs nginx, same certificate, one core each")]
@@ -61,23 +65,7 @@ fn main() -> anyhow::Result<()> {
     let ca = TestCa::new(&scratch.join("ca"))?;
     let cert = ca.issue("bench", &[SNI], 30)?;
 
-    let config = scratch.join("edged.toml");
-    std::fs::write(
-        &config,
-        edged_config(&scratch, &cert.cert, &cert.key, &hello),
-    )?;
-    let edged_addr = SocketAddr::from(([127, 0, 0, 1], EDGED_PORT));
-    let _servers: Vec<Server> = vec![
-        start_local(&config, &setup.edged, edged_addr)?,
-        nginx_with(
-            &scratch.join("nginx"),
-            NGINX_PORT,
-            1,
-            Some("01"),
-            "hello\\n",
-            Some((&cert.cert, &cert.key)),
-        )?,
-    ];
+    let _servers = start_servers(&scratch, &setup, &cert, &hello)?;
     let targets = [
         ("nginx static", NGINX_PORT, "static"),
         ("edgeplane static", EDGED_PORT, "static"),
@@ -109,14 +97,7 @@ fn main() -> anyhow::Result<()> {
                     resume,
                 }
                 .run(target, &client, SERVER_CPU)?;
-                eprintln!(
-                    "{target}, {load}: {:.0} req/s, {:.0} req per CPU-second, {} handshakes ({} resumed), {} errors",
-                    run.requests_per_sec,
-                    run.requests_per_cpu_second,
-                    run.handshakes,
-                    run.resumed,
-                    run.errors
-                );
+                log_run(target, load, &run);
                 let slot = results.len() - targets.len() + i;
                 results[slot].1.push(run);
             }
@@ -124,11 +105,7 @@ fn main() -> anyhow::Result<()> {
     }
     print_table(&results, targets.len());
     if let Some(path) = &args.json {
-        let json: Vec<_> = results
-            .iter()
-            .map(|(name, runs)| serde_json::json!({"name": name, "runs": runs}))
-            .collect();
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+        write_json(path, &results)?;
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
@@ -188,4 +165,43 @@ fn print_table(results: &[(String, Vec<TlsLoadResult>)], group: usize) {
             );
         }
     }
+}
+
+/// edged (one worker on CPU 0) and nginx (one worker on CPU 0), both with `cert`.
+fn start_servers(
+    scratch: &Path,
+    setup: &Setup,
+    cert: &Issued,
+    hello: &Path,
+) -> anyhow::Result<Vec<Server>> {
+    let config = scratch.join("edged.toml");
+    std::fs::write(&config, edged_config(scratch, &cert.cert, &cert.key, hello))?;
+    let edged_addr = SocketAddr::from(([127, 0, 0, 1], EDGED_PORT));
+    Ok(vec![
+        start_local(&config, &setup.edged, edged_addr)?,
+        nginx_with(
+            &scratch.join("nginx"),
+            NGINX_PORT,
+            1,
+            Some("01"),
+            "hello\\n",
+            Some((&cert.cert, &cert.key)),
+        )?,
+    ])
+}
+
+fn log_run(target: &str, load: &str, run: &TlsLoadResult) {
+    eprintln!(
+        "{target}, {load}: {:.0} req/s, {:.0} req per CPU-second, {} handshakes ({} resumed), {} errors",
+        run.requests_per_sec, run.requests_per_cpu_second, run.handshakes, run.resumed, run.errors
+    );
+}
+
+fn write_json(path: &Path, results: &[(String, Vec<TlsLoadResult>)]) -> anyhow::Result<()> {
+    let json: Vec<_> = results
+        .iter()
+        .map(|(name, runs)| serde_json::json!({"name": name, "runs": runs}))
+        .collect();
+    std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    Ok(())
 }
