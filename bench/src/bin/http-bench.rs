@@ -450,10 +450,51 @@ fn large(
     let one_core = one_core_phase(args, &wrk, edged_bin, &scratch, component)?;
     print_one_core(&one_core);
 
+    let (servers, targets) = large_servers(edged_bin, &scratch, component)?;
+    let mut low_load = Vec::new();
+    for (name, port, host) in &targets {
+        let spec = LoadSpec {
+            addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+            host: (*host).into(),
+            path: "/".into(),
+            connections: 4,
+            duration,
+            arrival: Arrival::Open {
+                rate: args.low_rate,
+            },
+        };
+        low_load.push(loadgen::run(name, &spec)?);
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&scratch);
+    print_low_load(&low_load, args.low_rate);
+    if let Some(path) = &args.json {
+        let results = Results {
+            max_load: Vec::new(),
+            half_load: Vec::new(),
+            one_core,
+            low_load: low_load.clone(),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    anyhow::ensure!(
+        low_load.iter().all(|r| r.errors == 0),
+        "some requests failed; see the table above"
+    );
+    Ok(())
+}
+
+/// One server core each: edged preparing instances ahead, edged making them on the request's
+/// path, and `wasmtime serve` where installed; the targets (name, port, host) they serve.
+fn large_servers(
+    edged_bin: &std::path::Path,
+    scratch: &std::path::Path,
+    component: &std::path::Path,
+) -> anyhow::Result<(Vec<Server>, Vec<(&'static str, u16, &'static str)>)> {
     let mut servers = vec![
         start_edged(
             edged_bin,
-            &scratch,
+            scratch,
             component,
             EDGED_ONE_CORE_PORT,
             EdgedOptions {
@@ -503,31 +544,19 @@ fn large(
             "hello",
         ));
     }
-    let mut low_load = Vec::new();
-    for (name, port, host) in &targets {
-        let spec = LoadSpec {
-            addr: SocketAddr::from(([127, 0, 0, 1], *port)),
-            host: (*host).into(),
-            path: "/".into(),
-            connections: 4,
-            duration,
-            arrival: Arrival::Open {
-                rate: args.low_rate,
-            },
-        };
-        low_load.push(loadgen::run(name, &spec)?);
-    }
-    drop(servers);
-    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((servers, targets))
+}
+
+fn print_low_load(low_load: &[LoadReport], rate: f64) {
     println!(
         "\nLow load: {} req/s open loop, 4 connections, one server core",
-        args.low_rate
+        rate
     );
     println!(
         "{:<40} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "server", "served/s", "p50 ms", "p90 ms", "p99 ms", "errors"
     );
-    for r in &low_load {
+    for r in low_load {
         println!(
             "{:<40} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>7}",
             r.target, r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.errors
@@ -540,20 +569,6 @@ fn large(
     ) {
         println!("p50, prepared ahead - reused: {:+.3} ms", prepared - reused);
     }
-    if let Some(path) = &args.json {
-        let results = Results {
-            max_load: Vec::new(),
-            half_load: Vec::new(),
-            one_core,
-            low_load: low_load.clone(),
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
-    }
-    anyhow::ensure!(
-        low_load.iter().all(|r| r.errors == 0),
-        "some requests failed; see the table above"
-    );
-    Ok(())
 }
 
 /// `edged` against `other` on one core each (the one-core phase's setup): static, reused hello
