@@ -137,6 +137,9 @@ fn baselines(pinned: bool) -> [Target; 3] {
     ]
 }
 
+/// One measured run: its name, the port and the Host it is sent to.
+type Run = (&'static str, u16, &'static str);
+
 #[derive(Serialize)]
 struct Results {
     max_load: Vec<LoadResult>,
@@ -348,6 +351,33 @@ fn one_core_phase(
         cpu: Some(LOADGEN_CPU),
         ..*wrk
     };
+    let (servers, runs) = one_core_servers(args, edged_bin, scratch, component)?;
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let mut all: Vec<LoadResult> = Vec::new();
+    for _ in 0..rounds {
+        for (name, port, host) in &runs {
+            let url = format!("http://127.0.0.1:{port}/");
+            all.push(wrk1.run_metered(name, &url, host, SERVER_CPU)?);
+        }
+    }
+    drop(servers);
+    Ok(runs
+        .iter()
+        .map(|(name, ..)| {
+            let of: Vec<&LoadResult> = all.iter().filter(|r| r.target == *name).collect();
+            median_result(name, &of)
+        })
+        .collect())
+}
+
+/// Every server on CPU 0 for the one-core phase, and its runs: edgeplane's and its baseline's
+/// back to back.
+fn one_core_servers(
+    args: &Args,
+    edged_bin: &std::path::Path,
+    scratch: &std::path::Path,
+    component: &std::path::Path,
+) -> anyhow::Result<(Vec<Server>, Vec<Run>)> {
     let mut servers = vec![start_edged(
         edged_bin,
         scratch,
@@ -360,8 +390,7 @@ fn one_core_phase(
             reuse: if args.large { LARGE_REUSE } else { REUSE },
         },
     )?];
-    // (name, port, Host) of each run, edgeplane's and its baseline's back to back.
-    let mut runs: Vec<(&str, u16, &str)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     let [
         (static_name, nginx_name),
         (reuse_name, wasmtime_reuse_name),
@@ -410,22 +439,7 @@ fn one_core_phase(
             runs.push((base, port, "hello"));
         }
     }
-    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
-    let mut all: Vec<LoadResult> = Vec::new();
-    for _ in 0..rounds {
-        for (name, port, host) in &runs {
-            let url = format!("http://127.0.0.1:{port}/");
-            all.push(wrk1.run_metered(name, &url, host, SERVER_CPU)?);
-        }
-    }
-    drop(servers);
-    Ok(runs
-        .iter()
-        .map(|(name, ..)| {
-            let of: Vec<&LoadResult> = all.iter().filter(|r| r.target == *name).collect();
-            median_result(name, &of)
-        })
-        .collect())
+    Ok((servers, runs))
 }
 
 /// A large component: the one-core phase (edgeplane vs `wasmtime serve` per CPU-second, fresh
@@ -490,7 +504,7 @@ fn large_servers(
     edged_bin: &std::path::Path,
     scratch: &std::path::Path,
     component: &std::path::Path,
-) -> anyhow::Result<(Vec<Server>, Vec<(&'static str, u16, &'static str)>)> {
+) -> anyhow::Result<(Vec<Server>, Vec<Run>)> {
     let mut servers = vec![
         start_edged(
             edged_bin,
