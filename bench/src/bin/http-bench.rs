@@ -646,6 +646,18 @@ fn versus(
     }
     drop(servers);
     let _ = std::fs::remove_dir_all(&scratch);
+    print_versus(edged, other, &cases, &all);
+    anyhow::ensure!(all.iter().all(|r| r.errors == 0), "some requests failed");
+    Ok(())
+}
+
+/// Per case, this edged's and the other's requests per CPU-second (medians) and their ratio.
+fn print_versus(
+    edged: &std::path::Path,
+    other: &std::path::Path,
+    cases: &[(&str, &str)],
+    all: &[LoadResult],
+) {
     println!(
         "\n{} (this) vs {} (other), one core each, medians of the rounds",
         edged.display(),
@@ -666,8 +678,6 @@ fn versus(
         let (this, that) = (median_of("this"), median_of("other"));
         println!("{case:<14} {this:>16.0} {that:>16.0} {:>6.3}x", this / that);
     }
-    anyhow::ensure!(all.iter().all(|r| r.errors == 0), "some requests failed");
-    Ok(())
 }
 
 /// Each figure's median over `runs` of one target (errors: their sum).
