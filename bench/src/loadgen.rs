@@ -120,13 +120,31 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         spec.path, spec.host
     )
     .into_bytes();
+    drive(&runtime, target, spec, &request, started, &tally);
+    let elapsed = started.elapsed().min(spec.duration).as_secs_f64().max(1e-9);
+    let tally = Rc::try_unwrap(tally)
+        .ok()
+        .expect("all tasks finished")
+        .into_inner();
+    report(target, spec, elapsed, tally)
+}
+
+/// Every connection's task, and the progress bar, on one thread until the run's end.
+fn drive(
+    runtime: &tokio::runtime::Runtime,
+    target: &str,
+    spec: &LoadSpec,
+    request: &[u8],
+    started: Instant,
+    tally: &Rc<RefCell<Tally>>,
+) {
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
+    local.block_on(runtime, async {
         let end = started + spec.duration;
         let mut tasks = Vec::new();
         for index in 0..spec.connections {
             let tally = tally.clone();
-            let request = request.clone();
+            let request = request.to_vec();
             let spec = spec.clone();
             tasks.push(tokio::task::spawn_local(async move {
                 connection(index, &spec, &request, started, end, &tally).await
@@ -156,16 +174,21 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             tracing::debug!(error = %e, "a load connection ended with an error");
         }
     });
-    let elapsed = started.elapsed().min(spec.duration).as_secs_f64().max(1e-9);
-    let tally = Rc::try_unwrap(tally)
-        .ok()
-        .expect("all tasks finished")
-        .into_inner();
-    let h = tally.histogram;
+}
+
+/// What a run measured, from its tally; a run in which no request completed is an error.
+fn report(target: &str, spec: &LoadSpec, elapsed: f64, tally: Tally) -> anyhow::Result<LoadReport> {
+    let Tally {
+        histogram: h,
+        timeline,
+        errors,
+        resets,
+        per_second,
+        ..
+    } = tally;
     if h.is_empty() {
         bail!(
-            "{target}: no request completed ({} errors) against {}",
-            tally.errors,
+            "{target}: no request completed ({errors} errors) against {}",
             spec.addr
         );
     }
@@ -182,17 +205,17 @@ pub fn run(target: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         },
         requests_per_sec: h.len() as f64 / elapsed,
         completed: h.len(),
-        errors: tally.errors,
-        resets: tally.resets,
+        errors,
+        resets,
         duration_s: spec.duration.as_secs_f64(),
         p50_ms: ms(h.value_at_quantile(0.50)),
         p90_ms: ms(h.value_at_quantile(0.90)),
         p99_ms: ms(h.value_at_quantile(0.99)),
         p999_ms: ms(h.value_at_quantile(0.999)),
         max_ms: ms(h.max()),
-        per_second: tally.per_second,
+        per_second,
         cdf,
-        timeline: tally.timeline,
+        timeline,
         histogram: h,
     })
 }
