@@ -148,27 +148,7 @@ impl Canonical {
         let backend_served = serve_pong(listener);
         let scratch = std::env::temp_dir().join(format!("edgeplane-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
-        let nats = match apps {
-            Apps::Fleet(tls) => {
-                let ip = plan
-                    .hosts
-                    .iter()
-                    .find(|h| h.name == "nats")
-                    .and_then(|h| h.service_addr)
-                    .context("the canonical plan has a nats host")?;
-                let tls = match tls {
-                    true => Some(NatsTls::issue(TestCa::new(&scratch.join("fleet-ca"))?, ip)?),
-                    false => None,
-                };
-                Some(Nats::start_with(
-                    world.ns("nats"),
-                    ip,
-                    &scratch.join("nats"),
-                    tls,
-                )?)
-            }
-            Apps::Files(_) => None,
-        };
+        let nats = start_nats(&plan, &world, &scratch, &apps)?;
         let mut world = Self {
             plan,
             backend,
@@ -184,43 +164,56 @@ impl Canonical {
             world.publish_topology(&nats.url())?;
         }
         for dc in datacenters {
-            let pins = Pins(PathBuf::from(format!(
-                "/sys/fs/bpf/edgeplane-{name}-{dc}-{}",
-                std::process::id()
-            )));
-            let _ = std::fs::remove_dir_all(&pins.0);
-            let tune = tuning(dc);
-            let (apps, control) = match (&apps, &world.nats) {
-                (Apps::Files(apps), _) => (apps.as_str(), String::new()),
-                (Apps::Fleet(_), Some(nats)) => (
-                    "",
-                    format!(
-                        "[control]\nnats = \"{}\"\nsnapshot = \"{}\"\n{}",
-                        nats.url(),
-                        world.scratch.join(format!("{dc}-fleet.json")).display(),
-                        control_tls(nats, dc)?
-                    ),
-                ),
-                (Apps::Fleet(_), None) => unreachable!("a fleet world starts its nats"),
-            };
-            let server = DatacenterSpec {
-                name: dc,
-                pin_dir: pins.0.clone(),
-                scratch: &world.scratch,
-                apps,
-                control: &control,
-                fleet_topology: world.nats.is_some(),
-                workers: 1,
-                holdout,
-                runtime_extra: &tune.runtime,
-                datacenter_extra: &tune.datacenter,
-            }
-            .start(&world.world, edged)
-            .with_context(|| format!("starting edged at {dc}"))?;
-            world.pins.push((dc.to_string(), pins));
-            world.servers.push(server);
+            world.start_datacenter(name, dc, holdout, &apps, &tuning(dc))?;
         }
         Ok(world)
+    }
+
+    /// edged at datacenter `dc`: its pins, its apps (from the file, or the fleet's NATS) and its
+    /// tuning.
+    fn start_datacenter(
+        &mut self,
+        name: &str,
+        dc: &str,
+        holdout: f64,
+        apps: &Apps,
+        tune: &Tuning,
+    ) -> anyhow::Result<()> {
+        let pins = Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/edgeplane-{name}-{dc}-{}",
+            std::process::id()
+        )));
+        let _ = std::fs::remove_dir_all(&pins.0);
+        let (apps, control) = match (apps, &self.nats) {
+            (Apps::Files(apps), _) => (apps.as_str(), String::new()),
+            (Apps::Fleet(_), Some(nats)) => (
+                "",
+                format!(
+                    "[control]\nnats = \"{}\"\nsnapshot = \"{}\"\n{}",
+                    nats.url(),
+                    self.scratch.join(format!("{dc}-fleet.json")).display(),
+                    control_tls(nats, dc)?
+                ),
+            ),
+            (Apps::Fleet(_), None) => unreachable!("a fleet world starts its nats"),
+        };
+        let server = DatacenterSpec {
+            name: dc,
+            pin_dir: pins.0.clone(),
+            scratch: &self.scratch,
+            apps,
+            control: &control,
+            fleet_topology: self.nats.is_some(),
+            workers: 1,
+            holdout,
+            runtime_extra: &tune.runtime,
+            datacenter_extra: &tune.datacenter,
+        }
+        .start(&self.world, &self.edged)
+        .with_context(|| format!("starting edged at {dc}"))?;
+        self.pins.push((dc.to_string(), pins));
+        self.servers.push(server);
+        Ok(())
     }
 
     /// Publishes this world's topology to the fleet (`edgectl fleet topology`, from the POP's
@@ -441,4 +434,35 @@ pub fn start_tuned(
         tuning,
     )
     .unwrap()
+}
+
+/// The fleet's nats-server (over mutual TLS when asked) in a world whose apps come from the
+/// fleet; None when they come from files.
+fn start_nats(
+    plan: &Plan,
+    world: &World,
+    scratch: &Path,
+    apps: &Apps,
+) -> anyhow::Result<Option<Nats>> {
+    Ok(match apps {
+        Apps::Fleet(tls) => {
+            let ip = plan
+                .hosts
+                .iter()
+                .find(|h| h.name == "nats")
+                .and_then(|h| h.service_addr)
+                .context("the canonical plan has a nats host")?;
+            let tls = match tls {
+                true => Some(NatsTls::issue(TestCa::new(&scratch.join("fleet-ca"))?, ip)?),
+                false => None,
+            };
+            Some(Nats::start_with(
+                world.ns("nats"),
+                ip,
+                &scratch.join("nats"),
+                tls,
+            )?)
+        }
+        Apps::Files(_) => None,
+    })
 }
