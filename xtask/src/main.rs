@@ -28,7 +28,7 @@ enum Task {
     Demo(demo::DemoArgs),
     /// The XDP fast path at work: counting, a blocklisted flood and malformed frames dropped.
     DemoXdp(xdp_demo::XdpDemoArgs),
-    /// fmt, clippy, every test, and benchmark smoke runs.
+    /// fmt, function lengths, clippy, every test, and benchmark smoke runs.
     Test,
     /// The fuzz targets in fuzz/, each for a while (10 minutes unless told).
     Fuzz(fuzz::FuzzArgs),
@@ -157,7 +157,7 @@ impl Phases {
     }
 }
 
-/// What CI runs: fmt, one release build (linted by clippy as it compiles) for the tests and the
+/// What CI runs: fmt, function lengths, one release build (linted by clippy as it compiles) for the tests and the
 /// benchmark smoke runs, the smoke runs, a short fuzz of every parser, then every test binary
 /// (none stops the rest).
 fn test() -> anyhow::Result<()> {
@@ -169,6 +169,13 @@ fn test() -> anyhow::Result<()> {
 
 fn test_phases(phases: &mut Phases) -> anyhow::Result<()> {
     phases.run("fmt", || cargo(&["fmt", "--all", "--check"]))?;
+    // The house rule: no function outside test code past 80 lines (`./x lengths` lists them).
+    phases.run("lengths", || {
+        lengths::run(&lengths::LengthsArgs {
+            max: 80,
+            check: true,
+        })
+    })?;
     // `./x test` compiles the workspace with clippy-driver as its members' compiler (as `cargo
     // clippy` does, `-D warnings`), so the one release build the smoke runs and the tests use is
     // also the lint. Run any other way, the lint is a check build of its own.

@@ -111,25 +111,6 @@ fn main() -> anyhow::Result<()> {
     eprintln!("file world: the same apps in each datacenter's file; the engine asks its peers");
     let (converge_probes, peer_probes_probes) = placed_from_probes(&setup, &names, &fetcher_table)?;
 
-    let median = |v: &[(u32, f64)]| {
-        let mut s: Vec<f64> = v.iter().map(|c| c.1).collect();
-        s.sort_by(f64::total_cmp);
-        s.get(s.len() / 2).copied().unwrap_or(0.0)
-    };
-    println!(
-        "config propagation, edgectl deploy -> new version at all {} datacenters, {deploys} deploys: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        DATACENTERS.len(),
-        ms(0.5),
-        ms(0.99),
-        hist.max() as f64 / 1e3
-    );
-    println!(
-        "fetcher placed at dc2, median seconds of traffic: streamed measurements {:.2} s ({peer_probes_stream} peer probes), on-demand probes {:.2} s ({peer_probes_probes} peer probes); requests {:?} vs {:?}",
-        median(&converge_stream),
-        median(&converge_probes),
-        converge_stream.iter().map(|c| c.0).collect::<Vec<_>>(),
-        converge_probes.iter().map(|c| c.0).collect::<Vec<_>>(),
-    );
     let results = Results {
         deploys,
         propagation_ms: propagation,
@@ -141,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         peer_probes_stream,
         peer_probes_probes,
     };
+    print_results(&results);
     std::fs::write(out.join("fleet.json"), serde_json::to_vec_pretty(&results)?)?;
     let _ = std::fs::remove_dir_all(scratch);
     Ok(())
@@ -348,4 +330,29 @@ fn converge(world: &Canonical, app: &str) -> anyhow::Result<(u32, f64)> {
             "{app} not placed at dc2 after {requests} requests"
         );
     }
+}
+
+fn print_results(r: &Results) {
+    let median = |v: &[(u32, f64)]| {
+        let mut s: Vec<f64> = v.iter().map(|c| c.1).collect();
+        s.sort_by(f64::total_cmp);
+        s.get(s.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "config propagation, edgectl deploy -> new version at all {} datacenters, {} deploys: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        DATACENTERS.len(),
+        r.deploys,
+        r.propagation_p50_ms,
+        r.propagation_p99_ms,
+        r.propagation_max_ms
+    );
+    println!(
+        "fetcher placed at dc2, median seconds of traffic: streamed measurements {:.2} s ({} peer probes), on-demand probes {:.2} s ({} peer probes); requests {:?} vs {:?}",
+        median(&r.converge_stream),
+        r.peer_probes_stream,
+        median(&r.converge_probes),
+        r.peer_probes_probes,
+        r.converge_stream.iter().map(|c| c.0).collect::<Vec<_>>(),
+        r.converge_probes.iter().map(|c| c.0).collect::<Vec<_>>(),
+    );
 }
