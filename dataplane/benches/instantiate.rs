@@ -16,12 +16,9 @@ mod support;
 use std::{rc::Rc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Request, parse_request},
-    wasm::{
-        AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
-        build_engine,
-    },
+use edgeplane_dataplane::wasm::{
+    AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
+    build_engine,
 };
 use wasmtime::{Engine, Store, component::Component};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -29,13 +26,6 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 // What edged runs with (userspace/src/bin/edged.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn request() -> Request {
-    match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()) {
-        Ok(ParseOutcome::Complete(r, _)) => r,
-        other => panic!("{other:?}"),
-    }
-}
 
 /// The two builds of hello measured here (apps/<name>).
 const COMPONENTS: [&str; 2] = ["hello", "hello-wstd"];
@@ -130,7 +120,13 @@ fn bench(c: &mut Criterion) {
                     exec.timed(iters, &|| {
                         let (rt, app) = (rt.clone(), app.clone());
                         Box::pin(async move {
-                            let r = rt.handle(&app, request()).await.expect("hello answers");
+                            let r = rt
+                                .handle(
+                                    &app,
+                                    edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                                )
+                                .await
+                                .expect("hello answers");
                             assert_eq!(r.status, 200);
                         })
                     })

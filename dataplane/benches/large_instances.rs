@@ -23,12 +23,9 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Request, parse_request},
-    wasm::{
-        AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
-        build_engine, wasmtime_config,
-    },
+use edgeplane_dataplane::wasm::{
+    AppLimits, AppRuntime, AppSpec, CacheBudget, EngineConfig, EpochTicker, Observations,
+    build_engine, wasmtime_config,
 };
 use wasmtime::{Engine, Store, component::Component};
 
@@ -190,13 +187,6 @@ fn breakdown(exec: &support::Executor) {
     }
 }
 
-fn request() -> Request {
-    match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()) {
-        Ok(ParseOutcome::Complete(r, _)) => r,
-        other => panic!("{other:?}"),
-    }
-}
-
 /// edgeplane's runtime serving each size of ballast as app `<mib>` with fresh instances.
 fn runtime() -> Rc<AppRuntime> {
     let cfg = edgeplane_config();
@@ -259,7 +249,13 @@ fn bench(c: &mut Criterion) {
                 let took = exec.timed(iters, &|| {
                     let (rt, app) = (rt.clone(), app.clone());
                     Box::pin(async move {
-                        let r = rt.handle(&app, request()).await.expect("ballast answers");
+                        let r = rt
+                            .handle(
+                                &app,
+                                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                            )
+                            .await
+                            .expect("ballast answers");
                         assert_eq!(r.status, 200);
                     })
                 });

@@ -57,13 +57,6 @@ fn handoff(addr: SocketAddr) -> Handoff {
     )
 }
 
-fn request(raw: &str) -> Request {
-    match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
-        ParseOutcome::Complete(r, _) => r,
-        other => panic!("{other:?}"),
-    }
-}
-
 /// Reads one request (head and Content-Length body) from `s`; None at EOF.
 fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
     loop {
@@ -82,14 +75,6 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
 /// A relayed response with its streamed part read.
 async fn whole(resp: Response) -> Response {
     resp.into_whole(1 << 20).await.expect("a whole body")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]
@@ -120,11 +105,11 @@ fn interim_responses_are_skipped_and_a_pooled_connection_carries_no_stale_answer
         seen
     });
     let h = handoff(addr);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let first = h
             .forward(
                 PEER,
-                request(
+                edgeplane_testkit::request(
                     "POST /a HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
                 ),
                 "192.0.2.1:1000",
@@ -137,7 +122,9 @@ fn interim_responses_are_skipped_and_a_pooled_connection_carries_no_stale_answer
         let second = h
             .forward(
                 PEER,
-                request("PUT /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nxy"),
+                edgeplane_testkit::request(
+                    "PUT /b HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nxy",
+                ),
                 "192.0.2.1:1000",
             )
             .await
@@ -195,14 +182,16 @@ fn a_post_on_a_pooled_connection_closed_after_it_was_written_is_not_sent_again()
         }
     });
     let h = handoff(addr);
-    block_on(async {
-        let get = || request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    edgeplane_testkit::block_on(async {
+        let get = || edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
         assert_eq!(
             whole(h.forward(PEER, get(), "c").await.unwrap()).await.body,
             b"GET"
         );
         // The peer takes this POST on the pooled connection and closes: it may have run it.
-        let post = request("POST /pay HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\n\r\n1");
+        let post = edgeplane_testkit::request(
+            "POST /pay HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1\r\n\r\n1",
+        );
         let e = h.forward(PEER, post, "c").await.unwrap_err();
         assert!(e.may_have_reached_peer(), "{e}");
         assert_eq!(received.load(Ordering::SeqCst), 2, "the POST was sent once");
@@ -286,9 +275,9 @@ fn a_peers_worst_bytes_fail_that_handoff_only_and_the_next_is_served() {
         }
     });
     let h = handoff(addr);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         for (i, (_, parses)) in bad.iter().enumerate() {
-            let get = || request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+            let get = || edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
             // A body that breaks comes out as a failed stream: read whole, it is an error.
             let got = match h.forward(PEER, get(), "c").await {
                 Ok(resp) => resp.into_whole(1 << 20).await.map_err(|e| e.to_string()),

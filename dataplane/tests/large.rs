@@ -4,26 +4,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Request, Response, parse_request},
-    wasm::AppRuntime,
-};
+use edgeplane_dataplane::{http::Response, wasm::AppRuntime};
 use edgeplane_testkit::{runtime_preparing, spec, tempdir};
-
-fn get() -> Request {
-    match parse_request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", &HttpLimits::default()).unwrap() {
-        ParseOutcome::Complete(r, _) => r,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
 
 /// Minor page faults of this thread so far.
 fn minor_faults() -> u64 {
@@ -44,7 +26,11 @@ fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 
 /// x-instance-requests and x-dirty-seen of a ballast response.
 fn instance_and_marks(rt: &std::rc::Rc<AppRuntime>, app: &str) -> (String, String) {
-    let r = block_on(rt.clone().handle(app, get())).expect("ballast answers");
+    let r = edgeplane_testkit::block_on(rt.clone().handle(
+        app,
+        edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ))
+    .expect("ballast answers");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     (
         header(&r, "x-instance-requests").unwrap_or("").to_owned(),
@@ -71,10 +57,10 @@ fn a_large_memory_image_is_mapped_into_each_fresh_instance_not_copied() {
         0,
     );
     rt.preload("ballast").unwrap();
-    block_on(rt.instantiate("ballast")).unwrap();
+    edgeplane_testkit::block_on(rt.instantiate("ballast")).unwrap();
     let before = minor_faults();
     for _ in 0..10 {
-        block_on(rt.instantiate("ballast")).unwrap();
+        edgeplane_testkit::block_on(rt.instantiate("ballast")).unwrap();
     }
     let per_instance = (minor_faults() - before) / 10;
     // Copying the 16 MiB image would touch its 4,096 pages; mapping it touches none of them.

@@ -10,26 +10,10 @@ use std::{
 };
 
 use edgeplane_dataplane::{
-    http::{HttpLimits, ParseOutcome, Request, parse_request},
+    http::Request,
     wasm::{AppLimits, AppRuntime, HandleError},
 };
 use edgeplane_testkit::{runtime, spec, tempdir};
-
-fn request(raw: &str) -> Request {
-    match parse_request(raw.as_bytes(), &HttpLimits::default()).unwrap() {
-        ParseOutcome::Complete(r, _) => r,
-        other => panic!("{other:?}"),
-    }
-}
-
-/// Runs async test code on a current-thread runtime inside a LocalSet, as a worker does.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
 
 #[test]
 fn hello_and_echo_components_serve() {
@@ -41,12 +25,12 @@ fn hello_and_echo_components_serve() {
         ],
         &cache,
     );
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = rt
             .clone()
             .handle(
                 "hello",
-                request("GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n"),
+                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n"),
             )
             .await
             .unwrap();
@@ -58,7 +42,9 @@ fn hello_and_echo_components_serve() {
             .clone()
             .handle(
                 "echo",
-                request("PUT /p?q=1 HTTP/1.1\r\nHost: e\r\nContent-Length: 7\r\n\r\npayload"),
+                edgeplane_testkit::request(
+                    "PUT /p?q=1 HTTP/1.1\r\nHost: e\r\nContent-Length: 7\r\n\r\npayload",
+                ),
             )
             .await
             .unwrap();
@@ -73,7 +59,10 @@ fn hello_and_echo_components_serve() {
         assert_eq!(header("x-echo-path").as_deref(), Some("/p?q=1"));
         let err = rt
             .clone()
-            .handle("nope", request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .handle(
+                "nope",
+                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.status(), 404);
@@ -96,10 +85,13 @@ fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the
         ..Default::default()
     };
     let rt = runtime(vec![faulty], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let ok = |rt: Rc<AppRuntime>| async move {
             let r = rt
-                .handle("faulty", request("GET /ok HTTP/1.1\r\nHost: f\r\n\r\n"))
+                .handle(
+                    "faulty",
+                    edgeplane_testkit::request("GET /ok HTTP/1.1\r\nHost: f\r\n\r\n"),
+                )
                 .await
                 .unwrap();
             assert_eq!(r.body, b"faulty app is fine\n");
@@ -110,7 +102,7 @@ fn guests_that_trap_loop_hog_memory_flood_or_cut_their_body_fail_cleanly_and_the
             read_whole(
                 rt,
                 "faulty",
-                request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
+                edgeplane_testkit::request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
             )
             .await
             .map(|(status, body)| (status, body.len()))
@@ -198,12 +190,15 @@ fn instances_are_fresh_by_default_and_reused_up_to_the_configured_count_when_opt
     faulty.limits.instance_reuse = 100;
     apps.push(faulty);
     let rt = runtime(apps, &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let served_by = |app: String| {
             let rt = rt.clone();
             async move {
                 let r = rt
-                    .handle(&app, request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+                    .handle(
+                        &app,
+                        edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(r.body, b"hello from wasm\n", "{app}");
@@ -230,7 +225,7 @@ fn instances_are_fresh_by_default_and_reused_up_to_the_configured_count_when_opt
             async move {
                 rt.handle(
                     "faulty",
-                    request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
+                    edgeplane_testkit::request(&format!("GET {path} HTTP/1.1\r\nHost: f\r\n\r\n")),
                 )
                 .await
             }
@@ -290,10 +285,13 @@ fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused
     let mut denied = spec("fetcher-denied", edgeplane_testkit::app("fetcher"));
     denied.env = allowed.env.clone();
     let rt = runtime(vec![allowed, denied], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = rt
             .clone()
-            .handle("fetcher", request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .handle(
+                "fetcher",
+                edgeplane_testkit::request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
             .await
             .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -307,7 +305,7 @@ fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused
             .clone()
             .handle(
                 "fetcher-denied",
-                request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
+                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
             )
             .await
             .unwrap();
@@ -357,11 +355,14 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
         vec![fetcher, spec("hello", edgeplane_testkit::app("hello"))],
         &cache,
     );
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let started = Instant::now();
         let e = rt
             .clone()
-            .handle("fetcher", request("GET /?k=1 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .handle(
+                "fetcher",
+                edgeplane_testkit::request("GET /?k=1 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -384,7 +385,10 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
         assert_eq!(rt.in_flight(), 0, "the abandoned request still counts");
         let r = rt
             .clone()
-            .handle("hello", request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+            .handle(
+                "hello",
+                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -404,13 +408,13 @@ fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it
     faulty.limits.cpu_deadline = Duration::from_millis(100);
     faulty.limits.wall_deadline = Duration::from_secs(20);
     let rt = runtime(vec![faulty], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         // 400 ms asleep on a 100 ms CPU budget: sleeping is waiting.
         let r = rt
             .clone()
             .handle(
                 "faulty",
-                request("GET /sleep?ms=400 HTTP/1.1\r\nHost: f\r\n\r\n"),
+                edgeplane_testkit::request("GET /sleep?ms=400 HTTP/1.1\r\nHost: f\r\n\r\n"),
             )
             .await
             .expect("a sleeping guest is not over its CPU budget");
@@ -422,7 +426,9 @@ fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it
             .clone()
             .handle(
                 "faulty",
-                request("GET /spin-after-subrequest HTTP/1.1\r\nHost: f\r\n\r\n"),
+                edgeplane_testkit::request(
+                    "GET /spin-after-subrequest HTTP/1.1\r\nHost: f\r\n\r\n",
+                ),
             )
             .await
             .unwrap_err();
@@ -447,10 +453,13 @@ fn a_guest_spinning_past_its_wall_deadline_without_yielding_is_stopped() {
     faulty.limits.cpu_deadline = Duration::from_secs(60);
     faulty.limits.wall_deadline = Duration::from_millis(300);
     let rt = runtime(vec![faulty], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let e = rt
             .clone()
-            .handle("faulty", request("GET /loop HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .handle(
+                "faulty",
+                edgeplane_testkit::request("GET /loop HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -484,10 +493,13 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     )];
     by_name.allowed_backends = vec![format!("localhost:{port}")];
     let rt = runtime(vec![by_name], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = rt
             .clone()
-            .handle("by-name", request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .handle(
+                "by-name",
+                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
             .await
             .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -508,12 +520,12 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     by_address.env = vec![("BACKEND_URL".into(), format!("http://{addr}/data"))];
     by_address.allowed_backends = vec![addr.clone()];
     let rt = runtime(vec![by_address], &tempdir("cache-outbound-2"));
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = rt
             .clone()
             .handle(
                 "by-address",
-                request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
+                edgeplane_testkit::request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
             )
             .await
             .unwrap();
@@ -554,10 +566,13 @@ fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
         (0, 1, 0),
         "the second runtime loads the artifact instead of compiling"
     );
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = second
             .clone()
-            .handle("hello", request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+            .handle(
+                "hello",
+                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -587,10 +602,13 @@ fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
         )],
         &cache,
     );
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         let r = rt
             .clone()
-            .handle("wstd-example", request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .handle(
+                "wstd-example",
+                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -601,7 +619,9 @@ fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
             .clone()
             .handle(
                 "wstd-example",
-                request("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"),
+                edgeplane_testkit::request(
+                    "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+                ),
             )
             .await
             .unwrap();
@@ -662,11 +682,14 @@ fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
         s
     };
     let rt = runtime(vec![app("a"), app("b")], &cache);
-    block_on(async {
+    edgeplane_testkit::block_on(async {
         for _ in 0..2 {
             let r = rt
                 .clone()
-                .handle("a", request("GET /?k=5 HTTP/1.1\r\nHost: f\r\n\r\n"))
+                .handle(
+                    "a",
+                    edgeplane_testkit::request("GET /?k=5 HTTP/1.1\r\nHost: f\r\n\r\n"),
+                )
                 .await
                 .unwrap();
             let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -680,7 +703,10 @@ fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
         );
         // Another app never sends on a connection the first opened.
         rt.clone()
-            .handle("b", request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"))
+            .handle(
+                "b",
+                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
+            )
             .await
             .unwrap();
         assert_eq!(connections.load(Ordering::SeqCst), 2);

@@ -2,6 +2,16 @@
 
 use std::path::PathBuf;
 
+/// cargo's arguments that build edged and edgectl as the tests and demos run them.
+pub const BUILD: &[&str] = &[
+    "build",
+    "--locked",
+    "--release",
+    "-p",
+    "edgeplane",
+    "--bins",
+];
+
 /// A binary of the `edgeplane` package (edged, edgectl): the release build, whatever profile
 /// the tests were built in (a debug edged's wasmtime compiles large components too slowly for a
 /// test to wait on). Built once per test binary; a no-op when up to date.
@@ -19,14 +29,7 @@ pub fn edgeplane_binary(name: &str) -> PathBuf {
         // As the workspace's own build saw the environment: this test's package variables would
         // make ring's build script run again, and edged be rebuilt, for every test binary.
         let status = crate::guest_apps::clean_cargo_env(&mut cargo)
-            .args([
-                "build",
-                "--locked",
-                "--release",
-                "-p",
-                "edgeplane",
-                "--bins",
-            ])
+            .args(BUILD)
             .env("CARGO_TARGET_DIR", &target)
             .status()
             .expect("cargo build");

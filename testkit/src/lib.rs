@@ -45,7 +45,9 @@ pub use edgeplane::root_gate::{require_feature, require_root};
 pub use pins::TestPins;
 pub use raw_http::{Received, fill_until, find, read_response};
 pub use two_hosts::{Edged, TwoHosts, expected_worker};
-pub use wasm::{cold_runtime, runtime, runtime_preparing, spec, ticker, warm_cache};
+pub use wasm::{
+    block_on, cold_runtime, request, runtime, runtime_preparing, spec, ticker, warm_cache,
+};
 
 /// A fresh directory under the system's temporary one, for this test process.
 pub fn tempdir(name: &str) -> PathBuf {

@@ -119,3 +119,21 @@ pub fn warm_cache(apps: &[AppSpec]) -> PathBuf {
     }
     dir
 }
+
+/// `raw` parsed as a whole request, as a worker hands one to the runtime.
+pub fn request(raw: &str) -> edgeplane_dataplane::http::Request {
+    use edgeplane_dataplane::http::{HttpLimits, ParseOutcome, parse_request};
+    match parse_request(raw.as_bytes(), &HttpLimits::default()) {
+        Ok(ParseOutcome::Complete(r, _)) => r,
+        other => panic!("{raw:?} is not a whole request: {other:?}"),
+    }
+}
+
+/// Runs async test code on a current-thread runtime inside a LocalSet, as a worker does.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}

@@ -353,25 +353,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         eprintln!("\ninterrupted: cleaning up");
         INTERRUPTED.store(true, Ordering::SeqCst);
     })?;
-    anyhow::ensure!(
-        edgeplane_testkit::netns::is_root(),
-        "the demo needs root (network namespaces, XDP, BPF maps)"
-    );
-    let out = args
-        .out
-        .unwrap_or_else(|| workspace_root().join("results/demo"));
-    std::fs::create_dir_all(&out)?;
+    let out = crate::demo_out(args.out.clone(), "results/demo")?;
     let secs = if args.short { 2 } else { 8 };
 
     step("building edged, edgectl (release) and the apps");
-    cargo(&[
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "edgeplane",
-        "--bins",
-    ])?;
+    cargo(edgeplane_testkit::binaries::BUILD)?;
     build_apps()?;
 
     step(

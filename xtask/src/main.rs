@@ -68,6 +68,17 @@ enum Scenario {
     Canonical,
 }
 
+/// A demo's results folder (`out`, or `default` under the workspace), made; a demo needs root.
+pub fn demo_out(out: Option<PathBuf>, default: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        edgeplane_testkit::netns::is_root(),
+        "the demo needs root (network namespaces, XDP, BPF maps)"
+    );
+    let out = out.unwrap_or_else(|| workspace_root().join(default));
+    std::fs::create_dir_all(&out)?;
+    Ok(out)
+}
+
 /// A demo's progress line.
 pub fn step(msg: &str) {
     eprintln!("\x1b[1;36m==>\x1b[0m {msg}");

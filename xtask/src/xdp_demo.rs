@@ -21,7 +21,7 @@ use edgeplane::PinnedMaps;
 use edgeplane_bench::{af_packet::send_raw_frames, packets::FrameSpec, xdp};
 use edgeplane_testkit::netns::{LinkEnd, Netns, veth_pair};
 
-use crate::{cargo, step, target_dir, workspace_root};
+use crate::{cargo, step, target_dir};
 
 #[derive(Args)]
 pub struct XdpDemoArgs {
@@ -119,24 +119,10 @@ fn http_get(addr: SocketAddr) -> anyhow::Result<bool> {
 
 pub fn run(args: XdpDemoArgs) -> anyhow::Result<()> {
     clean_up_on_interrupt()?;
-    anyhow::ensure!(
-        edgeplane_testkit::netns::is_root(),
-        "the demo needs root (namespaces, XDP)"
-    );
-    let out = args
-        .out
-        .unwrap_or_else(|| workspace_root().join("results/demo-xdp"));
-    std::fs::create_dir_all(&out)?;
+    let out = crate::demo_out(args.out.clone(), "results/demo-xdp")?;
 
     step("building edged and edgectl (release)");
-    cargo(&[
-        "build",
-        "--locked",
-        "--release",
-        "-p",
-        "edgeplane",
-        "--bins",
-    ])?;
+    cargo(edgeplane_testkit::binaries::BUILD)?;
 
     step("building the world: namespaces `client` and `pop` joined by a veth link");
     let (client, pop) = world()?;
