@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 /// failed start-up quotes.
 pub struct Server {
     child: Child,
+    /// How it exited, once reaped: its pid is no longer ours to signal.
+    exit: Option<std::process::ExitStatus>,
     pub name: String,
     log: PathBuf,
     /// The log is ours to remove (not kept in `$EDGEPLANE_LOG_DIR`).
@@ -46,35 +48,49 @@ impl Server {
 
     /// Waits for the process to exit.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait()
+        let status = self.child.wait()?;
+        self.exit = Some(status);
+        Ok(status)
     }
 
     /// Whether the process has exited (and how), reaping it if so.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Sends `signal` unless the process was reaped (its pid may be another's by now).
+    pub fn signal(&self, signal: i32) {
+        if self.exit.is_none() {
+            // SAFETY: signalling our own child, not yet reaped, so its pid is still ours.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
     }
 
     /// Kills the process at once (SIGKILL: no draining, connections reset); dropping the
     /// Server reaps it.
     pub fn kill(&self) {
-        // SAFETY: signalling our own child, not yet reaped, so its pid is still ours.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.signal(libc::SIGKILL);
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it drain, then we reap it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // SIGTERM lets it drain, then it is reaped.
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while self.exit.is_none() && Instant::now() < deadline {
+            if self.exited().is_some() {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if self.log_is_temporary && !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }
@@ -107,6 +123,7 @@ pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Server> {
         .with_context(|| format!("starting {name}"))?;
     Ok(Server {
         child,
+        exit: None,
         name: name.into(),
         log,
         log_is_temporary,

@@ -1,32 +1,19 @@
 //! edgectl and edged as a user runs them: real binaries, real pinned maps, real XDP.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use edgeplane::{Dataplane, LoadOptions};
-
-struct Pins(PathBuf);
-
-impl Pins {
-    fn new(name: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/edgeplane-cli-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use edgeplane::Dataplane;
+use edgeplane_testkit::{
+    TestPins,
+    netns::Netns,
+    process::{Server, spawn},
+    require_root,
+};
 
 fn edgectl(pins: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgectl"))
@@ -78,20 +65,37 @@ fn udp_frame(dst: [u8; 4], port: u16, payload: usize) -> Vec<u8> {
 
 #[test]
 fn edgectl_round_trip_over_pinned_maps() {
-    if !edgeplane::root_gate::require_root("edgectl_round_trip_over_pinned_maps") {
+    if !require_root("edgectl_round_trip_over_pinned_maps") {
         return;
     }
-    let missing = Pins::new("missing");
-    assert!(fails(&missing.0, &["app", "list"]).contains("is edged running?"));
+    let missing = TestPins::new("cli-missing");
+    assert!(fails(missing.dir(), &["app", "list"]).contains("is edged running?"));
 
-    let pins = Pins::new("roundtrip");
-    let dp = Dataplane::load(&LoadOptions {
-        pin_dir: pins.0.clone(),
-    })
-    .unwrap();
-    let p = &pins.0;
+    let pins = TestPins::new("cli-roundtrip");
+    let dp = pins.load().unwrap();
+    let p = pins.dir();
+    let web_id = apps_are_added_listed_and_refused_when_wrong(p);
+    the_blocklist_takes_prefixes_of_both_families(p);
+    the_rate_limit_is_set_per_prefix_and_turned_off(p);
+    placements_are_set_pinned_and_unpinned(p);
+    stats_count_real_packets_through_classify(p, &dp);
+    // Removing an app removes its VIPs and placement.
+    ok(p, &["app", "rm", "web"]);
+    assert!(
+        json(p, &["app", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["name"] != "web")
+    );
+    let maps = dp.maps().unwrap();
+    assert_eq!(maps.placement(web_id as u32).unwrap().kind, 0);
+    ok(p, &["app", "add", "other", "--vip", "10.1.0.1:80/tcp"]);
+}
 
-    // Apps.
+/// Apps with their VIPs and flags, read back; a taken VIP, a bad name or VIP, an unknown app
+/// refused with the reason. Returns web's id.
+fn apps_are_added_listed_and_refused_when_wrong(p: &Path) -> u64 {
     let added = json(
         p,
         &[
@@ -150,7 +154,10 @@ fn edgectl_round_trip_over_pinned_maps() {
     assert!(fails(p, &["app", "add", "x", "--vip", "10.1.0.9"]).contains("bad VIP"));
     assert!(fails(p, &["app", "rm", "nope"]).contains("unknown app \"nope\""));
 
-    // Blocklist.
+    web_id
+}
+
+fn the_blocklist_takes_prefixes_of_both_families(p: &Path) {
     ok(p, &["block", "add", "203.0.113.0/24"]);
     ok(p, &["block", "add", "2001:db8:bad::/48"]);
     let blocked = json(p, &["block", "list"]);
@@ -164,8 +171,9 @@ fn edgectl_round_trip_over_pinned_maps() {
     assert!(fails(p, &["block", "add", "10.0.0.0/33"]).contains("bad CIDR"));
     ok(p, &["block", "rm", "203.0.113.0/24"]);
     assert!(fails(p, &["block", "rm", "203.0.113.0/24"]).contains("not in the blocklist"));
+}
 
-    // Rate limit.
+fn the_rate_limit_is_set_per_prefix_and_turned_off(p: &Path) {
     ok(p, &["ratelimit", "set", "--pps", "100", "--burst", "50"]);
     assert_eq!(
         json(p, &["ratelimit", "show"]),
@@ -207,8 +215,9 @@ fn edgectl_round_trip_over_pinned_maps() {
     );
     ok(p, &["ratelimit", "set", "--off"]);
     assert_eq!(json(p, &["ratelimit", "show"])["enabled"], false);
+}
 
-    // Placement.
+fn placements_are_set_pinned_and_unpinned(p: &Path) {
     assert_eq!(json(p, &["placement", "get", "web"])["kind"], "local");
     ok(p, &["placement", "set", "web", "dc=2", "--pin"]);
     let got = json(p, &["placement", "get", "web"]);
@@ -240,8 +249,10 @@ fn edgectl_round_trip_over_pinned_maps() {
             .contains("expected local, region or dc=<id>")
     );
     assert!(fails(p, &["placement", "get", "nope"]).contains("unknown app"));
+}
 
-    // Stats: drive real packets through the loaded classify with BPF_PROG_TEST_RUN.
+/// Stats: real packets driven through the loaded classify with BPF_PROG_TEST_RUN.
+fn stats_count_real_packets_through_classify(p: &Path, dp: &Dataplane) {
     let frame = udp_frame([10, 1, 0, 1], 53, 30);
     let mut malformed = frame.clone();
     malformed[14] = 0x44; // IHL 4
@@ -272,71 +283,41 @@ fn edgectl_round_trip_over_pinned_maps() {
         table.contains("dns") && table.contains("malformed-ipv4=1"),
         "{table}"
     );
-
-    // Removing an app removes its VIPs and placement.
-    ok(p, &["app", "rm", "web"]);
-    assert!(
-        json(p, &["app", "list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["name"] != "web")
-    );
-    let maps = dp.maps().unwrap();
-    assert_eq!(maps.placement(web_id as u32).unwrap().kind, 0);
-    ok(p, &["app", "add", "other", "--vip", "10.1.0.1:80/tcp"]);
 }
 
-/// A namespace with one veth pair, for edged to attach to.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!("ep-edged-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        for args in [
-            vec!["netns", "add", &name],
-            vec![
-                "-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-            ],
-            vec!["-n", &name, "link", "set", "eth0", "up"],
-            vec!["-n", &name, "link", "set", "eth1", "up"],
-        ] {
-            assert!(
-                Command::new("ip").args(&args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        }
-        Self(name)
+/// A namespace with one veth pair (eth0, eth1), for edged to attach to.
+fn veth_namespace() -> Netns {
+    let ns = Netns::new("ep-edged").unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])
+    .unwrap();
+    for iface in ["eth0", "eth1"] {
+        ns.ip(&["link", "set", iface, "up"]).unwrap();
     }
-
-    fn xdp_attached(&self, iface: &str) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-d", "link", "show", iface])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    }
+    ns
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+fn xdp_attached(ns: &Netns, iface: &str) -> bool {
+    let out = ns
+        .command("ip")
+        .args(["-d", "link", "show", iface])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
-fn start_edged(ns: &Netns, pins: &Path, config: &Path) -> Child {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.0))
-        .arg(env!("CARGO_BIN_EXE_edged"))
-        .arg("--config")
-        .arg(config)
-        .arg("--pin-dir")
-        .arg(pins)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting edged")
+/// This build's edged in `ns` (its log kept on failure).
+fn start_edged(ns: &Netns, pins: &Path, config: &Path) -> Server {
+    spawn(
+        "edged (cli test)",
+        ns.command(env!("CARGO_BIN_EXE_edged"))
+            .arg("--config")
+            .arg(config)
+            .arg("--pin-dir")
+            .arg(pins),
+    )
+    .expect("starting edged")
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -347,22 +328,24 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn stop(mut child: Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "edged exited with {status}");
+/// SIGTERM, and edged exits 0.
+fn stop(mut edged: Server) {
+    edged.signal(libc::SIGTERM);
+    let status = edged.wait().unwrap();
+    assert!(
+        status.success(),
+        "edged exited with {status}; {}",
+        edged.log_tail(20)
+    );
 }
 
 #[test]
 fn edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm() {
-    if !edgeplane::root_gate::require_root(
-        "edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm",
-    ) {
+    if !require_root("edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm") {
         return;
     }
-    let ns = Netns::new();
-    let pins = Pins::new("edged");
+    let ns = veth_namespace();
+    let pins = TestPins::new("cli-edged");
     let config = std::env::temp_dir().join(format!("edged-test-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -382,31 +365,34 @@ fn edged_attaches_applies_config_reuses_pins_and_detaches_on_sigterm() {
     )
     .unwrap();
 
-    let edged = start_edged(&ns, &pins.0, &config);
-    wait_until("XDP attached", || ns.xdp_attached("eth1"));
+    let edged = start_edged(&ns, pins.dir(), &config);
+    wait_until("XDP attached", || xdp_attached(&ns, "eth1"));
     wait_until("app configured", || {
-        edgectl(&pins.0, &["app", "list"]).status.success()
+        edgectl(pins.dir(), &["app", "list"]).status.success()
     });
-    assert!(ok(&pins.0, &["app", "list"]).contains("10.9.0.1:80/tcp"));
-    assert!(ok(&pins.0, &["block", "list"]).contains("198.51.100.0/24"));
-    assert_eq!(json(&pins.0, &["ratelimit", "show"])["pps"], 5000);
+    assert!(ok(pins.dir(), &["app", "list"]).contains("10.9.0.1:80/tcp"));
+    assert!(ok(pins.dir(), &["block", "list"]).contains("198.51.100.0/24"));
+    assert_eq!(json(pins.dir(), &["ratelimit", "show"])["pps"], 5000);
     // A change made at runtime by edgectl...
-    ok(&pins.0, &["app", "add", "late", "--vip", "10.9.0.2:80/tcp"]);
+    ok(
+        pins.dir(),
+        &["app", "add", "late", "--vip", "10.9.0.2:80/tcp"],
+    );
     stop(edged);
     assert!(
-        !ns.xdp_attached("eth1"),
+        !xdp_attached(&ns, "eth1"),
         "XDP must be detached after SIGTERM"
     );
 
     // ...survives a restart: the maps are pinned and reused, not recreated.
-    let edged = start_edged(&ns, &pins.0, &config);
-    wait_until("XDP re-attached", || ns.xdp_attached("eth1"));
+    let edged = start_edged(&ns, pins.dir(), &config);
+    wait_until("XDP re-attached", || xdp_attached(&ns, "eth1"));
     assert!(
-        ok(&pins.0, &["app", "list"]).contains("late"),
+        ok(pins.dir(), &["app", "list"]).contains("late"),
         "runtime state lost across restart"
     );
     stop(edged);
-    assert!(!ns.xdp_attached("eth1"));
+    assert!(!xdp_attached(&ns, "eth1"));
     let _ = std::fs::remove_file(&config);
 }
 
