@@ -15,15 +15,13 @@ use std::{
 use edgeplane_abi::{Placement, placement_kind};
 use edgeplane_dataplane::tls::peer::PeerTls;
 use edgeplane_testkit::{
-    TestPins, TwoHosts,
+    TwoHosts,
     canonical::{self, Tuning},
-    edgeplane_binary,
-    raw_http::{get, header},
-    require_root,
-};
-use edgeplane_testkit::{
+    config::{App, Config},
     edged::{WORKER_PORT, place},
-    raw_http::try_request,
+    edgeplane_binary,
+    raw_http::{get, header, try_request},
+    require_root,
     tls::{Https, Issued, TestCa},
 };
 
@@ -34,44 +32,43 @@ fn server() -> SocketAddr {
     format!("{}:8443", TwoHosts::SERVER_V4).parse().unwrap()
 }
 
-fn config(pins: &Path, cache: &Path, admin: &str, default: &Issued, shop: &Issued) -> String {
-    format!(
-        r#"pin_dir = "{pins}"
-[xdp]
-interfaces = ["{iface}"]
-[workers]
-count = 2
-[server]
-admin = "{admin}"
-listen = "0.0.0.0:8443"
-[http]
-handshake_timeout = "1s"
-[runtime]
-cache_dir = "{cache}"
-[tls]
-cert = "{dcert}"
-key = "{dkey}"
-[[apps]]
-name = "shop"
-vips = ["{server}:8443/tcp"]
-hosts = ["shop.example.test"]
-static_body = "shop\n"
-tls = {{ cert = "{scert}", key = "{skey}" }}
-[[apps]]
-name = "hello"
-hosts = ["hello.example.test"]
-component = "{hello}"
-"#,
-        pins = pins.display(),
-        iface = TwoHosts::SERVER_IF,
-        cache = cache.display(),
-        server = TwoHosts::SERVER_V4,
-        dcert = default.cert.display(),
-        dkey = default.key.display(),
-        scert = shop.cert.display(),
-        skey = shop.key.display(),
-        hello = edgeplane_testkit::app("hello").display(),
-    )
+/// edged over TLS on 8443 (handshakes time out after 1 s): the default certificate, shop's own
+/// on shop.example.test, and hello from a component.
+fn tls_config(config: Config, admin: &str, default: &Issued, shop: &Issued) -> Config {
+    config
+        .workers(2)
+        .admin(admin)
+        .set("server", r#"listen = "0.0.0.0:8443""#)
+        .set("http", r#"handshake_timeout = "1s""#)
+        .set(
+            "tls",
+            &format!(
+                "cert = {:?}\nkey = {:?}",
+                path(&default.cert),
+                path(&default.key)
+            ),
+        )
+        .app(shop_app(&shop.cert, &shop.key))
+        .app(hello_app())
+}
+
+fn shop_app(cert: &Path, key: &Path) -> App {
+    App::static_body("shop", "shop\n")
+        .vip(8443)
+        .hosts(&["shop.example.test"])
+        .set(&format!(
+            "tls = {{ cert = {:?}, key = {:?} }}",
+            path(cert),
+            path(key)
+        ))
+}
+
+fn hello_app() -> App {
+    App::component("hello", &edgeplane_testkit::app("hello")).hosts(&["hello.example.test"])
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
 }
 
 fn tcp() -> anyhow::Result<TcpStream> {
@@ -86,24 +83,34 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     if !require_root("tls_workers") {
         return Ok(());
     }
-    let dir = edgeplane_testkit::tempdir("tls-workers");
-    let ca = TestCa::new(&dir)?;
+    let config = Config::new("tls-workers");
+    let ca = TestCa::new(&config.dir.join("ca"))?;
     let default = ca.issue("default", &["*.example.test"], 20)?;
     let shop = ca.issue("shop", &["shop.example.test"], 90)?;
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("tls-workers");
-    let file = dir.join("edged.toml");
-    std::fs::write(
-        &file,
-        config(pins.dir(), &dir.join("cache"), ADMIN, &default, &shop),
-    )?;
-    let admin: SocketAddr = ADMIN.parse()?;
-    let _edged = hosts.start_edged(&file, admin)?;
+    let config = tls_config(config, ADMIN, &default, &shop);
+    let admin = config.admin_addr();
+    let _edged = hosts.start(&config)?;
     let client = ca.client();
 
+    sni_picks_the_certificate_and_sessions_resume(&hosts, &client, &default, &shop)?;
+    curl_verifies_by_name(&hosts, &ca)?;
+    bad_handshakes_cost_only_their_connections(&hosts, &client, admin)?;
+    edgectl_shows_each_certificate_and_warns(&hosts, admin);
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(())
+}
+
+/// SNI picks the app's own certificate, or the default for a name none covers; the client's
+/// ticket resumes the next session; plain HTTP works on the same port.
+fn sni_picks_the_certificate_and_sessions_resume(
+    hosts: &TwoHosts,
+    client: &std::sync::Arc<edgeplane_dataplane::tls::rustls::ClientConfig>,
+    default: &Issued,
+    shop: &Issued,
+) -> anyhow::Result<()> {
     hosts.client.run(|| -> anyhow::Result<()> {
-        // SNI picks the app's own certificate; the request routes by Host as ever.
-        let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+        let mut s = Https::connect(tcp()?, client, "shop.example.test")?;
         assert_eq!(s.presented(), shop.der, "shop's certificate");
         assert_eq!(s.alpn().as_deref(), Some(&b"http/1.1"[..]));
         assert!(!s.resumed(), "a first connection is a full handshake");
@@ -112,12 +119,12 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
             assert_eq!((status, body.as_slice()), (200, &b"shop\n"[..]));
         }
         // A name no app's certificate covers gets the default, and a component answers.
-        let mut s = Https::connect(tcp()?, &client, "hello.example.test")?;
+        let mut s = Https::connect(tcp()?, client, "hello.example.test")?;
         assert_eq!(s.presented(), default.der, "the default certificate");
         let (status, _, body) = get(&mut s, "hello.example.test", "/");
         assert_eq!((status, body.as_slice()), (200, &b"hello from wasm\n"[..]));
         // The client kept its ticket: the next connection resumes.
-        let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+        let mut s = Https::connect(tcp()?, client, "shop.example.test")?;
         assert!(s.resumed(), "the session resumed");
         assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
         // Plain HTTP still works on the same port.
@@ -126,7 +133,12 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         Ok(())
     })??;
 
-    // curl (OpenSSL), verifying against the CA, by name: over TLS 1.3, and held to TLS 1.2.
+    Ok(())
+}
+
+/// curl (OpenSSL), verifying against the CA, by name: over TLS 1.3, and held to TLS 1.2; a name
+/// the certificate does not cover is refused.
+fn curl_verifies_by_name(hosts: &TwoHosts, ca: &TestCa) -> anyhow::Result<()> {
     let resolve = format!("shop.example.test:8443:{}", TwoHosts::SERVER_V4);
     for version in [["--tlsv1.3"].as_slice(), &["--tlsv1.2", "--tls-max", "1.2"]] {
         let out = hosts
@@ -165,7 +177,16 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         "a name the default does not cover is refused by curl"
     );
 
-    // Hostile and slow handshakes: each costs its own connection, the worker serves on.
+    Ok(())
+}
+
+/// Hostile and slow handshakes: each costs its own connection, the worker serves on, and they
+/// are counted.
+fn bad_handshakes_cost_only_their_connections(
+    hosts: &TwoHosts,
+    client: &std::sync::Arc<edgeplane_dataplane::tls::rustls::ClientConfig>,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
     let malformed_before = hosts.metric(
         admin,
         "edgeplane_tls_failures",
@@ -206,7 +227,7 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
         }
         let started = Instant::now();
         for _ in 0..20 {
-            let mut s = Https::connect(tcp()?, &client, "shop.example.test")?;
+            let mut s = Https::connect(tcp()?, client, "shop.example.test")?;
             assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
         }
         eprintln!(
@@ -236,7 +257,12 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
             >= timeouts_before + 8,
         "timed-out handshakes are counted"
     );
-    // edgectl shows each certificate, and warns of the one inside its window.
+    Ok(())
+}
+
+/// edgectl shows each certificate and warns of the one inside its window; the handshakes and
+/// the expiry are in /metrics.
+fn edgectl_shows_each_certificate_and_warns(hosts: &TwoHosts, admin: SocketAddr) {
     let edgectl = |args: &[&str]| {
         let out = hosts
             .server
@@ -279,8 +305,6 @@ fn sni_picks_each_apps_certificate_sessions_resume_and_bad_handshakes_cost_only_
     let resumed = hosts.metric(admin, "edgeplane_tls_resumed", None);
     assert!(handshakes >= 24, "{handshakes} handshakes");
     assert!(resumed >= 20, "{resumed} resumed");
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(())
 }
 
 #[test]
@@ -288,23 +312,13 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
     if !require_root("tls_reload") {
         return Ok(());
     }
-    let dir = edgeplane_testkit::tempdir("tls-reload");
-    let ca = TestCa::new(&dir)?;
+    let config = Config::new("tls-reload");
+    let ca = TestCa::new(&config.dir.join("ca"))?;
     let default = ca.issue("default", &["*.example.test"], 30)?;
     let shop = ca.issue("shop", &["shop.example.test"], 30)?;
     let hosts = TwoHosts::new()?;
-    let pins = TestPins::new("tls-reload");
-    let file = dir.join("edged.toml");
-    let text = config(
-        pins.dir(),
-        &dir.join("cache"),
-        ADMIN_RELOAD,
-        &default,
-        &shop,
-    );
-    std::fs::write(&file, text)?;
-    let admin: SocketAddr = ADMIN_RELOAD.parse()?;
-    let _edged = hosts.start_edged(&file, admin)?;
+    let mut config = tls_config(config, ADMIN_RELOAD, &default, &shop);
+    let _edged = hosts.start(&config)?;
     let client = ca.client();
 
     let stop = AtomicBool::new(false);
@@ -382,17 +396,8 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
 
     // A reload naming a key that is not the certificate's is refused; the old one serves on.
     let wrong = ca.issue("wrong", &["shop.example.test"], 30)?;
-    let text = config(
-        pins.dir(),
-        &dir.join("cache"),
-        ADMIN_RELOAD,
-        &default,
-        &Issued {
-            key: wrong.key.clone(),
-            ..renewed.clone()
-        },
-    );
-    std::fs::write(&file, text)?;
+    config.set_apps([shop_app(&renewed.cert, &wrong.key), hello_app()]);
+    config.write()?;
     let out = hosts
         .server
         .command(edgeplane_binary("edgectl").to_str().unwrap())
@@ -414,7 +419,7 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
         assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
         Ok(())
     })??;
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(&config.dir);
     Ok(())
 }
 
