@@ -321,12 +321,36 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
     let _edged = hosts.start(&config)?;
     let client = ca.client();
 
+    let renewed = requests_across_a_renewal(&hosts, &ca, &client)?;
+    hosts.client.run(|| -> anyhow::Result<()> {
+        let s = Https::connect(tcp()?, &ca.client(), "shop.example.test")?;
+        assert_eq!(
+            s.presented(),
+            renewed.der,
+            "the renewed certificate after the reload"
+        );
+        assert_ne!(renewed.der, shop.der);
+        Ok(())
+    })??;
+
+    a_mismatched_key_is_refused(&hosts, &ca, &mut config, &renewed)?;
+    let _ = std::fs::remove_dir_all(&config.dir);
+    Ok(())
+}
+
+/// New connections (full and resumed handshakes) and a keep-alive one, all the while shop's
+/// certificate is renewed (new files in place, then a reload): none fails. The renewed one.
+fn requests_across_a_renewal(
+    hosts: &TwoHosts,
+    ca: &TestCa,
+    client: &std::sync::Arc<edgeplane_dataplane::tls::rustls::ClientConfig>,
+) -> anyhow::Result<Issued> {
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let renewed = std::thread::scope(|scope| -> anyhow::Result<Issued> {
         // New connections (full and resumed handshakes) and a keep-alive one, all the while.
         for keep_alive in [false, false, true] {
-            let (client, stop, ok, failed, hosts) = (&client, &stop, &ok, &failed, &hosts);
+            let (stop, ok, failed) = (&stop, &ok, &failed);
             scope.spawn(move || {
                 hosts
                     .client
@@ -383,18 +407,16 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
     eprintln!("{ok} requests over TLS across the certificate reload, {failed} failed");
     assert_eq!(failed, 0);
     assert!(ok > 50, "{ok} requests");
-    hosts.client.run(|| -> anyhow::Result<()> {
-        let s = Https::connect(tcp()?, &ca.client(), "shop.example.test")?;
-        assert_eq!(
-            s.presented(),
-            renewed.der,
-            "the renewed certificate after the reload"
-        );
-        assert_ne!(renewed.der, shop.der);
-        Ok(())
-    })??;
+    Ok(renewed)
+}
 
-    // A reload naming a key that is not the certificate's is refused; the old one serves on.
+/// A reload naming a key that is not the certificate's is refused; the old one serves on.
+fn a_mismatched_key_is_refused(
+    hosts: &TwoHosts,
+    ca: &TestCa,
+    config: &mut Config,
+    renewed: &Issued,
+) -> anyhow::Result<()> {
     let wrong = ca.issue("wrong", &["shop.example.test"], 30)?;
     config.set_apps([shop_app(&renewed.cert, &wrong.key), hello_app()]);
     config.write()?;
@@ -419,7 +441,6 @@ fn a_certificate_replaced_by_a_reload_under_load_fails_no_request() -> anyhow::R
         assert_eq!(get(&mut s, "shop.example.test", "/").0, 200);
         Ok(())
     })??;
-    let _ = std::fs::remove_dir_all(&config.dir);
     Ok(())
 }
 
