@@ -486,12 +486,27 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
             ..Default::default()
         },
     )?;
+    five_handoffs_ride_pooled_mutual_tls(&world);
+    let dc2 = SocketAddr::from((world.world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
+    plain_tcp_strangers_and_expired_peers_are_refused(&world, dc2, &fleet, &dir)?;
+    hostile_client_hellos_are_closed_and_counted(&world, dc2)?;
+    let (status, headers, _, _) = world.through_pop("hello.test", "/");
+    assert_eq!(
+        (status, header(&headers, "x-edge-placement")),
+        (200, Some("remote-dc2"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// Five requests placed at dc2 ride one pooled mutual-TLS connection (or a few): dc2 counts the
+/// handshakes, both sides the handoffs.
+fn five_handoffs_ride_pooled_mutual_tls(world: &canonical::Canonical) {
     for _ in 0..5 {
         let (status, headers, body, _) = world.through_pop("hello.test", "/");
         assert_eq!((status, body.as_str()), (200, "hello from wasm\n"));
         assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
     }
-    // The handoffs rode one pooled mutual-TLS connection (or a few): dc2 counts the handshakes.
     let handshakes = world.metric("dc2", "edgeplane_tls_handshakes_total", &[]);
     assert!(
         (1..=5).contains(&handshakes),
@@ -509,8 +524,17 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
         ),
         5
     );
+}
 
-    let dc2 = SocketAddr::from((world.world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
+/// A handoff over plain TCP is refused, signed or not; a certificate from another CA, or an
+/// expired one from the fleet's, gets no handshake (and each is counted); a peer's own is let
+/// in, and an unsigned request on it is served as any request.
+fn plain_tcp_strangers_and_expired_peers_are_refused(
+    world: &canonical::Canonical,
+    dc2: SocketAddr,
+    fleet: &TestCa,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let peer_failures = || {
         world.metric(
             "dc2",
@@ -576,9 +600,16 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
         "refused peer certificates are counted"
     );
 
-    // The ClientHello reader that tells peers apart, on a worker that takes them: an endless
-    // ClientHello (a 16 MiB handshake message, record after record) and bytes that only look
-    // like records are closed, counted, and the handoffs go on.
+    Ok(())
+}
+
+/// The ClientHello reader that tells peers apart, on a worker that takes them: an endless
+/// ClientHello (a 16 MiB handshake message, record after record) and bytes that only look like
+/// records are closed and counted.
+fn hostile_client_hellos_are_closed_and_counted(
+    world: &canonical::Canonical,
+    dc2: SocketAddr,
+) -> anyhow::Result<()> {
     let malformed = || {
         world.metric(
             "dc2",
@@ -613,11 +644,5 @@ fn handoffs_cross_mutual_tls_in_the_canonical_world_and_strangers_or_plain_tcp_a
         malformed_before,
         malformed()
     );
-    let (status, headers, _, _) = world.through_pop("hello.test", "/");
-    assert_eq!(
-        (status, header(&headers, "x-edge-placement")),
-        (200, Some("remote-dc2"))
-    );
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
