@@ -207,6 +207,65 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     let maps = dp.maps()?;
 
     let mut model = Model::default();
+    let all_vips = configure(&maps, &mut model)?;
+    let mut generator = generator(all_vips)?;
+
+    let slots = [0u32, 1, 2, 3, 4];
+    let stats = maps.stats_reader()?;
+    let read =
+        || -> anyhow::Result<Vec<AppStats>> { slots.iter().map(|s| Ok(stats.app(*s)?)).collect() };
+    let mut before = read()?;
+    let prog = dp.classify();
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut out = vec![0u8; 4096];
+    for i in 0..PACKETS {
+        // Change the configuration under the flow cache now and then; the model changes with it.
+        reconfigure(i, &maps, &mut model)?;
+        let frame = generator.frame();
+        let outcome = model.classify(&frame, 0);
+        let verdict = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })?
+            .return_value;
+        let after = read()?;
+        let got: Vec<AppStats> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| delta(a, b))
+            .collect();
+        let want_verdict = match outcome {
+            Outcome::Pass => XDP_PASS,
+            Outcome::Drop { .. } => XDP_DROP,
+            Outcome::Admit { steered: true, .. } => XDP_REDIRECT,
+            Outcome::Admit { steered: false, .. } => XDP_PASS,
+        };
+        let want = expected_deltas(outcome, frame.len() as u64, &slots);
+        assert!(
+            verdict == want_verdict && got == want,
+            "packet #{i} (seed {SEED:#x}) disagrees:\n  model: {outcome:?} -> verdict {want_verdict}\n  xdp verdict {verdict}\n  \
+             want deltas {want:?}\n  got  deltas {got:?}\n  frame ({} bytes): {}",
+            frame.len(),
+            frame.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let label = label(outcome);
+        if is_ipv4_fragment(&frame) && !matches!(outcome, Outcome::Pass) {
+            *seen.entry(format!("fragment {label}")).or_default() += 1;
+        }
+        *seen.entry(label).or_default() += 1;
+        before = after;
+    }
+    eprintln!("differential: {PACKETS} packets agree; outcomes: {seen:?}");
+    every_behaviour_was_reached(&seen);
+    Ok(())
+}
+
+/// Four apps (IPv4 and IPv6, TCP and UDP, with and without the rate limit and steering), a
+/// blocklist of short, long and IPv6 prefixes, a rate limit and two steered workers, in the maps
+/// and in the model alike. Returns every VIP.
+fn configure(maps: &edgeplane::PinnedMaps, model: &mut Model) -> anyhow::Result<Vec<Vip>> {
     let apps: [(&str, u32, &[&str], u32); 4] = [
         ("dns4", 1, &["10.0.0.1:53/udp"], 0),
         ("web4", 2, &["10.0.0.1:80/tcp"], app_flags::NO_RATE_LIMIT),
@@ -251,6 +310,11 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
     maps.configure_workers(2, 0, true, 512)?;
     model.steering = true;
 
+    Ok(all_vips)
+}
+
+/// Frames to the VIPs from sources inside and outside the blocklist, seeded.
+fn generator(vips: Vec<Vip>) -> anyhow::Result<Gen> {
     let mut v4_sources: Vec<IpAddr> = (0..24)
         .map(|i| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i * 2)))
         .collect();
@@ -262,98 +326,64 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
         .collect();
     v6_sources
         .extend((0..32).map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x600d, 0, 0, 0, 0, i))));
-    let mut generator = Gen {
+    Ok(Gen {
         rng: StdRng::seed_from_u64(SEED),
-        vips: all_vips,
+        vips,
         v4_sources,
         v6_sources,
-    };
+    })
+}
 
-    let slots = [0u32, 1, 2, 3, 4];
-    let stats = maps.stats_reader()?;
-    let read =
-        || -> anyhow::Result<Vec<AppStats>> { slots.iter().map(|s| Ok(stats.app(*s)?)).collect() };
-    let mut before = read()?;
-    let prog = dp.classify();
-    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut out = vec![0u8; 4096];
+/// Changes the configuration under the flow cache now and then (at packet `i`); the model
+/// changes with it.
+fn reconfigure(i: usize, maps: &edgeplane::PinnedMaps, model: &mut Model) -> anyhow::Result<()> {
     let web4: Vip = "10.0.0.1:80/tcp".parse()?;
     let toggled: Cidr = "198.51.100.77".parse()?;
     let toggled_wide: Cidr = "100.64.0.0/16".parse()?;
-    for i in 0..PACKETS {
-        // Change the configuration under the flow cache now and then; the model changes with it.
-        match i % 20_000 {
-            5_000 => {
-                maps.block_remove(toggled)?;
-                model.blocklist.retain(|k| *k != toggled.lpm_key());
-                maps.block_remove(toggled_wide)?;
-                model.blocklist.retain(|k| *k != toggled_wide.lpm_key());
-            }
-            10_000 => {
-                let flags = app_flags::NO_RATE_LIMIT | app_flags::NO_STEER;
-                maps.add_app("web4", Some(2), &[web4], flags)?;
-                model.apps.insert(web4.key(), AppEntry { app_id: 2, flags });
-                model.sync_vip_addrs();
-            }
-            15_000 => {
-                maps.block_add(toggled)?;
-                model.blocklist.push(toggled.lpm_key());
-                maps.block_add(toggled_wide)?;
-                model.blocklist.push(toggled_wide.lpm_key());
-                maps.add_app("web4", Some(2), &[web4], app_flags::NO_RATE_LIMIT)?;
-                model.apps.insert(
-                    web4.key(),
-                    AppEntry {
-                        app_id: 2,
-                        flags: app_flags::NO_RATE_LIMIT,
-                    },
-                );
-                model.sync_vip_addrs();
-            }
-            _ => {}
+    match i % 20_000 {
+        5_000 => {
+            maps.block_remove(toggled)?;
+            model.blocklist.retain(|k| *k != toggled.lpm_key());
+            maps.block_remove(toggled_wide)?;
+            model.blocklist.retain(|k| *k != toggled_wide.lpm_key());
         }
-        let frame = generator.frame();
-        let outcome = model.classify(&frame, 0);
-        let verdict = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })?
-            .return_value;
-        let after = read()?;
-        let got: Vec<AppStats> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| delta(a, b))
-            .collect();
-        let want_verdict = match outcome {
-            Outcome::Pass => XDP_PASS,
-            Outcome::Drop { .. } => XDP_DROP,
-            Outcome::Admit { steered: true, .. } => XDP_REDIRECT,
-            Outcome::Admit { steered: false, .. } => XDP_PASS,
-        };
-        let want = expected_deltas(outcome, frame.len() as u64, &slots);
-        assert!(
-            verdict == want_verdict && got == want,
-            "packet #{i} (seed {SEED:#x}) disagrees:\n  model: {outcome:?} -> verdict {want_verdict}\n  xdp verdict {verdict}\n  \
-             want deltas {want:?}\n  got  deltas {got:?}\n  frame ({} bytes): {}",
-            frame.len(),
-            frame.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
-        let label = match outcome {
-            Outcome::Pass => "pass".to_owned(),
-            Outcome::Drop { reason, .. } => reason.name().to_owned(),
-            Outcome::Admit { steered, .. } => format!("admit(steered={steered})"),
-        };
-        if is_ipv4_fragment(&frame) && !matches!(outcome, Outcome::Pass) {
-            *seen.entry(format!("fragment {label}")).or_default() += 1;
+        10_000 => {
+            let flags = app_flags::NO_RATE_LIMIT | app_flags::NO_STEER;
+            maps.add_app("web4", Some(2), &[web4], flags)?;
+            model.apps.insert(web4.key(), AppEntry { app_id: 2, flags });
+            model.sync_vip_addrs();
         }
-        *seen.entry(label).or_default() += 1;
-        before = after;
+        15_000 => {
+            maps.block_add(toggled)?;
+            model.blocklist.push(toggled.lpm_key());
+            maps.block_add(toggled_wide)?;
+            model.blocklist.push(toggled_wide.lpm_key());
+            maps.add_app("web4", Some(2), &[web4], app_flags::NO_RATE_LIMIT)?;
+            model.apps.insert(
+                web4.key(),
+                AppEntry {
+                    app_id: 2,
+                    flags: app_flags::NO_RATE_LIMIT,
+                },
+            );
+            model.sync_vip_addrs();
+        }
+        _ => {}
     }
-    eprintln!("differential: {PACKETS} packets agree; outcomes: {seen:?}");
-    // The generator must reach every behaviour, or agreement proves little.
+    Ok(())
+}
+
+fn label(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Pass => "pass".to_owned(),
+        Outcome::Drop { reason, .. } => reason.name().to_owned(),
+        Outcome::Admit { steered, .. } => format!("admit(steered={steered})"),
+    }
+}
+
+/// The generator must reach every behaviour, or agreement proves little; fragments to an app's
+/// address meet the guard too.
+fn every_behaviour_was_reached(seen: &std::collections::BTreeMap<String, usize>) {
     for reason in DropReason::ALL {
         assert!(
             seen.get(reason.name()).copied().unwrap_or(0) >= 10,
@@ -378,5 +408,4 @@ fn xdp_classify_agrees_with_reference_model() -> anyhow::Result<()> {
             "generator rarely reached {label}: {seen:?}"
         );
     }
-    Ok(())
 }
