@@ -140,7 +140,19 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         "deployed: hello answered at both datacenters {took:?} after edgectl deploy returned"
     );
 
-    // Update under open-loop load through the POP.
+    an_update_under_load_fails_no_request(&world, &v2);
+    a_bad_table_is_refused_and_every_datacenter_serves_the_revision(&world, &dir);
+    a_fleet_pin_holds_everywhere_until_unpinned(&world);
+    the_guard_goes_fleet_wide(&world);
+    let (ok, out) = edgectl(&world, &["app", "rm", "hello"]);
+    assert!(ok, "{out}");
+    let took = everywhere(&world, "gone", |r| r.0 == 404);
+    eprintln!("removed: 404 at both {took:?} after edgectl app rm returned");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Update under open-loop load through the POP: no request fails.
+fn an_update_under_load_fails_no_request(world: &Canonical, v2: &Path) {
     let spec = LoadSpec {
         addr: world.pop_addr(),
         host: "hello.test".into(),
@@ -157,15 +169,18 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
                 .run(|| loadgen::run("fleet", &spec))
         });
         std::thread::sleep(Duration::from_secs(2));
-        deploy(&world, &v2);
-        let took = everywhere(&world, "serving the new version", is_echo);
+        deploy(world, v2);
+        let took = everywhere(world, "serving the new version", is_echo);
         eprintln!("updated: the new version answered at both {took:?} after deploy returned");
         running.join().unwrap().unwrap().unwrap()
     });
     assert!(load.completed > 1000, "{load:?}");
     assert_eq!((load.errors, load.resets), (0, 0), "{load:?}");
+}
 
-    // A table edged would refuse is refused before it is published, saying why.
+/// A table edged would refuse is refused before it is published, saying why; every datacenter
+/// says it serves the fleet's revision.
+fn a_bad_table_is_refused_and_every_datacenter_serves_the_revision(world: &Canonical, dir: &Path) {
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -175,11 +190,11 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         ),
     )
     .unwrap();
-    let (ok, out) = edgectl(&world, &["deploy", bad.to_str().unwrap()]);
+    let (ok, out) = edgectl(world, &["deploy", bad.to_str().unwrap()]);
     assert!(!ok && out.contains("vips[0]"), "{out}");
 
     // Every datacenter says it serves the fleet's revision.
-    let (ok, out) = edgectl(&world, &["--json", "fleet", "status"]);
+    let (ok, out) = edgectl(world, &["--json", "fleet", "status"]);
     assert!(ok, "{out}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     for dc in ["pop", "dc2"] {
@@ -187,10 +202,12 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         assert_eq!(beat["revision"], status["revision"], "{status}");
         assert!(beat["error"].is_null(), "{status}");
     }
+}
 
-    // A pin set fleet-wide holds at every datacenter: the POP hands hello to dc2, dc2 serves
-    // it itself, and each map entry is pinned (the engine leaves it).
-    let (ok, out) = edgectl(&world, &["placement", "pin", "hello", "dc2"]);
+/// A pin set fleet-wide holds at every datacenter: the POP hands hello to dc2, dc2 serves it
+/// itself, and each map entry is pinned (the engine leaves it); unpinned, it is local again.
+fn a_fleet_pin_holds_everywhere_until_unpinned(world: &Canonical) {
+    let (ok, out) = edgectl(world, &["placement", "pin", "hello", "dc2"]);
     assert!(ok, "{out}");
     let dc2_id = world.plan.datacenter("dc2").unwrap().id;
     let pinned = |dc: &str| {
@@ -218,7 +235,7 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
     assert_ne!(dc2.flags & placement_flags::PINNED, 0);
     let (_, headers, _, _) = world.through_pop("hello.test", "/");
     assert_eq!(header(&headers, "x-edge-placement"), Some("remote-dc2"));
-    let (ok, out) = edgectl(&world, &["placement", "unpin", "hello"]);
+    let (ok, out) = edgectl(world, &["placement", "unpin", "hello"]);
     assert!(ok, "{out}");
     let started = Instant::now();
     while pinned("pop").flags & placement_flags::PINNED != 0 {
@@ -230,12 +247,14 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
     }
     let (_, headers, _, _) = world.through_pop("hello.test", "/");
     assert_eq!(header(&headers, "x-edge-placement"), Some("local"));
+}
 
-    // The blocklist and the rate limit, fleet-wide: in both datacenters' maps.
-    let (ok, out) = edgectl(&world, &["block", "add", "203.0.113.0/24"]);
+/// The blocklist and the rate limit, fleet-wide: in both datacenters' maps.
+fn the_guard_goes_fleet_wide(world: &Canonical) {
+    let (ok, out) = edgectl(world, &["block", "add", "203.0.113.0/24"]);
     assert!(ok, "{out}");
     let (ok, out) = edgectl(
-        &world,
+        world,
         &["ratelimit", "set", "--pps", "5000", "--burst", "200"],
     );
     assert!(ok, "{out}");
@@ -253,7 +272,7 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (ok, out) = edgectl(&world, &["block", "rm", "203.0.113.0/24"]);
+    let (ok, out) = edgectl(world, &["block", "rm", "203.0.113.0/24"]);
     assert!(ok, "{out}");
     let started = Instant::now();
     for dc in ["pop", "dc2"] {
@@ -266,12 +285,6 @@ fn deployed_through_nats_an_app_serves_everywhere_updates_under_load_pins_and_go
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    let (ok, out) = edgectl(&world, &["app", "rm", "hello"]);
-    assert!(ok, "{out}");
-    let took = everywhere(&world, "gone", |r| r.0 == 404);
-    eprintln!("removed: 404 at both {took:?} after edgectl app rm returned");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -363,47 +376,8 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
     .unwrap();
     deploy(&world, &table);
 
-    // dc2 measures the backend the fleet's apps call, and its figure reaches the POP through
-    // the stream.
-    let started = Instant::now();
-    let dc2_backend_us = loop {
-        let view: serde_json::Value =
-            serde_json::from_str(&world.admin("pop", "/measurements")).unwrap();
-        if let Some(us) = view["dc2"]["backends_us"][&authority].as_u64() {
-            break us;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no measurements from dc2 at the POP: {view}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let backend_rtt = world.plan.rtt("dc2", "backend").unwrap();
-    eprintln!("dc2 -> backend: {dc2_backend_us} us measured at dc2 (link {backend_rtt:?})");
-    assert!(
-        Duration::from_micros(dc2_backend_us) >= backend_rtt.mul_f64(0.9),
-        "{dc2_backend_us} us"
-    );
-
-    // Traffic through the POP: the engine places fetcher at dc2 with dc2's figure.
-    let started = Instant::now();
-    let mut requests = 0;
-    loop {
-        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=5");
-        assert_eq!(status, 200, "{body}");
-        requests += 1;
-        if header(&headers, "x-edge-placement") == Some("remote-dc2") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "fetcher not placed at dc2 after {requests} requests"
-        );
-    }
-    eprintln!(
-        "placed at dc2 after {requests} requests, {:?} of traffic, from streamed measurements",
-        started.elapsed()
-    );
+    dc2s_figure_reaches_the_pop(&world, &authority);
+    traffic_places_fetcher_at_dc2(&world);
     // A hostname hint is placed from dc2's HTTP probe of that backend, from the stream too.
     let hinted = dir.join("hinted.toml");
     std::fs::write(
@@ -430,6 +404,52 @@ fn the_pop_places_fetcher_at_dc2_from_dc2s_streamed_measurements_without_asking_
         "the POP asked dc2 for a probe"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// dc2 measures the backend the fleet's apps call, and its figure reaches the POP through the
+/// stream.
+fn dc2s_figure_reaches_the_pop(world: &Canonical, authority: &str) {
+    let started = Instant::now();
+    let dc2_backend_us = loop {
+        let view: serde_json::Value =
+            serde_json::from_str(&world.admin("pop", "/measurements")).unwrap();
+        if let Some(us) = view["dc2"]["backends_us"][authority].as_u64() {
+            break us;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no measurements from dc2 at the POP: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let backend_rtt = world.plan.rtt("dc2", "backend").unwrap();
+    eprintln!("dc2 -> backend: {dc2_backend_us} us measured at dc2 (link {backend_rtt:?})");
+    assert!(
+        Duration::from_micros(dc2_backend_us) >= backend_rtt.mul_f64(0.9),
+        "{dc2_backend_us} us"
+    );
+}
+
+/// Traffic through the POP: the engine places fetcher at dc2 with dc2's figure.
+fn traffic_places_fetcher_at_dc2(world: &Canonical) {
+    let started = Instant::now();
+    let mut requests = 0;
+    loop {
+        let (status, headers, body, _) = world.through_pop("fetch.test", "/?k=5");
+        assert_eq!(status, 200, "{body}");
+        requests += 1;
+        if header(&headers, "x-edge-placement") == Some("remote-dc2") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fetcher not placed at dc2 after {requests} requests"
+        );
+    }
+    eprintln!(
+        "placed at dc2 after {requests} requests, {:?} of traffic, from streamed measurements",
+        started.elapsed()
+    );
 }
 
 #[test]
