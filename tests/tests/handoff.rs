@@ -93,8 +93,38 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     let (status, placement, _) = hello(&world);
     assert_eq!((status, placement.as_str()), (200, "remote-dc2"));
 
-    // A request with handoff headers that do not verify is refused by dc2.
     let dc2_addr = SocketAddr::from((world.world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
+    a_forged_handoff_is_refused(&world, dc2_addr);
+    a_replayed_handoff_is_refused(&world, dc2_addr, pop_id);
+    // dc2 counted what it served for the POP and what it refused.
+    assert_eq!(handoffs(&world, "dc2", "received"), 5);
+    assert_eq!(handoffs(&world, "dc2", "rejected"), 2);
+    assert_eq!(handoffs(&world, "pop", "sent"), 4);
+
+    // dc2 goes away: the POP serves locally instead of failing, and once three handoffs in a
+    // row have failed (the default `peer_down_after`: one lost packet does not move traffic)
+    // it does not try dc2 at all until probes see it back.
+    world.servers.pop();
+    for _ in 0..5 {
+        let (status, placement, _) = hello(&world);
+        assert_eq!(
+            (status, placement.as_str()),
+            (200, "local-fallback-from-dc2")
+        );
+    }
+    // The engine's probes count against dc2 too, so one of the three may be a probe's.
+    let (failed, skipped) = (
+        handoffs(&world, "pop", "failed"),
+        handoffs(&world, "pop", "skipped"),
+    );
+    assert!(
+        (1..=3).contains(&failed) && skipped >= 2 && failed + skipped == 5,
+        "failed {failed}, skipped {skipped}"
+    );
+}
+
+/// A request with handoff headers that do not verify is refused by dc2.
+fn a_forged_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketAddr) {
     let forged = world
         .world
         .ns("pop")
@@ -113,9 +143,11 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
         .unwrap();
     assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
     assert!(forged.contains("handoff rejected"), "{forged}");
+}
 
-    // A genuine handoff captured on the wire and sent again is refused: the second copy is a
-    // replay, whichever worker it reaches.
+/// A genuine handoff captured on the wire and sent again is refused: the second copy is a
+/// replay, whichever worker it reaches.
+fn a_replayed_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketAddr, pop_id: u32) {
     let mut captured = edgeplane_dataplane::http::parse_request(
         b"GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n",
         &Default::default(),
@@ -167,32 +199,6 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     let replayed = send_captured();
     assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
     assert!(replayed.contains("replay"), "{replayed}");
-
-    // dc2 counted what it served for the POP and what it refused.
-    assert_eq!(handoffs(&world, "dc2", "received"), 5);
-    assert_eq!(handoffs(&world, "dc2", "rejected"), 2);
-    assert_eq!(handoffs(&world, "pop", "sent"), 4);
-
-    // dc2 goes away: the POP serves locally instead of failing, and once three handoffs in a
-    // row have failed (the default `peer_down_after`: one lost packet does not move traffic)
-    // it does not try dc2 at all until probes see it back.
-    world.servers.pop();
-    for _ in 0..5 {
-        let (status, placement, _) = hello(&world);
-        assert_eq!(
-            (status, placement.as_str()),
-            (200, "local-fallback-from-dc2")
-        );
-    }
-    // The engine's probes count against dc2 too, so one of the three may be a probe's.
-    let (failed, skipped) = (
-        handoffs(&world, "pop", "failed"),
-        handoffs(&world, "pop", "skipped"),
-    );
-    assert!(
-        (1..=3).contains(&failed) && skipped >= 2 && failed + skipped == 5,
-        "failed {failed}, skipped {skipped}"
-    );
 }
 
 /// Runs `request` from four client threads, back to back, for 1.5 s, then kills dc2's edged
