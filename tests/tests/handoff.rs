@@ -125,22 +125,12 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
 
 /// A request with handoff headers that do not verify is refused by dc2.
 fn a_forged_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketAddr) {
-    let forged = world
-        .world
-        .ns("pop")
-        .run(|| {
-            let mut s = TcpStream::connect_timeout(&dc2_addr, Duration::from_secs(5)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(
-                b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-edge-hop: 1\r\nx-edge-from: 1\r\n\
-                  x-edge-client: 10.0.0.1:1\r\nx-edge-time: 0\r\nx-edge-auth: 00\r\n\r\n",
-            )
-            .unwrap();
-            let mut buf = [0u8; 512];
-            let n = s.read(&mut buf).unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        })
-        .unwrap();
+    let forged = send_to_dc2(
+        world,
+        dc2_addr,
+        b"GET / HTTP/1.1\r\nHost: hello.test\r\nx-edge-hop: 1\r\nx-edge-from: 1\r\n\
+          x-edge-client: 10.0.0.1:1\r\nx-edge-time: 0\r\nx-edge-auth: 00\r\n\r\n",
+    );
     assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
     assert!(forged.contains("handoff rejected"), "{forged}");
 }
@@ -148,28 +138,35 @@ fn a_forged_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketAdd
 /// A genuine handoff captured on the wire and sent again is refused: the second copy is a
 /// replay, whichever worker it reaches.
 fn a_replayed_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketAddr, pop_id: u32) {
-    let mut captured = edgeplane_dataplane::http::parse_request(
-        b"GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n",
-        &Default::default(),
-    )
-    .map(|outcome| match outcome {
-        edgeplane_dataplane::http::ParseOutcome::Complete(req, _) => req,
-        other => panic!("{other:?}"),
-    })
-    .unwrap();
+    // Signed as the POP signs, with the key this world drew for pop and dc2.
+    let captured = signed_by_pop(world.world.keys.secret("pop", "dc2").unwrap(), pop_id);
+    let wire = wire_of(&captured);
+    let first = send_to_dc2(world, dc2_addr, &wire);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let replayed = send_to_dc2(world, dc2_addr, &wire);
+    assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
+    assert!(replayed.contains("replay"), "{replayed}");
+}
+
+/// `GET /` for hello.test signed now as the POP signs, with the key `secret` (hex) as key 1.
+fn signed_by_pop(secret: &str, pop_id: u32) -> edgeplane_dataplane::http::Request {
+    let mut req = edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    // Signed as the POP signs, with the key this world drew for pop and dc2.
     let key = edgeplane_dataplane::handoff::SecretKey {
         id: 1,
-        secret: hex::decode(world.world.keys.secret("pop", "dc2").unwrap()).unwrap(),
+        secret: hex::decode(secret).unwrap(),
     };
-    edgeplane_dataplane::handoff::auth::sign(&key, &mut captured, pop_id, "192.0.2.1:1000", 1, now);
-    // The captured request as its sender wrote it, Content-Length framed.
-    let mut wire = format!("{} {} HTTP/1.1\r\n", captured.method, captured.target).into_bytes();
-    for (name, value) in &captured.headers {
+    edgeplane_dataplane::handoff::auth::sign(&key, &mut req, pop_id, "192.0.2.1:1000", 1, now);
+    req
+}
+
+/// A request as its sender writes it on the wire, Content-Length framed.
+fn wire_of(req: &edgeplane_dataplane::http::Request) -> Vec<u8> {
+    let mut wire = format!("{} {} HTTP/1.1\r\n", req.method, req.target).into_bytes();
+    for (name, value) in &req.headers {
         if edgeplane_dataplane::http::is_hop_by_hop(name) {
             continue;
         }
@@ -178,27 +175,26 @@ fn a_replayed_handoff_is_refused(world: &canonical::Canonical, dc2_addr: SocketA
         wire.extend_from_slice(value);
         wire.extend_from_slice(b"\r\n");
     }
-    wire.extend_from_slice(format!("content-length: {}\r\n\r\n", captured.body.len()).as_bytes());
-    wire.extend_from_slice(&captured.body);
-    let send_captured = || {
-        world
-            .world
-            .ns("pop")
-            .run(|| {
-                let mut s = TcpStream::connect_timeout(&dc2_addr, Duration::from_secs(5)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                s.write_all(&wire).unwrap();
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap();
-                String::from_utf8_lossy(&buf[..n]).into_owned()
-            })
-            .unwrap()
-    };
-    let first = send_captured();
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let replayed = send_captured();
-    assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
-    assert!(replayed.contains("replay"), "{replayed}");
+    wire.extend_from_slice(format!("content-length: {}\r\n\r\n", req.body.len()).as_bytes());
+    wire.extend_from_slice(&req.body);
+    wire
+}
+
+/// `wire` sent to dc2's workers from the POP's namespace on a connection of its own: the
+/// answer's first bytes.
+fn send_to_dc2(world: &canonical::Canonical, dc2_addr: SocketAddr, wire: &[u8]) -> String {
+    world
+        .world
+        .ns("pop")
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(&dc2_addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(wire).unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .unwrap()
 }
 
 /// Runs `request` from four client threads, back to back, for 1.5 s, then kills dc2's edged
@@ -512,47 +508,9 @@ fn handoff_keys_rotate_by_reload_without_a_failed_handoff_and_the_old_key_then_f
     assert_eq!(handoffs(&world, "dc2", "rejected"), 0);
 
     // A handoff signed with the retired key is refused now, naming the key.
-    let mut req = edgeplane_dataplane::http::Request {
-        method: "GET".into(),
-        target: "/".into(),
-        minor_version: 1,
-        headers: vec![("host".into(), b"hello.test".to_vec())],
-        body: Vec::new(),
-        trailers: Vec::new(),
-        takes_trailers: false,
-        keep_alive: false,
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let retired = edgeplane_dataplane::handoff::SecretKey {
-        id: 1,
-        secret: hex::decode(&old).unwrap(),
-    };
     let pop_id = world.plan.datacenter("pop").unwrap().id;
-    edgeplane_dataplane::handoff::auth::sign(&retired, &mut req, pop_id, "192.0.2.1:1", 1, now);
     let dc2_addr = SocketAddr::from((world.world.addr_of("pop", "dc2").unwrap(), WORKER_PORT));
-    let answer = world
-        .world
-        .ns("pop")
-        .run(|| {
-            let mut s = TcpStream::connect_timeout(&dc2_addr, Duration::from_secs(5)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
-            for (name, value) in &req.headers {
-                wire.extend_from_slice(name.as_bytes());
-                wire.extend_from_slice(b": ");
-                wire.extend_from_slice(value);
-                wire.extend_from_slice(b"\r\n");
-            }
-            wire.extend_from_slice(b"\r\n");
-            s.write_all(&wire).unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        })
-        .unwrap();
+    let answer = send_to_dc2(&world, dc2_addr, &wire_of(&signed_by_pop(&old, pop_id)));
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("names key 1"), "{answer}");
 
