@@ -55,8 +55,14 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
         },
     );
 
-    // Saturation: six concurrent fetcher requests (each ~160 ms of subrequests at the POP).
-    // One runs at the POP; those arriving while it runs go to the region; none is refused.
+    a_saturated_pop_overflows(&world);
+    a_cold_rare_app_goes_to_the_region(&world);
+    a_popular_app_is_served_here(&world);
+}
+
+/// Saturation: six concurrent fetcher requests (each ~160 ms of subrequests at the POP). One
+/// runs at the POP; those arriving while it runs go to the region; none is refused.
+fn a_saturated_pop_overflows(world: &Canonical) {
     let answers: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
             .map(|_| s.spawn(|| world.through_pop("fetch.test", "/?k=2")))
@@ -87,12 +93,14 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
     eprintln!(
         "6 concurrent requests at a POP running 1 instance: {local} local, {overflowed} to the region"
     );
-    wait_status(&world, "fetcher", "sent on to the region saturated", |s| {
+    wait_status(world, "fetcher", "sent on to the region saturated", |s| {
         s.region_saturated
     });
+}
 
-    // Cold: `rare` was preloaded first and evicted by the two apps after it (two fit), and
-    // it has had no requests: it goes to the region, which leaves the POP's cache alone.
+/// Cold: `rare` was preloaded first and evicted by the two apps after it (two fit), and it has
+/// had no requests: it goes to the region, which leaves the POP's cache alone.
+fn a_cold_rare_app_goes_to_the_region(world: &Canonical) {
     let cache: serde_json::Value = serde_json::from_str(&world.admin("pop", "/cache")).unwrap();
     assert!(
         !cache.to_string().contains("\"rare\""),
@@ -102,7 +110,7 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(header(&headers, "x-edge-placement"), Some("remote-region"));
     assert_eq!(header(&headers, "x-edge-placement-reason"), Some("cold"));
-    wait_status(&world, "rare", "sent on to the region cold", |s| {
+    wait_status(world, "rare", "sent on to the region cold", |s| {
         s.region_cold
     });
     let cache: serde_json::Value = serde_json::from_str(&world.admin("pop", "/cache")).unwrap();
@@ -110,8 +118,10 @@ fn a_saturated_pop_overflows_to_the_region_and_a_cold_rare_app_goes_there() {
         !cache.to_string().contains("\"rare\""),
         "rare loaded anyway: {cache}"
     );
+}
 
-    // Once requested often enough (1 req/s over 10 s at the worker) it is served here.
+/// Once requested often enough (1 req/s over 10 s at the worker) it is served here.
+fn a_popular_app_is_served_here(world: &Canonical) {
     let mut sent = 1;
     loop {
         let (status, headers, body, _) = world.through_pop("rare.test", "/");
