@@ -195,36 +195,7 @@ fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes
     let client6: IpAddr = TwoHosts::CLIENT_V6.parse()?;
     let app = maps.add_app("web", None, &[format!("{server}:8080/tcp").parse()?], 0)?;
 
-    let tcp4 = FrameSpec::tcp(client, server, 40000, 8080, 0x02).build();
-    let udp4 = FrameSpec::udp(client, server, 40000, 53, 20).build();
-    let udp6 = FrameSpec::udp(client6, server6, 40000, 53, 20).build();
-    let mut vlan = FrameSpec::udp(client, server, 40000, 53, 20);
-    vlan.vlan = Some(7);
-    let mut cases: Vec<(DropReason, Vec<u8>)> = Vec::new();
-    cases.push((DropReason::TruncatedL2, vlan.build()[..16].to_vec()));
-    let mut f = udp4.clone();
-    f[14] = 0x43; // IHL 3
-    cases.push((DropReason::MalformedIpv4, f));
-    let mut f = udp4.clone();
-    f[16..18].copy_from_slice(&1500u16.to_be_bytes()); // total length beyond the frame
-    cases.push((DropReason::MalformedIpv4, f));
-    let mut f = udp6.clone();
-    f[18..20].copy_from_slice(&900u16.to_be_bytes()); // payload length beyond the frame
-    cases.push((DropReason::MalformedIpv6, f));
-    let mut f = udp6.clone();
-    f[20] = 60; // destination options header claiming 2 KiB
-    f[54] = 17;
-    f[55] = 255;
-    cases.push((DropReason::MalformedIpv6, f));
-    let mut f = tcp4.clone();
-    f[14 + 20 + 12] = 0x20; // data offset 2 words
-    cases.push((DropReason::MalformedTcp, f));
-    let mut f = tcp4[..14 + 20 + 10].to_vec(); // TCP header cut at 10 bytes, IP length agreeing
-    f[16..18].copy_from_slice(&30u16.to_be_bytes());
-    cases.push((DropReason::MalformedTcp, f));
-    let mut f = udp4.clone();
-    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&3u16.to_be_bytes()); // UDP length 3
-    cases.push((DropReason::MalformedUdp, f));
+    let cases = malformed_cases(client, server, client6, server6);
 
     // Each case alone, so a miscount names its case.
     const REPEAT: usize = 5;
@@ -272,6 +243,47 @@ fn malformed_frames_are_dropped_and_counted_by_reason_while_other_traffic_passes
         "the good connection counts as a new flow"
     );
     Ok(())
+}
+
+/// One malformed frame for each reason XDP drops them, from `client` to `server`.
+fn malformed_cases(
+    client: IpAddr,
+    server: IpAddr,
+    client6: IpAddr,
+    server6: IpAddr,
+) -> Vec<(DropReason, Vec<u8>)> {
+    let tcp4 = FrameSpec::tcp(client, server, 40000, 8080, 0x02).build();
+    let udp4 = FrameSpec::udp(client, server, 40000, 53, 20).build();
+    let udp6 = FrameSpec::udp(client6, server6, 40000, 53, 20).build();
+    let mut vlan = FrameSpec::udp(client, server, 40000, 53, 20);
+    vlan.vlan = Some(7);
+    let mut cases: Vec<(DropReason, Vec<u8>)> = Vec::new();
+    cases.push((DropReason::TruncatedL2, vlan.build()[..16].to_vec()));
+    let mut f = udp4.clone();
+    f[14] = 0x43; // IHL 3
+    cases.push((DropReason::MalformedIpv4, f));
+    let mut f = udp4.clone();
+    f[16..18].copy_from_slice(&1500u16.to_be_bytes()); // total length beyond the frame
+    cases.push((DropReason::MalformedIpv4, f));
+    let mut f = udp6.clone();
+    f[18..20].copy_from_slice(&900u16.to_be_bytes()); // payload length beyond the frame
+    cases.push((DropReason::MalformedIpv6, f));
+    let mut f = udp6.clone();
+    f[20] = 60; // destination options header claiming 2 KiB
+    f[54] = 17;
+    f[55] = 255;
+    cases.push((DropReason::MalformedIpv6, f));
+    let mut f = tcp4.clone();
+    f[14 + 20 + 12] = 0x20; // data offset 2 words
+    cases.push((DropReason::MalformedTcp, f));
+    let mut f = tcp4[..14 + 20 + 10].to_vec(); // TCP header cut at 10 bytes, IP length agreeing
+    f[16..18].copy_from_slice(&30u16.to_be_bytes());
+    cases.push((DropReason::MalformedTcp, f));
+    let mut f = udp4.clone();
+    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&3u16.to_be_bytes()); // UDP length 3
+    cases.push((DropReason::MalformedUdp, f));
+
+    cases
 }
 
 #[test]
