@@ -265,19 +265,6 @@ fn proc_counter(text: &str, protocol: &str, name: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{protocol} {name} unreadable"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_counter_by_its_column() {
-        let snmp = "Tcp: RtoAlgorithm RtoMin InSegs OutSegs\nTcp: 1 200 4242 17\nUdp: InDatagrams\nUdp: 9\n";
-        assert_eq!(proc_counter(snmp, "Tcp:", "InSegs").unwrap(), 4242);
-        assert_eq!(proc_counter(snmp, "Udp:", "InDatagrams").unwrap(), 9);
-        assert!(proc_counter(snmp, "Tcp:", "Nope").is_err());
-    }
-}
-
 /// The target's veth answers to the flood's MAC (without it the kernel would discard the frames
 /// as meant for another host, far cheaper than what a real flood costs it), and SYN-ACKs to the
 /// flood's sources leave, as on a server with a default route.
@@ -357,5 +344,18 @@ fn print_floods(runs: &[(LoadReport, Flood)], reports: &[&LoadReport]) {
             with_xdp.requests_per_sec / without.requests_per_sec,
             with_xdp.p99_ms / without.p99_ms
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_counter_by_its_column() {
+        let snmp = "Tcp: RtoAlgorithm RtoMin InSegs OutSegs\nTcp: 1 200 4242 17\nUdp: InDatagrams\nUdp: 9\n";
+        assert_eq!(proc_counter(snmp, "Tcp:", "InSegs").unwrap(), 4242);
+        assert_eq!(proc_counter(snmp, "Udp:", "InDatagrams").unwrap(), 9);
+        assert!(proc_counter(snmp, "Tcp:", "Nope").is_err());
     }
 }
