@@ -223,7 +223,11 @@ fn hints_place_without_traffic_and_local_first_keeps_a_modest_saving_here() {
     let status = world.placement_status();
     assert_eq!(status["frugal"].verdict, Verdict::Local, "{status:?}");
 
-    // edgectl shows the engine's verdicts beside the map's entries.
+    edgectl_shows_the_engines_verdicts(&world);
+}
+
+/// edgectl shows the engine's verdicts beside the map's entries.
+fn edgectl_shows_the_engines_verdicts(world: &Canonical) {
     let out = world
         .world
         .ns("pop")
