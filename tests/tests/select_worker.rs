@@ -104,28 +104,7 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
     dp.attach_select_worker(&listeners[0])?;
 
     // 1. By the hash.
-    let ports: Vec<u16> = (41000..41040).collect();
-    let landed = connect_and_see_who_accepts(&hosts, &listeners, server, &ports)?;
-    assert_eq!(
-        landed.len(),
-        ports.len(),
-        "some connections were never accepted"
-    );
-    let mut per_worker = [0usize; WORKERS as usize];
-    for p in &ports {
-        let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, *p);
-        let want = expected_worker(client, server) as usize;
-        assert_eq!(
-            landed[p], want,
-            "client port {p} landed on worker {} not {want}",
-            landed[p]
-        );
-        per_worker[want] += 1;
-    }
-    assert!(
-        per_worker.iter().all(|n| *n > 0),
-        "the hash should use both workers: {per_worker:?}"
-    );
+    flows_land_by_the_hash(&hosts, &listeners, server)?;
 
     // 2. Worker 0 over the threshold: everything goes to worker 1, the least loaded.
     maps.set_worker_config(WorkerConfig {
@@ -159,5 +138,38 @@ fn connections_land_on_the_worker_the_rules_choose_with_load_fallback() -> anyho
         ports.iter().all(|p| landed[p] == 0),
         "least loaded worker 0 should take all: {landed:?}"
     );
+    Ok(())
+}
+
+/// Below the load threshold every flow lands on the worker its hash picks, and the hash uses
+/// both workers.
+fn flows_land_by_the_hash(
+    hosts: &TwoHosts,
+    listeners: &[TcpListener],
+    server: SocketAddr,
+) -> anyhow::Result<()> {
+    let ports: Vec<u16> = (41000..41040).collect();
+    let landed = connect_and_see_who_accepts(hosts, listeners, server, &ports)?;
+    assert_eq!(
+        landed.len(),
+        ports.len(),
+        "some connections were never accepted"
+    );
+    let mut per_worker = [0usize; WORKERS as usize];
+    for p in &ports {
+        let client = SocketAddr::new(TwoHosts::CLIENT_V4.parse()?, *p);
+        let want = expected_worker(client, server) as usize;
+        assert_eq!(
+            landed[p], want,
+            "client port {p} landed on worker {} not {want}",
+            landed[p]
+        );
+        per_worker[want] += 1;
+    }
+    assert!(
+        per_worker.iter().all(|n| *n > 0),
+        "the hash should use both workers: {per_worker:?}"
+    );
+
     Ok(())
 }
