@@ -140,18 +140,7 @@ fn two_upgrades_under_load_fail_no_request_and_keep_counters_and_steering() -> a
         let mut counted = vec![packets()?];
         for round in 0..2 {
             // The first by edgectl, the second by `edged upgrade`.
-            let (old, new) = upgrade(&hosts, round == 1).inspect_err(|_| {
-                // A successor that took over but whose answer was lost is still found here.
-                if let Ok(pid) = admin_pid(&hosts) {
-                    started.0.push(pid);
-                }
-            })?;
-            started.0.push(new);
-            assert_eq!(old, *pids.last().unwrap(), "round {round}");
-            assert_ne!(new, old);
-            wait_gone(old)?;
-            assert_eq!(admin_pid(&hosts)?, new, "the admin endpoint moved too");
-            pids.push(new);
+            one_upgrade(&hosts, round, &mut started, &mut pids)?;
             counted.push(packets()?);
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -213,5 +202,28 @@ fn the_last_edged_stops_as_any_does(pid: u32, pin_dir: &std::path::Path) -> anyh
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_xdp"))
         .collect();
     assert!(link_pins.is_empty(), "a link pin survived the stop");
+    Ok(())
+}
+
+/// One upgrade: the successor takes over from the last edged, which goes, and the admin
+/// endpoint moves with it; every pid is kept to be killed on the way out whatever happens.
+fn one_upgrade(
+    hosts: &TwoHosts,
+    round: usize,
+    started: &mut Started,
+    pids: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let (old, new) = upgrade(hosts, round == 1).inspect_err(|_| {
+        // A successor that took over but whose answer was lost is still found here.
+        if let Ok(pid) = admin_pid(hosts) {
+            started.0.push(pid);
+        }
+    })?;
+    started.0.push(new);
+    assert_eq!(old, *pids.last().unwrap(), "round {round}");
+    assert_ne!(new, old);
+    wait_gone(old)?;
+    assert_eq!(admin_pid(hosts)?, new, "the admin endpoint moved too");
+    pids.push(new);
     Ok(())
 }
