@@ -26,28 +26,21 @@ fn hello_and_echo_components_serve() {
         &cache,
     );
     edgeplane_testkit::block_on(async {
-        let r = rt
-            .clone()
-            .handle(
-                "hello",
-                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n"),
-            )
-            .await
-            .unwrap();
+        let r =
+            edgeplane_testkit::handle(&rt, "hello", "GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n")
+                .await
+                .unwrap();
         assert_eq!(
             (r.status, r.body.as_slice()),
             (200, &b"hello from wasm\n"[..])
         );
-        let r = rt
-            .clone()
-            .handle(
-                "echo",
-                edgeplane_testkit::request(
-                    "PUT /p?q=1 HTTP/1.1\r\nHost: e\r\nContent-Length: 7\r\n\r\npayload",
-                ),
-            )
-            .await
-            .unwrap();
+        let r = edgeplane_testkit::handle(
+            &rt,
+            "echo",
+            "PUT /p?q=1 HTTP/1.1\r\nHost: e\r\nContent-Length: 7\r\n\r\npayload",
+        )
+        .await
+        .unwrap();
         assert_eq!(r.body, b"payload");
         let header = |n: &str| {
             r.headers
@@ -57,12 +50,7 @@ fn hello_and_echo_components_serve() {
         };
         assert_eq!(header("x-echo-method").as_deref(), Some("PUT"));
         assert_eq!(header("x-echo-path").as_deref(), Some("/p?q=1"));
-        let err = rt
-            .clone()
-            .handle(
-                "nope",
-                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            )
+        let err = edgeplane_testkit::handle(&rt, "nope", "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap_err();
         assert_eq!(err.status(), 404);
@@ -286,12 +274,7 @@ fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused
     denied.env = allowed.env.clone();
     let rt = runtime(vec![allowed, denied], &cache);
     edgeplane_testkit::block_on(async {
-        let r = rt
-            .clone()
-            .handle(
-                "fetcher",
-                edgeplane_testkit::request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
+        let r = edgeplane_testkit::handle(&rt, "fetcher", "GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n")
             .await
             .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -301,14 +284,13 @@ fn fetcher_calls_an_allowed_backend_and_is_timed_and_a_disallowed_one_is_refused
             "{summary}"
         );
         assert_eq!(summary["bytes"], 12);
-        let r = rt
-            .clone()
-            .handle(
-                "fetcher-denied",
-                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
-            .await
-            .unwrap();
+        let r = edgeplane_testkit::handle(
+            &rt,
+            "fetcher-denied",
+            "GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let statuses = summary["statuses"].as_array().unwrap();
         assert!(
@@ -357,12 +339,7 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
     );
     edgeplane_testkit::block_on(async {
         let started = Instant::now();
-        let e = rt
-            .clone()
-            .handle(
-                "fetcher",
-                edgeplane_testkit::request("GET /?k=1 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
+        let e = edgeplane_testkit::handle(&rt, "fetcher", "GET /?k=1 HTTP/1.1\r\nHost: f\r\n\r\n")
             .await
             .unwrap_err();
         assert!(
@@ -383,12 +360,7 @@ fn a_guest_waiting_on_a_backend_past_its_wall_deadline_answers_504_and_the_next_
             started.elapsed()
         );
         assert_eq!(rt.in_flight(), 0, "the abandoned request still counts");
-        let r = rt
-            .clone()
-            .handle(
-                "hello",
-                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
-            )
+        let r = edgeplane_testkit::handle(&rt, "hello", "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -410,28 +382,24 @@ fn a_sleeping_guest_is_not_charged_cpu_but_one_that_spins_is_stopped_whatever_it
     let rt = runtime(vec![faulty], &cache);
     edgeplane_testkit::block_on(async {
         // 400 ms asleep on a 100 ms CPU budget: sleeping is waiting.
-        let r = rt
-            .clone()
-            .handle(
-                "faulty",
-                edgeplane_testkit::request("GET /sleep?ms=400 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
-            .await
-            .expect("a sleeping guest is not over its CPU budget");
+        let r = edgeplane_testkit::handle(
+            &rt,
+            "faulty",
+            "GET /sleep?ms=400 HTTP/1.1\r\nHost: f\r\n\r\n",
+        )
+        .await
+        .expect("a sleeping guest is not over its CPU budget");
         assert_eq!(r.body, b"slept 400 ms\n");
         // Spinning with a subrequest pending is computing: the CPU deadline ends it, long
         // before the wall deadline.
         let started = Instant::now();
-        let e = rt
-            .clone()
-            .handle(
-                "faulty",
-                edgeplane_testkit::request(
-                    "GET /spin-after-subrequest HTTP/1.1\r\nHost: f\r\n\r\n",
-                ),
-            )
-            .await
-            .unwrap_err();
+        let e = edgeplane_testkit::handle(
+            &rt,
+            "faulty",
+            "GET /spin-after-subrequest HTTP/1.1\r\nHost: f\r\n\r\n",
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(e, HandleError::Deadline { which: "cpu", .. }),
             "{e}"
@@ -454,12 +422,7 @@ fn a_guest_spinning_past_its_wall_deadline_without_yielding_is_stopped() {
     faulty.limits.wall_deadline = Duration::from_millis(300);
     let rt = runtime(vec![faulty], &cache);
     edgeplane_testkit::block_on(async {
-        let e = rt
-            .clone()
-            .handle(
-                "faulty",
-                edgeplane_testkit::request("GET /loop HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
+        let e = edgeplane_testkit::handle(&rt, "faulty", "GET /loop HTTP/1.1\r\nHost: f\r\n\r\n")
             .await
             .unwrap_err();
         assert!(
@@ -494,12 +457,7 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     by_name.allowed_backends = vec![format!("localhost:{port}")];
     let rt = runtime(vec![by_name], &cache);
     edgeplane_testkit::block_on(async {
-        let r = rt
-            .clone()
-            .handle(
-                "by-name",
-                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
+        let r = edgeplane_testkit::handle(&rt, "by-name", "GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n")
             .await
             .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -521,14 +479,10 @@ fn a_backend_name_that_resolves_to_loopback_is_refused_unless_allowed_by_address
     by_address.allowed_backends = vec![addr.clone()];
     let rt = runtime(vec![by_address], &tempdir("cache-outbound-2"));
     edgeplane_testkit::block_on(async {
-        let r = rt
-            .clone()
-            .handle(
-                "by-address",
-                edgeplane_testkit::request("GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
-            .await
-            .unwrap();
+        let r =
+            edgeplane_testkit::handle(&rt, "by-address", "GET /?k=3 HTTP/1.1\r\nHost: f\r\n\r\n")
+                .await
+                .unwrap();
         let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(
             summary["statuses"],
@@ -567,12 +521,7 @@ fn compiled_code_is_cached_on_disk_and_reused_by_the_next_runtime() {
         "the second runtime loads the artifact instead of compiling"
     );
     edgeplane_testkit::block_on(async {
-        let r = second
-            .clone()
-            .handle(
-                "hello",
-                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
-            )
+        let r = edgeplane_testkit::handle(&second, "hello", "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -603,28 +552,20 @@ fn a_public_wstd_example_written_for_wasmtime_serve_runs_unchanged() {
         &cache,
     );
     edgeplane_testkit::block_on(async {
-        let r = rt
-            .clone()
-            .handle(
-                "wstd-example",
-                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            )
+        let r = edgeplane_testkit::handle(&rt, "wstd-example", "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(
             (r.status, r.body.as_slice()),
             (200, &b"Hello, wasi:http/proxy world!\n"[..])
         );
-        let r = rt
-            .clone()
-            .handle(
-                "wstd-example",
-                edgeplane_testkit::request(
-                    "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-                ),
-            )
-            .await
-            .unwrap();
+        let r = edgeplane_testkit::handle(
+            &rt,
+            "wstd-example",
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
         assert_eq!(r.body, b"abc");
     });
 }
@@ -684,12 +625,7 @@ fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
     let rt = runtime(vec![app("a"), app("b")], &cache);
     edgeplane_testkit::block_on(async {
         for _ in 0..2 {
-            let r = rt
-                .clone()
-                .handle(
-                    "a",
-                    edgeplane_testkit::request("GET /?k=5 HTTP/1.1\r\nHost: f\r\n\r\n"),
-                )
+            let r = edgeplane_testkit::handle(&rt, "a", "GET /?k=5 HTTP/1.1\r\nHost: f\r\n\r\n")
                 .await
                 .unwrap();
             let summary: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -702,11 +638,7 @@ fn subrequests_reuse_kept_alive_connections_per_app_across_fresh_instances() {
             "ten sequential subrequests of two fresh instances share one connection"
         );
         // Another app never sends on a connection the first opened.
-        rt.clone()
-            .handle(
-                "b",
-                edgeplane_testkit::request("GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n"),
-            )
+        edgeplane_testkit::handle(&rt, "b", "GET /?k=2 HTTP/1.1\r\nHost: f\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(connections.load(Ordering::SeqCst), 2);

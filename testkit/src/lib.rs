@@ -46,7 +46,7 @@ pub use pins::TestPins;
 pub use raw_http::{Received, fill_until, find, read_response};
 pub use two_hosts::{Edged, TwoHosts, expected_worker};
 pub use wasm::{
-    block_on, cold_runtime, request, runtime, runtime_preparing, spec, ticker, warm_cache,
+    block_on, cold_runtime, handle, request, runtime, runtime_preparing, spec, ticker, warm_cache,
 };
 
 /// A fresh directory under the system's temporary one, for this test process.

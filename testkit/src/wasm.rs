@@ -137,3 +137,12 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .expect("a current-thread runtime");
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
+
+/// `raw` (a whole request) handled by `app` on `rt`, as a worker hands one over.
+pub async fn handle(
+    rt: &Rc<AppRuntime>,
+    app: &str,
+    raw: &str,
+) -> Result<edgeplane_dataplane::http::Response, edgeplane_dataplane::wasm::HandleError> {
+    rt.clone().handle(app, request(raw)).await
+}
