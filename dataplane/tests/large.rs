@@ -26,9 +26,10 @@ fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 
 /// x-instance-requests and x-dirty-seen of a ballast response.
 fn instance_and_marks(rt: &std::rc::Rc<AppRuntime>, app: &str) -> (String, String) {
-    let r = edgeplane_testkit::block_on(rt.clone().handle(
+    let r = edgeplane_testkit::block_on(edgeplane_testkit::handle(
+        rt,
         app,
-        edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
     ))
     .expect("ballast answers");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
