@@ -168,6 +168,11 @@ impl App {
         ]))
     }
 
+    /// Guest app `name` of `apps/` (built once per process), on host `<name>.test`.
+    pub fn guest(name: &str) -> Self {
+        Self::component(name, &crate::app(name)).hosts(&[&format!("{name}.test")])
+    }
+
     /// An app with a name and nothing else yet (`set` adds the rest).
     pub fn named(name: &str) -> Self {
         Self(toml_table([

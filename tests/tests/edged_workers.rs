@@ -35,11 +35,7 @@ fn edged_serves_a_component_through_xdp_and_select_worker_and_drains_on_sigterm(
                 access_log.display().to_string()
             ),
         )
-        .app(
-            App::component("hello", &edgeplane_testkit::app("hello"))
-                .vip(8080)
-                .hosts(&["hello.test"]),
-        )
+        .app(App::guest("hello").vip(8080))
         .app(App::static_body("static", "static hi\n").hosts(&["static.test"]));
     let mut edged = hosts.start(&config)?;
     let scrape = |path: &str| hosts.admin(config.admin_addr(), path);

@@ -168,17 +168,9 @@ fn a_hostile_client_cannot_stop_a_worker_and_each_worker_serves_after_every_atta
     let config = Config::new("hostile")
         .workers(WORKERS)
         .debug_headers()
-        .app(
-            App::component("hello", &edgeplane_testkit::app("hello"))
-                .vip(PORT)
-                .hosts(&["hello.test"]),
-        )
-        .app(
-            App::component("faulty", &edgeplane_testkit::app("faulty"))
-                .hosts(&["faulty.test"])
-                .set("limits = { max_response_bytes = 1048576 }"),
-        )
-        .app(App::component("echo", &edgeplane_testkit::app("echo")).hosts(&["echo.test"]));
+        .app(App::guest("hello").vip(PORT))
+        .app(App::guest("faulty").set("limits = { max_response_bytes = 1048576 }"))
+        .app(App::guest("echo"));
     let admin = config.admin_addr();
     let mut edged = hosts.start(&config)?;
     let server: SocketAddr = format!("{}:{PORT}", TwoHosts::SERVER_V4).parse()?;

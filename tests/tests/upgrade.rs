@@ -101,17 +101,12 @@ fn two_upgrades_under_load_fail_no_request_and_keep_counters_and_steering() -> a
     if !require_root("two_upgrades_under_load") {
         return Ok(());
     }
-    let hello = edgeplane_testkit::app("hello");
     let hosts = TwoHosts::new()?;
     let config = Config::new("upgrade")
         .workers(WORKERS)
         .admin(ADMIN)
         .debug_headers()
-        .app(
-            App::component("hello", &hello)
-                .vip(8080)
-                .hosts(&["hello.test"]),
-        );
+        .app(App::guest("hello").vip(8080));
     let pins = &config.pins;
     let first = hosts.start(&config)?;
     let maps = PinnedMaps::open(pins.dir())?;
