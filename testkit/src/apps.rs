@@ -123,3 +123,39 @@ pub fn wstd_example_server() -> PathBuf {
         })
         .clone()
 }
+
+/// The split app `shop` that the demo and the tests serve: its entry (apps/split) on `host`
+/// calls two functions, each placed by the engine: `db` (fetcher, calling the backend at
+/// `url`, `authority`) and `greet` (hello). `entry_placement`: the entry's own `placement`.
+pub fn split_shop_toml(
+    host: &str,
+    url: &str,
+    authority: &str,
+    entry_placement: Option<&str>,
+) -> String {
+    let entry_placement = entry_placement
+        .map(|p| format!("placement = {p}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[[apps]]
+name = "shop"
+hosts = ["{host}"]
+component = "{split}"
+env = {{ FUNCTIONS = "db,greet" }}
+{entry_placement}[[apps.functions]]
+name = "db"
+component = "{fetcher}"
+env = {{ BACKEND_URL = "{url}" }}
+allowed_backends = ["{authority}"]
+placement = {{ mode = "smart" }}
+[[apps.functions]]
+name = "greet"
+component = "{hello}"
+placement = {{ mode = "smart" }}
+"#,
+        split = app("split").display(),
+        fetcher = app("fetcher").display(),
+        hello = app("hello").display(),
+    )
+}

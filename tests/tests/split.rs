@@ -15,28 +15,11 @@ use edgeplane_testkit::{
 };
 
 fn split_app(url: &str, authority: &str) -> String {
-    format!(
-        r#"
-[[apps]]
-name = "shop"
-hosts = ["shop.test"]
-component = "{split}"
-env = {{ FUNCTIONS = "db,greet" }}
-placement = {{ mode = "smart" }}
-[[apps.functions]]
-name = "db"
-component = "{fetcher}"
-env = {{ BACKEND_URL = "{url}" }}
-allowed_backends = ["{authority}"]
-placement = {{ mode = "smart" }}
-[[apps.functions]]
-name = "greet"
-component = "{hello}"
-placement = {{ mode = "smart" }}
-"#,
-        split = edgeplane_testkit::app("split").display(),
-        fetcher = edgeplane_testkit::app("fetcher").display(),
-        hello = edgeplane_testkit::app("hello").display(),
+    edgeplane_testkit::apps::split_shop_toml(
+        "shop.test",
+        url,
+        authority,
+        Some(r#"{ mode = "smart" }"#),
     )
 }
 

@@ -112,26 +112,10 @@ hosts = ["hello.demo"]
 component = "{hello}"
 placement = {{ mode = "smart" }}
 
-[[apps]]
-name = "shop"
-hosts = ["shop.demo"]
-component = "{split}"
-env = {{ FUNCTIONS = "db,greet" }}
-[[apps.functions]]
-name = "db"
-component = "{fetcher}"
-env = {{ BACKEND_URL = "{url}" }}
-allowed_backends = ["{authority}"]
-placement = {{ mode = "smart" }}
-[[apps.functions]]
-name = "greet"
-component = "{hello}"
-placement = {{ mode = "smart" }}
 "#,
         fetcher = app("fetcher"),
         hello = app("hello"),
-        split = app("split"),
-    )
+    ) + &edgeplane_testkit::apps::split_shop_toml("shop.demo", url, authority, None)
 }
 
 /// What one app measured in each mode.
