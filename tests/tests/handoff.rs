@@ -37,6 +37,25 @@ fn fetcher_app(url: &str, authority: &str, more: &str) -> String {
 }
 
 /// A hello request from the client through the POP: status, placement header, time taken.
+/// pop and dc2 serving guest app `app` of `apps/` on `<app>.test`.
+fn world_serving(test: &str, app: &str, holdout: f64) -> Canonical {
+    let component = edgeplane_testkit::app(app);
+    canonical::start(test, &["pop", "dc2"], holdout, |_, _| {
+        format!(
+            "[[apps]]\nname = \"{app}\"\nhosts = [\"{app}.test\"]\ncomponent = \"{}\"\n",
+            component.display()
+        )
+    })
+}
+
+/// As `world_serving`, `app` placed at dc2 by the POP's map.
+fn placed_at_dc2(test: &str, app: &str, holdout: f64) -> Canonical {
+    let world = world_serving(test, app, holdout);
+    let dc2_id = world.plan.datacenter("dc2").unwrap().id;
+    edged::place(world.pins("pop"), app, at_dc(dc2_id)).unwrap();
+    world
+}
+
 fn hello(world: &Canonical) -> (u16, String, Duration) {
     let (status, headers, body, took) = world.through_pop("hello.test", "/");
     if status == 200 {
@@ -62,13 +81,7 @@ fn the_pop_hands_requests_to_dc2_which_serves_them_and_refuses_forgeries() {
     if !require_root("handoff") {
         return;
     }
-    let hello_app = edgeplane_testkit::app("hello");
-    let mut world = canonical::start("handoff", &["pop", "dc2"], 0.01, |_, _| {
-        format!(
-            "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
-            hello_app.display()
-        )
-    });
+    let mut world = world_serving("handoff", "hello", 0.01);
     let dc2_id = world.plan.datacenter("dc2").unwrap().id;
     let pop_id = world.plan.datacenter("pop").unwrap().id;
     let pop_dc2_rtt = world.plan.rtt("pop", "dc2").unwrap();
@@ -401,15 +414,7 @@ fn a_response_streamed_at_dc2_streams_through_the_pop() {
     if !require_root("handoff-stream") {
         return;
     }
-    let stream_app = edgeplane_testkit::app("stream");
-    let world = canonical::start("handoff-stream", &["pop", "dc2"], 0.01, |_, _| {
-        format!(
-            "[[apps]]\nname = \"stream\"\nhosts = [\"stream.test\"]\ncomponent = \"{}\"\n",
-            stream_app.display()
-        )
-    });
-    let dc2_id = world.plan.datacenter("dc2").unwrap().id;
-    edged::place(world.pins("pop"), "stream", at_dc(dc2_id)).unwrap();
+    let world = placed_at_dc2("handoff-stream", "stream", 0.01);
     let pop = world.pop_addr();
     let r = world
         .world
@@ -458,15 +463,7 @@ fn handoff_keys_rotate_by_reload_without_a_failed_handoff_and_the_old_key_then_f
     if !require_root("key-rotation") {
         return;
     }
-    let hello_app = edgeplane_testkit::app("hello");
-    let world = canonical::start("keyrot", &["pop", "dc2"], 0.0, |_, _| {
-        format!(
-            "[[apps]]\nname = \"hello\"\nhosts = [\"hello.test\"]\ncomponent = \"{}\"\n",
-            hello_app.display()
-        )
-    });
-    let dc2_id = world.plan.datacenter("dc2").unwrap().id;
-    edged::place(world.pins("pop"), "hello", at_dc(dc2_id)).unwrap();
+    let world = placed_at_dc2("keyrot", "hello", 0.0);
     let old = world.world.keys.secret("pop", "dc2").unwrap().to_owned();
     let new = edgeplane::keys::random_secret_hex();
     let write = |dc: &str, text: &str| {
