@@ -676,8 +676,46 @@ impl EdgedConfig {
                 }
             }
         }
+        check_host_claims(&cfg.apps)?;
         Ok(cfg)
     }
+}
+
+/// Each host belongs to one app, and one app at most is the default: routes are keyed by host,
+/// so a second claim would silently take the first app's traffic. Hosts compare as routing
+/// compares them, case-insensitively (routing matches whole names: there are no wildcards to
+/// overlap).
+fn check_host_claims(apps: &[AppConfig]) -> anyhow::Result<()> {
+    let mut owners: std::collections::HashMap<String, &str> = Default::default();
+    let mut default: Option<&str> = None;
+    for app in apps {
+        for (k, host) in app.hosts.iter().enumerate() {
+            if let Some(first) = owners.insert(host.to_ascii_lowercase(), &app.name)
+                && first != app.name
+            {
+                return Err(Invalid::error(
+                    format!("{}.hosts[{k}]", app.at),
+                    format!(
+                        "apps {first:?} and {:?} both claim host {host:?}: a host belongs to one app",
+                        app.name
+                    ),
+                ));
+            }
+        }
+        if app.default {
+            if let Some(first) = default {
+                return Err(Invalid::error(
+                    format!("{}.default", app.at),
+                    format!(
+                        "apps {first:?} and {:?} are both the default: one app at most serves unknown hosts",
+                        app.name
+                    ),
+                ));
+            }
+            default = Some(&app.name);
+        }
+    }
+    Ok(())
 }
 
 /// `error` about the config at `path` (text `text`), told with its file and line.

@@ -156,3 +156,42 @@ fn every_file_a_config_names_is_taken_relative_to_its_base_even_from_a_composed_
     assert_eq!(cfg.tls.unwrap().cert, dir.join("d.pem"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_host_belongs_to_one_app_and_one_app_at_most_is_the_default() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "[[apps]]\nname = \"shop\"\ncomponent = \"a.wasm\"\n{a}\n\
+             [[apps]]\nname = \"blog\"\ncomponent = \"b.wasm\"\n{b}\n"
+        )
+    };
+    let claims = two(
+        r#"hosts = ["shop.test"]"#,
+        r#"hosts = ["www.test", "SHOP.test"]"#,
+    );
+    let err = format!("{:#}", EdgedConfig::parse(&claims).unwrap_err());
+    assert!(
+        err.contains("\"shop\" and \"blog\" both claim host \"SHOP.test\""),
+        "{err}"
+    );
+    // Its field, for the error's line in the file.
+    let invalid = EdgedConfig::parse(&claims).unwrap_err();
+    assert_eq!(
+        invalid.downcast_ref::<Invalid>().map(|i| i.field.as_str()),
+        Some("apps[1].hosts[1]")
+    );
+    let err = format!(
+        "{:#}",
+        EdgedConfig::parse(&two("default = true", "default = true")).unwrap_err()
+    );
+    assert!(
+        err.contains("\"shop\" and \"blog\" are both the default"),
+        "{err}"
+    );
+    // One app naming its host twice, and one default, are fine.
+    EdgedConfig::parse(&two(
+        r#"hosts = ["shop.test", "Shop.test"]"#,
+        "default = true",
+    ))
+    .unwrap();
+}
