@@ -120,13 +120,13 @@ fn bench(c: &mut Criterion) {
                     exec.timed(iters, &|| {
                         let (rt, app) = (rt.clone(), app.clone());
                         Box::pin(async move {
-                            let r = edgeplane_testkit::handle(
-                                &rt,
-                                &app,
-                                "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
-                            )
-                            .await
-                            .expect("hello answers");
+                            let r = rt
+                                .handle(
+                                    &app,
+                                    edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                                )
+                                .await
+                                .expect("hello answers");
                             assert_eq!(r.status, 200);
                         })
                     })

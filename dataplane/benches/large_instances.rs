@@ -249,13 +249,13 @@ fn bench(c: &mut Criterion) {
                 let took = exec.timed(iters, &|| {
                     let (rt, app) = (rt.clone(), app.clone());
                     Box::pin(async move {
-                        let r = edgeplane_testkit::handle(
-                            &rt,
-                            &app,
-                            "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
-                        )
-                        .await
-                        .expect("ballast answers");
+                        let r = rt
+                            .handle(
+                                &app,
+                                edgeplane_testkit::request("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                            )
+                            .await
+                            .expect("ballast answers");
                         assert_eq!(r.status, 200);
                     })
                 });

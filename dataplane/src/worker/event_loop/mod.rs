@@ -160,7 +160,7 @@ impl Worker {
             // connections), wait in the ring itself: going through tokio's epoll costs an
             // epoll_wait and an eventfd read per wake-up.
             if self.in_flight == 0 && self.draining.is_none() {
-                self.wait_idle(&mut shutdown, &mut tokio_pass, next_tick)
+                self.wait_idle(&mut shutdown, &mut tokio_pass, now, next_tick)
                     .await?;
                 continue;
             }
@@ -223,9 +223,9 @@ impl Worker {
         &mut self,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
         tokio_pass: &mut Instant,
+        now: Instant,
         next_tick: Instant,
     ) -> anyhow::Result<()> {
-        let now = Instant::now();
         if shutdown.has_changed().unwrap_or(true) {
             let stop = shutdown.has_changed().is_err() || *shutdown.borrow_and_update();
             if stop {
